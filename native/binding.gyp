@@ -1,0 +1,17 @@
+{
+  "targets": [
+    {
+      "target_name": "tetrix",
+      "sources": ["addon.c", "spawn.c", "exit.c", "mount.c", "notify.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration", "-O2"],
+      "libraries": []
+    },
+    {
+      "target_name": "tetrix-init",
+      "type": "executable",
+      "sources": ["init.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
+      "ldflags": ["-static"]
+    }
+  ]
+}

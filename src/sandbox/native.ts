@@ -1,0 +1,85 @@
+// The one typed door to the C addon (native/). Everything the kernel does for us through C is
+// declared here; nothing else in src/ loads the .node file.
+import path from 'node:path';
+
+/** A mount the child performs inside its own mount namespace, before pivot_root. */
+export interface BindMount {
+  source: string;   // host path
+  target: string;   // path inside the rootfs, resolved within it (never outside)
+  readonly: boolean;
+}
+
+export interface SpawnOptions {
+  rootfs: string;            // host path of the mounted root filesystem the child pivots into
+  initPath: string;          // host path of the static tetrix-init, bound read-only at /.tetrix/init, exec'd as PID 1
+  argv: string[];            // the workload, run by init
+  env: string[];             // KEY=VALUE
+  cwd: string;               // inside the rootfs
+  hostname: string;
+  uidBase: number;           // container 0..idCount-1 -> host uidBase..
+  gidBase: number;
+  idCount: number;
+  cgroupProcs: string[];     // cgroup.procs files the parent writes the child's pid into before releasing it
+  stdoutFd: number;          // host fds dup'ed onto the workload's 1 and 2; stdin is /dev/null
+  stderrFd: number;
+  statusFd: number;          // host fd init keeps to record the workload's exit status (see native/init.c)
+  mounts: BindMount[];
+}
+
+export interface SpawnResult {
+  pid: number;               // host pid of init
+  pidfd: number;             // a pidfd for it, owned by the caller (close with closeFd)
+}
+
+/** How a process ended, as waitid reports it. */
+export interface ExitStatus {
+  exitCode: number | null;
+  signal: string | null;     // e.g. SIGKILL
+  reaped: boolean;           // false when the process was not our child (adopted): status unknown here
+}
+
+export interface NativeAddon {
+  /** Clones the workspace and waits until it has exec'd init. Rejects with a NativeError naming the step. */
+  spawn(opts: SpawnOptions): Promise<SpawnResult>;
+  /** Calls back once when the process behind pidfd exits, without blocking the loop. */
+  watchExit(pidfd: number, onExit: (status: ExitStatus) => void): void;
+  pidfdOpen(pid: number): number;   // throws NativeError(ESRCH) when it is gone
+  pidfdSendSignal(pidfd: number, signal: number): void;
+  closeFd(fd: number): void;
+  mount(source: string, target: string, fstype: string, flags: number, data: string): void;
+  umount(target: string, flags: number): void;
+  /** sd_notify(3): false when NOTIFY_SOCKET is unset. */
+  sdNotify(state: string): boolean;
+  constants: Record<string, number>;   // MS_*, MNT_*, signals
+}
+
+/** A failure in the addon or in the child before exec: the step and the errno. */
+export class NativeError extends Error {
+  constructor(readonly step: string, readonly errno: number, readonly code: string) {
+    super(`${step}: ${code}`);
+    this.name = 'NativeError';
+  }
+}
+
+const addonPath = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'tetrix.node');
+const sourceAddonPath = path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'tetrix.node');
+
+function loadAddon(): NativeAddon {
+  // dist/src/sandbox -> ../../../native; src/sandbox (tests under ts) -> ../../native
+  let mod: { init(errorClass: typeof NativeError): NativeAddon };
+  try {
+    mod = require(addonPath);
+  } catch {
+    mod = require(sourceAddonPath);
+  }
+  return mod.init(NativeError);
+}
+
+export const native: NativeAddon = loadAddon();
+
+/** Host path of the static init built beside the addon. */
+export const initBinaryPath: string = (() => {
+  const fs = require('node:fs') as typeof import('node:fs');
+  const a = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'tetrix-init');
+  return fs.existsSync(a) ? a : path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'tetrix-init');
+})();
