@@ -1,0 +1,40 @@
+// Domain records to wire messages. The spec's env never leaves the node.
+import type { Workspace } from '../generated/tetrix/agent/v1/Workspace';
+import type { WorkspaceRecord } from '../workspace/types';
+
+export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
+  return {
+    id: spec.id,
+    ownerId: spec.ownerId,
+    teamId: spec.teamId,
+    kind: `WORKSPACE_KIND_${spec.kind}`,
+    image: spec.image,
+    command: spec.command,
+    resources: { memoryBytes: spec.resources.memoryBytes, cpuMillis: spec.resources.cpuMillis, pids: spec.resources.pids },
+    network: `NETWORK_MODE_${spec.network}`,
+    state: `WORKSPACE_STATE_${status.state}`,
+    reason: `STOP_REASON_${status.reason}`,
+    exitCode: status.exitCode,
+    signal: status.signal,
+    message: status.message,
+    pid: status.pid,
+    hostUidBase: status.uidBase,
+    createdUnixMs: status.createdMs,
+    startedUnixMs: status.startedMs,
+    finishedUnixMs: status.finishedMs,
+    ipAddress: status.ipAddress,
+    ports: spec.ports,
+    tasks: status.tasks.map((t) => ({
+      name: t.name,
+      state: `WORKSPACE_STATE_${t.state}`,
+      exitCode: t.exitCode,
+      startedUnixMs: t.startedMs,
+      finishedUnixMs: t.finishedMs,
+    })),
+    snapshotId: status.snapshotId,
+    failedTask: status.failedTask,
+    seccompProfile: spec.seccompProfile,
+    restoredFrom: status.restoredFrom,
+    source: spec.source,
+  };
+}

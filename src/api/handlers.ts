@@ -1,0 +1,54 @@
+// A thin nice-grpc-style adapter over @grpc/grpc-js: handlers are plain async functions that get the
+// request and an AbortSignal; the adapter turns their result or error into the call's outcome.
+import type * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { toServiceError } from './errors';
+
+export interface CallContext {
+  signal: AbortSignal;
+  metadata: grpc.Metadata;
+  peer: string;
+}
+
+function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): CallContext {
+  const controller = new AbortController();
+  call.on('cancelled', () => controller.abort());
+  return { signal: controller.signal, metadata: call.metadata, peer: call.getPeer() };
+}
+
+export function unary<Req, Res>(log: Logger, method: string, handler: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    handler(call.request, contextOf(call)).then(
+      (res) => callback(null, res),
+      (err: unknown) => callback(toServiceError(err, log, method)),
+    );
+  };
+}
+
+export function serverStream<Req, Res>(
+  log: Logger,
+  method: string,
+  handler: (req: Req, ctx: CallContext, send: (res: Res) => Promise<void>) => Promise<void>,
+): grpc.handleServerStreamingCall<Req, Res> {
+  return (call) => {
+    const ctx = contextOf(call);
+    // Respect flow control: a slow client slows the producer instead of growing our memory.
+    const send = (res: Res): Promise<void> =>
+      new Promise((resolve) => {
+        if (ctx.signal.aborted || call.write(res)) return resolve();
+        const settle = (): void => {
+          call.off('drain', settle);
+          ctx.signal.removeEventListener('abort', settle);
+          resolve();
+        };
+        call.once('drain', settle);
+        ctx.signal.addEventListener('abort', settle);
+      });
+    handler(call.request, ctx, send).then(
+      () => call.end(),
+      (err: unknown) => {
+        if (!ctx.signal.aborted) call.emit('error', toServiceError(err, log, method));
+      },
+    );
+  };
+}

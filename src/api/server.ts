@@ -1,0 +1,67 @@
+// The gRPC server: WorkspaceService and NodeService from proto/, plus the standard health and
+// reflection services so grpc_health_probe, Kubernetes probes and grpcurl work unchanged.
+import fs from 'node:fs';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { HealthImplementation } from 'grpc-health-check';
+import { ReflectionService } from '@grpc/reflection';
+import { packageRoot } from '../config/config';
+import type { ProtoGrpcType } from '../generated/agent';
+import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/WorkspaceService';
+import type { NodeServiceHandlers } from '../generated/tetrix/agent/v1/NodeService';
+
+export const protoRoot = path.join(packageRoot, 'proto');
+export const protoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'agent.proto');
+
+export const loaderOptions: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
+
+export function loadProto(): { definition: protoLoader.PackageDefinition; proto: ProtoGrpcType } {
+  const definition = protoLoader.loadSync(protoFile, loaderOptions);
+  return { definition, proto: grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType };
+}
+
+export interface ApiServer {
+  server: grpc.Server;
+  health: HealthImplementation;
+  close(): Promise<void>;
+}
+
+export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers; node: NodeServiceHandlers }): ApiServer {
+  const { definition, proto } = loadProto();
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': 4 << 20,
+    'grpc.keepalive_permit_without_calls': 1,
+  });
+  server.addService(proto.tetrix.agent.v1.WorkspaceService.service, handlers.workspaces);
+  server.addService(proto.tetrix.agent.v1.NodeService.service, handlers.node);
+  const health = new HealthImplementation({ '': 'NOT_SERVING', 'tetrix.agent.v1.WorkspaceService': 'NOT_SERVING' });
+  health.addToServer(server);
+  new ReflectionService(definition).addToServer(server);
+  const close = (): Promise<void> =>
+    new Promise((resolve) => {
+      health.setStatus('', 'NOT_SERVING');
+      server.tryShutdown(() => resolve());
+      // Streams such as WatchWorkspaces never end by themselves.
+      setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, 2000).unref();
+    });
+  return { server, health, close };
+}
+
+/** Binds the operators' unix socket: its directory is 0700 and the socket 0600, both root's. */
+export async function bindUnixSocket(server: grpc.Server, socketPath: string): Promise<void> {
+  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
+  fs.rmSync(socketPath, { force: true });
+  const oldMask = process.umask(0o177);
+  try {
+    await new Promise<number>((resolve, reject) =>
+      server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
+    );
+  } finally {
+    process.umask(oldMask);
+  }
+  fs.chmodSync(socketPath, 0o600);
+}

@@ -1,0 +1,140 @@
+// One validated, immutable configuration. Every default lives here; sources override in the order
+// embedded defaults < config file (JSON) < environment (TETRIX_*) < command-line flags.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export interface Config {
+  readonly stateDir: string;        // records, images, workspaces, keys; one tetrixd per state dir
+  readonly socketPath: string;      // the operators' unix socket (0600)
+  readonly imagesDir: string;       // operator-provided image directories, by name
+  readonly profilesDir: string;     // seccomp profiles (Docker JSON format)
+  readonly cgroupParent: string;    // every workspace cgroup lives below this group
+  readonly idmapDir: string;        // host-wide claims of uid/gid ranges, shared by every tetrixd
+  readonly nodeId: string;
+  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+  readonly stopGraceMs: number;     // StopWorkspace's default grace period
+  readonly defaultPids: number;     // pids limit when a request names none
+  readonly maxMemoryBytes: number;  // requests above these are refused
+  readonly maxCpuMillis: number;
+  readonly maxPids: number;
+  readonly metricsListen: string;   // host:port for Prometheus, '' = off
+}
+
+/** The package's root directory, from src/ (ts) or dist/src/ (compiled) alike. */
+export const packageRoot = path.resolve(__dirname, '..', '..', fs.existsSync(path.resolve(__dirname, '..', '..', 'package.json')) ? '' : '..');
+
+export function defaults(): Config {
+  return {
+    stateDir: '/var/lib/tetrix',
+    socketPath: '/run/tetrix/tetrixd.sock',
+    imagesDir: '/var/lib/tetrix/images-local',
+    profilesDir: path.join(packageRoot, 'profiles', 'seccomp'),
+    cgroupParent: 'tetrix',
+    idmapDir: '/run/tetrix/idmap',
+    nodeId: os.hostname(),
+    logLevel: 'info',
+    stopGraceMs: 10_000,
+    defaultPids: 4096,
+    maxMemoryBytes: os.totalmem(),
+    maxCpuMillis: os.availableParallelism() * 1000,
+    maxPids: 1 << 22,
+    metricsListen: '',
+  };
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Raw = Record<string, unknown>;
+
+const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids'] as const;
+const stringKeys = ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen'] as const;
+const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
+
+/** TETRIX_STATE_DIR -> stateDir */
+const envName = (key: string): string => 'TETRIX_' + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+/** --state-dir -> stateDir */
+const flagKey = (flag: string): string => flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+export function parseFlags(argv: readonly string[]): { raw: Raw; configFile?: string } {
+  const raw: Raw = {};
+  let configFile: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const m = /^--([a-z][a-z-]*)(?:=(.*))?$/.exec(arg);
+    if (!m) throw new ConfigError(`unexpected argument "${arg}" (flags look like --state-dir DIR)`);
+    const value = m[2] ?? argv[++i];
+    if (value === undefined) throw new ConfigError(`--${m[1]} needs a value`);
+    if (m[1] === 'config') configFile = value;
+    else {
+      const key = flagKey(m[1]);
+      if (!allKeys.includes(key)) throw new ConfigError(`unknown flag --${m[1]}`);
+      raw[key] = value;
+    }
+  }
+  return { raw, configFile };
+}
+
+function readFile(file: string): Raw {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`config file ${file}: ${(err as Error).message}`);
+  }
+  try {
+    const value: unknown = JSON.parse(text);
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error('not a JSON object');
+    for (const key of Object.keys(value)) {
+      if (!allKeys.includes(key)) throw new Error(`unknown key "${key}"`);
+    }
+    return value as Raw;
+  } catch (err) {
+    throw new ConfigError(`config file ${file}: ${(err as Error).message}`);
+  }
+}
+
+function fromEnv(env: NodeJS.ProcessEnv): Raw {
+  const raw: Raw = {};
+  for (const key of allKeys) {
+    const v = env[envName(key)];
+    if (v !== undefined && v !== '') raw[key] = v;
+  }
+  return raw;
+}
+
+function coerce(key: string, value: unknown): unknown {
+  if ((numericKeys as readonly string[]).includes(key)) {
+    const n = typeof value === 'number' ? value : Number(value);
+    if (!Number.isSafeInteger(n) || n < 0) throw new ConfigError(`${key}: must be a non-negative integer, got ${JSON.stringify(value)}`);
+    return n;
+  }
+  if (typeof value !== 'string') throw new ConfigError(`${key}: must be a string`);
+  return value;
+}
+
+function validate(c: Config): Config {
+  for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir'] as const) {
+    if (!path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
+  }
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$/.test(c.cgroupParent)) throw new ConfigError(`cgroupParent: "${c.cgroupParent}" is not a plain cgroup name`);
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal'].includes(c.logLevel)) throw new ConfigError(`logLevel: unknown level "${c.logLevel}"`);
+  if (Buffer.byteLength(c.socketPath) > 107) throw new ConfigError(`socketPath: longer than a unix socket path may be (107 bytes)`);
+  if (c.metricsListen !== '' && !/^[^:]+:\d{1,5}$/.test(c.metricsListen)) throw new ConfigError(`metricsListen: expected host:port, got "${c.metricsListen}"`);
+  return c;
+}
+
+/** Builds the config from flags (argv after the program name) and the environment. */
+export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Config {
+  const { raw: flags, configFile } = parseFlags(argv);
+  const file = configFile ?? env.TETRIX_CONFIG;
+  const merged: Raw = { ...(file ? readFile(file) : {}), ...fromEnv(env), ...flags };
+  const base = defaults();
+  // A state dir given without an images dir keeps images beside it.
+  if (merged.stateDir !== undefined && merged.imagesDir === undefined) merged.imagesDir = path.join(String(merged.stateDir), 'images-local');
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(merged)) out[key] = coerce(key, value);
+  return Object.freeze(validate(out as unknown as Config));
+}

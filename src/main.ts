@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+// tetrixd: wires the parts by hand, in the order requests flow (api -> workspace -> sandbox).
+import fs from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
+import { loadConfig, ConfigError, packageRoot, type Config } from './config/config';
+import { createApiServer, bindUnixSocket } from './api/server';
+import { workspaceHandlers } from './api/workspace-api';
+import { nodeHandlers } from './api/node-api';
+import { WorkspaceService } from './workspace/service';
+import { WorkspaceStore } from './workspace/store';
+import { native } from './sandbox/native';
+import { createSandbox } from './sandbox';
+import { acquireStateLock, loadOrCreateSecret } from './state-dir';
+
+export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
+
+async function run(config: Config): Promise<void> {
+  const log = pino({ level: config.logLevel, base: { node: config.nodeId } });
+  fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  fs.chmodSync(config.stateDir, 0o700);
+  const releaseLock = acquireStateLock(config.stateDir);
+  const store = new WorkspaceStore(config.stateDir);
+  const sandbox = await createSandbox(config, log);
+  const workspaces = new WorkspaceService({
+    stateDir: config.stateDir,
+    defaultGraceMs: config.stopGraceMs,
+    store,
+    sandbox,
+    native,
+    log,
+    specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
+  });
+  await workspaces.recover();
+  const limits = { ...config, defaultNetwork: 'NONE' as const };
+  const api = createApiServer({
+    workspaces: workspaceHandlers(workspaces, limits, log),
+    node: nodeHandlers({ nodeId: config.nodeId, version, cgroupMode: sandbox.cgroupMode }, log),
+  });
+  await bindUnixSocket(api.server, config.socketPath);
+  api.health.setStatus('', 'SERVING');
+  api.health.setStatus('tetrix.agent.v1.WorkspaceService', 'SERVING');
+  native.sdNotify('READY=1');
+  log.info({ socket: config.socketPath, stateDir: config.stateDir, cgroups: sandbox.cgroupMode, version }, 'tetrixd serving');
+
+  let stopping = false;
+  const shutdown = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    native.sdNotify('STOPPING=1');
+    log.info({ signal }, 'shutting down; workspaces keep running');
+    await api.close();
+    workspaces.close();
+    store.close();
+    releaseLock();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+if (require.main === module) {
+  let config: Config;
+  try {
+    config = loadConfig(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`tetrixd: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  run(config).catch((err: unknown) => {
+    const message = err instanceof ConfigError || err instanceof Error ? err.message : String(err);
+    process.stderr.write(`tetrixd: ${message}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,38 @@
+// What the lifecycle needs from the layers below it. main.ts wires the real implementations
+// (src/sandbox, src/network, src/prebuild); the lifecycle never reaches past these.
+import type { Resources, WorkspaceSpec } from './types';
+
+export interface Sandbox {
+  readonly initPath: string;
+  readonly capabilities: number[];
+  /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name. */
+  resolveImage(image: string): Promise<{ rootfs: string; digest: string }>;
+  /** The compiled BPF of a profile ('' = default); INVALID_ARGUMENT for an unknown name. */
+  seccompFilter(profile: string): Buffer | undefined;
+  allocateIds(workspaceId: string): number;
+  releaseIds(base: number): void;
+  prepareRootfs(wsDir: string, lowerDir: string, uidBase: number): Promise<{ rootfs: string; contentDir: string }>;
+  unmountRootfs(wsDir: string): Promise<void>;
+  removeWorkspaceDir(wsDir: string): Promise<void>;
+  /** Returns the cgroup.procs files the child must be written into. */
+  createCgroup(workspaceId: string, resources: Resources): Promise<string[]>;
+  destroyCgroup(workspaceId: string): Promise<void>;
+  oomKillCount(workspaceId: string): number;
+  /** Removes what no record accounts for (after a crash). */
+  sweep(liveIds: Set<string>, stateDir: string): Promise<void>;
+}
+
+export interface WorkspaceNetwork {
+  /** Writes /etc/resolv.conf and /etc/hosts into the rootfs before the workload starts. */
+  prepare(spec: WorkspaceSpec, rootfs: string): Promise<void>;
+  /** Returns the workspace's address ('' for NONE). */
+  attach(spec: WorkspaceSpec, pid: number): Promise<string>;
+  detach(workspaceId: string): Promise<void>;
+  reconcile(liveIds: string[]): Promise<void>;
+}
+
+export interface WorkspaceLogs {
+  open(workspaceId: string): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }>;
+  closeWhenDrained(workspaceId: string): Promise<void>;
+  remove(workspaceId: string): Promise<void>;
+}

@@ -1,0 +1,386 @@
+// The workspace lifecycle: CREATING -> RUNNING -> STOPPING -> STOPPED (or FAILED), then teardown.
+// Every transition is persisted before it is announced, and every resource a start acquires is
+// released by the step that failed, by the exit handler, by teardown, or by recover() after a crash.
+import crypto from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { DomainError } from '../errors';
+import type { ExitStatus, NativeAddon } from '../sandbox/native';
+import { NativeError } from '../sandbox/native';
+import type { WorkspaceStore } from './store';
+import { isFinal, newStatus, type Reason, type WorkspaceRecord, type WorkspaceSpec } from './types';
+import type { Sandbox, WorkspaceLogs, WorkspaceNetwork } from './ports';
+import { readPidStartTime, signalName } from './proc';
+
+export interface WorkspaceServiceOptions {
+  stateDir: string;
+  defaultGraceMs: number;
+  store: WorkspaceStore;
+  sandbox: Sandbox;
+  native: NativeAddon;
+  log: Logger;
+  specKey: Buffer;            // HMAC key: spec digests must not let anyone guess env values
+  logs?: WorkspaceLogs;
+  network?: WorkspaceNetwork;
+}
+
+interface Runtime {
+  pidfd: number;
+  exited: Promise<void>;
+  killTimer?: NodeJS.Timeout;
+}
+
+const SIGTERM = 15;
+const SIGKILL = 9;
+
+export class WorkspaceService {
+  readonly events = new EventEmitter();
+  private readonly records = new Map<string, WorkspaceRecord>();
+  private readonly runtimes = new Map<string, Runtime>();
+  private readonly inFlight = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly o: WorkspaceServiceOptions) {
+    this.events.setMaxListeners(0);
+  }
+
+  get(id: string): WorkspaceRecord {
+    const record = this.records.get(id);
+    if (!record) throw new DomainError('NOT_FOUND', `workspace "${id}" not found`);
+    return record;
+  }
+
+  find(id: string): WorkspaceRecord | undefined {
+    return this.records.get(id);
+  }
+
+  list(): WorkspaceRecord[] {
+    return [...this.records.values()];
+  }
+
+  workspaceDir(id: string): string {
+    return path.join(this.o.stateDir, 'workspaces', id);
+  }
+
+  /** Idempotent on spec.id: the same spec returns the existing workspace, another spec is refused. */
+  async start(spec: WorkspaceSpec): Promise<WorkspaceRecord> {
+    const digest = this.digest(spec);
+    const pending = this.inFlight.get(spec.id);
+    if (pending) await pending.catch(() => undefined);
+    const existing = this.records.get(spec.id);
+    if (existing) {
+      if (this.o.store.digestOf(spec.id) !== digest) {
+        throw new DomainError('ALREADY_EXISTS', `workspace "${spec.id}" exists with a different spec`);
+      }
+      return existing;
+    }
+    return this.exclusive(spec.id, () => this.create(spec, digest));
+  }
+
+  async stop(id: string, graceMs: number): Promise<WorkspaceRecord> {
+    await this.inFlight.get(id)?.catch(() => undefined);
+    const record = this.get(id);
+    const runtime = this.runtimes.get(id);
+    if (isFinal(record.status.state) || !runtime) return record;
+    if (!record.status.stopRequested) {
+      record.status.stopRequested = true;
+      this.transition(record, 'STOPPING');
+      this.signal(id, SIGTERM);
+      runtime.killTimer = setTimeout(() => this.signal(id, SIGKILL), graceMs || this.o.defaultGraceMs);
+    }
+    await runtime.exited;
+    return record;
+  }
+
+  /** Removes everything the workspace holds. Idempotent: unknown ids report existed=false. */
+  async teardown(id: string): Promise<{ existed: boolean }> {
+    await this.inFlight.get(id)?.catch(() => undefined);
+    const record = this.records.get(id);
+    if (!record) return { existed: false };
+    await this.exclusive(id, () => this.destroy(record));
+    return { existed: true };
+  }
+
+  /** After a restart: adopt what still runs, settle what died, finish what was half done. */
+  async recover(): Promise<void> {
+    for (const record of this.o.store.loadAll()) {
+      this.records.set(record.spec.id, record);
+      try {
+        await this.recoverOne(record);
+      } catch (err) {
+        this.o.log.error({ workspace: record.spec.id, err: errText(err) }, 'recovery failed');
+      }
+    }
+    await this.o.sandbox.sweep(new Set(this.records.keys()), this.o.stateDir);
+    await this.o.network?.reconcile([...this.records.keys()]);
+  }
+
+  /** Stops watching (the daemon is going away); workspaces keep running. */
+  close(): void {
+    for (const runtime of this.runtimes.values()) clearTimeout(runtime.killTimer);
+  }
+
+  // --- start ---------------------------------------------------------------------------------
+
+  private async create(spec: WorkspaceSpec, digest: string): Promise<WorkspaceRecord> {
+    // Everything that can refuse the request is checked before anything exists.
+    const image = await this.o.sandbox.resolveImage(spec.image);
+    const seccomp = this.o.sandbox.seccompFilter(spec.seccompProfile);
+    const record: WorkspaceRecord = { spec, status: newStatus(Date.now()) };
+    const { sandbox, store } = this.o;
+    store.insert(record, digest);
+    this.records.set(spec.id, record);
+    this.emit(record);
+    const wsDir = this.workspaceDir(spec.id);
+    const opened: number[] = [];
+    try {
+      record.status.uidBase = sandbox.allocateIds(spec.id);
+      store.updateStatus(spec.id, record.status);
+      const { rootfs, contentDir } = await sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase);
+      await this.o.network?.prepare(spec, rootfs);
+      const cgroupProcs = await sandbox.createCgroup(spec.id, spec.resources);
+      const statusFd = fs.openSync(path.join(wsDir, 'exit-status'), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+      opened.push(statusFd);
+      const output = await this.openOutput(spec);
+      opened.push(...output.fds);
+      const result = await this.o.native.spawn({
+        rootfs,
+        initPath: sandbox.initPath,
+        argv: spec.command,
+        env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+        cwd: spec.workingDir,
+        hostname: spec.id,
+        uidBase: record.status.uidBase,
+        gidBase: record.status.uidBase,
+        idCount: 65536,
+        cgroupProcs,
+        stdoutFd: output.stdoutFd,
+        stderrFd: output.stderrFd,
+        statusFd,
+        mounts: [{ source: contentDir, target: '/workspace', readonly: false }],
+        capabilities: sandbox.capabilities,
+        ...(seccomp ? { seccomp } : {}),
+      });
+      for (const fd of opened.splice(0)) fs.closeSync(fd);
+      output.afterSpawn();
+      Object.assign(record.status, { pid: result.pid, pidStartTime: readPidStartTime(result.pid), startedMs: Date.now() });
+      if (this.o.network) record.status.ipAddress = await this.o.network.attach(spec, result.pid);
+      this.watch(record, result.pidfd, true);
+      this.transition(record, 'RUNNING');
+      this.o.log.info({ workspace: spec.id, pid: result.pid, uidBase: record.status.uidBase }, 'workspace running');
+      return record;
+    } catch (err) {
+      for (const fd of opened) fs.closeSync(fd);
+      await this.abortStart(record, err);
+      throw toStartError(err);
+    }
+  }
+
+  private async openOutput(spec: WorkspaceSpec): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
+    if (this.o.logs) return this.o.logs.open(spec.id);
+    const fd = fs.openSync('/dev/null', fs.constants.O_WRONLY);
+    return { stdoutFd: fd, stderrFd: fd, fds: [fd], afterSpawn: () => undefined };
+  }
+
+  /** A start that failed holds nothing: the record stays as FAILED so the caller can see why. */
+  private async abortStart(record: WorkspaceRecord, err: unknown): Promise<void> {
+    const id = record.spec.id;
+    this.o.log.warn({ workspace: id, err: errText(err) }, 'workspace start failed');
+    await this.releaseAll(record);
+    Object.assign(record.status, { reason: 'SPAWN_FAILED' as Reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
+    this.transition(record, 'FAILED');
+  }
+
+  // --- exit ----------------------------------------------------------------------------------
+
+  private watch(record: WorkspaceRecord, pidfd: number, ourChild: boolean): void {
+    let done!: () => void;
+    const exited = new Promise<void>((resolve) => (done = resolve));
+    this.runtimes.set(record.spec.id, { pidfd, exited });
+    this.o.native.watchExit(pidfd, (status) => {
+      this.onExit(record, status, ourChild).catch((err) => this.o.log.error({ workspace: record.spec.id, err: errText(err) }, 'exit handling failed')).finally(done);
+    });
+  }
+
+  private async onExit(record: WorkspaceRecord, exit: ExitStatus, ourChild: boolean): Promise<void> {
+    const id = record.spec.id;
+    const runtime = this.runtimes.get(id);
+    if (runtime) {
+      clearTimeout(runtime.killTimer);
+      this.o.native.closeFd(runtime.pidfd);
+      this.runtimes.delete(id);
+    }
+    const oomKills = this.o.sandbox.oomKillCount(id);
+    Object.assign(record.status, settle(record, this.readStatusFile(id), ourChild ? exit : undefined, oomKills));
+    await this.o.logs?.closeWhenDrained(id);
+    await this.releaseRuntime(record);
+    record.status.finishedMs = Date.now();
+    this.transition(record, 'STOPPED');
+    this.o.log.info({ workspace: id, reason: record.status.reason, exitCode: record.status.exitCode, signal: record.status.signal }, 'workspace stopped');
+  }
+
+  /** init (native/init.c) leaves one line: "exited N" or "signaled N". */
+  private readStatusFile(id: string): { exitCode?: number; signal?: number } {
+    let text: string;
+    try {
+      text = fs.readFileSync(path.join(this.workspaceDir(id), 'exit-status'), 'utf8');
+    } catch {
+      return {};
+    }
+    const m = /^(exited|signaled) (\d{1,3})\n?$/.exec(text);
+    if (!m) return {};
+    return m[1] === 'exited' ? { exitCode: Number(m[2]) } : { signal: Number(m[2]) };
+  }
+
+  // --- teardown and release -----------------------------------------------------------------
+
+  private async destroy(record: WorkspaceRecord): Promise<void> {
+    const id = record.spec.id;
+    record.status.tearingDown = true;
+    this.o.store.updateStatus(id, record.status);
+    const runtime = this.runtimes.get(id);
+    if (runtime) {
+      record.status.stopRequested = true;
+      this.signal(id, SIGKILL);
+      await runtime.exited;
+    }
+    await this.releaseAll(record);
+    await this.o.logs?.remove(id);
+    this.o.store.delete(id);
+    this.records.delete(id);
+    this.events.emit('removed', id);
+    this.o.log.info({ workspace: id }, 'workspace torn down');
+  }
+
+  /** What a running workspace holds beyond its files: mounts, cgroup, network. */
+  private async releaseRuntime(record: WorkspaceRecord): Promise<void> {
+    const id = record.spec.id;
+    await this.o.network?.detach(id);
+    await this.o.sandbox.destroyCgroup(id);
+    await this.o.sandbox.unmountRootfs(this.workspaceDir(id));
+  }
+
+  /** Everything, files and id range included. */
+  private async releaseAll(record: WorkspaceRecord): Promise<void> {
+    await this.releaseRuntime(record);
+    await this.o.sandbox.removeWorkspaceDir(this.workspaceDir(record.spec.id));
+    if (record.status.uidBase) this.o.sandbox.releaseIds(record.status.uidBase);
+    record.status.uidBase = 0;
+  }
+
+  // --- recovery ------------------------------------------------------------------------------
+
+  private async recoverOne(record: WorkspaceRecord): Promise<void> {
+    const { status } = record;
+    const pidfd = status.pid ? this.openIfOurs(status.pid, status.pidStartTime) : -1;
+    if (status.tearingDown) {
+      if (pidfd >= 0) this.watch(record, pidfd, false);
+      return this.exclusive(record.spec.id, () => this.destroy(record));
+    }
+    if (status.state === 'CREATING') {
+      if (pidfd >= 0) {
+        this.o.native.pidfdSendSignal(pidfd, SIGKILL);
+        this.o.native.closeFd(pidfd);
+      }
+      return this.abortStart(record, new Error('start interrupted by a daemon restart'));
+    }
+    if (isFinal(status.state)) {
+      await this.releaseRuntime(record);
+      return;
+    }
+    if (pidfd < 0) {
+      // Died while we were away: the status file (if init wrote it) still tells how.
+      return this.onExit(record, { exitCode: null, signal: null, reaped: false }, false);
+    }
+    this.watch(record, pidfd, false);
+    this.o.log.info({ workspace: record.spec.id, pid: status.pid }, 'adopted running workspace');
+    if (status.state === 'STOPPING') {
+      const runtime = this.runtimes.get(record.spec.id);
+      if (runtime) runtime.killTimer = setTimeout(() => this.signal(record.spec.id, SIGKILL), this.o.defaultGraceMs);
+    }
+  }
+
+  /** A pidfd for pid if it is still the process we started (not a recycled pid), else -1. */
+  private openIfOurs(pid: number, startTime: string): number {
+    let pidfd: number;
+    try {
+      pidfd = this.o.native.pidfdOpen(pid);
+    } catch {
+      return -1;
+    }
+    if (readPidStartTime(pid) === startTime && startTime !== '') return pidfd;
+    this.o.native.closeFd(pidfd);
+    return -1;
+  }
+
+  // --- small pieces --------------------------------------------------------------------------
+
+  private signal(id: string, sig: number): void {
+    const runtime = this.runtimes.get(id);
+    if (!runtime) return;
+    try {
+      this.o.native.pidfdSendSignal(runtime.pidfd, sig);
+    } catch (err) {
+      if (!(err instanceof NativeError && err.code === 'ESRCH')) throw err;
+    }
+  }
+
+  private transition(record: WorkspaceRecord, state: WorkspaceRecord['status']['state']): void {
+    record.status.state = state;
+    this.o.store.updateStatus(record.spec.id, record.status);
+    this.emit(record);
+  }
+
+  private emit(record: WorkspaceRecord): void {
+    this.events.emit('changed', record);
+  }
+
+  private exclusive<T>(id: string, work: () => Promise<T>): Promise<T> {
+    const p = work().finally(() => {
+      if (this.inFlight.get(id) === p) this.inFlight.delete(id);
+    });
+    this.inFlight.set(id, p);
+    return p;
+  }
+
+  private digest(spec: WorkspaceSpec): string {
+    return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(spec)).digest('hex');
+  }
+}
+
+/** How the workload ended, from the best evidence at hand. */
+function settle(
+  record: WorkspaceRecord,
+  fromInit: { exitCode?: number; signal?: number },
+  fromWait: ExitStatus | undefined,
+  oomKills: number,
+): Partial<WorkspaceRecord['status']> {
+  const signal = fromInit.signal !== undefined ? signalName(fromInit.signal) : fromInit.exitCode === undefined ? fromWait?.signal ?? '' : '';
+  const exitCode = fromInit.exitCode ?? (fromWait?.exitCode ?? (signal ? 0 : -1));
+  let reason: Reason;
+  if (oomKills > 0) reason = 'OOM_KILLED';
+  else if (record.status.stopRequested) reason = 'STOPPED';
+  else if (fromInit.exitCode === undefined && fromInit.signal === undefined && !fromWait) reason = 'LOST';
+  else reason = signal ? 'SIGNALED' : 'EXITED';
+  return { exitCode, signal: signal ?? '', reason, pid: record.status.pid };
+}
+
+function toStartError(err: unknown): unknown {
+  if (err instanceof DomainError) return err;
+  if (err instanceof NativeError) return new DomainError('INTERNAL', `sandbox setup failed: ${err.message}`, { cause: err });
+  return err;
+}
+
+export function errText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : 1));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}

@@ -1,0 +1,79 @@
+// Workspace records in SQLite (WAL, synchronous=FULL): every state change is durable before it is
+// reported, so a daemon killed at any point finds the truth on its next start.
+// Environment values never reach the database in plaintext: they are stored sealed, or not at all.
+import Database from 'better-sqlite3';
+import path from 'node:path';
+import type { WorkspaceRecord, WorkspaceSpec, WorkspaceStatus } from './types';
+
+/** Seals secrets for storage (AES-256-GCM under the node key, see src/crypto). */
+export interface SecretSealer {
+  seal(plaintext: string, aad: string): string;
+  open(sealed: string, aad: string): string;
+}
+
+interface Row {
+  id: string;
+  spec: string;
+  env_sealed: string | null;
+  spec_digest: string;
+  status: string;
+}
+
+export class WorkspaceStore {
+  private readonly db: Database.Database;
+
+  constructor(stateDir: string, private readonly sealer?: SecretSealer) {
+    this.db = new Database(path.join(stateDir, 'state.db'));
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.exec(`CREATE TABLE IF NOT EXISTS workspaces (
+      id TEXT PRIMARY KEY,
+      spec TEXT NOT NULL,
+      env_sealed TEXT,
+      spec_digest TEXT NOT NULL,
+      status TEXT NOT NULL
+    )`);
+  }
+
+  insert(record: WorkspaceRecord, specDigest: string): void {
+    const { env, ...rest } = record.spec;
+    this.db
+      .prepare('INSERT INTO workspaces (id, spec, env_sealed, spec_digest, status) VALUES (?, ?, ?, ?, ?)')
+      .run(record.spec.id, JSON.stringify(rest), this.sealEnv(record.spec.id, env), specDigest, JSON.stringify(record.status));
+  }
+
+  updateStatus(id: string, status: WorkspaceStatus): void {
+    this.db.prepare('UPDATE workspaces SET status = ? WHERE id = ?').run(JSON.stringify(status), id);
+  }
+
+  delete(id: string): void {
+    this.db.prepare('DELETE FROM workspaces WHERE id = ?').run(id);
+  }
+
+  digestOf(id: string): string | undefined {
+    const row = this.db.prepare('SELECT spec_digest FROM workspaces WHERE id = ?').get(id) as { spec_digest: string } | undefined;
+    return row?.spec_digest;
+  }
+
+  loadAll(): WorkspaceRecord[] {
+    const rows = this.db.prepare('SELECT id, spec, env_sealed, spec_digest, status FROM workspaces').all() as Row[];
+    return rows.map((row) => ({
+      spec: { ...(JSON.parse(row.spec) as Omit<WorkspaceSpec, 'env'>), env: this.openEnv(row.id, row.env_sealed) },
+      status: JSON.parse(row.status) as WorkspaceStatus,
+    }));
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  private sealEnv(id: string, env: Record<string, string>): string | null {
+    if (!this.sealer || Object.keys(env).length === 0) return null;
+    return this.sealer.seal(JSON.stringify(env), `workspace-env:${id}`);
+  }
+
+  private openEnv(id: string, sealed: string | null): Record<string, string> {
+    if (!sealed || !this.sealer) return {};
+    return JSON.parse(this.sealer.open(sealed, `workspace-env:${id}`)) as Record<string, string>;
+  }
+}

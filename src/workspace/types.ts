@@ -1,0 +1,81 @@
+// The workspace as the node keeps it: what was asked (spec) and what is (status).
+
+export type WorkspaceKind = 'REGULAR' | 'PREBUILD';
+export type NetworkMode = 'NONE' | 'ISOLATED';
+export type State = 'CREATING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED' | 'SUCCEEDED';
+export type Reason = 'UNSPECIFIED' | 'EXITED' | 'SIGNALED' | 'OOM_KILLED' | 'STOPPED' | 'SPAWN_FAILED' | 'LOST' | 'TASK_FAILED';
+
+export interface Resources {
+  memoryBytes: number;   // 0 = none
+  cpuMillis: number;     // 0 = none
+  pids: number;
+}
+
+export interface TaskSpec {
+  name: string;
+  command: string[];
+  workingDir: string;
+  env: Record<string, string>;
+}
+
+export interface WorkspaceSpec {
+  id: string;
+  ownerId: string;
+  teamId: string;
+  kind: WorkspaceKind;
+  image: string;
+  command: string[];
+  env: Record<string, string>;   // secret: never logged, persisted only sealed
+  resources: Resources;
+  network: NetworkMode;
+  ports: number[];
+  restoreFrom: string;
+  seccompProfile: string;
+  tasks: TaskSpec[];
+  source: { repositoryUrl: string; revision: string };
+  workingDir: string;
+}
+
+export interface TaskStatus {
+  name: string;
+  state: State;
+  exitCode: number;
+  startedMs: number;
+  finishedMs: number;
+}
+
+export interface WorkspaceStatus {
+  state: State;
+  reason: Reason;
+  exitCode: number;
+  signal: string;
+  message: string;
+  pid: number;
+  pidStartTime: string;   // /proc/<pid>/stat field 22: tells our init from a recycled pid
+  uidBase: number;
+  createdMs: number;
+  startedMs: number;
+  finishedMs: number;
+  ipAddress: string;
+  snapshotId: string;
+  failedTask: string;
+  restoredFrom: string;
+  tasks: TaskStatus[];
+  stopRequested: boolean;
+  tearingDown: boolean;
+}
+
+export interface WorkspaceRecord {
+  spec: WorkspaceSpec;
+  status: WorkspaceStatus;
+}
+
+export const isFinal = (s: State): boolean => s === 'STOPPED' || s === 'FAILED' || s === 'SUCCEEDED';
+
+export function newStatus(now: number): WorkspaceStatus {
+  return {
+    state: 'CREATING', reason: 'UNSPECIFIED', exitCode: 0, signal: '', message: '', pid: 0, pidStartTime: '',
+    uidBase: 0, createdMs: now, startedMs: 0, finishedMs: 0, ipAddress: '', snapshotId: '', failedTask: '',
+    restoredFrom: '', tasks: [], stopRequested: false, tearingDown: false,
+  };
+}
