@@ -1,0 +1,820 @@
+// Workspace trees to and from pax tar streams.
+//
+// Both directions walk the file system through directory file descriptors and /proc/self/fd/<fd>/<name>
+// (openat-style): a name is always looked up inside a directory we hold open and checked with lstat or
+// O_NOFOLLOW, so neither a workload racing a backup nor an adversarial archive can redirect a path through
+// a symlink. Owners are container ids in the archive: host id - uidBase on the way out, + uidBase on the way in.
+//
+// The file system calls are synchronous on purpose: each is a short page-cache operation, and a thread-pool
+// round trip per call made restores of many small files several times slower. Backups run them in a worker
+// thread (see backups.ts), so the daemon's event loop does not wait on them.
+import fs from 'node:fs';
+import { Readable, Writable } from 'node:stream';
+import { DomainError } from '../errors';
+import {
+  applyPax, BLOCK, decodePax, decodeUstar, encodeEntry, EntryHeader, isZeroBlock, padding,
+} from './tar-format';
+
+const C = fs.constants;
+const OUT_CHUNK = 1 << 20;
+const MAX_PAX_BYTES = 1 << 20;
+/** Containers see host ids outside their mapped range as the overflow id (see user_namespaces(7)). */
+export const OVERFLOW_ID = 65534;
+export const DEFAULT_ID_COUNT = 65536;
+
+export interface IdMapping {
+  uidBase: number;   // host id of container id 0 (uid and gid alike)
+  idCount?: number;  // size of the mapped range, default 65536
+}
+
+/** A directory tree stored under a top-level name in the archive (e.g. "content", "upper"). */
+export interface ArchiveRoot {
+  name: string;
+  dir: string;
+}
+
+export interface TreeSize {
+  files: number;   // entries of every kind
+  bytes: number;   // regular file bytes
+}
+
+function procPath(dirFd: number, name: string): string {
+  return `/proc/self/fd/${dirFd}/${name}`;
+}
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException)?.code;
+}
+
+function openDirAt(dirFd: number, name: string): number {
+  return fs.openSync(procPath(dirFd, name), C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
+}
+
+function openRootDir(dir: string): number {
+  try {
+    return fs.openSync(dir, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
+  } catch (err) {
+    throw new DomainError('FAILED_PRECONDITION', `${dir}: not a directory (${errno(err)})`, { cause: err });
+  }
+}
+
+/**
+ * Symlink policy (the same on both sides): the target must be relative and stay inside the archive root
+ * when resolved from the link's directory. The issue asks to refuse links out of the content root; note this
+ * includes absolute targets such as a venv's `bin/python -> /usr/bin/python3`.
+ */
+export function symlinkEscapes(linkRelPath: string, target: string): boolean {
+  if (target === '' || target.startsWith('/') || target.includes('\0')) return true;
+  let depth = linkRelPath.split('/').length - 1; // directories above the link, inside the root
+  for (const part of target.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      depth--;
+      if (depth < 0) return true;
+    } else depth++;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Writing
+
+interface WalkFrame {
+  fd: number;
+  rel: string;      // path inside the root, '' for the root itself
+  names: string[];
+  next: number;
+}
+
+interface OpenFile {
+  fd: number;
+  remaining: number;
+  position: number;
+  rel: string;
+}
+
+export interface ArchiveWriteOptions extends IdMapping {
+  /** Called after each entry with the file bytes it carried. */
+  onEntry?(bytes: number): void;
+  /** An entry left out (socket, device, FIFO, vanished while walking). */
+  onSkip?(rel: string, why: string): void;
+}
+
+/** A Readable of the tar stream of `roots`, produced lazily one output chunk at a time. */
+export class TreeArchiveStream extends Readable {
+  readonly #roots: ArchiveRoot[];
+  readonly #opts: ArchiveWriteOptions;
+  readonly #idCount: number;
+  #rootIndex = -1;
+  #rootName = '';
+  #stack: WalkFrame[] = [];
+  #file: OpenFile | undefined;
+  #links = new Map<string, string>();
+  #out = Buffer.allocUnsafe(OUT_CHUNK);
+  #len = 0;
+  #done = false;
+
+  constructor(roots: ArchiveRoot[], opts: ArchiveWriteOptions) {
+    super({ highWaterMark: OUT_CHUNK });
+    for (const r of roots) checkRootName(r.name);
+    this.#roots = roots;
+    this.#opts = opts;
+    this.#idCount = opts.idCount ?? DEFAULT_ID_COUNT;
+  }
+
+  override _read(): void {
+    try {
+      while (!this.#done) {
+        this.#step();
+        if (this.#len >= OUT_CHUNK - BLOCK * 4) {
+          this.#flushOut();
+          return;
+        }
+      }
+      this.#flushOut();
+      this.push(null);
+    } catch (err) {
+      this.destroy(err as Error);
+    }
+  }
+
+  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    this.#closeAll();
+    cb(err);
+  }
+
+  #flushOut(): void {
+    if (this.#len === 0) return;
+    this.push(this.#out.subarray(0, this.#len));
+    this.#out = Buffer.allocUnsafe(OUT_CHUNK);
+    this.#len = 0;
+  }
+
+  #append(bytes: Buffer): void {
+    if (this.#len + bytes.length > this.#out.length) this.#flushOut();
+    if (bytes.length > this.#out.length) {
+      this.push(bytes);
+      return;
+    }
+    bytes.copy(this.#out, this.#len);
+    this.#len += bytes.length;
+  }
+
+  #step(): void {
+    if (this.#file) return this.#readFile(this.#file);
+    const top = this.#stack[this.#stack.length - 1];
+    if (!top) return this.#nextRoot();
+    if (top.next >= top.names.length) {
+      fs.closeSync(top.fd);
+      this.#stack.pop();
+      return;
+    }
+    const name = top.names[top.next++];
+    this.#visit(top, name);
+  }
+
+  #nextRoot(): void {
+    this.#rootIndex++;
+    if (this.#rootIndex >= this.#roots.length) {
+      this.#append(Buffer.alloc(BLOCK * 2)); // end-of-archive marker
+      this.#done = true;
+      return;
+    }
+    const root = this.#roots[this.#rootIndex];
+    this.#rootName = root.name;
+    this.#links = new Map(); // hard links never span roots
+    const fd = openRootDir(root.dir);
+    this.#pushDir(fd, '');
+  }
+
+  #archivePath(rel: string): string {
+    return rel === '' ? this.#rootName : `${this.#rootName}/${rel}`;
+  }
+
+  #pushDir(fd: number, rel: string): void {
+    let st: fs.BigIntStats;
+    let names: string[];
+    try {
+      st = fs.fstatSync(fd, { bigint: true });
+      names = fs.readdirSync(`/proc/self/fd/${fd}`).sort();
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+    this.#stack.push({ fd, rel, names, next: 0 });
+    this.#emit('directory', rel, st, 0, '');
+  }
+
+  #visit(parent: WalkFrame, name: string): void {
+    const rel = parent.rel === '' ? name : `${parent.rel}/${name}`;
+    let st: fs.BigIntStats;
+    try {
+      st = fs.lstatSync(procPath(parent.fd, name), { bigint: true });
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return this.#opts.onSkip?.(rel, 'vanished during backup');
+      throw err;
+    }
+    if (st.isDirectory()) return this.#visitDir(parent, name, rel);
+    if (st.isFile()) return this.#visitFile(parent, name, rel, st);
+    if (st.isSymbolicLink()) return this.#visitSymlink(parent, name, rel, st);
+    this.#opts.onSkip?.(rel, st.isFIFO() ? 'FIFO' : st.isSocket() ? 'socket' : 'device node');
+  }
+
+  #visitDir(parent: WalkFrame, name: string, rel: string): void {
+    let fd: number;
+    try {
+      fd = openDirAt(parent.fd, name);
+    } catch (err) {
+      if (['ENOENT', 'ENOTDIR', 'ELOOP'].includes(errno(err) ?? '')) return this.#opts.onSkip?.(rel, 'changed during backup');
+      throw err;
+    }
+    this.#pushDir(fd, rel);
+  }
+
+  #visitFile(parent: WalkFrame, name: string, rel: string, lst: fs.BigIntStats): void {
+    const key = `${lst.dev}:${lst.ino}`;
+    const first = lst.nlink > 1n ? this.#links.get(key) : undefined;
+    if (first !== undefined) {
+      this.#emit('hardlink', rel, lst, 0, this.#archivePath(first));
+      return;
+    }
+    let fd: number;
+    try {
+      fd = fs.openSync(procPath(parent.fd, name), C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+    } catch (err) {
+      if (['ENOENT', 'ELOOP'].includes(errno(err) ?? '')) return this.#opts.onSkip?.(rel, 'changed during backup');
+      throw err;
+    }
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (!st.isFile()) {
+      fs.closeSync(fd);
+      return this.#opts.onSkip?.(rel, 'changed during backup');
+    }
+    if (st.nlink > 1n) this.#links.set(`${st.dev}:${st.ino}`, rel);
+    const size = Number(st.size);
+    this.#emit('file', rel, st, size, '');
+    this.#file = { fd, remaining: size, position: 0, rel };
+    if (size === 0) this.#endFile(this.#file);
+  }
+
+  #visitSymlink(parent: WalkFrame, name: string, rel: string, st: fs.BigIntStats): void {
+    let target: string;
+    try {
+      target = fs.readlinkSync(procPath(parent.fd, name));
+    } catch (err) {
+      if (['ENOENT', 'EINVAL'].includes(errno(err) ?? '')) return this.#opts.onSkip?.(rel, 'changed during backup');
+      throw err;
+    }
+    if (symlinkEscapes(rel, target)) {
+      throw new DomainError('FAILED_PRECONDITION',
+        `${this.#archivePath(rel)}: symlink points outside the ${this.#rootName} root; restore would refuse it`);
+    }
+    this.#emit('symlink', rel, st, 0, target);
+  }
+
+  // File bytes are read straight into the output chunk: no copy per file.
+  #readFile(f: OpenFile): void {
+    if (this.#len >= this.#out.length) this.#flushOut();
+    const want = Math.min(f.remaining, this.#out.length - this.#len);
+    let n = fs.readSync(f.fd, this.#out, this.#len, want, f.position);
+    if (n === 0) {
+      // Shrunk while we read it: the header already promised `size` bytes, so pad with zeros.
+      this.#opts.onSkip?.(f.rel, 'shrank during backup; zero-padded');
+      this.#out.fill(0, this.#len, this.#len + want);
+      n = want;
+    }
+    this.#len += n;
+    f.position += n;
+    f.remaining -= n;
+    if (f.remaining === 0) this.#endFile(f);
+  }
+
+  #endFile(f: OpenFile): void {
+    fs.closeSync(f.fd);
+    this.#file = undefined;
+    const pad = padding(f.position);
+    if (pad) this.#append(Buffer.alloc(pad));
+    this.#opts.onEntry?.(f.position);
+  }
+
+  #emit(type: EntryHeader['type'], rel: string, st: fs.BigIntStats, size: number, linkpath: string): void {
+    this.#append(encodeEntry({
+      path: this.#archivePath(rel),
+      type,
+      mode: Number(st.mode) & 0o7777,
+      uid: this.#toContainerId(Number(st.uid)),
+      gid: this.#toContainerId(Number(st.gid)),
+      size,
+      mtimeNs: st.mtimeNs,
+      linkpath,
+    }));
+    if (type !== 'file') this.#opts.onEntry?.(0);
+  }
+
+  #toContainerId(hostId: number): number {
+    const id = hostId - this.#opts.uidBase;
+    return id >= 0 && id < this.#idCount ? id : OVERFLOW_ID;
+  }
+
+  #closeAll(): void {
+    if (this.#file) fs.closeSync(this.#file.fd);
+    this.#file = undefined;
+    for (const frame of this.#stack) fs.closeSync(frame.fd);
+    this.#stack = [];
+  }
+}
+
+/** Counts entries and file bytes of the trees (for progress totals), with the same walk rules. */
+export function measureTrees(dirs: string[]): TreeSize {
+  const size: TreeSize = { files: 0, bytes: 0 };
+  for (const dir of dirs) {
+    const fd = openRootDir(dir);
+    size.files++;
+    measureDir(fd, size);
+  }
+  return size;
+}
+
+function measureDir(fd: number, size: TreeSize): void {
+  try {
+    for (const name of fs.readdirSync(`/proc/self/fd/${fd}`)) {
+      let st: fs.Stats;
+      try {
+        st = fs.lstatSync(procPath(fd, name));
+      } catch {
+        continue;
+      }
+      if (st.isDirectory()) {
+        size.files++;
+        try {
+          measureDir(openDirAt(fd, name), size);
+        } catch {
+          // vanished or replaced: the archive walk reports it
+        }
+      } else if (st.isFile() || st.isSymbolicLink()) {
+        size.files++;
+        if (st.isFile()) size.bytes += st.size;
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reading
+
+export interface ExtractOptions extends IdMapping {
+  onEntry?(bytes: number): void;
+}
+
+interface PendingDir {
+  rootName: string;
+  rel: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeNs: bigint;
+}
+
+interface DataSink {
+  fd: number;          // -1 when the data is verified but not written (a root nobody asked for)
+  remaining: number;
+  pad: number;
+  header: EntryHeader;
+}
+
+type ParseState = 'header' | 'extended' | 'data' | 'end';
+
+function refuse(entry: string, why: string): DomainError {
+  return new DomainError('DATA_LOSS', `archive entry ${JSON.stringify(entry)} refused: ${why}`);
+}
+
+/**
+ * A Writable that unpacks a tar stream into staging directories (one per archive root name; a root
+ * mapped to null is read and checked but not written). Nothing is created outside them, whatever the
+ * archive says. The stream finishes only after the end-of-archive marker; then directory modes, owners and
+ * mtimes are applied (last, so that adding children did not change them).
+ */
+export class ArchiveExtractor extends Writable {
+  readonly #roots: Map<string, string | null>;
+  readonly #rootFds = new Map<string, number>();
+  readonly #opts: ExtractOptions;
+  readonly #idCount: number;
+  #state: ParseState = 'header';
+  #block = Buffer.alloc(BLOCK);
+  #blockFilled = 0;
+  #extended: Buffer | undefined;
+  #extendedKind: 'pax' | 'gnu-longname' | 'gnu-longlink' | undefined;
+  #extendedFilled = 0;
+  #extendedPad = 0;
+  #pax: Map<string, string> | undefined;
+  #longName: string | undefined;
+  #longLink: string | undefined;
+  #sink: DataSink | undefined;
+  #chain: { name: string; fd: number }[] = [];
+  #chainRoot = '';
+  #dirs: PendingDir[] = [];
+  #zeroBlocks = 0;
+  readonly stats: TreeSize = { files: 0, bytes: 0 };
+
+  constructor(roots: Record<string, string | null>, opts: ExtractOptions) {
+    super({ highWaterMark: OUT_CHUNK });
+    this.#roots = new Map(Object.entries(roots));
+    this.#opts = opts;
+    this.#idCount = opts.idCount ?? DEFAULT_ID_COUNT;
+    for (const [name, dir] of this.#roots) {
+      checkRootName(name);
+      if (dir !== null) this.#rootFds.set(name, openRootDir(dir));
+    }
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    try {
+      this.#consume(chunk);
+      done();
+    } catch (err) {
+      done(err as Error);
+    }
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    try {
+      if (this.#state !== 'end') throw new DomainError('DATA_LOSS', 'archive: ends before its end-of-archive marker');
+      this.#closeChain();
+      this.#applyDirMetadata();
+      done();
+    } catch (err) {
+      done(err as Error);
+    } finally {
+      this.#closeAll();
+    }
+  }
+
+  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    this.#closeAll();
+    cb(err);
+  }
+
+  #consume(chunk: Buffer): void {
+    let off = 0;
+    while (off < chunk.length) {
+      switch (this.#state) {
+        case 'data': off += this.#consumeData(chunk, off); break;
+        case 'extended': off += this.#consumeExtended(chunk, off); break;
+        case 'header': off += this.#consumeBlock(chunk, off); break;
+        case 'end':
+          // Trailing bytes after the marker (tar pads to a record size) are allowed only if zero.
+          for (let i = off; i < chunk.length; i++) {
+            if (chunk[i] !== 0) throw new DomainError('DATA_LOSS', 'archive: data after the end-of-archive marker');
+          }
+          return;
+      }
+    }
+  }
+
+  #consumeBlock(chunk: Buffer, off: number): number {
+    const n = Math.min(BLOCK - this.#blockFilled, chunk.length - off);
+    chunk.copy(this.#block, this.#blockFilled, off, off + n);
+    this.#blockFilled += n;
+    if (this.#blockFilled === BLOCK) {
+      this.#blockFilled = 0;
+      this.#onHeaderBlock(this.#block);
+    }
+    return n;
+  }
+
+  #onHeaderBlock(block: Buffer): void {
+    if (isZeroBlock(block)) {
+      if (++this.#zeroBlocks === 2) this.#state = 'end';
+      return;
+    }
+    if (this.#zeroBlocks) throw new DomainError('DATA_LOSS', 'archive: a lone zero block inside the archive');
+    const h = decodeUstar(block);
+    if (h.type === 'pax' || h.type === 'gnu-longname' || h.type === 'gnu-longlink') {
+      if (h.size > MAX_PAX_BYTES) throw new DomainError('DATA_LOSS', 'archive: extended header too large');
+      this.#extended = Buffer.alloc(h.size);
+      this.#extendedKind = h.type;
+      this.#extendedFilled = 0;
+      this.#extendedPad = padding(h.size);
+      this.#state = 'extended';
+      if (h.size === 0) this.#endExtended();
+      return;
+    }
+    if (h.type === 'pax-global') throw new DomainError('DATA_LOSS', 'archive: pax global headers are not used by Tetrix');
+    if (this.#pax) applyPax(h, this.#pax);
+    if (this.#longName !== undefined) h.path = this.#longName;
+    if (this.#longLink !== undefined) h.linkpath = this.#longLink;
+    this.#pax = undefined;
+    this.#longName = undefined;
+    this.#longLink = undefined;
+    this.#onEntry(h);
+  }
+
+  #consumeExtended(chunk: Buffer, off: number): number {
+    const ext = this.#extended!;
+    if (this.#extendedFilled < ext.length) {
+      const n = Math.min(ext.length - this.#extendedFilled, chunk.length - off);
+      chunk.copy(ext, this.#extendedFilled, off, off + n);
+      this.#extendedFilled += n;
+      if (this.#extendedFilled === ext.length && this.#extendedPad === 0) this.#endExtended();
+      return n;
+    }
+    const n = Math.min(this.#extendedPad, chunk.length - off);
+    this.#extendedPad -= n;
+    if (this.#extendedPad === 0) this.#endExtended();
+    return n;
+  }
+
+  #endExtended(): void {
+    const body = this.#extended!;
+    if (this.#extendedKind === 'pax') this.#pax = decodePax(body);
+    else {
+      const text = body.toString('utf8').replace(/\0.*$/s, '');
+      if (this.#extendedKind === 'gnu-longname') this.#longName = text;
+      else this.#longLink = text;
+    }
+    this.#extended = undefined;
+    this.#state = 'header';
+  }
+
+  #consumeData(chunk: Buffer, off: number): number {
+    const s = this.#sink!;
+    if (s.remaining > 0) {
+      const n = Math.min(s.remaining, chunk.length - off);
+      if (s.fd >= 0) writeAll(s.fd, chunk, off, n);
+      s.remaining -= n;
+      if (s.remaining === 0 && s.pad === 0) this.#endData(s);
+      return n;
+    }
+    const n = Math.min(s.pad, chunk.length - off);
+    s.pad -= n;
+    if (s.pad === 0) this.#endData(s);
+    return n;
+  }
+
+  #endData(s: DataSink): void {
+    if (s.fd >= 0) {
+      this.#setFdMetadata(s.fd, s.header);
+      fs.closeSync(s.fd);
+    }
+    this.#sink = undefined;
+    this.#state = 'header';
+    this.stats.bytes += s.header.size;
+    this.#opts.onEntry?.(s.header.size);
+  }
+
+  #onEntry(h: EntryHeader): void {
+    this.stats.files++;
+    const { rootName, rel } = splitEntryPath(h.path);
+    if (!this.#roots.has(rootName)) throw refuse(h.path, `unknown archive root "${rootName}"`);
+    const write = this.#rootFds.has(rootName);
+    switch (h.type) {
+      case 'file': return this.#onFile(h, rootName, rel, write);
+      case 'directory': return this.#onDirectory(h, rootName, rel, write);
+      case 'symlink': return this.#onSymlink(h, rootName, rel, write);
+      case 'hardlink': return this.#onHardlink(h, rootName, rel, write);
+      case 'char-device': case 'block-device': throw refuse(h.path, 'device nodes are not restored');
+      case 'fifo': throw refuse(h.path, 'FIFOs are not restored');
+      default: throw refuse(h.path, 'unsupported entry type');
+    }
+  }
+
+  #onFile(h: EntryHeader, rootName: string, rel: string, write: boolean): void {
+    if (rel === '') throw refuse(h.path, 'the root must be a directory');
+    let fd = -1;
+    if (write) {
+      const { dirFd, name } = this.#parentOf(rootName, rel, h.path);
+      fd = this.#createAt(dirFd, name, h.path, (p) =>
+        fs.openSync(p, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600));
+    }
+    this.#sink = { fd, remaining: h.size, pad: padding(h.size), header: h };
+    this.#state = 'data';
+    if (h.size === 0) this.#endData(this.#sink);
+  }
+
+  #onDirectory(h: EntryHeader, rootName: string, rel: string, write: boolean): void {
+    this.#noData(h);
+    this.#opts.onEntry?.(0);
+    if (!write) return;
+    if (rel !== '') {
+      const { dirFd, name } = this.#parentOf(rootName, rel, h.path);
+      try {
+        fs.mkdirSync(procPath(dirFd, name), 0o700);
+      } catch (err) {
+        if (errno(err) !== 'EEXIST') throw err;
+        const st = fs.lstatSync(procPath(dirFd, name));
+        if (!st.isDirectory()) {
+          fs.unlinkSync(procPath(dirFd, name));
+          fs.mkdirSync(procPath(dirFd, name), 0o700);
+        }
+      }
+    }
+    this.#dirs.push({ rootName, rel, mode: h.mode, uid: h.uid, gid: h.gid, mtimeNs: h.mtimeNs });
+  }
+
+  #onSymlink(h: EntryHeader, rootName: string, rel: string, write: boolean): void {
+    this.#noData(h);
+    if (rel === '') throw refuse(h.path, 'the root must be a directory');
+    if (symlinkEscapes(rel, h.linkpath)) throw refuse(h.path, `symlink target ${JSON.stringify(h.linkpath)} leaves the root`);
+    this.#opts.onEntry?.(0);
+    if (!write) return;
+    const { dirFd, name } = this.#parentOf(rootName, rel, h.path);
+    const p = procPath(dirFd, name);
+    this.#createAt(dirFd, name, h.path, () => fs.symlinkSync(h.linkpath, p));
+    fs.lchownSync(p, this.#toHostId(h.uid), this.#toHostId(h.gid));
+    const t = nsToSeconds(h.mtimeNs);
+    fs.lutimesSync(p, t, t);
+  }
+
+  #onHardlink(h: EntryHeader, rootName: string, rel: string, write: boolean): void {
+    this.#noData(h);
+    if (rel === '') throw refuse(h.path, 'the root must be a directory');
+    const source = splitEntryPath(h.linkpath);
+    if (source.rootName !== rootName || source.rel === '') throw refuse(h.path, 'hard link source outside its root');
+    this.#opts.onEntry?.(0);
+    if (!write) return;
+    // The source is resolved with the same walk (no symlinked directories), then must be a regular file.
+    const src = this.#resolveDetached(rootName, source.rel, h.path);
+    try {
+      const st = fs.lstatSync(procPath(src.dirFd, src.name));
+      if (!st.isFile()) throw refuse(h.path, 'hard link source is not a regular file');
+      const { dirFd, name } = this.#parentOf(rootName, rel, h.path);
+      this.#createAt(dirFd, name, h.path, (p) => fs.linkSync(procPath(src.dirFd, src.name), p));
+    } catch (err) {
+      if (errno(err) === 'ENOENT') throw refuse(h.path, 'hard link source does not exist (yet)');
+      throw err;
+    } finally {
+      fs.closeSync(src.dirFd);
+    }
+  }
+
+  #noData(h: EntryHeader): void {
+    if (h.size !== 0) throw refuse(h.path, 'non-file entry carries data');
+  }
+
+  /** Creates `name` in dirFd with `create`; an existing non-directory there is replaced (tar semantics). */
+  #createAt<T>(dirFd: number, name: string, entry: string, create: (p: string) => T): T {
+    const p = procPath(dirFd, name);
+    try {
+      return create(p);
+    } catch (err) {
+      if (errno(err) !== 'EEXIST') throw err;
+    }
+    const st = fs.lstatSync(p);
+    if (st.isDirectory()) throw refuse(entry, 'would replace a directory');
+    fs.unlinkSync(p);
+    return create(p);
+  }
+
+  /**
+   * The parent directory fd of rel inside a root, walking component by component with O_NOFOLLOW.
+   * The open chain is kept between entries (archives list siblings together).
+   */
+  #parentOf(rootName: string, rel: string, entry: string): { dirFd: number; name: string } {
+    const parts = rel.split('/');
+    const name = parts.pop()!;
+    if (this.#chainRoot !== rootName) {
+      this.#closeChain();
+      this.#chainRoot = rootName;
+    }
+    let keep = 0;
+    while (keep < this.#chain.length && keep < parts.length && this.#chain[keep].name === parts[keep]) keep++;
+    while (this.#chain.length > keep) fs.closeSync(this.#chain.pop()!.fd);
+    let fd = this.#chain.length ? this.#chain[this.#chain.length - 1].fd : this.#rootFds.get(rootName)!;
+    for (let i = keep; i < parts.length; i++) {
+      fd = this.#openComponent(fd, parts[i], entry);
+      this.#chain.push({ name: parts[i], fd });
+    }
+    return { dirFd: fd, name };
+  }
+
+  /** Like #parentOf but with its own fds (the caller closes dirFd); used for hard link sources. */
+  #resolveDetached(rootName: string, rel: string, entry: string): { dirFd: number; name: string } {
+    return resolveParent(this.#rootFds.get(rootName)!, rel, entry);
+  }
+
+  #openComponent(dirFd: number, part: string, entry: string): number {
+    try {
+      return openDirAt(dirFd, part);
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') return rethrowComponent(err, entry, part);
+    }
+    // Missing parents are created, as tar does; their metadata comes from their own entry if one follows.
+    fs.mkdirSync(procPath(dirFd, part), 0o755);
+    return openDirAt(dirFd, part);
+  }
+
+  #setFdMetadata(fd: number, h: EntryHeader): void {
+    fs.fchownSync(fd, this.#toHostId(h.uid), this.#toHostId(h.gid));
+    fs.fchmodSync(fd, h.mode & 0o7777); // after chown, which clears setuid/setgid
+    const t = nsToSeconds(h.mtimeNs);
+    fs.futimesSync(fd, t, t);
+  }
+
+  // Deepest first, so a parent's mtime is set after its children were touched.
+  #applyDirMetadata(): void {
+    this.#dirs.sort((a, b) => (a.rel < b.rel ? 1 : a.rel > b.rel ? -1 : 0));
+    for (const d of this.#dirs) {
+      const rootFd = this.#rootFds.get(d.rootName)!;
+      const fd = d.rel === ''
+        ? fs.openSync(`/proc/self/fd/${rootFd}`, C.O_RDONLY | C.O_DIRECTORY)
+        : this.#resolveDir(rootFd, d.rel);
+      try {
+        this.#setFdMetadata(fd, { ...emptyHeader(), mode: d.mode, uid: d.uid, gid: d.gid, mtimeNs: d.mtimeNs });
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+  }
+
+  #resolveDir(rootFd: number, rel: string): number {
+    const { dirFd, name } = resolveParent(rootFd, rel, rel);
+    try {
+      return openExisting(dirFd, name, rel);
+    } finally {
+      fs.closeSync(dirFd);
+    }
+  }
+
+  #toHostId(id: number): number {
+    return (id >= 0 && id < this.#idCount ? id : OVERFLOW_ID) + this.#opts.uidBase;
+  }
+
+  #closeChain(): void {
+    while (this.#chain.length) fs.closeSync(this.#chain.pop()!.fd);
+  }
+
+  #closeAll(): void {
+    if (this.#sink && this.#sink.fd >= 0) fs.closeSync(this.#sink.fd);
+    this.#sink = undefined;
+    this.#closeChain();
+    for (const fd of this.#rootFds.values()) fs.closeSync(fd);
+    this.#rootFds.clear();
+  }
+}
+
+function resolveParent(rootFd: number, rel: string, entry: string): { dirFd: number; name: string } {
+  const parts = rel.split('/');
+  const name = parts.pop()!;
+  let fd = fs.openSync(`/proc/self/fd/${rootFd}`, C.O_RDONLY | C.O_DIRECTORY);
+  try {
+    for (const part of parts) {
+      const next = openExisting(fd, part, entry);
+      fs.closeSync(fd);
+      fd = next;
+    }
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  return { dirFd: fd, name };
+}
+
+function openExisting(dirFd: number, part: string, entry: string): number {
+  try {
+    return openDirAt(dirFd, part);
+  } catch (err) {
+    return rethrowComponent(err, entry, part);
+  }
+}
+
+function rethrowComponent(err: unknown, entry: string, part: string): never {
+  const code = errno(err);
+  if (code === 'ENOTDIR' || code === 'ELOOP') throw refuse(entry, `path goes through "${part}", which is not a directory (a symlink?)`);
+  if (code === 'ENOENT') throw refuse(entry, `"${part}" does not exist`);
+  throw err;
+}
+
+function emptyHeader(): EntryHeader {
+  return { path: '', type: 'directory', mode: 0, uid: 0, gid: 0, size: 0, mtimeNs: 0n, linkpath: '' };
+}
+
+function nsToSeconds(ns: bigint): number {
+  return Number(ns / 1000n) / 1e6;
+}
+
+function writeAll(fd: number, buf: Buffer, off: number, len: number): void {
+  while (len > 0) {
+    const n = fs.writeSync(fd, buf, off, len);
+    off += n;
+    len -= n;
+  }
+}
+
+function checkRootName(name: string): void {
+  if (!/^[a-z][a-z0-9-]*$/.test(name)) throw new DomainError('INVALID_ARGUMENT', `archive root name ${JSON.stringify(name)}`);
+}
+
+/**
+ * Splits an entry path into its root name and the relative path below it, refusing anything that could
+ * name a place outside: absolute paths, `..`, NUL. Empty and `.` components are dropped.
+ */
+export function splitEntryPath(p: string): { rootName: string; rel: string } {
+  if (p.startsWith('/')) throw refuse(p, 'absolute path');
+  if (p.includes('\0')) throw refuse(p, 'NUL in path');
+  const parts = p.split('/').filter((s) => s !== '' && s !== '.');
+  if (parts.includes('..')) throw refuse(p, '".." in path');
+  if (parts.length === 0) throw refuse(p, 'empty path');
+  return { rootName: parts[0], rel: parts.slice(1).join('/') };
+}

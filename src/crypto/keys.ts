@@ -1,0 +1,285 @@
+// Node key-encryption keys (KEKs). A keyring is a directory of 32-byte AES-256 keys, one file per key id,
+// plus a `current` file naming the key new data is sealed under. Old keys stay so old backups and secrets
+// remain readable by the key id they carry. Key bytes live only in private fields and never reach a log.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { DomainError } from '../errors';
+
+export const KEY_BYTES = 32;
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+const KEY_FILE_SUFFIX = '.key';
+const CURRENT_FILE = 'current';
+const WRAP_DOMAIN = 'tetrix/kek-wrap/v1';
+
+export interface KeyRingOptions {
+  /** The keyring directory, normally <stateDir>/keys. Created 0700 if missing. */
+  dir: string;
+  /** An operator-provided key file (32 raw bytes, 64 hex chars or base64); it becomes the current key. */
+  keyFile?: string;
+}
+
+/** What a KEK seals: the key id it used and nonce || ciphertext || tag. */
+export interface Sealed {
+  keyId: string;
+  blob: Buffer;
+}
+
+export class KeyRing {
+  readonly #dir: string;
+  readonly #keyFile: string | undefined;
+  readonly #keys = new Map<string, Buffer>();
+  #currentId = '';
+
+  private constructor(dir: string, keyFile: string | undefined) {
+    this.#dir = dir;
+    this.#keyFile = keyFile;
+  }
+
+  /** Opens (or on first start creates) the keyring. Refuses key files others could read or write. */
+  static open(opts: KeyRingOptions): KeyRing {
+    const ring = new KeyRing(path.resolve(opts.dir), opts.keyFile && path.resolve(opts.keyFile));
+    ensurePrivateDir(ring.#dir);
+    removeTemporaryFiles(ring.#dir);
+    ring.#loadAll();
+    if (ring.#keyFile) ring.#adoptOperatorKey(ring.#keyFile);
+    else ring.#loadOrCreateCurrent();
+    return ring;
+  }
+
+  get dir(): string {
+    return this.#dir;
+  }
+
+  current(): { id: string } {
+    return { id: this.#currentId };
+  }
+
+  ids(): string[] {
+    return [...this.#keys.keys()].sort();
+  }
+
+  has(keyId: string): boolean {
+    return this.#keys.has(keyId) || this.#reloadFor(keyId);
+  }
+
+  /** Wraps a data key under the current KEK. `context` (e.g. a backup id) is bound in as AAD. */
+  wrap(dataKey: Buffer, context = ''): { keyId: string; wrapped: Buffer } {
+    if (dataKey.length !== KEY_BYTES) throw new DomainError('INVALID_ARGUMENT', `dataKey: must be ${KEY_BYTES} bytes`);
+    const { keyId, blob } = this.seal(dataKey, wrapAad(this.#currentId, context), this.#currentId);
+    return { keyId, wrapped: blob };
+  }
+
+  /** Unwraps a data key. Missing key id: FAILED_PRECONDITION. Wrong key or altered bytes: DATA_LOSS. */
+  unwrap(keyId: string, wrapped: Buffer, context = ''): Buffer {
+    return this.open({ keyId, blob: wrapped }, wrapAad(keyId, context), 'wrapped data key');
+  }
+
+  /**
+   * AES-256-GCM under a KEK (the current one unless keyId is given). Callers put a domain string in `aad`
+   * so a value sealed for one purpose cannot be passed off as another.
+   */
+  seal(plaintext: Buffer, aad: Buffer, keyId = this.#currentId): Sealed {
+    const key = this.#key(keyId);
+    const nonce = crypto.randomBytes(NONCE_BYTES);
+    const cipher = crypto.createCipheriv('aes-256-gcm', key, nonce);
+    cipher.setAAD(aad);
+    const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+    return { keyId, blob: Buffer.concat([nonce, body, cipher.getAuthTag()]) };
+  }
+
+  open(sealed: Sealed, aad: Buffer, what = 'sealed value'): Buffer {
+    const key = this.#key(sealed.keyId);
+    const { blob } = sealed;
+    if (blob.length < NONCE_BYTES + TAG_BYTES) throw new DomainError('DATA_LOSS', `${what}: too short`);
+    const decipher = crypto.createDecipheriv('aes-256-gcm', key, blob.subarray(0, NONCE_BYTES));
+    decipher.setAAD(aad);
+    decipher.setAuthTag(blob.subarray(blob.length - TAG_BYTES));
+    try {
+      return Buffer.concat([decipher.update(blob.subarray(NONCE_BYTES, blob.length - TAG_BYTES)), decipher.final()]);
+    } catch {
+      throw new DomainError('DATA_LOSS', `${what}: does not authenticate under key ${sealed.keyId}`);
+    }
+  }
+
+  /** Makes a fresh KEK current and returns its id; older keys stay for reading. */
+  rotate(): string {
+    if (this.#keyFile) {
+      throw new DomainError('FAILED_PRECONDITION',
+        `keyring: the current key comes from the key file ${this.#keyFile}; rotate by pointing the node at a new key file`);
+    }
+    const key = crypto.randomBytes(KEY_BYTES);
+    const id = keyIdOf(key);
+    this.#store(id, key);
+    this.#setCurrent(id);
+    return id;
+  }
+
+  #key(keyId: string): Buffer {
+    const key = this.#keys.get(keyId);
+    if (key) return key;
+    if (this.#reloadFor(keyId)) return this.#keys.get(keyId)!;
+    throw new DomainError('FAILED_PRECONDITION', `key ${keyId} is not in the keyring ${this.#dir}`);
+  }
+
+  // Another process (tetrixctl) may have added a key since we opened; look once more before failing.
+  #reloadFor(keyId: string): boolean {
+    if (!isKeyId(keyId)) return false;
+    const file = path.join(this.#dir, keyId + KEY_FILE_SUFFIX);
+    if (!fs.existsSync(file)) return false;
+    this.#keys.set(keyId, readKeyFileChecked(file, keyId));
+    return true;
+  }
+
+  #loadAll(): void {
+    for (const name of fs.readdirSync(this.#dir)) {
+      if (!name.endsWith(KEY_FILE_SUFFIX)) continue;
+      const id = name.slice(0, -KEY_FILE_SUFFIX.length);
+      if (!isKeyId(id)) continue;
+      this.#keys.set(id, readKeyFileChecked(path.join(this.#dir, name), id));
+    }
+  }
+
+  #adoptOperatorKey(file: string): void {
+    const key = parseKey(readPrivateFile(file), file);
+    const id = keyIdOf(key);
+    // Kept in the keyring too, so data sealed under it stays readable after the operator moves to a new file.
+    if (!this.#keys.has(id)) this.#store(id, key);
+    if (readCurrentId(this.#dir) !== id) writePrivateFileAtomic(this.#dir, CURRENT_FILE, id + '\n');
+    this.#currentId = id;
+  }
+
+  #loadOrCreateCurrent(): void {
+    const id = readCurrentId(this.#dir);
+    if (id === undefined) {
+      this.rotate();
+      return;
+    }
+    if (!this.#keys.has(id)) {
+      throw new DomainError('FAILED_PRECONDITION', `keyring ${this.#dir}: current key ${id} has no key file`);
+    }
+    this.#currentId = id;
+  }
+
+  #store(id: string, key: Buffer): void {
+    writePrivateFileAtomic(this.#dir, id + KEY_FILE_SUFFIX, key.toString('hex') + '\n');
+    this.#keys.set(id, key);
+  }
+
+  #setCurrent(id: string): void {
+    writePrivateFileAtomic(this.#dir, CURRENT_FILE, id + '\n');
+    this.#currentId = id;
+  }
+
+  toJSON(): object {
+    return { dir: this.#dir, current: this.#currentId, keys: this.ids() };
+  }
+}
+
+/** Key ids name a key without revealing it: a domain-separated SHA-256 of the key, truncated. */
+export function keyIdOf(key: Buffer): string {
+  const digest = crypto.createHash('sha256').update('tetrix/kek-id/v1\0').update(key).digest('hex');
+  return 'kek-' + digest.slice(0, 16);
+}
+
+export function isKeyId(id: string): boolean {
+  return /^kek-[0-9a-f]{16}$/.test(id);
+}
+
+function wrapAad(keyId: string, context: string): Buffer {
+  return Buffer.from(`${WRAP_DOMAIN}\0${keyId}\0${context}`);
+}
+
+function ensurePrivateDir(dir: string): void {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = fs.lstatSync(dir);
+  if (!st.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `key directory ${dir} is not a directory`);
+  checkPrivate(dir, st, 'key directory');
+}
+
+function checkPrivate(file: string, st: fs.Stats, what: string): void {
+  if ((st.mode & 0o077) !== 0) {
+    const mode = (st.mode & 0o777).toString(8).padStart(3, '0');
+    throw new DomainError('FAILED_PRECONDITION',
+      `${what} ${file} is accessible by group or others (mode ${mode}); chmod it to ${what === 'key directory' ? '700' : '600'}`);
+  }
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid) {
+    throw new DomainError('FAILED_PRECONDITION', `${what} ${file} is owned by uid ${st.uid}, not by this process (uid ${uid})`);
+  }
+}
+
+// Opened with O_NOFOLLOW and checked with fstat, so what is checked is what is read.
+function readPrivateFile(file: string): Buffer {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new DomainError('FAILED_PRECONDITION', `key file ${file}: cannot open (${code})`, { cause: err });
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new DomainError('FAILED_PRECONDITION', `key file ${file} is not a regular file`);
+    checkPrivate(file, st, 'key file');
+    if (st.size > 4096) throw new DomainError('FAILED_PRECONDITION', `key file ${file} is too large to be a key`);
+    return fs.readFileSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function readKeyFileChecked(file: string, id: string): Buffer {
+  const key = parseKey(readPrivateFile(file), file);
+  if (keyIdOf(key) !== id) throw new DomainError('DATA_LOSS', `key file ${file} does not hold key ${id}`);
+  return key;
+}
+
+/** Accepts 32 raw bytes, 64 hex characters or base64 of 32 bytes (a trailing newline is fine). */
+function parseKey(raw: Buffer, file: string): Buffer {
+  if (raw.length === KEY_BYTES) return Buffer.from(raw);
+  const text = raw.toString('latin1').trim();
+  if (/^[0-9a-fA-F]{64}$/.test(text)) return Buffer.from(text, 'hex');
+  if (/^[A-Za-z0-9+/]{43}=$/.test(text)) return Buffer.from(text, 'base64');
+  throw new DomainError('FAILED_PRECONDITION',
+    `key file ${file}: expected 32 raw bytes, 64 hex characters or base64 of 32 bytes`);
+}
+
+function readCurrentId(dir: string): string | undefined {
+  const file = path.join(dir, CURRENT_FILE);
+  if (!fs.existsSync(file)) return undefined;
+  const id = readPrivateFile(file).toString('utf8').trim();
+  if (!isKeyId(id)) throw new DomainError('DATA_LOSS', `keyring ${dir}: ${CURRENT_FILE} does not name a key id`);
+  return id;
+}
+
+// Write to a temporary file created 0600 (never wider, whatever the umask), fsync, rename, fsync the dir.
+function writePrivateFileAtomic(dir: string, name: string, content: string): void {
+  const tmp = path.join(dir, `.${name}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  try {
+    fs.fchmodSync(fd, 0o600);
+    fs.writeSync(fd, content);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, path.join(dir, name));
+  syncDir(dir);
+}
+
+function syncDir(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function removeTemporaryFiles(dir: string): void {
+  for (const name of fs.readdirSync(dir)) {
+    if (name.startsWith('.') && name.endsWith('.tmp')) fs.rmSync(path.join(dir, name), { force: true });
+  }
+}
