@@ -1,0 +1,349 @@
+// Who is calling, and may they touch this workspace. Three parts:
+//  - TokenVerifier: the control plane's user tokens (JWT, EdDSA/Ed25519) checked against its public key;
+//  - authorizeWorkspaceAccess: the one decision point for every user-facing workspace action;
+//  - createAuthInterceptor / principalOf: the gRPC side, one interceptor per listening port, and
+//    createEndpointGuard: the same checks for the workspace endpoint server.
+// Every decision is written to the audit log. See docs/security-transport.md.
+import * as grpc from '@grpc/grpc-js';
+import crypto from 'node:crypto';
+import { DomainError } from '../errors';
+import type { AuditLog } from './audit';
+import { ADMIN_IDENTITY, peerIdentityOf, type PeerVerdict } from './tls';
+import type { PeerCertificate } from 'node:tls';
+
+export type Principal =
+  | { readonly kind: 'user'; readonly userId: string; readonly teams: readonly string[] }
+  | { readonly kind: 'operator'; readonly name: string };
+
+export function describePrincipal(p: Principal | undefined): string {
+  if (!p) return 'anonymous';
+  return p.kind === 'user' ? `user:${p.userId}` : `operator:${p.name}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tokens
+
+export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
+const MAX_TOKEN_BYTES = 8192;
+const MAX_ID_LENGTH = 256;
+
+export interface TokenVerifierOptions {
+  /** The control plane's Ed25519 public key(s), PEM (SPKI). Several during a key rotation. */
+  readonly publicKeys: string | readonly string[];
+  /** This node's id: a token's `aud` must name it. */
+  readonly audience: string;
+  /** Tolerance for clocks that disagree, applied to exp, nbf and iat. Default 30 s. */
+  readonly clockSkewSeconds?: number;
+  /** For tests: the current time in ms. */
+  readonly now?: () => number;
+}
+
+const unauthenticated = (why: string): DomainError => new DomainError('UNAUTHENTICATED', `token: ${why}`);
+
+// Strict base64url: Buffer.from is lenient (skips bad characters, accepts padding), so decode and re-encode
+// and insist on the same text, so one token has exactly one spelling.
+function decodeSegment(segment: string, what: string): Buffer {
+  const bytes = Buffer.from(segment, 'base64url');
+  if (bytes.toString('base64url') !== segment) throw unauthenticated(`malformed ${what}`);
+  return bytes;
+}
+
+function parseJsonObject(bytes: Buffer, what: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    throw unauthenticated(`malformed ${what}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw unauthenticated(`malformed ${what}`);
+  return value as Record<string, unknown>;
+}
+
+const isId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= MAX_ID_LENGTH;
+const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+
+/** Verifies the control plane's user tokens: compact JWS, `alg: EdDSA` (Ed25519) only. */
+export class TokenVerifier {
+  private readonly keys: crypto.KeyObject[];
+  private readonly skewMs: number;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: TokenVerifierOptions) {
+    const pems = typeof opts.publicKeys === 'string' ? [opts.publicKeys] : [...opts.publicKeys];
+    if (pems.length === 0) throw new DomainError('INVALID_ARGUMENT', 'tokens: no public key configured');
+    this.keys = pems.map((pem) => {
+      const key = crypto.createPublicKey(pem);
+      if (key.asymmetricKeyType !== 'ed25519') {
+        throw new DomainError('INVALID_ARGUMENT', 'tokens: the public key must be Ed25519');
+      }
+      return key;
+    });
+    if (!opts.audience) throw new DomainError('INVALID_ARGUMENT', 'tokens: audience (node id) is empty');
+    this.skewMs = (opts.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS) * 1000;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** The user a token speaks for; throws DomainError UNAUTHENTICATED saying why not. */
+  verify(token: string): Principal & { kind: 'user' } {
+    if (typeof token !== 'string' || token.length === 0) throw unauthenticated('missing');
+    if (token.length > MAX_TOKEN_BYTES) throw unauthenticated('too long');
+    const parts = token.split('.');
+    if (parts.length !== 3) throw unauthenticated('not a compact JWS');
+    const [h, p, s] = parts as [string, string, string];
+    this.checkHeader(parseJsonObject(decodeSegment(h, 'header'), 'header'));
+    // The signature is checked before the claims are believed.
+    const signature = decodeSegment(s, 'signature');
+    const signed = Buffer.from(`${h}.${p}`, 'ascii');
+    if (!this.keys.some((key) => crypto.verify(null, signed, key, signature))) throw unauthenticated('bad signature');
+    return this.checkClaims(parseJsonObject(decodeSegment(p, 'payload'), 'payload'));
+  }
+
+  private checkHeader(header: Record<string, unknown>): void {
+    // Only EdDSA: refuses 'none' and the HS256-with-the-public-key confusion.
+    if (header.alg !== 'EdDSA') throw unauthenticated('algorithm not accepted');
+    if (header.typ !== undefined && header.typ !== 'JWT') throw unauthenticated('not a JWT');
+    if (header.crit !== undefined) throw unauthenticated('critical header extensions not supported');
+  }
+
+  private checkClaims(c: Record<string, unknown>): Principal & { kind: 'user' } {
+    if (!isId(c.sub)) throw unauthenticated('missing subject');
+    if (!Array.isArray(c.teams) || !c.teams.every(isId)) throw unauthenticated('teams must be a list of ids');
+    const aud = typeof c.aud === 'string' ? [c.aud] : c.aud;
+    if (!Array.isArray(aud) || !aud.includes(this.opts.audience)) throw unauthenticated('not for this node');
+    if (!isTime(c.exp)) throw unauthenticated('missing expiry');
+    for (const claim of ['nbf', 'iat'] as const) {
+      if (c[claim] !== undefined && !isTime(c[claim])) throw unauthenticated(`malformed ${claim}`);
+    }
+    const now = this.now();
+    if (now >= c.exp * 1000 + this.skewMs) throw unauthenticated('expired');
+    if (isTime(c.nbf) && now < c.nbf * 1000 - this.skewMs) throw unauthenticated('not yet valid');
+    if (isTime(c.iat) && now < c.iat * 1000 - this.skewMs) throw unauthenticated('issued in the future');
+    return { kind: 'user', userId: c.sub, teams: c.teams as string[] };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The decision
+
+export type WorkspaceAction = 'endpoint' | 'logs' | 'exec' | 'manage';
+
+/** What the decision needs to know about a workspace; a WorkspaceSpec fits. */
+export interface WorkspaceOwnership {
+  readonly ownerId: string;
+  readonly teamId: string;
+  readonly kind: 'REGULAR' | 'PREBUILD';
+}
+
+export interface WorkspaceAccessTarget {
+  readonly id: string;                                // as the caller asked for it
+  readonly record: WorkspaceOwnership | undefined;    // undefined: no such workspace
+}
+
+export type AccessDecision =
+  | { readonly allow: true; readonly reason: string }
+  | { readonly allow: false; readonly code: 'UNAUTHENTICATED' | 'PERMISSION_DENIED'; readonly reason: string };
+
+/** The rule, without side effects: operators may do anything; users only on their own workspaces, except
+ *  that every member of a prebuild's team may read its logs. */
+export function decideWorkspaceAccess(
+  principal: Principal | undefined,
+  record: WorkspaceOwnership | undefined,
+  action: WorkspaceAction,
+): AccessDecision {
+  if (!principal) return { allow: false, code: 'UNAUTHENTICATED', reason: 'no credentials' };
+  if (principal.kind === 'operator') return { allow: true, reason: 'node operator' };
+  if (!record) return { allow: false, code: 'PERMISSION_DENIED', reason: 'no such workspace' };
+  if (record.ownerId === principal.userId) return { allow: true, reason: 'owner' };
+  if (action === 'logs' && record.kind === 'PREBUILD' && record.teamId !== '' && principal.teams.includes(record.teamId)) {
+    return { allow: true, reason: 'member of the prebuild team' };
+  }
+  return { allow: false, code: 'PERMISSION_DENIED', reason: 'not the owner' };
+}
+
+// One message for "no such workspace" and "not yours", so a denial never tells whether it exists.
+export const WORKSPACE_PERMISSION_DENIED = 'workspace: permission denied';
+
+/**
+ * THE authorization decision point for user-facing workspace actions. Returns if allowed; otherwise
+ * throws DomainError UNAUTHENTICATED (no principal) or PERMISSION_DENIED (same error whether the workspace
+ * is unknown or someone else's). Records an audit event either way.
+ */
+export function authorizeWorkspaceAccess(
+  principal: Principal | undefined,
+  workspace: WorkspaceAccessTarget,
+  action: WorkspaceAction,
+  audit: AuditLog,
+): void {
+  const d = decideWorkspaceAccess(principal, workspace.record, action);
+  audit.record({
+    who: describePrincipal(principal),
+    action,
+    workspace: workspace.id,
+    decision: d.allow ? 'allow' : 'deny',
+    reason: d.reason,
+    via: 'grpc',
+  });
+  if (d.allow) return;
+  throw d.code === 'UNAUTHENTICATED'
+    ? new DomainError('UNAUTHENTICATED', 'credentials required')
+    : new DomainError('PERMISSION_DENIED', WORKSPACE_PERMISSION_DENIED);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// gRPC: one interceptor per port
+
+type AuthContext = ReturnType<grpc.ServerInterceptingCallInterface['getAuthContext']>;
+
+export interface AuthInterceptorOptions {
+  /** Which port this interceptor guards. 'unix-socket' callers without a token are the local operator. */
+  readonly transport: 'unix-socket' | 'mtls';
+  readonly tokens: TokenVerifier;
+  readonly audit: AuditLog;
+  /** For 'mtls': the credentials' allow/deny check (MtlsServerCredentials.checkPeer). */
+  readonly checkPeer?: (cert: PeerCertificate | undefined) => PeerVerdict;
+  /** Client-certificate identities that act as node operators. Default ['tetrix-admin']. */
+  readonly operatorIdentities?: readonly string[];
+}
+
+// Principals travel from the interceptor to the handler through the auth context object grpc-js hands
+// out (getAuthContext is delegated down the interceptor chain). A module-private WeakMap keyed by that
+// object cannot be forged by anything a client sends, unlike a metadata entry.
+const principals = new WeakMap<AuthContext, Principal>();
+
+class AuthenticatedCall extends grpc.ServerInterceptingCall {
+  principal: Principal | undefined;
+
+  override getAuthContext(): AuthContext {
+    const ctx = { ...super.getAuthContext() };
+    if (this.principal) principals.set(ctx, this.principal);
+    return ctx;
+  }
+}
+
+function bearerToken(metadata: grpc.Metadata): string | undefined {
+  const values = metadata.get('authorization');
+  if (values.length === 0) return undefined;
+  if (values.length > 1) throw unauthenticated('more than one authorization header');
+  const m = /^Bearer ([^\s]+)$/i.exec(String(values[0]));
+  if (!m) throw unauthenticated('authorization must be "Bearer <token>"');
+  return m[1];
+}
+
+function resolvePrincipal(opts: AuthInterceptorOptions, metadata: grpc.Metadata, ctx: AuthContext): Principal {
+  let operatorName: string | undefined;
+  if (opts.transport === 'mtls') {
+    const verdict = (opts.checkPeer ?? (() => ({ ok: false, reason: 'no peer check configured' }) as PeerVerdict))(
+      ctx.sslPeerCertificate,
+    );
+    if (!verdict.ok) throw new DomainError('UNAUTHENTICATED', verdict.reason);
+    const operators = new Set((opts.operatorIdentities ?? [ADMIN_IDENTITY]).map((n) => n.toLowerCase()));
+    operatorName = verdict.identity.names.find((n) => operators.has(n.toLowerCase()));
+  } else {
+    operatorName = 'local';
+  }
+  const token = bearerToken(metadata);
+  if (token !== undefined) return opts.tokens.verify(token);
+  if (operatorName !== undefined) return { kind: 'operator', name: operatorName };
+  throw new DomainError('UNAUTHENTICATED', 'a user token is required');
+}
+
+function peerName(ctx: AuthContext): string {
+  return ctx.sslPeerCertificate ? peerIdentityOf(ctx.sslPeerCertificate).name : '';
+}
+
+/**
+ * A grpc-js server interceptor for one port: on the mTLS port it applies the client-identity allow/deny
+ * lists, then every call resolves to a Principal (a verified user token wins; else the local operator on
+ * the unix socket or an operator identity's certificate on mTLS) or is refused UNAUTHENTICATED before
+ * the handler runs. Handlers read the result with principalOf(call).
+ */
+export function createAuthInterceptor(opts: AuthInterceptorOptions): grpc.ServerInterceptor {
+  if (opts.transport === 'mtls' && !opts.checkPeer) {
+    throw new DomainError('INVALID_ARGUMENT', 'auth: the mTLS interceptor needs checkPeer');
+  }
+  return (method, next) => {
+    const call: AuthenticatedCall = new AuthenticatedCall(next, {
+      start: (startNext) =>
+        startNext({
+          onReceiveMetadata: (metadata, metadataNext) => {
+            const ctx = next.getAuthContext();
+            try {
+              call.principal = resolvePrincipal(opts, metadata, ctx);
+            } catch (err) {
+              const reason = err instanceof DomainError ? err.message : 'authentication failed';
+              const peer = peerName(ctx);
+              opts.audit.record({
+                who: peer ? `peer:${peer}` : 'anonymous',
+                action: method.path,
+                decision: 'deny',
+                reason,
+                via: 'grpc',
+              });
+              // On the inner call: this call is still processing metadata and would hold the status back.
+              next.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: reason });
+              return;
+            }
+            metadataNext(metadata);
+          },
+        }),
+    });
+    return call;
+  };
+}
+
+/** The principal the auth interceptor resolved for this call, if any. */
+export function callerOf(call: { getAuthContext(): AuthContext }): Principal | undefined {
+  return principals.get(call.getAuthContext());
+}
+
+/** Like callerOf, but a call that did not pass the interceptor is UNAUTHENTICATED. */
+export function principalOf(call: { getAuthContext(): AuthContext }): Principal {
+  const p = callerOf(call);
+  if (!p) throw new DomainError('UNAUTHENTICATED', 'credentials required');
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Workspace endpoints (src/network/endpoints.ts calls these through its EndpointGuard interface)
+
+export interface EndpointRouteFacts {
+  readonly ownerId: string;
+  readonly running: boolean;
+}
+
+export interface EndpointAccessGuard {
+  authenticate(token: string | undefined, workspaceId: string): Principal;
+  authorize(principal: Principal, workspaceId: string, port: number, route: EndpointRouteFacts | undefined): void;
+}
+
+/** Token check and owner check for the endpoint server, audited with via: 'endpoint'. */
+export function createEndpointGuard(tokens: TokenVerifier, audit: AuditLog): EndpointAccessGuard {
+  const endpointAudit: AuditLog = { record: (e) => audit.record({ ...e, via: 'endpoint' }) };
+  return {
+    authenticate(token, workspaceId) {
+      try {
+        if (token === undefined) throw unauthenticated('missing');
+        return tokens.verify(token);
+      } catch (err) {
+        const reason = err instanceof DomainError ? err.message : 'authentication failed';
+        endpointAudit.record({ who: 'anonymous', action: 'endpoint', workspace: workspaceId, decision: 'deny', reason });
+        throw err;
+      }
+    },
+    authorize(principal, workspaceId, _port, route) {
+      if (route && !route.running) {
+        // A stopped workspace has no route; to the caller this looks exactly like an unknown one.
+        endpointAudit.record({
+          who: describePrincipal(principal),
+          action: 'endpoint',
+          workspace: workspaceId,
+          decision: 'deny',
+          reason: 'workspace not running',
+        });
+        throw new DomainError('PERMISSION_DENIED', WORKSPACE_PERMISSION_DENIED);
+      }
+      const record = route ? { ownerId: route.ownerId, teamId: '', kind: 'REGULAR' as const } : undefined;
+      authorizeWorkspaceAccess(principal, { id: workspaceId, record }, 'endpoint', endpointAudit);
+    },
+  };
+}

@@ -1,0 +1,542 @@
+// Transport security for tetrixd's faces: the node PKI generated at first start (as k3s does), mutual-TLS
+// credentials for the gRPC API that reload from disk without a restart, client identity policy (allow and
+// deny lists, CRLs) and the client credentials tetrixctl uses. See docs/security-transport.md.
+import 'reflect-metadata'; // @peculiar/x509 2.x resolves its parts through tsyringe, which needs Reflect metadata
+import * as x509 from '@peculiar/x509';
+import * as grpc from '@grpc/grpc-js';
+import crypto, { webcrypto } from 'node:crypto';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import { DomainError } from '../errors';
+
+// Every TLS face of the node refuses anything older. OpenSSL enforces it during the handshake.
+export const TLS_MIN_VERSION = 'TLSv1.3' as const;
+export const ADMIN_IDENTITY = 'tetrix-admin';
+
+const EC_KEY = { name: 'ECDSA', namedCurve: 'P-256' } as const;
+const EC_SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;
+const DAY_MS = 24 * 3600 * 1000;
+const LEAF_LIFETIME_MS = 365 * DAY_MS;
+const CA_LIFETIME_MS = 10 * 365 * DAY_MS;
+const RENEW_BEFORE_MS = 30 * DAY_MS;
+const BACKDATE_MS = 5 * 60 * 1000; // tolerate peers whose clock is a little behind
+
+export type TlsLog = Pick<Logger, 'info' | 'warn'>;
+
+// ---------------------------------------------------------------------------------------------------------
+// Certificates
+
+export interface CertificateAuthority {
+  readonly certPem: string;
+  readonly keyPem: string;
+}
+
+export interface IssuedCertificate {
+  readonly certPem: string;
+  readonly keyPem: string;
+  readonly serialNumber: string; // hex, as in a CRL
+}
+
+export interface CertificateRequest {
+  readonly commonName: string;
+  readonly usage: 'server' | 'client';
+  readonly dnsNames?: readonly string[];
+  readonly ipAddresses?: readonly string[];
+  readonly uris?: readonly string[];
+  readonly notBefore?: Date;
+  readonly notAfter?: Date;
+}
+
+async function generateKeyPair(): Promise<webcrypto.CryptoKeyPair> {
+  return (await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+}
+
+async function privateKeyPem(key: webcrypto.CryptoKey): Promise<string> {
+  const der = await webcrypto.subtle.exportKey('pkcs8', key);
+  return x509.PemConverter.encode(der, 'PRIVATE KEY');
+}
+
+async function importSigningKey(keyPem: string): Promise<webcrypto.CryptoKey> {
+  const der = x509.PemConverter.decodeFirst(keyPem);
+  return webcrypto.subtle.importKey('pkcs8', der, EC_KEY, false, ['sign']);
+}
+
+/** A self-signed ECDSA P-256 CA that may sign leaf certificates only (pathLen 0). */
+export async function createCertificateAuthority(
+  commonName: string,
+  validity: { notBefore?: Date; notAfter?: Date } = {},
+): Promise<CertificateAuthority> {
+  const keys = await generateKeyPair();
+  const notBefore = validity.notBefore ?? new Date(Date.now() - BACKDATE_MS);
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    name: [{ CN: [commonName] }, { O: ['tetrix'] }],
+    keys,
+    notBefore,
+    notAfter: validity.notAfter ?? new Date(notBefore.getTime() + CA_LIFETIME_MS),
+    signingAlgorithm: EC_SIGN,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  return { certPem: cert.toString('pem'), keyPem: await privateKeyPem(keys.privateKey) };
+}
+
+function subjectAltNames(req: CertificateRequest): x509.JsonGeneralName[] {
+  return [
+    ...(req.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
+    ...(req.ipAddresses ?? []).map((value) => ({ type: 'ip' as const, value })),
+    ...(req.uris ?? []).map((value) => ({ type: 'url' as const, value })),
+  ];
+}
+
+/** An ECDSA P-256 leaf certificate signed by `ca`, for TLS serving or for a TLS client. */
+export async function issueCertificate(ca: CertificateAuthority, req: CertificateRequest): Promise<IssuedCertificate> {
+  const keys = await generateKeyPair();
+  const caCert = new x509.X509Certificate(ca.certPem);
+  const notBefore = req.notBefore ?? new Date(Date.now() - BACKDATE_MS);
+  const eku = req.usage === 'server' ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth;
+  const cert = await x509.X509CertificateGenerator.create({
+    subject: [{ CN: [req.commonName] }, { O: ['tetrix'] }],
+    issuer: caCert.subjectName.toString(),
+    publicKey: keys.publicKey,
+    signingKey: await importSigningKey(ca.keyPem),
+    notBefore,
+    notAfter: req.notAfter ?? new Date(notBefore.getTime() + LEAF_LIFETIME_MS),
+    signingAlgorithm: EC_SIGN,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      new x509.ExtendedKeyUsageExtension([eku]),
+      new x509.SubjectAlternativeNameExtension(subjectAltNames(req)),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(caCert),
+    ],
+  });
+  return { certPem: cert.toString('pem'), keyPem: await privateKeyPem(keys.privateKey), serialNumber: cert.serialNumber };
+}
+
+/** A CRL signed by `ca` that revokes the given serial numbers (hex). */
+export async function createRevocationList(
+  ca: CertificateAuthority,
+  serialNumbers: readonly string[],
+  nextUpdate: Date = new Date(Date.now() + 7 * DAY_MS),
+): Promise<string> {
+  const caCert = new x509.X509Certificate(ca.certPem);
+  const crl = await x509.X509CrlGenerator.create({
+    issuer: caCert.subjectName.toString(),
+    thisUpdate: new Date(Date.now() - BACKDATE_MS),
+    nextUpdate,
+    signingAlgorithm: EC_SIGN,
+    signingKey: await importSigningKey(ca.keyPem),
+    entries: serialNumbers.map((serialNumber) => ({ serialNumber, revocationDate: new Date() })),
+    extensions: [await x509.AuthorityKeyIdentifierExtension.create(caCert)],
+  });
+  return x509.PemConverter.encode(crl.rawData, 'X509 CRL'); // RFC 7468 label; OpenSSL rejects 'CRL'
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The node PKI in <stateDir>/pki (first start generates it; later starts reuse it)
+
+export interface NodePkiOptions {
+  readonly stateDir: string;
+  readonly hostname: string;
+  readonly addresses?: readonly string[]; // extra IPs or DNS names the API is reached at
+  readonly nodeDomain?: string;           // endpoints are served as *.<nodeDomain>
+}
+
+export interface NodePki {
+  readonly dir: string;
+  readonly caCertPath: string;
+  readonly caKeyPath: string;
+  readonly serverCertPath: string;
+  readonly serverKeyPath: string;
+  readonly adminCertPath: string;
+  readonly adminKeyPath: string;
+  readonly endpointCertPath?: string; // only with nodeDomain
+  readonly endpointKeyPath?: string;
+}
+
+async function exists(file: string): Promise<boolean> {
+  return fs.access(file).then(() => true, () => false);
+}
+
+// Write-then-rename, so a reader (or a crash) never sees half a key.
+async function writeFileAtomic(file: string, data: string, mode: number): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+  await fs.writeFile(tmp, data, { mode, flag: 'wx' });
+  await fs.rename(tmp, file);
+}
+
+async function ensurePrivateDir(dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  await fs.chmod(dir, 0o700);
+}
+
+async function loadOrCreateCa(certPath: string, keyPath: string): Promise<CertificateAuthority> {
+  const [haveCert, haveKey] = await Promise.all([exists(certPath), exists(keyPath)]);
+  if (haveCert !== haveKey) {
+    // Never replace half a CA: every certificate it signed would silently stop working.
+    throw new DomainError('FAILED_PRECONDITION', `pki: ${haveCert ? keyPath : certPath} is missing`);
+  }
+  if (haveCert) {
+    return { certPem: await fs.readFile(certPath, 'utf8'), keyPem: await fs.readFile(keyPath, 'utf8') };
+  }
+  const ca = await createCertificateAuthority(`tetrix-node-ca@${crypto.randomBytes(4).toString('hex')}`);
+  await writeFileAtomic(keyPath, ca.keyPem, 0o600);
+  await writeFileAtomic(certPath, ca.certPem, 0o644);
+  return ca;
+}
+
+// Reissue when the names differ either way: a cert missing a name fails clients, one with stale names
+// vouches for an address the node no longer has.
+function namesMatch(cert: crypto.X509Certificate, req: CertificateRequest): boolean {
+  const sans = parseSubjectAltName(cert.subjectAltName ?? '');
+  const dns = sans.filter((s) => s.type === 'DNS').map((s) => s.value).sort();
+  const ipCount = sans.filter((s) => s.type === 'IP Address').length;
+  const wantDns = [...(req.dnsNames ?? [])].sort();
+  const wantIps = req.ipAddresses ?? [];
+  return (
+    JSON.stringify(dns) === JSON.stringify(wantDns) &&
+    ipCount === wantIps.length &&
+    wantIps.every((ip) => cert.checkIP(ip) !== undefined)
+  );
+}
+
+function leafNeedsIssuing(pem: string | undefined, ca: CertificateAuthority, req: CertificateRequest): boolean {
+  if (pem === undefined) return true;
+  try {
+    const cert = new crypto.X509Certificate(pem);
+    const caCert = new crypto.X509Certificate(ca.certPem);
+    if (!cert.checkIssued(caCert) || !cert.verify(caCert.publicKey)) return true;
+    if (new Date(cert.validTo).getTime() - Date.now() < RENEW_BEFORE_MS) return true;
+    return !namesMatch(cert, req);
+  } catch {
+    return true;
+  }
+}
+
+async function ensureLeaf(
+  ca: CertificateAuthority,
+  certPath: string,
+  keyPath: string,
+  req: CertificateRequest,
+): Promise<void> {
+  const pem = (await exists(keyPath)) ? await fs.readFile(certPath, 'utf8').catch(() => undefined) : undefined;
+  if (!leafNeedsIssuing(pem, ca, req)) return;
+  const leaf = await issueCertificate(ca, req);
+  await writeFileAtomic(keyPath, leaf.keyPem, 0o600);
+  await writeFileAtomic(certPath, leaf.certPem, 0o644);
+}
+
+function splitAddresses(names: readonly string[]): { dnsNames: string[]; ipAddresses: string[] } {
+  const unique = [...new Set(names.filter((n) => n.length > 0))];
+  return { dnsNames: unique.filter((n) => net.isIP(n) === 0), ipAddresses: unique.filter((n) => net.isIP(n) !== 0) };
+}
+
+/**
+ * Creates the node CA, the API server certificate (hostname, localhost, 127.0.0.1, ::1 and `addresses`),
+ * the `tetrix-admin` client certificate and, with `nodeDomain`, the `*.<nodeDomain>` endpoint certificate.
+ * Existing files are kept; a leaf is reissued when it is missing, not from this CA, within 30 days of
+ * expiry, or its names changed. Directory 0700, keys 0600.
+ */
+export async function ensureNodePki(opts: NodePkiOptions): Promise<NodePki> {
+  const dir = path.join(opts.stateDir, 'pki');
+  await ensurePrivateDir(dir);
+  const at = (name: string): string => path.join(dir, name);
+  const pki: NodePki = {
+    dir,
+    caCertPath: at('ca.crt'),
+    caKeyPath: at('ca.key'),
+    serverCertPath: at('server.crt'),
+    serverKeyPath: at('server.key'),
+    adminCertPath: at('admin.crt'),
+    adminKeyPath: at('admin.key'),
+    ...(opts.nodeDomain ? { endpointCertPath: at('endpoints.crt'), endpointKeyPath: at('endpoints.key') } : {}),
+  };
+  const ca = await loadOrCreateCa(pki.caCertPath, pki.caKeyPath);
+  const names = splitAddresses([opts.hostname, 'localhost', '127.0.0.1', '::1', ...(opts.addresses ?? [])]);
+  await ensureLeaf(ca, pki.serverCertPath, pki.serverKeyPath, { commonName: opts.hostname, usage: 'server', ...names });
+  await ensureLeaf(ca, pki.adminCertPath, pki.adminKeyPath, {
+    commonName: ADMIN_IDENTITY,
+    usage: 'client',
+    dnsNames: [ADMIN_IDENTITY],
+  });
+  if (opts.nodeDomain && pki.endpointCertPath && pki.endpointKeyPath) {
+    await ensureLeaf(ca, pki.endpointCertPath, pki.endpointKeyPath, {
+      commonName: `*.${opts.nodeDomain}`,
+      usage: 'server',
+      dnsNames: [`*.${opts.nodeDomain}`, opts.nodeDomain],
+    });
+  }
+  return pki;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Client identities
+
+/** Node's `subjectaltname` text (`DNS:a, URI:b, DNS:"quoted, value"`) split into entries. */
+export function parseSubjectAltName(text: string): { type: string; value: string }[] {
+  const out: { type: string; value: string }[] = [];
+  const entry = /(DNS|URI|email|IP Address|DirName|othername|Registered ID):("(?:[^"\\]|\\.)*"|[^,]*)(?:, |$)/g;
+  for (const m of text.matchAll(entry)) {
+    const raw = m[2] ?? '';
+    out.push({ type: m[1] ?? '', value: raw.startsWith('"') ? (JSON.parse(raw) as string) : raw });
+  }
+  return out;
+}
+
+export interface PeerIdentity {
+  readonly name: string;            // the primary name: first URI SAN, else first DNS SAN, else CN
+  readonly names: readonly string[]; // every URI, DNS and email SAN and every CN
+  readonly fingerprint256: string;   // lowercase hex, no colons
+}
+
+/** The identity a verified client certificate asserts (its CA vouched for every one of these names). */
+export function peerIdentityOf(cert: tls.PeerCertificate): PeerIdentity {
+  const sans = parseSubjectAltName(cert.subjectaltname ?? '');
+  const byType = (t: string): string[] => sans.filter((s) => s.type === t).map((s) => s.value);
+  const cn = cert.subject?.CN;
+  const cns = cn === undefined ? [] : Array.isArray(cn) ? cn : [cn];
+  const names = [...byType('URI'), ...byType('DNS'), ...byType('email'), ...cns];
+  return { name: names[0] ?? '', names, fingerprint256: normaliseFingerprint(cert.fingerprint256 ?? '') };
+}
+
+function normaliseFingerprint(fp: string): string {
+  return fp.replace(/^sha256:/i, '').replace(/:/g, '').toLowerCase();
+}
+
+export interface ClientIdentityPolicy {
+  /** If set, only certificates naming one of these identities may call (case-insensitive). */
+  readonly allow?: readonly string[];
+  /** Identities, or `sha256:<fingerprint>` of certificates, that may not call even with a valid chain. */
+  readonly deny?: readonly string[];
+}
+
+export type PeerVerdict = { ok: true; identity: PeerIdentity } | { ok: false; reason: string };
+
+/** The allow/deny decision for one verified client certificate. */
+export function checkClientIdentity(cert: tls.PeerCertificate | undefined, policy: ClientIdentityPolicy): PeerVerdict {
+  if (!cert || !cert.raw) return { ok: false, reason: 'no verified client certificate' };
+  const identity = peerIdentityOf(cert);
+  const names = new Set(identity.names.map((n) => n.toLowerCase()));
+  for (const entry of policy.deny ?? []) {
+    const e = entry.trim().toLowerCase();
+    if (e.startsWith('sha256:') ? normaliseFingerprint(e) === identity.fingerprint256 : names.has(e)) {
+      return { ok: false, reason: `client identity ${identity.name || '(unnamed)'} is denied` };
+    }
+  }
+  if (policy.allow && !policy.allow.some((a) => names.has(a.toLowerCase()))) {
+    return { ok: false, reason: `client identity ${identity.name || '(unnamed)'} is not in the allow-list` };
+  }
+  return { ok: true, identity };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Files on disk, reloaded when they change
+
+export interface TlsFiles {
+  readonly certPath: string;
+  readonly keyPath: string;
+  readonly caPath?: string;       // the CA that client certificates must chain to
+  readonly crlPath?: string;      // PEM CRL(s) from that CA; enforced by OpenSSL during the handshake
+  readonly denyListPath?: string; // one identity or sha256:<fingerprint> per line, '#' comments
+}
+
+export interface TlsMaterial {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly ca?: Buffer;
+  readonly crl?: Buffer;
+  readonly deny: readonly string[];
+}
+
+function parseDenyList(text: string): string[] {
+  return text
+    .split('\n')
+    .map((l) => l.replace(/#.*/, '').trim())
+    .filter((l) => l.length > 0);
+}
+
+async function readOptional(file: string | undefined): Promise<Buffer | undefined> {
+  return file === undefined ? undefined : fs.readFile(file);
+}
+
+export async function readTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
+  const [cert, key, ca, crl, deny] = await Promise.all([
+    fs.readFile(files.certPath),
+    fs.readFile(files.keyPath),
+    readOptional(files.caPath),
+    readOptional(files.crlPath),
+    readOptional(files.denyListPath),
+  ]);
+  return { cert, key, ca, crl, deny: deny ? parseDenyList(deny.toString('utf8')) : [] };
+}
+
+/** The context options every TLS server of the node uses: the material plus TLS 1.3 as the floor. */
+export function secureContextOptions(m: TlsMaterial): tls.SecureContextOptions {
+  return {
+    cert: m.cert,
+    key: m.key,
+    ...(m.ca ? { ca: m.ca } : {}),
+    ...(m.crl ? { crl: m.crl } : {}),
+    minVersion: TLS_MIN_VERSION,
+  };
+}
+
+function sameMaterial(a: TlsMaterial, b: TlsMaterial): boolean {
+  const eq = (x?: Buffer, y?: Buffer): boolean => (x === undefined ? y === undefined : y !== undefined && x.equals(y));
+  return eq(a.cert, b.cert) && eq(a.key, b.key) && eq(a.ca, b.ca) && eq(a.crl, b.crl) && a.deny.join('\n') === b.deny.join('\n');
+}
+
+export interface TlsFileWatcherOptions {
+  readonly intervalMs?: number; // how often the files are re-read; default 10 s
+  readonly log?: TlsLog;
+}
+
+/**
+ * Re-reads a set of TLS files every interval and hands out the new material when it changed and is
+ * usable. Polling (not inotify) because operators and secret managers replace files by rename or by
+ * swapping a symlink, both of which a watch on the old inode misses. A half-replaced set (new cert, old
+ * key) or a missing file keeps the previous material, so new connections never see a broken server.
+ */
+export class TlsFileWatcher {
+  private material: TlsMaterial;
+  private readonly listeners = new Set<(m: TlsMaterial) => void>();
+  private readonly timer: NodeJS.Timeout;
+  private reading = false;
+  private lastProblem = '';
+
+  private constructor(private readonly files: TlsFiles, initial: TlsMaterial, private readonly opts: TlsFileWatcherOptions) {
+    this.material = initial;
+    this.timer = setInterval(() => void this.poll(), opts.intervalMs ?? 10_000);
+    this.timer.unref();
+  }
+
+  /** Reads and validates the files once; throws DomainError FAILED_PRECONDITION if they are unusable. */
+  static async open(files: TlsFiles, opts: TlsFileWatcherOptions = {}): Promise<TlsFileWatcher> {
+    let material: TlsMaterial;
+    try {
+      material = await readTlsMaterial(files);
+      tls.createSecureContext(secureContextOptions(material));
+    } catch (err) {
+      throw new DomainError('FAILED_PRECONDITION', `tls: cannot use ${files.certPath}: ${(err as Error).message}`, { cause: err });
+    }
+    return new TlsFileWatcher(files, material, opts);
+  }
+
+  get current(): TlsMaterial {
+    return this.material;
+  }
+
+  onChange(listener: (m: TlsMaterial) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.listeners.clear();
+  }
+
+  /** Re-reads now (the timer calls this too); resolves when done. */
+  async poll(): Promise<void> {
+    if (this.reading) return;
+    this.reading = true;
+    try {
+      const next = await readTlsMaterial(this.files);
+      if (sameMaterial(next, this.material)) return;
+      tls.createSecureContext(secureContextOptions(next)); // throws on a key that does not match its cert
+      this.material = next;
+      this.lastProblem = '';
+      this.opts.log?.info({ cert: this.files.certPath }, 'tls: reloaded certificates');
+      for (const listener of this.listeners) listener(next);
+    } catch (err) {
+      const problem = (err as Error).message;
+      if (problem !== this.lastProblem) {
+        this.opts.log?.warn({ cert: this.files.certPath, err: problem }, 'tls: keeping previous certificates');
+        this.lastProblem = problem;
+      }
+    } finally {
+      this.reading = false;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// gRPC server credentials
+
+export interface MtlsServerOptions extends TlsFileWatcherOptions, ClientIdentityPolicy {
+  readonly files: TlsFiles & { readonly caPath: string };
+}
+
+/**
+ * Server credentials for the gRPC API: client certificates required and verified against `caPath`,
+ * TLS 1.3 minimum, reloaded from the files without a restart. Established connections (and their open
+ * streams) keep the context they were made with; new connections get the new one.
+ *
+ * Why not grpc-js's own createCertificateProviderServerCredentials + FileWatcherCertificateProvider:
+ * grpc-js reloads with `setSecureContext({ca, cert, key})`, and Node's setSecureContext resets every
+ * option it is not given, so the reloaded server would accept TLS 1.2 again; the provider also reports
+ * a file that is briefly missing as `null`, which makes grpc-js drop every new connection until the next
+ * poll, and delivers CA and identity separately. Subclassing ServerCredentials keeps minVersion (and the
+ * CRL) in every context grpc-js installs.
+ */
+export class MtlsServerCredentials extends grpc.ServerCredentials {
+  private constructor(private readonly watcher: TlsFileWatcher, private readonly policy: ClientIdentityPolicy) {
+    super(
+      { requestCert: true, rejectUnauthorized: true, minVersion: TLS_MIN_VERSION },
+      secureContextOptions(watcher.current),
+    );
+    watcher.onChange((m) => this.updateSecureContextOptions(secureContextOptions(m)));
+  }
+
+  static async load(opts: MtlsServerOptions): Promise<MtlsServerCredentials> {
+    if (!opts.files.caPath) throw new DomainError('INVALID_ARGUMENT', 'tls: a client CA is required for mutual TLS');
+    const watcher = await TlsFileWatcher.open(opts.files, opts);
+    return new MtlsServerCredentials(watcher, { allow: opts.allow, deny: opts.deny });
+  }
+
+  /** Allow/deny for a verified peer certificate, with the deny list as last read from disk. */
+  checkPeer(cert: tls.PeerCertificate | undefined): PeerVerdict {
+    const deny = [...(this.policy.deny ?? []), ...this.watcher.current.deny];
+    return checkClientIdentity(cert, { allow: this.policy.allow, deny });
+  }
+
+  /** Re-reads the files now instead of waiting for the next interval. */
+  reload(): Promise<void> {
+    return this.watcher.poll();
+  }
+
+  /** Stops watching the files. */
+  close(): void {
+    this.watcher.close();
+  }
+
+  override _equals(other: grpc.ServerCredentials): boolean {
+    return other === this;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Client side (tetrixctl)
+
+export interface ClientTlsFiles {
+  readonly caPath: string;
+  readonly certPath: string;
+  readonly keyPath: string;
+}
+
+/** Channel credentials for tetrixctl: the admin certificate, the node CA, TLS 1.3. */
+export async function createClientCredentials(files: ClientTlsFiles): Promise<grpc.ChannelCredentials> {
+  const [ca, cert, key] = await Promise.all([
+    fs.readFile(files.caPath),
+    fs.readFile(files.certPath),
+    fs.readFile(files.keyPath),
+  ]);
+  return grpc.credentials.createFromSecureContext(tls.createSecureContext({ ca, cert, key, minVersion: TLS_MIN_VERSION }));
+}
