@@ -1,5 +1,5 @@
 // Node key-encryption keys (KEKs). A keyring is a directory of 32-byte AES-256 keys, one file per key id,
-// plus a `current` file naming the key new data is sealed under. Old keys stay so old backups and secrets
+// plus a `kek-current` file naming the key new data is sealed under. Old keys stay so old backups and secrets
 // remain readable by the key id they carry. Key bytes live only in private fields and never reach a log.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -10,7 +10,7 @@ export const KEY_BYTES = 32;
 const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 const KEY_FILE_SUFFIX = '.key';
-const CURRENT_FILE = 'current';
+const CURRENT_FILE = 'kek-current';
 const WRAP_DOMAIN = 'tetrix/kek-wrap/v1';
 
 export interface KeyRingOptions {
@@ -64,10 +64,10 @@ export class KeyRing {
     return this.#keys.has(keyId) || this.#reloadFor(keyId);
   }
 
-  /** Wraps a data key under the current KEK. `context` (e.g. a backup id) is bound in as AAD. */
-  wrap(dataKey: Buffer, context = ''): { keyId: string; wrapped: Buffer } {
+  /** Wraps a data key under the current KEK (or keyId). `context` (e.g. a backup id) is bound in as AAD. */
+  wrap(dataKey: Buffer, context = '', keyId = this.#currentId): { keyId: string; wrapped: Buffer } {
     if (dataKey.length !== KEY_BYTES) throw new DomainError('INVALID_ARGUMENT', `dataKey: must be ${KEY_BYTES} bytes`);
-    const { keyId, blob } = this.seal(dataKey, wrapAad(this.#currentId, context), this.#currentId);
+    const { blob } = this.seal(dataKey, wrapAad(keyId, context), keyId);
     return { keyId, wrapped: blob };
   }
 
@@ -280,6 +280,7 @@ function syncDir(dir: string): void {
 
 function removeTemporaryFiles(dir: string): void {
   for (const name of fs.readdirSync(dir)) {
-    if (name.startsWith('.') && name.endsWith('.tmp')) fs.rmSync(path.join(dir, name), { force: true });
+    // Only our own temporaries: the directory is shared with other node keys (prebuild's provenance.key).
+    if (/^\.(kek-[0-9a-f]{16}\.key|kek-current)\.\d+\.[0-9a-f]{8}\.tmp$/.test(name)) fs.rmSync(path.join(dir, name), { force: true });
   }
 }

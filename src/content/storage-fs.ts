@@ -1,0 +1,106 @@
+// Backup objects as files in a local directory (the default backend). A put writes `.tmp/<name>.<random>`,
+// fsyncs it, renames it into place and fsyncs the directory, so after a crash an object is either complete
+// or absent; leftovers in .tmp are removed by cleanupTemporary.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { DomainError } from '../errors';
+import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutResult } from './storage';
+
+const TMP_DIR = '.tmp';
+
+export class FsObjectStorage implements ObjectStorage {
+  readonly kind = 'fs';
+  readonly #root: string;
+  readonly #tmp: string;
+
+  constructor(opts: { dir: string }) {
+    this.#root = path.resolve(opts.dir);
+    this.#tmp = path.join(this.#root, TMP_DIR);
+    fs.mkdirSync(this.#tmp, { recursive: true, mode: 0o700 });
+  }
+
+  get dir(): string {
+    return this.#root;
+  }
+
+  async put(name: string, body: Readable, opts: { signal?: AbortSignal } = {}): Promise<PutResult> {
+    checkObjectName(name);
+    const tmp = path.join(this.#tmp, `${name}.${process.pid}.${crypto.randomBytes(6).toString('hex')}`);
+    const counter = new HashCounter();
+    try {
+      await pipeline(body, counter, fs.createWriteStream(tmp, { flags: 'wx', mode: 0o600, flush: true }),
+        { signal: opts.signal });
+      await fs.promises.rename(tmp, path.join(this.#root, name));
+      await syncDir(this.#root);
+    } catch (err) {
+      await fs.promises.rm(tmp, { force: true });
+      throw err;
+    }
+    return { size: counter.size, sha256: counter.digest() };
+  }
+
+  async get(name: string): Promise<Readable> {
+    checkObjectName(name);
+    const file = path.join(this.#root, name);
+    let handle: fs.promises.FileHandle;
+    try {
+      handle = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new DomainError('NOT_FOUND', `object ${name} not found`);
+      throw err;
+    }
+    return handle.createReadStream({ highWaterMark: 1 << 20 });
+  }
+
+  async stat(name: string): Promise<ObjectInfo | undefined> {
+    checkObjectName(name);
+    try {
+      const st = await fs.promises.lstat(path.join(this.#root, name));
+      return st.isFile() ? { name, size: st.size, modifiedAt: st.mtime } : undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  async sha256(name: string): Promise<string> {
+    const counter = new HashCounter();
+    await pipeline(await this.get(name), counter, async function* (source) {
+      for await (const _ of source) { /* drain */ }
+    });
+    return counter.digest();
+  }
+
+  async list(prefix = ''): Promise<ObjectInfo[]> {
+    const names = (await fs.promises.readdir(this.#root)).filter((n) => n !== TMP_DIR && n.startsWith(prefix)).sort();
+    const infos: ObjectInfo[] = [];
+    for (const n of names) {
+      const info = await this.stat(n).catch(() => undefined);
+      if (info) infos.push(info);
+    }
+    return infos;
+  }
+
+  async delete(name: string): Promise<void> {
+    checkObjectName(name);
+    await fs.promises.rm(path.join(this.#root, name), { force: true });
+  }
+
+  async cleanupTemporary(): Promise<number> {
+    const names = await fs.promises.readdir(this.#tmp);
+    for (const n of names) await fs.promises.rm(path.join(this.#tmp, n), { force: true, recursive: true });
+    return names.length;
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const handle = await fs.promises.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,63 @@
+// Where backup objects live. One interface, two backends: a local directory (storage-fs.ts, the default)
+// and S3-compatible object storage (storage-s3.ts). Every put is atomic: a reader sees the whole object or
+// nothing, never a prefix, whatever happens to the writer.
+import crypto from 'node:crypto';
+import { Transform, TransformCallback } from 'node:stream';
+import type { Readable } from 'node:stream';
+import { DomainError } from '../errors';
+
+export interface ObjectInfo {
+  name: string;
+  size: number;
+  modifiedAt: Date;
+}
+
+export interface PutResult {
+  size: number;
+  sha256: string;   // hex, of the bytes stored
+}
+
+export interface ObjectStorage {
+  /** 'fs' or 's3', for logs and NodeInfo. */
+  readonly kind: string;
+  /**
+   * Streams `body` to a temporary place and commits it under `name` only once it is complete
+   * (fs: fsync + rename; S3: the upload completes). On error or abort nothing is visible under `name`.
+   */
+  put(name: string, body: Readable, opts?: { signal?: AbortSignal }): Promise<PutResult>;
+  /** The object's bytes. NOT_FOUND when there is none. */
+  get(name: string): Promise<Readable>;
+  /** Size and time of a committed object, or undefined. */
+  stat(name: string): Promise<ObjectInfo | undefined>;
+  /** sha256 (hex) of a committed object, by reading it. NOT_FOUND when there is none. */
+  sha256(name: string): Promise<string>;
+  /** Committed objects whose name starts with prefix, sorted by name. */
+  list(prefix?: string): Promise<ObjectInfo[]>;
+  /** Removes an object; no error when it is already gone. */
+  delete(name: string): Promise<void>;
+  /** Removes what interrupted puts left behind. Call at start, before any put. Returns how many. */
+  cleanupTemporary(): Promise<number>;
+}
+
+/** Object names are flat and never a path: a letter or digit, then letters, digits, '.', '_', '-'. */
+export function checkObjectName(name: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$/.test(name)) {
+    throw new DomainError('INVALID_ARGUMENT', `object name ${JSON.stringify(name)}: not a valid storage name`);
+  }
+}
+
+/** Counts and hashes the bytes flowing through, for PutResult. */
+export class HashCounter extends Transform {
+  readonly #hash = crypto.createHash('sha256');
+  size = 0;
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.#hash.update(chunk);
+    this.size += chunk.length;
+    done(null, chunk);
+  }
+
+  digest(): string {
+    return this.#hash.digest('hex');
+  }
+}
