@@ -1,0 +1,151 @@
+// Entry point of the addon: exports init(NativeErrorClass), which returns the addon object. Every native
+// failure is thrown as that JS class with .step, .errno and .code ("pivot_root: EINVAL").
+#define _GNU_SOURCE
+#include "tetrix.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *tx_errno_name(int err) {
+  static __thread char buf[16];
+  const char *name = strerrorname_np(err);
+  if (name) return name;
+  snprintf(buf, sizeof buf, "E%d", err);
+  return buf;
+}
+
+napi_value tx_undefined(napi_env env) {
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
+napi_value tx_native_error(napi_env env, const char *step, int err) {
+  tx_state *state = NULL;
+  napi_value cls = NULL, argv[3], error;
+  napi_get_instance_data(env, (void **)&state);
+  napi_create_string_utf8(env, step, NAPI_AUTO_LENGTH, &argv[0]);
+  napi_create_int32(env, err, &argv[1]);
+  napi_create_string_utf8(env, tx_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]);
+  if (state && state->error_class) napi_get_reference_value(env, state->error_class, &cls);
+  if (cls && napi_new_instance(env, cls, 3, argv, &error) == napi_ok) return error;
+  // No class registered: still say which step and errno.
+  char msg[512];
+  napi_value m;
+  snprintf(msg, sizeof msg, "%s: %s", step, tx_errno_name(err));
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
+  napi_create_error(env, NULL, m, &error);
+  return error;
+}
+
+napi_value tx_throw(napi_env env, const char *step, int err) {
+  napi_throw(env, tx_native_error(env, step, err));
+  return NULL;
+}
+
+napi_value tx_type_error(napi_env env, const char *what) {
+  napi_throw_type_error(env, NULL, what);
+  return NULL;
+}
+
+bool tx_get_int32(napi_env env, napi_value v, const char *what, int32_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_int32(env, v, out) != napi_ok) {
+    tx_type_error(env, what);
+    return false;
+  }
+  return true;
+}
+
+bool tx_get_uint32(napi_env env, napi_value v, const char *what, uint32_t *out) {
+  double d;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_double(env, v, &d) != napi_ok ||
+      d < 0 || d > 4294967295.0 || d != (double)(uint32_t)d) {
+    tx_type_error(env, what);
+    return false;
+  }
+  *out = (uint32_t)d;
+  return true;
+}
+
+bool tx_get_string(napi_env env, napi_value v, const char *what, char **out) {
+  size_t len;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string ||
+      napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    tx_type_error(env, what);
+    return false;
+  }
+  char *s = malloc(len + 1);
+  if (!s) {
+    tx_throw(env, "malloc", 12 /* ENOMEM */);
+    return false;
+  }
+  napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  if (strlen(s) != len) {  // an embedded NUL would silently cut a path short
+    free(s);
+    tx_type_error(env, what);
+    return false;
+  }
+  *out = s;
+  return true;
+}
+
+bool tx_get_prop(napi_env env, napi_value obj, const char *name, napi_value *out) {
+  return napi_get_named_property(env, obj, name, out) == napi_ok;
+}
+
+void tx_set_function(napi_env env, napi_value obj, const char *name, napi_callback cb) {
+  napi_value fn;
+  napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn);
+  napi_set_named_property(env, obj, name, fn);
+}
+
+void tx_set_constant(napi_env env, napi_value obj, const char *name, int64_t value) {
+  napi_value v;
+  napi_create_int64(env, value, &v);
+  napi_set_named_property(env, obj, name, v);
+}
+
+static void free_state(napi_env env, void *data, void *hint) {
+  (void)hint;
+  tx_state *state = data;
+  if (state->error_class) napi_delete_reference(env, state->error_class);
+  free(state);
+}
+
+// init(NativeErrorClass) -> addon object
+static napi_value init_addon(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], addon, constants;
+  napi_valuetype t;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_function)
+    return tx_type_error(env, "init(NativeErrorClass): a class is required");
+
+  tx_state *state = NULL;
+  napi_get_instance_data(env, (void **)&state);
+  if (!state) {
+    state = calloc(1, sizeof *state);
+    if (!state) return tx_throw(env, "malloc", 12);
+    napi_set_instance_data(env, state, free_state, NULL);
+  }
+  if (state->error_class) napi_delete_reference(env, state->error_class);
+  napi_create_reference(env, argv[0], 1, &state->error_class);
+
+  napi_create_object(env, &addon);
+  napi_create_object(env, &constants);
+  tx_register_mount(env, addon, constants);
+  tx_register_notify(env, addon);
+  tx_register_exit(env, addon);
+  tx_register_spawn(env, addon);
+  napi_set_named_property(env, addon, "constants", constants);
+  return addon;
+}
+
+NAPI_MODULE_INIT() {
+  tx_set_function(env, exports, "init", init_addon);
+  return exports;
+}

@@ -1,0 +1,78 @@
+// mount(2) and umount2(2) for the daemon's own mount work (rootfs overlays, binds), plus the constants
+// the JS side passes back in. Synchronous: these are quick calls on local filesystems.
+#define _GNU_SOURCE
+#include "tetrix.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mount.h>
+
+// "" means NULL, so callers can say mount('', '/', '', MS_REC | MS_PRIVATE, '').
+static const char *or_null(const char *s) { return s[0] ? s : NULL; }
+
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  char *source = NULL, *target = NULL, *fstype = NULL, *data = NULL;
+  uint32_t flags;
+  napi_value result = NULL;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5) return tx_type_error(env, "mount(source, target, fstype, flags, data)");
+  if (tx_get_string(env, argv[0], "mount: source must be a string", &source) &&
+      tx_get_string(env, argv[1], "mount: target must be a string", &target) &&
+      tx_get_string(env, argv[2], "mount: fstype must be a string", &fstype) &&
+      tx_get_uint32(env, argv[3], "mount: flags must be an unsigned 32-bit number", &flags) &&
+      tx_get_string(env, argv[4], "mount: data must be a string", &data)) {
+    if (mount(or_null(source), target, or_null(fstype), flags, or_null(data)) != 0) {
+      tx_throw(env, "mount", errno);
+    } else {
+      result = tx_undefined(env);
+    }
+  }
+  free(source);
+  free(target);
+  free(fstype);
+  free(data);
+  return result;
+}
+
+static napi_value js_umount(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char *target = NULL;
+  uint32_t flags;
+  napi_value result = NULL;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return tx_type_error(env, "umount(target, flags)");
+  if (tx_get_string(env, argv[0], "umount: target must be a string", &target) &&
+      tx_get_uint32(env, argv[1], "umount: flags must be an unsigned 32-bit number", &flags)) {
+    if (umount2(target, (int)flags) != 0) {
+      tx_throw(env, "umount", errno);
+    } else {
+      result = tx_undefined(env);
+    }
+  }
+  free(target);
+  return result;
+}
+
+#define CONST(name) tx_set_constant(env, constants, #name, name)
+
+void tx_register_mount(napi_env env, napi_value addon, napi_value constants) {
+  tx_set_function(env, addon, "mount", js_mount);
+  tx_set_function(env, addon, "umount", js_umount);
+
+  CONST(MS_RDONLY); CONST(MS_NOSUID); CONST(MS_NODEV); CONST(MS_NOEXEC); CONST(MS_SYNCHRONOUS);
+  CONST(MS_REMOUNT); CONST(MS_MANDLOCK); CONST(MS_DIRSYNC); CONST(MS_NOATIME); CONST(MS_NODIRATIME);
+  CONST(MS_BIND); CONST(MS_MOVE); CONST(MS_REC); CONST(MS_SILENT); CONST(MS_UNBINDABLE);
+  CONST(MS_PRIVATE); CONST(MS_SLAVE); CONST(MS_SHARED); CONST(MS_RELATIME); CONST(MS_STRICTATIME);
+  CONST(MS_LAZYTIME);
+  CONST(MNT_FORCE); CONST(MNT_DETACH); CONST(MNT_EXPIRE); CONST(UMOUNT_NOFOLLOW);
+
+  CONST(SIGHUP); CONST(SIGINT); CONST(SIGQUIT); CONST(SIGILL); CONST(SIGTRAP); CONST(SIGABRT);
+  CONST(SIGBUS); CONST(SIGFPE); CONST(SIGKILL); CONST(SIGUSR1); CONST(SIGSEGV); CONST(SIGUSR2);
+  CONST(SIGPIPE); CONST(SIGALRM); CONST(SIGTERM); CONST(SIGCHLD); CONST(SIGCONT); CONST(SIGSTOP);
+  CONST(SIGTSTP); CONST(SIGTTIN); CONST(SIGTTOU); CONST(SIGURG); CONST(SIGXCPU); CONST(SIGXFSZ);
+  CONST(SIGVTALRM); CONST(SIGPROF); CONST(SIGWINCH); CONST(SIGIO); CONST(SIGPWR); CONST(SIGSYS);
+}

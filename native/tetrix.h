@@ -1,0 +1,44 @@
+// Shared plumbing of the addon: argument helpers and the one way a native failure becomes a JS error.
+#ifndef TETRIX_H
+#define TETRIX_H
+
+#define NAPI_VERSION 8
+#include <node_api.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+// Per-env state: the JS NativeError class handed to init().
+typedef struct {
+  napi_ref error_class;
+} tx_state;
+
+// "EINVAL" for 22; "E22" for errnos glibc cannot name.
+const char *tx_errno_name(int err);
+
+// Builds new NativeError(step, errno, code) (falls back to a plain Error if the class is missing).
+napi_value tx_native_error(napi_env env, const char *step, int err);
+// Throws it; returns NULL so callers can `return tx_throw(...)`.
+napi_value tx_throw(napi_env env, const char *step, int err);
+// Throws a TypeError for a bad argument; returns NULL.
+napi_value tx_type_error(napi_env env, const char *what);
+
+// Argument helpers: return false after throwing a TypeError.
+bool tx_get_int32(napi_env env, napi_value v, const char *what, int32_t *out);
+bool tx_get_uint32(napi_env env, napi_value v, const char *what, uint32_t *out);
+// malloc'd NUL-terminated copy; rejects embedded NUL bytes.
+bool tx_get_string(napi_env env, napi_value v, const char *what, char **out);
+// Named property of an object.
+bool tx_get_prop(napi_env env, napi_value obj, const char *name, napi_value *out);
+
+napi_value tx_undefined(napi_env env);
+
+// Each concern registers its functions on the addon object.
+void tx_register_mount(napi_env env, napi_value addon, napi_value constants);
+void tx_register_notify(napi_env env, napi_value addon);
+void tx_register_exit(napi_env env, napi_value addon);
+void tx_register_spawn(napi_env env, napi_value addon);
+
+void tx_set_function(napi_env env, napi_value obj, const char *name, napi_callback cb);
+void tx_set_constant(napi_env env, napi_value obj, const char *name, int64_t value);
+
+#endif
