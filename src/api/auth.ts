@@ -203,7 +203,12 @@ export interface AuthInterceptorOptions {
   readonly checkPeer?: (cert: PeerCertificate | undefined) => PeerVerdict;
   /** Client-certificate identities that act as node operators. Default ['tetrix-admin']. */
   readonly operatorIdentities?: readonly string[];
+  /** Method path prefixes callable without a principal (the mTLS allow/deny check still applies).
+   *  Default: the standard health service, so probes need a client certificate but no token. */
+  readonly anonymousMethods?: readonly string[];
 }
+
+export const DEFAULT_ANONYMOUS_METHODS: readonly string[] = ['/grpc.health.v1.Health/'];
 
 // Principals travel from the interceptor to the handler through the auth context object grpc-js hands
 // out (getAuthContext is delegated down the interceptor chain). A module-private WeakMap keyed by that
@@ -229,7 +234,7 @@ function bearerToken(metadata: grpc.Metadata): string | undefined {
   return m[1];
 }
 
-function resolvePrincipal(opts: AuthInterceptorOptions, metadata: grpc.Metadata, ctx: AuthContext): Principal {
+function resolvePrincipal(opts: AuthInterceptorOptions, metadata: grpc.Metadata, ctx: AuthContext, anonymousOk: boolean): Principal | undefined {
   let operatorName: string | undefined;
   if (opts.transport === 'mtls') {
     const verdict = (opts.checkPeer ?? (() => ({ ok: false, reason: 'no peer check configured' }) as PeerVerdict))(
@@ -244,6 +249,7 @@ function resolvePrincipal(opts: AuthInterceptorOptions, metadata: grpc.Metadata,
   const token = bearerToken(metadata);
   if (token !== undefined) return opts.tokens.verify(token);
   if (operatorName !== undefined) return { kind: 'operator', name: operatorName };
+  if (anonymousOk) return undefined;
   throw new DomainError('UNAUTHENTICATED', 'a user token is required');
 }
 
@@ -255,20 +261,22 @@ function peerName(ctx: AuthContext): string {
  * A grpc-js server interceptor for one port: on the mTLS port it applies the client-identity allow/deny
  * lists, then every call resolves to a Principal (a verified user token wins; else the local operator on
  * the unix socket or an operator identity's certificate on mTLS) or is refused UNAUTHENTICATED before
- * the handler runs. Handlers read the result with principalOf(call).
+ * the handler runs, except methods listed in anonymousMethods. Handlers read it with principalOf(call).
  */
 export function createAuthInterceptor(opts: AuthInterceptorOptions): grpc.ServerInterceptor {
   if (opts.transport === 'mtls' && !opts.checkPeer) {
     throw new DomainError('INVALID_ARGUMENT', 'auth: the mTLS interceptor needs checkPeer');
   }
+  const anonymous = opts.anonymousMethods ?? DEFAULT_ANONYMOUS_METHODS;
   return (method, next) => {
+    const anonymousOk = anonymous.some((prefix) => method.path.startsWith(prefix));
     const call: AuthenticatedCall = new AuthenticatedCall(next, {
       start: (startNext) =>
         startNext({
           onReceiveMetadata: (metadata, metadataNext) => {
             const ctx = next.getAuthContext();
             try {
-              call.principal = resolvePrincipal(opts, metadata, ctx);
+              call.principal = resolvePrincipal(opts, metadata, ctx, anonymousOk);
             } catch (err) {
               const reason = err instanceof DomainError ? err.message : 'authentication failed';
               const peer = peerName(ctx);

@@ -273,6 +273,10 @@ export async function ensureNodePki(opts: NodePkiOptions): Promise<NodePki> {
       dnsNames: [`*.${opts.nodeDomain}`, opts.nodeDomain],
     });
   }
+  // An operator may have loosened a mode by hand; the keys are only ever the daemon's.
+  for (const key of [pki.caKeyPath, pki.serverKeyPath, pki.adminKeyPath, pki.endpointKeyPath]) {
+    if (key) await fs.chmod(key, 0o600);
+  }
   return pki;
 }
 

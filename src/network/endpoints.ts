@@ -164,8 +164,10 @@ export class EndpointServer<P> {
 
   constructor(private readonly opts: EndpointServerOptions<P>) {
     this.server = https.createServer({ ...opts.tls, minVersion: TLS_MIN_VERSION, ALPNProtocols: ['http/1.1'] });
-    this.server.on('request', (req, res) => void this.onRequest(req, res));
-    this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void this.onUpgrade(req, socket, head));
+    this.server.on('request', (req, res) => this.onRequest(req, res).catch((err) => this.failed(err, res)));
+    this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) =>
+      this.onUpgrade(req, socket, head).catch((err) => this.failed(err, socket)),
+    );
     this.server.on('tlsClientError', (err) => this.opts.log?.debug({ err: err.message }, 'endpoints: TLS handshake failed'));
   }
 
@@ -193,6 +195,11 @@ export class EndpointServer<P> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeAllConnections();
     return closed;
+  }
+
+  private failed(err: unknown, conn: http.ServerResponse | Duplex): void {
+    this.opts.log?.warn({ err: (err as Error).message }, 'endpoints: request failed');
+    conn.destroy();
   }
 
   /** Authenticates, resolves and authorizes; returns the target, or the refusal to send. */

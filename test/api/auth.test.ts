@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
+import { HealthImplementation, service as healthService } from 'grpc-health-check';
 import {
   DEFAULT_CLOCK_SKEW_SECONDS,
   TokenVerifier,
@@ -262,6 +263,7 @@ t.test('both gRPC ports resolve a principal before any handler runs', async (t) 
     },
   });
 
+  new HealthImplementation({ '': 'SERVING' }).addToServer(server);
   const pki = await ensureNodePki({ stateDir: path.join(tmp, 'state'), hostname: 'localhost' });
   const mtls = await MtlsServerCredentials.load({ files: { certPath: pki.serverCertPath, keyPath: pki.serverKeyPath, caPath: pki.caCertPath } });
   t.teardown(() => mtls.close());
@@ -292,6 +294,11 @@ t.test('both gRPC ports resolve a principal before any handler runs', async (t) 
   t.match(await unary(clients.local, ws('manage')), { ok: true, value: { who: 'operator:local' } }, 'unix socket without a token: the local operator');
   t.match(await unary(clients.admin, ws('manage')), { ok: true, value: { who: 'operator:tetrix-admin' } }, 'mTLS with the admin certificate: an operator');
   t.match(await unary(clients.controlPlane, ws('manage')), { ok: false, code: grpc.status.UNAUTHENTICATED }, 'mTLS with another valid certificate and no token: refused');
+
+  const health = new (grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health'))(`localhost:${port}`, grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(cpCert.keyPem), Buffer.from(cpCert.certPem)));
+  t.teardown(() => health.close());
+  const probe = await new Promise<unknown>((resolve) => (health as any).check({ service: '' }, (err: grpc.ServiceError | null, res: unknown) => resolve(err ? err.code : res)));
+  t.same(probe, { status: 'SERVING' }, 'the health service needs a verified certificate but no token');
 
   for (const [name, client] of Object.entries(clients)) {
     t.match(await unary(client, ws('exec'), aliceToken), { ok: true, value: { who: 'user:alice' } }, `${name}: the owner's token is the owner`);

@@ -148,9 +148,11 @@ t.test('first start generates a private node PKI, later starts keep it', async (
   t.ok(endpoints.checkHost('8080-ws1.ws.tetrix.test'), 'endpoint certificate covers <port>-<id>.<domain>');
 
   const before = fs.readFileSync(pki.serverCertPath, 'utf8');
+  fs.chmodSync(pki.adminKeyPath, 0o644);
   await ensureNodePki({ stateDir, hostname: 'tetrix-node-test', addresses: ['10.9.8.7'], nodeDomain: 'ws.tetrix.test' });
   t.equal(fs.readFileSync(pki.serverCertPath, 'utf8'), before, 'a second start reuses the server certificate');
   t.equal(fs.readFileSync(pki.caCertPath, 'utf8'), nodeCa.certPem, 'and the CA');
+  t.equal(mode(pki.adminKeyPath), 0o600, 'and puts a loosened key mode back to 0600');
 
   const other = path.join(tmp, 'state-moved');
   fs.cpSync(stateDir, other, { recursive: true });
