@@ -1,0 +1,227 @@
+// A workspace's files on the host, under <stateDir>/workspaces/<id>/:
+//   upper/    the overlay's writable layer (everything the workspace changes outside /workspace)
+//   work/     overlayfs scratch
+//   rootfs/   the overlay mount: image below, upper above; the workspace pivots into it
+//   content/  the /workspace tree, bind-mounted by spawn; the part that is backed up
+//
+// Ownership: the container's root is host uid uidBase, and image files are owned by host root, which is
+// unmapped inside the user namespace. There they would show as nobody and even container root could
+// not write /etc or enter /root (capabilities in a user namespace only cover inodes whose owner is
+// mapped into it). So after mounting, every image entry owned by host id N < idCount is chowned through
+// the overlay to uidBase+N. With metacopy=on that copies up metadata only, not file data; the image
+// itself is never touched. The cost grows with the number of entries in the image (the busybox image:
+// about 300). For large images, idmapped lower layers (mount_setattr MOUNT_ATTR_IDMAP, Linux >= 5.19)
+// would make this free; that needs open_tree/mount_setattr in the addon.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { DomainError, invalidArgument } from '../errors';
+import { native, NativeError } from './native';
+
+export interface WorkspaceLayout {
+  wsDir: string;
+  upper: string;
+  work: string;
+  rootfs: string;
+  content: string;
+}
+
+export interface PrepareRootfsOptions {
+  wsDir: string;
+  lowerDir: string; // the image directory (ImageStore.resolve().rootfs)
+  uidBase: number;  // host id of container root; gids use the same base
+  idCount?: number; // size of the mapped range, default 65536
+}
+
+export interface PreparedRootfs {
+  rootfs: string;
+  contentDir: string;
+}
+
+export function workspaceLayout(wsDir: string): WorkspaceLayout {
+  const dir = path.resolve(wsDir);
+  return {
+    wsDir: dir,
+    upper: path.join(dir, 'upper'),
+    work: path.join(dir, 'work'),
+    rootfs: path.join(dir, 'rootfs'),
+    content: path.join(dir, 'content'),
+  };
+}
+
+// The workspace's ids reach rootfs/ and content/ through wsDir: search permission for "other" lets them
+// through without letting anyone list the directory.
+const TRAVERSE_ONLY = 0o711;
+
+/**
+ * Mounts the overlay and hands the tree to container root. Refuses (FAILED_PRECONDITION) if wsDir
+ * still holds a previous rootfs: after a crash, releaseRootfs() first. On failure nothing stays mounted.
+ */
+export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<PreparedRootfs> {
+  const idCount = opts.idCount ?? 65536;
+  checkIds(opts.uidBase, idCount);
+  const layout = workspaceLayout(opts.wsDir);
+  const lowerDir = path.resolve(opts.lowerDir);
+  for (const p of [lowerDir, layout.upper, layout.work]) checkOverlayPath(p);
+  if (!(await fsp.stat(lowerDir).catch(() => undefined))?.isDirectory()) {
+    throw new DomainError('NOT_FOUND', `rootfs: image directory ${lowerDir} does not exist`);
+  }
+  await makeLayout(layout, opts.uidBase);
+  mountOverlay(lowerDir, layout);
+  try {
+    await shiftImageOwnership(lowerDir, layout.rootfs, opts.uidBase, idCount);
+  } catch (err) {
+    await unmountRootfs(layout.wsDir);
+    throw err;
+  }
+  return { rootfs: layout.rootfs, contentDir: layout.content };
+}
+
+function checkIds(uidBase: number, idCount: number): void {
+  if (!Number.isSafeInteger(idCount) || idCount < 1) throw invalidArgument('id_count', `must be a positive integer, got ${idCount}`);
+  // Container root as host root would undo the whole point of the user namespace.
+  if (!Number.isSafeInteger(uidBase) || uidBase < idCount) {
+    throw invalidArgument('uid_base', `must be an integer >= ${idCount} (never host root's range), got ${uidBase}`);
+  }
+}
+
+/** overlayfs splits its options at "," and lowerdir at ":"; such paths cannot be passed safely. */
+function checkOverlayPath(p: string): void {
+  if (/[,:\\\n]/.test(p)) throw invalidArgument('rootfs', `path ${JSON.stringify(p)} contains a character overlayfs options cannot carry`);
+}
+
+async function makeLayout(layout: WorkspaceLayout, uidBase: number): Promise<void> {
+  await fsp.mkdir(layout.wsDir, { recursive: true, mode: TRAVERSE_ONLY });
+  await fsp.chmod(layout.wsDir, TRAVERSE_ONLY);
+  if (mountsUnder(layout.wsDir).length > 0 || (await nonEmpty(layout.upper))) {
+    throw new DomainError('FAILED_PRECONDITION', `rootfs: ${layout.wsDir} still holds a previous rootfs; release it first`);
+  }
+  await makeDir(layout.upper, 0o755, uidBase); // the upper's root is the workspace's "/"
+  await makeDir(layout.work, 0o700, 0);
+  await makeDir(layout.rootfs, 0o755, 0);
+  await makeDir(layout.content, 0o755, uidBase);
+}
+
+async function makeDir(dir: string, mode: number, owner: number): Promise<void> {
+  await fsp.mkdir(dir, { recursive: true, mode });
+  await fsp.chown(dir, owner, owner);
+  await fsp.chmod(dir, mode);
+}
+
+async function nonEmpty(dir: string): Promise<boolean> {
+  const entries = await fsp.readdir(dir).catch(() => [] as string[]);
+  return entries.length > 0;
+}
+
+/**
+ * nodev: a device node in an image must not become a door to host devices. metacopy=on makes the
+ * ownership shift a metadata-only copy-up; kernels that refuse it get a plain overlay.
+ */
+function mountOverlay(lowerDir: string, layout: WorkspaceLayout): void {
+  const options = `lowerdir=${lowerDir},upperdir=${layout.upper},workdir=${layout.work}`;
+  try {
+    native.mount('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, `${options},metacopy=on`);
+  } catch (err) {
+    if (!(err instanceof NativeError && err.code === 'EINVAL')) throw mountError(layout.rootfs, err);
+    try {
+      native.mount('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, options);
+    } catch (again) {
+      throw mountError(layout.rootfs, again);
+    }
+  }
+}
+
+function mountError(target: string, err: unknown): DomainError {
+  return new DomainError('INTERNAL', `rootfs: mount overlay at ${target}: ${(err as Error).message}`, { cause: err });
+}
+
+/**
+ * Walks the image (never the merged tree, which a workspace could have filled with symlinks; this runs
+ * on a fresh mount before anything ran in it) and chowns each entry through the overlay.
+ */
+async function shiftImageOwnership(lowerDir: string, rootfs: string, uidBase: number, idCount: number): Promise<void> {
+  const visit = async (rel: string): Promise<void> => {
+    const st = await fsp.lstat(path.join(lowerDir, rel));
+    const uid = st.uid < idCount ? uidBase + st.uid : st.uid;
+    const gid = st.gid < idCount ? uidBase + st.gid : st.gid;
+    const merged = path.join(rootfs, rel);
+    if (uid !== st.uid || gid !== st.gid) {
+      await fsp.lchown(merged, uid, gid);
+      // chown(2) clears setuid/setgid on files; the image meant them (for its own ids).
+      if ((st.mode & 0o6000) !== 0 && st.isFile()) await fsp.chmod(merged, st.mode & 0o7777);
+    }
+    if (!st.isDirectory()) return;
+    for (const name of await fsp.readdir(path.join(lowerDir, rel))) await visit(path.join(rel, name));
+  };
+  await visit('.');
+}
+
+// --- release ---------------------------------------------------------------------------------------
+
+/** Unmounts everything at or below wsDir, deepest first, and checks mountinfo that it worked. */
+export async function unmountRootfs(wsDir: string): Promise<void> {
+  const dir = realDir(wsDir);
+  if (dir === undefined) return;
+  // Stacked mounts show once per layer; each umount peels one, so go round until none remain.
+  for (let round = 0; round < 16; round++) {
+    const mounts = mountsUnder(dir);
+    if (mounts.length === 0) return;
+    for (const target of mounts.reverse()) umountDetached(target);
+  }
+  const left = mountsUnder(dir);
+  if (left.length > 0) throw new DomainError('INTERNAL', `rootfs: still mounted after unmounting: ${left.join(', ')}`);
+}
+
+function umountDetached(target: string): void {
+  try {
+    native.umount(target, native.constants.MNT_DETACH);
+  } catch (err) {
+    // EINVAL: no longer a mount point (a parent's detach took it along); ENOENT: gone.
+    if (err instanceof NativeError && (err.code === 'EINVAL' || err.code === 'ENOENT')) return;
+    throw new DomainError('INTERNAL', `rootfs: unmount ${target}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * Removes the workspace directory. Refuses while anything below it is still mounted: a recursive
+ * delete would walk into the mount and delete the image or a bind-mounted host directory.
+ */
+export async function removeWorkspaceDir(wsDir: string): Promise<void> {
+  const dir = realDir(wsDir);
+  if (dir === undefined) return;
+  const mounted = mountsUnder(dir);
+  if (mounted.length > 0) {
+    throw new DomainError('FAILED_PRECONDITION', `rootfs: refusing to remove ${dir}: still mounted: ${mounted.join(', ')}`);
+  }
+  await fsp.rm(dir, { recursive: true, force: true });
+}
+
+/** unmountRootfs then removeWorkspaceDir: idempotent, and fine on half-created directories. */
+export async function releaseRootfs(wsDir: string): Promise<void> {
+  await unmountRootfs(wsDir);
+  await removeWorkspaceDir(wsDir);
+}
+
+function realDir(dir: string): string | undefined {
+  try {
+    return fs.realpathSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/** Mount points at or below dir in this mount namespace, in mountinfo order (parents first). */
+export function mountsUnder(dir: string): string[] {
+  const root = path.resolve(dir);
+  return readMountPoints().filter((m) => m === root || m.startsWith(`${root}/`));
+}
+
+/** Field 5 of proc_pid_mountinfo(5), with the kernel's octal escapes (\040 for space...) undone. */
+function readMountPoints(): string[] {
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => line.split(' ')[4].replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8))));
+}
