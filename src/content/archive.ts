@@ -330,12 +330,13 @@ export function measureTrees(dirs: string[]): TreeSize {
   for (const dir of dirs) {
     const fd = openRootDir(dir);
     size.files++;
-    measureDir(fd, size);
+    measureDir(fd, size, new Set());
   }
   return size;
 }
 
-function measureDir(fd: number, size: TreeSize): void {
+// Hard-linked files carry their bytes once, as in the archive.
+function measureDir(fd: number, size: TreeSize, linked: Set<string>): void {
   try {
     for (const name of fs.readdirSync(`/proc/self/fd/${fd}`)) {
       let st: fs.Stats;
@@ -347,13 +348,19 @@ function measureDir(fd: number, size: TreeSize): void {
       if (st.isDirectory()) {
         size.files++;
         try {
-          measureDir(openDirAt(fd, name), size);
+          measureDir(openDirAt(fd, name), size, linked);
         } catch {
           // vanished or replaced: the archive walk reports it
         }
       } else if (st.isFile() || st.isSymbolicLink()) {
         size.files++;
-        if (st.isFile()) size.bytes += st.size;
+        if (!st.isFile()) continue;
+        if (st.nlink > 1) {
+          const key = `${st.dev}:${st.ino}`;
+          if (linked.has(key)) continue;
+          linked.add(key);
+        }
+        size.bytes += st.size;
       }
     }
   } finally {
