@@ -237,9 +237,9 @@ function bearerToken(metadata: grpc.Metadata): string | undefined {
 function resolvePrincipal(opts: AuthInterceptorOptions, metadata: grpc.Metadata, ctx: AuthContext, anonymousOk: boolean): Principal | undefined {
   let operatorName: string | undefined;
   if (opts.transport === 'mtls') {
-    const verdict = (opts.checkPeer ?? (() => ({ ok: false, reason: 'no peer check configured' }) as PeerVerdict))(
-      ctx.sslPeerCertificate,
-    );
+    const verdict: PeerVerdict = opts.checkPeer
+      ? opts.checkPeer(ctx.sslPeerCertificate)
+      : { ok: false, reason: 'no peer check configured' };
     if (!verdict.ok) throw new DomainError('UNAUTHENTICATED', verdict.reason);
     const operators = new Set((opts.operatorIdentities ?? [ADMIN_IDENTITY]).map((n) => n.toLowerCase()));
     operatorName = verdict.identity.names.find((n) => operators.has(n.toLowerCase()));
