@@ -7,11 +7,12 @@
 // Ownership: the container's root is host uid uidBase, and image files are owned by host root, which is
 // unmapped inside the user namespace. There they would show as nobody and even container root could
 // not write /etc or enter /root (capabilities in a user namespace only cover inodes whose owner is
-// mapped into it). So after mounting, every image entry owned by host id N < idCount is chowned through
-// the overlay to uidBase+N. With metacopy=on that copies up metadata only, not file data; the image
-// itself is never touched. The cost grows with the number of entries in the image (the busybox image:
-// about 300). For large images, idmapped lower layers (mount_setattr MOUNT_ATTR_IDMAP, Linux >= 5.19)
-// would make this free; that needs open_tree/mount_setattr in the addon.
+// mapped into it). So after mounting, every image directory and file owned by host id N < idCount is
+// chowned through the overlay to uidBase+N. With metacopy=on that copies up metadata only, not file data;
+// the image itself is never touched. Each such copy-up costs about a millisecond, so this is fine for the
+// busybox image (about 20 entries besides its symlinks) and slow for large images (30k files: ~30 s).
+// Idmapped lower layers (mount_setattr MOUNT_ATTR_IDMAP, Linux >= 5.19) would make it free; that needs
+// open_tree/mount_setattr in the addon.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -138,22 +139,25 @@ function mountError(target: string, err: unknown): DomainError {
 /**
  * Walks the image (never the merged tree, which a workspace could have filled with symlinks; this runs
  * on a fresh mount before anything ran in it) and chowns each entry through the overlay.
+ * Symlinks are skipped (each would cost a full copy-up, about 1 ms, and a symlink's owner only matters
+ * in sticky directories, where they are shifted too): in /bin they show as nobody, harmlessly.
  */
 async function shiftImageOwnership(lowerDir: string, rootfs: string, uidBase: number, idCount: number): Promise<void> {
-  const visit = async (rel: string): Promise<void> => {
+  const shifted = (id: number) => (id < idCount ? uidBase + id : id);
+  const visit = async (rel: string, parentSticky: boolean): Promise<void> => {
     const st = await fsp.lstat(path.join(lowerDir, rel));
-    const uid = st.uid < idCount ? uidBase + st.uid : st.uid;
-    const gid = st.gid < idCount ? uidBase + st.gid : st.gid;
     const merged = path.join(rootfs, rel);
-    if (uid !== st.uid || gid !== st.gid) {
-      await fsp.lchown(merged, uid, gid);
+    const wanted = !st.isSymbolicLink() || parentSticky;
+    if (wanted && (shifted(st.uid) !== st.uid || shifted(st.gid) !== st.gid)) {
+      await fsp.lchown(merged, shifted(st.uid), shifted(st.gid));
       // chown(2) clears setuid/setgid on files; the image meant them (for its own ids).
       if ((st.mode & 0o6000) !== 0 && st.isFile()) await fsp.chmod(merged, st.mode & 0o7777);
     }
     if (!st.isDirectory()) return;
-    for (const name of await fsp.readdir(path.join(lowerDir, rel))) await visit(path.join(rel, name));
+    const sticky = (st.mode & 0o1000) !== 0;
+    for (const name of await fsp.readdir(path.join(lowerDir, rel))) await visit(path.join(rel, name), sticky);
   };
-  await visit('.');
+  await visit('.', false);
 }
 
 // --- release ---------------------------------------------------------------------------------------

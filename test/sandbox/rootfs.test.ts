@@ -59,7 +59,6 @@ t.test('container root owns the image files and /workspace; the image stays host
     const st = fs.lstatSync(path.join(rootfs, p));
     t.same([st.uid, st.gid], [UID_BASE, UID_BASE], `/${p} owned by container root`);
   }
-  t.equal(fs.lstatSync(path.join(rootfs, 'bin', 'sh')).uid, UID_BASE, 'symlinks too');
   t.equal(fs.statSync(path.join(rootfs, 'tmp')).mode & 0o7777, 0o1777, 'modes kept');
   t.equal(fs.statSync(path.join(rootfs, 'bin', 'busybox')).mode & 0o7777, 0o755);
   t.ok([image, ...fs.readdirSync(image, { recursive: true }).map((p) => path.join(image, String(p)))].every((p) => fs.lstatSync(p).uid === 0), 'the image is untouched');
@@ -70,6 +69,30 @@ t.test('container root owns the image files and /workspace; the image stays host
     const copied = fs.statSync(path.join(workspaceLayout(wsDir).upper, 'bin', 'busybox'));
     t.ok(copied.blocks * 512 < 64 * 1024, `metacopy: the shift copied metadata, not the ${copied.size}-byte binary`);
   }
+});
+
+t.test('ownership shift keeps image semantics: setuid bits, ids outside the range, sticky-dir symlinks', async (t) => {
+  const lower = path.join(stateDir, 'images', 'custom');
+  t.teardown(() => fs.rmSync(lower, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(lower, 'tmp'), { recursive: true, mode: 0o1777 });
+  fs.chmodSync(path.join(lower, 'tmp'), 0o1777);
+  fs.mkdirSync(path.join(lower, 'usr', 'bin'), { recursive: true });
+  fs.writeFileSync(path.join(lower, 'usr', 'bin', 'su'), '');
+  fs.chmodSync(path.join(lower, 'usr', 'bin', 'su'), 0o4755);
+  fs.writeFileSync(path.join(lower, 'usr', 'bin', 'mail'), '');
+  fs.chownSync(path.join(lower, 'usr', 'bin', 'mail'), 0, 8);
+  fs.chmodSync(path.join(lower, 'usr', 'bin', 'mail'), 0o2755);
+  fs.writeFileSync(path.join(lower, 'foreign'), '');
+  fs.chownSync(path.join(lower, 'foreign'), 70000, 70000);
+  fs.symlinkSync('/nowhere', path.join(lower, 'tmp', 'link'));
+  const wsDir = newWsDir(t);
+  const { rootfs } = await prepareRootfs({ wsDir, lowerDir: lower, uidBase: UID_BASE });
+  const su = fs.statSync(path.join(rootfs, 'usr', 'bin', 'su'));
+  t.same([su.uid, su.mode & 0o7777], [UID_BASE, 0o4755], 'setuid kept, now for container root');
+  const mail = fs.statSync(path.join(rootfs, 'usr', 'bin', 'mail'));
+  t.same([mail.gid, mail.mode & 0o7777], [UID_BASE + 8, 0o2755], 'setgid kept, group shifted');
+  t.equal(fs.statSync(path.join(rootfs, 'foreign')).uid, 70000, 'an id outside the mapped range is left alone');
+  t.equal(fs.lstatSync(path.join(rootfs, 'tmp', 'link')).uid, UID_BASE, 'a symlink in a sticky dir is shifted');
 });
 
 /**
