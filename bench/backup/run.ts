@@ -1,0 +1,192 @@
+// Backup and restore throughput of Tetrix against the shell pipeline
+//   tar -c | zstd -1 -T0 | openssl enc -aes-256-ctr -pbkdf2   (and its reverse)
+// over one generated workspace-shaped tree, plus the resident memory growth of the process doing a
+// Tetrix backup. Not a test: run by hand (bench/backup/run.sh). TETRIX_BENCH_BYTES sets the tree size
+// (default 1 GiB); TETRIX_BENCH_KEEP=1 keeps the temp dir.
+import { execFileSync, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { KeyRing } from '../../src/crypto/keys';
+import { BackupStore } from '../../src/content/backups';
+import { FsObjectStorage } from '../../src/content/storage-fs';
+
+const MiB = 1 << 20;
+
+// ------------------------------------------------------------------------------------------------
+// The tree: ~55% small source-like files, ~30% large semi-compressible binaries, ~15% random data.
+
+function sourceTextPool(bytes: number): Buffer {
+  const words = Array.from({ length: 3000 }, (_, i) =>
+    crypto.createHash('md5').update(String(i)).digest('base64').replace(/[^a-z]/gi, '').slice(0, 3 + (i % 9)));
+  const kw = ['const', 'let', 'return', 'if', 'for', 'import', 'export', 'function', 'await', 'new', 'class'];
+  const lines: string[] = [];
+  let size = 0;
+  let seed = 1;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+  while (size < bytes) {
+    const indent = '  '.repeat(rnd(4));
+    const line = `${indent}${kw[rnd(kw.length)]} ${words[rnd(words.length)]} = ${words[rnd(words.length)]}(${words[rnd(words.length)]}, ${rnd(1000)});\n`;
+    lines.push(line);
+    size += line.length;
+  }
+  return Buffer.from(lines.join(''));
+}
+
+function semiCompressible(bytes: number): Buffer {
+  // Like build outputs and images: stretches of structure between stretches of noise.
+  const out = Buffer.alloc(bytes);
+  for (let off = 0; off < bytes; off += 64 * 1024) {
+    const len = Math.min(64 * 1024, bytes - off);
+    if ((off / (64 * 1024)) % 2 === 0) crypto.randomFillSync(out, off, len);
+    else for (let i = 0; i < len; i++) out[off + i] = (i * 31) & 0xff & (i >> 6);
+  }
+  return out;
+}
+
+function generateTree(dir: string, total: number): { files: number } {
+  const pool = sourceTextPool(16 * MiB);
+  let files = 0;
+  let small = Math.floor(total * 0.55);
+  for (let pkg = 0; small > 0; pkg++) {
+    for (let mod = 0; mod < 20 && small > 0; mod++) {
+      const d = path.join(dir, 'src', `pkg${pkg}`, `mod${mod}`);
+      fs.mkdirSync(d, { recursive: true });
+      for (let f = 0; f < 40 && small > 0; f++) {
+        const size = Math.min(small, 1024 + ((pkg * 7919 + mod * 104729 + f * 1299709) % (24 * 1024)));
+        const off = (pkg * 31 + mod * 17 + f * 7919 * 13) % (pool.length - size);
+        fs.writeFileSync(path.join(d, `file${f}.ts`), pool.subarray(off, off + size));
+        small -= size;
+        files++;
+      }
+    }
+  }
+  fs.mkdirSync(path.join(dir, 'build'), { recursive: true });
+  const big = Math.floor(total * 0.3 / 3);
+  for (let i = 0; i < 3; i++) {
+    writeInChunks(path.join(dir, 'build', `artifact${i}.bin`), big, semiCompressible);
+    files++;
+  }
+  fs.mkdirSync(path.join(dir, 'assets'), { recursive: true });
+  const random = Math.floor(total * 0.15 / 2);
+  for (let i = 0; i < 2; i++) {
+    writeInChunks(path.join(dir, 'assets', `media${i}.zip`), random, (n) => crypto.randomBytes(n));
+    files++;
+  }
+  return { files };
+}
+
+function writeInChunks(file: string, bytes: number, make: (n: number) => Buffer): void {
+  const fd = fs.openSync(file, 'w');
+  for (let done = 0; done < bytes; done += 8 * MiB) fs.writeSync(fd, make(Math.min(8 * MiB, bytes - done)));
+  fs.closeSync(fd);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tetrix, in a child process so its memory is measured alone.
+
+interface ChildResult {
+  seconds: number;
+  rssBefore: number;
+  rssPeak: number;
+  size?: number;
+}
+
+async function childMain(args: string[]): Promise<void> {
+  const [op, storeDir, keysDir, dir, backupId] = args;
+  const store = new BackupStore({
+    storage: new FsObjectStorage({ dir: storeDir }), keyring: KeyRing.open({ dir: keysDir }),
+    log: { info() {}, warn() {} },
+  });
+  global.gc?.();
+  const rssBefore = process.memoryUsage.rss();
+  let rssPeak = rssBefore;
+  const timer = setInterval(() => { rssPeak = Math.max(rssPeak, process.memoryUsage.rss()); }, 20);
+  const t0 = process.hrtime.bigint();
+  let size: number | undefined;
+  if (op === 'backup') {
+    const r = await store.backup({ content: dir }, { uidBase: 0 });
+    size = r.size;
+    process.stderr.write(`backup id ${r.backupId}\n`);
+    fs.writeFileSync(path.join(storeDir, '..', 'last-backup-id'), r.backupId);
+  } else {
+    await store.restore(backupId, dir, { uidBase: 0 });
+  }
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  clearInterval(timer);
+  rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
+  const result: ChildResult = { seconds, rssBefore, rssPeak, size };
+  process.stdout.write(JSON.stringify(result) + '\n');
+}
+
+function runChild(args: string[]): Promise<ChildResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [...process.execArgv, __filename, '--child', ...args], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!)) : reject(new Error(`child exited ${code}`))));
+  });
+}
+
+function timeShell(script: string): number {
+  const t0 = process.hrtime.bigint();
+  execFileSync('bash', ['-o', 'pipefail', '-c', script], { stdio: 'inherit' });
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+function duBytes(dir: string): number {
+  return Number(execFileSync('du', ['-sb', dir]).toString().split('\t')[0]);
+}
+
+async function main(): Promise<void> {
+  const total = Number(process.env.TETRIX_BENCH_BYTES ?? 1024 * MiB);
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), `tetrix-bench-backup-${process.pid}-`));
+  try {
+    const tree = path.join(base, 'tree');
+    console.log(`generating a ${(total / MiB).toFixed(0)} MiB tree in ${tree} ...`);
+    const { files } = generateTree(tree, total);
+    const treeBytes = duBytes(tree);
+    console.log(`tree: ${files} files, ${(treeBytes / MiB).toFixed(0)} MiB on disk`);
+    execFileSync('tar', ['-cf', '/dev/null', '-C', tree, '.']); // warm the page cache for both contenders
+
+    const passFile = path.join(base, 'pass');
+    fs.writeFileSync(passFile, crypto.randomBytes(32).toString('hex'), { mode: 0o600 });
+    const enc = path.join(base, 'pipeline.tar.zst.enc');
+    const pipeBackup = timeShell(
+      `tar -cf - -C '${tree}' . | zstd -1 -T0 -q | openssl enc -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -out '${enc}'`);
+    const pipeSize = fs.statSync(enc).size;
+
+    const storeDir = path.join(base, 'store');
+    const keysDir = path.join(base, 'keys');
+    const tb = await runChild(['backup', storeDir, keysDir, tree]);
+    const backupId = fs.readFileSync(path.join(base, 'last-backup-id'), 'utf8');
+
+    const pipeOut = path.join(base, 'restore-pipeline');
+    fs.mkdirSync(pipeOut);
+    const pipeRestore = timeShell(
+      `openssl enc -d -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -in '${enc}' | zstd -d -q | tar -xf - -C '${pipeOut}'`);
+    const tr = await runChild(['restore', storeDir, keysDir, path.join(base, 'restore-tetrix'), backupId]);
+
+    const mbps = (s: number) => (treeBytes / MiB / s).toFixed(0);
+    console.log('');
+    console.log(`                 backup              restore             stored size`);
+    console.log(`pipeline   ${pipeBackup.toFixed(2).padStart(7)} s ${mbps(pipeBackup).padStart(6)} MiB/s  ${pipeRestore.toFixed(2).padStart(7)} s ${mbps(pipeRestore).padStart(6)} MiB/s  ${(pipeSize / MiB).toFixed(0)} MiB`);
+    console.log(`tetrix     ${tb.seconds.toFixed(2).padStart(7)} s ${mbps(tb.seconds).padStart(6)} MiB/s  ${tr.seconds.toFixed(2).padStart(7)} s ${mbps(tr.seconds).padStart(6)} MiB/s  ${((tb.size ?? 0) / MiB).toFixed(0)} MiB`);
+    console.log(`backup ratio tetrix/pipeline: ${(pipeBackup / tb.seconds).toFixed(2)}`);
+    console.log(`restore ratio tetrix/pipeline: ${(pipeRestore / tr.seconds).toFixed(2)}`);
+    console.log(`tetrix backup RSS growth: ${((tb.rssPeak - tb.rssBefore) / MiB).toFixed(1)} MiB (limit 64)`);
+    console.log(`tetrix restore RSS growth: ${((tr.rssPeak - tr.rssBefore) / MiB).toFixed(1)} MiB`);
+  } finally {
+    if (process.env.TETRIX_BENCH_KEEP !== '1') fs.rmSync(base, { recursive: true, force: true });
+    else console.log(`kept ${base}`);
+  }
+}
+
+if (process.argv[2] === '--child') {
+  childMain(process.argv.slice(3)).catch((err) => { console.error(err); process.exit(1); });
+} else {
+  main().catch((err) => { console.error(err); process.exit(1); });
+}
