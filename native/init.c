@@ -1,1 +1,112 @@
-int main(void) { return 0; }
+// tetrix-init: PID 1 of every workspace. Static, bound read-only at /.tetrix/init and owned by host root.
+//   init -- PROGRAM [ARGS...]
+// Runs the workload in its own process group, forwards the polite signals to it, reaps every orphan,
+// and when the workload ends writes one line to fd 3 ("exited <code>\n" or "signaled <signum>\n") and
+// exits with the workload's code (128 + signal when signaled). Fd 4, when open, is the spawn report pipe
+// (spawn-protocol.h): a failed execve of the workload is reported there, so the daemon hears
+// "execve: ENOENT" rather than a silent 127. The workload sees only fds 0, 1 and 2.
+#define _GNU_SOURCE
+#include "spawn-protocol.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+static void report(int step, int err) {
+  tx_report r = {.step = step, .index = 0, .err = err};
+  if (fcntl(TX_REPORT_FD, F_GETFD) < 0) return;  // run by hand: nobody listens
+  while (write(TX_REPORT_FD, &r, sizeof r) < 0 && errno == EINTR) {
+  }
+}
+
+__attribute__((noreturn)) static void die(int step, const char *what) {
+  int err = errno;
+  report(step, err);
+  dprintf(2, "tetrix-init: %s: %s\n", what, strerror(err));
+  _exit(127);
+}
+
+__attribute__((noreturn)) static void exec_workload(char **argv, const sigset_t *original_mask) {
+  setpgid(0, 0);
+  close(TX_STATUS_FD);                             // the status fd is init's alone
+  fcntl(TX_REPORT_FD, F_SETFD, FD_CLOEXEC);        // EOF at exec tells the daemon we are running
+  sigprocmask(SIG_SETMASK, original_mask, NULL);
+  execvp(argv[0], argv);
+  die(STEP_EXEC, "execve");
+  _exit(127);
+}
+
+static bool is_forwarded(int sig) {
+  for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
+    if (forwarded[i] == sig) return true;
+  return false;
+}
+
+static void write_status(int status) {
+  char line[32];
+  int n = WIFEXITED(status) ? snprintf(line, sizeof line, "exited %d\n", WEXITSTATUS(status))
+                            : snprintf(line, sizeof line, "signaled %d\n", WTERMSIG(status));
+  while (write(TX_STATUS_FD, line, (size_t)n) < 0 && errno == EINTR) {
+  }
+  close(TX_STATUS_FD);
+}
+
+// Reaps every exited child; returns true once the workload is among them.
+static bool reap(pid_t workload, int *workload_status) {
+  bool done = false;
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    if (pid == workload) {
+      *workload_status = status;
+      done = true;
+    }
+  }
+  return done;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3 || strcmp(argv[1], "--") != 0) {
+    errno = EINVAL;
+    die(STEP_INIT_ARGS, "usage: init -- PROGRAM [ARGS...]");
+  }
+  // Every signal is blocked and read from a signalfd: no handlers, nothing unsafe runs asynchronously.
+  // spawn.c already execs us with all signals blocked, so nothing sent before this point is lost.
+  sigset_t all, original;
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, &original);
+  sigemptyset(&original);  // the workload starts with no signal blocked
+  int sfd = signalfd(-1, &all, SFD_CLOEXEC);
+  if (sfd < 0) die(STEP_INIT_SIGNALFD, "signalfd");
+
+  pid_t workload = fork();
+  if (workload < 0) die(STEP_INIT_FORK, "fork");
+  if (workload == 0) exec_workload(argv + 2, &original);
+  setpgid(workload, workload);  // both sides, so neither races the other
+  close(TX_REPORT_FD);
+
+  int status = 0;
+  for (;;) {
+    struct signalfd_siginfo si;
+    ssize_t n = read(sfd, &si, sizeof si);
+    if (n < 0 && errno == EINTR) continue;
+    if (n != (ssize_t)sizeof si) die(STEP_INIT_SIGNALFD, "read signalfd");
+    int sig = (int)si.ssi_signo;
+    if (sig == SIGCHLD) {
+      if (reap(workload, &status)) break;
+    } else if (is_forwarded(sig)) {
+      kill(workload, sig);
+    }
+  }
+  write_status(status);
+  // Our exit kills whatever else is left in the PID namespace.
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}

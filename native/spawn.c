@@ -1,13 +1,933 @@
+// spawn(opts): clone a workspace into fresh user, PID, mount, net, IPC, UTS and cgroup namespaces and
+// exec the static init as its PID 1. The child part reads top to bottom in the order the kernel sees it
+// (bubblewrap, runc's nsexec and crun do the same steps). Modelled on libuv's process.c: signals are
+// blocked around the clone, the child does only async-signal-safe work (no malloc, no stdio: everything
+// it needs is prepared by the parent before the clone), and failures travel back over a close-on-exec
+// pipe as {step, errno}. EOF on that pipe means the workload exec'd.
 #define _GNU_SOURCE
 #include "tetrix.h"
+#include "spawn-protocol.h"
+
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/mount.h>
+#include <linux/openat2.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+// ---------------------------------------------------------------------------------------------------
+// Fixed tables: what every workspace gets.
+
+typedef struct {
+  const char *name;  // under /dev
+  unsigned major, minor;
+} dev_node;
+
+// Bound from the host's nodes; each source is checked to be this exact char device first, so a host
+// /dev entry swapped for a symlink or another file is refused (CVE-2025-31133 class).
+static const dev_node dev_nodes[] = {
+    {"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0},
+};
+
+typedef struct {
+  const char *name;    // under /dev
+  const char *target;  // symlink text
+} dev_link;
+
+static const dev_link dev_links[] = {
+    {"ptmx", "pts/ptmx"},
+    {"fd", "/proc/self/fd"},
+    {"stdin", "/proc/self/fd/0"},
+    {"stdout", "/proc/self/fd/1"},
+    {"stderr", "/proc/self/fd/2"},
+};
+
+// runc's default masked paths: files get /dev/null, directories an empty read-only tmpfs.
+static const char *const masked_paths[] = {
+    "/proc/acpi",         "/proc/asound",      "/proc/kcore",       "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi",         "/sys/firmware",     "/sys/devices/virtual/powercap",
+};
+
+static const char *const readonly_paths[] = {
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+// Docker's default capability set.
+static const int default_caps[] = {
+    CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FSETID,           CAP_FOWNER,     CAP_MKNOD,
+    CAP_NET_RAW, CAP_SETGID,      CAP_SETUID,           CAP_SETFCAP,    CAP_SETPCAP,
+    CAP_NET_BIND_SERVICE,         CAP_SYS_CHROOT,       CAP_KILL,       CAP_AUDIT_WRITE,
+};
+
+#define INIT_IN_ROOTFS "/.tetrix/init"
+
+// ---------------------------------------------------------------------------------------------------
+// The job: options copied off the JS heap on the JS thread, then used by the worker thread and the child.
+
+typedef struct {
+  char *source;  // host path
+  char *target;  // inside the rootfs
+  bool readonly;
+} bind_mount;
+
+typedef struct {
+  // options
+  char *rootfs;
+  char *init_path;
+  char *cwd;
+  char *hostname;
+  char **argv;  // "init", "--", workload argv..., NULL
+  char **envp;  // NULL-terminated
+  uint32_t uid_base, gid_base, id_count;
+  char **cgroup_procs;
+  size_t cgroup_count;
+  int stdout_fd, stderr_fd, status_fd;
+  bind_mount *mounts;
+  size_t mount_count;
+  uint64_t keep_caps;
+  struct sock_filter *seccomp;
+  unsigned short seccomp_len;
+
+  // prepared by the parent before the clone
+  int last_cap;
+  char uid_map[64], gid_map[64];
+
+  // outcome
+  int pid, pidfd;
+  bool sys_bound;
+  char *fail_step;
+  int fail_errno;
+
+  napi_deferred deferred;
+  napi_async_work work;
+} spawn_job;
+
+static void free_strv(char **v) {
+  if (!v) return;
+  for (char **p = v; *p; p++) free(*p);
+  free(v);
+}
+
+static void free_job(spawn_job *job) {
+  free(job->rootfs);
+  free(job->init_path);
+  free(job->cwd);
+  free(job->hostname);
+  free_strv(job->argv);
+  free_strv(job->envp);
+  for (size_t i = 0; i < job->cgroup_count; i++) free(job->cgroup_procs[i]);
+  free(job->cgroup_procs);
+  for (size_t i = 0; i < job->mount_count; i++) {
+    free(job->mounts[i].source);
+    free(job->mounts[i].target);
+  }
+  free(job->mounts);
+  free(job->seccomp);
+  free(job->fail_step);
+  free(job);
+}
+
+// ===================================================================================================
+// The child. From the clone until execve: no malloc, no stdio, no locks, raw syscalls where glibc
+// would coordinate with threads that do not exist in the child (setxid).
+
+typedef struct {
+  const spawn_job *job;
+  int report_fd;  // where failures go; becomes TX_REPORT_FD once fds are arranged
+} child_ctx;
+
+__attribute__((noreturn)) static void child_fail(child_ctx *c, int step, int index, int err) {
+  tx_report r = {.step = step, .index = index, .err = err};
+  ssize_t n;
+  do n = write(c->report_fd, &r, sizeof r);
+  while (n < 0 && errno == EINTR);
+  _exit(127);
+}
+
+static void child_notice(child_ctx *c, int step) {
+  tx_report r = {.step = step, .index = 0, .err = 0};
+  ssize_t n;
+  do n = write(c->report_fd, &r, sizeof r);
+  while (n < 0 && errno == EINTR);
+}
+
+#define CHECK(c, call, step, index)                      \
+  do {                                                   \
+    if ((call) < 0) child_fail((c), (step), (index), errno); \
+  } while (0)
+
+// "/proc/self/fd/<fd>" without snprintf.
+static const char *fd_path(char buf[static 32], int fd) {
+  static const char prefix[] = "/proc/self/fd/";
+  char digits[12];
+  int n = 0;
+  memcpy(buf, prefix, sizeof prefix - 1);
+  do digits[n++] = (char)('0' + fd % 10);
+  while ((fd /= 10) > 0);
+  for (int i = 0; i < n; i++) buf[sizeof prefix - 1 + i] = digits[n - 1 - i];
+  buf[sizeof prefix - 1 + n] = '\0';
+  return buf;
+}
+
+// Resolves path as if root were "/": symlinks and ".." cannot leave the rootfs, and /proc magic links
+// are refused (CVE-2021-30465: mount targets swapped for symlinks).
+static int open_in_root(int root, const char *path, uint64_t flags) {
+  struct open_how how = {
+      .flags = flags | O_CLOEXEC,
+      .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+  };
+  int fd;
+  do fd = (int)syscall(SYS_openat2, root, path, &how, sizeof how);
+  while (fd < 0 && errno == EAGAIN);  // openat2 may ask to retry after a concurrent rename
+  return fd;
+}
+
+static int set_mount_attr(int dirfd, const char *path, unsigned flags, uint64_t attr) {
+  struct mount_attr ma = {.attr_set = attr};
+  return (int)syscall(SYS_mount_setattr, dirfd, path, flags, &ma, sizeof ma);
+}
+
+// Node leaves SIGPIPE ignored and handlers installed; ignored dispositions survive execve.
+static void reset_signal_dispositions(void) {
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; sig++) sigaction(sig, &dfl, NULL);  // EINVAL for KILL, STOP, glibc's own
+}
+
+static void wait_for_parent(int sync_fd) {
+  char byte;
+  ssize_t n;
+  do n = read(sync_fd, &byte, 1);
+  while (n < 0 && errno == EINTR);
+  if (n != 1) _exit(127);  // the parent gave up on us and will reap us
+  close(sync_fd);
+}
+
+// The parent wrote uid_map/gid_map; become the namespace's root (a host uid in the unprivileged range)
+// and shed the host's supplementary groups. Raw syscalls: glibc would try to signal threads that
+// exist only in the parent.
+static void become_root(child_ctx *c) {
+  CHECK(c, syscall(SYS_setgroups, 0, NULL), STEP_SETGROUPS, 0);
+  CHECK(c, syscall(SYS_setresgid, 0, 0, 0), STEP_SETRESGID, 0);
+  CHECK(c, syscall(SYS_setresuid, 0, 0, 0), STEP_SETRESUID, 0);
+}
+
+// The rootfs must be a mount point for pivot_root; returns an O_PATH fd of it.
+static int bind_rootfs(child_ctx *c) {
+  const char *rootfs = c->job->rootfs;
+  CHECK(c, mount(rootfs, rootfs, NULL, MS_BIND | MS_REC, NULL), STEP_BIND_ROOTFS, 0);
+  int root = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  CHECK(c, root, STEP_OPEN_ROOTFS, 0);
+  return root;
+}
+
+// Makes the mount at path (resolved in root) read-only, nosuid, nodev, recursively.
+static int seal_readonly(int root, const char *path) {
+  int fd = open_in_root(root, path, O_PATH);
+  if (fd < 0) return -1;
+  int r = set_mount_attr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
+                         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+  int err = errno;
+  close(fd);
+  errno = err;
+  return r;
+}
+
+static void mount_binds(child_ctx *c, int root) {
+  char target[32];
+  for (size_t i = 0; i < c->job->mount_count; i++) {
+    const bind_mount *m = &c->job->mounts[i];
+    int fd = open_in_root(root, m->target, O_PATH);
+    CHECK(c, fd, STEP_MOUNT_OPEN, (int)i);
+    CHECK(c, mount(m->source, fd_path(target, fd), NULL, MS_BIND | MS_REC, NULL), STEP_MOUNT_BIND, (int)i);
+    close(fd);
+    // Reopen: the old fd still names the directory underneath the new mount.
+    if (m->readonly) CHECK(c, seal_readonly(root, m->target), STEP_MOUNT_READONLY, (int)i);
+  }
+}
+
+// The only host executable the workspace ever runs, bound read-only and owned by host root, which the
+// namespace cannot write (CVE-2019-5736).
+static void mount_init(child_ctx *c, int root) {
+  char target[32];
+  struct stat st;
+  int fd = open_in_root(root, INIT_IN_ROOTFS, O_PATH | O_NOFOLLOW);
+  CHECK(c, fd, STEP_INIT_OPEN, 0);
+  CHECK(c, fstat(fd, &st), STEP_INIT_OPEN, 0);
+  if (!S_ISREG(st.st_mode)) child_fail(c, STEP_INIT_OPEN, 0, EINVAL);
+  CHECK(c, mount(c->job->init_path, fd_path(target, fd), NULL, MS_BIND, NULL), STEP_INIT_BIND, 0);
+  close(fd);
+  CHECK(c, seal_readonly(root, INIT_IN_ROOTFS), STEP_INIT_READONLY, 0);
+}
+
+// Before pivot_root: once the old root is detached the kernel refuses a new proc ("Mount too revealing").
+static void mount_proc(child_ctx *c, int root) {
+  char target[32];
+  int fd = open_in_root(root, "/proc", O_PATH | O_DIRECTORY);
+  CHECK(c, fd, STEP_PROC, 0);
+  CHECK(c, mount("proc", fd_path(target, fd), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL), STEP_PROC, 0);
+  close(fd);
+}
+
+static void bind_dev_node(child_ctx *c, int dev, size_t i) {
+  const dev_node *d = &dev_nodes[i];
+  char host_path[32] = "/dev/", source[32], target[32];
+  struct stat st;
+  memcpy(host_path + 5, d->name, strlen(d->name) + 1);
+  int src = open(host_path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  CHECK(c, src, STEP_DEV_NODE, (int)i);
+  CHECK(c, fstat(src, &st), STEP_DEV_NODE, (int)i);
+  if (!S_ISCHR(st.st_mode) || st.st_rdev != makedev(d->major, d->minor)) child_fail(c, STEP_DEV_NODE, (int)i, ENODEV);
+  int dst = openat(dev, d->name, O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+  CHECK(c, dst, STEP_DEV_NODE, (int)i);
+  CHECK(c, mount(fd_path(source, src), fd_path(target, dst), NULL, MS_BIND, NULL), STEP_DEV_NODE, (int)i);
+  close(dst);
+  close(src);
+}
+
+static void mount_dev_fs(child_ctx *c, int dev, const char *name, int step, const char *fstype,
+                         unsigned long flags, const char *data) {
+  char target[32];
+  if (mkdirat(dev, name, 0755) < 0 && errno != EEXIST) child_fail(c, step, 0, errno);
+  int fd = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  CHECK(c, fd, step, 0);
+  CHECK(c, mount(fstype, fd_path(target, fd), fstype, flags, data), step, 0);
+  close(fd);
+}
+
+// A minimal /dev of our own: a tmpfs with the harmless nodes, a private devpts and /dev/shm.
+static void mount_dev(child_ctx *c, int root) {
+  char target[32];
+  int fd = open_in_root(root, "/dev", O_PATH | O_DIRECTORY);
+  CHECK(c, fd, STEP_DEV, 0);
+  CHECK(c, mount("tmpfs", fd_path(target, fd), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k"), STEP_DEV, 0);
+  close(fd);
+  int dev = open_in_root(root, "/dev", O_PATH | O_DIRECTORY);  // now the tmpfs
+  CHECK(c, dev, STEP_DEV, 0);
+
+  for (size_t i = 0; i < COUNT(dev_nodes); i++) bind_dev_node(c, dev, i);
+  // gid=5 is "tty" in most images; only name it when it is mapped.
+  mount_dev_fs(c, dev, "pts", STEP_DEVPTS, "devpts", MS_NOSUID | MS_NOEXEC,
+               c->job->id_count > 5 ? "newinstance,ptmxmode=0666,mode=0620,gid=5" : "newinstance,ptmxmode=0666,mode=0620");
+  mount_dev_fs(c, dev, "shm", STEP_DEV_SHM, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k");
+  for (size_t i = 0; i < COUNT(dev_links); i++)
+    CHECK(c, symlinkat(dev_links[i].target, dev, dev_links[i].name), STEP_DEV_LINK, (int)i);
+  close(dev);
+}
+
+// A new netns owned by our userns may mount its own sysfs. Should the kernel refuse, fall back to the
+// host's /sys bound read-only and tell the parent.
+static void mount_sys(child_ctx *c, int root) {
+  char target[32];
+  int fd = open_in_root(root, "/sys", O_PATH | O_DIRECTORY);
+  CHECK(c, fd, STEP_SYS, 0);
+  if (mount("sysfs", fd_path(target, fd), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0) {
+    close(fd);
+    return;
+  }
+  if (errno != EPERM) child_fail(c, STEP_SYS, 0, errno);
+  CHECK(c, mount("/sys", target, NULL, MS_BIND | MS_REC, NULL), STEP_SYS, 0);
+  close(fd);
+  fd = open_in_root(root, "/sys", O_PATH | O_DIRECTORY);
+  CHECK(c, fd, STEP_SYS, 0);
+  CHECK(c, set_mount_attr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
+                          MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC),
+        STEP_SYS, 0);
+  close(fd);
+  child_notice(c, STEP_SYS_BIND);
+}
+
+// pivot_root(".", ".") stacks the old root on the new one; detaching "." then drops the old root
+// (bubblewrap and runc do the same), so no path leads back to the host.
+static void enter_rootfs(child_ctx *c, int root) {
+  CHECK(c, fchdir(root), STEP_PIVOT_ROOT, 0);
+  CHECK(c, syscall(SYS_pivot_root, ".", "."), STEP_PIVOT_ROOT, 0);
+  CHECK(c, umount2(".", MNT_DETACH), STEP_UMOUNT_OLD_ROOT, 0);
+  CHECK(c, chdir("/"), STEP_CHDIR_ROOT, 0);
+  close(root);
+}
+
+static void mask_paths(child_ctx *c) {
+  struct stat st;
+  for (size_t i = 0; i < COUNT(masked_paths); i++) {
+    const char *path = masked_paths[i];
+    if (lstat(path, &st) < 0) {
+      if (errno == ENOENT) continue;
+      child_fail(c, STEP_MASK, (int)i, errno);
+    }
+    if (S_ISDIR(st.st_mode))
+      CHECK(c, mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0"), STEP_MASK, (int)i);
+    else
+      CHECK(c, mount("/dev/null", path, NULL, MS_BIND, NULL), STEP_MASK, (int)i);
+  }
+}
+
+static void make_paths_readonly(child_ctx *c) {
+  for (size_t i = 0; i < COUNT(readonly_paths); i++) {
+    const char *path = readonly_paths[i];
+    if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0) {
+      if (errno == ENOENT) continue;  // e.g. no /proc/sysrq-trigger on this kernel
+      child_fail(c, STEP_READONLY, (int)i, errno);
+    }
+    CHECK(c, set_mount_attr(AT_FDCWD, path, AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV),
+          STEP_READONLY, (int)i);
+  }
+}
+
+// Bounding set down to the kept caps, ambient and inheritable empty (CVE-2022-27650 class: inheritable
+// caps would flow into the workload across execve).
+static void drop_capabilities(child_ctx *c) {
+  uint64_t keep = c->job->keep_caps;
+  for (int cap = 0; cap <= c->job->last_cap; cap++)
+    if (!(keep & (1ULL << cap))) CHECK(c, prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), STEP_CAPBSET, cap);
+  CHECK(c, prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), STEP_CAP_AMBIENT, 0);
+
+  struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  for (int i = 0; i < 2; i++) {
+    uint32_t half = (uint32_t)(keep >> (32 * i));
+    data[i].effective = half;
+    data[i].permitted = half;
+    data[i].inheritable = 0;
+  }
+  CHECK(c, syscall(SYS_capset, &header, data), STEP_CAPSET, 0);
+  CHECK(c, prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), STEP_NO_NEW_PRIVS, 0);
+}
+
+// 0 = /dev/null, 1 and 2 = the caller's outputs, 3 = status for init, 4 = this report pipe for init;
+// everything else of the host's is closed here, not merely marked close-on-exec (CVE-2024-21626).
+static void set_up_fds(child_ctx *c) {
+  const spawn_job *job = c->job;
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  CHECK(c, devnull, STEP_OPEN_DEVNULL, 0);
+  // Lift every source above the targets first, so no dup2 clobbers a source still to be copied.
+  int from[5] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd};
+  int lifted[5];
+  for (int i = 0; i < 5; i++) {
+    lifted[i] = fcntl(from[i], F_DUPFD_CLOEXEC, 10);
+    CHECK(c, lifted[i], STEP_DUP, i);
+  }
+  c->report_fd = lifted[4];
+  for (int i = 0; i < 5; i++) CHECK(c, dup2(lifted[i], i), STEP_DUP, i);
+  c->report_fd = TX_REPORT_FD;
+  CHECK(c, close_range(TX_REPORT_FD + 1, ~0U, 0), STEP_CLOSE_RANGE, 0);
+}
+
+static void install_seccomp(child_ctx *c) {
+  if (!c->job->seccomp_len) return;
+  struct sock_fprog prog = {.len = c->job->seccomp_len, .filter = c->job->seccomp};
+  CHECK(c, syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), STEP_SECCOMP, 0);
+}
+
+__attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_fd, int report_fd) {
+  child_ctx c = {.job = job, .report_fd = report_fd};
+  reset_signal_dispositions();  // all signals stay blocked through execve; init unblocks for the workload
+  umask(022);
+  wait_for_parent(sync_fd);     // cgroup joined, uid/gid maps written
+
+  CHECK(&c, unshare(CLONE_NEWCGROUP), STEP_UNSHARE_CGROUP, 0);  // after joining: the cgroup becomes our "/"
+  become_root(&c);
+
+  CHECK(&c, mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), STEP_MOUNT_PRIVATE, 0);
+  int root = bind_rootfs(&c);
+  mount_binds(&c, root);
+  mount_init(&c, root);
+  mount_proc(&c, root);
+  mount_dev(&c, root);
+  mount_sys(&c, root);
+  enter_rootfs(&c, root);
+
+  CHECK(&c, sethostname(job->hostname, strlen(job->hostname)), STEP_HOSTNAME, 0);
+  mask_paths(&c);
+  make_paths_readonly(&c);
+  CHECK(&c, chdir(job->cwd), STEP_CHDIR_CWD, 0);  // resolved inside the new root only
+
+  drop_capabilities(&c);
+  set_up_fds(&c);
+  install_seccomp(&c);  // last: the filter may forbid everything above
+  execve(INIT_IN_ROOTFS, job->argv, job->envp);
+  child_fail(&c, STEP_EXEC_INIT, 0, errno);
+}
+
+// ===================================================================================================
+// The parent, on a libuv worker thread.
+
+static void fail(spawn_job *job, const char *step, int err) {
+  if (job->fail_step) return;  // keep the first failure
+  job->fail_step = strdup(step);
+  job->fail_errno = err;
+}
+
+static int retry_write(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    buf += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int write_file(const char *path, const char *content) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int r = retry_write(fd, content, strlen(content));
+  int err = errno;
+  close(fd);
+  errno = err;
+  return r;
+}
+
+static int read_last_cap(void) {
+  char buf[16] = {0};
+  int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n > 0) return atoi(buf);
+  }
+  return CAP_LAST_CAP;
+}
+
+// The bind target for init must exist in the rootfs. Created here, as host root, because the child
+// (uid 0 of the namespace = an unprivileged host uid) may not write a root-owned rootfs. Resolved in
+// the rootfs, so a planted symlink cannot point us at a host path.
+static int prepare_init_mountpoint(const char *rootfs) {
+  int root = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (root < 0) return -1;
+  int dir = -1, file = -1, err = 0;
+  if (mkdirat(root, ".tetrix", 0755) < 0 && errno != EEXIST) goto out;
+  struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                         .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+  dir = (int)syscall(SYS_openat2, root, ".tetrix", &how, sizeof how);
+  if (dir < 0) goto out;
+  file = openat(dir, "init", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (file < 0 && errno == ENOENT) file = openat(dir, "init", O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0555);
+out:
+  err = errno;
+  if (file >= 0) close(file);
+  if (dir >= 0) close(dir);
+  close(root);
+  errno = err;
+  return file >= 0 ? 0 : -1;
+}
+
+static void kill_and_reap(int pidfd) {
+  siginfo_t si;
+  syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+  while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR) {
+  }
+}
+
+static char *step_name(const spawn_job *job, const tx_report *r) {
+  static const char *const names[STEP_COUNT] = {
+      [STEP_UNSHARE_CGROUP] = "unshare cgroup",
+      [STEP_SETGROUPS] = "setgroups",
+      [STEP_SETRESGID] = "setresgid",
+      [STEP_SETRESUID] = "setresuid",
+      [STEP_MOUNT_PRIVATE] = "mount / private",
+      [STEP_BIND_ROOTFS] = "bind rootfs",
+      [STEP_OPEN_ROOTFS] = "open rootfs",
+      [STEP_INIT_OPEN] = "open " INIT_IN_ROOTFS,
+      [STEP_INIT_BIND] = "mount " INIT_IN_ROOTFS,
+      [STEP_INIT_READONLY] = "mount_setattr " INIT_IN_ROOTFS,
+      [STEP_PROC] = "mount /proc",
+      [STEP_DEV] = "mount /dev",
+      [STEP_DEVPTS] = "mount /dev/pts",
+      [STEP_DEV_SHM] = "mount /dev/shm",
+      [STEP_SYS] = "mount /sys",
+      [STEP_PIVOT_ROOT] = "pivot_root",
+      [STEP_UMOUNT_OLD_ROOT] = "umount old root",
+      [STEP_CHDIR_ROOT] = "chdir /",
+      [STEP_HOSTNAME] = "sethostname",
+      [STEP_CAP_AMBIENT] = "clear ambient capabilities",
+      [STEP_CAPSET] = "capset",
+      [STEP_NO_NEW_PRIVS] = "no_new_privs",
+      [STEP_OPEN_DEVNULL] = "open /dev/null",
+      [STEP_CLOSE_RANGE] = "close_range",
+      [STEP_SECCOMP] = "seccomp",
+      [STEP_EXEC_INIT] = "execve " INIT_IN_ROOTFS,
+      [STEP_INIT_ARGS] = "init: arguments",
+      [STEP_INIT_SIGNALFD] = "init: signalfd",
+      [STEP_INIT_FORK] = "init: fork",
+      [STEP_EXEC] = "execve",
+  };
+  char buf[PATH_MAX + 64];
+  int i = r->index;
+  switch (r->step) {
+    case STEP_MOUNT_OPEN:
+      if (i >= 0 && (size_t)i < job->mount_count) snprintf(buf, sizeof buf, "open %s", job->mounts[i].target);
+      else snprintf(buf, sizeof buf, "open mount target");
+      break;
+    case STEP_MOUNT_BIND:
+      if (i >= 0 && (size_t)i < job->mount_count) snprintf(buf, sizeof buf, "mount %s", job->mounts[i].target);
+      else snprintf(buf, sizeof buf, "mount");
+      break;
+    case STEP_MOUNT_READONLY:
+      if (i >= 0 && (size_t)i < job->mount_count) snprintf(buf, sizeof buf, "mount_setattr %s", job->mounts[i].target);
+      else snprintf(buf, sizeof buf, "mount_setattr");
+      break;
+    case STEP_DEV_NODE:
+      snprintf(buf, sizeof buf, "bind /dev/%s", i >= 0 && (size_t)i < COUNT(dev_nodes) ? dev_nodes[i].name : "?");
+      break;
+    case STEP_DEV_LINK:
+      snprintf(buf, sizeof buf, "symlink /dev/%s", i >= 0 && (size_t)i < COUNT(dev_links) ? dev_links[i].name : "?");
+      break;
+    case STEP_MASK:
+      snprintf(buf, sizeof buf, "mask %s", i >= 0 && (size_t)i < COUNT(masked_paths) ? masked_paths[i] : "?");
+      break;
+    case STEP_READONLY:
+      snprintf(buf, sizeof buf, "readonly %s", i >= 0 && (size_t)i < COUNT(readonly_paths) ? readonly_paths[i] : "?");
+      break;
+    case STEP_CHDIR_CWD:
+      snprintf(buf, sizeof buf, "chdir %s", job->cwd);
+      break;
+    case STEP_CAPBSET:
+      snprintf(buf, sizeof buf, "drop capability %d", i);
+      break;
+    case STEP_DUP:
+      snprintf(buf, sizeof buf, "dup fd %d", i);
+      break;
+    default:
+      snprintf(buf, sizeof buf, "%s",
+               r->step > 0 && r->step < STEP_COUNT && names[r->step] ? names[r->step] : "child: unknown step");
+  }
+  return strdup(buf);
+}
+
+// Reads the child's reports until EOF (= the workload exec'd, or the child is gone).
+static void collect_reports(spawn_job *job, int report_fd) {
+  tx_report r;
+  for (;;) {
+    ssize_t n = read(report_fd, &r, sizeof r);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) return;
+    if (n != (ssize_t)sizeof r) {
+      fail(job, "read child report", n < 0 ? errno : EPROTO);
+      return;
+    }
+    if (r.err == 0) {
+      if (r.step == STEP_SYS_BIND) job->sys_bound = true;
+      continue;
+    }
+    if (!job->fail_step) {
+      job->fail_step = step_name(job, &r);
+      job->fail_errno = r.err;
+    }
+  }
+}
+
+// Joins the cgroups and writes the id maps while the child waits on the sync pipe.
+static int configure_child(spawn_job *job) {
+  char path[64];
+  char pid[16];
+  snprintf(pid, sizeof pid, "%d\n", job->pid);
+  for (size_t i = 0; i < job->cgroup_count; i++) {
+    if (write_file(job->cgroup_procs[i], pid) < 0) {
+      char step[PATH_MAX + 16];
+      snprintf(step, sizeof step, "write %s", job->cgroup_procs[i]);
+      fail(job, step, errno);
+      return -1;
+    }
+  }
+  // setgroups stays "allow": we are root in the parent namespace, so the kernel lets us write gid_map
+  // anyway, and the workspace's root may then manage its own groups.
+  snprintf(path, sizeof path, "/proc/%d/gid_map", job->pid);
+  if (write_file(path, job->gid_map) < 0) {
+    fail(job, "write gid_map", errno);
+    return -1;
+  }
+  snprintf(path, sizeof path, "/proc/%d/uid_map", job->pid);
+  if (write_file(path, job->uid_map) < 0) {
+    fail(job, "write uid_map", errno);
+    return -1;
+  }
+  return 0;
+}
+
+static void spawn_execute(napi_env env, void *data) {
+  (void)env;
+  spawn_job *job = data;
+  int sync_pipe[2] = {-1, -1}, report_pipe[2] = {-1, -1};
+  job->pid = -1;
+  job->pidfd = -1;
+  job->last_cap = read_last_cap();
+  if (job->last_cap > 63) job->last_cap = 63;
+  snprintf(job->uid_map, sizeof job->uid_map, "0 %u %u\n", job->uid_base, job->id_count);
+  snprintf(job->gid_map, sizeof job->gid_map, "0 %u %u\n", job->gid_base, job->id_count);
+
+  if (prepare_init_mountpoint(job->rootfs) < 0) {
+    fail(job, "prepare " INIT_IN_ROOTFS, errno);
+    return;
+  }
+  if (pipe2(sync_pipe, O_CLOEXEC) < 0 || pipe2(report_pipe, O_CLOEXEC) < 0) {
+    fail(job, "pipe", errno);
+    goto out;
+  }
+
+  // Blocked signals keep a handler of ours (Node's) from running in the child before it resets them.
+  sigset_t all, saved;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &saved);
+  struct clone_args args = {
+      .flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_PIDFD,
+      .pidfd = (uint64_t)(uintptr_t)&job->pidfd,
+      .exit_signal = SIGCHLD,
+  };
+  long pid = syscall(SYS_clone3, &args, sizeof args);
+  if (pid == 0) {
+    close(sync_pipe[1]);
+    close(report_pipe[0]);
+    run_child(job, sync_pipe[0], report_pipe[1]);
+  }
+  int clone_err = errno;
+  pthread_sigmask(SIG_SETMASK, &saved, NULL);
+  if (pid < 0) {
+    fail(job, "clone3", clone_err);
+    goto out;
+  }
+  job->pid = (int)pid;
+  close(sync_pipe[0]);
+  close(report_pipe[1]);
+  sync_pipe[0] = report_pipe[1] = -1;
+
+  if (configure_child(job) == 0) {
+    if (retry_write(sync_pipe[1], "1", 1) < 0) fail(job, "release child", errno);
+  }
+  close(sync_pipe[1]);  // EOF releases a child we gave up on into _exit
+  sync_pipe[1] = -1;
+  collect_reports(job, report_pipe[0]);
+
+out:
+  for (int i = 0; i < 2; i++) {
+    if (sync_pipe[i] >= 0) close(sync_pipe[i]);
+    if (report_pipe[i] >= 0) close(report_pipe[i]);
+  }
+  if (job->fail_step && job->pidfd >= 0) {
+    kill_and_reap(job->pidfd);
+    close(job->pidfd);
+    job->pidfd = -1;
+  }
+}
+
+static void spawn_complete(napi_env env, napi_status status, void *data) {
+  spawn_job *job = data;
+  if (status != napi_ok && !job->fail_step) fail(job, "spawn: async work", ECANCELED);
+  if (job->fail_step) {
+    napi_reject_deferred(env, job->deferred, tx_native_error(env, job->fail_step, job->fail_errno));
+  } else {
+    napi_value result, v;
+    napi_create_object(env, &result);
+    napi_create_int32(env, job->pid, &v);
+    napi_set_named_property(env, result, "pid", v);
+    napi_create_int32(env, job->pidfd, &v);
+    napi_set_named_property(env, result, "pidfd", v);
+    napi_create_string_utf8(env, job->sys_bound ? "bind" : "sysfs", NAPI_AUTO_LENGTH, &v);
+    napi_set_named_property(env, result, "sysfs", v);
+    napi_resolve_deferred(env, job->deferred, result);
+  }
+  napi_delete_async_work(env, job->work);
+  free_job(job);
+}
+
+// ===================================================================================================
+// Reading SpawnOptions on the JS thread.
+
+static bool get_string_prop(napi_env env, napi_value obj, const char *name, char **out) {
+  napi_value v;
+  char what[96];
+  snprintf(what, sizeof what, "spawn: opts.%s must be a string", name);
+  return tx_get_prop(env, obj, name, &v) && tx_get_string(env, v, what, out);
+}
+
+static bool get_int_prop(napi_env env, napi_value obj, const char *name, int32_t *out) {
+  napi_value v;
+  char what[96];
+  snprintf(what, sizeof what, "spawn: opts.%s must be an integer", name);
+  return tx_get_prop(env, obj, name, &v) && tx_get_int32(env, v, what, out);
+}
+
+static bool get_uint_prop(napi_env env, napi_value obj, const char *name, uint32_t *out) {
+  napi_value v;
+  char what[96];
+  snprintf(what, sizeof what, "spawn: opts.%s must be an unsigned 32-bit integer", name);
+  return tx_get_prop(env, obj, name, &v) && tx_get_uint32(env, v, what, out);
+}
+
+static bool get_array_prop(napi_env env, napi_value obj, const char *name, napi_value *arr, uint32_t *len) {
+  bool is_array = false;
+  char what[96];
+  snprintf(what, sizeof what, "spawn: opts.%s must be an array", name);
+  if (!tx_get_prop(env, obj, name, arr) || napi_is_array(env, *arr, &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, *arr, len) != napi_ok) {
+    tx_type_error(env, what);
+    return false;
+  }
+  return true;
+}
+
+// Array of strings -> NULL-terminated vector, with `prefix_count` leading entries from `prefix`.
+static bool get_strv_prop(napi_env env, napi_value obj, const char *name, const char *const *prefix,
+                          size_t prefix_count, char ***out, uint32_t *count) {
+  napi_value arr, item;
+  uint32_t len;
+  char what[96];
+  if (!get_array_prop(env, obj, name, &arr, &len)) return false;
+  char **v = calloc(prefix_count + len + 1, sizeof *v);
+  if (!v) return tx_throw(env, "malloc", ENOMEM), false;
+  *out = v;
+  for (size_t i = 0; i < prefix_count; i++) {
+    if (!(v[i] = strdup(prefix[i]))) return tx_throw(env, "malloc", ENOMEM), false;
+  }
+  snprintf(what, sizeof what, "spawn: opts.%s must hold strings", name);
+  for (uint32_t i = 0; i < len; i++) {
+    if (napi_get_element(env, arr, i, &item) != napi_ok || !tx_get_string(env, item, what, &v[prefix_count + i]))
+      return false;
+  }
+  if (count) *count = len;
+  return true;
+}
+
+static bool get_mounts(napi_env env, napi_value obj, spawn_job *job) {
+  napi_value arr, item, v;
+  uint32_t len;
+  if (!get_array_prop(env, obj, "mounts", &arr, &len)) return false;
+  job->mounts = calloc(len ? len : 1, sizeof *job->mounts);
+  if (!job->mounts) return tx_throw(env, "malloc", ENOMEM), false;
+  for (uint32_t i = 0; i < len; i++) {
+    bind_mount *m = &job->mounts[i];
+    job->mount_count = i + 1;
+    if (napi_get_element(env, arr, i, &item) != napi_ok || !get_string_prop(env, item, "source", &m->source) ||
+        !get_string_prop(env, item, "target", &m->target) || !tx_get_prop(env, item, "readonly", &v))
+      return false;
+    if (napi_get_value_bool(env, v, &m->readonly) != napi_ok)
+      return tx_type_error(env, "spawn: opts.mounts[].readonly must be a boolean"), false;
+  }
+  return true;
+}
+
+static bool is_present(napi_env env, napi_value v) {
+  napi_valuetype t;
+  return napi_typeof(env, v, &t) == napi_ok && t != napi_undefined && t != napi_null;
+}
+
+static bool get_capabilities(napi_env env, napi_value obj, spawn_job *job) {
+  napi_value arr, item;
+  uint32_t len, cap;
+  job->keep_caps = 0;
+  if (!tx_get_prop(env, obj, "capabilities", &arr) || !is_present(env, arr)) {
+    for (size_t i = 0; i < COUNT(default_caps); i++) job->keep_caps |= 1ULL << default_caps[i];
+    return true;
+  }
+  if (!get_array_prop(env, obj, "capabilities", &arr, &len)) return false;
+  for (uint32_t i = 0; i < len; i++) {
+    if (napi_get_element(env, arr, i, &item) != napi_ok ||
+        !tx_get_uint32(env, item, "spawn: opts.capabilities must hold capability numbers", &cap))
+      return false;
+    if (cap > 63) return tx_type_error(env, "spawn: opts.capabilities: capability number out of range"), false;
+    job->keep_caps |= 1ULL << cap;
+  }
+  return true;
+}
+
+static bool get_seccomp(napi_env env, napi_value obj, spawn_job *job) {
+  napi_value buf;
+  bool is_buffer = false;
+  void *data;
+  size_t len;
+  if (!tx_get_prop(env, obj, "seccomp", &buf) || !is_present(env, buf)) return true;
+  if (napi_is_buffer(env, buf, &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, buf, &data, &len) != napi_ok)
+    return tx_type_error(env, "spawn: opts.seccomp must be a Buffer"), false;
+  if (len == 0 || len % sizeof(struct sock_filter) != 0 || len / sizeof(struct sock_filter) > BPF_MAXINSNS)
+    return tx_type_error(env, "spawn: opts.seccomp must hold 1..4096 struct sock_filter"), false;
+  job->seccomp = malloc(len);
+  if (!job->seccomp) return tx_throw(env, "malloc", ENOMEM), false;
+  memcpy(job->seccomp, data, len);
+  job->seccomp_len = (unsigned short)(len / sizeof(struct sock_filter));
+  return true;
+}
+
+static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
+  static const char *const init_argv[] = {"init", "--"};
+  uint32_t argc = 0, cgroups = 0;
+  int32_t out, err, status;
+  if (!get_string_prop(env, opts, "rootfs", &job->rootfs) || !get_string_prop(env, opts, "initPath", &job->init_path) ||
+      !get_strv_prop(env, opts, "argv", init_argv, 2, &job->argv, &argc) ||
+      !get_strv_prop(env, opts, "env", NULL, 0, &job->envp, NULL) || !get_string_prop(env, opts, "cwd", &job->cwd) ||
+      !get_string_prop(env, opts, "hostname", &job->hostname) ||
+      !get_uint_prop(env, opts, "uidBase", &job->uid_base) || !get_uint_prop(env, opts, "gidBase", &job->gid_base) ||
+      !get_uint_prop(env, opts, "idCount", &job->id_count) ||
+      !get_strv_prop(env, opts, "cgroupProcs", NULL, 0, &job->cgroup_procs, &cgroups) ||
+      !get_int_prop(env, opts, "stdoutFd", &out) || !get_int_prop(env, opts, "stderrFd", &err) ||
+      !get_int_prop(env, opts, "statusFd", &status) || !get_mounts(env, opts, job) ||
+      !get_capabilities(env, opts, job) || !get_seccomp(env, opts, job))
+    return false;
+  job->cgroup_count = cgroups;
+  job->stdout_fd = out;
+  job->stderr_fd = err;
+  job->status_fd = status;
+
+  if (argc == 0) return tx_type_error(env, "spawn: opts.argv must not be empty"), false;
+  if (job->rootfs[0] != '/') return tx_type_error(env, "spawn: opts.rootfs must be absolute"), false;
+  if (job->cwd[0] != '/') return tx_type_error(env, "spawn: opts.cwd must be absolute"), false;
+  if (strlen(job->hostname) > 64) return tx_type_error(env, "spawn: opts.hostname is longer than 64"), false;
+  // Container root must never be host root (MACHINE-FACTS: sysctl writes check the global euid).
+  if (job->uid_base == 0 || job->gid_base == 0)
+    return tx_type_error(env, "spawn: opts.uidBase and opts.gidBase must not be 0"), false;
+  if (job->id_count == 0 || (uint64_t)job->uid_base + job->id_count > UINT32_MAX ||
+      (uint64_t)job->gid_base + job->id_count > UINT32_MAX)
+    return tx_type_error(env, "spawn: opts.idCount out of range"), false;
+  if (out < 0 || err < 0 || status < 0) return tx_type_error(env, "spawn: fds must not be negative"), false;
+  return true;
+}
 
 static napi_value js_spawn(napi_env env, napi_callback_info info) {
-  (void)info;
-  napi_deferred deferred;
-  napi_value promise;
-  napi_create_promise(env, &deferred, &promise);
-  napi_reject_deferred(env, deferred, tx_native_error(env, "spawn: not implemented yet", ENOSYS));
+  size_t argc = 1;
+  napi_value argv[1], promise, name;
+  napi_valuetype t;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object)
+    return tx_type_error(env, "spawn(opts): opts must be an object");
+  spawn_job *job = calloc(1, sizeof *job);
+  if (!job) return tx_throw(env, "malloc", ENOMEM);
+  if (!read_options(env, argv[0], job)) {
+    free_job(job);
+    return NULL;
+  }
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "tetrix.spawn", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, spawn_execute, spawn_complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
   return promise;
 }
 
