@@ -10,7 +10,9 @@ export interface BindMount {
 }
 
 export interface SpawnOptions {
-  rootfs: string;            // host path of the mounted root filesystem the child pivots into
+  /** Host path of the root filesystem the child pivots into. It must hold directories /proc, /dev and /sys,
+   *  and be traversable by the mapped uid (mode 0755 on the path). /.tetrix/init is created if missing. */
+  rootfs: string;
   initPath: string;          // host path of the static tetrix-init, bound read-only at /.tetrix/init, exec'd as PID 1
   argv: string[];            // the workload, run by init
   env: string[];             // KEY=VALUE
@@ -23,12 +25,18 @@ export interface SpawnOptions {
   stdoutFd: number;          // host fds dup'ed onto the workload's 1 and 2; stdin is /dev/null
   stderrFd: number;
   statusFd: number;          // host fd init keeps to record the workload's exit status (see native/init.c)
-  mounts: BindMount[];
+  mounts: BindMount[];       // targets must exist in the rootfs
+  /** Capability numbers kept in the bounding set (see linux/capability.h). Default: Docker's default set. */
+  capabilities?: number[];
+  /** A compiled seccomp filter: raw `struct sock_filter[]` (8 bytes each), installed right before execve. */
+  seccomp?: Buffer;
 }
 
 export interface SpawnResult {
   pid: number;               // host pid of init
   pidfd: number;             // a pidfd for it, owned by the caller (close with closeFd)
+  /** How /sys was mounted: its own read-only sysfs, or (if the kernel refused) the host's bound read-only. */
+  sysfs: 'sysfs' | 'bind';
 }
 
 /** How a process ended, as waitid reports it. */
@@ -39,9 +47,11 @@ export interface ExitStatus {
 }
 
 export interface NativeAddon {
-  /** Clones the workspace and waits until it has exec'd init. Rejects with a NativeError naming the step. */
+  /** Clones the workspace and resolves once init has exec'd the workload. Rejects with a NativeError naming
+   *  the step (`pivot_root: EINVAL`, `mount /proc: ENOENT`, `execve: ENOENT`); the child is then reaped. */
   spawn(opts: SpawnOptions): Promise<SpawnResult>;
-  /** Calls back once when the process behind pidfd exits, without blocking the loop. */
+  /** Calls back once when the process behind pidfd exits, without blocking the loop. Keep the pidfd open
+   *  until then. Reaps through waitid(P_PIDFD); reaped is false for a process that is not our child. */
   watchExit(pidfd: number, onExit: (status: ExitStatus) => void): void;
   pidfdOpen(pid: number): number;   // throws NativeError(ESRCH) when it is gone
   pidfdSendSignal(pidfd: number, signal: number): void;
