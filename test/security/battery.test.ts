@@ -1,0 +1,207 @@
+// The escape battery (battery.c) inside a real workspace started through the real daemon, as its root,
+// with the default seccomp profile and capabilities. Any ESCAPED or UNKNOWN probe fails the run, and so
+// does a battery with fewer than 40 probes. A second test gives the daemon an image whose /proc, /dev,
+// /sys, /etc, /workspace and /.tetrix are symlinks pointing at the host, and checks the host is untouched.
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { mountsUnder, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
+import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
+
+const MIN_PROBES = 40;
+const NAMESPACES = ['cgroup', 'ipc', 'mnt', 'net', 'pid', 'user', 'uts'];
+
+function tempDir(t: Test, what: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tetrix-${what}-${process.pid}-`));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function buildBattery(t: Test): string {
+  const out = path.join(tempDir(t, 'battery-build'), 'battery');
+  execFileSync('gcc', ['-static', '-O2', '-o', out, path.join(__dirname, 'battery.c')]);
+  return out;
+}
+
+/** An operator image: the host's static busybox plus the battery, in a directory of the daemon's images dir. */
+function makeImage(imagesDir: string, name: string, battery: string): void {
+  const root = path.join(imagesDir, name);
+  for (const dir of ['bin', 'dev', 'proc', 'sys', 'tmp', 'etc', 'workspace']) fs.mkdirSync(path.join(root, dir), { recursive: true });
+  fs.chmodSync(path.join(root, 'tmp'), 0o1777);
+  fs.copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
+  fs.chmodSync(path.join(root, 'bin', 'busybox'), 0o755);
+  for (const applet of ['sh', 'sleep', 'cat', 'echo']) fs.symlinkSync('busybox', path.join(root, 'bin', applet));
+  fs.copyFileSync(battery, path.join(root, 'battery'));
+  fs.chmodSync(path.join(root, 'battery'), 0o555);
+}
+
+function hostNamespaces(): string {
+  return NAMESPACES.map((ns) => `${ns}:${/\[(\d+)\]/.exec(fs.readlinkSync(`/proc/self/ns/${ns}`))![1]}`).join(',');
+}
+
+/** Host-side things the battery tries to reach: a marker file, a /dev/shm file, a TCP and an abstract socket. */
+async function hostBait(t: Test): Promise<{ env: Record<string, string>; token: string }> {
+  const token = crypto.randomBytes(16).toString('hex');
+  const dir = tempDir(t, 'battery-marker');
+  const marker = path.join(dir, 'host-secret');
+  fs.writeFileSync(marker, token, { mode: 0o644 });
+  fs.chmodSync(dir, 0o755);
+  const shmName = uniqueName('tetrix-battery-shm');
+  fs.writeFileSync(path.join('/dev/shm', shmName), token, { mode: 0o644 });
+  t.teardown(() => fs.rmSync(path.join('/dev/shm', shmName), { force: true }));
+
+  const tcp = net.createServer((s) => s.end());
+  await new Promise<void>((resolve) => tcp.listen(0, '127.0.0.1', resolve));
+  const abstractName = uniqueName('tetrix-battery');
+  const abstract = net.createServer((s) => s.end());
+  await new Promise<void>((resolve) => abstract.listen(`\0${abstractName}`, resolve));
+  t.teardown(() => {
+    tcp.close();
+    abstract.close();
+  });
+  return {
+    token,
+    env: {
+      TETRIX_BATTERY_HOST_NS: hostNamespaces(),
+      TETRIX_BATTERY_MARKER: marker,
+      TETRIX_BATTERY_SHM_MARKER: shmName,
+      TETRIX_BATTERY_TOKEN: token,
+      TETRIX_BATTERY_HOST_PID: String(process.pid),
+      TETRIX_BATTERY_HOST_TCP: String((tcp.address() as net.AddressInfo).port),
+      TETRIX_BATTERY_HOST_ABSTRACT: abstractName,
+    },
+  };
+}
+
+const contentFile = (d: Daemon, id: string, file: string): string => path.join(d.stateDir, 'workspaces', id, 'content', file);
+
+async function waitForFile(file: string, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!fs.existsSync(file)) {
+    if (Date.now() > end) throw new Error(`${file} never appeared`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+interface ProbeLine {
+  name: string;
+  outcome: string;
+  detail: string;
+}
+
+function parseReport(report: string): { probes: ProbeLine[]; total: string | undefined } {
+  const probes: ProbeLine[] = [];
+  let total: string | undefined;
+  for (const line of report.split('\n')) {
+    const m = /^PROBE (\S+) (blocked|ESCAPED|UNKNOWN) ?(.*)$/.exec(line);
+    if (m) probes.push({ name: m[1], outcome: m[2], detail: m[3] });
+    if (line.startsWith('battery: ')) total = line;
+  }
+  return { probes, total };
+}
+
+const finished = (w: Workspace__Output): boolean =>
+  ['WORKSPACE_STATE_STOPPED', 'WORKSPACE_STATE_FAILED', 'WORKSPACE_STATE_SUCCEEDED'].includes(w.state);
+
+t.test('a hostile workspace root cannot get out: the escape battery', async (t) => {
+  const battery = buildBattery(t);
+  const imagesDir = tempDir(t, 'battery-images');
+  makeImage(imagesDir, 'battery', battery);
+  const d = await startDaemon(t, ['--images-dir', imagesDir]);
+  const bait = await hostBait(t);
+  const hostname = os.hostname();
+
+  // A neighbour holding a secret in its own /workspace: the battery looks for it through /proc/<pid>/root.
+  const neighbour = await d.start({
+    id: 'battery-neighbour',
+    ownerId: 'mallory-victim',
+    image: 'battery',
+    command: ['/bin/sh', '-c', 'echo "$SECRET" > /workspace/neighbour-secret; exec sleep 600'],
+    env: { SECRET: bait.token },
+    resources: { memoryBytes: 64 << 20, cpuMillis: 200, pids: 16 },
+  });
+  t.equal(neighbour.state, 'WORKSPACE_STATE_RUNNING', neighbour.message);
+  await waitForFile(contentFile(d, 'battery-neighbour', 'neighbour-secret'), 20_000);
+
+  const w = await d.start({
+    id: 'battery',
+    ownerId: 'mallory',
+    image: 'battery',
+    command: ['/battery'],
+    env: {
+      ...bait.env,
+      TETRIX_BATTERY_NEIGHBOUR: '/workspace/neighbour-secret',
+      TETRIX_BATTERY_DAEMON_SOCKET: d.socketPath,
+      TETRIX_BATTERY_REPORT: '/workspace/battery.report',
+    },
+    resources: { memoryBytes: 256 << 20, cpuMillis: 1000, pids: 256 },
+  });
+  t.not(w.state, 'WORKSPACE_STATE_FAILED', `the battery workspace starts (${w.message})`);
+  const done = await d.waitFor('battery', finished, 120_000);
+
+  const report = fs.readFileSync(contentFile(d, 'battery', 'battery.report'), 'utf8');
+  t.comment(`escape battery report (workspace exit code ${done.exitCode}):\n${report}`);
+  const { probes, total } = parseReport(report);
+  t.ok(total, 'the battery ran to its total line');
+  t.ok(probes.length >= MIN_PROBES, `${probes.length} probes (at least ${MIN_PROBES})`);
+  t.equal(new Set(probes.map((p) => p.name)).size, probes.length, 'every probe has its own name');
+  for (const p of probes.filter((x) => x.outcome !== 'blocked')) t.fail(`${p.name} ${p.outcome}: ${p.detail}`);
+  t.equal(total, `battery: ${probes.length} probes, 0 escapes, 0 unknown`);
+
+  t.equal(os.hostname(), hostname, "the host's hostname is unchanged");
+  t.equal(fs.readFileSync(bait.env.TETRIX_BATTERY_MARKER, 'utf8'), bait.token, "the host's marker is unchanged");
+  const n = await d.get('battery-neighbour');
+  t.equal(n.state, 'WORKSPACE_STATE_RUNNING', 'the neighbour is still running');
+});
+
+t.test('an image of symlinks pointing at the host cannot make the runtime touch the host', async (t) => {
+  // CVE-2019-16884 (/proc replaced), CVE-2021-30465 (mount target swapped for a symlink), CVE-2025-31133
+  // (/dev/null replaced): every path the runtime mounts on or writes to is a symlink to a host directory.
+  const victim = tempDir(t, 'battery-victim');
+  const targets = ['proc', 'dev', 'sys', 'etc', 'workspace', 'tetrix', 'tmp'];
+  for (const dir of targets) {
+    fs.mkdirSync(path.join(victim, dir));
+    fs.writeFileSync(path.join(victim, dir, 'untouched'), 'host');
+  }
+  const before = snapshotTree(victim);
+
+  const imagesDir = tempDir(t, 'battery-symlink-images');
+  const root = path.join(imagesDir, 'symlinks');
+  fs.mkdirSync(path.join(root, 'bin'), { recursive: true });
+  fs.copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
+  fs.chmodSync(path.join(root, 'bin', 'busybox'), 0o755);
+  fs.symlinkSync('busybox', path.join(root, 'bin', 'sh'));
+  for (const dir of targets) fs.symlinkSync(path.join(victim, dir), path.join(root, dir === 'tetrix' ? '.tetrix' : dir));
+
+  const d = await startDaemon(t, ['--images-dir', imagesDir]);
+  const script = 'ls / /proc /dev /workspace > /dev/null 2>&1; echo pwned > /etc/pwned 2>/dev/null; echo pwned > /workspace/pwned 2>/dev/null; true';
+  let started: Workspace__Output | undefined;
+  try {
+    started = await d.start({ id: 'symlinks', ownerId: 'mallory', image: 'symlinks', command: ['/bin/sh', '-c', script] });
+  } catch (err) {
+    t.comment(`start refused: ${(err as Error).message}`);
+  }
+  if (started && started.state !== 'WORKSPACE_STATE_FAILED') await d.waitFor('symlinks', finished, 30_000);
+  t.comment(`outcome: ${started ? `${started.state} ${started.message}` : 'refused'}`);
+
+  t.same(mountsUnder(victim), [], 'nothing is mounted on the host directories');
+  t.same(snapshotTree(victim), before, 'the host directories are unchanged: no file created, chowned or chmodded');
+  await d.teardown('symlinks').catch(() => undefined);
+  t.same(snapshotTree(victim), before, 'teardown did not follow the symlinks either');
+});
+
+/** path -> "mode uid gid size" for everything under dir. */
+function snapshotTree(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (p: string): void => {
+    const st = fs.lstatSync(p);
+    out[path.relative(dir, p) || '.'] = `${st.mode.toString(8)} ${st.uid} ${st.gid} ${st.isDirectory() ? '-' : st.size}`;
+    if (st.isDirectory()) for (const e of fs.readdirSync(p)) walk(path.join(p, e));
+  };
+  walk(dir);
+  return out;
+}
