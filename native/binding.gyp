@@ -2,9 +2,9 @@
   "targets": [
     {
       "target_name": "tetrix",
-      "sources": ["addon.c", "spawn.c", "exit.c", "mount.c", "notify.c", "net.c"],
+      "sources": ["addon.c", "spawn.c", "exit.c", "mount.c", "notify.c", "net.c", "seccomp.c"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration", "-O2"],
-      "libraries": ["-lnftables"]
+      "libraries": ["-lnftables", "-lseccomp"]
     },
     {
       "target_name": "tetrix-init",
