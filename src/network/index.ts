@@ -107,7 +107,7 @@ export class NodeNetwork {
    * Reserves the workspace's address (persisted) without touching the kernel, so its resolv.conf and
    * hosts can be written before it starts. attach uses the same address.
    */
-  prepare(workspaceId: string, hostname: string = workspaceId, ports: number[] = []): Promise<WorkspaceAddress> {
+  async prepare(workspaceId: string, hostname: string = workspaceId, ports: number[] = []): Promise<WorkspaceAddress> {
     checkWorkspaceId(workspaceId);
     const wanted = checkPorts(ports);
     return this.perWorkspace(workspaceId, async () => this.describe((await this.acquire(workspaceId, hostname, wanted)).lease));
@@ -118,7 +118,7 @@ export class NodeNetwork {
    * address and default routes, lo up, and its isolation rules; `ports` are exposed to the node.
    * A failure leaves nothing behind (no veth, element or lease).
    */
-  attach(workspaceId: string, target: NetnsRef, ports: number[], hostname: string = workspaceId): Promise<WorkspaceAddress> {
+  async attach(workspaceId: string, target: NetnsRef, ports: number[], hostname: string = workspaceId): Promise<WorkspaceAddress> {
     checkWorkspaceId(workspaceId);
     const wanted = checkPorts(ports);
     if (typeof target === 'number' && (!Number.isInteger(target) || target <= 0)) throw invalidArgument('pid', 'must be a positive integer');
@@ -144,7 +144,7 @@ export class NodeNetwork {
   }
 
   /** Replaces the exposed ports of an attached workspace. NOT_FOUND when it has no lease. */
-  setPorts(workspaceId: string, ports: number[]): Promise<void> {
+  async setPorts(workspaceId: string, ports: number[]): Promise<void> {
     const wanted = checkPorts(ports);
     return this.perWorkspace(workspaceId, async () => {
       const lease = this.pool.get(workspaceId);

@@ -169,3 +169,27 @@ export async function listTables(node: TestNode): Promise<string> {
   }
   return out.join('\n');
 }
+
+/** Every per-workspace element in the test's tables (addresses, ports), as nft prints them. */
+export async function workspaceElements(node: TestNode): Promise<string[]> {
+  const out: string[] = [];
+  for (const [family, sets] of [['bridge', ['ws_mac', 'ws_src4', 'ws_src6']], ['inet', ['ports4', 'ports6']]] as const) {
+    for (const set of sets) {
+      const json = JSON.parse(await node.sh(`nft -j list set ${family} ${node.table} ${set}`)) as { nftables: Array<{ set?: { elem?: unknown[] } }> };
+      for (const item of json.nftables) for (const e of item.set?.elem ?? []) out.push(`${set}: ${JSON.stringify(e)}`);
+    }
+  }
+  return out;
+}
+
+/** Names of the workspace veths in the node's namespace. */
+export async function workspaceLinks(node: TestNode): Promise<string[]> {
+  const out = await ip('-n', node.name, '-o', 'link', 'show');
+  return out.split('\n').map((l) => l.split(': ')[1]?.split('@')[0] ?? '').filter((n) => n.startsWith('twv'));
+}
+
+export function leasesOnFile(node: TestNode): Record<string, { ip: string }> {
+  const file = path.join(node.stateDir, 'network', 'leases.json');
+  if (!fs.existsSync(file)) return {};
+  return (JSON.parse(fs.readFileSync(file, 'utf8')) as { leases: Record<string, { ip: string }> }).leases;
+}
