@@ -1,0 +1,199 @@
+// A workspace started by the addon is its own little machine: its own PID 1, processes, network,
+// hostname, /dev and /proc, root that is nobody on the host, and nothing of the daemon's fds.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { native, NativeError } from '../../src/sandbox/native';
+import { childPids, makeHostDir, makeRootfs, openFds, run, runScript, testIdBase, workspaceOptions } from './fixture';
+
+// Docker's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE
+// NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+const DOCKER_DEFAULT_CAPS = '00000000a80425fb';
+
+t.test('init is PID 1, the workload PID 2, and ps sees only the workspace', async (t) => {
+  const rootfs = makeRootfs(t);
+  const { output, exit } = await runScript(t, rootfs, 'echo "pid=$$"; echo "init=$(cat /proc/1/cmdline | tr "\\0" " ")"; ps -o pid,args');
+  t.same(exit, { exitCode: 0, signal: null, reaped: true });
+  t.match(output, /^pid=2$/m);
+  t.match(output, /^init=init -- sh -c /m);
+  const pids = output.split('\n').slice(3).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean).map(Number);
+  t.ok(pids.length >= 2 && pids.every((p) => p < 10), `only a handful of small pids: ${pids.join(' ')}`);
+});
+
+t.test('root in the workspace is an unprivileged uid on the host', async (t) => {
+  const rootfs = makeRootfs(t);
+  const base = testIdBase();
+  const ws = workspaceOptions(t, rootfs, ['sh', '-c', 'id -u; id -g; echo ready; exec sleep 1000'], { uidBase: base, gidBase: base + 65536 });
+  const running = await run(t, ws);
+  await running.waitForOutput('ready');
+  const status = fs.readFileSync(`/proc/${running.result.pid}/status`, 'utf8');
+  t.match(status, new RegExp(`^Uid:\\t${base}\\t${base}\\t${base}\\t${base}$`, 'm'), 'host sees the mapped uid');
+  t.match(status, new RegExp(`^Gid:\\t${base + 65536}\\t`, 'm'), 'host sees the mapped gid');
+  t.match(status, /^Groups:[\t ]*$/m, 'no host supplementary groups');
+  t.match(running.output(), /^0\n0\nready\n/, 'inside, uid and gid are 0');
+  native.pidfdSendSignal(running.result.pidfd, native.constants.SIGKILL);
+  t.equal((await running.exited).signal, 'SIGKILL');
+});
+
+t.test('the workspace has its own network (only lo) and hostname', async (t) => {
+  const rootfs = makeRootfs(t);
+  const { output } = await runScript(t, rootfs, 'ip -o link; echo "host=$(hostname)"', { hostname: 'tetrix-ws-name' });
+  const links = output.split('\n').filter((l) => /^\d+: /.test(l)).map((l) => l.split(':')[1].trim());
+  t.same(links, ['lo']);
+  t.match(output, /^host=tetrix-ws-name$/m);
+});
+
+t.test('the workload holds only fds 0, 1 and 2', async (t) => {
+  const rootfs = makeRootfs(t);
+  // ls' own directory fd shows up as 3 while it lists.
+  const { output } = await runScript(t, rootfs, 'ls /proc/self/fd | tr "\\n" " "; echo; readlink /proc/self/fd/0');
+  t.match(output, /^0 1 2 3 \n\/dev\/null\n$/);
+});
+
+t.test('capabilities: Docker default bounding set, nothing inheritable or ambient, no_new_privs', async (t) => {
+  const rootfs = makeRootfs(t);
+  const { output } = await runScript(t, rootfs, 'grep -E "^(Cap|NoNewPrivs)" /proc/self/status');
+  t.match(output, new RegExp(`^CapBnd:\\t${DOCKER_DEFAULT_CAPS}$`, 'm'));
+  t.match(output, new RegExp(`^CapEff:\\t${DOCKER_DEFAULT_CAPS}$`, 'm'));
+  t.match(output, /^CapInh:\t0000000000000000$/m);
+  t.match(output, /^CapAmb:\t0000000000000000$/m);
+  t.match(output, /^NoNewPrivs:\t1$/m);
+
+  const none = await runScript(t, rootfs, 'grep -E "^CapBnd" /proc/self/status', { capabilities: [] });
+  t.match(none.output, /^CapBnd:\t0000000000000000$/m, 'an empty list keeps nothing');
+});
+
+t.test('a minimal /dev, a read-only /sys, masked and read-only /proc paths', async (t) => {
+  const rootfs = makeRootfs(t);
+  const script = [
+    'ls /dev | tr "\\n" " "; echo',
+    'head -c 5 /dev/urandom | wc -c',
+    'echo gone > /dev/null && echo null-ok',
+    'touch /sys/tetrix 2>/dev/null || echo sys-ro',
+    'echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo procsys-ro',
+    'echo "timer_list=$(wc -c < /proc/timer_list)"',
+    'mkdir /dev/shm/x && echo shm-ok',
+    'readlink /dev/ptmx',
+  ].join('; ');
+  const { output, result } = await runScript(t, rootfs, script);
+  t.match(output, /^fd full null ptmx pts random shm stderr stdin stdout tty urandom zero $/m);
+  t.match(output, /^5$/m);
+  t.match(output, /^null-ok$/m);
+  t.match(output, /^sys-ro$/m);
+  t.match(output, /^procsys-ro$/m);
+  t.match(output, /^timer_list=0$/m, '/proc/timer_list is /dev/null');
+  t.match(output, /^shm-ok$/m);
+  t.match(output, /^pts\/ptmx$/m);
+  t.equal(result.sysfs, 'sysfs', 'a sysfs of its own (the kernel allows it in a new netns)');
+});
+
+t.test('bind mounts: read-write, read-only, and never through a symlink out of the rootfs', async (t) => {
+  const rootfs = makeRootfs(t);
+  const rw = makeHostDir(t, 'rw');
+  const ro = makeHostDir(t, 'ro');
+  fs.writeFileSync(path.join(ro, 'file'), 'host data\n');
+  fs.mkdirSync(path.join(rootfs, 'ro'));
+  const base = testIdBase();
+  fs.chownSync(rw, base, base);
+  const { output } = await runScript(t, rootfs, 'echo hello > /workspace/note && echo rw-ok; cat /ro/file; echo x > /ro/file 2>/dev/null || echo ro-refused', {
+    uidBase: base,
+    gidBase: base,
+    mounts: [
+      { source: rw, target: '/workspace', readonly: false },
+      { source: ro, target: '/ro', readonly: true },
+    ],
+  });
+  t.match(output, /^rw-ok$/m);
+  t.equal(fs.readFileSync(path.join(rw, 'note'), 'utf8'), 'hello\n', 'the host sees the write');
+  t.match(output, /^host data$/m);
+  t.match(output, /^ro-refused$/m);
+  t.equal(fs.readFileSync(path.join(ro, 'file'), 'utf8'), 'host data\n');
+
+  // CVE-2021-30465: a target that is a symlink to a host path resolves inside the rootfs instead.
+  const victim = makeHostDir(t, 'victim');
+  fs.symlinkSync(victim, path.join(rootfs, 'escape'));
+  const ws = workspaceOptions(t, rootfs, ['true'], { mounts: [{ source: rw, target: '/escape', readonly: false }] });
+  await t.rejects(native.spawn(ws.options), { name: 'NativeError', step: 'open /escape', code: 'ENOENT' });
+  t.same(fs.readdirSync(victim), [], 'nothing was mounted on the host path');
+});
+
+t.test('the workload joins the cgroups it is given, and sees its cgroup as /', async (t) => {
+  const cgroup = path.join('/sys/fs/cgroup/pids', `tetrix-native-test-${process.pid}`);
+  fs.mkdirSync(cgroup);
+  t.teardown(() => fs.rmdirSync(cgroup));
+  const rootfs = makeRootfs(t);
+  const ws = workspaceOptions(t, rootfs, ['sh', '-c', 'grep pids /proc/self/cgroup; echo ready; exec sleep 1000'], {
+    cgroupProcs: [path.join(cgroup, 'cgroup.procs')],
+  });
+  const running = await run(t, ws);
+  await running.waitForOutput('ready');
+  t.match(fs.readFileSync(`/proc/${running.result.pid}/cgroup`, 'utf8'), new RegExp(`:pids:/tetrix-native-test-${process.pid}$`, 'm'));
+  t.match(running.output(), /:pids:\/\n/, 'a cgroup namespace rooted at its cgroup');
+  native.pidfdSendSignal(running.result.pidfd, native.constants.SIGKILL);
+  await running.exited;
+});
+
+t.test('a seccomp filter is installed before the workload runs', async (t) => {
+  const rootfs = makeRootfs(t);
+  const AUDIT_ARCH_X86_64 = 0xc000003e;
+  const SECCOMP_RET_ALLOW = 0x7fff0000;
+  const SECCOMP_RET_ERRNO = 0x00050000;
+  const SECCOMP_RET_KILL_PROCESS = 0x80000000;
+  const EPERM = 1;
+  // BPF_LD|BPF_W|BPF_ABS = 0x20, BPF_JMP|BPF_JEQ|BPF_K = 0x15, BPF_RET|BPF_K = 0x06
+  const insns: [number, number, number, number][] = [
+    [0x20, 0, 0, 4],                      // A = arch
+    [0x15, 1, 0, AUDIT_ARCH_X86_64],
+    [0x06, 0, 0, SECCOMP_RET_KILL_PROCESS],
+    [0x20, 0, 0, 0],                      // A = syscall nr
+    [0x15, 2, 0, 83],                     // mkdir
+    [0x15, 1, 0, 258],                    // mkdirat
+    [0x06, 0, 0, SECCOMP_RET_ALLOW],
+    [0x06, 0, 0, SECCOMP_RET_ERRNO | EPERM],
+  ];
+  const filter = Buffer.alloc(insns.length * 8);
+  insns.forEach(([code, jt, jf, k], i) => {
+    filter.writeUInt16LE(code, i * 8);
+    filter.writeUInt8(jt, i * 8 + 2);
+    filter.writeUInt8(jf, i * 8 + 3);
+    filter.writeUInt32LE(k >>> 0, i * 8 + 4);
+  });
+  const { output } = await runScript(t, rootfs, 'mkdir /dev/shm/x 2>&1; grep Seccomp: /proc/self/status', { seccomp: filter });
+  t.match(output, /Operation not permitted/);
+  t.match(output, /^Seccomp:\t2$/m);
+});
+
+t.test('failures name the step and errno, and leave nothing behind', async (t) => {
+  const before = openFds();
+  const noProc = makeRootfs(t, { omit: ['proc'] });
+  const ws1 = workspaceOptions(t, noProc, ['true']);
+  const err = await native.spawn(ws1.options).then(() => null, (e: unknown) => e);
+  t.ok(err instanceof NativeError, 'a NativeError');
+  t.match(err, { step: 'mount /proc', code: 'ENOENT', errno: 2, message: 'mount /proc: ENOENT' });
+
+  const rootfs = makeRootfs(t);
+  const ws2 = workspaceOptions(t, rootfs, ['/bin/not-there']);
+  await t.rejects(native.spawn(ws2.options), { name: 'NativeError', message: 'execve: ENOENT', step: 'execve', code: 'ENOENT' });
+
+  const ws3 = workspaceOptions(t, rootfs, ['true'], { cwd: '/nowhere' });
+  await t.rejects(native.spawn(ws3.options), { message: 'chdir /nowhere: ENOENT' });
+
+  const ws4 = workspaceOptions(t, path.join(rootfs, 'missing'), ['true']);
+  await t.rejects(native.spawn(ws4.options), { message: 'prepare /.tetrix/init: ENOENT' });
+
+  ws1.close();
+  ws2.close();
+  ws3.close();
+  ws4.close();
+  t.same(childPids(), [], 'every failed child was reaped');
+  t.same(openFds(), before, 'no fd leaked');
+});
+
+t.test('bad options are refused before anything is cloned', async (t) => {
+  const rootfs = makeRootfs(t);
+  const ws = workspaceOptions(t, rootfs, ['true']);
+  t.throws(() => native.spawn({ ...ws.options, uidBase: 0 }), TypeError, 'never map onto host root');
+  t.throws(() => native.spawn({ ...ws.options, argv: [] }), TypeError);
+  t.throws(() => native.spawn({ ...ws.options, rootfs: 'relative' }), TypeError);
+  t.throws(() => native.spawn({ ...ws.options, seccomp: Buffer.alloc(3) }), TypeError);
+});
