@@ -452,12 +452,17 @@ __attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_f
   wait_for_parent(sync_fd);     // cgroup joined, uid/gid maps written
 
   CHECK(&c, unshare(CLONE_NEWCGROUP), STEP_UNSHARE_CGROUP, 0);  // after joining: the cgroup becomes our "/"
-  become_root(&c);
 
+  // The host paths (rootfs, content, init) are resolved before become_root: until then our fsuid is
+  // still host root (unmapped here, so it grants no capability over host inodes), which may traverse
+  // the daemon's 0700 state directory as its owner; the workspace's own uid never gets a path into it.
+  // Filesystems made inside the namespace (proc, the /dev tmpfs) come after: creating files on them
+  // needs a uid that is mapped here (else EOVERFLOW).
   CHECK(&c, mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), STEP_MOUNT_PRIVATE, 0);
   int root = bind_rootfs(&c);
   mount_binds(&c, root);
   mount_init(&c, root);
+  become_root(&c);
   mount_proc(&c, root);
   mount_dev(&c, root);
   mount_sys(&c, root);
