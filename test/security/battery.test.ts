@@ -158,11 +158,13 @@ t.test('a hostile workspace root cannot get out: the escape battery', async (t) 
   t.equal(n.state, 'WORKSPACE_STATE_RUNNING', 'the neighbour is still running');
 });
 
-t.test('an image of symlinks pointing at the host cannot make the runtime touch the host', async (t) => {
+t.test('an image with a symlink pointing at the host cannot make the runtime touch the host', async (t) => {
   // CVE-2019-16884 (/proc replaced), CVE-2021-30465 (mount target swapped for a symlink), CVE-2025-31133
-  // (/dev/null replaced): every path the runtime mounts on or writes to is a symlink to a host directory.
+  // (/dev/null replaced): one image per path the runtime mounts on or writes to, that path a symlink to a
+  // host directory and everything else ordinary.
   const victim = tempDir(t, 'battery-victim');
-  const targets = ['proc', 'dev', 'sys', 'etc', 'workspace', 'tetrix', 'tmp'];
+  fs.chmodSync(victim, 0o755);
+  const targets = ['proc', 'dev', 'sys', 'etc', 'workspace', '.tetrix', 'tmp'];
   for (const dir of targets) {
     fs.mkdirSync(path.join(victim, dir));
     fs.writeFileSync(path.join(victim, dir, 'untouched'), 'host');
@@ -170,28 +172,34 @@ t.test('an image of symlinks pointing at the host cannot make the runtime touch 
   const before = snapshotTree(victim);
 
   const imagesDir = tempDir(t, 'battery-symlink-images');
-  const root = path.join(imagesDir, 'symlinks');
-  fs.mkdirSync(path.join(root, 'bin'), { recursive: true });
-  fs.copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  fs.chmodSync(path.join(root, 'bin', 'busybox'), 0o755);
-  fs.symlinkSync('busybox', path.join(root, 'bin', 'sh'));
-  for (const dir of targets) fs.symlinkSync(path.join(victim, dir), path.join(root, dir === 'tetrix' ? '.tetrix' : dir));
+  targets.forEach((target, i) => {
+    const root = path.join(imagesDir, `symlink-${i}`);
+    for (const dir of ['bin', ...targets]) fs.mkdirSync(path.join(root, dir), { recursive: true });
+    fs.copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
+    fs.chmodSync(path.join(root, 'bin', 'busybox'), 0o755);
+    fs.symlinkSync('busybox', path.join(root, 'bin', 'sh'));
+    fs.rmdirSync(path.join(root, target));
+    fs.symlinkSync(path.join(victim, target), path.join(root, target));
+  });
 
   const d = await startDaemon(t, ['--images-dir', imagesDir]);
-  const script = 'ls / /proc /dev /workspace > /dev/null 2>&1; echo pwned > /etc/pwned 2>/dev/null; echo pwned > /workspace/pwned 2>/dev/null; true';
-  let started: Workspace__Output | undefined;
-  try {
-    started = await d.start({ id: 'symlinks', ownerId: 'mallory', image: 'symlinks', command: ['/bin/sh', '-c', script] });
-  } catch (err) {
-    t.comment(`start refused: ${(err as Error).message}`);
+  const script = 'ls / /proc /dev /workspace >/dev/null 2>&1; echo pwned > /etc/pwned; echo pwned > /workspace/pwned; echo pwned > /tmp/pwned; true';
+  for (const [i, target] of targets.entries()) {
+    const id = `symlink-${i}`;
+    let outcome: string;
+    try {
+      const w = await d.start({ id, ownerId: 'mallory', image: id, command: ['/bin/sh', '-c', script] });
+      const end = w.state === 'WORKSPACE_STATE_FAILED' ? w : await d.waitFor(id, finished, 30_000);
+      outcome = `${end.state} ${end.message}`.trim();
+    } catch (err) {
+      outcome = `refused: ${(err as Error).message}`;
+    }
+    t.comment(`/${target} -> host: ${outcome}`);
+    t.same(mountsUnder(victim), [], `/${target}: nothing is mounted on the host directory`);
+    t.same(snapshotTree(victim), before, `/${target}: the host directory is unchanged (no file created, chowned or chmodded)`);
+    await d.teardown(id).catch(() => undefined);
+    t.same(snapshotTree(victim), before, `/${target}: teardown did not follow the symlink either`);
   }
-  if (started && started.state !== 'WORKSPACE_STATE_FAILED') await d.waitFor('symlinks', finished, 30_000);
-  t.comment(`outcome: ${started ? `${started.state} ${started.message}` : 'refused'}`);
-
-  t.same(mountsUnder(victim), [], 'nothing is mounted on the host directories');
-  t.same(snapshotTree(victim), before, 'the host directories are unchanged: no file created, chowned or chmodded');
-  await d.teardown('symlinks').catch(() => undefined);
-  t.same(snapshotTree(victim), before, 'teardown did not follow the symlinks either');
 });
 
 /** path -> "mode uid gid size" for everything under dir. */
