@@ -197,3 +197,31 @@ t.test('bad options are refused before anything is cloned', async (t) => {
   t.throws(() => native.spawn({ ...ws.options, rootfs: 'relative' }), TypeError);
   t.throws(() => native.spawn({ ...ws.options, seccomp: Buffer.alloc(3) }), TypeError);
 });
+
+t.test('a rootfs and mount sources inside a 0700 root-owned directory (the daemon state dir)', async (t) => {
+  const state = makeHostDir(t, 'state');
+  fs.chmodSync(state, 0o700);
+  const rootfs = makeRootfs(t);
+  const inside = path.join(state, 'rootfs');
+  fs.renameSync(rootfs, inside);
+  t.teardown(() => fs.rmSync(inside, { recursive: true, force: true }));
+  const content = path.join(state, 'content');
+  fs.mkdirSync(content, { mode: 0o755 });
+  fs.writeFileSync(path.join(content, 'hello'), 'from the state dir\n');
+  const { output, exit } = await runScript(t, inside, 'cat /workspace/hello', {
+    mounts: [{ source: content, target: '/workspace', readonly: true }],
+  });
+  t.equal(exit.exitCode, 0);
+  t.equal(output, 'from the state dir\n');
+});
+
+t.test('several workspaces start at once', async (t) => {
+  const rootfs = makeRootfs(t);
+  const before = openFds();
+  const results = await Promise.all([1, 2, 3, 4, 5].map((i) => runScript(t, rootfs, `echo "ws ${i} $(hostname)"; exit ${i}`, { hostname: `tetrix-ws-${i}` })));
+  results.forEach((r, i) => {
+    t.equal(r.output, `ws ${i + 1} tetrix-ws-${i + 1}\n`);
+    t.equal(r.exit.exitCode, i + 1);
+  });
+  t.same(openFds(), before, 'no fd leaked');
+});
