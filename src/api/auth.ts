@@ -197,7 +197,7 @@ type AuthContext = ReturnType<grpc.ServerInterceptingCallInterface['getAuthConte
 export interface AuthInterceptorOptions {
   /** Which port this interceptor guards. 'unix-socket' callers without a token are the local operator. */
   readonly transport: 'unix-socket' | 'mtls';
-  readonly tokens: TokenVerifier;
+  readonly tokens: Pick<TokenVerifier, 'verify'>;
   readonly audit: AuditLog;
   /** For 'mtls': the credentials' allow/deny check (MtlsServerCredentials.checkPeer). */
   readonly checkPeer?: (cert: PeerCertificate | undefined) => PeerVerdict;

@@ -10,6 +10,7 @@ export interface Config {
   readonly imagesDir: string;       // operator-provided image directories, by name
   readonly profilesDir: string;     // seccomp profiles (Docker JSON format)
   readonly cgroupParent: string;    // every workspace cgroup lives below this group
+  readonly cgroupRoot: string;      // where cgroups are mounted (v2 tree, or one v1 hierarchy per controller)
   readonly idmapDir: string;        // host-wide claims of uid/gid ranges, shared by every tetrixd
   readonly nodeId: string;
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
@@ -19,6 +20,19 @@ export interface Config {
   readonly maxCpuMillis: number;
   readonly maxPids: number;
   readonly metricsListen: string;   // host:port for Prometheus, '' = off
+  readonly apiListen: string;       // host:port of the mutual-TLS gRPC API, '' = unix socket only
+  readonly apiAddresses: string;    // extra names/IPs for the generated server certificate, comma-separated
+  readonly tlsCertFile: string;     // operator-provided server certificate; '' = generate a node PKI
+  readonly tlsKeyFile: string;
+  readonly tlsCaFile: string;       // the CA client certificates must chain to
+  readonly tlsCrlFile: string;
+  readonly tlsDenyListFile: string; // identities or sha256 fingerprints refused, one per line
+  readonly tlsAllow: string;        // client identities allowed (comma-separated), '' = any the CA signed
+  readonly operatorIdentities: string; // client identities that act as node operators (comma-separated)
+  readonly tlsReloadMs: number;
+  readonly controlPlaneKeyFile: string; // Ed25519 public key(s), PEM, that sign user tokens
+  readonly nodeDomain: string;      // workspace endpoints are <port>-<id>.<nodeDomain>
+  readonly endpointListen: string;  // host:port of the HTTPS/WebSocket endpoint server, '' = off
 }
 
 /** The package's root directory, from src/ (ts) or dist/src/ (compiled) alike. */
@@ -31,6 +45,7 @@ export function defaults(): Config {
     imagesDir: '/var/lib/tetrix/images-local',
     profilesDir: path.join(packageRoot, 'profiles', 'seccomp'),
     cgroupParent: 'tetrix',
+    cgroupRoot: '/sys/fs/cgroup',
     idmapDir: '/run/tetrix/idmap',
     nodeId: os.hostname(),
     logLevel: 'info',
@@ -40,6 +55,19 @@ export function defaults(): Config {
     maxCpuMillis: os.availableParallelism() * 1000,
     maxPids: 1 << 22,
     metricsListen: '',
+    apiListen: '0.0.0.0:7443',
+    apiAddresses: '',
+    tlsCertFile: '',
+    tlsKeyFile: '',
+    tlsCaFile: '',
+    tlsCrlFile: '',
+    tlsDenyListFile: '',
+    tlsAllow: '',
+    operatorIdentities: 'tetrix-admin',
+    tlsReloadMs: 10_000,
+    controlPlaneKeyFile: '',
+    nodeDomain: '',
+    endpointListen: '',
   };
 }
 
@@ -49,14 +77,20 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids'] as const;
-const stringKeys = ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen'] as const;
+const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'tlsReloadMs'] as const;
+const stringKeys = [
+  'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
+  'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
+  'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen',
+] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 
 /** TETRIX_STATE_DIR -> stateDir */
 const envName = (key: string): string => 'TETRIX_' + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+/** Short spellings operators expect (tetrixd --socket PATH). */
+const flagAliases: Record<string, string> = { socket: 'socketPath' };
 /** --state-dir -> stateDir */
-const flagKey = (flag: string): string => flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+const flagKey = (flag: string): string => flagAliases[flag] ?? flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 
 export function parseFlags(argv: readonly string[]): { raw: Raw; configFile?: string } {
   const raw: Raw = {};
@@ -116,13 +150,22 @@ function coerce(key: string, value: unknown): unknown {
 }
 
 function validate(c: Config): Config {
-  for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir'] as const) {
+  for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir', 'cgroupRoot'] as const) {
     if (!path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
   }
   if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$/.test(c.cgroupParent)) throw new ConfigError(`cgroupParent: "${c.cgroupParent}" is not a plain cgroup name`);
   if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal'].includes(c.logLevel)) throw new ConfigError(`logLevel: unknown level "${c.logLevel}"`);
   if (Buffer.byteLength(c.socketPath) > 107) throw new ConfigError(`socketPath: longer than a unix socket path may be (107 bytes)`);
-  if (c.metricsListen !== '' && !/^[^:]+:\d{1,5}$/.test(c.metricsListen)) throw new ConfigError(`metricsListen: expected host:port, got "${c.metricsListen}"`);
+  for (const key of ['metricsListen', 'apiListen', 'endpointListen'] as const) {
+    if (c[key] !== '' && !/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/.test(c[key])) throw new ConfigError(`${key}: expected host:port, got "${c[key]}"`);
+  }
+  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile'] as const) {
+    if (c[key] !== '' && !path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
+  }
+  if ((c.tlsCertFile === '') !== (c.tlsKeyFile === '') || (c.tlsCertFile !== '' && c.tlsCaFile === '')) {
+    throw new ConfigError('tlsCertFile, tlsKeyFile and tlsCaFile go together (or none of them, to use the generated node PKI)');
+  }
+  if (c.endpointListen !== '' && c.nodeDomain === '') throw new ConfigError('endpointListen needs nodeDomain');
   return c;
 }
 
@@ -138,3 +181,6 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   for (const [key, value] of Object.entries(merged)) out[key] = coerce(key, value);
   return Object.freeze(validate(out as unknown as Config));
 }
+
+/** A comma-separated config value as a list. */
+export const listOf = (value: string): string[] => value.split(',').map((s) => s.trim()).filter(Boolean);

@@ -1,0 +1,63 @@
+// The sandbox as the workspace lifecycle sees it: images, uid ranges, rootfs, cgroups, seccomp and
+// capabilities behind one object (the Sandbox port of src/workspace/ports.ts).
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config/config';
+import type { Sandbox } from '../workspace/ports';
+import type { Resources } from '../workspace/types';
+import { capabilityNumbers, DEFAULT_CAPABILITIES } from './capabilities';
+import { detectCgroupDriver, type CgroupDriver } from './cgroups';
+import { IdRangeAllocator } from './idmap';
+import { ImageStore } from './images';
+import { initBinaryPath } from './native';
+import { prepareRootfs, releaseRootfs, unmountRootfs } from './rootfs';
+import { SeccompProfiles } from './seccomp';
+
+export interface NodeSandbox extends Sandbox {
+  readonly cgroupMode: string;
+}
+
+export async function createSandbox(config: Config, log: Logger): Promise<NodeSandbox> {
+  const cgroups: CgroupDriver = detectCgroupDriver(config.cgroupParent);
+  const images = new ImageStore({ stateDir: config.stateDir, imagesDir: config.imagesDir });
+  const ids = new IdRangeAllocator({ dir: config.idmapDir });
+  // Every profile is validated and compiled now: the daemon never starts with a half-loaded filter.
+  const profiles = await SeccompProfiles.load(config.profilesDir);
+  const capabilities = capabilityNumbers(DEFAULT_CAPABILITIES);
+  log.info({ cgroups: cgroups.mode, profiles: profiles.names() }, 'sandbox ready');
+
+  return {
+    cgroupMode: cgroups.mode,
+    initPath: initBinaryPath,
+    capabilities,
+    resolveImage: (image) => images.resolve(image),
+    seccompFilter: (profile) => profiles.filterFor(profile),
+    allocateIds: (workspaceId) => ids.allocate({ stateDir: config.stateDir, workspaceId }).base,
+    releaseIds: (base) => ids.release(base),
+    prepareRootfs: (wsDir, lowerDir, uidBase) => prepareRootfs({ wsDir, lowerDir, uidBase }),
+    unmountRootfs: (wsDir) => unmountRootfs(wsDir),
+    removeWorkspaceDir: (wsDir) => releaseRootfs(wsDir),
+    createCgroup: async (workspaceId, resources: Resources) => (await cgroups.create(workspaceId, resources)).procsFiles(),
+    destroyCgroup: async (workspaceId) => {
+      if (cgroups.list().includes(workspaceId)) await cgroups.open(workspaceId).destroy();
+    },
+    oomKillCount: (workspaceId) => (cgroups.list().includes(workspaceId) ? cgroups.open(workspaceId).oomKillCount() : 0),
+    sweep: async (liveIds, stateDir) => {
+      for (const name of cgroups.list()) {
+        if (liveIds.has(name)) continue;
+        log.warn({ cgroup: name }, 'removing a cgroup no workspace accounts for');
+        await cgroups.open(name).destroy();
+      }
+      const wsRoot = path.join(stateDir, 'workspaces');
+      for (const id of fs.existsSync(wsRoot) ? fs.readdirSync(wsRoot) : []) {
+        if (liveIds.has(id)) continue;
+        log.warn({ workspace: id }, 'removing a workspace directory no record accounts for');
+        await releaseRootfs(path.join(wsRoot, id));
+      }
+      for (const claim of ids.claimedBy(stateDir)) {
+        if (!liveIds.has(claim.workspaceId)) ids.release(claim.base);
+      }
+    },
+  };
+}
