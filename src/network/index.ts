@@ -44,6 +44,7 @@ interface Settings {
 
 export class NodeNetwork {
   private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly preparedOnly = new Set<string>();   // leases this process made and never attached
   private readonly inflight = new Set<Promise<unknown>>();
   private barrier: Promise<unknown> = Promise.resolve();
 
@@ -110,7 +111,13 @@ export class NodeNetwork {
   async prepare(workspaceId: string, hostname: string = workspaceId, ports: number[] = []): Promise<WorkspaceAddress> {
     checkWorkspaceId(workspaceId);
     const wanted = checkPorts(ports);
-    return this.perWorkspace(workspaceId, async () => this.describe((await this.acquire(workspaceId, hostname, wanted)).lease));
+    return this.perWorkspace(workspaceId, async () => {
+      const { lease, existed } = this.acquire(workspaceId, hostname, wanted);
+      if (!existed) this.preparedOnly.add(workspaceId);
+      // The write overlaps whatever the caller does next; attach waits for it.
+      this.pool.saved().catch(() => undefined);
+      return this.describe(lease);
+    });
   }
 
   /**
@@ -123,14 +130,16 @@ export class NodeNetwork {
     const wanted = checkPorts(ports);
     if (typeof target === 'number' && (!Number.isInteger(target) || target <= 0)) throw invalidArgument('pid', 'must be a positive integer');
     return this.perWorkspace(workspaceId, async () => {
-      const { lease: held, existed } = await this.acquire(workspaceId, hostname, wanted);
+      const { lease: held, existed } = this.acquire(workspaceId, hostname, wanted);
       let lease = held;
       if (existed) {
-        // An earlier attach of this workspace (a retry, or a crash in between) may have left its veth.
-        if (await this.links.remove(lease.hostLink)) await this.firewall.removeWorkspace(lease);
-        if (!samePorts(lease.ports, wanted) || lease.hostname !== hostname) lease = await this.pool.update(workspaceId, { ports: wanted, hostname });
+        // An earlier attach of this workspace (a retry, or one before a restart) may have left its veth.
+        if (!this.preparedOnly.delete(workspaceId) && (await this.links.remove(lease.hostLink))) await this.firewall.removeWorkspace(lease);
+        if (!samePorts(lease.ports, wanted) || lease.hostname !== hostname) lease = this.pool.update(workspaceId, { ports: wanted, hostname });
       }
+      // The lease write, the links and the rules are independent: all three at once, all awaited.
       const results = await Promise.allSettled([
+        this.pool.saved(),
         this.links.attach(lease, target, this.pool.gateway, { v4: this.settings.subnet.prefix, v6: this.settings.subnet6?.prefix ?? 128 }),
         this.firewall.addWorkspace(lease),
       ]);
@@ -151,7 +160,8 @@ export class NodeNetwork {
       if (!lease) throw new DomainError('NOT_FOUND', `workspace ${workspaceId} has no network`);
       if (samePorts(lease.ports, wanted)) return;
       await this.firewall.setPorts(lease, lease.ports, wanted);
-      await this.pool.update(workspaceId, { ports: wanted });
+      this.pool.update(workspaceId, { ports: wanted });
+      await this.pool.saved();
     });
   }
 
@@ -190,15 +200,17 @@ export class NodeNetwork {
     return this.wholeNode(() => this.firewall.release());
   }
 
-  private acquire(workspaceId: string, hostname: string, ports: number[]): Promise<{ lease: Lease; existed: boolean }> {
+  private acquire(workspaceId: string, hostname: string, ports: number[]): { lease: Lease; existed: boolean } {
     return this.pool.acquire(workspaceId, ({ ip }) => ({ hostLink: hostLinkName(workspaceId), mac: workspaceMac(ip), hostname, ports }));
   }
 
-  // Kernel objects first, the lease last: until the lease is gone, reconcile can still find them.
+  // Kernel objects first, the lease last: the address is free only once nothing uses it.
   private async teardown(lease: Lease): Promise<void> {
+    this.preparedOnly.delete(lease.workspaceId);
     await this.links.remove(lease.hostLink);
     await this.firewall.removeWorkspace(lease);
-    await this.pool.release(lease.workspaceId);
+    this.pool.release(lease.workspaceId);
+    await this.pool.saved();
   }
 
   private describe(lease: Lease): WorkspaceAddress {

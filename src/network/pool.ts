@@ -1,6 +1,7 @@
 // The node's address pool: one lease per workspace, persisted in <stateDir>/network/leases.json.
-// A lease is written before any kernel object exists for it, so after a crash every veth and rule
-// Tetrix may have created is named by some lease, and reconcile can remove it.
+// A workspace is reported attached only once its lease is on disk, so a workspace that outlives the
+// daemon always finds its address again. Kernel objects may exist briefly without a lease (the write
+// runs alongside them); after a crash, reconcile removes every veth and element no lease names.
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { DomainError } from '../errors';
@@ -28,12 +29,23 @@ interface LeaseFile {
   leases: Record<string, Lease>;
 }
 
+interface Waiter {
+  version: number;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
 /** Offset 0 is the network, 1 the bridge (gateway), the last the IPv4 broadcast. */
 export const gatewayOffset = 1;
 const firstWorkspaceOffset = 2;
 
 export class AddressPool {
-  private queue: Promise<unknown> = Promise.resolve();
+  // Changes apply in memory at once (so concurrent callers never see the same address free) and
+  // reach the disk in the background; saved() waits for them. Versions count changes.
+  private version = 0;
+  private savedVersion = 0;
+  private writer: Promise<void> | undefined;
+  private waiters: Waiter[] = [];
 
   private constructor(
     private readonly file: string,
@@ -66,38 +78,46 @@ export class AddressPool {
     return Object.values(this.state.leases);
   }
 
-  /** The workspace's lease: its existing one, or a new address no other lease holds. */
-  acquire(workspaceId: string, describe: (addr: { ip: string; ip6: string }) => LeaseDetails): Promise<{ lease: Lease; existed: boolean }> {
-    return this.serialized(async () => {
-      const existing = this.state.leases[workspaceId];
-      if (existing) return { lease: existing, existed: true };
-      const offset = this.freeOffset();
-      const addr = this.addressesAt(offset);
-      const lease: Lease = { workspaceId, offset, ...addr, ...describe(addr) };
-      await this.save({ ...this.state, next: offset + 1, leases: { ...this.state.leases, [workspaceId]: lease } });
-      return { lease, existed: false };
-    });
+  /** The workspace's lease: its existing one, or a new address no other lease holds. Call saved() to persist. */
+  acquire(workspaceId: string, describe: (addr: { ip: string; ip6: string }) => LeaseDetails): { lease: Lease; existed: boolean } {
+    const existing = this.state.leases[workspaceId];
+    if (existing) return { lease: existing, existed: true };
+    const offset = this.freeOffset();
+    const addr = this.addressesAt(offset);
+    const lease: Lease = { workspaceId, offset, ...addr, ...describe(addr) };
+    this.change({ ...this.state, next: offset + 1, leases: { ...this.state.leases, [workspaceId]: lease } });
+    return { lease, existed: false };
   }
 
-  update(workspaceId: string, patch: Partial<LeaseDetails>): Promise<Lease> {
-    return this.serialized(async () => {
-      const existing = this.state.leases[workspaceId];
-      if (!existing) throw new DomainError('NOT_FOUND', `workspace ${workspaceId} has no network lease`);
-      const lease = { ...existing, ...patch };
-      await this.save({ ...this.state, leases: { ...this.state.leases, [workspaceId]: lease } });
-      return lease;
-    });
+  update(workspaceId: string, patch: Partial<LeaseDetails>): Lease {
+    const existing = this.state.leases[workspaceId];
+    if (!existing) throw new DomainError('NOT_FOUND', `workspace ${workspaceId} has no network lease`);
+    const lease = { ...existing, ...patch };
+    this.change({ ...this.state, leases: { ...this.state.leases, [workspaceId]: lease } });
+    return lease;
   }
 
   /** Frees the address; false when there was no lease. */
-  release(workspaceId: string): Promise<boolean> {
-    return this.serialized(async () => {
-      if (!this.state.leases[workspaceId]) return false;
-      const leases = { ...this.state.leases };
-      delete leases[workspaceId];
-      await this.save({ ...this.state, leases });
-      return true;
-    });
+  release(workspaceId: string): boolean {
+    if (!this.state.leases[workspaceId]) return false;
+    const leases = { ...this.state.leases };
+    delete leases[workspaceId];
+    this.change({ ...this.state, leases });
+    return true;
+  }
+
+  /** Resolves once every change made so far is on disk. */
+  saved(): Promise<void> {
+    if (this.savedVersion >= this.version) return Promise.resolve();
+    const version = this.version;
+    const done = new Promise<void>((resolve, reject) => this.waiters.push({ version, resolve, reject }));
+    this.writer ??= this.writeLoop();
+    return done;
+  }
+
+  private change(next: LeaseFile): void {
+    this.state = next;
+    this.version++;
   }
 
   private addressesAt(offset: number): { ip: string; ip6: string } {
@@ -119,19 +139,35 @@ export class AddressPool {
     throw new DomainError('RESOURCE_EXHAUSTED', `network: every address of ${this.subnet.text} is leased`);
   }
 
-  // One writer at a time: each change is computed from the state the previous one left.
-  private serialized<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => undefined);
-    return run;
+  // One write at a time, each of the whole current state: changes made during a write share the next.
+  private async writeLoop(): Promise<void> {
+    try {
+      while (this.savedVersion < this.version) {
+        const version = this.version;
+        await this.writeFile(JSON.stringify(this.state, null, 1));
+        this.savedVersion = version;
+        this.settle((w) => w.version <= version, (w) => w.resolve());
+      }
+    } catch (err) {
+      // The next saved() writes the whole state again.
+      this.settle(() => true, (w) => w.reject(err));
+    } finally {
+      this.writer = undefined;
+    }
+  }
+
+  private settle(which: (w: Waiter) => boolean, how: (w: Waiter) => void): void {
+    const now = this.waiters.filter(which);
+    this.waiters = this.waiters.filter((w) => !which(w));
+    for (const w of now) how(w);
   }
 
   // Write, flush, rename, flush the directory: a crash leaves the old file or the new, never half.
-  private async save(next: LeaseFile): Promise<void> {
+  private async writeFile(text: string): Promise<void> {
     const tmp = `${this.file}.tmp`;
     const handle = await fs.open(tmp, 'w', 0o600);
     try {
-      await handle.writeFile(JSON.stringify(next, null, 1));
+      await handle.writeFile(text);
       await handle.datasync();
     } finally {
       await handle.close();
@@ -143,7 +179,6 @@ export class AddressPool {
     } finally {
       await dir.close();
     }
-    this.state = next;
   }
 }
 

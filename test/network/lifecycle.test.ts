@@ -38,6 +38,21 @@ t.test('detach leaves no veth, lease or rule, and can be repeated', async (t) =>
   t.same(await workspaceElements(node), []);
 });
 
+t.test('prepare reserves the address before the workspace exists; attach uses it', async (t) => {
+  const node = await createTestNode(t);
+  const net = await NodeNetwork.open(node.options());
+  t.teardown(() => net.close());
+  const early = await net.prepare('ws-a', 'dev-box', [3000]);
+  t.match(early.hosts, /\tdev-box ws-a$/m, 'hosts names the hostname and the id');
+  t.same(await workspaceLinks(node), [], 'no kernel object yet');
+  const attached = await net.attach('ws-a', await node.workspaceNetns(), [3000], 'dev-box');
+  t.equal(attached.ip, early.ip);
+  t.same(Object.keys(leasesOnFile(node)), ['ws-a'], 'on disk once attach returned');
+  await net.prepare('ws-b');
+  await net.detach('ws-b');
+  t.same(Object.keys(leasesOnFile(node)), ['ws-a'], 'a start abandoned after prepare leaves no lease');
+});
+
 t.test('a failed attach leaves nothing', async (t) => {
   const node = await createTestNode(t);
   const net = await NodeNetwork.open(node.options());
