@@ -5,6 +5,7 @@
 #include "tetrix.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,7 @@ typedef struct {
 
 static void free_watch(uv_handle_t *handle) {
   exit_watch *w = handle->data;
+  if (w->pidfd >= 0) close(w->pidfd);
   napi_delete_reference(w->env, w->callback);
   napi_async_destroy(w->env, w->async);
   free(w);
@@ -118,7 +120,9 @@ static void on_pidfd_ready(uv_poll_t *handle, int status, int events) {
   exit_status st;
   if (status == 0 && !collect_exit(w->pidfd, &st)) return;
   if (status != 0) st = (exit_status){.reaped = false, .exit_code = -1, .signal = 0};
-  uv_poll_stop(handle);
+  uv_poll_stop(handle);  // takes the fd out of epoll at once, so our dup may go before JS hears of the exit
+  close(w->pidfd);
+  w->pidfd = -1;
 
   napi_env env = w->env;
   napi_handle_scope scope;
@@ -133,8 +137,9 @@ static void on_pidfd_ready(uv_poll_t *handle, int status, int events) {
   uv_close((uv_handle_t *)handle, free_watch);
 }
 
-// watchExit(pidfd, cb): cb({exitCode, signal, reaped}) once. The pidfd stays the caller's; keep it open
-// until the callback ran (closing a polled fd would leave the watch blind).
+// watchExit(pidfd, cb): cb({exitCode, signal, reaped}) once. We poll a dup of the pidfd, so the caller may
+// close theirs at any time, and two watches never share one fd in libuv's epoll set (uv__io_check_fd
+// would drop the first). The dup shares the file description: libuv makes it O_NONBLOCK for both.
 static napi_value js_watch_exit(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2], name;
@@ -147,13 +152,24 @@ static napi_value js_watch_exit(napi_env env, napi_callback_info info) {
     return tx_type_error(env, "watchExit: callback must be a function");
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) return tx_throw(env, "watchExit: event loop", EINVAL);
 
+  // Refuse what is not a pidfd now, rather than "exiting" it at once. ECHILD is fine: an adopted process.
+  siginfo_t probe;
+  if (waitid(P_PIDFD, (id_t)pidfd, &probe, WEXITED | WNOHANG | WNOWAIT) != 0 && errno != ECHILD && errno != EINTR)
+    return tx_throw(env, "watchExit", errno);
+
   exit_watch *w = calloc(1, sizeof *w);
   if (!w) return tx_throw(env, "watchExit", ENOMEM);
   w->env = env;
-  w->pidfd = pidfd;
+  w->pidfd = fcntl(pidfd, F_DUPFD_CLOEXEC, 0);
+  if (w->pidfd < 0) {
+    int err = errno;
+    free(w);
+    return tx_throw(env, "watchExit: dup", err);
+  }
   w->poll.data = w;
-  int r = uv_poll_init(loop, &w->poll, pidfd);
+  int r = uv_poll_init(loop, &w->poll, w->pidfd);
   if (r != 0) {
+    close(w->pidfd);
     free(w);
     return tx_throw(env, "watchExit: uv_poll_init", -r);
   }

@@ -50,8 +50,10 @@ export interface NativeAddon {
   /** Clones the workspace and resolves once init has exec'd the workload. Rejects with a NativeError naming
    *  the step (`pivot_root: EINVAL`, `mount /proc: ENOENT`, `execve: ENOENT`); the child is then reaped. */
   spawn(opts: SpawnOptions): Promise<SpawnResult>;
-  /** Calls back once when the process behind pidfd exits, without blocking the loop. Keep the pidfd open
-   *  until then. Reaps through waitid(P_PIDFD); reaped is false for a process that is not our child. */
+  /** Calls back once when the process behind pidfd exits, without blocking the loop. It watches its own dup
+   *  of the pidfd (so the caller may close theirs at any time; the shared description becomes O_NONBLOCK).
+   *  Reaps through waitid(P_PIDFD); reaped is false for a process that is not our child (or already reaped).
+   *  Throws NativeError(`watchExit`, EBADF/EINVAL) for an fd that is not a pidfd. */
   watchExit(pidfd: number, onExit: (status: ExitStatus) => void): void;
   pidfdOpen(pid: number): number;   // throws NativeError(ESRCH) when it is gone
   pidfdSendSignal(pidfd: number, signal: number): void;

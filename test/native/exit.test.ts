@@ -100,6 +100,24 @@ t.test('pidfds', async (t) => {
     t.same(status, { exitCode: null, signal: null, reaped: false });
   });
 
+  t.test('the caller may close its pidfd right after watchExit', async (t) => {
+    const rootfs = makeRootfs(t);
+    const ws = workspaceOptions(t, rootfs, ['sh', '-c', 'exit 5']);
+    const result = await native.spawn(ws.options);
+    ws.close();
+    const before = openFds();
+    const status = new Promise<ExitStatus>((resolve) => native.watchExit(result.pidfd, resolve));
+    native.closeFd(result.pidfd);
+    t.same(await status, { exitCode: 5, signal: null, reaped: true });
+    t.same(openFds(), before.filter((fd) => fd !== String(result.pidfd)));
+  });
+
+  t.test('watchExit refuses an fd that is not a pidfd', async (t) => {
+    const fd = fs.openSync('/dev/null', 'r');
+    t.teardown(() => fs.closeSync(fd));
+    t.throws(() => native.watchExit(fd, () => undefined), { name: 'NativeError', step: 'watchExit', code: 'EBADF' });
+  });
+
   t.test('errors are NativeErrors with step, errno and code', async (t) => {
     const err = (() => {
       try {
