@@ -4,7 +4,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { loadConfig, ConfigError, packageRoot, type Config } from './config/config';
-import { createApiServer, bindUnixSocket } from './api/server';
+import { createApiServer } from './api/server';
+import { bindTransports } from './api/transport';
+import { createAuditLog } from './api/audit';
 import { workspaceHandlers } from './api/workspace-api';
 import { nodeHandlers } from './api/node-api';
 import { WorkspaceService } from './workspace/service';
@@ -33,15 +35,16 @@ async function run(config: Config): Promise<void> {
   });
   await workspaces.recover();
   const limits = { ...config, defaultNetwork: 'NONE' as const };
+  const audit = createAuditLog(log);
   const api = createApiServer({
-    workspaces: workspaceHandlers(workspaces, limits, log),
+    workspaces: workspaceHandlers(workspaces, limits, audit, log),
     node: nodeHandlers({ nodeId: config.nodeId, version, cgroupMode: sandbox.cgroupMode }, log),
   });
-  await bindUnixSocket(api.server, config.socketPath);
+  const transport = await bindTransports(api.server, config, audit, log);
   api.health.setStatus('', 'SERVING');
   api.health.setStatus('tetrix.agent.v1.WorkspaceService', 'SERVING');
   native.sdNotify('READY=1');
-  log.info({ socket: config.socketPath, stateDir: config.stateDir, cgroups: sandbox.cgroupMode, version }, 'tetrixd serving');
+  log.info({ socket: config.socketPath, tcpPort: transport.tcpPort, stateDir: config.stateDir, cgroups: sandbox.cgroupMode, version }, 'tetrixd serving');
 
   let stopping = false;
   const shutdown = async (signal: string): Promise<void> => {
@@ -50,6 +53,7 @@ async function run(config: Config): Promise<void> {
     native.sdNotify('STOPPING=1');
     log.info({ signal }, 'shutting down; workspaces keep running');
     await api.close();
+    transport.close();
     workspaces.close();
     store.close();
     releaseLock();

@@ -2,18 +2,20 @@
 // request and an AbortSignal; the adapter turns their result or error into the call's outcome.
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { callerOf, type Principal } from './auth';
 import { toServiceError } from './errors';
 
 export interface CallContext {
   signal: AbortSignal;
   metadata: grpc.Metadata;
   peer: string;
+  principal: Principal | undefined;   // resolved by the port's auth interceptor (auth.ts)
 }
 
 function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): CallContext {
   const controller = new AbortController();
   call.on('cancelled', () => controller.abort());
-  return { signal: controller.signal, metadata: call.metadata, peer: call.getPeer() };
+  return { signal: controller.signal, metadata: call.metadata, peer: call.getPeer(), principal: callerOf(call) };
 }
 
 export function unary<Req, Res>(log: Logger, method: string, handler: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {

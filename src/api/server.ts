@@ -52,13 +52,13 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
 }
 
 /** Binds the operators' unix socket: its directory is 0700 and the socket 0600, both root's. */
-export async function bindUnixSocket(server: grpc.Server, socketPath: string): Promise<void> {
+export async function bindUnixSocket(server: grpc.Server, socketPath: string, credentials: grpc.ServerCredentials): Promise<void> {
   fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
   fs.rmSync(socketPath, { force: true });
   const oldMask = process.umask(0o177);
   try {
     await new Promise<number>((resolve, reject) =>
-      server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
+      server.bindAsync(`unix:${socketPath}`, credentials, (err, port) => (err ? reject(err) : resolve(port))),
     );
   } finally {
     process.umask(oldMask);

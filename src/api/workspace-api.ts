@@ -6,32 +6,52 @@ import { DomainError } from '../errors';
 import type { WorkspaceService } from '../workspace/service';
 import type { WorkspaceRecord } from '../workspace/types';
 import { workspaceMessage } from './convert';
-import { serverStream, unary } from './handlers';
+import type { AuditLog } from './audit';
+import { authorizeWorkspaceAccess, type WorkspaceAction } from './auth';
+import { serverStream, unary, type CallContext } from './handlers';
 import { gracePeriod, startSpec, workspaceId, type Limits } from './validate';
 
-export function workspaceHandlers(workspaces: WorkspaceService, limits: Limits, log: Logger): WorkspaceServiceHandlers {
+export function workspaceHandlers(workspaces: WorkspaceService, limits: Limits, audit: AuditLog, log: Logger): WorkspaceServiceHandlers {
+  /** Validates the id and applies the access rule; returns the id. */
+  const allowed = (ctx: CallContext, rawId: string, action: WorkspaceAction): string => {
+    const id = workspaceId('id', rawId);
+    authorizeWorkspaceAccess(ctx.principal, { id, record: workspaces.find(id)?.spec }, action, audit);
+    return id;
+  };
+  /** Users see their own workspaces; operators see all. */
+  const visible = (ctx: CallContext) => (r: WorkspaceRecord): boolean =>
+    ctx.principal?.kind === 'operator' || (ctx.principal?.kind === 'user' && r.spec.ownerId === ctx.principal.userId);
   const notYet = (what: string) => async (): Promise<never> => {
     throw new DomainError('FAILED_PRECONDITION', `${what} is not enabled on this node`);
   };
   return {
-    StartWorkspace: unary(log, 'StartWorkspace', async (req) => workspaceMessage(await workspaces.start(startSpec(req, limits)))),
-    StopWorkspace: unary(log, 'StopWorkspace', async (req) =>
-      workspaceMessage(await workspaces.stop(workspaceId('id', req.id), gracePeriod(req.gracePeriodMs))),
+    StartWorkspace: unary(log, 'StartWorkspace', async (req, ctx) => {
+      const spec = startSpec(req, limits);
+      // A user may create only workspaces they own, and learns nothing about someone else's id.
+      authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: spec }, 'manage', audit);
+      const existing = workspaces.find(spec.id);
+      if (existing) authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: existing.spec }, 'manage', audit);
+      return workspaceMessage(await workspaces.start(spec));
+    }),
+    StopWorkspace: unary(log, 'StopWorkspace', async (req, ctx) =>
+      workspaceMessage(await workspaces.stop(allowed(ctx, req.id, 'manage'), gracePeriod(req.gracePeriodMs))),
     ),
-    TeardownWorkspace: unary(log, 'TeardownWorkspace', async (req) => {
-      const { existed } = await workspaces.teardown(workspaceId('id', req.id));
+    TeardownWorkspace: unary(log, 'TeardownWorkspace', async (req, ctx) => {
+      const { existed } = await workspaces.teardown(allowed(ctx, req.id, 'manage'));
       return { existed, backupId: '' };
     }),
-    GetWorkspace: unary(log, 'GetWorkspace', async (req) => workspaceMessage(workspaces.get(workspaceId('id', req.id)))),
-    ListWorkspaces: unary(log, 'ListWorkspaces', async (req) => ({
+    GetWorkspace: unary(log, 'GetWorkspace', async (req, ctx) => workspaceMessage(workspaces.get(allowed(ctx, req.id, 'manage')))),
+    ListWorkspaces: unary(log, 'ListWorkspaces', async (req, ctx) => ({
       workspaces: workspaces
         .list()
+        .filter(visible(ctx))
         .filter((r) => req.ownerId === '' || r.spec.ownerId === req.ownerId)
         .map(workspaceMessage),
     })),
     WatchWorkspaces: serverStream(log, 'WatchWorkspaces', async (req, ctx, send: (e: WorkspaceEvent) => Promise<void>) => {
       const filter = req.id === '' ? undefined : workspaceId('id', req.id);
-      const wanted = (r: WorkspaceRecord): boolean => filter === undefined || r.spec.id === filter;
+      const canSee = visible(ctx);
+      const wanted = (r: WorkspaceRecord): boolean => canSee(r) && (filter === undefined || r.spec.id === filter);
       // Subscribe before the snapshot so no change between the two is missed.
       const queue: WorkspaceRecord[] = [];
       let wake: (() => void) | undefined;

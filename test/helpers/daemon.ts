@@ -26,6 +26,7 @@ export interface Daemon {
   readonly socketPath: string;
   readonly cgroupParent: string;
   readonly output: string[];          // the daemon's log lines, for the tests that search them
+  tcpPort: number | undefined;        // the mutual-TLS API port of the current run
   clients: Clients;
   process: ChildProcess;
   start(req: StartWorkspaceRequest): Promise<Workspace__Output>;
@@ -55,7 +56,7 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = []): Promise
   const socketPath = path.join(dir, 'tetrixd.sock');
   const cgroupParent = uniqueName('tetrix-test');
   const output: string[] = [];
-  const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, '--cgroup-parent', cgroupParent, '--log-level', 'debug', ...extraArgs];
+  const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, '--cgroup-parent', cgroupParent, '--log-level', 'debug', '--api-listen', '127.0.0.1:0', ...extraArgs];
 
   const launch = async (): Promise<ChildProcess> => {
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -119,14 +120,22 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = []): Promise
       daemon.process.kill('SIGTERM');
       await exitOf(daemon.process);
     },
+    tcpPort: undefined,
     restart: async () => {
       daemon.process = await launch();
+      daemon.tcpPort = servingPort(output);
       daemon.clients = connect({ socketPath });
     },
   };
 
+  daemon.tcpPort = servingPort(output);
   d = daemon;
   return daemon;
+}
+
+function servingPort(output: string[]): number | undefined {
+  const line = [...output].reverse().find((l) => l.includes('tetrixd serving'));
+  return line ? (JSON.parse(line) as { tcpPort?: number }).tcpPort : undefined;
 }
 
 /**

@@ -1,0 +1,73 @@
+// The API's two doors: the operators' unix socket (0600, root) and TCP with mutual TLS for the control
+// plane. Each door has its own auth interceptor, which turns the caller into a Principal before any
+// handler runs (see auth.ts); nothing is reachable over TCP without a verified client certificate.
+import fs from 'node:fs';
+import os from 'node:os';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { listOf, type Config } from '../config/config';
+import { DomainError } from '../errors';
+import type { AuditLog } from './audit';
+import { createAuthInterceptor, TokenVerifier } from './auth';
+import { bindUnixSocket } from './server';
+import { ensureNodePki, MtlsServerCredentials, type NodePki } from './tls';
+
+export interface Transport {
+  tcpPort: number | undefined;
+  pki: NodePki | undefined;
+  close(): void;
+}
+
+/** The control plane's token keys; without them every user token is refused (operators still work). */
+export function loadTokenVerifier(config: Config): Pick<TokenVerifier, 'verify'> {
+  if (config.controlPlaneKeyFile === '') {
+    return {
+      verify: () => {
+        throw new DomainError('UNAUTHENTICATED', 'token: this node has no control-plane key configured');
+      },
+    };
+  }
+  const pem = fs.readFileSync(config.controlPlaneKeyFile, 'utf8');
+  const keys = pem.match(/-----BEGIN PUBLIC KEY-----[\s\S]+?-----END PUBLIC KEY-----/g) ?? [];
+  return new TokenVerifier({ publicKeys: keys, audience: config.nodeId });
+}
+
+export async function bindTransports(server: grpc.Server, config: Config, audit: AuditLog, log: Logger): Promise<Transport> {
+  const tokens = loadTokenVerifier(config);
+  const local = grpc.experimental.createServerCredentialsWithInterceptors(grpc.ServerCredentials.createInsecure(), [
+    createAuthInterceptor({ transport: 'unix-socket', tokens, audit }),
+  ]);
+  await bindUnixSocket(server, config.socketPath, local);
+  if (config.apiListen === '') return { tcpPort: undefined, pki: undefined, close: () => undefined };
+
+  // Operator-provided certificates, or a node PKI generated on first start (as k3s does).
+  const pki = config.tlsCertFile === ''
+    ? await ensureNodePki({ stateDir: config.stateDir, hostname: os.hostname(), addresses: listOf(config.apiAddresses), nodeDomain: config.nodeDomain || undefined })
+    : undefined;
+  const files = pki
+    ? { certPath: pki.serverCertPath, keyPath: pki.serverKeyPath, caPath: pki.caCertPath }
+    : { certPath: config.tlsCertFile, keyPath: config.tlsKeyFile, caPath: config.tlsCaFile };
+  const mtls = await MtlsServerCredentials.load({
+    files: {
+      ...files,
+      ...(config.tlsCrlFile ? { crlPath: config.tlsCrlFile } : {}),
+      ...(config.tlsDenyListFile ? { denyListPath: config.tlsDenyListFile } : {}),
+    },
+    intervalMs: config.tlsReloadMs,
+    log,
+    ...(config.tlsAllow ? { allow: listOf(config.tlsAllow) } : {}),
+  });
+  const guarded = grpc.experimental.createServerCredentialsWithInterceptors(mtls, [
+    createAuthInterceptor({
+      transport: 'mtls',
+      tokens,
+      audit,
+      checkPeer: (cert) => mtls.checkPeer(cert),
+      operatorIdentities: listOf(config.operatorIdentities),
+    }),
+  ]);
+  const tcpPort = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(config.apiListen, guarded, (err, port) => (err ? reject(err) : resolve(port))),
+  );
+  return { tcpPort, pki, close: () => mtls.close() };
+}
