@@ -83,9 +83,14 @@ export class IdRangeAllocator {
     this.subidFiles = opts.subidFiles ?? ['/etc/subuid', '/etc/subgid'];
   }
 
-  /** Claims the lowest free range for a workspace. RESOURCE_EXHAUSTED when none is left. */
+  /**
+   * Claims the lowest free range for a workspace. A workspace that already holds one gets it again, so a
+   * start retried after a crash does not leak a range. RESOURCE_EXHAUSTED when none is left.
+   */
   allocate(owner: IdRangeOwner): IdRange {
     this.prepareDir();
+    const held = this.claimedBy(owner.stateDir).find((c) => c.workspaceId === owner.workspaceId);
+    if (held) return { base: held.base, count: this.count };
     const claimed = new Set(this.claimFiles());
     const reserved = readSubidRanges(this.subidFiles);
     for (let slot = 0; slot < this.maxSlots; slot++) {

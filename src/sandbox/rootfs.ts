@@ -94,7 +94,8 @@ function checkOverlayPath(p: string): void {
 async function makeLayout(layout: WorkspaceLayout, uidBase: number): Promise<void> {
   await fsp.mkdir(layout.wsDir, { recursive: true, mode: TRAVERSE_ONLY });
   await fsp.chmod(layout.wsDir, TRAVERSE_ONLY);
-  if (mountsUnder(layout.wsDir).length > 0 || (await nonEmpty(layout.upper))) {
+  // mountinfo shows real paths; the state dir may sit behind a symlink.
+  if (mountsUnder(await fsp.realpath(layout.wsDir)).length > 0 || (await nonEmpty(layout.upper))) {
     throw new DomainError('FAILED_PRECONDITION', `rootfs: ${layout.wsDir} still holds a previous rootfs; release it first`);
   }
   await makeDir(layout.upper, 0o755, uidBase); // the upper's root is the workspace's "/"

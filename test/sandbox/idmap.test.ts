@@ -23,6 +23,13 @@ t.test('two workspaces get disjoint ranges above the host id space', async (t) =
   t.ok(a.base + a.count <= b.base, 'no overlap');
 });
 
+t.test('a workspace asking again gets the range it already holds', async (t) => {
+  const alloc = new IdRangeAllocator({ dir: claimsDir(t), subidFiles: [] });
+  const a = alloc.allocate(owner('ws1'));
+  t.same(alloc.allocate(owner('ws1')), a, 'same owner: same range');
+  t.not(alloc.allocate(owner('ws1', '/var/lib/tetrix-b')).base, a.base, 'same id, other state dir: another range');
+});
+
 t.test('a released range is handed out again; releasing twice is harmless', async (t) => {
   const alloc = new IdRangeAllocator({ dir: claimsDir(t), subidFiles: [] });
   const a = alloc.allocate(owner('ws1'));
