@@ -535,7 +535,7 @@ static int prepare_init_mountpoint(const char *rootfs) {
                          .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
   dir = (int)syscall(SYS_openat2, root, ".tetrix", &how, sizeof how);
   if (dir < 0) goto out;
-  file = openat(dir, "init", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  file = openat(dir, "init", O_PATH | O_NOFOLLOW | O_CLOEXEC);  // O_PATH: an image's FIFO here must not block us
   if (file < 0 && errno == ENOENT) file = openat(dir, "init", O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0555);
 out:
   err = errno;

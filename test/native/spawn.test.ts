@@ -1,6 +1,7 @@
 // A workspace started by the addon is its own little machine: its own PID 1, processes, network,
 // hostname, /dev and /proc, root that is nobody on the host, and nothing of the daemon's fds.
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { native, NativeError } from '../../src/sandbox/native';
@@ -224,4 +225,19 @@ t.test('several workspaces start at once', async (t) => {
     t.equal(r.exit.exitCode, i + 1);
   });
   t.same(openFds(), before, 'no fd leaked');
+});
+
+t.test('an image cannot trap the init mount point', async (t) => {
+  const rootfs = makeRootfs(t);
+  fs.mkdirSync(path.join(rootfs, '.tetrix'));
+  execFileSync('mkfifo', [path.join(rootfs, '.tetrix', 'init')]);
+  const ws = workspaceOptions(t, rootfs, ['true']);
+  await t.rejects(native.spawn(ws.options), { message: 'open /.tetrix/init: EINVAL' }, 'a FIFO is refused, not opened');
+
+  const linked = makeRootfs(t);
+  const victim = makeHostDir(t, 'victim');
+  fs.symlinkSync(victim, path.join(linked, '.tetrix'));
+  const ws2 = workspaceOptions(t, linked, ['true']);
+  await t.rejects(native.spawn(ws2.options), { message: /^prepare \/\.tetrix\/init: ENOENT$/ }, 'a symlink to a host path resolves inside the rootfs');
+  t.same(fs.readdirSync(victim), [], 'nothing created on the host path');
 });
