@@ -5,8 +5,8 @@
 //
 // node:     uplink 192.0.2.2/24 + 2001:db8:1::2/64, default routes to the internet namespace;
 //           169.254.169.254 and fd00:ec2::254 (the metadata addresses) on its lo (this kernel has no
-//           dummy links), and an HTTP
-//           server on every node address, port 80 (so a refusal is the firewall, not a missing route).
+//           dummy links), an HTTP server on every node address, port 80 (so a refusal is the
+//           firewall, not a missing route), and a resolver on port 53.
 // internet: 192.0.2.1/24 + 2001:db8:1::1/64, and 198.51.100.7 on lo (inside a denied range); HTTP on
 //           port 80 everywhere, DNS on 192.0.2.1:53 answering every name with 192.0.2.1.
 // Every name holds "tetrix", the pid and a random suffix; teardown removes all of it.
@@ -28,6 +28,8 @@ interface TapLike {
 export const internet = { ip: '192.0.2.1', ip6: '2001:db8:1::1', denied: '198.51.100.7' } as const;
 export const nodeUplink = { ip: '192.0.2.2', ip6: '2001:db8:1::2' } as const;
 export const metadata = { ip: '169.254.169.254', ip6: 'fd00:ec2::254' } as const;
+/** The node also runs a resolver (UDP 53 on every address) that answers with this. */
+export const nodeResolverAnswer = '192.0.2.99';
 
 export interface ProbeResult {
   ok: boolean;
@@ -156,7 +158,7 @@ export async function createTestNode(t: TapLike): Promise<TestNode> {
       });
     },
   };
-  await node.serve(node.netns, 'node', ['http:80']);
+  await node.serve(node.netns, 'node', ['http:80', `dns:53=${nodeResolverAnswer}`]);
   await node.serve(`/run/netns/${inet}`, 'internet', ['http:80', `dns:53=${internet.ip}`]);
   return node;
 }

@@ -3,11 +3,12 @@
 import { spawn } from 'node:child_process';
 import t from 'tap';
 import { loopbackUp, NodeNetwork } from '../../src/network';
-import { createTestNode, internet, ip, metadata, nodeUplink, probe } from './fixture';
+import { createTestNode, internet, ip, metadata, nodeResolverAnswer, nodeUplink, probe } from './fixture';
 
 t.test('isolated workspaces', async (t) => {
   const node = await createTestNode(t);
-  const net = await NodeNetwork.open(node.options({ subnet6: 'fd00:7e7a::/64' }));
+  // Two resolvers: one out on the internet, one on the node itself (its bridge address).
+  const net = await NodeNetwork.open(node.options({ subnet6: 'fd00:7e7a::/64', dnsServers: [internet.ip, '10.88.0.1'] }));
   t.teardown(() => net.close());
 
   const wsA = await node.workspaceNetns();
@@ -64,6 +65,12 @@ t.test('isolated workspaces', async (t) => {
     for (const url of ['http://10.88.0.1/', `http://${nodeUplink.ip}/`, `http://${metadata.ip}/`, `http://[${metadata.ip6}]/`, 'http://[fd00:7e7a::1]/']) {
       t.match(await probe(wsA, ['http', url, '1500']), { ok: false, error: 'ECONNREFUSED' }, url);
     }
+  });
+
+  t.test("the node's own resolver is the one node service a workspace may use", async (t) => {
+    t.match(a.resolvConf, /^nameserver 10\.88\.0\.1$/m);
+    t.match(await probe(wsA, ['dns', '10.88.0.1', 'web.tetrix.test']), { ok: true, addresses: [nodeResolverAnswer] });
+    t.match(await probe(wsA, ['http', 'http://10.88.0.1/', '1500']), { ok: false, error: 'ECONNREFUSED' }, 'but not its web server');
   });
 
   t.test('a denied range is refused; the rest of the internet is not', async (t) => {
