@@ -1,5 +1,5 @@
-// mount(2) and umount2(2) for the daemon's own mount work (rootfs overlays, binds), plus the constants
-// the JS side passes back in. Synchronous: these are quick calls on local filesystems.
+// mount(2), umount2(2) and mkfifo(3) for the daemon's own filesystem work (rootfs overlays, binds, the
+// workspaces' output FIFOs), plus the constants the JS side passes back in. Synchronous: these are quick calls on local filesystems.
 #define _GNU_SOURCE
 #include "tetrix.h"
 
@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 
 // "" means NULL, so callers can say mount('', '/', '', MS_REC | MS_PRIVATE, '').
 static const char *or_null(const char *s) { return s[0] ? s : NULL; }
@@ -57,11 +58,33 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// Node has no mkfifo; the workspaces' stdout/stderr are FIFOs so a restarted daemon can reopen them.
+static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char *path = NULL;
+  uint32_t mode;
+  napi_value result = NULL;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return tx_type_error(env, "mkfifo(path, mode)");
+  if (tx_get_string(env, argv[0], "mkfifo: path must be a string", &path) &&
+      tx_get_uint32(env, argv[1], "mkfifo: mode must be an unsigned 32-bit number", &mode)) {
+    if (mkfifo(path, (mode_t)mode) != 0) {
+      tx_throw(env, "mkfifo", errno);
+    } else {
+      result = tx_undefined(env);
+    }
+  }
+  free(path);
+  return result;
+}
+
 #define CONST(name) tx_set_constant(env, constants, #name, name)
 
 void tx_register_mount(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "mount", js_mount);
   tx_set_function(env, addon, "umount", js_umount);
+  tx_set_function(env, addon, "mkfifo", js_mkfifo);
 
   CONST(MS_RDONLY); CONST(MS_NOSUID); CONST(MS_NODEV); CONST(MS_NOEXEC); CONST(MS_SYNCHRONOUS);
   CONST(MS_REMOUNT); CONST(MS_MANDLOCK); CONST(MS_DIRSYNC); CONST(MS_NOATIME); CONST(MS_NODIRATIME);

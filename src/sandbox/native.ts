@@ -60,6 +60,7 @@ export interface NativeAddon {
   closeFd(fd: number): void;
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount(target: string, flags: number): void;
+  mkfifo(path: string, mode: number): void;
   /** sd_notify(3): false when NOTIFY_SOCKET is unset. */
   sdNotify(state: string): boolean;
   constants: Record<string, number>;   // MS_*, MNT_*, signals
