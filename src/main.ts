@@ -14,6 +14,8 @@ import { WorkspaceStore } from './workspace/store';
 import { native } from './sandbox/native';
 import { createSandbox } from './sandbox';
 import { acquireStateLock, loadOrCreateSecret } from './state-dir';
+import { KeyRing } from './crypto/keys';
+import { openSecret, sealSecret } from './crypto/secrets';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -22,7 +24,11 @@ async function run(config: Config): Promise<void> {
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(config.stateDir, 0o700);
   const releaseLock = acquireStateLock(config.stateDir);
-  const store = new WorkspaceStore(config.stateDir);
+  const keyring = KeyRing.open({ dir: path.join(config.stateDir, 'keys'), ...(config.keyFile ? { keyFile: config.keyFile } : {}) });
+  const store = new WorkspaceStore(config.stateDir, {
+    seal: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
+    open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),
+  });
   const sandbox = await createSandbox(config, log);
   const workspaces = new WorkspaceService({
     stateDir: config.stateDir,

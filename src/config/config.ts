@@ -33,6 +33,7 @@ export interface Config {
   readonly controlPlaneKeyFile: string; // Ed25519 public key(s), PEM, that sign user tokens
   readonly nodeDomain: string;      // workspace endpoints are <port>-<id>.<nodeDomain>
   readonly endpointListen: string;  // host:port of the HTTPS/WebSocket endpoint server, '' = off
+  readonly keyFile: string;         // operator-provided node key (KEK); '' = generated in <stateDir>/keys
 }
 
 /** The package's root directory, from src/ (ts) or dist/src/ (compiled) alike. */
@@ -68,6 +69,7 @@ export function defaults(): Config {
     controlPlaneKeyFile: '',
     nodeDomain: '',
     endpointListen: '',
+    keyFile: '',
   };
 }
 
@@ -81,7 +83,7 @@ const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMill
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
-  'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen',
+  'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'keyFile',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 
@@ -159,7 +161,7 @@ function validate(c: Config): Config {
   for (const key of ['metricsListen', 'apiListen', 'endpointListen'] as const) {
     if (c[key] !== '' && !/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/.test(c[key])) throw new ConfigError(`${key}: expected host:port, got "${c[key]}"`);
   }
-  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile'] as const) {
+  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile', 'keyFile'] as const) {
     if (c[key] !== '' && !path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
   }
   if ((c.tlsCertFile === '') !== (c.tlsKeyFile === '') || (c.tlsCertFile !== '' && c.tlsCaFile === '')) {
