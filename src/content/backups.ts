@@ -7,13 +7,13 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { addAbortSignal, pipeline as pipelineCb, Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import { DomainError } from '../errors';
 import { isKeyId, KeyRing } from '../crypto/keys';
-import { DecryptStream, DEFAULT_SEGMENT_SIZE, EncryptStream, newDataKey, STREAM_VERSION } from '../crypto/stream';
-import { ArchiveExtractor, ArchiveRoot, measureTrees, TreeArchiveStream } from './archive';
-import { COMPRESSION, createCompressStream, createDecompressStream } from './compress';
+import { DEFAULT_SEGMENT_SIZE, newDataKey, STREAM_VERSION } from '../crypto/stream';
+import { ArchiveRoot } from './archive';
+import { COMPRESSION } from './compress';
+import { runBackup, runRestore } from './runner-client';
 import { HashCounter, ObjectStorage } from './storage';
 
 export const MANIFEST_FORMAT = 'tetrix-backup';
@@ -93,11 +93,17 @@ export class BackupStore {
   readonly #keyring: KeyRing;
   readonly #log: BackupLog;
   readonly #active = new Set<string>();
+  readonly #inProcess: boolean;
 
-  constructor(opts: { storage: ObjectStorage; keyring: KeyRing; log: BackupLog }) {
+  /**
+   * inProcess: archive and extract in this process instead of an archive-runner child (for tools and
+   * tests; the daemon keeps the default so its event loop and memory stay out of it).
+   */
+  constructor(opts: { storage: ObjectStorage; keyring: KeyRing; log: BackupLog; inProcess?: boolean }) {
     this.#storage = opts.storage;
     this.#keyring = opts.keyring;
     this.#log = opts.log;
+    this.#inProcess = opts.inProcess ?? false;
   }
 
   /** Archives, compresses, encrypts and stores the trees; the backup is listed only once complete. */
@@ -107,28 +113,28 @@ export class BackupStore {
     const backupId = newBackupId();
     const dataKey = newDataKey();
     const { keyId, wrapped } = this.#keyring.wrap(dataKey, wrapContext(backupId));
-    const totals = measureTrees(roots.map((r) => r.dir));
-    const progress = new ProgressReporter(totals.bytes, totals.files, opts.onProgress);
+    const progress = new ProgressReporter(0, 0, opts.onProgress);
     this.#active.add(backupId);
     try {
-      const archive = new TreeArchiveStream(roots, {
-        uidBase: opts.uidBase, idCount: opts.idCount,
-        onEntry: (bytes) => progress.add(bytes),
+      const run = runBackup({ op: 'backup', roots, uidBase: opts.uidBase, idCount: opts.idCount, dataKey }, {
+        onTotals: (bytes, files) => progress.setTotals(bytes, files),
+        onProgress: (bytes, files) => progress.add(bytes, files),
         onSkip: (rel, why) => this.#log.warn({ backupId, path: rel, why }, 'backup: entry left out'),
+        signal: opts.signal,
+        inProcess: this.#inProcess,
       });
-      if (opts.signal) addAbortSignal(opts.signal, archive);
-      const body = pipelineCb(archive, createCompressStream(), new EncryptStream(dataKey), () => undefined);
-      const stored = await this.#storage.put(backupId + DATA_SUFFIX, body, { signal: opts.signal })
-        .catch((err) => {
-          archive.destroy();
-          throw opts.signal?.aborted ? new DomainError('ABORTED', `backup ${backupId} cancelled`, { cause: err }) : err;
-        });
+      const put = this.#storage.put(backupId + DATA_SUFFIX, run.object, { signal: opts.signal });
+      put.catch(() => run.kill());
+      // Both must succeed: an upload can complete on a stream the runner ended early.
+      const [stored, stats] = await Promise.all([put, run.done]).catch((err) => {
+        throw opts.signal?.aborted ? new DomainError('ABORTED', `backup ${backupId} cancelled`, { cause: err }) : err;
+      });
       progress.flush();
       const manifest: Manifest = {
         format: MANIFEST_FORMAT, version: MANIFEST_VERSION, backupId, createdAt: new Date().toISOString(),
         object: backupId + DATA_SUFFIX, size: stored.size, sha256: stored.sha256, keyId,
         wrappedKey: wrapped.toString('base64'), streamVersion: STREAM_VERSION, segmentSize: DEFAULT_SEGMENT_SIZE,
-        compression: COMPRESSION, roots: roots.map((r) => r.name), files: progress.filesDone, bytes: progress.bytesDone,
+        compression: COMPRESSION, roots: roots.map((r) => r.name), files: stats.files, bytes: stats.bytes,
       };
       await this.#writeManifest(manifest);
       this.#log.info({ backupId, size: stored.size, keyId, files: manifest.files }, 'backup stored');
@@ -163,23 +169,24 @@ export class BackupStore {
       const extractRoots: Record<string, string | null> = {};
       for (const root of manifest.roots) extractRoots[root] = staged.get(root)?.staging ?? null;
       const progress = new ProgressReporter(manifest.bytes, manifest.files, opts.onProgress);
-      const extractor = new ArchiveExtractor(extractRoots, {
-        uidBase: opts.uidBase, idCount: opts.idCount, onEntry: (bytes) => progress.add(bytes),
-      });
       const counter = new HashCounter();
       const source = await this.#storage.get(manifest.object);
-      await pipeline(source, counter, new DecryptStream(dataKey), createDecompressStream(), extractor,
-        { signal: opts.signal })
-        .catch((err) => {
-          throw opts.signal?.aborted ? new DomainError('ABORTED', `restore of ${backupId} cancelled`, { cause: err }) : err;
-        });
+      source.on('error', (err) => counter.destroy(err));
+      counter.on('close', () => source.destroy());
+      const stats = await runRestore(
+        { op: 'restore', roots: extractRoots, uidBase: opts.uidBase, idCount: opts.idCount, dataKey },
+        source.pipe(counter),
+        { onProgress: (bytes, files) => progress.add(bytes, files), signal: opts.signal, inProcess: this.#inProcess },
+      ).catch((err) => {
+        throw opts.signal?.aborted ? new DomainError('ABORTED', `restore of ${backupId} cancelled`, { cause: err }) : err;
+      });
       if (counter.size !== manifest.size || counter.digest() !== manifest.sha256) {
         throw new DomainError('DATA_LOSS', `backup ${backupId}: stored object does not match its manifest`);
       }
       progress.flush();
       for (const { target: t, staging } of staged.values()) await swapIntoPlace(staging, t);
       staged.clear();
-      this.#log.info({ backupId, files: extractor.stats.files }, 'backup restored');
+      this.#log.info({ backupId, files: stats.files }, 'backup restored');
     } finally {
       dataKey.fill(0);
       for (const { staging } of staged.values()) await fs.promises.rm(staging, { recursive: true, force: true });
@@ -348,11 +355,16 @@ class ProgressReporter {
   filesDone = 0;
   #last = 0;
 
-  constructor(readonly bytesTotal: number, readonly filesTotal: number, readonly report?: (p: BackupProgress) => void) {}
+  constructor(public bytesTotal: number, public filesTotal: number, readonly report?: (p: BackupProgress) => void) {}
 
-  add(bytes: number): void {
+  setTotals(bytes: number, files: number): void {
+    this.bytesTotal = bytes;
+    this.filesTotal = files;
+  }
+
+  add(bytes: number, files = 1): void {
     this.bytesDone += bytes;
-    this.filesDone++;
+    this.filesDone += files;
     if (!this.report) return;
     const now = Date.now();
     if (now - this.#last >= PROGRESS_INTERVAL_MS) {

@@ -264,7 +264,8 @@ export function backupSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>)
     const { storage } = await makeBackend(t);
     const base = tempDir(t, 'bk-evil');
     const keyring = KeyRing.open({ dir: path.join(base, 'keys') });
-    const store = new BackupStore({ storage, keyring, log: quietLog });
+    // In process: many restores, and the extractor is the same code the runner child runs.
+    const store = new BackupStore({ storage, keyring, log: quietLog, inProcess: true });
     const tag = `tetrix-evil-${process.pid}-${crypto.randomBytes(3).toString('hex')}`;
     const outsideAbs = path.join(os.tmpdir(), tag);
     const victim = path.join(base, 'victim');

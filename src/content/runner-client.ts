@@ -1,0 +1,119 @@
+// The daemon's side of archive-runner.ts: start the child, hand it the job, stream the object out of (backup)
+// or into (restore) it, and turn its last message into a result or a DomainError. `inProcess` runs the
+// same pipeline in this process instead (tools and tests that do many small restores).
+import { ChildProcess, fork } from 'node:child_process';
+import path from 'node:path';
+import { addAbortSignal, PassThrough, Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { DomainError, ErrorCode } from '../errors';
+import { backupTo, BackupJob, errorMessage, restoreFrom, RestoreJob, RunnerJob, RunnerMessage } from './archive-runner';
+
+// dist/src/content/archive-runner.js when compiled, the .ts beside this file under a TypeScript loader.
+const RUNNER = path.join(__dirname, 'archive-runner' + path.extname(__filename));
+
+export interface RunnerHooks {
+  onTotals?(bytes: number, files: number): void;
+  onProgress?(bytes: number, files: number): void;
+  onSkip?(path: string, why: string): void;
+  signal?: AbortSignal;
+  inProcess?: boolean;
+}
+
+export interface RunnerStats {
+  bytes: number;
+  files: number;
+}
+
+export interface BackupRun {
+  /** The encrypted object. It ends only after the archiver reported success and errors otherwise, so an
+   * upload never commits what a failing archiver left half written. */
+  object: Readable;
+  done: Promise<RunnerStats>;
+  kill(): void;
+}
+
+function dispatch(hooks: RunnerHooks, msg: RunnerMessage): void {
+  if (msg.type === 'progress') hooks.onProgress?.(msg.bytes, msg.files);
+  else if (msg.type === 'totals') hooks.onTotals?.(msg.bytes, msg.files);
+  else if (msg.type === 'skip') hooks.onSkip?.(msg.path, msg.why);
+}
+
+function toError(msg: RunnerMessage | undefined, exit: string): DomainError {
+  if (msg?.type === 'error') {
+    return msg.code ? new DomainError(msg.code as ErrorCode, msg.message) : new DomainError('INTERNAL', msg.message);
+  }
+  return new DomainError('INTERNAL', `archive runner ended without a result (${exit})`);
+}
+
+function startChild(job: RunnerJob, hooks: RunnerHooks): { child: ChildProcess; result: Promise<RunnerStats> } {
+  const child = fork(RUNNER, [], {
+    stdio: ['pipe', 'pipe', 'inherit', 'ipc'],
+    serialization: 'advanced',
+    execArgv: process.execArgv.filter((a) => !a.startsWith('--inspect')),
+  });
+  const result = new Promise<RunnerStats>((resolve, reject) => {
+    let last: RunnerMessage | undefined;
+    child.on('message', (msg: RunnerMessage) => {
+      if (msg.type === 'done' || msg.type === 'error') last = msg;
+      else dispatch(hooks, msg);
+    });
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      if (last?.type === 'done') return resolve({ bytes: last.bytes, files: last.files });
+      if (hooks.signal?.aborted) return reject(new DomainError('ABORTED', 'cancelled'));
+      reject(toError(last, `code ${code}, signal ${signal}`));
+    });
+  });
+  result.catch(() => undefined); // observed by the caller; avoid an unhandled rejection meanwhile
+  const onAbort = () => child.kill('SIGKILL');
+  hooks.signal?.addEventListener('abort', onAbort, { once: true });
+  child.once('exit', () => hooks.signal?.removeEventListener('abort', onAbort));
+  if (hooks.signal?.aborted) onAbort();
+  child.send(job);
+  return { child, result };
+}
+
+function gate(source: Readable, result: Promise<RunnerStats>): Readable {
+  const object = new Transform({
+    transform: (chunk, _enc, cb) => cb(null, chunk),
+    flush: (cb) => { result.then(() => cb(), (err) => cb(err)); },
+  });
+  source.on('error', (err) => object.destroy(err));
+  source.pipe(object);
+  result.catch((err) => object.destroy(err));
+  return object;
+}
+
+export function runBackup(job: BackupJob, hooks: RunnerHooks): BackupRun {
+  if (hooks.inProcess) {
+    const out = new PassThrough();
+    if (hooks.signal) addAbortSignal(hooks.signal, out);
+    const result = backupTo(out, job, (m) => dispatch(hooks, m)).catch((err) => { throw toError(errorMessage(err), ''); });
+    result.catch(() => undefined);
+    const object = gate(out, result);
+    return { object, done: result, kill: () => out.destroy(new DomainError('ABORTED', 'cancelled')) };
+  }
+  const { child, result } = startChild(job, hooks);
+  child.stdin!.end();
+  return { object: gate(child.stdout!, result), done: result, kill: () => child.kill('SIGKILL') };
+}
+
+/** Streams `object` into the extractor; resolves once every entry was extracted and the last segment verified. */
+export async function runRestore(job: RestoreJob, object: Readable, hooks: RunnerHooks): Promise<RunnerStats> {
+  if (hooks.inProcess) {
+    if (hooks.signal) addAbortSignal(hooks.signal, object);
+    return restoreFrom(object, job, (m) => dispatch(hooks, m)).catch((err) => { throw toError(errorMessage(err), ''); });
+  }
+  const { child, result } = startChild(job, hooks);
+  child.stdout!.resume();
+  const feeding = pipeline(object, child.stdin!).then(() => undefined, (err: NodeJS.ErrnoException) => {
+    // EPIPE: the child stopped reading because it failed; its own error is the one to report.
+    if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_PREMATURE_CLOSE') child.kill('SIGKILL');
+    return err;
+  });
+  try {
+    return await result;
+  } finally {
+    if (await feeding) object.destroy();
+  }
+}
