@@ -91,6 +91,10 @@ const ARCHES: Readonly<Record<string, string>> = {
   SCMP_ARCH_PARISC: 'parisc',
   SCMP_ARCH_PARISC64: 'parisc64',
   SCMP_ARCH_RISCV64: 'riscv64',
+  SCMP_ARCH_LOONGARCH64: 'loongarch64',
+  SCMP_ARCH_M68K: 'm68k',
+  SCMP_ARCH_SH: 'sh',
+  SCMP_ARCH_SHEB: 'sheb',
 };
 
 /** libseccomp arch -> the Go-style name moby uses in includes/excludes.arches. */
@@ -114,6 +118,7 @@ const INCLUDE_ARCH_OF: Readonly<Record<string, string>> = {
   parisc: 'parisc',
   parisc64: 'parisc64',
   riscv64: 'riscv64',
+  loongarch64: 'loong64',
 };
 // moby also spells mipsel64n32 "mips3l64n32" (a typo kept for compatibility) and knows "mipsle".
 const INCLUDE_ARCHES = new Set([...Object.values(INCLUDE_ARCH_OF), 'mips3l64n32', 'mipsle', 'loong64']);
@@ -155,8 +160,6 @@ export interface SeccompProfile {
   readonly file: string;
   readonly defaultAction: string;
   readonly defaultErrnoRet: number;
-  /** libseccomp arch names the profile declares (architectures, or archMap with its sub-arches). */
-  readonly declaredArches: readonly string[];
   /** The arches a filter built here covers: the native one plus those archMap/architectures add. */
   readonly filterArches: readonly string[];
   readonly syscalls: readonly SyscallEntry[];
@@ -301,20 +304,18 @@ function parseArch(v: Json, at: string): string {
   return arch;
 }
 
-interface ArchChoice {
-  declared: string[];   // everything the file names
-  filter: string[];     // what a filter on this machine covers
-}
-
-function parseArches(obj: JsonObject, nativeArch: string): ArchChoice {
+/** The arches a filter built on this machine covers. */
+function parseArches(obj: JsonObject, nativeArch: string): string[] {
   const hasList = obj.architectures !== undefined && obj.architectures !== null;
   const hasMap = obj.archMap !== undefined && obj.archMap !== null;
   if (hasList && hasMap) fail('', 'has both "architectures" and "archMap"; use one');
   if (hasList) {
     const list = expectArray(obj.architectures, 'architectures').map((a, i) => parseArch(a, `architectures[${i}]`));
-    return { declared: list, filter: unique([nativeArch, ...list]) };
+    list.forEach((arch, i) => {
+      if (!archSupported(arch)) fail(`architectures[${i}]`, `${arch} is not supported by this libseccomp`);
+    });
+    return unique([nativeArch, ...list]);
   }
-  const declared: string[] = [];
   let filter = [nativeArch];
   optionalArray(obj.archMap, 'archMap').forEach((entry, i) => {
     const at = `archMap[${i}]`;
@@ -324,11 +325,15 @@ function parseArches(obj: JsonObject, nativeArch: string): ArchChoice {
     const subs = optionalArray(e.subArchitectures, `${at}.subArchitectures`).map((s, j) =>
       parseArch(s, `${at}.subArchitectures[${j}]`),
     );
-    declared.push(main, ...subs);
     // Like moby: only the entry for the arch we run on adds to the filter.
-    if (main === nativeArch) filter = unique([nativeArch, ...subs]);
+    if (main === nativeArch) {
+      subs.forEach((arch, j) => {
+        if (!archSupported(arch)) fail(`${at}.subArchitectures[${j}]`, `${arch} is not supported by this libseccomp`);
+      });
+      filter = unique([nativeArch, ...subs]);
+    }
   });
-  return { declared: declared.length ? unique(declared) : [nativeArch], filter };
+  return filter;
 }
 
 function parseFlags(v: Json | undefined): void {
@@ -337,6 +342,22 @@ function parseFlags(v: Json | undefined): void {
     // The child is single-threaded when it installs the filter, so TSYNC changes nothing.
     if (expectString(flag, at) !== 'SECCOMP_FILTER_FLAG_TSYNC') fail(at, `flag ${JSON.stringify(flag)} is not supported`);
   });
+}
+
+/** Arches this libseccomp can build filters for (2.5.4 predates loongarch64, m68k and sh). */
+const supportedArches = new Map<string, boolean>();
+function archSupported(arch: string): boolean {
+  let ok = supportedArches.get(arch);
+  if (ok === undefined) {
+    try {
+      addon.seccompResolveSyscall('read', arch);
+      ok = true;
+    } catch {
+      ok = false;
+    }
+    supportedArches.set(arch, ok);
+  }
+  return ok;
 }
 
 function unique(list: string[]): string[] {
@@ -352,13 +373,28 @@ function existsOn(name: string, arch: string): boolean {
   return false;
 }
 
-function checkSyscallNames(entry: SyscallEntry, declared: readonly string[], nativeArch: string): void {
+/**
+ * Syscalls Linux gained after libseccomp 2.5.4's table (Docker's current profile lists some). This
+ * libseccomp cannot name them, and the filter answers them with ENOSYS. A rule that allows one is
+ * therefore dropped (refusing is what the filter does anyway); a rule that would refuse one under a
+ * default that allows cannot be enforced and is an error (see buildSpec).
+ */
+const NEWER_THAN_LIBSECCOMP = new Set([
+  'cachestat', 'fchmodat2', 'map_shadow_stack', 'futex_wake', 'futex_wait', 'futex_requeue', 'statmount',
+  'listmount', 'lsm_get_self_attr', 'lsm_set_self_attr', 'lsm_list_modules', 'mseal', 'setxattrat', 'getxattrat',
+  'listxattrat', 'removexattrat', 'open_tree_attr', 'file_getattr', 'file_setattr', 'uretprobe', 'riscv_hwprobe',
+]);
+
+function unnameable(name: string, nativeArch: string): boolean {
+  return NEWER_THAN_LIBSECCOMP.has(name) && addon.seccompResolveSyscall(name, nativeArch) === -1;
+}
+
+/** Every name must be one libseccomp knows; whether it exists on the filter's arches is checked when compiling. */
+function checkSyscallNames(entry: SyscallEntry, nativeArch: string): void {
   entry.names.forEach((name, i) => {
     const at = entry.namesPath.endsWith('.name') ? entry.namesPath : `${entry.namesPath}[${i}]`;
+    if (unnameable(name, nativeArch)) return;
     if (addon.seccompResolveSyscall(name, nativeArch) === -1) fail(at, `unknown syscall ${JSON.stringify(name)}`);
-    if (!declared.some((arch) => existsOn(name, arch))) {
-      fail(at, `syscall ${JSON.stringify(name)} does not exist on ${declared.join(', ')}`);
-    }
   });
 }
 
@@ -382,10 +418,10 @@ function parseProfileText(file: string, text: string): SeccompProfile {
   }
   parseFlags(obj.flags);
   const nativeArch = addon.seccompNativeArch();
-  const arches = parseArches(obj, nativeArch);
+  const filterArches = parseArches(obj, nativeArch);
   const syscalls = optionalArray(obj.syscalls, 'syscalls').map((s, i) => parseSyscall(s, `syscalls[${i}]`));
-  for (const entry of syscalls) checkSyscallNames(entry, arches.declared, nativeArch);
-  return { file, defaultAction, defaultErrnoRet, declaredArches: arches.declared, filterArches: arches.filter, syscalls };
+  for (const entry of syscalls) checkSyscallNames(entry, nativeArch);
+  return { file, defaultAction, defaultErrnoRet, filterArches, syscalls };
 }
 
 function jsonErrorPosition(text: string, message: string): string {
@@ -449,6 +485,33 @@ interface Compiled {
   rulePaths: string[];    // rules[i] came from this JSON path
 }
 
+const allows = (action: string): boolean => action === 'SCMP_ACT_ALLOW' || action === 'SCMP_ACT_LOG';
+
+/** "SCMP_ACT_ERRNO(1)": one spelling per distinct outcome. */
+function actionKey(action: string, errno: number): string {
+  const norm = action === 'SCMP_ACT_KILL' ? 'SCMP_ACT_KILL_THREAD' : action;
+  return ERRNO_ACTIONS.has(norm) ? `${norm}(${errno})` : norm;
+}
+
+interface Placed {
+  action: string;
+  path: string;
+  unconditional: boolean;
+}
+
+/**
+ * libseccomp keeps the first unconditional rule of a syscall and silently drops every later rule for it
+ * with another action, so such a profile would not do what it says. Refuse it, naming both places.
+ */
+function checkConflict(placed: Map<string, Placed[]>, name: string, rule: Placed): void {
+  const earlier = placed.get(name) ?? [];
+  const clash = earlier.find((e) => e.action !== rule.action && (e.unconditional || rule.unconditional));
+  if (clash) {
+    fail(rule.path, `${JSON.stringify(name)} is ${rule.action} here but ${clash.action} at ${clash.path}, and one of them has no conditions`);
+  }
+  placed.set(name, [...earlier, rule]);
+}
+
 function buildSpec(profile: SeccompProfile, ctx: SeccompContext): Compiled {
   const caps = new Set(ctx.capabilities ?? DEFAULT_CAPABILITIES);
   const nativeArch = addon.seccompNativeArch();
@@ -456,18 +519,30 @@ function buildSpec(profile: SeccompProfile, ctx: SeccompContext): Compiled {
   const kernel = kernelVersion(ctx.kernelRelease ?? os.release());
   const rules: CompileRule[] = [];
   const rulePaths: string[] = [];
+  const placed = new Map<string, Placed[]>();
+  const allowByDefault = allows(profile.defaultAction);
   for (const entry of profile.syscalls) {
     if (!applies(entry, caps, includeArch, kernel)) continue;
     // libseccomp refuses a rule that repeats the default action; it would change nothing anyway.
     if (sameAction(entry.action, entry.errnoRet, profile.defaultAction, profile.defaultErrnoRet)) continue;
     entry.names.forEach((name, i) => {
+      const at = entry.namesPath.endsWith('.name') ? entry.namesPath : `${entry.namesPath}[${i}]`;
+      if (unnameable(name, nativeArch)) {
+        if (allows(entry.action) && !allowByDefault) return;
+        fail(at, `${JSON.stringify(name)} is newer than this libseccomp, so a rule that refuses it cannot be enforced`);
+      }
+      // A rule that applies here must reach a syscall the filter can see (Docker's profiles gate
+      // arch-specific names with includes.arches, so those never get this far on other arches).
+      if (!profile.filterArches.some((arch) => existsOn(name, arch))) {
+        fail(at, `syscall ${JSON.stringify(name)} does not exist on ${profile.filterArches.join(', ')}`);
+      }
+      checkConflict(placed, name, { action: actionKey(entry.action, entry.errnoRet), path: at, unconditional: entry.args.length === 0 });
       for (const group of argGroups(entry.args)) {
         rules.push({ syscall: name, action: entry.action, errno: entry.errnoRet, args: group });
-        rulePaths.push(entry.namesPath.endsWith('.name') ? entry.namesPath : `${entry.namesPath}[${i}]`);
+        rulePaths.push(at);
       }
     });
   }
-  const allowByDefault = profile.defaultAction === 'SCMP_ACT_ALLOW' || profile.defaultAction === 'SCMP_ACT_LOG';
   return {
     spec: {
       defaultAction: profile.defaultAction,
@@ -484,10 +559,6 @@ function buildSpec(profile: SeccompProfile, ctx: SeccompContext): Compiled {
 
 function profileFailure(file: string, err: unknown): DomainError {
   if (err instanceof ProfileError) return new DomainError('FAILED_PRECONDITION', `${file}: ${err.message}`);
-  if (err instanceof NativeError) {
-    const rule = (err as NativeError & { rule?: number }).rule;
-    return new DomainError('FAILED_PRECONDITION', `${file}: ${rule !== undefined && rule >= 0 ? `rule ${rule}: ` : ''}${err.message}`, { cause: err });
-  }
   return new DomainError('INTERNAL', `${file}: ${(err as Error).message}`, { cause: err });
 }
 
@@ -508,14 +579,19 @@ export async function readProfile(file: string): Promise<SeccompProfile> {
 
 /** Compiles a validated profile for a workspace context into a struct sock_filter[] program. */
 export async function compileProfile(profile: SeccompProfile, ctx: SeccompContext = {}): Promise<Buffer> {
-  const { spec, rulePaths } = buildSpec(profile, ctx);
+  let compiled: Compiled;
   try {
-    return await addon.seccompCompile(spec);
+    compiled = buildSpec(profile, ctx);
   } catch (err) {
+    throw profileFailure(profile.file, err);
+  }
+  try {
+    return await addon.seccompCompile(compiled.spec);
+  } catch (err) {
+    // native/seccomp.c says which rule it could not add; name the JSON path it came from.
     const rule = (err as { rule?: number }).rule;
-    if (err instanceof NativeError && rule !== undefined && rule >= 0) {
-      throw new DomainError('FAILED_PRECONDITION', `${profile.file}: ${rulePaths[rule]}: ${err.message}`, { cause: err });
-    }
+    const at = rule !== undefined && rule >= 0 ? `${compiled.rulePaths[rule]}: ` : '';
+    if (err instanceof NativeError) throw new DomainError('FAILED_PRECONDITION', `${profile.file}: ${at}${err.message}`, { cause: err });
     throw profileFailure(profile.file, err);
   }
 }
