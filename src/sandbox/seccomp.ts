@@ -596,6 +596,34 @@ export async function compileProfile(profile: SeccompProfile, ctx: SeccompContex
   }
 }
 
+/** The OCI runtime-spec `linux.seccomp` object for a profile, includes/excludes already decided. */
+export interface OciSeccomp {
+  defaultAction: string;
+  defaultErrnoRet: number;
+  architectures: string[];
+  syscalls: Array<{ names: string[]; action: string; errnoRet?: number; args?: CompileArg[] }>;
+}
+
+/**
+ * The same policy for another runtime (crun, runc): bench/ compares start times under one profile.
+ * Runtimes differ on syscalls newer than their libseccomp; everything else is rule for rule the same.
+ */
+export function toOciSeccomp(profile: SeccompProfile, ctx: SeccompContext = {}): OciSeccomp {
+  const { spec } = buildSpec(profile, ctx);
+  const ociArch = new Map(Object.entries(ARCHES).map(([oci, seccompName]) => [seccompName, oci]));
+  return {
+    defaultAction: spec.defaultAction,
+    defaultErrnoRet: spec.defaultErrno,
+    architectures: spec.arches.map((a) => ociArch.get(a) ?? a),
+    syscalls: spec.rules.map((r) => ({
+      names: [r.syscall],
+      action: r.action,
+      ...(ERRNO_ACTIONS.has(r.action) ? { errnoRet: r.errno } : {}),
+      ...(r.args.length ? { args: r.args } : {}),
+    })),
+  };
+}
+
 const PROFILE_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;  // the same pattern the API checks seccomp_profile against
 export const DEFAULT_PROFILE = 'default';
 
