@@ -122,13 +122,13 @@ function ipFullRound(bridge: string, table: string): Round {
 
 function line(name: string, r: Round, anchor: Round): string {
   const opsPerSec = (count * 1000) / r.total;
-  const ratio = anchor.total / r.total;
   return [
     name.padEnd(34),
     opsPerSec.toFixed(0).padStart(8),
-    `${ratio.toFixed(2)}x`.padStart(9),
+    `${(anchor.total / r.total).toFixed(2)}x`.padStart(9),
     median(r.attach).toFixed(2).padStart(10),
     p90(r.attach).toFixed(2).padStart(8),
+    `${(median(anchor.attach) / median(r.attach)).toFixed(2)}x`.padStart(9),
     median(r.detach).toFixed(2).padStart(10),
   ].join('  ');
 }
@@ -155,11 +155,12 @@ async function main(): Promise<void> {
     await net.close();
 
     console.log(`network attach + detach, ${count} workspaces in sequence, node ${os.cpus().length} cpus, kernel ${os.release()}`);
-    console.log(['case'.padEnd(34), 'ops/s'.padStart(8), 'vs anchor'.padStart(9), 'attach p50'.padStart(10), 'p90'.padStart(8), 'detach p50'.padStart(10)].join('  '));
+    console.log(['case'.padEnd(34), 'ops/s'.padStart(8), 'vs anchor'.padStart(9), 'attach p50'.padStart(10), 'p90'.padStart(8), 'vs anchor'.padStart(9), 'detach p50'.padStart(10)].join('  '));
     console.log(line('anchor: ip link add/del veth', veth, veth));
     console.log(line('tetrix attach/detach (full setup)', tetrix, veth));
     console.log(line('spawned ip/bridge/nft (full setup)', full, veth));
-    console.log('times in ms; "vs anchor" = anchor round time / this round time (higher is faster)');
+    console.log('ops/s = attach+detach pairs per second; times in ms; "vs anchor" = anchor time / this time (higher is faster)');
+    console.log(`load average at the end: ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   } finally {
     for (const n of [...namespaces].reverse()) {
       try {
