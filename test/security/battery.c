@@ -759,6 +759,17 @@ static result probe_init_memory(void) {
   return BLOCKED("/proc/1/mem: %s", E(errno));
 }
 
+// Stealing init's host exit-status fd with pidfd_getfd.
+static result probe_pidfd_getfd_init(void) {
+  long pidfd = syscall(SYS_pidfd_open, 1, 0);
+  if (pidfd < 0) return BLOCKED("pidfd_open(1): %s", E(errno));
+  long fd = syscall(SYS_pidfd_getfd, pidfd, 3, 0);
+  int err = errno;
+  close((int)pidfd);
+  if (fd >= 0) close((int)fd);
+  return refused("pidfd_getfd(init, 3)", fd, err, EPERM_ONLY);
+}
+
 static result probe_ptrace_init(void) {
   long rc = syscall(SYS_ptrace, 16 /* PTRACE_ATTACH */, 1, 0, 0);
   if (rc == 0) syscall(SYS_ptrace, 17 /* PTRACE_DETACH */, 1, 0, 0);
@@ -1221,6 +1232,43 @@ static result probe_setrlimit_above_hard(void) {
   return refused("raise RLIMIT_NOFILE above its hard limit", rc, errno, EPERM_ONLY);
 }
 
+// An OOM-unkillable process would make the host's OOM killer pick someone else's.
+static result probe_oom_score_adj(void) {
+  int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return UNKNOWN("open oom_score_adj: %s", E(errno));
+  ssize_t n = write(fd, "-1000", 5);
+  int err = errno;
+  close(fd);
+  if (n == 5) return ESCAPED("oom_score_adj set to -1000 (unkillable)");
+  static const int denied[] = {EACCES, EPERM, 0};
+  return refused("oom_score_adj -1000", -1, err, denied);
+}
+
+// Real-time scheduling or a negative nice value would let a workspace starve the host's CPUs.
+static result probe_realtime_scheduling(void) {
+  struct sched_param sp = {.sched_priority = 1};
+  long rc = sched_setscheduler(0, SCHED_FIFO, &sp);
+  static const int denied[] = {EPERM, EACCES, 0};
+  result r = refused("sched_setscheduler(SCHED_FIFO)", rc, errno, denied);
+  if (r.outcome != BLOCKED) return r;
+  rc = setpriority(PRIO_PROCESS, 0, -20);
+  return refused("SCHED_FIFO and nice -20", rc, errno, denied);
+}
+
+// With a piped core_pattern the host runs its crash helper as host root on a workspace's core dump
+// (the apport escapes); a workspace must then not be able to dump core.
+static result probe_core_pattern_helper(void) {
+  char pattern[256];
+  if (read_file("/proc/sys/kernel/core_pattern", pattern, sizeof pattern) < 0) return UNKNOWN("core_pattern: %s", E(errno));
+  pattern[strcspn(pattern, "\n")] = 0;
+  struct rlimit rl;
+  getrlimit(RLIMIT_CORE, &rl);
+  if (pattern[0] != '|') return BLOCKED("core_pattern \"%s\" is a file in the workspace's own tree", pattern);
+  if (rl.rlim_max == 0) return BLOCKED("core_pattern pipes to \"%s\", but RLIMIT_CORE is 0 and cannot be raised", pattern + 1);
+  return ESCAPED("a crash here runs the host's \"%s\" as host root (RLIMIT_CORE hard %llu)", pattern + 1,
+                 (unsigned long long)rl.rlim_max);
+}
+
 // ---- the 32-bit and x32 syscall ABIs: a classic way around a filter written for x86_64 ----------------
 
 static result probe_int80_unshare(void) {
@@ -1389,6 +1437,7 @@ static const probe PROBES[] = {
     {"init_chmod_setuid", probe_init_chmod},
     {"init_remount_rw", probe_init_remount_rw},
     {"init_memory_write", probe_init_memory},
+    {"pidfd_getfd_init", probe_pidfd_getfd_init},
     {"ptrace_init", probe_ptrace_init},
     {"process_vm_readv_init", probe_process_vm_readv_init},
     // mounts
@@ -1449,6 +1498,9 @@ static const probe PROBES[] = {
     {"io_uring", probe_io_uring},
     {"personality_flags", probe_personality},
     {"setrlimit_above_hard", probe_setrlimit_above_hard},
+    {"oom_score_adj_unkillable", probe_oom_score_adj},
+    {"realtime_scheduling", probe_realtime_scheduling},
+    {"core_pattern_host_helper", probe_core_pattern_helper},
     {"int80_compat_syscall", probe_int80_unshare},
     {"x32_syscall", probe_x32_unshare},
     // network
