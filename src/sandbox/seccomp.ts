@@ -467,12 +467,6 @@ function applies(entry: SyscallEntry, caps: ReadonlySet<string>, arch: string, k
   return true;
 }
 
-function sameAction(a: string, aErrno: number, b: string, bErrno: number): boolean {
-  const norm = (x: string) => (x === 'SCMP_ACT_KILL' ? 'SCMP_ACT_KILL_THREAD' : x);
-  if (norm(a) !== norm(b)) return false;
-  return !ERRNO_ACTIONS.has(a) || aErrno === bErrno;
-}
-
 /** Conditions on distinct args are ANDed in one rule; repeated indexes become separate rules (OR), as runc does. */
 function argGroups(args: Arg[]): Arg[][] {
   if (args.length === 0) return [[]];
@@ -524,7 +518,7 @@ function buildSpec(profile: SeccompProfile, ctx: SeccompContext): Compiled {
   for (const entry of profile.syscalls) {
     if (!applies(entry, caps, includeArch, kernel)) continue;
     // libseccomp refuses a rule that repeats the default action; it would change nothing anyway.
-    if (sameAction(entry.action, entry.errnoRet, profile.defaultAction, profile.defaultErrnoRet)) continue;
+    if (actionKey(entry.action, entry.errnoRet) === actionKey(profile.defaultAction, profile.defaultErrnoRet)) continue;
     entry.names.forEach((name, i) => {
       const at = entry.namesPath.endsWith('.name') ? entry.namesPath : `${entry.namesPath}[${i}]`;
       if (unnameable(name, nativeArch)) {
