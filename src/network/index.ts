@@ -133,8 +133,12 @@ export class NodeNetwork {
       const { lease: held, existed } = this.acquire(workspaceId, hostname, wanted);
       let lease = held;
       if (existed) {
-        // An earlier attach of this workspace (a retry, or one before a restart) may have left its veth.
-        if (!this.preparedOnly.delete(workspaceId) && (await this.links.remove(lease.hostLink))) await this.firewall.removeWorkspace(lease);
+        // An earlier attach of this workspace (a retry, or one before a restart) may have left its veth
+        // and elements, perhaps for other ports.
+        if (!this.preparedOnly.delete(workspaceId)) {
+          await this.links.remove(lease.hostLink);
+          await this.firewall.removeWorkspace(lease);
+        }
         if (!samePorts(lease.ports, wanted) || lease.hostname !== hostname) lease = this.pool.update(workspaceId, { ports: wanted, hostname });
       }
       // The lease write, the links and the rules are independent: all three at once, all awaited.

@@ -53,6 +53,21 @@ t.test('prepare reserves the address before the workspace exists; attach uses it
   t.same(Object.keys(leasesOnFile(node)), ['ws-a'], 'a start abandoned after prepare leaves no lease');
 });
 
+t.test('attaching again keeps the address and replaces the old veth and ports', async (t) => {
+  const node = await createTestNode(t);
+  const net = await NodeNetwork.open(node.options());
+  t.teardown(() => net.close());
+  const ws = await node.workspaceNetns();
+  const first = await net.attach('ws-a', ws, [80]);
+  const second = await net.attach('ws-a', ws, [81]);
+  t.equal(second.ip, first.ip);
+  t.same(await workspaceLinks(node), [hostLinkName('ws-a')]);
+  const ports = (await workspaceElements(node)).filter((e) => e.startsWith('ports4'));
+  t.equal(ports.length, 1);
+  t.match(ports[0], /81/);
+  t.match(await probe(ws, ['http', `http://${internet.ip}/`]), { ok: true });
+});
+
 t.test('a failed attach leaves nothing', async (t) => {
   const node = await createTestNode(t);
   const net = await NodeNetwork.open(node.options());
