@@ -1,15 +1,15 @@
-// The child process that does the heavy half of a backup or restore: walking and archiving, zstd and
-// AES-GCM one way; decrypting, decompressing and extracting the other. It runs outside the daemon so the
-// daemon's event loop never waits on file system calls, its memory does not grow with the data, and
-// archiving, compression and the daemon's hashing/upload run on separate cores.
+// The child process that does the file system half of a backup or restore: walking, archiving and zstd one
+// way; zstd and extraction the other. It runs outside the daemon so the daemon's event loop never waits on
+// file system calls, its memory does not grow with the tree, and the two halves run on separate cores.
+// Encryption stays in the daemon: keys never enter this process, and nothing extracted here is moved into
+// place before the daemon verified the last segment (backups.ts).
 //
-// Protocol (see runner-client.ts): the parent sends one RunnerJob over the IPC channel (the data key
-// travels there, never in argv or the environment). Backup: the encrypted object goes to stdout.
-// Restore: the encrypted object comes on stdin. The child reports {type:'progress'} increments and
-// ends with {type:'done'} or {type:'error'}. Nothing else is written to stdout.
+// Protocol (see runner-client.ts): the parent sends one RunnerJob over the IPC channel. Backup: the
+// compressed archive goes to stdout. Restore: the compressed archive (already decrypted) comes on stdin.
+// The child reports {type:'progress'} increments and ends with {type:'done'} or {type:'error'}.
+// Nothing else is written to stdout.
 import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
-import { DecryptStream, EncryptStream } from '../crypto/stream';
 import { ArchiveExtractor, ArchiveRoot, measureTrees, TreeArchiveStream } from './archive';
 import { createCompressStream, createDecompressStream } from './compress';
 
@@ -18,8 +18,6 @@ export interface BackupJob {
   roots: ArchiveRoot[];
   uidBase: number;
   idCount?: number;
-  dataKey: Uint8Array;
-  segmentSize?: number;
 }
 
 export interface RestoreJob {
@@ -27,7 +25,6 @@ export interface RestoreJob {
   roots: Record<string, string | null>;
   uidBase: number;
   idCount?: number;
-  dataKey: Uint8Array;
 }
 
 export type RunnerJob = BackupJob | RestoreJob;
@@ -73,9 +70,8 @@ class ProgressBatch {
   }
 }
 
-/** Archive -> zstd -> AES-GCM segments into `output`. Used by the child, and in process when asked. */
+/** Archive -> zstd into `output`. Used by the child, and in process when asked. */
 export async function backupTo(output: NodeJS.WritableStream, job: BackupJob, report: Report): Promise<{ bytes: number; files: number }> {
-  const key = Buffer.from(job.dataKey);
   const progress = new ProgressBatch(report);
   try {
     const totals = measureTrees(job.roots.map((r) => r.dir));
@@ -85,24 +81,22 @@ export async function backupTo(output: NodeJS.WritableStream, job: BackupJob, re
       onEntry: (bytes) => progress.add(bytes),
       onSkip: (path, why) => report({ type: 'skip', path, why }),
     });
-    await pipeline(archive, createCompressStream(), new EncryptStream(key, { segmentSize: job.segmentSize }), output);
+    await pipeline(archive, createCompressStream(), output);
   } finally {
-    key.fill(0);
+    progress.stop();
   }
-  return progress.stop();
+  return { bytes: progress.totalBytes, files: progress.totalFiles };
 }
 
-/** AES-GCM segments -> zstd -> extraction from `input`; resolves only after the final segment verified. */
+/** zstd -> extraction from `input`; resolves after the end-of-archive marker and the end of input. */
 export async function restoreFrom(input: NodeJS.ReadableStream, job: RestoreJob, report: Report): Promise<{ bytes: number; files: number }> {
-  const key = Buffer.from(job.dataKey);
   const progress = new ProgressBatch(report);
   try {
     const extractor = new ArchiveExtractor(job.roots, {
       uidBase: job.uidBase, idCount: job.idCount, onEntry: (bytes) => progress.add(bytes),
     });
-    await pipeline(input, new DecryptStream(key), createDecompressStream(), extractor);
+    await pipeline(input, createDecompressStream(), extractor);
   } finally {
-    key.fill(0);
     progress.stop();
   }
   return { bytes: progress.totalBytes, files: progress.totalFiles };
@@ -114,7 +108,6 @@ function send(msg: RunnerMessage): void {
 
 function run(job: RunnerJob): void {
   const work = job.op === 'backup' ? backupTo(process.stdout, job, send) : restoreFrom(process.stdin, job, send);
-  job.dataKey.fill(0);
   work.then(
     (stats) => send({ type: 'done', ...stats }),
     (err: unknown) => send(errorMessage(err)),

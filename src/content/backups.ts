@@ -7,10 +7,10 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { pipeline as pipelineCb, Readable } from 'node:stream';
 import { DomainError } from '../errors';
 import { isKeyId, KeyRing } from '../crypto/keys';
-import { DEFAULT_SEGMENT_SIZE, newDataKey, STREAM_VERSION } from '../crypto/stream';
+import { DecryptStream, DEFAULT_SEGMENT_SIZE, EncryptStream, newDataKey, STREAM_VERSION } from '../crypto/stream';
 import { ArchiveRoot } from './archive';
 import { COMPRESSION } from './compress';
 import { runBackup, runRestore } from './runner-client';
@@ -116,14 +116,15 @@ export class BackupStore {
     const progress = new ProgressReporter(0, 0, opts.onProgress);
     this.#active.add(backupId);
     try {
-      const run = runBackup({ op: 'backup', roots, uidBase: opts.uidBase, idCount: opts.idCount, dataKey }, {
+      const run = runBackup({ op: 'backup', roots, uidBase: opts.uidBase, idCount: opts.idCount }, {
         onTotals: (bytes, files) => progress.setTotals(bytes, files),
         onProgress: (bytes, files) => progress.add(bytes, files),
         onSkip: (rel, why) => this.#log.warn({ backupId, path: rel, why }, 'backup: entry left out'),
         signal: opts.signal,
         inProcess: this.#inProcess,
       });
-      const put = this.#storage.put(backupId + DATA_SUFFIX, run.object, { signal: opts.signal });
+      const sealed = pipelineCb(run.object, new EncryptStream(dataKey), () => undefined);
+      const put = this.#storage.put(backupId + DATA_SUFFIX, sealed, { signal: opts.signal });
       put.catch(() => run.kill());
       // Both must succeed: an upload can complete on a stream the runner ended early.
       const [stored, stats] = await Promise.all([put, run.done]).catch((err) => {
@@ -171,11 +172,11 @@ export class BackupStore {
       const progress = new ProgressReporter(manifest.bytes, manifest.files, opts.onProgress);
       const counter = new HashCounter();
       const source = await this.#storage.get(manifest.object);
-      source.on('error', (err) => counter.destroy(err));
-      counter.on('close', () => source.destroy());
+      // Decrypted here: the runner child extracts, and its work is kept only if the last segment verified.
+      const plain = pipelineCb(source, counter, new DecryptStream(dataKey), () => undefined);
       const stats = await runRestore(
-        { op: 'restore', roots: extractRoots, uidBase: opts.uidBase, idCount: opts.idCount, dataKey },
-        source.pipe(counter),
+        { op: 'restore', roots: extractRoots, uidBase: opts.uidBase, idCount: opts.idCount },
+        plain,
         { onProgress: (bytes, files) => progress.add(bytes, files), signal: opts.signal, inProcess: this.#inProcess },
       ).catch((err) => {
         throw opts.signal?.aborted ? new DomainError('ABORTED', `restore of ${backupId} cancelled`, { cause: err }) : err;

@@ -25,12 +25,13 @@ export interface RunnerStats {
 }
 
 export interface BackupRun {
-  /** The encrypted object. It ends only after the archiver reported success and errors otherwise, so an
+  /** The compressed archive. It ends only after the archiver reported success and errors otherwise, so an
    * upload never commits what a failing archiver left half written. */
   object: Readable;
   done: Promise<RunnerStats>;
   kill(): void;
 }
+
 
 function dispatch(hooks: RunnerHooks, msg: RunnerMessage): void {
   if (msg.type === 'progress') hooks.onProgress?.(msg.bytes, msg.files);
@@ -98,7 +99,11 @@ export function runBackup(job: BackupJob, hooks: RunnerHooks): BackupRun {
   return { object: gate(child.stdout!, result), done: result, kill: () => child.kill('SIGKILL') };
 }
 
-/** Streams `object` into the extractor; resolves once every entry was extracted and the last segment verified. */
+/**
+ * Streams `object` (the decrypted, still compressed archive) into the extractor. Resolves once every entry
+ * was extracted and `object` ended without error; an error of `object` (e.g. DATA_LOSS from decryption)
+ * wins over whatever the extractor said.
+ */
 export async function runRestore(job: RestoreJob, object: Readable, hooks: RunnerHooks): Promise<RunnerStats> {
   if (hooks.inProcess) {
     if (hooks.signal) addAbortSignal(hooks.signal, object);
@@ -106,14 +111,14 @@ export async function runRestore(job: RestoreJob, object: Readable, hooks: Runne
   }
   const { child, result } = startChild(job, hooks);
   child.stdout!.resume();
-  const feeding = pipeline(object, child.stdin!).then(() => undefined, (err: NodeJS.ErrnoException) => {
-    // EPIPE: the child stopped reading because it failed; its own error is the one to report.
-    if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_PREMATURE_CLOSE') child.kill('SIGKILL');
+  let inputError: Error | undefined;
+  object.once('error', (err) => { inputError = err; });
+  const feeding = pipeline(object, child.stdin!).catch((err: NodeJS.ErrnoException) => {
+    if (inputError) child.kill('SIGKILL');
     return err;
   });
-  try {
-    return await result;
-  } finally {
-    if (await feeding) object.destroy();
-  }
+  const [, stats] = await Promise.allSettled([feeding, result]);
+  if (inputError) throw inputError;
+  if (stats.status === 'rejected') throw stats.reason;
+  return stats.value;
 }
