@@ -13,8 +13,9 @@ t.test('isolated workspaces', async (t) => {
 
   const wsA = await node.workspaceNetns();
   const a = await net.attach('ws-a', wsA, [8080]);
-  // A workspace given by pid, as the lifecycle does: a process in a fresh network namespace.
-  const sleeper = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
+  // A workspace given by pid, as the lifecycle does: a process in fresh user and network namespaces,
+  // so its network namespace belongs to another user namespace, as a real workspace's does.
+  const sleeper = spawn('unshare', ['--user', '--map-root-user', '--net', 'sleep', '600'], { stdio: 'ignore' });
   t.teardown(() => sleeper.exitCode === null && process.kill(sleeper.pid!, 'SIGKILL'));
   await new Promise((r) => setTimeout(r, 100));
   const wsB = `/proc/${sleeper.pid}/ns/net`;
