@@ -74,25 +74,20 @@ export class NativeError extends Error {
   }
 }
 
-const addonPath = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'tetrix.node');
-const sourceAddonPath = path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'tetrix.node');
+// Built beside the sources: dist/src/sandbox -> ../../../native (compiled), src/sandbox -> ../../native (tests).
+function builtFile(name: string): string {
+  const fs = require('node:fs') as typeof import('node:fs');
+  const compiled = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', name);
+  return fs.existsSync(compiled) ? compiled : path.join(__dirname, '..', '..', 'native', 'build', 'Release', name);
+}
 
 function loadAddon(): NativeAddon {
-  // dist/src/sandbox -> ../../../native; src/sandbox (tests under ts) -> ../../native
-  let mod: { init(errorClass: typeof NativeError): NativeAddon };
-  try {
-    mod = require(addonPath);
-  } catch {
-    mod = require(sourceAddonPath);
-  }
+  // No catch-and-retry: a dlopen failure (say, an undefined symbol) must surface as itself.
+  const mod = require(builtFile('tetrix.node')) as { init(errorClass: typeof NativeError): NativeAddon };
   return mod.init(NativeError);
 }
 
 export const native: NativeAddon = loadAddon();
 
 /** Host path of the static init built beside the addon. */
-export const initBinaryPath: string = (() => {
-  const fs = require('node:fs') as typeof import('node:fs');
-  const a = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'tetrix-init');
-  return fs.existsSync(a) ? a : path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'tetrix-init');
-})();
+export const initBinaryPath: string = builtFile('tetrix-init');
