@@ -1,0 +1,128 @@
+// Density: start N idle workspaces (default 200, builtin:busybox running `sleep 3600`) at once against
+// one real daemon; report the time until all are RUNNING, the start rate, the daemon's resident memory
+// in total and per workspace, and the latency of ListWorkspaces and GetWorkspace sampled while the
+// starts run and while the workspaces idle. Then tear everything down and check nothing is left.
+// Targets (issue): all 200 RUNNING within 10 s, daemon under 150 MiB, every call within 50 ms.
+// Not a test: bench/density/run.sh [--count N] (TETRIX_DENSITY_COUNT) [--keep].
+import { launchDaemon, type BenchDaemon } from '../lib/launcher';
+import { describeLeaks, leaksSince, snapshotHost } from '../lib/leaks';
+
+const MiB = 1 << 20;
+const IDLE_SAMPLING_MS = 5000;
+const TEARDOWN_PARALLEL = 16;
+
+function option(flag: string, envName: string, fallback: number): number {
+  const at = process.argv.indexOf(flag);
+  const raw = at >= 0 ? process.argv[at + 1] : process.env[envName];
+  const n = raw === undefined || raw === '' ? fallback : Number(raw);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag}: expected a positive integer, got "${raw}"`);
+  return n;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+function summary(name: string, ms: number[]): string {
+  const s = [...ms].sort((a, b) => a - b);
+  return `${name}: n=${s.length} p50 ${percentile(s, 50).toFixed(1)} ms, p99 ${percentile(s, 99).toFixed(1)} ms, max ${s[s.length - 1]?.toFixed(1)} ms`;
+}
+
+/** One call at a time, alternating List and Get, until stopped: the latency an operator's tools would see. */
+function sampleLatencies(d: BenchDaemon, ids: () => string[]): { list: number[]; get: number[]; stop(): Promise<void> } {
+  const list: number[] = [];
+  const get: number[] = [];
+  let running = true;
+  const loop = (async () => {
+    for (let i = 0; running; i++) {
+      const began = process.hrtime.bigint();
+      const known = ids();
+      if (i % 2 === 0 || known.length === 0) {
+        await d.list();
+        list.push(Number(process.hrtime.bigint() - began) / 1e6);
+      } else {
+        await d.get(known[i % known.length]);
+        get.push(Number(process.hrtime.bigint() - began) / 1e6);
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  })();
+  return { list, get, stop: async () => { running = false; await loop; } };
+}
+
+async function teardownAll(d: BenchDaemon, ids: string[]): Promise<string[]> {
+  const errors: string[] = [];
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < ids.length) {
+      const id = ids[next++];
+      await d.teardown(id).catch((err: Error) => errors.push(`${id}: ${err.message}`));
+    }
+  };
+  await Promise.all(Array.from({ length: TEARDOWN_PARALLEL }, worker));
+  return errors;
+}
+
+async function main(): Promise<number> {
+  const count = option('--count', 'TETRIX_DENSITY_COUNT', 200);
+  const keep = process.argv.includes('--keep');
+  const d = await launchDaemon({ prefix: 'tetrix-density' });
+  const scope = { dir: d.dir, stateDir: d.stateDir, cgroupParent: d.cgroupParent, daemonPid: d.pid };
+  let failed = true;
+  try {
+    const before = snapshotHost(scope);
+    // builtin:busybox is assembled on first use; that one-time cost is not density.
+    await d.start({ id: 'density-warmup', ownerId: 'bench', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exit 0'] });
+    await d.teardown('density-warmup');
+    const rssIdle = d.rssBytes();
+    console.log(`density: daemon pid ${d.pid}, rss idle ${(rssIdle / MiB).toFixed(1)} MiB, starting ${count} workspaces at once`);
+
+    const ids = Array.from({ length: count }, (_, i) => `density-${i}`);
+    const started: string[] = [];
+    const during = sampleLatencies(d, () => started);
+    const began = Date.now();
+    const results = await Promise.allSettled(
+      ids.map(async (id) => {
+        const w = await d.start({ id, ownerId: 'bench', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exec sleep 3600'], resources: { memoryBytes: 64 << 20, cpuMillis: 100, pids: 16 } });
+        if (w.state !== 'WORKSPACE_STATE_RUNNING') throw new Error(`${id} is ${w.state}: ${w.message}`);
+        started.push(id);
+      }),
+    );
+    const seconds = (Date.now() - began) / 1000;
+    await during.stop();
+    const startErrors = results.flatMap((r, i) => (r.status === 'rejected' ? [`${ids[i]}: ${(r.reason as Error).message}`] : []));
+    const running = (await d.list()).filter((w) => w.state === 'WORKSPACE_STATE_RUNNING').length;
+    const rssRunning = d.rssBytes();
+
+    const idle = sampleLatencies(d, () => started);
+    await new Promise((r) => setTimeout(r, IDLE_SAMPLING_MS));
+    await idle.stop();
+
+    console.log(`  all started in ${seconds.toFixed(2)} s: ${(started.length / seconds).toFixed(1)} starts/s, ${startErrors.length} failed${startErrors.length ? ` (${startErrors.slice(0, 3).join('; ')})` : ''}`);
+    console.log(`  daemon rss ${(rssRunning / MiB).toFixed(1)} MiB with ${running} running (${(rssIdle / MiB).toFixed(1)} idle; ${((rssRunning - rssIdle) / Math.max(1, running) / 1024).toFixed(0)} KiB per workspace)`);
+    console.log(`  while starting: ${summary('ListWorkspaces', during.list)}; ${summary('GetWorkspace', during.get)}`);
+    console.log(`  while idle:     ${summary('ListWorkspaces', idle.list)}; ${summary('GetWorkspace', idle.get)}`);
+
+    const teardownBegan = Date.now();
+    const teardownErrors = await teardownAll(d, ids);
+    await new Promise((r) => setTimeout(r, 1000));
+    const remaining = await d.list();
+    const leaks = leaksSince(before, snapshotHost(scope), [...ids, 'density-warmup']);
+    console.log(`  teardown of ${count} in ${((Date.now() - teardownBegan) / 1000).toFixed(2)} s, ${teardownErrors.length} failed, ${remaining.length} records left, leaks: ${describeLeaks(leaks)}`);
+    failed = startErrors.length > 0 || teardownErrors.length > 0 || remaining.length > 0 || describeLeaks(leaks) !== 'none';
+    console.log(`density: ${running} running in ${seconds.toFixed(2)} s, daemon rss ${(rssRunning / MiB).toFixed(1)} MiB`);
+  } finally {
+    await d.shutdown({ keep: keep || failed });
+    if (keep || failed) console.log(`density: kept ${d.dir} (daemon log: ${d.logFile})`);
+  }
+  return failed ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(`density: ${(err as Error).stack ?? String(err)}`);
+    process.exit(2);
+  },
+);

@@ -1,0 +1,168 @@
+// What one tetrixd leaves on the machine: mounts, cgroups, named network namespaces, links, nftables
+// tables/sets/rules, processes, uid-range claims and workspace directories. Snapshots taken before and
+// after a run are compared, so what other programs keep (or other daemons hold) is not blamed on it.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { hostLinkName } from '../../src/network/links';
+import { cgroupDirsOf } from './launcher';
+
+export interface LeakScope {
+  dir: string;            // everything the daemon owns on disk lives below this
+  stateDir: string;
+  cgroupParent: string;
+  daemonPid?: number;
+  idmapDir?: string;      // default /run/tetrix/idmap
+}
+
+export interface HostSnapshot {
+  mounts: string[];
+  cgroups: string[];
+  netns: string[];
+  links: string[];
+  nft: string[];
+  processes: string[];
+  idClaims: string[];
+  workspaceDirs: string[];
+}
+
+export type Leaks = Partial<Record<keyof HostSnapshot, string[]>>;
+
+/** Kinds that are host-wide: other programs (and other tests) create tetrix-named ones too. */
+const HOST_WIDE: ReadonlyArray<keyof HostSnapshot> = ['netns', 'links', 'nft'];
+
+export function mountsUnder(dir: string): string[] {
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => m !== undefined && (m === dir || m.startsWith(dir + '/')));
+}
+
+/** Groups below the parent, in every hierarchy (the parent itself is left by design). */
+function cgroupsBelow(parent: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string): void => {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue;
+      out.push(path.join(dir, entry.name));
+      walk(path.join(dir, entry.name));
+    }
+  };
+  for (const dir of cgroupDirsOf(parent)) walk(dir);
+  return out;
+}
+
+function namedNetns(): string[] {
+  try {
+    return fs.readdirSync('/run/netns').filter((n) => n.includes('tetrix'));
+  } catch {
+    return [];
+  }
+}
+
+/** Host links Tetrix names: workspace veths (twv…) and anything called tetrix. */
+function tetrixLinks(): string[] {
+  try {
+    const links = JSON.parse(execFileSync('ip', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{ ifname: string }>;
+    return links.map((l) => l.ifname).filter((n) => n.startsWith('twv') || n.includes('tetrix'));
+  } catch {
+    return ['(ip link failed)'];
+  }
+}
+
+interface NftObject {
+  table?: { family: string; name: string };
+  set?: { family: string; table: string; name: string; elem?: unknown[] };
+  map?: { family: string; table: string; name: string; elem?: unknown[] };
+  rule?: { family: string; table: string; chain: string; handle: number };
+}
+
+/** Tables named tetrix*, their set and map elements and their rules, each as one line. */
+function tetrixNft(): string[] {
+  let objects: NftObject[];
+  try {
+    objects = (JSON.parse(execFileSync('nft', ['-j', 'list', 'ruleset'], { encoding: 'utf8', maxBuffer: 64 << 20 })) as { nftables: NftObject[] }).nftables;
+  } catch {
+    return ['(nft list ruleset failed)'];
+  }
+  const out: string[] = [];
+  for (const o of objects) {
+    if (o.table?.name.includes('tetrix')) out.push(`table ${o.table.family} ${o.table.name}`);
+    const set = o.set ?? o.map;
+    if (set?.table.includes('tetrix')) for (const e of set.elem ?? []) out.push(`element ${set.family} ${set.table} ${set.name} ${JSON.stringify(e)}`);
+    if (o.rule?.table.includes('tetrix')) out.push(`rule ${o.rule.family} ${o.rule.table} ${o.rule.chain} #${o.rule.handle}`);
+  }
+  return out;
+}
+
+/** Processes in the daemon's cgroups or children of the daemon. */
+function processesOf(scope: LeakScope): string[] {
+  const out: string[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cgroups = fs.readFileSync(`/proc/${entry}/cgroup`, 'utf8');
+      const inParent = cgroups.split('\n').some((l) => l.split(':')[2]?.startsWith(`/${scope.cgroupParent}/`));
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (inParent || (scope.daemonPid !== undefined && ppid === scope.daemonPid)) {
+        out.push(`${entry} ${stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))}`);
+      }
+    } catch {
+      // exited while we looked
+    }
+  }
+  return out;
+}
+
+function idClaimsOf(stateDir: string, idmapDir: string): string[] {
+  const wanted = path.resolve(stateDir);
+  const out: string[] = [];
+  for (const name of fs.existsSync(idmapDir) ? fs.readdirSync(idmapDir) : []) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const claim = JSON.parse(fs.readFileSync(path.join(idmapDir, name), 'utf8')) as { stateDir: string; workspaceId: string };
+      if (claim.stateDir === wanted) out.push(`${name} ${claim.workspaceId}`);
+    } catch {
+      // released while we looked
+    }
+  }
+  return out;
+}
+
+export function snapshotHost(scope: LeakScope): HostSnapshot {
+  const wsRoot = path.join(scope.stateDir, 'workspaces');
+  return {
+    mounts: mountsUnder(scope.dir),
+    cgroups: cgroupsBelow(scope.cgroupParent),
+    netns: namedNetns(),
+    links: tetrixLinks(),
+    nft: tetrixNft(),
+    processes: processesOf(scope),
+    idClaims: idClaimsOf(scope.stateDir, scope.idmapDir ?? '/run/tetrix/idmap'),
+    workspaceDirs: fs.existsSync(wsRoot) ? fs.readdirSync(wsRoot) : [],
+  };
+}
+
+/**
+ * What after holds that before did not. Host-wide kinds count only when they name one of the run's
+ * workspaces (its id or its host veth), so a namespace another program made meanwhile is not a leak.
+ */
+export function leaksSince(before: HostSnapshot, after: HostSnapshot, workspaceIds?: Iterable<string>): Leaks {
+  const names: string[] = [];
+  for (const id of workspaceIds ?? []) names.push(id, hostLinkName(id));
+  const ours = (item: string): boolean => names.some((n) => item.includes(n));
+  const leaks: Leaks = {};
+  for (const key of Object.keys(after) as Array<keyof HostSnapshot>) {
+    const known = new Set(before[key]);
+    const added = after[key].filter((item) => !known.has(item) && (workspaceIds === undefined || !HOST_WIDE.includes(key) || ours(item)));
+    if (added.length) leaks[key] = added;
+  }
+  return leaks;
+}
+
+export function describeLeaks(leaks: Leaks): string {
+  const parts = Object.entries(leaks).map(([kind, items]) => `${kind}: ${items!.slice(0, 5).join(', ')}${items!.length > 5 ? ` (+${items!.length - 5})` : ''}`);
+  return parts.length ? parts.join('; ') : 'none';
+}
