@@ -82,7 +82,7 @@ export function symlinkEscapes(linkRelPath: string, target: string): boolean {
 interface WalkFrame {
   fd: number;
   rel: string;      // path inside the root, '' for the root itself
-  names: string[];
+  entries: fs.Dirent[];
   next: number;
 }
 
@@ -164,13 +164,12 @@ export class TreeArchiveStream extends Readable {
     if (this.#file) return this.#readFile(this.#file);
     const top = this.#stack[this.#stack.length - 1];
     if (!top) return this.#nextRoot();
-    if (top.next >= top.names.length) {
+    if (top.next >= top.entries.length) {
       fs.closeSync(top.fd);
       this.#stack.pop();
       return;
     }
-    const name = top.names[top.next++];
-    this.#visit(top, name);
+    this.#visit(top, top.entries[top.next++]);
   }
 
   #nextRoot(): void {
@@ -193,20 +192,26 @@ export class TreeArchiveStream extends Readable {
 
   #pushDir(fd: number, rel: string): void {
     let st: fs.BigIntStats;
-    let names: string[];
+    let entries: fs.Dirent[];
     try {
       st = fs.fstatSync(fd, { bigint: true });
-      names = fs.readdirSync(`/proc/self/fd/${fd}`).sort();
+      entries = fs.readdirSync(`/proc/self/fd/${fd}`, { withFileTypes: true });
     } catch (err) {
       fs.closeSync(fd);
       throw err;
     }
-    this.#stack.push({ fd, rel, names, next: 0 });
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    this.#stack.push({ fd, rel, entries, next: 0 });
     this.#emit('directory', rel, st, 0, '');
   }
 
-  #visit(parent: WalkFrame, name: string): void {
+  // The directory entry's type (d_type) decides how to open it; every open is O_NOFOLLOW and checked with
+  // fstat, so no lstat per file is needed (path lookups through /proc/self/fd are the costly part).
+  #visit(parent: WalkFrame, entry: fs.Dirent): void {
+    const name = entry.name;
     const rel = parent.rel === '' ? name : `${parent.rel}/${name}`;
+    if (entry.isDirectory()) return this.#visitDir(parent, name, rel);
+    if (entry.isFile()) return this.#visitFile(parent, name, rel);
     let st: fs.BigIntStats;
     try {
       st = fs.lstatSync(procPath(parent.fd, name), { bigint: true });
@@ -215,7 +220,7 @@ export class TreeArchiveStream extends Readable {
       throw err;
     }
     if (st.isDirectory()) return this.#visitDir(parent, name, rel);
-    if (st.isFile()) return this.#visitFile(parent, name, rel, st);
+    if (st.isFile()) return this.#visitFile(parent, name, rel);
     if (st.isSymbolicLink()) return this.#visitSymlink(parent, name, rel, st);
     this.#opts.onSkip?.(rel, st.isFIFO() ? 'FIFO' : st.isSocket() ? 'socket' : 'device node');
   }
@@ -231,13 +236,7 @@ export class TreeArchiveStream extends Readable {
     this.#pushDir(fd, rel);
   }
 
-  #visitFile(parent: WalkFrame, name: string, rel: string, lst: fs.BigIntStats): void {
-    const key = `${lst.dev}:${lst.ino}`;
-    const first = lst.nlink > 1n ? this.#links.get(key) : undefined;
-    if (first !== undefined) {
-      this.#emit('hardlink', rel, lst, 0, this.#archivePath(first));
-      return;
-    }
+  #visitFile(parent: WalkFrame, name: string, rel: string): void {
     let fd: number;
     try {
       fd = fs.openSync(procPath(parent.fd, name), C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
@@ -250,7 +249,16 @@ export class TreeArchiveStream extends Readable {
       fs.closeSync(fd);
       return this.#opts.onSkip?.(rel, 'changed during backup');
     }
-    if (st.nlink > 1n) this.#links.set(`${st.dev}:${st.ino}`, rel);
+    if (st.nlink > 1n) {
+      const key = `${st.dev}:${st.ino}`;
+      const first = this.#links.get(key);
+      if (first !== undefined) {
+        fs.closeSync(fd);
+        this.#emit('hardlink', rel, st, 0, this.#archivePath(first));
+        return;
+      }
+      this.#links.set(key, rel);
+    }
     const size = Number(st.size);
     this.#emit('file', rel, st, size, '');
     this.#file = { fd, remaining: size, position: 0, rel };
@@ -324,37 +332,39 @@ export class TreeArchiveStream extends Readable {
   }
 }
 
-/** Counts entries and file bytes of the trees (for progress totals), with the same walk rules. */
+/**
+ * Counts entries and file bytes of the trees (for progress totals). Directories are walked through fds
+ * like the archive walk; file sizes come from plain-path lstat, which is cheaper and only feeds an estimate.
+ */
 export function measureTrees(dirs: string[]): TreeSize {
   const size: TreeSize = { files: 0, bytes: 0 };
   for (const dir of dirs) {
     const fd = openRootDir(dir);
     size.files++;
-    measureDir(fd, size, new Set());
+    measureDir(fd, dir, size, new Set());
   }
   return size;
 }
 
 // Hard-linked files carry their bytes once, as in the archive.
-function measureDir(fd: number, size: TreeSize, linked: Set<string>): void {
+function measureDir(fd: number, dirPath: string, size: TreeSize, linked: Set<string>): void {
   try {
-    for (const name of fs.readdirSync(`/proc/self/fd/${fd}`)) {
-      let st: fs.Stats;
-      try {
-        st = fs.lstatSync(procPath(fd, name));
-      } catch {
-        continue;
-      }
-      if (st.isDirectory()) {
+    for (const entry of fs.readdirSync(`/proc/self/fd/${fd}`, { withFileTypes: true })) {
+      if (entry.isDirectory()) {
         size.files++;
+        let child: number;
         try {
-          measureDir(openDirAt(fd, name), size, linked);
+          child = openDirAt(fd, entry.name);
         } catch {
-          // vanished or replaced: the archive walk reports it
+          continue; // vanished or replaced: the archive walk reports it
         }
-      } else if (st.isFile() || st.isSymbolicLink()) {
+        measureDir(child, `${dirPath}/${entry.name}`, size, linked);
+      } else if (entry.isSymbolicLink()) {
         size.files++;
-        if (!st.isFile()) continue;
+      } else if (entry.isFile()) {
+        size.files++;
+        const st = fs.lstatSync(`${dirPath}/${entry.name}`, { throwIfNoEntry: false });
+        if (!st?.isFile()) continue;
         if (st.nlink > 1) {
           const key = `${st.dev}:${st.ino}`;
           if (linked.has(key)) continue;
