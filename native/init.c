@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -74,6 +75,10 @@ static bool reap(pid_t workload, int *workload_status) {
 }
 
 int main(int argc, char **argv) {
+  // Not dumpable: the workload runs as the same uid, and without this it could open /proc/1/mem or
+  // pidfd_getfd our fds (the host's exit-status file) with no ptrace capability at all. The workload
+  // becomes dumpable again at its own execve, so debugging it still works.
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   if (argc < 3 || strcmp(argv[1], "--") != 0) {
     errno = EINVAL;
     die(STEP_INIT_ARGS, "usage: init -- PROGRAM [ARGS...]");
