@@ -2,7 +2,9 @@
 // beside the snapshot it describes. Layout and field meanings: docs/provenance.md.
 // Specs: https://github.com/in-toto/attestation/tree/main/spec/v1 (statement.md, resource_descriptor.md,
 // digest_set.md, field_types.md) and https://slsa.dev/spec/v1.0/provenance.
+import { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
+import type { ObjectStorage } from '../content/storage';
 import { DomainError, invalidArgument } from '../errors';
 import { DsseEnvelope, IN_TOTO_PAYLOAD_TYPE, parseEnvelope, signEnvelope, DsseSigner } from './dsse';
 
@@ -58,7 +60,7 @@ export interface PrebuildTaskInput {
 }
 
 export interface PrebuildProvenanceInput {
-  /** The snapshot object: name as stored, sha256 of its stored bytes (lowercase hex). */
+  /** The snapshot object: its object name in storage, and the sha256 of its stored bytes (ObjectStorage.put's PutResult.sha256). */
   snapshot: { name: string; sha256: string };
   source: { repository: string; revision: string };
   tasks: readonly PrebuildTaskInput[];
@@ -152,20 +154,19 @@ function rfc3339(t: Date | number): string {
 // ---- signing and storage ----
 
 /**
- * What provenance needs of the snapshot storage. src/content's storage backends (fs, s3) are the
- * intended implementation; the provenance lives in the same store as the snapshot it describes.
+ * What provenance needs of the snapshot storage: src/content's ObjectStorage (fs or s3) fits as is. The
+ * envelope lives in the same store as the snapshot, under the snapshot's object name plus a suffix.
  */
-export interface ProvenanceObjectStore {
-  putObject(name: string, data: Buffer): Promise<void>;
-  getObject(name: string): Promise<Buffer>;
-}
+export type ProvenanceObjectStore = Pick<ObjectStorage, 'put' | 'get'>;
 
-/** The envelope's object name: the snapshot id plus a fixed suffix, so one names the other. */
-export function provenanceObjectName(snapshotId: string): string {
-  if (snapshotId === '' || snapshotId.startsWith('.') || /[/\\\0]/.test(snapshotId)) {
-    throw invalidArgument('snapshotId', 'must be a plain object name');
-  }
-  return `${snapshotId}.provenance.dsse.json`;
+const PROVENANCE_SUFFIX = '.provenance.dsse.json';
+// An envelope is a few KiB; refuse to buffer a huge object someone put under the name.
+const MAX_ENVELOPE_BYTES = 1024 * 1024;
+
+/** The envelope's object name: the snapshot's object name plus a fixed suffix, so one names the other. */
+export function provenanceObjectName(snapshotObject: string): string {
+  if (snapshotObject === '') throw invalidArgument('snapshotObject', 'must not be empty');
+  return snapshotObject + PROVENANCE_SUFFIX;
 }
 
 export interface PublishedProvenance {
@@ -174,24 +175,34 @@ export interface PublishedProvenance {
   envelope: DsseEnvelope;
 }
 
-/** Builds, self-checks, signs and stores the provenance of one successful prebuild. */
+/**
+ * Builds, self-checks (strictly), signs and stores the provenance of one successful prebuild, beside the
+ * snapshot object input.snapshot.name.
+ */
 export async function publishPrebuildProvenance(
   store: ProvenanceObjectStore,
-  snapshotId: string,
   input: PrebuildProvenanceInput,
   signer: DsseSigner,
 ): Promise<PublishedProvenance> {
-  const objectName = provenanceObjectName(snapshotId);
+  const objectName = provenanceObjectName(input.snapshot.name);
   const statement = buildPrebuildStatement(input);
   checkSlsaV1Statement(statement, { strict: true });
   const envelope = signEnvelope(IN_TOTO_PAYLOAD_TYPE, Buffer.from(JSON.stringify(statement)), signer);
-  await store.putObject(objectName, Buffer.from(JSON.stringify(envelope, null, 2) + '\n'));
+  await store.put(objectName, Readable.from([Buffer.from(JSON.stringify(envelope, null, 2) + '\n')]));
   return { objectName, statement, envelope };
 }
 
-/** Reads the envelope stored beside a snapshot (shape-checked, not yet verified: see verify.ts). */
-export async function readProvenanceEnvelope(store: ProvenanceObjectStore, snapshotId: string): Promise<DsseEnvelope> {
-  return parseEnvelope(await store.getObject(provenanceObjectName(snapshotId)));
+/** Reads the envelope stored beside a snapshot object (shape-checked, not yet verified: see verify.ts). */
+export async function readProvenanceEnvelope(store: Pick<ObjectStorage, 'get'>, snapshotObject: string): Promise<DsseEnvelope> {
+  const objectName = provenanceObjectName(snapshotObject);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of await store.get(objectName)) {
+    size += chunk.length;
+    if (size > MAX_ENVELOPE_BYTES) throw new DomainError('DATA_LOSS', `dsse malformed: ${objectName} is larger than ${MAX_ENVELOPE_BYTES} bytes`);
+    chunks.push(Buffer.from(chunk));
+  }
+  return parseEnvelope(Buffer.concat(chunks));
 }
 
 // ---- validation against the in-toto Statement v1 and SLSA Provenance v1 schemas ----

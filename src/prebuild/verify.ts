@@ -3,7 +3,8 @@
 import { createHash } from 'node:crypto';
 import { DomainError } from '../errors';
 import { IN_TOTO_PAYLOAD_TYPE, verifyEnvelope } from './dsse';
-import { checkSlsaV1Statement, IN_TOTO_STATEMENT_V1, SLSA_PROVENANCE_V1, SlsaProvenanceStatement } from './provenance';
+import type { ObjectStorage } from '../content/storage';
+import { checkSlsaV1Statement, IN_TOTO_STATEMENT_V1, readProvenanceEnvelope, SLSA_PROVENANCE_V1, SlsaProvenanceStatement } from './provenance';
 
 export interface VerifySnapshotProvenanceInput {
   /** The stored envelope: JSON text, its bytes, or the parsed object. */
@@ -37,6 +38,20 @@ export function verifySnapshotProvenance(input: VerifySnapshotProvenanceInput): 
     throw new DomainError('DATA_LOSS', `provenance subject: the snapshot's sha256 ${digest} matches no subject (claimed: ${claimed})`);
   }
   return statement;
+}
+
+/**
+ * `tetrixctl verify <snapshot>`: hashes the stored snapshot object, reads the envelope stored beside it and
+ * verifies both against the node key. NOT_FOUND (from storage) when either object is missing.
+ */
+export async function verifyStoredSnapshotProvenance(input: {
+  storage: Pick<ObjectStorage, 'get' | 'sha256'>;
+  snapshotObject: string;
+  publicKeyPem: string;
+}): Promise<SlsaProvenanceStatement> {
+  const envelope = await readProvenanceEnvelope(input.storage, input.snapshotObject);
+  const digest = await input.storage.sha256(input.snapshotObject);
+  return verifySnapshotProvenance({ envelope, publicKeyPem: input.publicKeyPem, snapshotSha256: digest });
 }
 
 function parseStatement(payload: Buffer): SlsaProvenanceStatement {

@@ -1,6 +1,10 @@
 // Shared test fixtures for test/prebuild (not a test file itself).
 import { Test } from 'tap';
-import { promises as fs } from 'node:fs';
+import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ObjectStorage } from '../../src/content/storage';
+import { DomainError } from '../../src/errors';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
@@ -35,14 +39,36 @@ export async function tempDir(t: Test, what: string): Promise<string> {
   return dir;
 }
 
-/** A filesystem object store: one file per object, as the fs storage backend keeps them. */
-export async function fsObjectStore(t: Test): Promise<ProvenanceObjectStore & { dir: string }> {
+export type TestStore = Pick<ObjectStorage, 'put' | 'get' | 'sha256'> & { dir: string };
+
+/**
+ * A directory of objects with the ObjectStorage calls provenance uses (put, get, sha256), one file per
+ * object as the fs backend keeps them. Stands in until src/content's fs backend lands.
+ */
+export async function fsObjectStore(t: Test): Promise<TestStore> {
   const dir = await tempDir(t, 'provstore');
+  const file = (name: string): string => path.join(dir, name);
   return {
     dir,
-    putObject: (name, data) => fs.writeFile(path.join(dir, name), data),
-    getObject: (name) => fs.readFile(path.join(dir, name)),
+    async put(name, body) {
+      const tmp = file(`.${name}.tmp`);
+      await pipeline(body, createWriteStream(tmp));
+      await fs.rename(tmp, file(name));
+      const bytes = await fs.readFile(file(name));
+      return { size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+    },
+    async get(name) {
+      await fs.access(file(name)).catch(() => { throw new DomainError('NOT_FOUND', `object ${name}: not found`); });
+      return createReadStream(file(name));
+    },
+    async sha256(name) {
+      return createHash('sha256').update(await fs.readFile(file(name))).digest('hex');
+    },
   };
+}
+
+export async function putBytes(store: TestStore, name: string, bytes: Buffer): Promise<string> {
+  return (await store.put(name, Readable.from([bytes]))).sha256;
 }
 
 export async function nodeKey(t: Test): Promise<ProvenanceSigningKey> {

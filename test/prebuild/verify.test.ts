@@ -3,15 +3,16 @@ import { promises as fs, createReadStream } from 'node:fs';
 import path from 'node:path';
 import { publishPrebuildProvenance, readProvenanceEnvelope, buildPrebuildStatement } from '../../src/prebuild/provenance';
 import { signEnvelope, IN_TOTO_PAYLOAD_TYPE, DsseEnvelope } from '../../src/prebuild/dsse';
-import { snapshotSha256, verifySnapshotProvenance } from '../../src/prebuild/verify';
-import { fsObjectStore, nodeKey, sampleInput, snapshotBytes } from './fixtures';
+import { snapshotSha256, verifySnapshotProvenance, verifyStoredSnapshotProvenance } from '../../src/prebuild/verify';
+import { fsObjectStore, nodeKey, putBytes, sampleInput, snapshotBytes } from './fixtures';
 
 /** A published prebuild: the snapshot and its envelope in one store, as the node leaves them. */
 async function published(t: Test) {
   const store = await fsObjectStore(t);
   const key = await nodeKey(t);
-  await store.putObject('snap-1', snapshotBytes);
-  await publishPrebuildProvenance(store, 'snap-1', sampleInput(), key);
+  const sha = await putBytes(store, 'snap-1', snapshotBytes);
+  t.equal(sha, sampleInput().snapshot.sha256, 'the digest put() reports is the one the statement names');
+  await publishPrebuildProvenance(store, sampleInput(), key);
   return { store, key };
 }
 
@@ -35,6 +36,14 @@ t.test('an untouched snapshot and its provenance verify, and the statement comes
   t.equal(statement.predicate.runDetails.builder.id, 'https://tetrix.dev/builder/node/node-a');
   t.equal(statement.subject[0].name, 'snap-1');
   t.ok(await readProvenanceEnvelope(store, 'snap-1'));
+  const viaStorage = await verifyStoredSnapshotProvenance({ storage: store, snapshotObject: 'snap-1', publicKeyPem: key.publicKeyPem });
+  t.same(viaStorage, statement, 'the storage-level call agrees');
+});
+
+t.test('a snapshot without provenance is NOT_FOUND', async (t) => {
+  const { store, key } = await published(t);
+  await putBytes(store, 'snap-2', snapshotBytes);
+  await t.rejects(verifyStoredSnapshotProvenance({ storage: store, snapshotObject: 'snap-2', publicKeyPem: key.publicKeyPem }), { code: 'NOT_FOUND' });
 });
 
 t.test('a tampered payload fails on the signature', async (t) => {
