@@ -120,7 +120,10 @@ export class LogStore {
     const first = Buffer.concat([header, writer.sealOpenRecord(meta)]);
     writer.fileSize = first.length;
     // Reserved before the file appears, so a follower never sees a log without its writer.
-    if (this.writers.has(logId)) throw new DomainError('ALREADY_EXISTS', `log ${logId}: already open`);
+    if (this.writers.has(logId)) {
+      dataKey.fill(0);
+      throw new DomainError('ALREADY_EXISTS', `log ${logId}: already open`);
+    }
     this.writers.set(logId, writer);
     try {
       await publishFile(file, first);
