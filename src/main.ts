@@ -15,6 +15,7 @@ import { native } from './sandbox/native';
 import { createSandbox } from './sandbox';
 import { acquireStateLock, loadOrCreateSecret } from './state-dir';
 import { KeyRing } from './crypto/keys';
+import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
 import { openSecret, sealSecret } from './crypto/secrets';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
@@ -30,6 +31,8 @@ async function run(config: Config): Promise<void> {
     open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),
   });
   const sandbox = await createSandbox(config, log);
+  const nodeNetwork = await openNodeNetwork(config);
+  const network = workspaceNetwork(nodeNetwork);
   const workspaces = new WorkspaceService({
     stateDir: config.stateDir,
     defaultGraceMs: config.stopGraceMs,
@@ -38,9 +41,10 @@ async function run(config: Config): Promise<void> {
     native,
     log,
     specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
+    network,
   });
   await workspaces.recover();
-  const limits = { ...config, defaultNetwork: 'NONE' as const };
+  const limits = { ...config, defaultNetwork: config.defaultNetwork === 'isolated' ? ('ISOLATED' as const) : ('NONE' as const) };
   const audit = createAuditLog(log);
   const api = createApiServer({
     workspaces: workspaceHandlers(workspaces, limits, audit, log),
@@ -61,6 +65,7 @@ async function run(config: Config): Promise<void> {
     await api.close();
     transport.close();
     workspaces.close();
+    await nodeNetwork?.close();
     store.close();
     releaseLock();
     process.exit(0);

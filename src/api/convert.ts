@@ -23,7 +23,7 @@ export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
     startedUnixMs: status.startedMs,
     finishedUnixMs: status.finishedMs,
     ipAddress: status.ipAddress,
-    ports: spec.ports,
+    ports: status.ports ?? spec.ports,
     tasks: status.tasks.map((t) => ({
       name: t.name,
       state: `WORKSPACE_STATE_${t.state}`,

@@ -86,6 +86,11 @@ function dirInside(field: string, value: string): string {
   return path.posix.normalize(value);
 }
 
+/** UpdatePorts' list: the same rules as StartWorkspace's ports. */
+export function portList(values: number[]): number[] {
+  return ports('ports', values, 'ISOLATED');
+}
+
 function ports(field: string, values: number[], network: NetworkMode): number[] {
   if (values.length > 64) throw invalidArgument(field, 'lists more than 64 ports');
   const seen = new Set<number>();

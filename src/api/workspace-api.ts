@@ -9,7 +9,7 @@ import { workspaceMessage } from './convert';
 import type { AuditLog } from './audit';
 import { authorizeWorkspaceAccess, type WorkspaceAction } from './auth';
 import { serverStream, unary, type CallContext } from './handlers';
-import { gracePeriod, startSpec, workspaceId, type Limits } from './validate';
+import { gracePeriod, portList, startSpec, workspaceId, type Limits } from './validate';
 
 export function workspaceHandlers(workspaces: WorkspaceService, limits: Limits, audit: AuditLog, log: Logger): WorkspaceServiceHandlers {
   /** Validates the id and applies the access rule; returns the id. */
@@ -80,7 +80,9 @@ export function workspaceHandlers(workspaces: WorkspaceService, limits: Limits, 
       }
     }),
     BackupWorkspace: serverStream(log, 'BackupWorkspace', notYet('BackupWorkspace')),
-    UpdatePorts: unary(log, 'UpdatePorts', notYet('UpdatePorts')),
+    UpdatePorts: unary(log, 'UpdatePorts', async (req, ctx) =>
+      workspaceMessage(await workspaces.updatePorts(allowed(ctx, req.id, 'manage'), portList(req.ports))),
+    ),
     StreamLogs: serverStream(log, 'StreamLogs', notYet('StreamLogs')),
   };
 }

@@ -34,6 +34,15 @@ export interface Config {
   readonly nodeDomain: string;      // workspace endpoints are <port>-<id>.<nodeDomain>
   readonly endpointListen: string;  // host:port of the HTTPS/WebSocket endpoint server, '' = off
   readonly keyFile: string;         // operator-provided node key (KEK); '' = generated in <stateDir>/keys
+  readonly network: 'on' | 'off';   // off: no bridge, no nftables, every workspace gets loopback only
+  readonly defaultNetwork: 'none' | 'isolated';
+  readonly networkBridge: string;
+  readonly networkSubnet: string;
+  readonly networkSubnet6: string;  // '' = IPv4 only
+  readonly networkUplink: string;   // '' = any interface but the bridge
+  readonly networkDenied: string;   // CIDRs workspaces may not reach, comma-separated (metadata always is)
+  readonly networkTable: string;    // the nftables tables Tetrix owns
+  readonly dnsServers: string;      // comma-separated; '' = the host's non-loopback resolvers
 }
 
 /** The package's root directory, from src/ (ts) or dist/src/ (compiled) alike. */
@@ -70,6 +79,15 @@ export function defaults(): Config {
     nodeDomain: '',
     endpointListen: '',
     keyFile: '',
+    network: 'on',
+    defaultNetwork: 'isolated',
+    networkBridge: 'tetrix0',
+    networkSubnet: '10.88.0.0/16',
+    networkSubnet6: '',
+    networkUplink: '',
+    networkDenied: '',
+    networkTable: 'tetrix',
+    dnsServers: '',
   };
 }
 
@@ -84,6 +102,8 @@ const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'keyFile',
+  'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
+  'networkTable', 'dnsServers',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 
@@ -168,6 +188,9 @@ function validate(c: Config): Config {
     throw new ConfigError('tlsCertFile, tlsKeyFile and tlsCaFile go together (or none of them, to use the generated node PKI)');
   }
   if (c.endpointListen !== '' && c.nodeDomain === '') throw new ConfigError('endpointListen needs nodeDomain');
+  if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
+  if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
+  if (c.network === 'off' && c.defaultNetwork === 'isolated') return { ...c, defaultNetwork: 'none' };
   return c;
 }
 

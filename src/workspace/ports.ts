@@ -29,6 +29,8 @@ export interface WorkspaceNetwork {
   attach(spec: WorkspaceSpec, pid: number): Promise<string>;
   detach(workspaceId: string): Promise<void>;
   reconcile(liveIds: string[]): Promise<void>;
+  /** Replaces the ports reachable from the node. */
+  setPorts(workspaceId: string, ports: number[]): Promise<void>;
 }
 
 export interface WorkspaceLogs {

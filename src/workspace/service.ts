@@ -93,6 +93,20 @@ export class WorkspaceService {
     return record;
   }
 
+  /** Replaces the exposed ports of a running ISOLATED workspace. */
+  async updatePorts(id: string, ports: number[]): Promise<WorkspaceRecord> {
+    await this.inFlight.get(id)?.catch(() => undefined);
+    const record = this.get(id);
+    if (record.status.state !== 'RUNNING') throw new DomainError('FAILED_PRECONDITION', `workspace "${id}" is not running`);
+    if (record.spec.network !== 'ISOLATED') throw new DomainError('FAILED_PRECONDITION', 'ports: only ISOLATED workspaces expose ports');
+    if (!this.o.network) throw new DomainError('FAILED_PRECONDITION', 'ports: this node has no workspace network');
+    await this.o.network.setPorts(id, ports);
+    record.status.ports = [...ports];
+    this.o.store.updateStatus(id, record.status);
+    this.emit(record);
+    return record;
+  }
+
   /** Removes everything the workspace holds. Idempotent: unknown ids report existed=false. */
   async teardown(id: string): Promise<{ existed: boolean }> {
     await this.inFlight.get(id)?.catch(() => undefined);
@@ -127,7 +141,7 @@ export class WorkspaceService {
     // Everything that can refuse the request is checked before anything exists.
     const image = await this.o.sandbox.resolveImage(spec.image);
     const seccomp = this.o.sandbox.seccompFilter(spec.seccompProfile);
-    const record: WorkspaceRecord = { spec, status: newStatus(Date.now()) };
+    const record: WorkspaceRecord = { spec, status: { ...newStatus(Date.now()), ports: [...spec.ports] } };
     const { sandbox, store } = this.o;
     store.insert(record, digest);
     this.records.set(spec.id, record);

@@ -57,6 +57,7 @@ export interface WorkspaceStatus {
   startedMs: number;
   finishedMs: number;
   ipAddress: string;
+  ports: number[];        // exposed now (UpdatePorts changes it; the spec keeps what was asked at start)
   snapshotId: string;
   failedTask: string;
   restoredFrom: string;
@@ -75,7 +76,7 @@ export const isFinal = (s: State): boolean => s === 'STOPPED' || s === 'FAILED' 
 export function newStatus(now: number): WorkspaceStatus {
   return {
     state: 'CREATING', reason: 'UNSPECIFIED', exitCode: 0, signal: '', message: '', pid: 0, pidStartTime: '',
-    uidBase: 0, createdMs: now, startedMs: 0, finishedMs: 0, ipAddress: '', snapshotId: '', failedTask: '',
+    uidBase: 0, createdMs: now, startedMs: 0, finishedMs: 0, ipAddress: '', ports: [], snapshotId: '', failedTask: '',
     restoredFrom: '', tasks: [], stopRequested: false, tearingDown: false,
   };
 }

@@ -50,16 +50,23 @@ async function waitUntil(what: string, pred: () => boolean | Promise<boolean>, t
   }
 }
 
-export async function startDaemon(t: TapLike, extraArgs: string[] = []): Promise<Daemon> {
+export interface DaemonOptions {
+  /** Run the daemon in this network namespace (a path, e.g. a test node's), via nsenter --net only. */
+  netns?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: DaemonOptions = {}): Promise<Daemon> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-'));
   const stateDir = path.join(dir, 'state');
   const socketPath = path.join(dir, 'tetrixd.sock');
   const cgroupParent = uniqueName('tetrix-test');
   const output: string[] = [];
-  const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, '--cgroup-parent', cgroupParent, '--log-level', 'debug', '--api-listen', '127.0.0.1:0', ...extraArgs];
+  const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, '--cgroup-parent', cgroupParent, '--log-level', 'debug', '--api-listen', '127.0.0.1:0', '--network', 'off', ...extraArgs];
 
   const launch = async (): Promise<ChildProcess> => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, process.execPath, ...args]] : [process.execPath, args];
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     for (const stream of [child.stdout!, child.stderr!]) {
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => output.push(...chunk.split('\n').filter(Boolean)));
