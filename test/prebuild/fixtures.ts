@@ -1,14 +1,12 @@
 // Shared test fixtures for test/prebuild (not a test file itself).
 import { Test } from 'tap';
-import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import type { ObjectStorage } from '../../src/content/storage';
-import { DomainError } from '../../src/errors';
+import { FsObjectStorage } from '../../src/content/storage-fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { PrebuildProvenanceInput, ProvenanceObjectStore } from '../../src/prebuild/provenance';
+import { PrebuildProvenanceInput } from '../../src/prebuild/provenance';
 import { loadOrCreateSigningKey, ProvenanceSigningKey } from '../../src/prebuild/signing-key';
 
 export const SECRET = 'tetrix-secret-value-do-not-record';
@@ -39,32 +37,13 @@ export async function tempDir(t: Test, what: string): Promise<string> {
   return dir;
 }
 
-export type TestStore = Pick<ObjectStorage, 'put' | 'get' | 'sha256'> & { dir: string };
+export type TestStore = FsObjectStorage;
 
-/**
- * A directory of objects with the ObjectStorage calls provenance uses (put, get, sha256), one file per
- * object as the fs backend keeps them. Stands in until src/content's fs backend lands.
- */
+/** The fs storage backend the node uses for backups, over a temp dir. */
 export async function fsObjectStore(t: Test): Promise<TestStore> {
-  const dir = await tempDir(t, 'provstore');
-  const file = (name: string): string => path.join(dir, name);
-  return {
-    dir,
-    async put(name, body) {
-      const tmp = file(`.${name}.tmp`);
-      await pipeline(body, createWriteStream(tmp));
-      await fs.rename(tmp, file(name));
-      const bytes = await fs.readFile(file(name));
-      return { size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
-    },
-    async get(name) {
-      await fs.access(file(name)).catch(() => { throw new DomainError('NOT_FOUND', `object ${name}: not found`); });
-      return createReadStream(file(name));
-    },
-    async sha256(name) {
-      return createHash('sha256').update(await fs.readFile(file(name))).digest('hex');
-    },
-  };
+  const storage = new FsObjectStorage({ dir: await tempDir(t, 'provstore') });
+  await storage.cleanupTemporary();
+  return storage;
 }
 
 export async function putBytes(store: TestStore, name: string, bytes: Buffer): Promise<string> {
