@@ -8,6 +8,7 @@
 // compressed archive goes to stdout. Restore: the compressed archive (already decrypted) comes on stdin.
 // The child reports {type:'progress'} increments and ends with {type:'done'} or {type:'error'}.
 // Nothing else is written to stdout.
+import net from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
 import { ArchiveExtractor, ArchiveRoot, measureTrees, TreeArchiveStream } from './archive';
@@ -107,7 +108,7 @@ function send(msg: RunnerMessage): void {
 }
 
 function run(job: RunnerJob): void {
-  const work = job.op === 'backup' ? backupTo(process.stdout, job, send) : restoreFrom(process.stdin, job, send);
+  const work = job.op === 'backup' ? backupTo(dataOut(), job, send) : restoreFrom(process.stdin, job, send);
   work.then(
     (stats) => send({ type: 'done', ...stats }),
     (err: unknown) => send(errorMessage(err)),
@@ -115,6 +116,15 @@ function run(job: RunnerJob): void {
     finished = true;
     if (process.connected) process.disconnect();
   });
+}
+
+/**
+ * fd 1 as a non-blocking socket. process.stdout on a pipe writes synchronously (Linux), which would stall
+ * archiving every time the daemon is a chunk behind; this lets the two overlap, within the stream's
+ * high-water mark.
+ */
+function dataOut(): NodeJS.WritableStream {
+  return new net.Socket({ fd: 1, readable: false, writable: true });
 }
 
 /** DomainError codes pass through; errno codes (ENOSPC...) are kept in the message. */

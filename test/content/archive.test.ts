@@ -1,0 +1,87 @@
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { measureTrees, symlinkEscapes, TreeArchiveStream } from '../../src/content/archive';
+import { makeTree, snapshot, tempDir, UID_BASE } from './backup-suite';
+
+async function archiveTo(file: string, dir: string, skipped: string[] = []): Promise<void> {
+  await pipeline(new TreeArchiveStream([{ name: 'content', dir }], {
+    uidBase: UID_BASE, onSkip: (rel, why) => skipped.push(`${rel}: ${why}`),
+  }), fs.createWriteStream(file));
+}
+
+t.test('GNU tar reads our archives: same names, modes, owners, link targets', async (t) => {
+  const base = tempDir(t, 'archive-gnu');
+  makeTree(path.join(base, 'src'));
+  await archiveTo(path.join(base, 'a.tar'), path.join(base, 'src'));
+  fs.mkdirSync(path.join(base, 'out'));
+  execFileSync('tar', ['-xpf', path.join(base, 'a.tar'), '-C', path.join(base, 'out'), '--numeric-owner']);
+  // GNU tar restores container ids as they are (no uidBase), so compare with base 0 against UID_BASE.
+  const mine = snapshot(path.join(base, 'src')).map((r) => ({ ...(r as object), mtimeUs: 0, uid: 0, gid: 0 }));
+  const gnu = snapshot(path.join(base, 'out/content'), 0).map((r) => ({ ...(r as object), mtimeUs: 0, uid: 0, gid: 0 }));
+  t.same(gnu, mine);
+  const list = execFileSync('tar', ['-tvf', path.join(base, 'a.tar'), '--numeric-owner']).toString();
+  t.match(list, /1000\/5 .* content\/tool/, 'owners are container ids');
+  t.match(list, /65534\/65534 .* content\/host-root-owned/, 'host ids outside the range are the overflow id');
+});
+
+t.test('sockets and FIFOs are left out and reported; escaping symlinks fail the backup', async (t) => {
+  const base = tempDir(t, 'archive-skip');
+  const src = path.join(base, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'file'), 'x');
+  execFileSync('mkfifo', [path.join(src, 'fifo')]);
+  const server = net.createServer().listen(path.join(src, 'sock'));
+  t.teardown(() => server.close());
+  await new Promise((r) => server.once('listening', r));
+  const skipped: string[] = [];
+  await archiveTo(path.join(base, 'a.tar'), src, skipped);
+  t.same(skipped.sort(), ['fifo: FIFO', 'sock: socket']);
+  t.same(measureTrees([src]), { files: 2, bytes: 1 }, 'the root and the file');
+
+  fs.symlinkSync('/etc/passwd', path.join(src, 'abs'));
+  await t.rejects(archiveTo(path.join(base, 'b.tar'), src), { code: 'FAILED_PRECONDITION', message: /content\/abs/ });
+});
+
+t.test('a directory swapped for a symlink during a backup does not pull host files in', async (t) => {
+  const base = tempDir(t, 'archive-race');
+  const src = path.join(base, 'src');
+  fs.mkdirSync(path.join(src, 'a'), { recursive: true });
+  fs.writeFileSync(path.join(src, 'a/passwd'), 'workspace file');
+  fs.writeFileSync(path.join(src, '0big'), Buffer.alloc(3 << 20)); // walked before "a": output flows meanwhile
+  const host = path.join(base, 'host');
+  fs.mkdirSync(host);
+  fs.writeFileSync(path.join(host, 'passwd'), 'HOST SECRET');
+  const skipped: string[] = [];
+  const stream = new TreeArchiveStream([{ name: 'content', dir: src }], {
+    uidBase: UID_BASE, onSkip: (rel, why) => skipped.push(`${rel}: ${why}`),
+  });
+  let swapped = false;
+  const chunks: Buffer[] = [];
+  // Swap as soon as the walk has listed the root (it holds the root's fd and its entries).
+  stream.once('data', (c) => {
+    chunks.push(c);
+    fs.renameSync(path.join(src, 'a'), path.join(src, 'a-old'));
+    fs.symlinkSync(host, path.join(src, 'a'));
+    swapped = true;
+  });
+  await pipeline(stream, new Writable({ write(c, _e, cb) { chunks.push(c); cb(); } }));
+  t.ok(swapped);
+  t.notMatch(Buffer.concat(chunks).toString('latin1'), 'workspace file', 'the swapped directory was not archived');
+  t.same(skipped, ['a: changed during backup']);
+  t.notMatch(Buffer.concat(chunks).toString('latin1'), 'HOST SECRET');
+});
+
+t.test('symlink containment is decided lexically from the link\'s directory', async (t) => {
+  t.notOk(symlinkEscapes('a/b/link', '../c'));
+  t.notOk(symlinkEscapes('a/link', '../x'));
+  t.ok(symlinkEscapes('link', '../x'));
+  t.ok(symlinkEscapes('a/link', '../../x'));
+  t.ok(symlinkEscapes('a/link', '/abs'));
+  t.notOk(symlinkEscapes('a/link', 'b/../../c'), 'back to the root is fine');
+  t.ok(symlinkEscapes('a/link', ''));
+});
