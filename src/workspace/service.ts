@@ -35,6 +35,16 @@ interface Runtime {
 const SIGTERM = 15;
 const SIGKILL = 9;
 
+/**
+ * Where the crash tests kill the daemon (TETRIX_TEST_CRASH_AT=<point>): each is a moment where a
+ * half-done operation must be finished or undone by recover(). A no-op unless that variable names it.
+ */
+export type CrashPoint = 'after-ids' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown';
+const crashAt = process.env.TETRIX_TEST_CRASH_AT;
+function crashPoint(point: CrashPoint): void {
+  if (crashAt === point) process.kill(process.pid, 'SIGKILL');
+}
+
 export class WorkspaceService {
   readonly events = new EventEmitter();
   private readonly records = new Map<string, WorkspaceRecord>();
@@ -88,6 +98,7 @@ export class WorkspaceService {
       this.transition(record, 'STOPPING');
       this.signal(id, SIGTERM);
       runtime.killTimer = setTimeout(() => this.signal(id, SIGKILL), graceMs || this.o.defaultGraceMs);
+      crashPoint('mid-stop');
     }
     await runtime.exited;
     return record;
@@ -151,9 +162,12 @@ export class WorkspaceService {
     try {
       record.status.uidBase = sandbox.allocateIds(spec.id);
       store.updateStatus(spec.id, record.status);
+      crashPoint('after-ids');
       const { rootfs, contentDir } = await sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase);
       await this.o.network?.prepare(spec, rootfs);
+      crashPoint('after-rootfs');
       const cgroupProcs = await sandbox.createCgroup(spec.id, spec.resources);
+      crashPoint('after-cgroup');
       const statusFd = fs.openSync(path.join(wsDir, 'exit-status'), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
       opened.push(statusFd);
       const output = await this.openOutput(spec);
@@ -179,7 +193,10 @@ export class WorkspaceService {
       for (const fd of opened.splice(0)) fs.closeSync(fd);
       output.afterSpawn();
       Object.assign(record.status, { pid: result.pid, pidStartTime: readPidStartTime(result.pid), startedMs: Date.now() });
+      store.updateStatus(spec.id, record.status);
+      crashPoint('after-spawn');
       if (this.o.network) record.status.ipAddress = await this.o.network.attach(spec, result.pid);
+      crashPoint('after-network');
       this.watch(record, result.pidfd, true);
       this.transition(record, 'RUNNING');
       this.o.log.info({ workspace: spec.id, pid: result.pid, uidBase: record.status.uidBase }, 'workspace running');
@@ -253,6 +270,7 @@ export class WorkspaceService {
     const id = record.spec.id;
     record.status.tearingDown = true;
     this.o.store.updateStatus(id, record.status);
+    crashPoint('mid-teardown');
     const runtime = this.runtimes.get(id);
     if (runtime) {
       record.status.stopRequested = true;

@@ -37,7 +37,8 @@ export interface Daemon {
   waitFor(id: string, pred: (w: Workspace__Output) => boolean, timeoutMs?: number): Promise<Workspace__Output>;
   kill9(): Promise<void>;
   terminate(): Promise<void>;
-  restart(): Promise<void>;
+  /** Starts the daemon again on the same state; env replaces the test-only environment given at start. */
+  restart(env?: NodeJS.ProcessEnv): Promise<void>;
 }
 
 export const uniqueName = (prefix: string): string => `${prefix}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`;
@@ -64,9 +65,10 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: Da
   const output: string[] = [];
   const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, '--cgroup-parent', cgroupParent, '--log-level', 'debug', '--api-listen', '127.0.0.1:0', '--network', 'off', ...extraArgs];
 
+  let extraEnv = opts.env ?? {};
   const launch = async (): Promise<ChildProcess> => {
     const [cmd, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, process.execPath, ...args]] : [process.execPath, args];
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...extraEnv } });
     for (const stream of [child.stdout!, child.stderr!]) {
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => output.push(...chunk.split('\n').filter(Boolean)));
@@ -94,7 +96,7 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: Da
   t.teardown(async () => {
     if (d) {
       // A test that killed the daemon still owes the machine a clean teardown of what it started.
-      if (d.process.exitCode !== null || d.process.signalCode !== null) await d.restart().catch(() => undefined);
+      if (d.process.exitCode !== null || d.process.signalCode !== null) await d.restart({}).catch(() => undefined);
       for (const w of await d.list().catch(() => [])) await d.teardown(w.id).catch(() => undefined);
       await d.terminate();
     }
@@ -128,7 +130,8 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: Da
       await exitOf(daemon.process);
     },
     tcpPort: undefined,
-    restart: async () => {
+    restart: async (env) => {
+      if (env) extraEnv = env;
       daemon.process = await launch();
       daemon.tcpPort = servingPort(output);
       daemon.clients = connect({ socketPath });
