@@ -63,7 +63,9 @@ export async function launchDaemon(opts: { prefix?: string; logLevel?: string; e
   const cgroupParent = runName(prefix);
   const logFile = path.join(dir, 'tetrixd.log');
   const log = fs.openSync(logFile, 'a', 0o600);
-  const args = [daemonMain, '--state-dir', stateDir, '--socket-path', socketPath, '--cgroup-parent', cgroupParent, '--log-level', opts.logLevel ?? 'warn', ...(opts.extraArgs ?? [])];
+  const args = [daemonMain, '--state-dir', stateDir, '--socket-path', socketPath, '--cgroup-parent', cgroupParent, '--log-level', opts.logLevel ?? 'warn',
+    // The mutual-TLS port as in production, but on loopback and a free port so runs never collide.
+    '--api-listen', '127.0.0.1:0', ...(opts.extraArgs ?? [])];
   const child = spawn(process.execPath, args, { stdio: ['ignore', log, log] });
   fs.closeSync(log);
 

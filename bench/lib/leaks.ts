@@ -1,5 +1,5 @@
 // What one tetrixd leaves on the machine: mounts, cgroups, named network namespaces, links, nftables
-// tables/sets/rules, processes, uid-range claims and workspace directories. Snapshots taken before and
+// tables/sets/rules, processes, uid-range claims, address leases and workspace directories. Snapshots taken before and
 // after a run are compared, so what other programs keep (or other daemons hold) is not blamed on it.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -23,6 +23,7 @@ export interface HostSnapshot {
   nft: string[];
   processes: string[];
   idClaims: string[];
+  leases: string[];
   workspaceDirs: string[];
 }
 
@@ -131,6 +132,16 @@ function idClaimsOf(stateDir: string, idmapDir: string): string[] {
   return out;
 }
 
+/** Network address leases the daemon keeps in <stateDir>/network/leases.json (ISOLATED workspaces). */
+function leasesOf(stateDir: string): string[] {
+  try {
+    const file = JSON.parse(fs.readFileSync(path.join(stateDir, 'network', 'leases.json'), 'utf8')) as { leases?: Record<string, { ip?: string }> };
+    return Object.entries(file.leases ?? {}).map(([id, lease]) => `${id} ${lease.ip ?? ''}`);
+  } catch {
+    return [];
+  }
+}
+
 export function snapshotHost(scope: LeakScope): HostSnapshot {
   const wsRoot = path.join(scope.stateDir, 'workspaces');
   return {
@@ -141,6 +152,7 @@ export function snapshotHost(scope: LeakScope): HostSnapshot {
     nft: tetrixNft(),
     processes: processesOf(scope),
     idClaims: idClaimsOf(scope.stateDir, scope.idmapDir ?? '/run/tetrix/idmap'),
+    leases: leasesOf(scope.stateDir),
     workspaceDirs: fs.existsSync(wsRoot) ? fs.readdirSync(wsRoot) : [],
   };
 }

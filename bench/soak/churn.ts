@@ -1,6 +1,8 @@
 // Workspace churn against one daemon: cycles of start, stop and teardown, several in flight at once,
 // in the ways workspaces really end (asked to stop, torn down while running, exiting by themselves,
 // ignoring SIGTERM, failing to start). Used by bench/soak (1,000+ cycles) and test/ops/churn (~100).
+import fs from 'node:fs';
+import path from 'node:path';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { BenchDaemon } from '../lib/launcher';
 import { leaksSince, snapshotHost, type Leaks } from '../lib/leaks';
@@ -24,10 +26,19 @@ export interface ChurnResult {
   leaks: Leaks;
 }
 
+const WARMUP_BASE = 1_000_000;
 const resources = { memoryBytes: 64 << 20, cpuMillis: 250, pids: 32 };
 const request = (id: string, command: string[]): StartWorkspaceRequest => ({ id, ownerId: 'churn', image: 'builtin:busybox', command, resources });
 
 const sh = (script: string): string[] => ['/bin/sh', '-c', script];
+
+async function waitForFile(file: string, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!fs.existsSync(file)) {
+    if (Date.now() > end) throw new Error(`${file} did not appear within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 async function waitStopped(d: BenchDaemon, id: string, timeoutMs = 20_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -55,8 +66,10 @@ async function cycle(d: BenchDaemon, i: number): Promise<void> {
       await waitStopped(d, id);
       break;
     case 3: {
-      // ignores SIGTERM: the grace period ends in SIGKILL
-      await d.start(request(id, sh('trap "" TERM; while true; do sleep 1; done')));
+      // ignores SIGTERM: the grace period ends in SIGKILL. Stop only once the trap is set (the
+      // marker), or the shell may die of the SIGTERM before it gets to ignore it.
+      await d.start(request(id, sh('trap "" TERM; touch /workspace/ready; while true; do sleep 1; done')));
+      await waitForFile(path.join(d.stateDir, 'workspaces', id, 'content', 'ready'));
       const w = await d.stop(id, 100);
       if (w.signal !== 'SIGKILL') throw new Error(`${id}: expected SIGKILL after the grace period, got "${w.signal}"`);
       break;
@@ -75,12 +88,20 @@ async function cycle(d: BenchDaemon, i: number): Promise<void> {
 export async function runChurn(d: BenchDaemon, opts: ChurnOptions): Promise<ChurnResult> {
   const scope = { dir: d.dir, stateDir: d.stateDir, cgroupParent: d.cgroupParent, daemonPid: d.pid };
   const before = snapshotHost(scope);
+  const errors: string[] = [];
+  const attempt = async (i: number): Promise<void> => {
+    try {
+      await cycle(d, i);
+    } catch (err) {
+      errors.push(`cycle ${i}: ${(err as Error).message}`);
+      await d.teardown(`churn-${i}`).catch(() => undefined);
+    }
+  };
   // One cycle of each kind first: images, profiles and the store open what they keep open for good.
-  for (let i = 0; i < 5; i++) await cycle(d, 1_000_000 + i);
+  for (let i = 0; i < 5; i++) await attempt(WARMUP_BASE + i);
   await d.list();
   const fdBaseline = d.fdCount();
 
-  const errors: string[] = [];
   const markAfter = opts.rssMarkAfter ?? 100;
   let rssAtMark: number | undefined;
   let next = 0;
@@ -88,13 +109,7 @@ export async function runChurn(d: BenchDaemon, opts: ChurnOptions): Promise<Chur
   const began = Date.now();
   const worker = async (): Promise<void> => {
     while (next < opts.cycles) {
-      const i = next++;
-      try {
-        await cycle(d, i);
-      } catch (err) {
-        errors.push(`cycle ${i}: ${(err as Error).message}`);
-        await d.teardown(`churn-${i}`).catch(() => undefined);
-      }
+      await attempt(next++);
       done++;
       if (done === markAfter) rssAtMark = d.rssBytes();
       opts.onProgress?.(done, Date.now() - began);
@@ -108,7 +123,7 @@ export async function runChurn(d: BenchDaemon, opts: ChurnOptions): Promise<Chur
   const remainingRecords = (await d.list()).map((w) => `${w.id} ${w.state}`);
   const fdEnd = d.fdCount();
   const rssEnd = d.rssBytes();
-  const ids = [...Array.from({ length: opts.cycles }, (_, i) => `churn-${i}`), ...[0, 1, 2, 3, 4].map((i) => `churn-${1_000_000 + i}`)];
+  const ids = [...Array.from({ length: opts.cycles }, (_, i) => `churn-${i}`), ...[0, 1, 2, 3, 4].map((i) => `churn-${WARMUP_BASE + i}`)];
   const leaks = leaksSince(before, snapshotHost(scope), ids);
   return { cycles: done, seconds, errors, rssAtMark, rssEnd, fdBaseline, fdEnd, remainingRecords, leaks };
 }

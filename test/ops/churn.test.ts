@@ -18,6 +18,6 @@ t.test(`${CYCLES} workspaces churned ${PARALLEL} at a time leave nothing behind`
   t.same(r.errors, [], 'every cycle ended the way it should');
   t.same(r.remainingRecords, [], 'ListWorkspaces is empty');
   const leaks = describeLeaks(r.leaks);
-  t.equal(leaks, 'none', `no mount, cgroup, netns, link, nft element, process, uid claim or workspace directory is left (${leaks})`);
+  t.equal(leaks, 'none', `no mount, cgroup, netns, link, nft element, process, uid claim, lease or workspace directory is left (${leaks})`);
   t.ok(Math.abs(r.fdEnd - r.fdBaseline) <= FD_SLACK, `the daemon's open fds are back to the baseline (${r.fdBaseline} -> ${r.fdEnd})`);
 });
