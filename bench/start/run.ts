@@ -113,7 +113,14 @@ async function startTetrixd(root: string, dir: string): Promise<Tetrixd> {
   const main = path.join(root, 'dist', 'src', 'main.js');
   if (!fs.existsSync(main)) throw new Error(`${main} is missing: run npm run build first`);
   const args = [main, '--state-dir', stateDir, '--socket', socketPath, '--cgroup-parent', cgroupParent, '--log-level', logLevel, '--api-listen', '127.0.0.1:0', ...extraDaemonArgs];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The daemon lives in a network namespace of the benchmark's own: what it makes for ISOLATED (bridge,
+  // nftables tables, ip_forward=1, NAT) stays out of the host's namespace. The unix socket is a file,
+  // so the benchmark reaches it from here.
+  const netns = `tetrix-bench-${suffix}`;
+  execFileSync('ip', ['netns', 'add', netns]);
+  onCleanup(`ip netns del ${netns}`, () => execFileSync('ip', ['netns', 'del', netns]));
+  execFileSync('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const logFd = fs.openSync(logFile, 'a', 0o600);
   let logOpen = true;
   onCleanup('close tetrixd log', () => {
@@ -233,15 +240,19 @@ function mountsUnder(dir: string): string[] {
 
 type Network = 'NETWORK_MODE_NONE' | 'NETWORK_MODE_ISOLATED';
 
-const startRequest = (id: string, network: Network): StartWorkspaceRequest => ({
+const startRequest = (id: string, network: Network, command = ['/bin/true']): StartWorkspaceRequest => ({
   id,
   ownerId: 'bench',
   teamId: 'bench',
   kind: 'WORKSPACE_KIND_REGULAR',
   image: 'builtin:busybox',
-  command: ['/bin/true'],
+  command,
   network,
 });
+
+/** A refusal from the daemon (it has a gRPC status), as opposed to a fault of the benchmark itself. */
+const isRpcError = (err: unknown): err is Error & { code: number; details: string } =>
+  err instanceof Error && typeof (err as { code?: unknown }).code === 'number' && typeof (err as { details?: unknown }).details === 'string';
 
 const startWorkspace = (c: Clients, req: StartWorkspaceRequest): Promise<Workspace__Output> =>
   unaryCall<Workspace__Output>((md, o, cb) => c.workspaces.StartWorkspace(req, md, o, cb));
@@ -251,7 +262,7 @@ const teardown = (c: Clients, id: string): Promise<unknown> =>
 
 /** One WatchWorkspaces stream for the whole run: notes when each workspace is first seen STOPPED or FAILED. */
 class StopWatcher {
-  private readonly waiters = new Map<string, { resolve: (at: number) => void; reject: (e: Error) => void }>();
+  private readonly waiters = new Map<string, { resolve: (at: number) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private readonly call;
 
   constructor(clients: Clients) {
@@ -262,29 +273,36 @@ class StopWatcher {
       const waiter = this.waiters.get(w.id);
       if (!waiter) return;
       if (w.state === 'WORKSPACE_STATE_STOPPED') {
-        this.waiters.delete(w.id);
+        this.forget(w.id);
         waiter.resolve(now());
       } else if (w.state === 'WORKSPACE_STATE_FAILED') {
-        this.waiters.delete(w.id);
+        this.forget(w.id);
         waiter.reject(new Error(`workspace ${w.id} FAILED: ${w.message}`));
       }
     });
     this.call.on('error', (err: Error & { code?: number }) => {
       if (err.code === 1) return; // CANCELLED: our own close()
-      for (const w of this.waiters.values()) w.reject(err);
-      this.waiters.clear();
+      for (const [id, w] of [...this.waiters]) {
+        this.forget(id);
+        w.reject(err);
+      }
     });
   }
 
   /** Register before the start request, so the event cannot slip past. Resolves with the time it was seen. */
   stopped(id: string, timeoutMs = 30_000): Promise<number> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no STOPPED event for ${id} within ${timeoutMs} ms`)), timeoutMs);
-      this.waiters.set(id, {
-        resolve: (at) => (clearTimeout(timer), resolve(at)),
-        reject: (e) => (clearTimeout(timer), reject(e)),
-      });
+      const timer = setTimeout(() => {
+        this.forget(id);
+        reject(new Error(`no STOPPED event for ${id} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiters.set(id, { resolve, reject, timer });
     });
+  }
+
+  forget(id: string): void {
+    clearTimeout(this.waiters.get(id)?.timer);
+    this.waiters.delete(id);
   }
 
   close(): void {
@@ -302,33 +320,31 @@ async function tetrixOnce(d: Tetrixd, watcher: StopWatcher, id: string, network:
   const stopped = watcher.stopped(id);
   stopped.catch(() => undefined); // handled below; a failed start must not surface as an unhandled rejection
   const t0 = now();
-  let w: Workspace__Output;
   try {
-    w = await startWorkspace(d.clients, startRequest(id, network));
+    await startWorkspace(d.clients, startRequest(id, network));
   } catch (err) {
+    watcher.forget(id);
     await teardown(d.clients, id).catch(() => undefined);
     throw err;
   }
   const rpc = now() - t0;
-  if (network === 'NETWORK_MODE_ISOLATED' && !w.ipAddress) {
-    await teardown(d.clients, id).catch(() => undefined);
-    throw new Error('tetrixd accepted NETWORK_MODE_ISOLATED but gave the workspace no ip_address: no network is wired into the daemon');
-  }
   const stoppedAt = await stopped;
   const t1 = now();
   await teardown(d.clients, id);
   return { rpc, stopped: stoppedAt - t0, teardown: now() - t1 };
 }
 
-/** ISOLATED is usable when a start with it succeeds and the workspace gets an address. */
-async function isolatedProblem(d: Tetrixd, watcher: StopWatcher): Promise<string | undefined> {
+/**
+ * ISOLATED is usable when a workspace started with it gets an address. The probe's workload stays up
+ * (a workload that exits at once tests the start path, not whether the node has a network).
+ */
+async function isolatedProblem(d: Tetrixd): Promise<string | undefined> {
   const id = `bench-probe-${suffix}`;
   try {
-    await tetrixOnce(d, watcher, id, 'NETWORK_MODE_ISOLATED');
-    return undefined;
+    const w = await startWorkspace(d.clients, startRequest(id, 'NETWORK_MODE_ISOLATED', ['/bin/sleep', '30']));
+    return w.ipAddress ? undefined : 'tetrixd accepted NETWORK_MODE_ISOLATED but gave the workspace no ip_address: no network is wired into the daemon';
   } catch (err) {
-    const e = err as Error & { details?: string };
-    return (e.details ?? e.message).replace(/\s+/g, ' ');
+    return isRpcError(err) ? err.details.replace(/\s+/g, ' ') : (err as Error).message;
   } finally {
     await teardown(d.clients, id).catch(() => undefined);
   }
@@ -574,7 +590,7 @@ const median = (xs: number[]): number => quantile(xs, 0.5);
 
 function row(name: string, xs: number[]): string {
   const f = (n: number): string => n.toFixed(2).padStart(9);
-  return `${name.padEnd(52)}${f(median(xs))}${f(quantile(xs, 0.9))}${f(Math.min(...xs))}${f(Math.max(...xs))}`;
+  return `${name.padEnd(56)}${f(median(xs))}${f(quantile(xs, 0.9))}${f(Math.min(...xs))}${f(Math.max(...xs))}`;
 }
 
 function crunVersion(): string {
@@ -583,13 +599,49 @@ function crunVersion(): string {
 
 // ---- the run ---------------------------------------------------------------------------------------------
 
-interface Candidate {
-  name: string;
-  once(round: number): Promise<void>;
+/** Times per output line and refusals per candidate, both counted only after the warm-up rounds. */
+class Results {
+  readonly times = new Map<string, number[]>();
+  readonly failures = new Map<string, Map<string, number>>();
+
+  add(line: string, ms: number, round: number): void {
+    if (round >= warmup) this.times.set(line, [...(this.times.get(line) ?? []), ms]);
+  }
+
+  /** A start the daemon refuses is counted and reported, not retried: it is part of the result. */
+  fail(candidate: string, reason: string, round: number): void {
+    if (round < warmup) return;
+    const reasons = this.failures.get(candidate) ?? new Map<string, number>();
+    reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
+    this.failures.set(candidate, reasons);
+  }
 }
 
-async function main(): Promise<void> {
-  const root = repoRoot();
+type Candidate = (round: number) => Promise<void>;
+
+function tetrixCandidate(d: Tetrixd, watcher: StopWatcher, results: Results, label: string, network: Network, tag: string): Candidate {
+  return async (round) => {
+    let s: TetrixSample;
+    try {
+      s = await tetrixOnce(d, watcher, `bench-${tag}-${round}`, network);
+    } catch (err) {
+      if (!isRpcError(err)) throw err;
+      return results.fail(label, err.details, round);
+    }
+    results.add(`${label}: StartWorkspace RPC`, s.rpc, round);
+    results.add(`${label}: start until STOPPED seen (watch)`, s.stopped, round);
+    results.add(`${label}: TeardownWorkspace (not in the above)`, s.teardown, round);
+  };
+}
+
+function crunCandidate(crun: CrunDriver, results: Results, label: string, bundle: string, tag: string): Candidate {
+  return async (round) => results.add(label, await crun.run(`tetrix-bench-${tag}-${suffix}-${round}`, bundle), round);
+}
+
+const loadAverage = (): string => os.loadavg().map((l) => l.toFixed(2)).join(' ');
+
+/** A temp dir for everything the run makes, removed at the end. */
+function workDir(): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tetrix-bench-start-${suffix}-`));
   // crun mounts the bundle's rootfs as the container's root (host id CRUN_HOST_ID_BASE): it must be
   // able to pass through this dir. Search only; the daemon's state dir below stays 0700.
@@ -602,63 +654,58 @@ async function main(): Promise<void> {
     }
     fs.rmSync(dir, { recursive: true, force: true });
   });
+  return dir;
+}
 
+async function main(): Promise<void> {
+  const root = repoRoot();
+  const loadAtStart = loadAverage();
+  const dir = workDir();
   const d = await startTetrixd(root, dir);
   const watcher = new StopWatcher(d.clients);
   onCleanup('close the watch stream', () => watcher.close());
 
-  // The first start assembles builtin:busybox; crun's bundles copy that same tree.
-  await tetrixOnce(d, watcher, `bench-first-${suffix}`, 'NETWORK_MODE_NONE');
+  // The first start assembles builtin:busybox (before anything that could fail the start); crun's
+  // bundles copy that same tree.
+  await tetrixOnce(d, watcher, `bench-first-${suffix}`, 'NETWORK_MODE_NONE').catch((err: unknown) => {
+    if (!isRpcError(err)) throw err;
+  });
   const image = path.join(d.stateDir, 'images', 'busybox');
+  if (!fs.existsSync(image)) throw new Error(`tetrixd did not assemble builtin:busybox at ${image}`);
   const profile = JSON.parse(fs.readFileSync(path.join(root, 'profiles', 'seccomp', 'default.json'), 'utf8')) as DockerProfile;
-  const bundles = {
-    seccomp: makeBundle(path.join(dir, 'bundle-seccomp'), image, ociSeccomp(profile, DEFAULT_CAPABILITIES)),
-    plain: makeBundle(path.join(dir, 'bundle-plain'), image, undefined),
-  };
+  const withSeccomp = makeBundle(path.join(dir, 'bundle-seccomp'), image, ociSeccomp(profile, DEFAULT_CAPABILITIES));
+  const plain = makeBundle(path.join(dir, 'bundle-plain'), image, undefined);
   const crun = new CrunDriver(path.join(dir, 'crun-state'), path.join(dir, 'crun.log'));
   await crun.ready();
 
-  const isolatedWhyNot = await isolatedProblem(d, watcher);
-  const samples = new Map<string, number[]>();
-  const record = (name: string, ms: number, round: number): void => {
-    if (round >= warmup) samples.set(name, [...(samples.get(name) ?? []), ms]);
-  };
-  const tetrix = (label: string, network: Network, tag: string): Candidate => ({
-    name: label,
-    once: async (round) => {
-      const s = await tetrixOnce(d, watcher, `bench-${tag}-${round}`, network);
-      record(`${label}: StartWorkspace RPC`, s.rpc, round);
-      record(`${label}: start until STOPPED seen (watch)`, s.stopped, round);
-      record(`${label}: TeardownWorkspace (not in the above)`, s.teardown, round);
-    },
-  });
-  const crunCandidate = (label: string, bundle: string, tag: string): Candidate => ({
-    name: label,
-    once: async (round) => record(label, await crun.run(`tetrix-bench-${tag}-${suffix}-${round}`, bundle), round),
-  });
+  const isolatedWhyNot = await isolatedProblem(d);
+  const results = new Results();
   const candidates: Candidate[] = [
-    tetrix('tetrix NONE', 'NETWORK_MODE_NONE', 'none'),
-    ...(isolatedWhyNot ? [] : [tetrix('tetrix ISOLATED', 'NETWORK_MODE_ISOLATED', 'iso')]),
-    crunCandidate('crun run, default.json as OCI seccomp', bundles.seccomp, 'sc'),
-    crunCandidate('crun run, no seccomp', bundles.plain, 'plain'),
+    tetrixCandidate(d, watcher, results, 'tetrix NONE', 'NETWORK_MODE_NONE', 'none'),
+    ...(isolatedWhyNot ? [] : [tetrixCandidate(d, watcher, results, 'tetrix ISOLATED', 'NETWORK_MODE_ISOLATED', 'iso')]),
+    crunCandidate(crun, results, 'crun run, default.json as OCI seccomp', withSeccomp, 'sc'),
+    crunCandidate(crun, results, 'crun run, no seccomp', plain, 'plain'),
   ];
-
   for (let round = 0; round < warmup + runs; round++) {
     // Rotate who goes first, so no candidate always follows the same neighbour.
-    for (let k = 0; k < candidates.length; k++) await candidates[(round + k) % candidates.length]!.once(round);
+    for (let k = 0; k < candidates.length; k++) await candidates[(round + k) % candidates.length]!(round);
   }
-
-  report(samples, isolatedWhyNot);
+  report(results, isolatedWhyNot, loadAtStart);
 }
 
-function report(samples: Map<string, number[]>, isolatedWhyNot: string | undefined): void {
-  const get = (name: string): number[] => samples.get(name) ?? [];
+function report(results: Results, isolatedWhyNot: string | undefined, loadAtStart: string): void {
+  const get = (name: string): number[] => results.times.get(name) ?? [];
   console.log(`bench/start: ${runs} runs per candidate (+${warmup} warm-up rounds discarded), interleaved round-robin`);
   console.log(`kernel ${os.release()}, ${os.cpus().length} cpus, ${crunVersion()}, node ${process.version}, tetrixd log level ${logLevel}`);
-  console.log(`${'candidate'.padEnd(52)}${'median'.padStart(9)}${'p90'.padStart(9)}${'min'.padStart(9)}${'max'.padStart(9)}   (ms)`);
+  console.log(`${'candidate'.padEnd(56)}${'median'.padStart(9)}${'p90'.padStart(9)}${'min'.padStart(9)}${'max'.padStart(9)}   (ms)`);
   // Fixed order, whichever candidate happened to run first.
   const order = (name: string): number => ['tetrix NONE', 'tetrix ISOLATED', 'crun run, default', 'crun run, no'].findIndex((p) => name.startsWith(p));
-  for (const name of [...samples.keys()].sort((a, b) => order(a) - order(b))) console.log(row(name, get(name)));
+  for (const name of [...results.times.keys()].sort((a, b) => order(a) - order(b))) console.log(row(name, get(name)));
+  for (const [label, reasons] of results.failures) {
+    const total = [...reasons.values()].reduce((a, b) => a + b, 0);
+    const why = [...reasons].map(([r, n]) => `${n}x ${r}`).join('; ');
+    console.log(`${label}: ${total} of ${runs} starts FAILED and are not in the times above: ${why}`);
+  }
   if (isolatedWhyNot) console.log(`isolated: unavailable (${isolatedWhyNot})`);
   console.log('notes:');
   console.log('  StartWorkspace RPC ends when init has exec\'d and forked /bin/true: it excludes the exit and any cleanup.');
@@ -667,10 +714,11 @@ function report(samples: Map<string, number[]>, isolatedWhyNot: string | undefin
   console.log('  cgroups (teardown, which also removes the workspace\'s files, is listed separately).');
   console.log('  Tetrix also does what crun here does not: an overlay rootfs per workspace, cgroups with limits (crun runs');
   console.log('  with --cgroup-manager=disabled), a uid range claim, a persisted record, its own init as PID 1, and gRPC.');
-  console.log(`  the load average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(`  load average at the start: ${loadAtStart}; at the end: ${loadAverage()} (${os.cpus().length} cpus)`);
   const noneRpc = median(get('tetrix NONE: StartWorkspace RPC'));
   const noneStopped = median(get('tetrix NONE: start until STOPPED seen (watch)'));
   const crunSeccomp = median(get('crun run, default.json as OCI seccomp'));
+  if (Number.isNaN(noneRpc) || Number.isNaN(crunSeccomp)) throw new Error('no ratio: tetrix NONE or crun has no successful run');
   console.log(`start-to-exit ratio tetrix/crun: ${(noneStopped / crunSeccomp).toFixed(2)}`);
   if (!isolatedWhyNot) {
     const overhead = median(get('tetrix ISOLATED: StartWorkspace RPC')) - noneRpc;
