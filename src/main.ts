@@ -16,6 +16,8 @@ import { createSandbox } from './sandbox';
 import { acquireStateLock, loadOrCreateSecret } from './state-dir';
 import { KeyRing } from './crypto/keys';
 import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
+import { WorkspaceOutput } from './workspace/output';
+import { LogStore } from './prebuild/logs';
 import { openSecret, sealSecret } from './crypto/secrets';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
@@ -33,6 +35,10 @@ async function run(config: Config): Promise<void> {
   const sandbox = await createSandbox(config, log);
   const nodeNetwork = await openNodeNetwork(config);
   const network = workspaceNetwork(nodeNetwork);
+  const logStore = new LogStore({ dir: path.join(config.stateDir, 'logs'), sealer: keyring, maxBytesPerLog: config.logMaxBytes });
+  await logStore.init();
+  const wsDirOf = (id: string): string => path.join(config.stateDir, 'workspaces', id);
+  const output = new WorkspaceOutput(logStore, native, wsDirOf, log);
   const workspaces = new WorkspaceService({
     stateDir: config.stateDir,
     defaultGraceMs: config.stopGraceMs,
@@ -42,12 +48,13 @@ async function run(config: Config): Promise<void> {
     log,
     specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
     network,
+    logs: output,
   });
   await workspaces.recover();
   const limits = { ...config, defaultNetwork: config.defaultNetwork === 'isolated' ? ('ISOLATED' as const) : ('NONE' as const) };
   const audit = createAuditLog(log);
   const api = createApiServer({
-    workspaces: workspaceHandlers(workspaces, limits, audit, log),
+    workspaces: workspaceHandlers(workspaces, output, limits, audit, log),
     node: nodeHandlers({ nodeId: config.nodeId, version, cgroupMode: sandbox.cgroupMode }, log),
   });
   const transport = await bindTransports(api.server, config, audit, log);
@@ -55,6 +62,12 @@ async function run(config: Config): Promise<void> {
   api.health.setStatus('tetrix.agent.v1.WorkspaceService', 'SERVING');
   native.sdNotify('READY=1');
   log.info({ socket: config.socketPath, tcpPort: transport.tcpPort, stateDir: config.stateDir, cgroups: sandbox.cgroupMode, version }, 'tetrixd serving');
+
+  const sweepLogs = (): void => {
+    logStore.sweep(config.logRetentionMs).catch((err: unknown) => log.warn({ err: String(err) }, 'log retention sweep failed'));
+  };
+  sweepLogs();
+  setInterval(sweepLogs, 3600_000).unref();
 
   let stopping = false;
   const shutdown = async (signal: string): Promise<void> => {

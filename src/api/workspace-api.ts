@@ -2,6 +2,8 @@
 import type { Logger } from 'pino';
 import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { WorkspaceEvent } from '../generated/tetrix/agent/v1/WorkspaceEvent';
+import type { LogChunk } from '../generated/tetrix/agent/v1/LogChunk';
+import type { WorkspaceOutput } from '../workspace/output';
 import { DomainError } from '../errors';
 import type { WorkspaceService } from '../workspace/service';
 import type { WorkspaceRecord } from '../workspace/types';
@@ -11,7 +13,7 @@ import { authorizeWorkspaceAccess, type WorkspaceAction } from './auth';
 import { serverStream, unary, type CallContext } from './handlers';
 import { gracePeriod, portList, startSpec, workspaceId, type Limits } from './validate';
 
-export function workspaceHandlers(workspaces: WorkspaceService, limits: Limits, audit: AuditLog, log: Logger): WorkspaceServiceHandlers {
+export function workspaceHandlers(workspaces: WorkspaceService, output: WorkspaceOutput, limits: Limits, audit: AuditLog, log: Logger): WorkspaceServiceHandlers {
   /** Validates the id and applies the access rule; returns the id. */
   const allowed = (ctx: CallContext, rawId: string, action: WorkspaceAction): string => {
     const id = workspaceId('id', rawId);
@@ -83,6 +85,16 @@ export function workspaceHandlers(workspaces: WorkspaceService, limits: Limits, 
     UpdatePorts: unary(log, 'UpdatePorts', async (req, ctx) =>
       workspaceMessage(await workspaces.updatePorts(allowed(ctx, req.id, 'manage'), portList(req.ports))),
     ),
-    StreamLogs: serverStream(log, 'StreamLogs', notYet('StreamLogs')),
+    StreamLogs: serverStream(log, 'StreamLogs', async (req, ctx, send: (c: LogChunk) => Promise<void>) => {
+      const id = workspaceId('id', req.id);
+      // A torn-down workspace's log is judged by the facts it was opened with.
+      const meta = workspaces.find(id)?.spec ?? (await output.meta(id));
+      const record = meta && { ownerId: meta.ownerId, teamId: meta.teamId, kind: meta.kind === 'PREBUILD' ? ('PREBUILD' as const) : ('REGULAR' as const) };
+      authorizeWorkspaceAccess(ctx.principal, { id, record }, 'logs', audit);
+      if (!meta) throw new DomainError('NOT_FOUND', `no log for workspace "${id}"`);
+      for await (const chunk of output.read(id, { follow: req.follow, signal: ctx.signal })) {
+        await send({ timeUnixMs: chunk.timeMs, stream: chunk.stream, task: chunk.task, data: chunk.data });
+      }
+    }),
   };
 }

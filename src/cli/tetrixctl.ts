@@ -3,6 +3,7 @@
 import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { unaryCall, connect, type Clients } from './client';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
+import type { LogChunk__Output } from '../generated/tetrix/agent/v1/LogChunk';
 import type { TeardownWorkspaceResponse__Output } from '../generated/tetrix/agent/v1/TeardownWorkspaceResponse';
 import type { ListWorkspacesResponse__Output } from '../generated/tetrix/agent/v1/ListWorkspacesResponse';
 import type { Workspace__Output } from '../generated/tetrix/agent/v1/Workspace';
@@ -18,19 +19,24 @@ commands:
   get ID
   list [--owner USER]
   watch [ID]
+  logs ID [--follow]
   info
 `;
 
 class UsageError extends Error {}
 
+const BOOLEAN_FLAGS = new Set(['follow', 'help']);
+
 interface Parsed {
   flags: Map<string, string[]>;
+  bools: Set<string>;
   args: string[];
   rest: string[];
 }
 
 function parse(argv: string[]): Parsed {
   const flags = new Map<string, string[]>();
+  const bools = new Set<string>();
   const args: string[] = [];
   let rest: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -38,6 +44,11 @@ function parse(argv: string[]): Parsed {
     if (a === '--') {
       rest = argv.slice(i + 1);
       break;
+    }
+    if (a === '-f' || BOOLEAN_FLAGS.has(a.slice(2))) {
+      bools.add(a === '-f' ? 'f' : a.slice(2));
+      flags.set(a === '-f' ? 'follow' : a.slice(2), []);
+      continue;
     }
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
     if (!m) {
@@ -48,7 +59,7 @@ function parse(argv: string[]): Parsed {
     if (value === undefined) throw new UsageError(`--${m[1]} needs a value`);
     flags.set(m[1], [...(flags.get(m[1]) ?? []), value]);
   }
-  return { flags, args, rest };
+  return { flags, bools, args, rest };
 }
 
 const one = (p: Parsed, name: string): string | undefined => p.flags.get(name)?.at(-1);
@@ -128,6 +139,17 @@ async function run(c: Clients, command: string, p: Parsed, json: boolean): Promi
       process.stdout.write(json ? JSON.stringify(info) + '\n' : `node ${info.nodeId}, tetrix ${info.version}, cgroups ${info.cgroupMode}\n`);
       return;
     }
+    case 'logs':
+      return new Promise((resolve, reject) => {
+        const stream = ws.StreamLogs({ id: p.args[0] ?? '', follow: p.flags.has('follow') || p.bools.has('f') });
+        stream.on('data', (c: LogChunk__Output) => {
+          if (json) process.stdout.write(JSON.stringify({ time: Number(c.timeUnixMs), stream: c.stream, task: c.task, data: c.data.toString('utf8') }) + '\n');
+          else (c.stream === 'stderr' ? process.stderr : process.stdout).write(c.data);
+        });
+        stream.on('error', (err: ServiceError) => (err.code === grpcStatus.CANCELLED ? resolve() : reject(err)));
+        stream.on('end', resolve);
+        process.once('SIGINT', () => stream.cancel());
+      });
     case 'watch':
       return new Promise((resolve, reject) => {
         const stream = ws.WatchWorkspaces({ id: p.args[0] ?? '' });

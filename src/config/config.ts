@@ -43,6 +43,8 @@ export interface Config {
   readonly networkDenied: string;   // CIDRs workspaces may not reach, comma-separated (metadata always is)
   readonly networkTable: string;    // the nftables tables Tetrix owns
   readonly dnsServers: string;      // comma-separated; '' = the host's non-loopback resolvers
+  readonly logMaxBytes: number;     // output kept per log segment; then a truncation marker
+  readonly logRetentionMs: number;  // logs outlive teardown this long (prebuild logs are read after it)
 }
 
 /** The package's root directory, from src/ (ts) or dist/src/ (compiled) alike. */
@@ -88,6 +90,8 @@ export function defaults(): Config {
     networkDenied: '',
     networkTable: 'tetrix',
     dnsServers: '',
+    logMaxBytes: 64 << 20,
+    logRetentionMs: 7 * 24 * 3600 * 1000,
   };
 }
 
@@ -97,7 +101,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'tlsReloadMs'] as const;
+const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',

@@ -76,7 +76,8 @@ export const truncationMarker = (afterBytes: number): string => `[tetrix: log tr
 export const droppedMarker = (bytes: number): string => `[tetrix: ${bytes} further bytes dropped]\n`;
 export const CUT_SHORT_MARKER = '[tetrix: log ends without its close record: the node stopped while writing it]\n';
 
-const LOG_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
+// A workspace id, optionally with a segment number (<id>.1: output after a daemon restart).
+const LOG_ID = /^[a-z0-9][a-z0-9-]{0,62}(\.[1-9][0-9]{0,2})?$/;
 const LOG_SUFFIX = '.tlog';
 const MAGIC = Buffer.from('TXLOG001');
 const TAG_BYTES = 16;
@@ -224,7 +225,7 @@ export class LogStore {
   }
 
   private file(logId: string): string {
-    if (!LOG_ID.test(logId)) throw new DomainError('INVALID_ARGUMENT', 'logId: must match [a-z0-9][a-z0-9-]{0,62}');
+    if (!LOG_ID.test(logId)) throw new DomainError('INVALID_ARGUMENT', 'logId: must be a workspace id, optionally with a .N segment');
     return path.join(this.options.dir, logId + LOG_SUFFIX);
   }
 }

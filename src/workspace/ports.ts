@@ -34,7 +34,9 @@ export interface WorkspaceNetwork {
 }
 
 export interface WorkspaceLogs {
-  open(workspaceId: string): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }>;
+  open(spec: WorkspaceSpec): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }>;
+  /** After a daemon restart, for a workspace that still runs. */
+  reattach(spec: WorkspaceSpec): Promise<void>;
   closeWhenDrained(workspaceId: string): Promise<void>;
   remove(workspaceId: string): Promise<void>;
 }

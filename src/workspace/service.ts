@@ -209,7 +209,7 @@ export class WorkspaceService {
   }
 
   private async openOutput(spec: WorkspaceSpec): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
-    if (this.o.logs) return this.o.logs.open(spec.id);
+    if (this.o.logs) return this.o.logs.open(spec);
     const fd = fs.openSync('/dev/null', fs.constants.O_WRONLY);
     return { stdoutFd: fd, stderrFd: fd, fds: [fd], afterSpawn: () => undefined };
   }
@@ -218,6 +218,7 @@ export class WorkspaceService {
   private async abortStart(record: WorkspaceRecord, err: unknown): Promise<void> {
     const id = record.spec.id;
     this.o.log.warn({ workspace: id, err: errText(err) }, 'workspace start failed');
+    await this.o.logs?.closeWhenDrained(id);
     await this.releaseAll(record);
     Object.assign(record.status, { reason: 'SPAWN_FAILED' as Reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
     this.transition(record, 'FAILED');
@@ -240,13 +241,17 @@ export class WorkspaceService {
     if (runtime) {
       clearTimeout(runtime.killTimer);
       this.o.native.closeFd(runtime.pidfd);
-      this.runtimes.delete(id);
+      runtime.pidfd = -1;
     }
+    this.o.log.debug({ workspace: id }, 'workload exited');
     const oomKills = this.o.sandbox.oomKillCount(id);
     Object.assign(record.status, settle(record, this.readStatusFile(id), ourChild ? exit : undefined, oomKills));
     await this.o.logs?.closeWhenDrained(id);
+    this.o.log.debug({ workspace: id }, 'output drained');
     await this.releaseRuntime(record);
     record.status.finishedMs = Date.now();
+    // Only now: stop and teardown wait on runtime.exited, so they never race this release.
+    this.runtimes.delete(id);
     this.transition(record, 'STOPPED');
     this.o.log.info({ workspace: id, reason: record.status.reason, exitCode: record.status.exitCode, signal: record.status.signal }, 'workspace stopped');
   }
@@ -325,6 +330,7 @@ export class WorkspaceService {
       // Died while we were away: the status file (if init wrote it) still tells how.
       return this.onExit(record, { exitCode: null, signal: null, reaped: false }, false);
     }
+    await this.o.logs?.reattach(record.spec).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
     this.watch(record, pidfd, false);
     this.o.log.info({ workspace: record.spec.id, pid: status.pid }, 'adopted running workspace');
     if (status.state === 'STOPPING') {
@@ -350,7 +356,7 @@ export class WorkspaceService {
 
   private signal(id: string, sig: number): void {
     const runtime = this.runtimes.get(id);
-    if (!runtime) return;
+    if (!runtime || runtime.pidfd < 0) return;
     try {
       this.o.native.pidfdSendSignal(runtime.pidfd, sig);
     } catch (err) {

@@ -1,0 +1,124 @@
+// A workspace's stdout and stderr: FIFOs in its directory, read by the daemon into the sealed log
+// store (src/prebuild/logs.ts).
+//
+// Why FIFOs opened O_RDWR for the workspace's end: a pipe whose last reader goes away raises SIGPIPE in
+// the writer. With an O_RDWR end the workspace itself always holds a reader, so a daemon restart never
+// kills a workload that prints; its writes block once the pipe is full, until the next daemon reopens
+// the FIFO by name and drains it into a new log segment (<id>.1, <id>.2, ...).
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { DomainError } from '../errors';
+import type { LogChunkRecord, LogStore, LogWriter } from '../prebuild/logs';
+import type { NativeAddon } from '../sandbox/native';
+import type { WorkspaceLogs } from './ports';
+import type { WorkspaceSpec } from './types';
+
+const STREAMS = ['stdout', 'stderr'] as const;
+const MAX_SEGMENTS = 1000;
+
+interface Capture {
+  writer: LogWriter;
+  done: Promise<void>;
+}
+
+export const segmentId = (workspaceId: string, segment: number): string => (segment === 0 ? workspaceId : `${workspaceId}.${segment}`);
+
+export class WorkspaceOutput implements WorkspaceLogs {
+  private readonly captures = new Map<string, Capture>();
+
+  constructor(
+    private readonly store: LogStore,
+    private readonly native: NativeAddon,
+    private readonly dirOf: (workspaceId: string) => string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Before spawn: the FIFOs, the workspace's ends, and a new log capturing both streams. */
+  async open(spec: WorkspaceSpec): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
+    // A reused id starts a fresh history: the previous incarnation was torn down.
+    await this.removeSegments(spec.id);
+    const fds: number[] = [];
+    for (const stream of STREAMS) {
+      const fifo = this.fifoPath(spec.id, stream);
+      fs.rmSync(fifo, { force: true });
+      this.native.mkfifo(fifo, 0o600);
+      fds.push(fs.openSync(fifo, fs.constants.O_RDWR));
+    }
+    await this.capture(spec, 0);
+    return { stdoutFd: fds[0], stderrFd: fds[1], fds, afterSpawn: () => undefined };
+  }
+
+  /** After a daemon restart: a running workspace's output goes on into the next segment. */
+  async reattach(spec: WorkspaceSpec): Promise<void> {
+    let segment = 1;
+    while (segment < MAX_SEGMENTS && (await this.exists(segmentId(spec.id, segment)))) segment++;
+    await this.capture(spec, segment);
+  }
+
+  /** After the workload exits: everything it wrote is in the log, which is then closed. */
+  async closeWhenDrained(workspaceId: string): Promise<void> {
+    const capture = this.captures.get(workspaceId);
+    if (!capture) return;
+    await capture.done;
+    await capture.writer.close();
+    this.captures.delete(workspaceId);
+  }
+
+  /** Logs outlive teardown (retention is swept separately); only the FIFOs go with the directory. */
+  async remove(workspaceId: string): Promise<void> {
+    await this.closeWhenDrained(workspaceId);
+  }
+
+  /** Every chunk of every segment in order; with follow, until the live segment closes. */
+  async *read(workspaceId: string, opts: { follow: boolean; signal?: AbortSignal }): AsyncGenerator<LogChunkRecord> {
+    for (let segment = 0; segment < MAX_SEGMENTS; segment++) {
+      const id = segmentId(workspaceId, segment);
+      if (!(await this.exists(id))) return;
+      const last = !(await this.exists(segmentId(workspaceId, segment + 1)));
+      yield* this.store.read(id, { follow: opts.follow && last, ...(opts.signal ? { signal: opts.signal } : {}) });
+    }
+  }
+
+  /** The facts a log was opened with (owner, team, kind), for the access decision. */
+  async meta(workspaceId: string): Promise<Record<string, string> | undefined> {
+    try {
+      return (await this.store.info(workspaceId)).meta;
+    } catch (err) {
+      if (err instanceof DomainError && (err.code === 'NOT_FOUND' || err.code === 'INVALID_ARGUMENT')) return undefined;
+      throw err;
+    }
+  }
+
+  private async capture(spec: WorkspaceSpec, segment: number): Promise<void> {
+    const writer = await this.store.create(segmentId(spec.id, segment), {
+      workspaceId: spec.id,
+      ownerId: spec.ownerId,
+      teamId: spec.teamId,
+      kind: spec.kind,
+    });
+    const done = Promise.all(
+      STREAMS.map((stream) => {
+        const fd = fs.openSync(this.fifoPath(spec.id, stream), fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+        return writer.capture(fd, { stream, task: '' }).catch((err: unknown) => {
+          this.log.warn({ workspace: spec.id, stream, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
+        });
+      }),
+    ).then(() => undefined);
+    this.captures.set(spec.id, { writer, done });
+  }
+
+  private async exists(logId: string): Promise<boolean> {
+    return (await this.meta(logId)) !== undefined;
+  }
+
+  private async removeSegments(workspaceId: string): Promise<void> {
+    for (let segment = 0; segment < MAX_SEGMENTS && (await this.exists(segmentId(workspaceId, segment))); segment++) {
+      await this.store.remove(segmentId(workspaceId, segment));
+    }
+  }
+
+  private fifoPath(workspaceId: string, stream: string): string {
+    return path.join(this.dirOf(workspaceId), `${stream}.fifo`);
+  }
+}
