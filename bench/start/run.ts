@@ -701,7 +701,7 @@ function report(results: Results, isolatedWhyNot: string | undefined, loadAtStar
   // Fixed order, whichever candidate happened to run first.
   const order = (name: string): number => ['tetrix NONE', 'tetrix ISOLATED', 'crun run, default', 'crun run, no'].findIndex((p) => name.startsWith(p));
   for (const name of [...results.times.keys()].sort((a, b) => order(a) - order(b))) console.log(row(name, get(name)));
-  for (const [label, reasons] of results.failures) {
+  for (const [label, reasons] of [...results.failures].sort(([a], [b]) => order(a) - order(b))) {
     const total = [...reasons.values()].reduce((a, b) => a + b, 0);
     const why = [...reasons].map(([r, n]) => `${n}x ${r}`).join('; ');
     console.log(`${label}: ${total} of ${runs} starts FAILED and are not in the times above: ${why}`);
