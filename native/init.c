@@ -1,10 +1,12 @@
 // tetrix-init: PID 1 of every workspace. Static, bound read-only at /.tetrix/init and owned by host root.
-//   init -- PROGRAM [ARGS...]
+//   init [--hold] -- PROGRAM [ARGS...]
 // Runs the workload in its own process group, forwards the polite signals to it, reaps every orphan,
 // and when the workload ends writes one line to fd 3 ("exited <code>\n" or "signaled <signum>\n") and
 // exits with the workload's code (128 + signal when signaled). Fd 4, when open, is the spawn report pipe
 // (spawn-protocol.h): a failed execve of the workload is reported there, so the daemon hears
 // "execve: ENOENT" rather than a silent 127. The workload sees only fds 0, 1 and 2.
+// With --hold, init waits at the gate on fd 5 before forking the workload (spawn-protocol.h): the daemon
+// attaches the network first. A gate closed without a byte makes init exit 125 and write no status.
 #define _GNU_SOURCE
 #include "spawn-protocol.h"
 
@@ -45,6 +47,20 @@ __attribute__((noreturn)) static void exec_workload(char **argv, const sigset_t 
   _exit(127);
 }
 
+// The daemon's go-ahead: one byte on the gate. Signals stay queued on the signalfd meanwhile, so only
+// SIGKILL or a closed gate ends a held init.
+static void wait_at_gate(void) {
+  char byte;
+  ssize_t n;
+  if (fcntl(TX_GATE_FD, F_GETFD) < 0) die(STEP_INIT_GATE, "gate fd");
+  report(STEP_INIT_HELD, 0);
+  do n = read(TX_GATE_FD, &byte, 1);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) die(STEP_INIT_GATE, "read gate");
+  close(TX_GATE_FD);  // before the fork: the workload never holds it
+  if (n == 0) _exit(TX_INIT_EXIT_ABANDONED);  // no workload ran: nothing for the status fd
+}
+
 static bool is_forwarded(int sig) {
   for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
     if (forwarded[i] == sig) return true;
@@ -79,9 +95,11 @@ int main(int argc, char **argv) {
   // pidfd_getfd our fds (the host's exit-status file) with no ptrace capability at all. The workload
   // becomes dumpable again at its own execve, so debugging it still works.
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-  if (argc < 3 || strcmp(argv[1], "--") != 0) {
+  bool hold = argc > 1 && strcmp(argv[1], "--hold") == 0;
+  int dashes = hold ? 2 : 1;
+  if (argc < dashes + 2 || strcmp(argv[dashes], "--") != 0) {
     errno = EINVAL;
-    die(STEP_INIT_ARGS, "usage: init -- PROGRAM [ARGS...]");
+    die(STEP_INIT_ARGS, "usage: init [--hold] -- PROGRAM [ARGS...]");
   }
   // Every signal is blocked and read from a signalfd: no handlers, nothing unsafe runs asynchronously.
   // spawn.c already execs us with all signals blocked, so nothing sent before this point is lost.
@@ -91,10 +109,11 @@ int main(int argc, char **argv) {
   sigemptyset(&original);  // the workload starts with no signal blocked
   int sfd = signalfd(-1, &all, SFD_CLOEXEC);
   if (sfd < 0) die(STEP_INIT_SIGNALFD, "signalfd");
+  if (hold) wait_at_gate();
 
   pid_t workload = fork();
   if (workload < 0) die(STEP_INIT_FORK, "fork");
-  if (workload == 0) exec_workload(argv + 2, &original);
+  if (workload == 0) exec_workload(argv + dashes + 1, &original);
   setpgid(workload, workload);  // both sides, so neither races the other
   close(TX_REPORT_FD);
 

@@ -1,6 +1,16 @@
 // What the workspace child (spawn.c) and its PID 1 (init.c) report to the daemon before the workload
 // runs. Each report travels over a close-on-exec pipe (libuv's trick): EOF means the workload exec'd;
 // a record names the step that failed and its errno. A record with err == 0 is a notice, not a failure.
+//
+// The gate (spawn opts.holdWorkload): init is exec'd as `init --hold -- PROGRAM...` with the read end of
+// a gate pipe as TX_GATE_FD. It does everything up to forking the workload, sends the notice
+// STEP_INIT_HELD on TX_REPORT_FD, and blocks reading one byte from the gate. spawn() resolves on that
+// notice and hands the caller the gate's write end and the report pipe's read end. Then:
+//   one byte   -> init closes the gate and forks the workload; the report pipe goes on as before
+//                 (EOF = the workload exec'd, a record = what failed, e.g. STEP_EXEC).
+//   EOF        -> the daemon gave up: init exits TX_INIT_EXIT_ABANDONED and writes nothing to
+//                 TX_STATUS_FD (no workload ran, so there is no status to tell).
+// The workload never holds the gate: init closes it before the fork.
 #ifndef TETRIX_SPAWN_PROTOCOL_H
 #define TETRIX_SPAWN_PROTOCOL_H
 
@@ -55,11 +65,18 @@ enum tx_step {
   STEP_INIT_SIGNALFD,
   STEP_INIT_FORK,
   STEP_EXEC,             // the workload's execve
+  STEP_INIT_HELD,        // notice (err 0): init waits at the gate
+  STEP_INIT_GATE,        // init: the gate fd is missing or reading it failed
   STEP_COUNT
 };
 
 // The fds init finds at exec (see spawn.c set_up_fds).
 #define TX_STATUS_FD 3
 #define TX_REPORT_FD 4
+#define TX_GATE_FD 5       // only with --hold
+
+// init's exit code when the gate closed without a byte (Docker's "the runtime itself failed" code;
+// 127 stays init's own failures and a missing program).
+#define TX_INIT_EXIT_ABANDONED 125
 
 #endif

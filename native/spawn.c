@@ -4,6 +4,8 @@
 // blocked around the clone, the child does only async-signal-safe work (no malloc, no stdio: everything
 // it needs is prepared by the parent before the clone), and failures travel back over a close-on-exec
 // pipe as {step, errno}. EOF on that pipe means the workload exec'd.
+// With opts.holdWorkload, spawn resolves once init waits at its gate instead, and releaseWorkload (the
+// second half, below) opens the gate and hears the workload's execve (spawn-protocol.h).
 #define _GNU_SOURCE
 #include "tetrix.h"
 #include "spawn-protocol.h"
@@ -87,6 +89,7 @@ static const int default_caps[] = {
 
 // ---------------------------------------------------------------------------------------------------
 // The job: options copied off the JS heap on the JS thread, then used by the worker thread and the child.
+// releaseWorkload reuses it for its own half: the held fds in, a failure out.
 
 typedef struct {
   char *source;  // host path
@@ -111,6 +114,7 @@ typedef struct {
   uint64_t keep_caps;
   struct sock_filter *seccomp;
   unsigned short seccomp_len;
+  bool hold;  // init waits at the gate; spawn resolves with the held fds
 
   // prepared by the parent before the clone
   int last_cap;
@@ -119,6 +123,8 @@ typedef struct {
   // outcome
   int pid, pidfd;
   bool sys_bound;
+  bool at_gate;                // init sent STEP_INIT_HELD
+  int gate_fd, report_fd;      // the caller's ends while held; -1 otherwise
   char *fail_step;
   int fail_errno;
 
@@ -158,6 +164,7 @@ static void free_job(spawn_job *job) {
 typedef struct {
   const spawn_job *job;
   int report_fd;  // where failures go; becomes TX_REPORT_FD once fds are arranged
+  int gate_fd;    // read end of the gate, or -1; becomes TX_GATE_FD
 } child_ctx;
 
 __attribute__((noreturn)) static void child_fail(child_ctx *c, int step, int index, int err) {
@@ -420,23 +427,25 @@ static void drop_capabilities(child_ctx *c) {
   CHECK(c, prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), STEP_NO_NEW_PRIVS, 0);
 }
 
-// 0 = /dev/null, 1 and 2 = the caller's outputs, 3 = status for init, 4 = this report pipe for init;
-// everything else of the host's is closed here, not merely marked close-on-exec (CVE-2024-21626).
+// 0 = /dev/null, 1 and 2 = the caller's outputs, 3 = status for init, 4 = this report pipe for init,
+// 5 = the gate when held; everything else of the host's is closed here, not merely marked close-on-exec
+// (CVE-2024-21626).
 static void set_up_fds(child_ctx *c) {
   const spawn_job *job = c->job;
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   CHECK(c, devnull, STEP_OPEN_DEVNULL, 0);
   // Lift every source above the targets first, so no dup2 clobbers a source still to be copied.
-  int from[5] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd};
-  int lifted[5];
-  for (int i = 0; i < 5; i++) {
+  int from[6] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd, c->gate_fd};
+  int count = c->gate_fd >= 0 ? 6 : 5;
+  int lifted[6];
+  for (int i = 0; i < count; i++) {
     lifted[i] = fcntl(from[i], F_DUPFD_CLOEXEC, 10);
     CHECK(c, lifted[i], STEP_DUP, i);
   }
-  c->report_fd = lifted[4];
-  for (int i = 0; i < 5; i++) CHECK(c, dup2(lifted[i], i), STEP_DUP, i);
+  c->report_fd = lifted[TX_REPORT_FD];
+  for (int i = 0; i < count; i++) CHECK(c, dup2(lifted[i], i), STEP_DUP, i);
   c->report_fd = TX_REPORT_FD;
-  CHECK(c, close_range(TX_REPORT_FD + 1, ~0U, 0), STEP_CLOSE_RANGE, 0);
+  CHECK(c, close_range((unsigned)count, ~0U, 0), STEP_CLOSE_RANGE, 0);
 }
 
 static void install_seccomp(child_ctx *c) {
@@ -445,8 +454,8 @@ static void install_seccomp(child_ctx *c) {
   CHECK(c, syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), STEP_SECCOMP, 0);
 }
 
-__attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_fd, int report_fd) {
-  child_ctx c = {.job = job, .report_fd = report_fd};
+__attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_fd, int report_fd, int gate_fd) {
+  child_ctx c = {.job = job, .report_fd = report_fd, .gate_fd = gate_fd};
   reset_signal_dispositions();  // all signals stay blocked through execve; init unblocks for the workload
   umask(022);
   wait_for_parent(sync_fd);     // cgroup joined, uid/gid maps written
@@ -585,6 +594,8 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_INIT_SIGNALFD] = "init: signalfd",
       [STEP_INIT_FORK] = "init: fork",
       [STEP_EXEC] = "execve",
+      [STEP_INIT_HELD] = "init: held",
+      [STEP_INIT_GATE] = "init: gate",
   };
   char buf[PATH_MAX + 64];
   int i = r->index;
@@ -614,7 +625,7 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       snprintf(buf, sizeof buf, "readonly %s", i >= 0 && (size_t)i < COUNT(readonly_paths) ? readonly_paths[i] : "?");
       break;
     case STEP_CHDIR_CWD:
-      snprintf(buf, sizeof buf, "chdir %s", job->cwd);
+      snprintf(buf, sizeof buf, "chdir %s", job->cwd ? job->cwd : "cwd");
       break;
     case STEP_CAPBSET:
       snprintf(buf, sizeof buf, "drop capability %d", i);
@@ -629,7 +640,8 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
   return strdup(buf);
 }
 
-// Reads the child's reports until EOF (= the workload exec'd, or the child is gone).
+// Reads the child's reports until EOF (= the workload exec'd, or the child is gone), or until init says
+// it waits at the gate.
 static void collect_reports(spawn_job *job, int report_fd) {
   tx_report r;
   for (;;) {
@@ -642,6 +654,10 @@ static void collect_reports(spawn_job *job, int report_fd) {
     }
     if (r.err == 0) {
       if (r.step == STEP_SYS_BIND) job->sys_bound = true;
+      if (r.step == STEP_INIT_HELD) {
+        job->at_gate = true;
+        return;  // init writes nothing more until the gate opens
+      }
       continue;
     }
     if (!job->fail_step) {
@@ -679,12 +695,17 @@ static int configure_child(spawn_job *job) {
   return 0;
 }
 
+// The caller's ends of a held spawn leave the job's cleanup: the gate's write end and the report pipe.
+static void hand_over_gate(spawn_job *job, int gate_pipe[2], int report_pipe[2]) {
+  job->gate_fd = gate_pipe[1];
+  job->report_fd = report_pipe[0];
+  gate_pipe[1] = report_pipe[0] = -1;
+}
+
 static void spawn_execute(napi_env env, void *data) {
   (void)env;
   spawn_job *job = data;
-  int sync_pipe[2] = {-1, -1}, report_pipe[2] = {-1, -1};
-  job->pid = -1;
-  job->pidfd = -1;
+  int sync_pipe[2] = {-1, -1}, report_pipe[2] = {-1, -1}, gate_pipe[2] = {-1, -1};
   job->last_cap = read_last_cap();
   if (job->last_cap > 63) job->last_cap = 63;
   snprintf(job->uid_map, sizeof job->uid_map, "0 %u %u\n", job->uid_base, job->id_count);
@@ -694,7 +715,10 @@ static void spawn_execute(napi_env env, void *data) {
     fail(job, "prepare " INIT_IN_ROOTFS, errno);
     return;
   }
-  if (pipe2(sync_pipe, O_CLOEXEC) < 0 || pipe2(report_pipe, O_CLOEXEC) < 0) {
+  // Close-on-exec everywhere: a child another thread clones meanwhile drops its copies at exec, so the
+  // caller's close of the gate reaches init as EOF.
+  if (pipe2(sync_pipe, O_CLOEXEC) < 0 || pipe2(report_pipe, O_CLOEXEC) < 0 ||
+      (job->hold && pipe2(gate_pipe, O_CLOEXEC) < 0)) {
     fail(job, "pipe", errno);
     goto out;
   }
@@ -712,7 +736,8 @@ static void spawn_execute(napi_env env, void *data) {
   if (pid == 0) {
     close(sync_pipe[1]);
     close(report_pipe[0]);
-    run_child(job, sync_pipe[0], report_pipe[1]);
+    if (gate_pipe[1] >= 0) close(gate_pipe[1]);
+    run_child(job, sync_pipe[0], report_pipe[1], gate_pipe[0]);
   }
   int clone_err = errno;
   pthread_sigmask(SIG_SETMASK, &saved, NULL);
@@ -723,7 +748,8 @@ static void spawn_execute(napi_env env, void *data) {
   job->pid = (int)pid;
   close(sync_pipe[0]);
   close(report_pipe[1]);
-  sync_pipe[0] = report_pipe[1] = -1;
+  if (gate_pipe[0] >= 0) close(gate_pipe[0]);
+  sync_pipe[0] = report_pipe[1] = gate_pipe[0] = -1;
 
   if (configure_child(job) == 0) {
     if (retry_write(sync_pipe[1], "1", 1) < 0) fail(job, "release child", errno);
@@ -731,11 +757,17 @@ static void spawn_execute(napi_env env, void *data) {
   close(sync_pipe[1]);  // EOF releases a child we gave up on into _exit
   sync_pipe[1] = -1;
   collect_reports(job, report_pipe[0]);
+  if (job->hold && !job->fail_step) {
+    // EOF before the notice: init died without a word (killed from outside).
+    if (!job->at_gate) fail(job, "init: gate", EPIPE);
+    else hand_over_gate(job, gate_pipe, report_pipe);
+  }
 
 out:
   for (int i = 0; i < 2; i++) {
     if (sync_pipe[i] >= 0) close(sync_pipe[i]);
     if (report_pipe[i] >= 0) close(report_pipe[i]);
+    if (gate_pipe[i] >= 0) close(gate_pipe[i]);
   }
   if (job->fail_step && job->pidfd >= 0) {
     kill_and_reap(job->pidfd);
@@ -744,10 +776,34 @@ out:
   }
 }
 
+// What a rejected spawn must not leave behind (only reachable here if the work was cancelled after the
+// fact; spawn_execute cleans up its own failures).
+static void drop_spawned(spawn_job *job) {
+  if (job->gate_fd >= 0) close(job->gate_fd);
+  if (job->report_fd >= 0) close(job->report_fd);
+  job->gate_fd = job->report_fd = -1;
+  if (job->pidfd >= 0) {
+    kill_and_reap(job->pidfd);
+    close(job->pidfd);
+    job->pidfd = -1;
+  }
+}
+
+static napi_value held_object(napi_env env, const spawn_job *job) {
+  napi_value held, v;
+  napi_create_object(env, &held);
+  napi_create_int32(env, job->gate_fd, &v);
+  napi_set_named_property(env, held, "gateFd", v);
+  napi_create_int32(env, job->report_fd, &v);
+  napi_set_named_property(env, held, "reportFd", v);
+  return held;
+}
+
 static void spawn_complete(napi_env env, napi_status status, void *data) {
   spawn_job *job = data;
   if (status != napi_ok && !job->fail_step) fail(job, "spawn: async work", ECANCELED);
   if (job->fail_step) {
+    drop_spawned(job);
     napi_reject_deferred(env, job->deferred, tx_native_error(env, job->fail_step, job->fail_errno));
   } else {
     napi_value result, v;
@@ -758,6 +814,7 @@ static void spawn_complete(napi_env env, napi_status status, void *data) {
     napi_set_named_property(env, result, "pidfd", v);
     napi_create_string_utf8(env, job->sys_bound ? "bind" : "sysfs", NAPI_AUTO_LENGTH, &v);
     napi_set_named_property(env, result, "sysfs", v);
+    if (job->hold) napi_set_named_property(env, result, "held", held_object(env, job));
     napi_resolve_deferred(env, job->deferred, result);
   }
   napi_delete_async_work(env, job->work);
@@ -882,12 +939,25 @@ static bool get_seccomp(napi_env env, napi_value obj, spawn_job *job) {
   return true;
 }
 
+static bool get_hold(napi_env env, napi_value obj, spawn_job *job) {
+  napi_value v;
+  job->hold = false;
+  if (!tx_get_prop(env, obj, "holdWorkload", &v) || !is_present(env, v)) return true;
+  if (napi_get_value_bool(env, v, &job->hold) != napi_ok)
+    return tx_type_error(env, "spawn: opts.holdWorkload must be a boolean"), false;
+  return true;
+}
+
 static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
   static const char *const init_argv[] = {"init", "--"};
+  static const char *const held_init_argv[] = {"init", "--hold", "--"};
   uint32_t argc = 0, cgroups = 0;
   int32_t out, err, status;
+  if (!get_hold(env, opts, job)) return false;
+  const char *const *prefix = job->hold ? held_init_argv : init_argv;
+  size_t prefix_count = job->hold ? COUNT(held_init_argv) : COUNT(init_argv);
   if (!get_string_prop(env, opts, "rootfs", &job->rootfs) || !get_string_prop(env, opts, "initPath", &job->init_path) ||
-      !get_strv_prop(env, opts, "argv", init_argv, 2, &job->argv, &argc) ||
+      !get_strv_prop(env, opts, "argv", prefix, prefix_count, &job->argv, &argc) ||
       !get_strv_prop(env, opts, "env", NULL, 0, &job->envp, NULL) || !get_string_prop(env, opts, "cwd", &job->cwd) ||
       !get_string_prop(env, opts, "hostname", &job->hostname) ||
       !get_uint_prop(env, opts, "uidBase", &job->uid_base) || !get_uint_prop(env, opts, "gidBase", &job->gid_base) ||
@@ -916,6 +986,12 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
   return true;
 }
 
+static spawn_job *new_job(void) {
+  spawn_job *job = calloc(1, sizeof *job);
+  if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = -1;
+  return job;
+}
+
 static napi_value js_spawn(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], promise, name;
@@ -923,7 +999,7 @@ static napi_value js_spawn(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object)
     return tx_type_error(env, "spawn(opts): opts must be an object");
-  spawn_job *job = calloc(1, sizeof *job);
+  spawn_job *job = new_job();
   if (!job) return tx_throw(env, "malloc", ENOMEM);
   if (!read_options(env, argv[0], job)) {
     free_job(job);
@@ -936,6 +1012,70 @@ static napi_value js_spawn(napi_env env, napi_callback_info info) {
   return promise;
 }
 
-void tx_register_spawn(napi_env env, napi_value addon) {
+// ===================================================================================================
+// releaseWorkload(held): the second half of a held spawn, on a worker thread. Opens the gate, then reads
+// the report pipe as spawn would have: EOF = the workload exec'd, a record = what failed. Both fds are
+// closed either way.
+
+static void release_execute(napi_env env, void *data) {
+  (void)env;
+  spawn_job *job = data;
+  // A write that fails (EPIPE: init is gone) says nothing will come on the report pipe, and reading it
+  // after, say, EBADF could block on a live init: so read only after the byte went through.
+  if (retry_write(job->gate_fd, "1", 1) < 0) fail(job, "release workload", errno);
+  close(job->gate_fd);
+  job->gate_fd = -1;
+  if (!job->fail_step) collect_reports(job, job->report_fd);
+  close(job->report_fd);
+  job->report_fd = -1;
+}
+
+static void release_complete(napi_env env, napi_status status, void *data) {
+  spawn_job *job = data;
+  if (status != napi_ok && !job->fail_step) {
+    fail(job, "releaseWorkload: async work", ECANCELED);
+    drop_spawned(job);  // never ran: the fds are still ours to close
+  }
+  if (job->fail_step) napi_reject_deferred(env, job->deferred, tx_native_error(env, job->fail_step, job->fail_errno));
+  else napi_resolve_deferred(env, job->deferred, tx_undefined(env));
+  napi_delete_async_work(env, job->work);
+  free_job(job);
+}
+
+static bool get_held_fd(napi_env env, napi_value held, const char *name, int *out) {
+  napi_value v;
+  char what[96];
+  int32_t fd;
+  snprintf(what, sizeof what, "releaseWorkload: held.%s must be a file descriptor", name);
+  if (!tx_get_prop(env, held, name, &v) || !tx_get_int32(env, v, what, &fd)) return false;
+  if (fd < 0) return tx_type_error(env, what), false;
+  *out = fd;
+  return true;
+}
+
+static napi_value js_release_workload(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], promise, name;
+  napi_valuetype t;
+  int gate_fd, report_fd;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object)
+    return tx_type_error(env, "releaseWorkload(held): held must be an object");
+  if (!get_held_fd(env, argv[0], "gateFd", &gate_fd) || !get_held_fd(env, argv[0], "reportFd", &report_fd)) return NULL;
+  spawn_job *job = new_job();
+  if (!job) return tx_throw(env, "malloc", ENOMEM);
+  job->hold = true;
+  job->gate_fd = gate_fd;
+  job->report_fd = report_fd;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "tetrix.releaseWorkload", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, release_execute, release_complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
+void tx_register_spawn(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "spawn", js_spawn);
+  tx_set_function(env, addon, "releaseWorkload", js_release_workload);
+  tx_set_constant(env, constants, "INIT_EXIT_ABANDONED", TX_INIT_EXIT_ABANDONED);
 }

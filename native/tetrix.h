@@ -36,7 +36,7 @@ napi_value tx_undefined(napi_env env);
 void tx_register_mount(napi_env env, napi_value addon, napi_value constants);
 void tx_register_notify(napi_env env, napi_value addon);
 void tx_register_exit(napi_env env, napi_value addon);
-void tx_register_spawn(napi_env env, napi_value addon);
+void tx_register_spawn(napi_env env, napi_value addon, napi_value constants);
 void tx_register_net(napi_env env, napi_value addon);
 void tx_register_seccomp(napi_env env, napi_value addon);
 

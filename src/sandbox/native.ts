@@ -30,6 +30,19 @@ export interface SpawnOptions {
   capabilities?: number[];
   /** A compiled seccomp filter: raw `struct sock_filter[]` (8 bytes each), installed right before execve. */
   seccomp?: Buffer;
+  /** Hold the workload at a gate: spawn resolves once init runs and waits before forking it, with
+   *  `held` set, so the caller can set up the network (or anything per pid) before the workload's first
+   *  instruction. Then either `releaseWorkload(held)`, or abandon: SIGKILL the pidfd (or not), `closeFd`
+   *  both held fds, and reap with `watchExit`. Init exits `constants.INIT_EXIT_ABANDONED` (125) with an
+   *  empty status fd when the gate closes without release. Default false: resolve after the workload's exec. */
+  holdWorkload?: boolean;
+}
+
+/** The caller's ends of a held workspace's pipes (native/spawn-protocol.h). Both close-on-exec and owned
+ *  by the caller until handed to releaseWorkload. */
+export interface HeldWorkload {
+  gateFd: number;            // write end of init's gate: one byte releases the workload, EOF abandons it
+  reportFd: number;          // read end of the spawn report pipe: EOF once the workload exec'd
 }
 
 export interface SpawnResult {
@@ -37,7 +50,11 @@ export interface SpawnResult {
   pidfd: number;             // a pidfd for it, owned by the caller (close with closeFd)
   /** How /sys was mounted: its own read-only sysfs, or (if the kernel refused) the host's bound read-only. */
   sysfs: 'sysfs' | 'bind';
+  /** Only with holdWorkload: the workload has not been forked yet. */
+  held?: HeldWorkload;
 }
+
+export type HeldSpawnResult = SpawnResult & { held: HeldWorkload };
 
 /** How a process ended, as waitid reports it. */
 export interface ExitStatus {
@@ -48,8 +65,16 @@ export interface ExitStatus {
 
 export interface NativeAddon {
   /** Clones the workspace and resolves once init has exec'd the workload. Rejects with a NativeError naming
-   *  the step (`pivot_root: EINVAL`, `mount /proc: ENOENT`, `execve: ENOENT`); the child is then reaped. */
+   *  the step (`pivot_root: EINVAL`, `mount /proc: ENOENT`, `execve: ENOENT`); the child is then reaped.
+   *  With holdWorkload it resolves once init waits at the gate, with `held`; nothing of the workload ran. */
+  spawn(opts: SpawnOptions & { holdWorkload: true }): Promise<HeldSpawnResult>;
   spawn(opts: SpawnOptions): Promise<SpawnResult>;
+  /** Opens the gate of a held spawn and resolves once the workload exec'd, or rejects as spawn would
+   *  (`execve: ENOENT`; `release workload: EPIPE` when init is already gone). Off the JS thread. Takes both
+   *  fds and closes them either way (a TypeError for a bad argument leaves them to the caller). On a
+   *  rejection init is ending or gone but not reaped: the caller still owns the pidfd and reaps it with
+   *  watchExit, as for any exit. */
+  releaseWorkload(held: HeldWorkload): Promise<void>;
   /** Calls back once when the process behind pidfd exits, without blocking the loop. It watches its own dup
    *  of the pidfd (so the caller may close theirs at any time; the shared description becomes O_NONBLOCK).
    *  Reaps through waitid(P_PIDFD); reaped is false for a process that is not our child (or already reaped).
