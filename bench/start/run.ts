@@ -12,7 +12,7 @@
 //
 // Environment: BENCH_RUNS measured runs per candidate (default 50), BENCH_WARMUP discarded rounds
 // (default 3), BENCH_LOG_LEVEL tetrixd's log level (default info), BENCH_DAEMON_ARGS extra tetrixd
-// flags (split on spaces), BENCH_KEEP_LOG=1 prints where tetrixd's log was written instead of deleting it.
+// flags (split on spaces), BENCH_KEEP_LOG=1 keeps tetrixd's log (copied to /tmp; the path is printed).
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
