@@ -5,7 +5,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { loadConfig, ConfigError, packageRoot, type Config } from './config/config';
 import { createApiServer } from './api/server';
-import { bindTransports } from './api/transport';
+import { bindTransports, startEndpoints } from './api/transport';
 import { createAuditLog } from './api/audit';
 import { workspaceHandlers } from './api/workspace-api';
 import { nodeHandlers } from './api/node-api';
@@ -58,10 +58,16 @@ async function run(config: Config): Promise<void> {
     node: nodeHandlers({ nodeId: config.nodeId, version, cgroupMode: sandbox.cgroupMode }, log),
   });
   const transport = await bindTransports(api.server, config, audit, log);
+  const endpoints = await startEndpoints(config, transport.pki, {
+    route: (id) => {
+      const r = workspaces.find(id);
+      return r && { ip: r.status.ipAddress, ownerId: r.spec.ownerId, ports: r.status.ports, running: r.status.state === 'RUNNING' };
+    },
+  }, audit, log);
   api.health.setStatus('', 'SERVING');
   api.health.setStatus('tetrix.agent.v1.WorkspaceService', 'SERVING');
   native.sdNotify('READY=1');
-  log.info({ socket: config.socketPath, tcpPort: transport.tcpPort, stateDir: config.stateDir, cgroups: sandbox.cgroupMode, version }, 'tetrixd serving');
+  log.info({ socket: config.socketPath, tcpPort: transport.tcpPort, endpointPort: endpoints?.port, stateDir: config.stateDir, cgroups: sandbox.cgroupMode, version }, 'tetrixd serving');
 
   const sweepLogs = (): void => {
     logStore.sweep(config.logRetentionMs).catch((err: unknown) => log.warn({ err: String(err) }, 'log retention sweep failed'));
@@ -76,6 +82,7 @@ async function run(config: Config): Promise<void> {
     native.sdNotify('STOPPING=1');
     log.info({ signal }, 'shutting down; workspaces keep running');
     await api.close();
+    await endpoints?.close();
     transport.close();
     workspaces.close();
     await nodeNetwork?.close();

@@ -325,7 +325,7 @@ export interface EndpointAccessGuard {
 }
 
 /** Token check and owner check for the endpoint server, audited with via: 'endpoint'. */
-export function createEndpointGuard(tokens: TokenVerifier, audit: AuditLog): EndpointAccessGuard {
+export function createEndpointGuard(tokens: Pick<TokenVerifier, 'verify'>, audit: AuditLog): EndpointAccessGuard {
   const endpointAudit: AuditLog = { record: (e) => audit.record({ ...e, via: 'endpoint' }) };
   return {
     authenticate(token, workspaceId) {

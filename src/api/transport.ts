@@ -10,7 +10,9 @@ import { DomainError } from '../errors';
 import type { AuditLog } from './audit';
 import { createAuthInterceptor, TokenVerifier } from './auth';
 import { bindUnixSocket } from './server';
-import { ensureNodePki, MtlsServerCredentials, type NodePki } from './tls';
+import { EndpointServer } from '../network/endpoints';
+import { createEndpointGuard } from './auth';
+import { ensureNodePki, MtlsServerCredentials, secureContextOptions, TlsFileWatcher, type NodePki } from './tls';
 
 export interface Transport {
   tcpPort: number | undefined;
@@ -70,4 +72,43 @@ export async function bindTransports(server: grpc.Server, config: Config, audit:
     server.bindAsync(config.apiListen, guarded, (err, port) => (err ? reject(err) : resolve(port))),
   );
   return { tcpPort, pki, close: () => mtls.close() };
+}
+
+export interface EndpointRoutes {
+  /** The workspace's address, owner and exposed ports as the lifecycle knows them. */
+  route(workspaceId: string): { ip: string; ownerId: string; ports: number[]; running: boolean } | undefined;
+}
+
+/**
+ * The workspaces' own endpoints: HTTPS and WebSocket on one TLS port, routed by host name
+ * (<port>-<id>.<nodeDomain>) to the workspace's address, the owner's token checked on every new
+ * connection. Off unless endpointListen is set.
+ */
+export async function startEndpoints(config: Config, pki: NodePki | undefined, routes: EndpointRoutes, audit: AuditLog, log: Logger): Promise<{ port: number; close(): Promise<void> } | undefined> {
+  if (config.endpointListen === '') return undefined;
+  const certPath = pki?.endpointCertPath ?? config.tlsCertFile;
+  const keyPath = pki?.endpointKeyPath ?? config.tlsKeyFile;
+  if (!certPath || !keyPath) throw new DomainError('FAILED_PRECONDITION', 'endpoints: no certificate for *.nodeDomain (set nodeDomain, or tlsCertFile with that name)');
+  const watcher = await TlsFileWatcher.open({ certPath, keyPath }, { intervalMs: config.tlsReloadMs, log });
+  const server = new EndpointServer({
+    nodeDomain: config.nodeDomain,
+    tls: secureContextOptions(watcher.current),
+    guard: createEndpointGuard(loadTokenVerifier(config), audit),
+    log,
+    resolve: async (workspaceId, port) => {
+      const r = routes.route(workspaceId);
+      if (!r || !r.ports.includes(port) || r.ip === '') return undefined;
+      return { host: r.ip, port, ownerId: r.ownerId, running: r.running };
+    },
+  });
+  watcher.onChange((m) => server.setSecureContext(secureContextOptions(m)));
+  const at = config.endpointListen.lastIndexOf(':');
+  const address = await server.listen(Number(config.endpointListen.slice(at + 1)), config.endpointListen.slice(0, at).replace(/^\[|\]$/g, ''));
+  return {
+    port: address.port,
+    close: async () => {
+      watcher.close();
+      await server.close();
+    },
+  };
 }
