@@ -68,12 +68,12 @@ async function main(): Promise<number> {
   const count = option('--count', 'TETRIX_DENSITY_COUNT', 200);
   const keep = process.argv.includes('--keep');
   const d = await launchDaemon({ prefix: 'tetrix-density' });
-  const scope = { dir: d.dir, stateDir: d.stateDir, cgroupParent: d.cgroupParent, daemonPid: d.pid };
+  const scope = { dir: d.dir, stateDir: d.stateDir, cgroupParent: d.cgroupParent, daemonPid: d.pid, netns: d.netns };
   let failed = true;
   try {
     const before = snapshotHost(scope);
     // builtin:busybox is assembled on first use; that one-time cost is not density.
-    await d.start({ id: 'density-warmup', ownerId: 'bench', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exit 0'] });
+    await d.start({ id: 'density-warmup', ownerId: 'bench', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exec sleep 3600'] });
     await d.teardown('density-warmup');
     const rssIdle = d.rssBytes();
     console.log(`density: daemon pid ${d.pid}, rss idle ${(rssIdle / MiB).toFixed(1)} MiB, starting ${count} workspaces at once`);
@@ -108,7 +108,7 @@ async function main(): Promise<number> {
     const teardownErrors = await teardownAll(d, ids);
     await new Promise((r) => setTimeout(r, 1000));
     const remaining = await d.list();
-    const leaks = leaksSince(before, snapshotHost(scope), [...ids, 'density-warmup']);
+    const leaks = leaksSince(before, snapshotHost(scope), { workspaceIds: [...ids, 'density-warmup'], privateNetns: true });
     console.log(`  teardown of ${count} in ${((Date.now() - teardownBegan) / 1000).toFixed(2)} s, ${teardownErrors.length} failed, ${remaining.length} records left, leaks: ${describeLeaks(leaks)}`);
     failed = startErrors.length > 0 || teardownErrors.length > 0 || remaining.length > 0 || describeLeaks(leaks) !== 'none';
     console.log(`density: ${running} running in ${seconds.toFixed(2)} s, daemon rss ${(rssRunning / MiB).toFixed(1)} MiB`);

@@ -1,6 +1,8 @@
 // A real tetrixd for a benchmark, without a test framework: its own state dir, socket and cgroup
-// parent, its log in a file beside them, and the generated client over its unix socket.
-import { spawn, type ChildProcess } from 'node:child_process';
+// parent, its log in a file beside them, and the generated client over its unix socket. It runs in a
+// network namespace of its own, so the bridge, veths, nftables tables and ip_forward it sets up for
+// ISOLATED workspaces never touch the host's network; deleting the namespace removes them all.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -20,6 +22,7 @@ export interface BenchDaemon {
   readonly socketPath: string;
   readonly cgroupParent: string;
   readonly logFile: string;
+  readonly netns: string;           // the daemon's network namespace (a name under /run/netns)
   readonly pid: number;
   start(req: StartWorkspaceRequest): Promise<Workspace__Output>;
   get(id: string): Promise<Workspace__Output>;
@@ -63,10 +66,14 @@ export async function launchDaemon(opts: { prefix?: string; logLevel?: string; e
   const cgroupParent = runName(prefix);
   const logFile = path.join(dir, 'tetrixd.log');
   const log = fs.openSync(logFile, 'a', 0o600);
-  const args = [daemonMain, '--state-dir', stateDir, '--socket-path', socketPath, '--cgroup-parent', cgroupParent, '--log-level', opts.logLevel ?? 'warn',
+  const netns = runName(prefix);
+  execFileSync('ip', ['netns', 'add', netns]);
+  execFileSync('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+  const args = ['--net=' + path.join('/run/netns', netns), '--', process.execPath, daemonMain, '--state-dir', stateDir, '--socket-path', socketPath, '--cgroup-parent', cgroupParent, '--log-level', opts.logLevel ?? 'warn',
     // The mutual-TLS port as in production, but on loopback and a free port so runs never collide.
     '--api-listen', '127.0.0.1:0', ...(opts.extraArgs ?? [])];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', log, log] });
+  // nsenter enters the namespace and execs node: the child's pid is the daemon's.
+  const child = spawn('nsenter', args, { stdio: ['ignore', log, log] });
   fs.closeSync(log);
 
   const clients: Clients = connect({ socketPath });
@@ -82,11 +89,12 @@ export async function launchDaemon(opts: { prefix?: string; logLevel?: string; e
   } catch (err) {
     child.kill('SIGKILL');
     clients.close();
+    execFileSync('ip', ['netns', 'del', netns]);
     throw err;
   }
 
   return {
-    dir, stateDir, socketPath, cgroupParent, logFile,
+    dir, stateDir, socketPath, cgroupParent, logFile, netns,
     pid: child.pid!,
     start: (req) => call<Workspace__Output>((md, o, cb) => clients.workspaces.StartWorkspace(req, md, o, cb)),
     get: (id) => call<Workspace__Output>((md, o, cb) => clients.workspaces.GetWorkspace({ id }, md, o, cb)),
@@ -111,6 +119,7 @@ export async function launchDaemon(opts: { prefix?: string; logLevel?: string; e
         clearTimeout(timer);
       }
       removeCgroupParent(cgroupParent);
+      execFileSync('ip', ['netns', 'del', netns]);
       // A recursive delete would walk into a mount left behind; such a run is kept for inspection.
       if (!keep && !hasMountsUnder(dir)) fs.rmSync(dir, { recursive: true, force: true });
     },

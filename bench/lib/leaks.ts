@@ -12,6 +12,7 @@ export interface LeakScope {
   stateDir: string;
   cgroupParent: string;
   daemonPid?: number;
+  netns?: string;         // the daemon's own network namespace: links and nftables are read there
   idmapDir?: string;      // default /run/tetrix/idmap
 }
 
@@ -29,8 +30,6 @@ export interface HostSnapshot {
 
 export type Leaks = Partial<Record<keyof HostSnapshot, string[]>>;
 
-/** Kinds that are host-wide: other programs (and other tests) create tetrix-named ones too. */
-const HOST_WIDE: ReadonlyArray<keyof HostSnapshot> = ['netns', 'links', 'nft'];
 
 export function mountsUnder(dir: string): string[] {
   return fs
@@ -62,10 +61,11 @@ function namedNetns(): string[] {
   }
 }
 
-/** Host links Tetrix names: workspace veths (twv…) and anything called tetrix. */
-function tetrixLinks(): string[] {
+/** Links Tetrix names: workspace veths (twv…) and anything called tetrix. */
+function tetrixLinks(netns: string | undefined): string[] {
   try {
-    const links = JSON.parse(execFileSync('ip', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{ ifname: string }>;
+    const argv = [...(netns ? ['-n', netns] : []), '-j', 'link', 'show'];
+    const links = JSON.parse(execFileSync('ip', argv, { encoding: 'utf8' })) as Array<{ ifname: string }>;
     return links.map((l) => l.ifname).filter((n) => n.startsWith('twv') || n.includes('tetrix'));
   } catch {
     return ['(ip link failed)'];
@@ -80,10 +80,11 @@ interface NftObject {
 }
 
 /** Tables named tetrix*, their set and map elements and their rules, each as one line. */
-function tetrixNft(): string[] {
+function tetrixNft(netns: string | undefined): string[] {
   let objects: NftObject[];
   try {
-    objects = (JSON.parse(execFileSync('nft', ['-j', 'list', 'ruleset'], { encoding: 'utf8', maxBuffer: 64 << 20 })) as { nftables: NftObject[] }).nftables;
+    const [cmd, argv] = netns ? ['ip', ['netns', 'exec', netns, 'nft', '-j', 'list', 'ruleset']] : ['nft', ['-j', 'list', 'ruleset']];
+    objects = (JSON.parse(execFileSync(cmd, argv, { encoding: 'utf8', maxBuffer: 64 << 20 })) as { nftables: NftObject[] }).nftables;
   } catch {
     return ['(nft list ruleset failed)'];
   }
@@ -148,8 +149,8 @@ export function snapshotHost(scope: LeakScope): HostSnapshot {
     mounts: mountsUnder(scope.dir),
     cgroups: cgroupsBelow(scope.cgroupParent),
     netns: namedNetns(),
-    links: tetrixLinks(),
-    nft: tetrixNft(),
+    links: tetrixLinks(scope.netns),
+    nft: tetrixNft(scope.netns),
     processes: processesOf(scope),
     idClaims: idClaimsOf(scope.stateDir, scope.idmapDir ?? '/run/tetrix/idmap'),
     leases: leasesOf(scope.stateDir),
@@ -158,17 +159,19 @@ export function snapshotHost(scope: LeakScope): HostSnapshot {
 }
 
 /**
- * What after holds that before did not. Host-wide kinds count only when they name one of the run's
- * workspaces (its id or its host veth), so a namespace another program made meanwhile is not a leak.
+ * What after holds that before did not. Named network namespaces are host-wide (other programs make
+ * tetrix-named ones too), so they count only when they name one of workspaceIds; links and nftables
+ * too when the daemon shares the host's network namespace (scope.netns unset).
  */
-export function leaksSince(before: HostSnapshot, after: HostSnapshot, workspaceIds?: Iterable<string>): Leaks {
+export function leaksSince(before: HostSnapshot, after: HostSnapshot, opts: { workspaceIds: Iterable<string>; privateNetns: boolean }): Leaks {
   const names: string[] = [];
-  for (const id of workspaceIds ?? []) names.push(id, hostLinkName(id));
-  const ours = (item: string): boolean => names.some((n) => item.includes(n));
+  for (const id of opts.workspaceIds) names.push(id, hostLinkName(id));
+  const hostWide: ReadonlyArray<keyof HostSnapshot> = opts.privateNetns ? ['netns'] : ['netns', 'links', 'nft'];
+  const ours = (key: keyof HostSnapshot, item: string): boolean => !hostWide.includes(key) || names.some((n) => item.includes(n));
   const leaks: Leaks = {};
   for (const key of Object.keys(after) as Array<keyof HostSnapshot>) {
     const known = new Set(before[key]);
-    const added = after[key].filter((item) => !known.has(item) && (workspaceIds === undefined || !HOST_WIDE.includes(key) || ours(item)));
+    const added = after[key].filter((item) => !known.has(item) && ours(key, item));
     if (added.length) leaks[key] = added;
   }
   return leaks;

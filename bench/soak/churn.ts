@@ -86,7 +86,7 @@ async function cycle(d: BenchDaemon, i: number): Promise<void> {
 }
 
 export async function runChurn(d: BenchDaemon, opts: ChurnOptions): Promise<ChurnResult> {
-  const scope = { dir: d.dir, stateDir: d.stateDir, cgroupParent: d.cgroupParent, daemonPid: d.pid };
+  const scope = { dir: d.dir, stateDir: d.stateDir, cgroupParent: d.cgroupParent, daemonPid: d.pid, netns: d.netns };
   const before = snapshotHost(scope);
   const errors: string[] = [];
   const attempt = async (i: number): Promise<void> => {
@@ -124,6 +124,6 @@ export async function runChurn(d: BenchDaemon, opts: ChurnOptions): Promise<Chur
   const fdEnd = d.fdCount();
   const rssEnd = d.rssBytes();
   const ids = [...Array.from({ length: opts.cycles }, (_, i) => `churn-${i}`), ...[0, 1, 2, 3, 4].map((i) => `churn-${WARMUP_BASE + i}`)];
-  const leaks = leaksSince(before, snapshotHost(scope), ids);
+  const leaks = leaksSince(before, snapshotHost(scope), { workspaceIds: ids, privateNetns: true });
   return { cycles: done, seconds, errors, rssAtMark, rssEnd, fdBaseline, fdEnd, remainingRecords, leaks };
 }
