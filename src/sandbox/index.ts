@@ -18,6 +18,21 @@ export interface NodeSandbox extends Sandbox {
   readonly cgroupMode: string;
 }
 
+/**
+ * A private copy of the static init in the state dir (root-owned, 0555): workspaces bind it read-only,
+ * and a rebuild or upgrade of the package never pulls it from under a start.
+ */
+function installInit(stateDir: string): string {
+  const dir = path.join(stateDir, 'bin');
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const target = path.join(dir, 'tetrix-init');
+  const tmp = `${target}.tmp-${process.pid}`;
+  fs.copyFileSync(initBinaryPath, tmp);
+  fs.chmodSync(tmp, 0o555);
+  fs.renameSync(tmp, target);
+  return target;
+}
+
 export async function createSandbox(config: Config, log: Logger): Promise<NodeSandbox> {
   const cgroups: CgroupDriver = detectCgroupDriver(config.cgroupParent);
   const images = new ImageStore({ stateDir: config.stateDir, imagesDir: config.imagesDir });
@@ -25,13 +40,26 @@ export async function createSandbox(config: Config, log: Logger): Promise<NodeSa
   // Every profile is validated and compiled now: the daemon never starts with a half-loaded filter.
   const profiles = await SeccompProfiles.load(config.profilesDir);
   const capabilities = capabilityNumbers(DEFAULT_CAPABILITIES);
+  const initPath = installInit(config.stateDir);
+  // The built-in image never changes while we run: resolve (and digest) it once.
+  const builtin = new Map<string, ReturnType<ImageStore['resolve']>>();
+  const resolveImage = (image: string): ReturnType<ImageStore['resolve']> => {
+    if (!image.startsWith('builtin:')) return images.resolve(image);
+    let p = builtin.get(image);
+    if (!p) {
+      p = images.resolve(image);
+      builtin.set(image, p);
+      p.catch(() => builtin.delete(image));
+    }
+    return p;
+  };
   log.info({ cgroups: cgroups.mode, profiles: profiles.names() }, 'sandbox ready');
 
   return {
     cgroupMode: cgroups.mode,
-    initPath: initBinaryPath,
+    initPath,
     capabilities,
-    resolveImage: (image) => images.resolve(image),
+    resolveImage,
     seccompFilter: (profile) => profiles.filterFor(profile),
     allocateIds: (workspaceId) => ids.allocate({ stateDir: config.stateDir, workspaceId }).base,
     releaseIds: (base) => ids.release(base),
