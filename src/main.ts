@@ -14,6 +14,8 @@ import { WorkspaceStore } from './workspace/store';
 import { native } from './sandbox/native';
 import { createSandbox } from './sandbox';
 import { acquireStateLock, loadOrCreateSecret } from './state-dir';
+import { checkHost } from './preflight';
+import { DaemonMetrics, startMetricsServer } from './api/metrics';
 import { KeyRing } from './crypto/keys';
 import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
 import { WorkspaceOutput } from './workspace/output';
@@ -23,6 +25,7 @@ import { openSecret, sealSecret } from './crypto/secrets';
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
 async function run(config: Config): Promise<void> {
+  await checkHost(config); // first: a host that cannot run workspaces is refused before anything is created
   const log = pino({ level: config.logLevel, base: { node: config.nodeId } });
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(config.stateDir, 0o700);
@@ -32,7 +35,8 @@ async function run(config: Config): Promise<void> {
     seal: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
     open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),
   });
-  const sandbox = await createSandbox(config, log);
+  const metrics = new DaemonMetrics();
+  const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind) });
   const nodeNetwork = await openNodeNetwork(config);
   const network = workspaceNetwork(nodeNetwork);
   const logStore = new LogStore({ dir: path.join(config.stateDir, 'logs'), sealer: keyring, maxBytesPerLog: config.logMaxBytes });
@@ -50,7 +54,9 @@ async function run(config: Config): Promise<void> {
     network,
     logs: output,
   });
+  metrics.watch(workspaces);
   await workspaces.recover();
+  const metricsServer = config.metricsListen ? await startMetricsServer(metrics, config.metricsListen) : undefined;
   const limits = { ...config, defaultNetwork: config.defaultNetwork === 'isolated' ? ('ISOLATED' as const) : ('NONE' as const) };
   const audit = createAuditLog(log);
   const api = createApiServer({
@@ -67,6 +73,12 @@ async function run(config: Config): Promise<void> {
   api.health.setStatus('', 'SERVING');
   api.health.setStatus('tetrix.agent.v1.WorkspaceService', 'SERVING');
   native.sdNotify('READY=1');
+  // systemd's watchdog (WatchdogSec=): ping at half the interval; WATCHDOG_PID names the process meant.
+  const watchdogUsec = Number(process.env.WATCHDOG_USEC ?? 0);
+  const watchdogPid = Number(process.env.WATCHDOG_PID ?? process.pid);
+  if (watchdogUsec > 0 && watchdogPid === process.pid) {
+    setInterval(() => native.sdNotify('WATCHDOG=1'), Math.max(1, Math.floor(watchdogUsec / 2000))).unref();
+  }
   log.info({ socket: config.socketPath, tcpPort: transport.tcpPort, endpointPort: endpoints?.port, stateDir: config.stateDir, cgroups: sandbox.cgroupMode, version }, 'tetrixd serving');
 
   const sweepLogs = (): void => {
@@ -82,6 +94,8 @@ async function run(config: Config): Promise<void> {
     native.sdNotify('STOPPING=1');
     log.info({ signal }, 'shutting down; workspaces keep running');
     await api.close();
+    await metricsServer?.close();
+    metrics.close();
     await endpoints?.close();
     transport.close();
     workspaces.close();

@@ -33,8 +33,9 @@ function installInit(stateDir: string): string {
   return target;
 }
 
-export async function createSandbox(config: Config, log: Logger): Promise<NodeSandbox> {
-  const cgroups: CgroupDriver = detectCgroupDriver(config.cgroupParent);
+export async function createSandbox(config: Config, log: Logger, hooks: { onCleanup?: (kind: string) => void } = {}): Promise<NodeSandbox> {
+  const cgroups: CgroupDriver = detectCgroupDriver(config.cgroupParent, config.cgroupRoot);
+  const cleaned = (kind: string): void => hooks.onCleanup?.(kind);
   const images = new ImageStore({ stateDir: config.stateDir, imagesDir: config.imagesDir });
   const ids = new IdRangeAllocator({ dir: config.idmapDir });
   // Every profile is validated and compiled now: the daemon never starts with a half-loaded filter.
@@ -76,15 +77,19 @@ export async function createSandbox(config: Config, log: Logger): Promise<NodeSa
         if (liveIds.has(name)) continue;
         log.warn({ cgroup: name }, 'removing a cgroup no workspace accounts for');
         await cgroups.open(name).destroy();
+        cleaned('cgroup');
       }
       const wsRoot = path.join(stateDir, 'workspaces');
       for (const id of fs.existsSync(wsRoot) ? fs.readdirSync(wsRoot) : []) {
         if (liveIds.has(id)) continue;
         log.warn({ workspace: id }, 'removing a workspace directory no record accounts for');
         await releaseRootfs(path.join(wsRoot, id));
+        cleaned('workspace_dir');
       }
       for (const claim of ids.claimedBy(stateDir)) {
-        if (!liveIds.has(claim.workspaceId)) ids.release(claim.base);
+        if (liveIds.has(claim.workspaceId)) continue;
+        ids.release(claim.base);
+        cleaned('id_range');
       }
     },
   };

@@ -60,7 +60,11 @@ export function workspaceNetwork(net: NodeNetwork | undefined): WorkspaceNetwork
         await loopbackUp(pid).catch(ignoreIfGone);
         return '';
       }
-      return (await needNetwork(spec).attach(spec.id, pid, spec.ports)).ip;
+      const net = needNetwork(spec);
+      return net.attach(spec.id, pid, spec.ports).then((a) => a.ip, (err: unknown) => {
+        ignoreIfGone(err);
+        return '';
+      });
     },
     async detach(id) {
       await net?.detach(id);

@@ -99,7 +99,11 @@ export class WorkspaceOutput implements WorkspaceLogs {
     });
     const done = Promise.all(
       STREAMS.map((stream) => {
-        const fd = fs.openSync(this.fifoPath(spec.id, stream), fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+        const fifo = this.fifoPath(spec.id, stream);
+        const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+        // Linux reports hang-up on a FIFO only once a writer has come and gone since it was opened; after
+        // a restart the workspace may already be gone, so be that writer once: EOF then arrives for sure.
+        fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
         return writer.capture(fd, { stream, task: '' }).catch((err: unknown) => {
           this.log.warn({ workspace: spec.id, stream, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
         });

@@ -159,6 +159,7 @@ export class WorkspaceService {
     this.emit(record);
     const wsDir = this.workspaceDir(spec.id);
     const opened: number[] = [];
+    let spawned: { pidfd: number } | undefined;
     try {
       record.status.uidBase = sandbox.allocateIds(spec.id);
       store.updateStatus(spec.id, record.status);
@@ -190,6 +191,7 @@ export class WorkspaceService {
         capabilities: sandbox.capabilities,
         ...(seccomp ? { seccomp } : {}),
       });
+      spawned = result;
       for (const fd of opened.splice(0)) fs.closeSync(fd);
       output.afterSpawn();
       Object.assign(record.status, { pid: result.pid, pidStartTime: readPidStartTime(result.pid), startedMs: Date.now() });
@@ -203,6 +205,7 @@ export class WorkspaceService {
       return record;
     } catch (err) {
       for (const fd of opened) fs.closeSync(fd);
+      if (spawned && !this.runtimes.has(spec.id)) await this.killAndReap(spawned.pidfd);
       await this.abortStart(record, err);
       throw toStartError(err);
     }
@@ -222,6 +225,21 @@ export class WorkspaceService {
     await this.releaseAll(record);
     Object.assign(record.status, { reason: 'SPAWN_FAILED' as Reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
     this.transition(record, 'FAILED');
+  }
+
+  /** A child we gave up on: killed, reaped (no zombie), and its pidfd closed. */
+  private killAndReap(pidfd: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.o.native.watchExit(pidfd, () => {
+        this.o.native.closeFd(pidfd);
+        resolve();
+      });
+      try {
+        this.o.native.pidfdSendSignal(pidfd, SIGKILL);
+      } catch {
+        // already gone: watchExit still reaps it
+      }
+    });
   }
 
   // --- exit ----------------------------------------------------------------------------------

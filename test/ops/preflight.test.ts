@@ -17,7 +17,8 @@ interface Outcome {
 /** Runs the compiled daemon and waits for it to give up; one that serves instead is stopped and reported. */
 function runDaemon(argv: string[], opts: { prefix?: string[] } = {}): Promise<Outcome> {
   const [cmd, ...pre] = opts.prefix ?? [process.execPath];
-  const args = [...pre, ...(opts.prefix ? [process.execPath] : []), daemonMain, ...argv];
+  // --network off: should a case serve after all, it must not build a bridge in the host's namespace.
+  const args = [...pre, ...(opts.prefix ? [process.execPath] : []), daemonMain, '--network', 'off', ...argv];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
