@@ -20,6 +20,8 @@ import { KeyRing } from './crypto/keys';
 import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
 import { WorkspaceOutput } from './workspace/output';
 import { LogStore } from './prebuild/logs';
+import { BackupStore } from './content/backups';
+import { openBackupStorage } from './content/open-storage';
 import { openSecret, sealSecret } from './crypto/secrets';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
@@ -43,6 +45,9 @@ async function run(config: Config): Promise<void> {
   await logStore.init();
   const wsDirOf = (id: string): string => path.join(config.stateDir, 'workspaces', id);
   const output = new WorkspaceOutput(logStore, native, wsDirOf, log);
+  const backups = new BackupStore({ storage: openBackupStorage(config), keyring, log });
+  const leftovers = await backups.cleanupTemporary();
+  if (leftovers > 0) metrics.countCleanup('backup_temporary', leftovers);
   const workspaces = new WorkspaceService({
     stateDir: config.stateDir,
     defaultGraceMs: config.stopGraceMs,
@@ -53,7 +58,9 @@ async function run(config: Config): Promise<void> {
     specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
     network,
     logs: output,
+    backups,
   });
+  workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));
   metrics.watch(workspaces);
   await workspaces.recover();
   const metricsServer = config.metricsListen ? await startMetricsServer(metrics, config.metricsListen) : undefined;
@@ -61,7 +68,17 @@ async function run(config: Config): Promise<void> {
   const audit = createAuditLog(log);
   const api = createApiServer({
     workspaces: workspaceHandlers(workspaces, output, limits, audit, log),
-    node: nodeHandlers({ nodeId: config.nodeId, version, cgroupMode: sandbox.cgroupMode }, log),
+    node: nodeHandlers({
+      nodeId: config.nodeId,
+      version,
+      cgroupMode: sandbox.cgroupMode,
+      currentKeyId: () => keyring.current().id,
+      rotateKey: async (rewrap) => {
+        const keyId = keyring.rotate();
+        log.info({ keyId }, 'key-encryption key rotated');
+        return { keyId, rewrapped: rewrap ? await backups.rewrap('all', keyId) : 0 };
+      },
+    }, log),
   });
   const transport = await bindTransports(api.server, config, audit, log);
   const endpoints = await startEndpoints(config, transport.pki, {

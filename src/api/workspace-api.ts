@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { WorkspaceEvent } from '../generated/tetrix/agent/v1/WorkspaceEvent';
 import type { LogChunk } from '../generated/tetrix/agent/v1/LogChunk';
+import type { BackupProgress } from '../generated/tetrix/agent/v1/BackupProgress';
 import type { WorkspaceOutput } from '../workspace/output';
 import { DomainError } from '../errors';
 import type { WorkspaceService } from '../workspace/service';
@@ -23,9 +24,6 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
   /** Users see their own workspaces; operators see all. */
   const visible = (ctx: CallContext) => (r: WorkspaceRecord): boolean =>
     ctx.principal?.kind === 'operator' || (ctx.principal?.kind === 'user' && r.spec.ownerId === ctx.principal.userId);
-  const notYet = (what: string) => async (): Promise<never> => {
-    throw new DomainError('FAILED_PRECONDITION', `${what} is not enabled on this node`);
-  };
   return {
     StartWorkspace: unary(log, 'StartWorkspace', async (req, ctx) => {
       const spec = startSpec(req, limits);
@@ -38,10 +36,9 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
     StopWorkspace: unary(log, 'StopWorkspace', async (req, ctx) =>
       workspaceMessage(await workspaces.stop(allowed(ctx, req.id, 'manage'), gracePeriod(req.gracePeriodMs))),
     ),
-    TeardownWorkspace: unary(log, 'TeardownWorkspace', async (req, ctx) => {
-      const { existed } = await workspaces.teardown(allowed(ctx, req.id, 'manage'));
-      return { existed, backupId: '' };
-    }),
+    TeardownWorkspace: unary(log, 'TeardownWorkspace', async (req, ctx) =>
+      workspaces.teardown(allowed(ctx, req.id, 'manage'), { backupFirst: req.backupFirst }),
+    ),
     GetWorkspace: unary(log, 'GetWorkspace', async (req, ctx) => workspaceMessage(workspaces.get(allowed(ctx, req.id, 'manage')))),
     ListWorkspaces: unary(log, 'ListWorkspaces', async (req, ctx) => ({
       workspaces: workspaces
@@ -81,7 +78,20 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
         workspaces.events.off('changed', onChange);
       }
     }),
-    BackupWorkspace: serverStream(log, 'BackupWorkspace', notYet('BackupWorkspace')),
+    BackupWorkspace: serverStream(log, 'BackupWorkspace', async (req, ctx, send: (p: BackupProgress) => Promise<void>) => {
+      const id = allowed(ctx, req.id, 'manage');
+      let last: Promise<void> = Promise.resolve();
+      const result = await workspaces.backup(id, {
+        includeUpper: req.includeUpper,
+        signal: ctx.signal,
+        // Progress is advisory: a slow client gets the latest, not a backlog.
+        onProgress: (p) => {
+          last = last.then(() => send({ progress: { bytesDone: p.bytesDone, filesDone: p.filesDone, bytesTotal: p.bytesTotal, filesTotal: p.filesTotal } }));
+        },
+      });
+      await last;
+      await send({ result });
+    }),
     UpdatePorts: unary(log, 'UpdatePorts', async (req, ctx) =>
       workspaceMessage(await workspaces.updatePorts(allowed(ctx, req.id, 'manage'), portList(req.ports))),
     ),

@@ -6,6 +6,8 @@ import { createClientCredentials } from '../api/tls';
 import { unaryCall, connect, type Clients } from './client';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
 import type { LogChunk__Output } from '../generated/tetrix/agent/v1/LogChunk';
+import type { BackupProgress__Output } from '../generated/tetrix/agent/v1/BackupProgress';
+import type { RotateKeyResponse__Output } from '../generated/tetrix/agent/v1/RotateKeyResponse';
 import type { TeardownWorkspaceResponse__Output } from '../generated/tetrix/agent/v1/TeardownWorkspaceResponse';
 import type { ListWorkspacesResponse__Output } from '../generated/tetrix/agent/v1/ListWorkspacesResponse';
 import type { Workspace__Output } from '../generated/tetrix/agent/v1/Workspace';
@@ -19,9 +21,12 @@ const usage = `usage: tetrixctl [--socket PATH | --address HOST:PORT [--pki-dir 
 
 commands:
   start ID --image IMAGE --owner USER [--team TEAM] [--memory BYTES[K|M|G]] [--cpu MILLIS]
-           [--pids N] [--env KEY=VALUE]... [--network none|isolated] [--workdir DIR] -- ARGV...
+           [--pids N] [--env KEY=VALUE]... [--network none|isolated] [--workdir DIR]
+           [--restore-from BACKUP] [--seccomp-profile NAME] [--port N]... -- ARGV...
   stop ID [--grace SECONDS]
-  teardown ID
+  teardown ID [--backup-first]
+  backup ID [--include-upper]          progress bar on a terminal; JSON lines with --output json
+  keys rotate [--rewrap]               new key-encryption key; --rewrap re-wraps every backup's data key
   get ID
   list [--owner USER]
   watch [ID]
@@ -31,7 +36,7 @@ commands:
 
 class UsageError extends Error {}
 
-const BOOLEAN_FLAGS = new Set(['follow', 'help']);
+const BOOLEAN_FLAGS = new Set(['follow', 'help', 'backup-first', 'include-upper', 'rewrap']);
 
 interface Parsed {
   flags: Map<string, string[]>;
@@ -97,6 +102,9 @@ function startRequest(p: Parsed): StartWorkspaceRequest {
     resources: { memoryBytes: one(p, 'memory') ? bytes(one(p, 'memory')!) : 0, cpuMillis: one(p, 'cpu') ?? 0, pids: one(p, 'pids') ?? 0 },
     network: network ? `NETWORK_MODE_${network.toUpperCase()}` as StartWorkspaceRequest['network'] : 'NETWORK_MODE_UNSPECIFIED',
     workingDir: one(p, 'workdir') ?? '',
+    restoreFrom: one(p, 'restore-from') ?? '',
+    seccompProfile: one(p, 'seccomp-profile') ?? '',
+    ports: (p.flags.get('port') ?? []).map(Number),
   };
 }
 
@@ -122,6 +130,38 @@ function show(workspaces: Workspace__Output[], json: boolean): void {
   if (!json && failed && workspaces.length === 1) process.stdout.write(`message: ${failed.message}\n`);
 }
 
+const mib = (n: number): string => `${(n / (1 << 20)).toFixed(1)} MiB`;
+
+/** A progress bar with throughput on a terminal; one JSON object per message otherwise asked for. */
+function backup(ws: Clients['workspaces'], id: string, includeUpper: boolean, json: boolean): Promise<void> {
+  const tty = process.stderr.isTTY && !json;
+  const began = Date.now();
+  return new Promise((resolve, reject) => {
+    const stream = ws.BackupWorkspace({ id, includeUpper });
+    stream.on('data', (m: BackupProgress__Output) => {
+      if (json) {
+        process.stdout.write(JSON.stringify(m.progress ? { progress: m.progress } : { result: m.result }) + '\n');
+        return;
+      }
+      if (m.progress && tty) {
+        const done = Number(m.progress.bytesDone);
+        const total = Number(m.progress.bytesTotal);
+        const rate = done / Math.max(0.001, (Date.now() - began) / 1000);
+        const pct = total > 0 ? Math.min(100, (100 * done) / total) : 0;
+        const bar = '#'.repeat(Math.round(pct / 4)).padEnd(25, '.');
+        process.stderr.write(`\r[${bar}] ${pct.toFixed(0).padStart(3)}%  ${mib(done)}${total ? ' / ' + mib(total) : ''}  ${m.progress.filesDone} files  ${mib(rate)}/s `);
+      }
+      if (m.result) {
+        if (tty) process.stderr.write('\n');
+        process.stdout.write(`backup ${m.result.backupId}: ${mib(Number(m.result.size))} stored, sha256 ${m.result.sha256}, key ${m.result.keyId}\n`);
+      }
+    });
+    stream.on('error', reject);
+    stream.on('end', resolve);
+    process.once('SIGINT', () => stream.cancel());
+  });
+}
+
 async function run(c: Clients, command: string, p: Parsed, json: boolean): Promise<void> {
   const ws = c.workspaces;
   switch (command) {
@@ -132,8 +172,17 @@ async function run(c: Clients, command: string, p: Parsed, json: boolean): Promi
       return show([await unaryCall<Workspace__Output>((md, o, cb) => ws.StopWorkspace({ id: p.args[0] ?? '', gracePeriodMs: Math.round(grace * 1000) }, md, o, cb))], json);
     }
     case 'teardown': {
-      const res = await unaryCall<TeardownWorkspaceResponse__Output>((md, o, cb) => ws.TeardownWorkspace({ id: p.args[0] ?? '' }, md, o, cb));
-      process.stdout.write(json ? JSON.stringify(res) + '\n' : res.existed ? `${p.args[0]} torn down\n` : `${p.args[0]} did not exist\n`);
+      const res = await unaryCall<TeardownWorkspaceResponse__Output>((md, o, cb) => ws.TeardownWorkspace({ id: p.args[0] ?? '', backupFirst: p.bools.has('backup-first') }, md, o, cb));
+      const backup = res.backupId ? ` (final backup ${res.backupId})` : '';
+      process.stdout.write(json ? JSON.stringify(res) + '\n' : res.existed ? `${p.args[0]} torn down${backup}\n` : `${p.args[0]} did not exist\n`);
+      return;
+    }
+    case 'backup':
+      return backup(ws, p.args[0] ?? '', p.bools.has('include-upper'), json);
+    case 'keys': {
+      if (p.args[0] !== 'rotate') throw new UsageError('keys: the only subcommand is rotate');
+      const res = await unaryCall<RotateKeyResponse__Output>((md, o, cb) => c.node.RotateKey({ rewrapBackups: p.bools.has('rewrap') }, md, o, cb));
+      process.stdout.write(json ? JSON.stringify(res) + '\n' : `current key ${res.keyId}; ${res.rewrapped} backups re-wrapped\n`);
       return;
     }
     case 'get':

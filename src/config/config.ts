@@ -45,6 +45,12 @@ export interface Config {
   readonly dnsServers: string;      // comma-separated; '' = the host's non-loopback resolvers
   readonly logMaxBytes: number;     // output kept per log segment; then a truncation marker
   readonly logRetentionMs: number;  // logs outlive teardown this long (prebuild logs are read after it)
+  readonly backupStorage: 'fs' | 's3';
+  readonly backupDir: string;       // fs: where backups live ('' = <stateDir>/backups)
+  readonly s3Bucket: string;        // s3: bucket, key prefix (private to this node) and endpoint;
+  readonly s3Prefix: string;        //     credentials come from the AWS SDK's usual chain
+  readonly s3Endpoint: string;
+  readonly s3Region: string;
 }
 
 /** The package's root directory, from src/ (ts) or dist/src/ (compiled) alike. */
@@ -92,6 +98,12 @@ export function defaults(): Config {
     dnsServers: '',
     logMaxBytes: 64 << 20,
     logRetentionMs: 7 * 24 * 3600 * 1000,
+    backupStorage: 'fs',
+    backupDir: '',
+    s3Bucket: '',
+    s3Prefix: '',
+    s3Endpoint: '',
+    s3Region: 'us-east-1',
   };
 }
 
@@ -107,7 +119,7 @@ const stringKeys = [
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'keyFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
-  'networkTable', 'dnsServers',
+  'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 
@@ -194,6 +206,9 @@ function validate(c: Config): Config {
   if (c.endpointListen !== '' && c.nodeDomain === '') throw new ConfigError('endpointListen needs nodeDomain');
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
+  if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);
+  if (c.backupStorage === 's3' && c.s3Bucket === '') throw new ConfigError('backupStorage s3 needs s3Bucket');
+  if (c.backupDir !== '' && !path.isAbsolute(c.backupDir)) throw new ConfigError(`backupDir: must be an absolute path, got "${c.backupDir}"`);
   if (c.network === 'off' && c.defaultNetwork === 'isolated') return { ...c, defaultNetwork: 'none' };
   return c;
 }

@@ -40,3 +40,25 @@ export interface WorkspaceLogs {
   closeWhenDrained(workspaceId: string): Promise<void>;
   remove(workspaceId: string): Promise<void>;
 }
+
+export interface BackupProgressReport {
+  bytesDone: number;
+  filesDone: number;
+  bytesTotal: number;
+  filesTotal: number;
+}
+
+export interface BackupOutcome {
+  backupId: string;
+  size: number;
+  sha256: string;
+  keyId: string;
+}
+
+/** Encrypted backups of a workspace's content (src/content). */
+export interface WorkspaceBackups {
+  backup(sources: { content: string; upper?: string }, opts: { uidBase: number; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome>;
+  restore(backupId: string, target: { content: string }, opts: { uidBase: number }): Promise<void>;
+  /** NOT_FOUND when there is no such backup. */
+  get(backupId: string): Promise<unknown>;
+}

@@ -11,7 +11,7 @@ import type { ExitStatus, NativeAddon } from '../sandbox/native';
 import { NativeError } from '../sandbox/native';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import type { Sandbox, WorkspaceLogs, WorkspaceNetwork } from './ports';
+import type { BackupOutcome, BackupProgressReport, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { readPidStartTime, signalName } from './proc';
 
 export interface WorkspaceServiceOptions {
@@ -24,6 +24,7 @@ export interface WorkspaceServiceOptions {
   specKey: Buffer;            // HMAC key: spec digests must not let anyone guess env values
   logs?: WorkspaceLogs;
   network?: WorkspaceNetwork;
+  backups?: WorkspaceBackups;
 }
 
 interface Runtime {
@@ -39,7 +40,7 @@ const SIGKILL = 9;
  * Where the crash tests kill the daemon (TETRIX_TEST_CRASH_AT=<point>): each is a moment where a
  * half-done operation must be finished or undone by recover(). A no-op unless that variable names it.
  */
-export type CrashPoint = 'after-ids' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown';
+export type CrashPoint = 'after-ids' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown' | 'mid-backup';
 const crashAt = process.env.TETRIX_TEST_CRASH_AT;
 function crashPoint(point: CrashPoint): void {
   if (crashAt === point) process.kill(process.pid, 'SIGKILL');
@@ -118,13 +119,40 @@ export class WorkspaceService {
     return record;
   }
 
-  /** Removes everything the workspace holds. Idempotent: unknown ids report existed=false. */
-  async teardown(id: string): Promise<{ existed: boolean }> {
+  /**
+   * Removes everything the workspace holds. Idempotent: unknown ids report existed=false. With
+   * backupFirst, a final backup is taken first; if it fails, nothing is deleted and the error is returned.
+   */
+  async teardown(id: string, opts: { backupFirst?: boolean } = {}): Promise<{ existed: boolean; backupId: string }> {
     await this.inFlight.get(id)?.catch(() => undefined);
     const record = this.records.get(id);
-    if (!record) return { existed: false };
+    if (!record) return { existed: false, backupId: '' };
+    const backupId = opts.backupFirst ? (await this.backup(id, {})).backupId : '';
     await this.exclusive(id, () => this.destroy(record));
-    return { existed: true };
+    return { existed: true, backupId };
+  }
+
+  /** An encrypted backup of the workspace's /workspace (and, if asked, its overlay upper layer). */
+  async backup(id: string, opts: { includeUpper?: boolean; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome> {
+    await this.inFlight.get(id)?.catch(() => undefined);
+    const record = this.get(id);
+    const backups = this.needBackups();
+    if (record.status.uidBase === 0) throw new DomainError('FAILED_PRECONDITION', `workspace "${id}" has no content (its start failed)`);
+    const wsDir = this.workspaceDir(id);
+    const began = Date.now();
+    if (crashAt === 'mid-backup') setTimeout(() => crashPoint('mid-backup'), 30);
+    const result = await backups.backup(
+      { content: path.join(wsDir, 'content'), ...(opts.includeUpper ? { upper: path.join(wsDir, 'upper') } : {}) },
+      { uidBase: record.status.uidBase, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), ...(opts.signal ? { signal: opts.signal } : {}) },
+    );
+    this.events.emit('backup', { workspaceId: id, seconds: (Date.now() - began) / 1000, bytes: result.size });
+    this.o.log.info({ workspace: id, backup: result.backupId, size: result.size }, 'backup stored');
+    return result;
+  }
+
+  private needBackups(): WorkspaceBackups {
+    if (!this.o.backups) throw new DomainError('FAILED_PRECONDITION', 'backups are not configured on this node');
+    return this.o.backups;
   }
 
   /** After a restart: adopt what still runs, settle what died, finish what was half done. */
@@ -152,6 +180,7 @@ export class WorkspaceService {
     // Everything that can refuse the request is checked before anything exists.
     const image = await this.o.sandbox.resolveImage(spec.image);
     const seccomp = this.o.sandbox.seccompFilter(spec.seccompProfile);
+    if (spec.restoreFrom) await this.needBackups().get(spec.restoreFrom);
     const record: WorkspaceRecord = { spec, status: { ...newStatus(Date.now()), ports: [...spec.ports] } };
     const { sandbox, store } = this.o;
     store.insert(record, digest);
@@ -165,6 +194,11 @@ export class WorkspaceService {
       store.updateStatus(spec.id, record.status);
       crashPoint('after-ids');
       const { rootfs, contentDir } = await sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase);
+      if (spec.restoreFrom) {
+        // Verified to the last segment before it replaces the (empty) content dir.
+        await this.needBackups().restore(spec.restoreFrom, { content: contentDir }, { uidBase: record.status.uidBase });
+        record.status.restoredFrom = spec.restoreFrom;
+      }
       await this.o.network?.prepare(spec, rootfs);
       crashPoint('after-rootfs');
       const cgroupProcs = await sandbox.createCgroup(spec.id, spec.resources);
