@@ -807,8 +807,10 @@ function emptyHeader(): EntryHeader {
   return { path: '', type: 'directory', mode: 0, uid: 0, gid: 0, size: 0, mtimeNs: 0n, linkpath: '' };
 }
 
+// libuv truncates utimes' double seconds to whole microseconds, and a double near 1.8e9 s is off by up to
+// 0.12 us: half a microsecond more keeps the truncation on the intended microsecond.
 function nsToSeconds(ns: bigint): number {
-  return Number(ns / 1000n) / 1e6;
+  return (Number(ns / 1000n) + 0.5) / 1e6;
 }
 
 function writeAll(fd: number, buf: Buffer, off: number, len: number): void {
