@@ -22,6 +22,8 @@ import { WorkspaceOutput } from './workspace/output';
 import { LogStore } from './prebuild/logs';
 import { BackupStore } from './content/backups';
 import { openBackupStorage } from './content/open-storage';
+import { loadOrCreateSigningKey } from './prebuild/signing-key';
+import { provenancePublisher } from './prebuild/publish';
 import { openSecret, sealSecret } from './crypto/secrets';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
@@ -45,7 +47,9 @@ async function run(config: Config): Promise<void> {
   await logStore.init();
   const wsDirOf = (id: string): string => path.join(config.stateDir, 'workspaces', id);
   const output = new WorkspaceOutput(logStore, native, wsDirOf, log);
-  const backups = new BackupStore({ storage: openBackupStorage(config), keyring, log });
+  const storage = openBackupStorage(config);
+  const backups = new BackupStore({ storage, keyring, log });
+  const signingKey = await loadOrCreateSigningKey(config.stateDir);
   const leftovers = await backups.cleanupTemporary();
   if (leftovers > 0) metrics.countCleanup('backup_temporary', leftovers);
   const workspaces = new WorkspaceService({
@@ -59,7 +63,9 @@ async function run(config: Config): Promise<void> {
     network,
     logs: output,
     backups,
+    provenance: provenancePublisher(storage, signingKey, { nodeId: config.nodeId, version }),
   });
+  output.onTaskEvent = (id, event) => workspaces.onTaskEvent(id, event);
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));
   metrics.watch(workspaces);
   await workspaces.recover();
@@ -73,6 +79,7 @@ async function run(config: Config): Promise<void> {
       version,
       cgroupMode: sandbox.cgroupMode,
       currentKeyId: () => keyring.current().id,
+      provenancePublicKeyPem: () => signingKey.publicKeyPem,
       rotateKey: async (rewrap) => {
         const keyId = keyring.rotate();
         log.info({ keyId }, 'key-encryption key rotated');

@@ -128,6 +128,11 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
   const tasks = req.tasks.map(task);
   if (kind === 'PREBUILD' && tasks.length === 0) throw invalidArgument('tasks', 'a prebuild needs at least one task');
   if (kind === 'REGULAR' && tasks.length > 0) throw invalidArgument('tasks', 'only prebuilds run tasks');
+  if (kind === 'PREBUILD') {
+    if (!/^[\x21-\x7e]{1,2048}$/.test(req.source?.repositoryUrl ?? '')) throw invalidArgument('source.repository_url', 'a prebuild names the repository it builds (printable, at most 2048)');
+    if (!/^[\x21-\x7e]{1,256}$/.test(req.source?.revision ?? '')) throw invalidArgument('source.revision', 'a prebuild names the revision it builds (printable, at most 256)');
+    if (tasks.length > 64) throw invalidArgument('tasks', 'more than 64 tasks');
+  }
   if (req.image === '') throw invalidArgument('image', 'is required');
   if (req.image.length > 256 || req.image.includes('\0')) throw invalidArgument('image', 'is not an image name');
   if (req.restoreFrom !== '' && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.restoreFrom)) throw invalidArgument('restore_from', 'is not a backup id');

@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // tetrixctl: the operators' command line, over the same API the control plane uses.
 import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
+import fs from 'node:fs';
 import path from 'node:path';
+import { FsObjectStorage } from '../content/storage-fs';
+import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
 import { createClientCredentials } from '../api/tls';
 import { unaryCall, connect, type Clients } from './client';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
@@ -27,6 +30,10 @@ commands:
   teardown ID [--backup-first]
   backup ID [--include-upper]          progress bar on a terminal; JSON lines with --output json
   keys rotate [--rewrap]               new key-encryption key; --rewrap re-wraps every backup's data key
+  prebuild ID --image IMAGE --owner USER --team TEAM --repo URL --rev REVISION
+           --task NAME=SHELL-COMMAND [--task ...]   tasks run in order, each with sh -c
+  verify SNAPSHOT [--backup-dir DIR] [--public-key FILE]
+                                       checks a prebuild snapshot's signed provenance and prints it
   get ID
   list [--owner USER]
   watch [ID]
@@ -108,6 +115,20 @@ function startRequest(p: Parsed): StartWorkspaceRequest {
   };
 }
 
+function prebuildRequest(p: Parsed): StartWorkspaceRequest {
+  const tasks = (p.flags.get('task') ?? []).map((spec) => {
+    const eq = spec.indexOf('=');
+    if (eq <= 0) throw new UsageError('--task: expected NAME=SHELL-COMMAND');
+    return { name: spec.slice(0, eq), command: ['/bin/sh', '-c', spec.slice(eq + 1)], workingDir: '', env: {} };
+  });
+  return {
+    ...startRequest(p),
+    kind: 'WORKSPACE_KIND_PREBUILD',
+    tasks,
+    source: { repositoryUrl: one(p, 'repo') ?? '', revision: one(p, 'rev') ?? '' },
+  };
+}
+
 const short = (s: string, prefix: string): string => s.replace(prefix, '');
 
 function row(w: Workspace__Output): string[] {
@@ -179,6 +200,17 @@ async function run(c: Clients, command: string, p: Parsed, json: boolean): Promi
     }
     case 'backup':
       return backup(ws, p.args[0] ?? '', p.bools.has('include-upper'), json);
+    case 'prebuild':
+      return show([await unaryCall<Workspace__Output>((md, o, cb) => ws.StartWorkspace(prebuildRequest(p), md, o, cb))], json);
+    case 'verify': {
+      const publicKeyPem = one(p, 'public-key')
+        ? fs.readFileSync(one(p, 'public-key')!, 'utf8')
+        : (await unaryCall<NodeInfo__Output>((md, o, cb) => c.node.GetNodeInfo({}, md, o, cb))).provenancePublicKeyPem;
+      const storage = new FsObjectStorage({ dir: one(p, 'backup-dir') ?? '/var/lib/tetrix/backups' });
+      const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: `${p.args[0] ?? ''}.data`, publicKeyPem });
+      process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${p.args[0]} was built by ${statement.predicate.runDetails.builder.id}\n${JSON.stringify(statement, null, 2)}\n`);
+      return;
+    }
     case 'keys': {
       if (p.args[0] !== 'rotate') throw new UsageError('keys: the only subcommand is rotate');
       const res = await unaryCall<RotateKeyResponse__Output>((md, o, cb) => c.node.RotateKey({ rewrapBackups: p.bools.has('rewrap') }, md, o, cb));

@@ -34,11 +34,6 @@ function writeIntoRootfs(rootfs: string, relative: string, content: string): voi
   }
 }
 
-/** A workload that already exited needs no loopback; its exit is reported as usual. */
-function ignoreIfGone(err: unknown): void {
-  if (!(err instanceof DomainError && err.code === 'FAILED_PRECONDITION')) throw err;
-}
-
 /** NONE gets loopback only; ISOLATED gets the node network. `net` is undefined when the node has none. */
 export function workspaceNetwork(net: NodeNetwork | undefined): WorkspaceNetwork {
   const needNetwork = (spec: WorkspaceSpec): NodeNetwork => {
@@ -57,14 +52,10 @@ export function workspaceNetwork(net: NodeNetwork | undefined): WorkspaceNetwork
     },
     async attach(spec, pid) {
       if (spec.network !== 'ISOLATED') {
-        await loopbackUp(pid).catch(ignoreIfGone);
+        await loopbackUp(pid);
         return '';
       }
-      const net = needNetwork(spec);
-      return net.attach(spec.id, pid, spec.ports).then((a) => a.ip, (err: unknown) => {
-        ignoreIfGone(err);
-        return '';
-      });
+      return (await needNetwork(spec).attach(spec.id, pid, spec.ports)).ip;
     },
     async detach(id) {
       await net?.detach(id);

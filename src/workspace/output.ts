@@ -6,10 +6,12 @@
 // kills a workload that prints; its writes block once the pipe is full, until the next daemon reopens
 // the FIFO by name and drains it into a new log segment (<id>.1, <id>.2, ...).
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
 import type { LogChunkRecord, LogStore, LogWriter } from '../prebuild/logs';
+import { createTaskFifos, parseTaskEvent, type TaskEvent } from '../prebuild/tasks';
 import type { NativeAddon } from '../sandbox/native';
 import type { WorkspaceLogs } from './ports';
 import type { WorkspaceSpec } from './types';
@@ -26,6 +28,8 @@ export const segmentId = (workspaceId: string, segment: number): string => (segm
 
 export class WorkspaceOutput implements WorkspaceLogs {
   private readonly captures = new Map<string, Capture>();
+  /** Prebuilds: where each task's start and end are reported (the lifecycle listens). */
+  onTaskEvent: (workspaceId: string, event: TaskEvent) => void = () => undefined;
 
   constructor(
     private readonly store: LogStore,
@@ -34,8 +38,13 @@ export class WorkspaceOutput implements WorkspaceLogs {
     private readonly log: Logger,
   ) {}
 
-  /** Before spawn: the FIFOs, the workspace's ends, and a new log capturing both streams. */
-  async open(spec: WorkspaceSpec): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
+  /** Prebuilds' task FIFOs, bound into the workspace at /.tetrix/io. */
+  ioDir(workspaceId: string): string {
+    return path.join(this.dirOf(workspaceId), 'io');
+  }
+
+  /** Before spawn: the FIFOs, the workspace's ends, and a new log capturing both streams (and each task's). */
+  async open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
     // A reused id starts a fresh history: the previous incarnation was torn down.
     await this.removeSegments(spec.id);
     const fds: number[] = [];
@@ -45,6 +54,7 @@ export class WorkspaceOutput implements WorkspaceLogs {
       this.native.mkfifo(fifo, 0o600);
       fds.push(fs.openSync(fifo, fs.constants.O_RDWR));
     }
+    if (spec.tasks.length > 0) createTaskFifos(this.ioDir(spec.id), spec.tasks.length, uidBase, (p, m) => this.native.mkfifo(p, m));
     await this.capture(spec, 0);
     return { stdoutFd: fds[0], stderrFd: fds[1], fds, afterSpawn: () => undefined };
   }
@@ -60,6 +70,8 @@ export class WorkspaceOutput implements WorkspaceLogs {
   async closeWhenDrained(workspaceId: string): Promise<void> {
     const capture = this.captures.get(workspaceId);
     if (!capture) return;
+    // The workspace is gone: a task FIFO no task ever opened (after a failure) must still end.
+    for (const fifo of this.fifos(workspaceId)) this.poke(fifo);
     await capture.done;
     await capture.writer.close();
     this.captures.delete(workspaceId);
@@ -97,19 +109,56 @@ export class WorkspaceOutput implements WorkspaceLogs {
       teamId: spec.teamId,
       kind: spec.kind,
     });
-    const done = Promise.all(
-      STREAMS.map((stream) => {
-        const fifo = this.fifoPath(spec.id, stream);
-        const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-        // Linux reports hang-up on a FIFO only once a writer has come and gone since it was opened; after
-        // a restart the workspace may already be gone, so be that writer once: EOF then arrives for sure.
-        fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
-        return writer.capture(fd, { stream, task: '' }).catch((err: unknown) => {
-          this.log.warn({ workspace: spec.id, stream, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
-        });
+    const sources = [
+      ...STREAMS.map((stream) => ({ fifo: this.fifoPath(spec.id, stream), stream, task: '' })),
+      ...spec.tasks.flatMap((t, i) => STREAMS.map((stream) => ({ fifo: path.join(this.ioDir(spec.id), `${i}.${stream.slice(3)}`), stream, task: t.name }))),
+    ];
+    const copies = sources.map(({ fifo, stream, task }) =>
+      writer.capture(this.openReader(fifo, segment > 0), { stream, task }).catch((err: unknown) => {
+        this.log.warn({ workspace: spec.id, stream, task, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
       }),
-    ).then(() => undefined);
-    this.captures.set(spec.id, { writer, done });
+    );
+    if (spec.tasks.length > 0) copies.push(this.followTasks(spec, segment > 0));
+    this.captures.set(spec.id, { writer, done: Promise.all(copies).then(() => undefined) });
+  }
+
+  /** The runner's status lines, until it exits. */
+  private async followTasks(spec: WorkspaceSpec, reattached: boolean): Promise<void> {
+    const socket = new net.Socket({ fd: this.openReader(path.join(this.ioDir(spec.id), 'status'), reattached), readable: true, writable: false });
+    let pending = '';
+    for await (const chunk of socket) {
+      pending += (chunk as Buffer).toString('utf8');
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) {
+        const event = parseTaskEvent(line, spec.tasks.length);
+        if (event) this.onTaskEvent(spec.id, event);
+      }
+    }
+  }
+
+  /**
+   * A non-blocking reader. Linux reports hang-up on a FIFO only once a writer has come and gone since
+   * it was opened; after a restart (reattached) the writer may already be gone, so be that writer once.
+   */
+  private openReader(fifo: string, reattached: boolean): number {
+    const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    if (reattached) this.poke(fifo);
+    return fd;
+  }
+
+  private poke(fifo: string): void {
+    try {
+      fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
+    } catch {
+      // no reader (already drained and closed) or gone: nothing to wake
+    }
+  }
+
+  private fifos(workspaceId: string): string[] {
+    const io = this.ioDir(workspaceId);
+    const tasks = fs.existsSync(io) ? fs.readdirSync(io).map((f) => path.join(io, f)) : [];
+    return [...STREAMS.map((s) => this.fifoPath(workspaceId, s)), ...tasks];
   }
 
   private async exists(logId: string): Promise<boolean> {

@@ -7,12 +7,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
-import type { ExitStatus, NativeAddon } from '../sandbox/native';
+import type { ExitStatus, HeldWorkload, NativeAddon } from '../sandbox/native';
 import { NativeError } from '../sandbox/native';
 import type { WorkspaceStore } from './store';
-import { isFinal, newStatus, type Reason, type WorkspaceRecord, type WorkspaceSpec } from './types';
+import { isFinal, newStatus, type Reason, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
 import type { BackupOutcome, BackupProgressReport, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { readPidStartTime, signalName } from './proc';
+import type { ProvenancePublisher } from '../prebuild/publish';
+import { IO_DIR_IN_WORKSPACE, taskRunner, type TaskEvent } from '../prebuild/tasks';
 
 export interface WorkspaceServiceOptions {
   stateDir: string;
@@ -25,6 +27,7 @@ export interface WorkspaceServiceOptions {
   logs?: WorkspaceLogs;
   network?: WorkspaceNetwork;
   backups?: WorkspaceBackups;
+  provenance?: ProvenancePublisher;
 }
 
 interface Runtime {
@@ -105,6 +108,17 @@ export class WorkspaceService {
     return record;
   }
 
+  /** A prebuild task started or ended (reported by its runner through the status FIFO). */
+  onTaskEvent(id: string, event: TaskEvent): void {
+    const record = this.records.get(id);
+    const task = record?.status.tasks[event.index];
+    if (!record || !task) return;
+    if (event.kind === 'start') Object.assign(task, { state: 'RUNNING', startedMs: Date.now() });
+    else Object.assign(task, { state: event.exitCode === 0 ? 'SUCCEEDED' : 'FAILED', exitCode: event.exitCode, finishedMs: Date.now() });
+    this.o.store.updateStatus(id, record.status);
+    this.emit(record);
+  }
+
   /** Replaces the exposed ports of a running ISOLATED workspace. */
   async updatePorts(id: string, ports: number[]): Promise<WorkspaceRecord> {
     await this.inFlight.get(id)?.catch(() => undefined);
@@ -181,7 +195,18 @@ export class WorkspaceService {
     const image = await this.o.sandbox.resolveImage(spec.image);
     const seccomp = this.o.sandbox.seccompFilter(spec.seccompProfile);
     if (spec.restoreFrom) await this.needBackups().get(spec.restoreFrom);
-    const record: WorkspaceRecord = { spec, status: { ...newStatus(Date.now()), ports: [...spec.ports] } };
+    if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
+      throw new DomainError('FAILED_PRECONDITION', 'kind: prebuilds need logs, backups and provenance on this node');
+    }
+    const record: WorkspaceRecord = {
+      spec,
+      status: {
+        ...newStatus(Date.now()),
+        ports: [...spec.ports],
+        imageDigest: image.digest,
+        tasks: spec.tasks.map((t) => ({ name: t.name, state: 'CREATING', exitCode: 0, startedMs: 0, finishedMs: 0 })),
+      },
+    };
     const { sandbox, store } = this.o;
     store.insert(record, digest);
     this.records.set(spec.id, record);
@@ -189,6 +214,7 @@ export class WorkspaceService {
     const wsDir = this.workspaceDir(spec.id);
     const opened: number[] = [];
     let spawned: { pidfd: number } | undefined;
+    let held: HeldWorkload | undefined;
     try {
       record.status.uidBase = sandbox.allocateIds(spec.id);
       store.updateStatus(spec.id, record.status);
@@ -205,13 +231,14 @@ export class WorkspaceService {
       crashPoint('after-cgroup');
       const statusFd = fs.openSync(path.join(wsDir, 'exit-status'), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
       opened.push(statusFd);
-      const output = await this.openOutput(spec);
+      const output = await this.openOutput(spec, record.status.uidBase);
       opened.push(...output.fds);
+      const workload = this.workloadOf(spec, rootfs, contentDir);
       const result = await this.o.native.spawn({
         rootfs,
         initPath: sandbox.initPath,
-        argv: spec.command,
-        env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+        argv: workload.argv,
+        env: Object.entries(workload.env).map(([k, v]) => `${k}=${v}`),
         cwd: spec.workingDir,
         hostname: spec.id,
         uidBase: record.status.uidBase,
@@ -221,11 +248,14 @@ export class WorkspaceService {
         stdoutFd: output.stdoutFd,
         stderrFd: output.stderrFd,
         statusFd,
-        mounts: [{ source: contentDir, target: '/workspace', readonly: false }],
+        mounts: workload.mounts,
         capabilities: sandbox.capabilities,
         ...(seccomp ? { seccomp } : {}),
+        // init waits at a gate: the workload starts only once its network and limits are in place.
+        holdWorkload: true,
       });
       spawned = result;
+      held = result.held;
       for (const fd of opened.splice(0)) fs.closeSync(fd);
       output.afterSpawn();
       Object.assign(record.status, { pid: result.pid, pidStartTime: readPidStartTime(result.pid), startedMs: Date.now() });
@@ -233,20 +263,39 @@ export class WorkspaceService {
       crashPoint('after-spawn');
       if (this.o.network) record.status.ipAddress = await this.o.network.attach(spec, result.pid);
       crashPoint('after-network');
+      // The kernel copies oom_score_adj to children: the daemon's own protection must not reach workloads.
+      fs.writeFileSync(`/proc/${result.pid}/oom_score_adj`, '0');
+      held = undefined;
+      await this.o.native.releaseWorkload(result.held);
       this.watch(record, result.pidfd, true);
       this.transition(record, 'RUNNING');
       this.o.log.info({ workspace: spec.id, pid: result.pid, uidBase: record.status.uidBase }, 'workspace running');
       return record;
     } catch (err) {
       for (const fd of opened) fs.closeSync(fd);
+      // Abandoned at the gate: closing it without a byte makes init exit (125) before any workload ran.
+      if (held) for (const fd of [held.gateFd, held.reportFd]) this.o.native.closeFd(fd);
       if (spawned && !this.runtimes.has(spec.id)) await this.killAndReap(spawned.pidfd);
       await this.abortStart(record, err);
       throw toStartError(err);
     }
   }
 
-  private async openOutput(spec: WorkspaceSpec): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
-    if (this.o.logs) return this.o.logs.open(spec);
+  /** What runs: the request's command, or for a prebuild the task runner (src/prebuild/tasks.ts). */
+  private workloadOf(spec: WorkspaceSpec, rootfs: string, contentDir: string): { argv: string[]; env: Record<string, string>; mounts: { source: string; target: string; readonly: boolean }[] } {
+    const mounts = [{ source: contentDir, target: '/workspace', readonly: false }];
+    if (spec.kind !== 'PREBUILD') return { argv: spec.command, env: spec.env, mounts };
+    const runner = taskRunner(spec.tasks);
+    makeMountpoint(rootfs, IO_DIR_IN_WORKSPACE);
+    return {
+      argv: runner.argv,
+      env: { ...spec.env, ...runner.env },
+      mounts: [...mounts, { source: this.o.logs!.ioDir(spec.id), target: IO_DIR_IN_WORKSPACE, readonly: false }],
+    };
+  }
+
+  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
+    if (this.o.logs) return this.o.logs.open(spec, uidBase);
     const fd = fs.openSync('/dev/null', fs.constants.O_WRONLY);
     return { stdoutFd: fd, stderrFd: fd, fds: [fd], afterSpawn: () => undefined };
   }
@@ -302,10 +351,32 @@ export class WorkspaceService {
     this.o.log.debug({ workspace: id }, 'output drained');
     await this.releaseRuntime(record);
     record.status.finishedMs = Date.now();
+    const final = record.spec.kind === 'PREBUILD' ? await this.finishPrebuild(record) : 'STOPPED';
     // Only now: stop and teardown wait on runtime.exited, so they never race this release.
     this.runtimes.delete(id);
-    this.transition(record, 'STOPPED');
+    this.transition(record, final);
     this.o.log.info({ workspace: id, reason: record.status.reason, exitCode: record.status.exitCode, signal: record.status.signal }, 'workspace stopped');
+  }
+
+  /** Every task passed: snapshot and provenance, SUCCEEDED. Else FAILED naming the task (or STOPPED). */
+  private async finishPrebuild(record: WorkspaceRecord): Promise<State> {
+    const { status } = record;
+    if (status.stopRequested) return 'STOPPED';
+    const failed = status.tasks.find((t) => t.state !== 'SUCCEEDED');
+    if (failed || status.exitCode !== 0 || status.reason !== 'EXITED') {
+      status.failedTask = failed?.name ?? '';
+      if (status.reason === 'EXITED') status.reason = 'TASK_FAILED';
+      return 'FAILED';
+    }
+    try {
+      const snapshot = await this.backup(record.spec.id, {});
+      status.snapshotId = snapshot.backupId;
+      await this.o.provenance!.publish(record, snapshot);
+      return 'SUCCEEDED';
+    } catch (err) {
+      status.message = `snapshot failed: ${errText(err)}`;
+      return 'FAILED';
+    }
   }
 
   /** init (native/init.c) leaves one line: "exited N" or "signaled N". */
@@ -473,4 +544,15 @@ function canonicalJson(value: unknown): string {
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
   }
   return JSON.stringify(value);
+}
+
+/** A directory in a rootfs that has not started yet; a symlink planted by the image is refused. */
+function makeMountpoint(rootfs: string, inside: string): void {
+  let dir = rootfs;
+  for (const part of inside.split('/').filter(Boolean)) {
+    dir = path.join(dir, part);
+    const st = fs.lstatSync(dir, { throwIfNoEntry: false });
+    if (!st) fs.mkdirSync(dir, { mode: 0o755 });
+    else if (!st.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `image: ${inside} is not a directory`);
+  }
 }

@@ -61,6 +61,7 @@ export interface WorkspaceStatus {
   snapshotId: string;
   failedTask: string;
   restoredFrom: string;
+  imageDigest: string;    // sha256:<hex> of the image tree the workspace booted from
   tasks: TaskStatus[];
   stopRequested: boolean;
   tearingDown: boolean;
@@ -77,6 +78,6 @@ export function newStatus(now: number): WorkspaceStatus {
   return {
     state: 'CREATING', reason: 'UNSPECIFIED', exitCode: 0, signal: '', message: '', pid: 0, pidStartTime: '',
     uidBase: 0, createdMs: now, startedMs: 0, finishedMs: 0, ipAddress: '', ports: [], snapshotId: '', failedTask: '',
-    restoredFrom: '', tasks: [], stopRequested: false, tearingDown: false,
+    restoredFrom: '', imageDigest: '', tasks: [], stopRequested: false, tearingDown: false,
   };
 }

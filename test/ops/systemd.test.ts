@@ -120,8 +120,8 @@ t.test("a workspace does not inherit the daemon's OOM score adjustment (OOMScore
   // Raising needs no privilege; under systemd the daemon's value is -999, the hazard is the same.
   fs.writeFileSync(`/proc/${d.process.pid}/oom_score_adj`, '500');
   const w = await d.start({ id: 'oom-adj', ownerId: 'alice', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exec sleep 600'] });
-  const adj = fs.readFileSync(`/proc/${w.pid}/oom_score_adj`, 'utf8').trim();
-  t.equal(adj, '0', 'the workspace is an ordinary OOM candidate', {
-    todo: adj === '0' ? false : "native/spawn.c must write 0 to the child's oom_score_adj before releasing it",
-  });
+  const adjOf = (pid: number): string => fs.readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8').trim();
+  t.equal(adjOf(w.pid), '0', "the workspace's init is an ordinary OOM candidate");
+  const [workload] = fs.readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').trim().split(' ').map(Number);
+  t.equal(adjOf(workload), '0', 'and so is its workload');
 });
