@@ -4,6 +4,7 @@ import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FsObjectStorage } from '../content/storage-fs';
+import { DomainError } from '../errors';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
 import { createClientCredentials } from '../api/tls';
 import { unaryCall, connect, type Clients } from './client';
@@ -284,6 +285,7 @@ if (require.main === module) {
     (code) => process.exit(code),
     (err: unknown) => {
       if (err instanceof UsageError) process.stderr.write(`tetrixctl: ${err.message}\n\n${usage}`);
+      else if (err instanceof DomainError) process.stderr.write(`tetrixctl: ${err.code}: ${err.message}\n`);
       else {
         const e = err as Partial<ServiceError>;
         process.stderr.write(`tetrixctl: ${e.code !== undefined ? `${grpcStatus[e.code]}: ${e.details}` : String(err)}\n`);
