@@ -20,7 +20,7 @@ import type { TeardownWorkspaceResponse__Output } from '../../src/generated/tetr
 import type { NodeInfo__Output } from '../../src/generated/tetrix/agent/v1/NodeInfo';
 import type { LogChunk__Output } from '../../src/generated/tetrix/agent/v1/LogChunk';
 import { startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
-import { createTestNode, internet, type TestNode } from '../network/fixture';
+import { createTestNode, internet, nodeUplink, type TestNode } from '../network/fixture';
 
 const run = promisify(execFile);
 
@@ -313,6 +313,7 @@ t.test("a prebuild's logs: readable by its team, refused to everyone else", asyn
     image: 'builtin:busybox',
     command: ['/bin/sh', '-c', 'echo "building for team-a"'],
     tasks: [{ name: 'build', command: ['/bin/sh', '-c', 'echo "task: build"'] }],
+    source: { repositoryUrl: 'https://git.tetrix.test/team-a/app.git', revision: '0123456789abcdef0123456789abcdef01234567' },
     resources: { memoryBytes: 128 << 20, pids: 64 },
   }));
   if (started.code !== undefined) {
@@ -378,8 +379,8 @@ interface EndpointResult {
   error?: string;
 }
 
-async function endpointRequest(node: TestNode, d: Daemon, port: number, host: string, token: string | undefined, mode: 'header' | 'cookie' | 'ws' = 'header', maxVersion = ''): Promise<EndpointResult> {
-  const url = `https://127.0.0.1:${port}/`;
+async function endpointRequest(node: TestNode, d: Daemon, port: number, host: string, token: string | undefined, mode: 'header' | 'cookie' | 'ws' = 'header', maxVersion = '', address = '127.0.0.1'): Promise<EndpointResult> {
+  const url = `https://${address}:${port}/`;
   const env = { ...process.env, ...(token ? { TETRIX_TEST_TOKEN: token } : {}) };
   if (!token) delete env.TETRIX_TEST_TOKEN;
   const { stdout } = await run('nsenter', [`--net=${node.netns}`, process.execPath, '-e', CLIENT_SCRIPT, url, host, path.join(d.stateDir, 'pki', 'ca.crt'), mode, maxVersion], { env, timeout: 20_000 });
@@ -417,7 +418,8 @@ done
 t.test('workspace endpoints: the owner reaches her server over HTTPS, nobody else does', async (t) => {
   const node: TestNode = await createTestNode(t);
   const network = ['--network', 'on', '--network-bridge', node.bridge, '--network-table', node.table, '--dns-servers', internet.ip, '--default-network', 'isolated'];
-  const { d, token } = await authDaemon(t, [...network, '--endpoint-listen', '127.0.0.1:0', '--node-domain', DOMAIN], node.netns);
+  // On every address of the node (its own namespace): the firewall, not the bind, keeps workspaces out.
+  const { d, token } = await authDaemon(t, [...network, '--endpoint-listen', '0.0.0.0:0', '--node-domain', DOMAIN], node.netns);
   const serving = JSON.parse([...d.output].reverse().find((l) => l.includes('tetrixd serving'))!) as { endpointPort?: number };
   const port = serving.endpointPort!;
   t.ok(port > 0, `the endpoint server listens on ${port}`);
@@ -446,6 +448,24 @@ t.test('workspace endpoints: the owner reaches her server over HTTPS, nobody els
   t.match(await endpointRequest(node, d, port, host(8080), token('alice', [], { exp: Math.floor(Date.now() / 1000) - 600 })), { ok: true, status: 401 }, 'an expired token is refused');
   t.match(await endpointRequest(node, d, port, host(9999), aliceToken), { ok: true, status: 403 }, 'a port the workspace does not expose is refused');
   t.match(await endpointRequest(node, d, port, host(8080), aliceToken, 'header', 'TLSv1.2'), { ok: false, error: /version|alert/i }, 'TLS 1.2 is refused');
+
+  t.test('a workspace can reach neither the endpoint server nor the server behind it', async (t) => {
+    t.match(await endpointRequest(node, d, port, host(8080), aliceToken, 'header', '', '10.88.0.1'), { ok: true, status: 200 }, 'the endpoint server answers on the bridge address, from the node');
+    const probes = [
+      `(echo | timeout 5 nc 10.88.0.1 ${port}) > /workspace/bridge.out 2>&1; echo $? > /workspace/bridge.rc`,
+      `(echo | timeout 5 nc ${nodeUplink.ip} ${port}) > /workspace/uplink.out 2>&1; echo $? > /workspace/uplink.rc`,
+      `timeout 5 wget -q -O - http://${w.ipAddress}:8080/ > /workspace/direct.out 2>&1; echo $? > /workspace/direct.rc`,
+    ];
+    await d.start(busybox('bob-ws', 'bob', [script.split('\n')[0], ...probes, 'touch /workspace/done', 'exec sleep 600'].join('\n'), { network: 'NETWORK_MODE_ISOLATED' }));
+    const file = (name: string): string => path.join(d.stateDir, 'workspaces', 'bob-ws', 'content', name);
+    await waitUntil("bob's probes", () => fs.existsSync(file('done')));
+    for (const [name, what] of [['bridge', 'the endpoint port on the bridge address'], ['uplink', 'the endpoint port on the uplink address'], ['direct', "alice's server directly"]]) {
+      const out = fs.readFileSync(file(`${name}.out`), 'utf8').trim();
+      t.not(fs.readFileSync(file(`${name}.rc`), 'utf8').trim(), '0', `bob's workspace cannot reach ${what} (${out})`);
+      t.notMatch(out, /hello from|HTTP\//, 'and nothing answered');
+    }
+    await d.teardown('bob-ws');
+  });
 
   const echo = await endpointRequest(node, d, port, host(8090), aliceToken, 'ws');
   t.same(echo, { ok: true, echo: 'ping from the test' }, 'a WebSocket echo through the endpoint (busybox sh server in the workspace)');
