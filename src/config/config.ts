@@ -135,7 +135,7 @@ export function parseFlags(argv: readonly string[]): { raw: Raw; configFile?: st
   let configFile: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    const m = /^--([a-z][a-z-]*)(?:=(.*))?$/.exec(arg);
+    const m = /^--([a-z][a-z0-9-]*)(?:=(.*))?$/.exec(arg);
     if (!m) throw new ConfigError(`unexpected argument "${arg}" (flags look like --state-dir DIR)`);
     const value = m[2] ?? argv[++i];
     if (value === undefined) throw new ConfigError(`--${m[1]} needs a value`);
