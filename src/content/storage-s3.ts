@@ -51,8 +51,8 @@ export class S3ObjectStorage implements ObjectStorage {
     const firstPart = first.done ? Buffer.alloc(0) : first.value;
     const second = first.done ? first : await parts.next();
     if (second.done) {
-      await this.#s3.send(new PutObjectCommand({ Bucket: this.#bucket, Key: key, Body: firstPart }),
-        { abortSignal: opts.signal });
+      await this.#request(`put ${name}`, () =>
+        this.#s3.send(new PutObjectCommand({ Bucket: this.#bucket, Key: key, Body: firstPart }), { abortSignal: opts.signal }));
     } else {
       await this.#multipart(key, [firstPart, second.value], parts, opts.signal);
     }
@@ -60,16 +60,16 @@ export class S3ObjectStorage implements ObjectStorage {
   }
 
   async #multipart(key: string, head: Buffer[], rest: AsyncGenerator<Buffer>, signal?: AbortSignal): Promise<void> {
-    const created = await this.#s3.send(new CreateMultipartUploadCommand({ Bucket: this.#bucket, Key: key }),
-      { abortSignal: signal });
+    const created = await this.#request(`put ${key}`, () =>
+      this.#s3.send(new CreateMultipartUploadCommand({ Bucket: this.#bucket, Key: key }), { abortSignal: signal }));
     const uploadId = created.UploadId!;
     const done: { ETag: string; PartNumber: number }[] = [];
     let inFlight: Promise<void> | undefined;
     try {
       const upload = async (part: Buffer, n: number): Promise<void> => {
-        const r = await this.#s3.send(new UploadPartCommand({
+        const r = await this.#request(`put ${key}`, () => this.#s3.send(new UploadPartCommand({
           Bucket: this.#bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: part, ContentLength: part.length,
-        }), { abortSignal: signal });
+        }), { abortSignal: signal }));
         done.push({ ETag: r.ETag!, PartNumber: n });
       };
       let n = 0;
@@ -82,14 +82,27 @@ export class S3ObjectStorage implements ObjectStorage {
       for await (const part of rest) await next(part);
       if (inFlight) await inFlight;
       done.sort((a, b) => a.PartNumber - b.PartNumber);
-      await this.#s3.send(new CompleteMultipartUploadCommand({
+      await this.#request(`put ${key}`, () => this.#s3.send(new CompleteMultipartUploadCommand({
         Bucket: this.#bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: done },
-      }), { abortSignal: signal });
+      }), { abortSignal: signal }));
     } catch (err) {
       await inFlight?.catch(() => undefined);
       await this.#s3.send(new AbortMultipartUploadCommand({ Bucket: this.#bucket, Key: key, UploadId: uploadId }))
         .catch(() => undefined);
       throw err;
+    }
+  }
+
+  /**
+   * A request whose failure (unreachable endpoint, refused credentials, missing bucket...) becomes UNAVAILABLE
+   * naming the operation and the S3 error, instead of an unmapped SDK error the API can only call UNKNOWN.
+   */
+  async #request<T>(what: string, send: () => Promise<T>): Promise<T> {
+    try {
+      return await send();
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      throw new DomainError('UNAVAILABLE', `object storage: ${what}: ${e.code ?? e.name}`, { cause: err });
     }
   }
 
@@ -127,9 +140,9 @@ export class S3ObjectStorage implements ObjectStorage {
     const out: ObjectInfo[] = [];
     let token: string | undefined;
     do {
-      const r = await this.#s3.send(new ListObjectsV2Command({
+      const r = await this.#request('list', () => this.#s3.send(new ListObjectsV2Command({
         Bucket: this.#bucket, Prefix: this.#prefix + prefix, ContinuationToken: token,
-      }));
+      })));
       for (const o of r.Contents ?? []) {
         const name = o.Key!.slice(this.#prefix.length);
         if (!name.includes('/')) out.push({ name, size: o.Size ?? 0, modifiedAt: o.LastModified ?? new Date(0) });
@@ -141,7 +154,8 @@ export class S3ObjectStorage implements ObjectStorage {
 
   async delete(name: string): Promise<void> {
     checkObjectName(name);
-    await this.#s3.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + name }));
+    await this.#request(`delete ${name}`, () =>
+      this.#s3.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + name })));
   }
 
   async cleanupTemporary(): Promise<number> {
