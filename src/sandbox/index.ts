@@ -11,7 +11,7 @@ import { detectCgroupDriver, type CgroupDriver } from './cgroups';
 import { IdRangeAllocator } from './idmap';
 import { ImageStore } from './images';
 import { initBinaryPath } from './native';
-import { prepareRootfs, releaseRootfs, unmountRootfs } from './rootfs';
+import { prepareRootfs, releaseRootfs, unmountRootfs, type ImageOwnership } from './rootfs';
 import { SeccompProfiles } from './seccomp';
 
 export interface NodeSandbox extends Sandbox {
@@ -55,6 +55,14 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     return p;
   };
   log.info({ cgroups: cgroups.mode, profiles: profiles.names() }, 'sandbox ready');
+  // Which way images reach container root: said on the first start, and again only if it changes.
+  let ownershipLogged = '';
+  const logOwnershipOnce = (ownership: ImageOwnership): void => {
+    if (ownership.how === ownershipLogged) return;
+    ownershipLogged = ownership.how;
+    if (ownership.how === 'idmapped') log.info('rootfs: images are mounted idmapped into each workspace\'s range');
+    else log.warn({ reason: ownership.reason }, 'rootfs: idmapped mounts refused; shifting image ownership by chown (slow for large images)');
+  };
 
   return {
     cgroupMode: cgroups.mode,
@@ -64,7 +72,11 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     seccompFilter: (profile) => profiles.filterFor(profile),
     allocateIds: (workspaceId) => ids.allocate({ stateDir: config.stateDir, workspaceId }).base,
     releaseIds: (base) => ids.release(base),
-    prepareRootfs: (wsDir, lowerDir, uidBase) => prepareRootfs({ wsDir, lowerDir, uidBase }),
+    prepareRootfs: async (wsDir, lowerDir, uidBase) => {
+      const prepared = await prepareRootfs({ wsDir, lowerDir, uidBase });
+      logOwnershipOnce(prepared.ownership);
+      return prepared;
+    },
     unmountRootfs: (wsDir) => unmountRootfs(wsDir),
     removeWorkspaceDir: (wsDir) => releaseRootfs(wsDir),
     createCgroup: async (workspaceId, resources: Resources) => (await cgroups.create(workspaceId, resources)).procsFiles(),

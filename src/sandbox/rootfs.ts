@@ -1,18 +1,19 @@
 // A workspace's files on the host, under <stateDir>/workspaces/<id>/:
+//   lower/    the image, bind-mounted read-only with its ids shifted into the workspace's range (idmapped)
 //   upper/    the overlay's writable layer (everything the workspace changes outside /workspace)
 //   work/     overlayfs scratch
-//   rootfs/   the overlay mount: image below, upper above; the workspace pivots into it
+//   rootfs/   the overlay mount: lower/ below, upper/ above; the workspace pivots into it
 //   content/  the /workspace tree, bind-mounted by spawn; the part that is backed up
 //
 // Ownership: the container's root is host uid uidBase, and image files are owned by host root, which is
 // unmapped inside the user namespace. There they would show as nobody and even container root could
 // not write /etc or enter /root (capabilities in a user namespace only cover inodes whose owner is
-// mapped into it). So after mounting, every image directory and file owned by host id N < idCount is
-// chowned through the overlay to uidBase+N. With metacopy=on that copies up metadata only, not file data;
-// the image itself is never touched. Each such copy-up costs about a millisecond, so this is fine for the
-// busybox image (about 20 entries besides its symlinks) and slow for large images (30k files: ~30 s).
-// Idmapped lower layers (mount_setattr MOUNT_ATTR_IDMAP, Linux >= 5.19) would make it free; that needs
-// open_tree/mount_setattr in the addon.
+// mapped into it). So the image is seen through an idmapped mount (mount_setattr MOUNT_ATTR_IDMAP,
+// overlayfs accepts it as a lower layer since Linux 5.19): host id N < idCount reads as uidBase+N, for
+// free, and copy-ups land in upper/ with the shifted owner. The image itself is never touched.
+// If the kernel or the image's filesystem refuses idmapping, the old way is the fallback: overlay the
+// image directly and chown every entry through the overlay to uidBase+N (with metacopy=on a metadata-only
+// copy-up, about a millisecond each: fine for busybox, ~30 s for a 30k-file image).
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -21,6 +22,7 @@ import { native, NativeError } from './native';
 
 export interface WorkspaceLayout {
   wsDir: string;
+  lower: string;
   upper: string;
   work: string;
   rootfs: string;
@@ -34,15 +36,20 @@ export interface PrepareRootfsOptions {
   idCount?: number; // size of the mapped range, default 65536
 }
 
+/** How the image came to belong to container root: an idmapped lower layer, or the chown fallback. */
+export type ImageOwnership = { how: 'idmapped' } | { how: 'chowned'; reason: string };
+
 export interface PreparedRootfs {
   rootfs: string;
   contentDir: string;
+  ownership: ImageOwnership;
 }
 
 export function workspaceLayout(wsDir: string): WorkspaceLayout {
   const dir = path.resolve(wsDir);
   return {
     wsDir: dir,
+    lower: path.join(dir, 'lower'),
     upper: path.join(dir, 'upper'),
     work: path.join(dir, 'work'),
     rootfs: path.join(dir, 'rootfs'),
@@ -63,19 +70,50 @@ export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<Prepare
   checkIds(opts.uidBase, idCount);
   const layout = workspaceLayout(opts.wsDir);
   const lowerDir = path.resolve(opts.lowerDir);
-  for (const p of [lowerDir, layout.upper, layout.work]) checkOverlayPath(p);
+  for (const p of [lowerDir, layout.lower, layout.upper, layout.work]) checkOverlayPath(p);
   if (!(await fsp.stat(lowerDir).catch(() => undefined))?.isDirectory()) {
     throw new DomainError('NOT_FOUND', `rootfs: image directory ${lowerDir} does not exist`);
   }
   await makeLayout(layout, opts.uidBase);
-  mountOverlay(lowerDir, layout);
   try {
-    await shiftImageOwnership(lowerDir, layout.rootfs, opts.uidBase, idCount);
+    const ownership = await mountShiftedImage(lowerDir, layout, opts.uidBase, idCount);
+    return { rootfs: layout.rootfs, contentDir: layout.content, ownership };
   } catch (err) {
     await unmountRootfs(layout.wsDir);
     throw err;
   }
-  return { rootfs: layout.rootfs, contentDir: layout.content };
+}
+
+/** The idmapped lower layer if the kernel takes it, else a plain overlay of the image and the chown walk. */
+async function mountShiftedImage(lowerDir: string, layout: WorkspaceLayout, uidBase: number, idCount: number): Promise<ImageOwnership> {
+  const refused = mountIdmappedLower(lowerDir, layout, uidBase, idCount);
+  if (refused === undefined) return { how: 'idmapped' };
+  mountOverlay(lowerDir, layout);
+  await shiftImageOwnership(lowerDir, layout.rootfs, uidBase, idCount);
+  return { how: 'chowned', reason: refused };
+}
+
+/**
+ * lower/ = the image idmapped into the workspace's range, then the overlay on it. Returns why not when the
+ * kernel refuses (no idmapped mounts, a filesystem without them, an overlayfs older than 5.19 that rejects
+ * idmapped layers), with nothing left mounted; other failures throw.
+ */
+function mountIdmappedLower(lowerDir: string, layout: WorkspaceLayout, uidBase: number, idCount: number): string | undefined {
+  try {
+    native.idmapMount(lowerDir, layout.lower, uidBase, uidBase, idCount);
+  } catch (err) {
+    if (err instanceof NativeError) return err.message;
+    throw err;
+  }
+  try {
+    mountOverlay(layout.lower, layout);
+    return undefined;
+  } catch (err) {
+    umountDetached(layout.lower);
+    const cause = (err as Error).cause;
+    if (cause instanceof NativeError && cause.code === 'EINVAL') return `overlay over an idmapped layer: ${cause.message}`;
+    throw err;
+  }
 }
 
 function checkIds(uidBase: number, idCount: number): void {
@@ -98,6 +136,7 @@ async function makeLayout(layout: WorkspaceLayout, uidBase: number): Promise<voi
   if (mountsUnder(await fsp.realpath(layout.wsDir)).length > 0 || (await nonEmpty(layout.upper))) {
     throw new DomainError('FAILED_PRECONDITION', `rootfs: ${layout.wsDir} still holds a previous rootfs; release it first`);
   }
+  await makeDir(layout.lower, 0o700, 0); // once mounted, the image's root (and its mode) covers it
   await makeDir(layout.upper, 0o755, uidBase); // the upper's root is the workspace's "/"
   await makeDir(layout.work, 0o700, 0);
   await makeDir(layout.rootfs, 0o755, 0);
@@ -116,8 +155,9 @@ async function nonEmpty(dir: string): Promise<boolean> {
 }
 
 /**
- * nodev: a device node in an image must not become a door to host devices. metacopy=on makes the
- * ownership shift a metadata-only copy-up; kernels that refuse it get a plain overlay.
+ * nodev: a device node in an image must not become a door to host devices. metacopy=on makes a copy-up
+ * for a chmod or chown (and the fallback's ownership shift) metadata-only; kernels that refuse it get a
+ * plain overlay. Not nosuid: the image's setuid programs are meant to work inside the workspace.
  */
 function mountOverlay(lowerDir: string, layout: WorkspaceLayout): void {
   const options = `lowerdir=${lowerDir},upperdir=${layout.upper},workdir=${layout.work}`;
@@ -138,8 +178,8 @@ function mountError(target: string, err: unknown): DomainError {
 }
 
 /**
- * Walks the image (never the merged tree, which a workspace could have filled with symlinks; this runs
- * on a fresh mount before anything ran in it) and chowns each entry through the overlay.
+ * The fallback. Walks the image (never the merged tree, which a workspace could have filled with symlinks;
+ * this runs on a fresh mount before anything ran in it) and chowns each entry through the overlay.
  * Symlinks are skipped (each would cost a full copy-up, about 1 ms, and a symlink's owner only matters
  * in sticky directories, where they are shifted too): in /bin they show as nobody, harmlessly.
  */

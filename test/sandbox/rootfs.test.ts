@@ -1,6 +1,9 @@
 // Workspace root filesystems: an overlay over the image that the workspace's own root owns, that never
-// writes through to the image, and that release removes completely, mounts first.
-import { spawn } from 'node:child_process';
+// writes through to the image, and that release removes completely, mounts first. The image reaches
+// container root through an idmapped lower layer; an image on ramfs (which refuses idmapped mounts) takes
+// the chown fallback, and both must look the same from inside.
+import { execFileSync, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,14 +38,65 @@ function mountLine(target: string): string {
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === target) ?? '';
 }
 
+/** A static program that prints its real and effective uid: the image's setuid probe. */
+const euidProbe = ((): string => {
+  const dir = path.join(stateDir, 'probe');
+  fs.mkdirSync(dir);
+  fs.writeFileSync(path.join(dir, 'euid.c'), '#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf("%d %d\\n", (int)getuid(), (int)geteuid()); return 0; }\n');
+  execFileSync('gcc', ['-static', '-O2', '-o', path.join(dir, 'euid'), path.join(dir, 'euid.c')]);
+  return path.join(dir, 'euid');
+})();
+
+/**
+ * The busybox image plus what ownership shifting must get right: a setuid-root probe, a setgid file of
+ * group 8, a file of an id outside the mapped range, a symlink in a sticky dir, a 0700 /root. On ramfs
+ * (which refuses idmapped mounts) when fallback is set: the image then takes the chown walk.
+ */
+function customImage(t: Test, fallback: boolean): string {
+  const lower = path.join(stateDir, 'images', `custom-${++counter}`);
+  fs.mkdirSync(lower, { recursive: true });
+  if (fallback) native.mount('tetrix-test-ramfs', lower, 'ramfs', 0, 'mode=0755');
+  t.teardown(() => {
+    if (fallback) native.umount(lower, native.constants.MNT_DETACH);
+    fs.rmSync(lower, { recursive: true, force: true });
+  });
+  execFileSync('cp', ['-a', `${image}/.`, lower]);
+  fs.mkdirSync(path.join(lower, 'usr', 'bin'), { recursive: true });
+  fs.copyFileSync(euidProbe, path.join(lower, 'usr', 'bin', 'euid'));
+  fs.chmodSync(path.join(lower, 'usr', 'bin', 'euid'), 0o4755);
+  fs.writeFileSync(path.join(lower, 'usr', 'bin', 'mail'), '');
+  fs.chownSync(path.join(lower, 'usr', 'bin', 'mail'), 0, 8);
+  fs.chmodSync(path.join(lower, 'usr', 'bin', 'mail'), 0o2755);
+  fs.writeFileSync(path.join(lower, 'foreign'), '');
+  fs.chownSync(path.join(lower, 'foreign'), 70000, 70000);
+  fs.symlinkSync('/nowhere', path.join(lower, 'tmp', 'link'));
+  fs.chmodSync(path.join(lower, 'root'), 0o700);
+  return lower;
+}
+
+/** path -> "mode uid gid sha256" for everything under dir: what "the image is unchanged" means. */
+function snapshotTree(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (p: string): void => {
+    const st = fs.lstatSync(p);
+    const body = st.isFile() ? crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex') : st.isSymbolicLink() ? fs.readlinkSync(p) : '-';
+    out[path.relative(dir, p) || '.'] = `${st.mode.toString(8)} ${st.uid} ${st.gid} ${body}`;
+    if (st.isDirectory()) for (const e of fs.readdirSync(p)) walk(path.join(p, e));
+  };
+  walk(dir);
+  return out;
+}
+
 t.test('the workspace sees the image through an overlay and its writes never reach the image', async (t) => {
   const wsDir = newWsDir(t);
   const { rootfs, contentDir } = await prepareRootfs({ wsDir, lowerDir: image, uidBase: UID_BASE });
   const layout = workspaceLayout(wsDir);
   t.equal(rootfs, layout.rootfs);
   t.equal(contentDir, layout.content);
-  t.same(mountsUnder(wsDir), [rootfs]);
+  t.same(mountsUnder(wsDir), [layout.lower, rootfs], 'the idmapped image, then the overlay on it');
+  t.match(mountLine(layout.lower), /^(\S+ ){5}ro,nosuid,nodev,\S*idmapped /, 'the image is bound read-only, nosuid, nodev, idmapped');
   t.match(mountLine(rootfs), /[ ,]nodev[ ,].* - overlay overlay /, 'an overlay, mounted nodev');
+  t.notMatch(mountLine(rootfs), /nosuid/, 'not nosuid: setuid programs of the image work inside');
   t.ok(fs.existsSync(path.join(rootfs, 'bin', 'sh')));
   fs.writeFileSync(path.join(rootfs, 'etc', 'motd'), 'hello\n');
   fs.rmSync(path.join(rootfs, 'bin', 'vi'));
@@ -54,8 +108,9 @@ t.test('the workspace sees the image through an overlay and its writes never rea
 
 t.test('container root owns the image files and /workspace; the image stays host root\'s', async (t) => {
   const wsDir = newWsDir(t);
-  const { rootfs, contentDir } = await prepareRootfs({ wsDir, lowerDir: image, uidBase: UID_BASE });
-  for (const p of ['.', 'etc', 'etc/passwd', 'bin/busybox', 'root', 'tmp']) {
+  const { rootfs, contentDir, ownership } = await prepareRootfs({ wsDir, lowerDir: image, uidBase: UID_BASE });
+  t.same(ownership, { how: 'idmapped' }, 'this kernel takes idmapped lower layers');
+  for (const p of ['.', 'etc', 'etc/passwd', 'bin/busybox', 'bin/sh', 'root', 'tmp']) {
     const st = fs.lstatSync(path.join(rootfs, p));
     t.same([st.uid, st.gid], [UID_BASE, UID_BASE], `/${p} owned by container root`);
   }
@@ -65,41 +120,34 @@ t.test('container root owns the image files and /workspace; the image stays host
   const content = fs.statSync(contentDir);
   t.same([content.uid, content.gid, content.mode & 0o7777], [UID_BASE, UID_BASE, 0o755]);
   t.equal(fs.statSync(wsDir).mode & 0o7777, 0o711, 'wsDir: traversable, not listable');
-  if (/metacopy=on/.test(mountLine(rootfs))) {
-    const copied = fs.statSync(path.join(workspaceLayout(wsDir).upper, 'bin', 'busybox'));
-    t.ok(copied.blocks * 512 < 64 * 1024, `metacopy: the shift copied metadata, not the ${copied.size}-byte binary`);
-  }
+  t.same(fs.readdirSync(workspaceLayout(wsDir).upper), [], 'nothing was copied up to get there');
 });
 
-t.test('ownership shift keeps image semantics: setuid bits, ids outside the range, sticky-dir symlinks', async (t) => {
-  const lower = path.join(stateDir, 'images', 'custom');
-  t.teardown(() => fs.rmSync(lower, { recursive: true, force: true }));
-  fs.mkdirSync(path.join(lower, 'tmp'), { recursive: true, mode: 0o1777 });
-  fs.chmodSync(path.join(lower, 'tmp'), 0o1777);
-  fs.mkdirSync(path.join(lower, 'usr', 'bin'), { recursive: true });
-  fs.writeFileSync(path.join(lower, 'usr', 'bin', 'su'), '');
-  fs.chmodSync(path.join(lower, 'usr', 'bin', 'su'), 0o4755);
-  fs.writeFileSync(path.join(lower, 'usr', 'bin', 'mail'), '');
-  fs.chownSync(path.join(lower, 'usr', 'bin', 'mail'), 0, 8);
-  fs.chmodSync(path.join(lower, 'usr', 'bin', 'mail'), 0o2755);
-  fs.writeFileSync(path.join(lower, 'foreign'), '');
-  fs.chownSync(path.join(lower, 'foreign'), 70000, 70000);
-  fs.symlinkSync('/nowhere', path.join(lower, 'tmp', 'link'));
-  const wsDir = newWsDir(t);
-  const { rootfs } = await prepareRootfs({ wsDir, lowerDir: lower, uidBase: UID_BASE });
-  const su = fs.statSync(path.join(rootfs, 'usr', 'bin', 'su'));
-  t.same([su.uid, su.mode & 0o7777], [UID_BASE, 0o4755], 'setuid kept, now for container root');
-  const mail = fs.statSync(path.join(rootfs, 'usr', 'bin', 'mail'));
-  t.same([mail.gid, mail.mode & 0o7777], [UID_BASE + 8, 0o2755], 'setgid kept, group shifted');
-  t.equal(fs.statSync(path.join(rootfs, 'foreign')).uid, 70000, 'an id outside the mapped range is left alone');
-  t.equal(fs.lstatSync(path.join(rootfs, 'tmp', 'link')).uid, UID_BASE, 'a symlink in a sticky dir is shifted');
-});
+for (const fallback of [false, true]) {
+  const how = fallback ? 'chowned' : 'idmapped';
+  t.test(`ownership shift keeps image semantics (${how}): setuid bits, ids outside the range, sticky-dir symlinks`, async (t) => {
+    const lower = customImage(t, fallback);
+    const before = snapshotTree(lower);
+    const wsDir = newWsDir(t);
+    const { rootfs, ownership } = await prepareRootfs({ wsDir, lowerDir: lower, uidBase: UID_BASE });
+    t.equal(ownership.how, how);
+    if (fallback) t.match(ownership, { reason: /^idmap mount_setattr: EINVAL/ }, 'the kernel refused to idmap ramfs, and said so');
+    const euid = fs.statSync(path.join(rootfs, 'usr', 'bin', 'euid'));
+    t.same([euid.uid, euid.mode & 0o7777], [UID_BASE, 0o4755], 'setuid kept, now for container root');
+    const mail = fs.statSync(path.join(rootfs, 'usr', 'bin', 'mail'));
+    t.same([mail.gid, mail.mode & 0o7777], [UID_BASE + 8, 0o2755], 'setgid kept, group shifted');
+    // Either way it is unmapped inside the workspace (nobody); idmapping shows it as the overflow id.
+    t.equal(fs.statSync(path.join(rootfs, 'foreign')).uid, fallback ? 70000 : 65534, 'an id outside the mapped range is not given to the workspace');
+    t.equal(fs.lstatSync(path.join(rootfs, 'tmp', 'link')).uid, UID_BASE, 'a symlink in a sticky dir is shifted');
+    t.same(snapshotTree(lower), before, 'the image is unchanged');
+  });
+}
 
 /**
- * Runs `script` with /bin/sh inside rootfs as container root: a holder process owns a user namespace
- * mapping 0..65535 to UID_BASE.., and nsenter joins it as uid 0 with rootfs as its root.
+ * Runs `script` with /bin/sh inside rootfs as container root (or uid): a holder process owns a user
+ * namespace mapping 0..65535 to UID_BASE.., and nsenter joins it with rootfs as its root.
  */
-async function runAsContainerRoot(t: Test, rootfs: string, script: string): Promise<{ code: number | null; out: string }> {
+async function runAsContainerRoot(t: Test, rootfs: string, script: string, uid = 0): Promise<{ code: number | null; out: string }> {
   const holder = spawn('unshare', ['--user', 'sleep', '1000'], { stdio: 'ignore' });
   t.teardown(() => {
     if (holder.exitCode === null && holder.signalCode === null) holder.kill('SIGKILL');
@@ -109,37 +157,55 @@ async function runAsContainerRoot(t: Test, rootfs: string, script: string): Prom
   while (fs.readlinkSync(`/proc/${holder.pid}/ns/user`) === ours && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
   fs.writeFileSync(`/proc/${holder.pid}/uid_map`, `0 ${UID_BASE} 65536\n`);
   fs.writeFileSync(`/proc/${holder.pid}/gid_map`, `0 ${UID_BASE} 65536\n`);
-  const child = spawn('nsenter', ['-t', String(holder.pid), '--user', `--root=${rootfs}`, '--wd=/', '/bin/sh', '-c', script], {
+  const ids = uid === 0 ? [] : [`--setuid=${uid}`, `--setgid=${uid}`];
+  const child = spawn('nsenter', ['-t', String(holder.pid), '--user', ...ids, `--root=${rootfs}`, '--wd=/', '/bin/sh', '-c', script], {
     env: { PATH: '/bin' },
   });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  // 'close', not 'exit': exit can come before the last of the output is read.
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   holder.kill('SIGKILL');
   return { code, out };
 }
 
-t.test('a process running as container root in a user namespace can change its root filesystem', async (t) => {
-  const wsDir = newWsDir(t);
-  const { rootfs } = await prepareRootfs({ wsDir, lowerDir: image, uidBase: UID_BASE });
-  const script = [
-    'set -e',
-    'id -u',
-    'stat -c "%u %U" /etc/passwd',
-    'echo "dev::1000:1000::/home/dev:/bin/sh" >> /etc/passwd',
-    'mkdir /newdir /root/.config',
-    'echo ok > /bin/tool',
-  ].join('; ');
-  const { code, out } = await runAsContainerRoot(t, rootfs, script);
-  t.equal(code, 0, out);
-  t.equal(out, '0\n0 root\n', 'it is root and sees /etc/passwd as its own');
-  const upper = workspaceLayout(wsDir).upper;
-  t.match(fs.readFileSync(path.join(upper, 'etc', 'passwd'), 'utf8'), /^dev::1000/m);
-  t.equal(fs.statSync(path.join(upper, 'newdir')).uid, UID_BASE, 'new files belong to the mapped range on the host');
-  t.equal(fs.statSync(path.join(upper, 'root', '.config')).uid, UID_BASE);
-  t.notMatch(fs.readFileSync(path.join(image, 'etc', 'passwd'), 'utf8'), /dev::/, 'the image is unchanged');
-});
+for (const fallback of [false, true]) {
+  const how = fallback ? 'chowned' : 'idmapped';
+  t.test(`a process running as container root in a user namespace can change its root filesystem (${how})`, async (t) => {
+    const lower = customImage(t, fallback);
+    const before = snapshotTree(lower);
+    const wsDir = newWsDir(t);
+    const { rootfs, ownership } = await prepareRootfs({ wsDir, lowerDir: lower, uidBase: UID_BASE });
+    t.equal(ownership.how, how);
+    const script = [
+      'set -e',
+      'id -u',
+      'stat -c "%u %U" /etc/passwd',
+      'echo "dev::1000:1000::/home/dev:/bin/sh" >> /etc/passwd',
+      'mkdir /newdir /root/.config',
+      'echo ok > /root/.profile',
+      'echo ok > /bin/tool',
+      'rm /bin/vi',
+      'chown 1000:1000 /newdir',
+    ].join('; ');
+    const { code, out } = await runAsContainerRoot(t, rootfs, script);
+    t.equal(code, 0, out);
+    t.equal(out, '0\n0 root\n', 'it is root and sees /etc/passwd as its own');
+    const upper = workspaceLayout(wsDir).upper;
+    t.match(fs.readFileSync(path.join(upper, 'etc', 'passwd'), 'utf8'), /^dev::1000/m);
+    t.same([fs.statSync(path.join(upper, 'etc', 'passwd')).uid, fs.statSync(path.join(upper, 'etc')).uid], [UID_BASE, UID_BASE], 'copied up with the shifted owner');
+    t.equal(fs.statSync(path.join(upper, 'newdir')).uid, UID_BASE + 1000, 'new files belong to the mapped range on the host');
+    t.equal(fs.statSync(path.join(upper, 'root', '.config')).uid, UID_BASE);
+    t.equal(fs.readFileSync(path.join(upper, 'root', '.profile'), 'utf8'), 'ok\n');
+    t.equal(fs.readFileSync(path.join(upper, 'bin', 'tool'), 'utf8'), 'ok\n');
+
+    const setuid = await runAsContainerRoot(t, rootfs, '/usr/bin/euid; stat -c "%u %a" /usr/bin/euid', 1000);
+    t.equal(setuid.code, 0, setuid.out);
+    t.equal(setuid.out, '1000 0\n0 4755\n', 'an unprivileged user inside runs the image\'s setuid-root program as root');
+    t.same(snapshotTree(lower), before, 'the image is unchanged: owners, modes and content');
+  });
+}
 
 t.test('release unmounts everything below the workspace, removes it, and can run again', async (t) => {
   const wsDir = newWsDir(t, 'with space');
@@ -147,7 +213,7 @@ t.test('release unmounts everything below the workspace, removes it, and can run
   // What a crashed start could leave in the host namespace: a bind below the overlay.
   native.mount(contentDir, path.join(rootfs, 'workspace'), '', native.constants.MS_BIND, '');
   native.mount(contentDir, path.join(rootfs, 'workspace'), '', native.constants.MS_BIND, '');
-  t.equal(mountsUnder(wsDir).length, 3, 'overlay and two stacked binds, path with a space');
+  t.equal(mountsUnder(wsDir).length, 4, 'image, overlay and two stacked binds, path with a space');
   await releaseRootfs(wsDir);
   t.same(mountsUnder(wsDir), []);
   t.notOk(fs.existsSync(wsDir));
@@ -177,7 +243,7 @@ t.test('prepare refuses what it cannot do safely', async (t) => {
   const wsDir = newWsDir(t);
   await prepareRootfs({ wsDir, lowerDir: image, uidBase: UID_BASE });
   await t.rejects(prepareRootfs({ wsDir, lowerDir: image, uidBase: UID_BASE }), { code: 'FAILED_PRECONDITION' }, 'a second prepare on a live rootfs');
-  t.equal(mountsUnder(wsDir).length, 1, 'the refusal did not stack another mount');
+  t.equal(mountsUnder(wsDir).length, 2, 'the refusal did not stack another mount');
   const other = newWsDir(t);
   await t.rejects(prepareRootfs({ wsDir: other, lowerDir: image, uidBase: 0 }), { code: 'INVALID_ARGUMENT', message: /^uid_base: / });
   await t.rejects(prepareRootfs({ wsDir: other, lowerDir: path.join(stateDir, 'nope'), uidBase: UID_BASE }), { code: 'NOT_FOUND' });
