@@ -51,6 +51,7 @@ t.test('a backup restored into another workspace gives back the identical tree',
   t.equal(run.kinds.at(-1), 'result', 'the last message is the result');
   const last = run.progress.at(-1)!;
   t.ok(Number(last.filesDone) >= 8 && Number(last.bytesDone) >= 300_000, `progress counts files and bytes (${last.filesDone}, ${last.bytesDone})`);
+  t.match(last, { bytesTotal: last.bytesDone, filesTotal: last.filesDone }, 'the totals were known and reached');
   const { result } = run;
   t.match(result.backupId, /^bk-\d{8}T\d{6}Z-[0-9a-f]{12}$/);
   t.ok(Number(result.size) > 0, 'the stored object has a size');
@@ -62,9 +63,10 @@ t.test('a backup restored into another workspace gives back the identical tree',
   const copy = await d.start(idle('tree-copy', { restoreFrom: result.backupId }));
   t.equal(copy.restoredFrom, result.backupId, 'the workspace says where its content came from');
   t.not(copy.hostUidBase, src.hostUidBase, 'the copy lives in another uid range');
-  const before = pictureOf(path.join(contentDir(d, 'tree-source'), 'tree'), src.hostUidBase);
-  const after = pictureOf(path.join(contentDir(d, 'tree-copy'), 'tree'), copy.hostUidBase);
-  t.same(after, before, 'modes, container owners, link targets, hard links, contents and mtimes are the same');
+  const whole = pictureOf(contentDir(d, 'tree-source'), src.hostUidBase);
+  t.same(pictureOf(contentDir(d, 'tree-copy'), copy.hostUidBase), whole, 'modes, container owners, link targets, hard links, contents and mtimes are the same');
+  const before = Object.fromEntries(Object.entries(whole).filter(([p]) => p.startsWith('tree/')).map(([p, e]) => [p.slice(5), e]));
+  t.match(whole['.'], { type: 'dir', uid: 0, gid: 0 }, '/workspace itself belongs to the container root');
 
   // The source really had what the comparison is about.
   t.match(before['readme.txt'], { mode: '644', uid: 1001, gid: 2002, mtimeUs: String(Date.parse('2001-02-03T04:05:06') * 1000) });
