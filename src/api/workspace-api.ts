@@ -31,6 +31,10 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
       authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: spec }, 'manage', audit);
       const existing = workspaces.find(spec.id);
       if (existing) authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: existing.spec }, 'manage', audit);
+      // A torn-down workspace's log outlives it, and a start under its id begins a fresh history (wiping
+      // it): only the log's owner may reuse the id.
+      const retained = existing ? undefined : await output.meta(spec.id);
+      if (retained) authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: { ownerId: retained.ownerId, teamId: retained.teamId, kind: 'REGULAR' } }, 'manage', audit);
       return workspaceMessage(await workspaces.start(spec));
     }),
     StopWorkspace: unary(log, 'StopWorkspace', async (req, ctx) =>

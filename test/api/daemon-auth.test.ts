@@ -206,12 +206,13 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
   const alice = api(cp, token('alice', ['team-a']));
   const bob = api(cp, token('bob', ['team-a']));
   const admin = api(mtlsClients(t, d, pki.admin));
+  const missing = (): Promise<{ code: grpc.status | undefined; details: string }> => refusal(bob.get('no-such-workspace'));
 
   const ws = await alice.start(busybox('alice-ws', 'alice', 'echo "hello from alice"; exec sleep 600'));
   t.equal(ws.state, 'WORKSPACE_STATE_RUNNING', 'alice starts her own workspace');
   t.equal(ws.ownerId, 'alice', 'and owns it');
 
-  t.test('the owner can do everything to her own workspace', async (t) => {
+  await t.test('the owner can do everything to her own workspace', async (t) => {
     t.equal((await alice.get('alice-ws')).ownerId, 'alice', 'get');
     t.same((await alice.list()).map((w) => w.id), ['alice-ws'], 'list shows hers');
     await waitUntil('output', async () => (await alice.logs('alice-ws')).includes('hello'));
@@ -220,7 +221,7 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
     t.equal(refused.code, grpc.status.PERMISSION_DENIED, 'she cannot create a workspace owned by someone else');
   });
 
-  t.test("another user gets PERMISSION_DENIED on alice's workspace, worded as for one that does not exist", async (t) => {
+  await t.test("another user gets PERMISSION_DENIED on alice's workspace, worded as for one that does not exist", async (t) => {
     const missing = await refusal(bob.get('no-such-workspace'));
     t.equal(missing.code, grpc.status.PERMISSION_DENIED, 'an unknown id is PERMISSION_DENIED');
     const attempts: Array<[string, (id: string) => Promise<unknown>]> = [
@@ -244,7 +245,7 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
     t.equal((await admin.get('alice-ws')).ownerId, 'alice', "the node operator (admin certificate) may look at anyone's workspace");
   });
 
-  t.test('no token on a non-operator certificate, an expired, foreign or forged token: UNAUTHENTICATED, nothing changes', async (t) => {
+  await t.test('no token on a non-operator certificate, an expired, foreign or forged token: UNAUTHENTICATED, nothing changes', async (t) => {
     const before = await admin.list();
     const bad: Array<[string, string | undefined]> = [
       ['no token', undefined],
@@ -274,14 +275,20 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
     t.same(await admin.list(), before, 'nothing was created, stopped or removed');
   });
 
-  t.test('the owner stops and tears down her workspace', async (t) => {
+  await t.test('the owner stops and tears down her workspace; its log outlives it, hers alone', async (t) => {
     t.equal((await alice.stop('alice-ws')).state, 'WORKSPACE_STATE_STOPPED', 'stop');
     t.equal(await alice.logs('alice-ws'), 'hello from alice\n', 'logs still readable after the stop');
     t.equal((await alice.teardown('alice-ws')).existed, true, 'teardown');
     t.same(await admin.list(), [], 'nothing left');
+    t.equal(await alice.logs('alice-ws'), 'hello from alice\n', 'the log is still hers to read after the teardown');
+    t.same(await refusal(bob.logs('alice-ws')), await missing(), 'and still refused to bob');
+    // Starting a workspace under her old id would start a fresh log history, wiping hers.
+    t.same(await refusal(bob.start(busybox('alice-ws', 'bob', 'exec sleep 600'))), await missing(), "bob cannot take over the id of her torn-down workspace");
+    t.same(await admin.list(), [], 'nothing was created');
+    t.equal(await alice.logs('alice-ws'), 'hello from alice\n', 'and her log is intact');
   });
 
-  t.test('audit: every allow and deny is a structured line, and no token appears anywhere in the output', async (t) => {
+  await t.test('audit: every allow and deny is a structured line, and no token appears anywhere in the output', async (t) => {
     const lines = auditLines(d);
     t.ok(lines.some((l) => l.decision === 'allow' && l.who === 'user:alice' && l.workspace === 'alice-ws'), 'alice allowed on her workspace');
     t.ok(lines.some((l) => l.decision === 'deny' && l.who === 'user:bob' && l.workspace === 'alice-ws' && l.reason === 'not the owner'), 'bob denied: not the owner');
@@ -346,22 +353,27 @@ const DOMAIN = `${uniqueName('tetrix')}.test`;
 const CLIENT_SCRIPT = `
 const https = require('node:https');
 const fs = require('node:fs');
-const [url, host, caFile, mode, maxVersion] = process.argv.slice(1);
+const [url, host, caFile, mode, maxVersion, urlPath] = process.argv.slice(1);
 const token = process.env.TETRIX_TEST_TOKEN;
 const headers = { host };
-if (token && mode === 'cookie') headers.cookie = 'tetrix_token=' + token;
+if (token && mode === 'cookie') headers.cookie = 'app=1; tetrix_token=' + token;
 else if (token) headers.authorization = 'Bearer ' + token;
+// Headers a client might send to fool the workspace or smuggle the token in: both must be dealt with.
+if (mode === 'header' || mode === 'cookie') {
+  headers['x-forwarded-for'] = '203.0.113.66';
+  if (mode === 'header' && token) headers.cookie = 'app=1; tetrix_token=' + token;
+}
 const out = (r) => { console.log(JSON.stringify(r)); process.exit(0); };
 const servername = host.replace(/:\\d+$/, '');
 if (mode === 'ws') {
   const WebSocket = require(${JSON.stringify(require.resolve('ws'))});
-  const ws = new WebSocket(url.replace(/^https/, 'wss'), { headers, ca: fs.readFileSync(caFile), servername, handshakeTimeout: 5000 });
+  const ws = new WebSocket(url.replace(/^https/, 'wss') + '/', { headers, ca: fs.readFileSync(caFile), servername, handshakeTimeout: 5000 });
   ws.on('open', () => ws.send('ping from the test'));
   ws.on('message', (m) => { out({ ok: true, echo: m.toString() }); });
   ws.on('unexpected-response', (req, res) => out({ ok: false, status: res.statusCode }));
   ws.on('error', (e) => out({ ok: false, error: e.message }));
 } else {
-  const req = https.get(url, { headers, ca: fs.readFileSync(caFile), servername, timeout: 5000, ...(maxVersion ? { maxVersion } : {}) }, (res) => {
+  const req = https.get(url + (urlPath || '/'), { headers, ca: fs.readFileSync(caFile), servername, timeout: 5000, ...(maxVersion ? { maxVersion } : {}) }, (res) => {
     let body = '';
     res.on('data', (c) => (body += c));
     res.on('end', () => out({ ok: true, status: res.statusCode, body }));
@@ -379,11 +391,11 @@ interface EndpointResult {
   error?: string;
 }
 
-async function endpointRequest(node: TestNode, d: Daemon, port: number, host: string, token: string | undefined, mode: 'header' | 'cookie' | 'ws' = 'header', maxVersion = '', address = '127.0.0.1'): Promise<EndpointResult> {
-  const url = `https://${address}:${port}/`;
+async function endpointRequest(node: TestNode, d: Daemon, port: number, host: string, token: string | undefined, mode: 'header' | 'cookie' | 'ws' = 'header', maxVersion = '', address = '127.0.0.1', urlPath = ''): Promise<EndpointResult> {
+  const url = `https://${address}:${port}`;
   const env = { ...process.env, ...(token ? { TETRIX_TEST_TOKEN: token } : {}) };
   if (!token) delete env.TETRIX_TEST_TOKEN;
-  const { stdout } = await run('nsenter', [`--net=${node.netns}`, process.execPath, '-e', CLIENT_SCRIPT, url, host, path.join(d.stateDir, 'pki', 'ca.crt'), mode, maxVersion], { env, timeout: 20_000 });
+  const { stdout } = await run('nsenter', [`--net=${node.netns}`, process.execPath, '-e', CLIENT_SCRIPT, url, host, path.join(d.stateDir, 'pki', 'ca.crt'), mode, maxVersion, urlPath], { env, timeout: 20_000 });
   return JSON.parse(stdout.trim().split('\n').pop()!) as EndpointResult;
 }
 
@@ -415,6 +427,18 @@ while :; do
 done
 `;
 
+// Answers any request with the request head it received, so the test sees what the workspace sees.
+const HEADER_DUMP = `#!/bin/sh
+body=''
+while IFS= read -r line; do
+  line=$(printf '%s' "$line" | tr -d '\\r')
+  [ -z "$line" ] && break
+  body="$body$line
+"
+done
+printf 'HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %s\\r\\nConnection: close\\r\\n\\r\\n%s' "\${#body}" "$body"
+`;
+
 t.test('workspace endpoints: the owner reaches her server over HTTPS, nobody else does', async (t) => {
   const node: TestNode = await createTestNode(t);
   const network = ['--network', 'on', '--network-bridge', node.bridge, '--network-table', node.table, '--dns-servers', internet.ip, '--default-network', 'isolated'];
@@ -432,9 +456,12 @@ t.test('workspace endpoints: the owner reaches her server over HTTPS, nobody els
     `cat > /tmp/ws.sh <<'EOF'\n${WS_ECHO}EOF`,
     'chmod +x /tmp/ws.sh',
     'nc -ll -p 8090 -e /tmp/ws.sh &',
+    `cat > /tmp/dump.sh <<'EOF'\n${HEADER_DUMP}EOF`,
+    'chmod +x /tmp/dump.sh',
+    'nc -ll -p 8091 -e /tmp/dump.sh &',
     'exec httpd -f -p 8080 -h /tmp/www',
   ].join('\n');
-  const w = await d.start(busybox('alice-web', 'alice', script, { network: 'NETWORK_MODE_ISOLATED', ports: [8080, 8090] }));
+  const w = await d.start(busybox('alice-web', 'alice', script, { network: 'NETWORK_MODE_ISOLATED', ports: [8080, 8090, 8091] }));
   t.match(w.ipAddress, /^10\.88\./, 'the workspace has its address');
   const host = (p: number, id = 'alice-web'): string => `${p}-${id}.${DOMAIN}`;
   await waitUntil('the server through the endpoint', async () => (await endpointRequest(node, d, port, host(8080), aliceToken)).status === 200);
@@ -449,7 +476,21 @@ t.test('workspace endpoints: the owner reaches her server over HTTPS, nobody els
   t.match(await endpointRequest(node, d, port, host(9999), aliceToken), { ok: true, status: 403 }, 'a port the workspace does not expose is refused');
   t.match(await endpointRequest(node, d, port, host(8080), aliceToken, 'header', 'TLSv1.2'), { ok: false, error: /version|alert/i }, 'TLS 1.2 is refused');
 
-  t.test('a workspace can reach neither the endpoint server nor the server behind it', async (t) => {
+  await t.test("the workspace never sees the user's token, and the forwarding headers are the node's", async (t) => {
+    for (const mode of ['header', 'cookie'] as const) {
+      const seen = await endpointRequest(node, d, port, host(8091), aliceToken, mode, '', '127.0.0.1', '/probe?x=1');
+      t.match(seen, { ok: true, status: 200 }, `${mode}: the request reached the workspace`);
+      const head = (seen.body ?? '').toLowerCase();
+      t.match(head, /^get \/probe\?x=1 http\/1\.1\n/, `${mode}: with its method and path`);
+      t.notOk(head.includes(aliceToken.toLowerCase()) || head.includes(aliceToken.split('.')[2]!.toLowerCase()), `${mode}: the token is not passed on`);
+      t.notMatch(head, /^authorization:/m, `${mode}: no authorization header`);
+      t.match(head, /^cookie: app=1$/m, `${mode}: the other cookies are, without tetrix_token`);
+      t.match(head, /^x-forwarded-for: 127\.0\.0\.1$/m, `${mode}: X-Forwarded-For is the node's view of the client, not what the client claimed`);
+      t.notMatch(head, /203\.0\.113\.66/, `${mode}: the forged address is dropped`);
+    }
+  });
+
+  await t.test('a workspace can reach neither the endpoint server nor the server behind it', async (t) => {
     t.match(await endpointRequest(node, d, port, host(8080), aliceToken, 'header', '', '10.88.0.1'), { ok: true, status: 200 }, 'the endpoint server answers on the bridge address, from the node');
     const probes = [
       `(echo | timeout 5 nc 10.88.0.1 ${port}) > /workspace/bridge.out 2>&1; echo $? > /workspace/bridge.rc`,

@@ -413,7 +413,7 @@ t.test('every RPC, malformed input over mutual TLS', async (t) => {
 
   const created: string[] = [];
   for (const rpc of rpcs) {
-    t.test(rpc.name, async (t) => {
+    await t.test(rpc.name, async (t) => {
       const outcomes = await pool(CASES, CONCURRENCY, async () => {
         const message = generate(rpc);
         const { caller, metadata } = callerMetadata();
@@ -432,7 +432,7 @@ t.test('every RPC, malformed input over mutual TLS', async (t) => {
     });
   }
 
-  t.test('the daemon is alive, healthy, and nothing was created', async (t) => {
+  await t.test('the daemon is alive, healthy, and nothing was created', async (t) => {
     t.equal(d.process.exitCode, null, 'tetrixd is still running');
     const Health = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
     type Check = (req: { service: string }, opts: grpc.CallOptions, cb: (err: Error | null, res: { status: string }) => void) => void;
@@ -450,7 +450,7 @@ t.test('every RPC, malformed input over mutual TLS', async (t) => {
     t.notOk(d.output.some((l) => l.includes(ENV_SECRET)), 'no env value reached the daemon log');
   });
 
-  t.test('raw HTTP/2 frames', async (t) => {
+  await t.test('raw HTTP/2 frames', async (t) => {
     const session = http2.connect(`https://127.0.0.1:${d.tcpPort}`, {
       ca: fs.readFileSync(path.join(pki, 'ca.crt')),
       cert: fs.readFileSync(path.join(pki, 'admin.crt')),
@@ -562,7 +562,7 @@ t.test('every RPC, malformed input over mutual TLS', async (t) => {
     t.same(unknown.map(({ method }) => method.name), [], 'none ends in UNKNOWN (a handler that threw)');
   });
 
-  t.test('afterwards: still alive, still serving, still empty', async (t) => {
+  await t.test('afterwards: still alive, still serving, still empty', async (t) => {
     t.equal(d.process.exitCode, null, 'tetrixd is still running');
     t.same((await d.list()).map((w) => w.id), [], 'no workspace exists');
     const again = await new Promise<grpc.status>((resolve) =>

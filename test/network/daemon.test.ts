@@ -118,7 +118,7 @@ t.test('an ISOLATED workspace, through the daemon', async (t) => {
   t.match(web.ipAddress, /^10\.88\.\d+\.\d+$/, `it has an address from the node's pool (${web.ipAddress})`);
   t.same(web.ports, [8080], 'and its listed port');
 
-  t.test('a listed port is reachable from the node; an unlisted one is not', async (t) => {
+  await t.test('a listed port is reachable from the node; an unlisted one is not', async (t) => {
     await untilReachable(node, `http://${web.ipAddress}:8080/`);
     t.match(await probe(node.netns, ['http', `http://${web.ipAddress}:8080/`]), { ok: true, body: 'hello from web\n' }, '8080 (listed)');
     // The server on 8081 is up (seen from inside the workspace's own namespace): the refusal is the firewall.
@@ -126,7 +126,7 @@ t.test('an ISOLATED workspace, through the daemon', async (t) => {
     t.match(await probe(node.netns, ['http', `http://${web.ipAddress}:8081/`, '1500']), { ok: false, error: 'ECONNREFUSED' }, '8081 (not listed) is refused');
   });
 
-  t.test('UpdatePorts flips which port is reachable', async (t) => {
+  await t.test('UpdatePorts flips which port is reachable', async (t) => {
     const updated = await updatePorts(d, 'web', [8081]);
     t.same(updated.ports, [8081], 'the workspace reports its new ports');
     t.same((await d.get('web')).ports, [8081], 'GetWorkspace agrees');
@@ -137,7 +137,7 @@ t.test('an ISOLATED workspace, through the daemon', async (t) => {
     t.match(await probe(node.netns, ['http', `http://${web.ipAddress}:8081/`, '1500']), { ok: false, error: 'ECONNREFUSED' }, 'and 8081 refused again');
   });
 
-  t.test('the workload fetches from the internet, resolves names, and is refused everything it must not reach', async (t) => {
+  await t.test('the workload fetches from the internet, resolves names, and is refused everything it must not reach', async (t) => {
     const wget = (url: string): string => `timeout 5 wget -q -O - ${url}`;
     const client = await d.start(busybox('client', probeScript({
       internet: wget(`http://${internet.ip}/`),
@@ -174,7 +174,7 @@ t.test('an ISOLATED workspace, through the daemon', async (t) => {
     }
   });
 
-  t.test('NONE has only loopback, up, and nothing on the node', async (t) => {
+  await t.test('NONE has only loopback, up, and nothing on the node', async (t) => {
     const before = await networkLeftovers(node, d);
     // No waiting: init holds the workload until the daemon has brought lo up.
     const script = 'ip -o link > /workspace/links; ip -o addr > /workspace/addrs; touch /workspace/done; exec sleep 600';
@@ -190,7 +190,7 @@ t.test('an ISOLATED workspace, through the daemon', async (t) => {
     await d.teardown('offline');
   });
 
-  t.test('teardown leaves no veth, lease, element or route', async (t) => {
+  await t.test('teardown leaves no veth, lease, element or route', async (t) => {
     const during = await networkLeftovers(node, d);
     t.equal(during.links.length, 2, 'two veths while web and client run');
     t.same(during.leases.sort(), ['client', 'web']);
