@@ -50,7 +50,11 @@ async function run(config: Config): Promise<void> {
   const storage = openBackupStorage(config);
   const backups = new BackupStore({ storage, keyring, log });
   const signingKey = await loadOrCreateSigningKey(config.stateDir);
-  const leftovers = await backups.cleanupTemporary();
+  // Storage that is down (an S3 outage) must not keep the node from running and adopting workspaces.
+  const leftovers = await backups.cleanupTemporary().catch((err: unknown) => {
+    log.warn({ err: err instanceof Error ? err.message : String(err) }, 'backup leftovers not cleaned: storage unavailable');
+    return 0;
+  });
   if (leftovers > 0) metrics.countCleanup('backup_temporary', leftovers);
   const workspaces = new WorkspaceService({
     stateDir: config.stateDir,
