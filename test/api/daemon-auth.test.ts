@@ -19,6 +19,7 @@ import type { ListWorkspacesResponse__Output } from '../../src/generated/tetrix/
 import type { TeardownWorkspaceResponse__Output } from '../../src/generated/tetrix/agent/v1/TeardownWorkspaceResponse';
 import type { NodeInfo__Output } from '../../src/generated/tetrix/agent/v1/NodeInfo';
 import type { LogChunk__Output } from '../../src/generated/tetrix/agent/v1/LogChunk';
+import type { WorkspaceEvent__Output } from '../../src/generated/tetrix/agent/v1/WorkspaceEvent';
 import { startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
 import { createTestNode, internet, nodeUplink, type TestNode } from '../network/fixture';
 
@@ -110,6 +111,22 @@ function api(c: Clients, token?: string) {
     teardown: (id: string) => call<TeardownWorkspaceResponse__Output>(token, (md, o, cb) => ws.TeardownWorkspace({ id }, md, o, cb)),
     updatePorts: (id: string, ports: number[]) => call<Workspace__Output>(token, (md, o, cb) => ws.UpdatePorts({ id, ports }, md, o, cb)),
     nodeInfo: () => call<NodeInfo__Output>(token, (md, o, cb) => c.node.GetNodeInfo({}, md, o, cb)),
+    backup: (id: string) =>
+      new Promise<void>((resolve, reject) => {
+        const s = ws.BackupWorkspace({ id, includeUpper: false }, withToken(token), { deadline: Date.now() + 20_000 });
+        s.on('data', () => undefined);
+        s.on('error', reject);
+        s.on('end', () => resolve());
+      }),
+    /** Every workspace id the caller's WatchWorkspaces shows within `ms`. */
+    watchIds: (ms: number) =>
+      new Promise<string[]>((resolve, reject) => {
+        const ids: string[] = [];
+        const s = ws.WatchWorkspaces({ id: '' }, withToken(token));
+        s.on('data', (e: WorkspaceEvent__Output) => ids.push(e.workspace?.id ?? ''));
+        s.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? resolve(ids) : reject(err)));
+        setTimeout(() => s.cancel(), ms);
+      }),
     logs: (id: string) =>
       new Promise<string>((resolve, reject) => {
         const chunks: Buffer[] = [];
@@ -230,6 +247,7 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
       ['TeardownWorkspace', bob.teardown],
       ['UpdatePorts', (id) => bob.updatePorts(id, [8080])],
       ['StreamLogs', bob.logs],
+      ['BackupWorkspace', bob.backup],
     ];
     for (const [name, attempt] of attempts) {
       const theirs = await refusal(attempt('alice-ws'));
@@ -239,6 +257,8 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
     // StartWorkspace of an unknown id would create bob's own workspace; of alice's id it must not tell.
     t.same(await refusal(bob.start(busybox('alice-ws', 'bob', 'exec sleep 600'))), missing, "StartWorkspace with alice's id: denied, the same answer");
     t.same(await bob.list(), [], 'bob lists nothing of alice');
+    t.same(await bob.watchIds(300), [], 'and watches nothing of hers');
+    t.same(await alice.watchIds(300), ['alice-ws'], 'while her own watch shows it');
     t.same(await bob.list('alice'), [], 'not even when filtering by her id');
     t.equal((await alice.get('alice-ws')).state, 'WORKSPACE_STATE_RUNNING', "alice's workspace is untouched");
     t.same((await admin.list()).map((w) => w.id), ['alice-ws'], 'and nothing else exists');
@@ -511,6 +531,13 @@ t.test('workspace endpoints: the owner reaches her server over HTTPS, nobody els
   const echo = await endpointRequest(node, d, port, host(8090), aliceToken, 'ws');
   t.same(echo, { ok: true, echo: 'ping from the test' }, 'a WebSocket echo through the endpoint (busybox sh server in the workspace)');
   t.match(await endpointRequest(node, d, port, host(8090), bobToken, 'ws'), { ok: false, status: 403 }, 'another user cannot open the WebSocket');
+
+  const setPorts = (ports: number[]): Promise<Workspace__Output> =>
+    unaryCall<Workspace__Output>((md, o, cb) => d.clients.workspaces.UpdatePorts({ id: 'alice-web', ports }, md, o, cb));
+  await setPorts([8090, 8091]);
+  t.same(await endpointRequest(node, d, port, host(8080), aliceToken), forbidden, 'UpdatePorts without 8080 closes its endpoint');
+  await setPorts([8080, 8090, 8091]);
+  t.match(await endpointRequest(node, d, port, host(8080), aliceToken), { ok: true, status: 200 }, 'and adding it back opens it');
 
   await d.stop('alice-web');
   t.match(await endpointRequest(node, d, port, host(8080), aliceToken), { ok: true, status: 403 }, "a stopped workspace's route is gone");

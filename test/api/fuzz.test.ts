@@ -215,6 +215,8 @@ interface Rpc {
   allowed: grpc.status[];
   /** A Watch with an acceptable filter stays open: hanging up on it is the expected end. */
   staysOpen?: boolean;
+  /** The share of cases sent as the operator (default 0.75; the rest split between a user and garbage). */
+  operatorShare?: number;
 }
 
 function oneMoreStartField(): Buffer {
@@ -260,6 +262,9 @@ const rpcs: Rpc[] = [
   { service: 'WorkspaceService', name: 'StreamLogs', streaming: true, schema: { 1: 'string', 2: 'bool' }, nearlyValid: () => Buffer.concat([idField(), varintField(2, 1n)]), allowed: byId },
   // GetNodeInfo takes nothing: whatever decodes is OK.
   { service: 'NodeService', name: 'GetNodeInfo', streaming: false, schema: {}, allowed: [S.OK] },
+  // Operators only. Every operator case that decodes is a real rotation (OK, counted below), so few
+  // cases come as the operator: a user gets PERMISSION_DENIED, garbage UNAUTHENTICATED.
+  { service: 'NodeService', name: 'RotateKey', streaming: false, schema: { 1: 'bool' }, allowed: [S.OK, S.PERMISSION_DENIED, S.FAILED_PRECONDITION], operatorShare: 0.05 },
 ];
 
 // ---------------------------------------------------------------------------------------------------------
@@ -281,11 +286,11 @@ function forged(): string {
 }
 
 type Caller = 'operator' | 'user' | 'garbage';
-function callerMetadata(): { caller: Caller; metadata: grpc.Metadata } {
+function callerMetadata(operatorShare = 0.75): { caller: Caller; metadata: grpc.Metadata } {
   const metadata = new grpc.Metadata();
   const roll = rand();
-  if (roll < 0.75) return { caller: 'operator', metadata };
-  if (roll < 0.9) {
+  if (roll < operatorShare) return { caller: 'operator', metadata };
+  if (roll < operatorShare + (1 - operatorShare) * 0.6) {
     metadata.set('authorization', `Bearer ${userToken('fuzzer')}`);
     return { caller: 'user', metadata };
   }
@@ -416,7 +421,7 @@ t.test('every RPC, malformed input over mutual TLS', async (t) => {
     await t.test(rpc.name, async (t) => {
       const outcomes = await pool(CASES, CONCURRENCY, async () => {
         const message = generate(rpc);
-        const { caller, metadata } = callerMetadata();
+        const { caller, metadata } = callerMetadata(rpc.operatorShare);
         return send(client, rpc, message, caller, metadata);
       });
       const bad = outcomes.map((o) => [o, violation(rpc, o, d)] as const).filter(([, why]) => why !== undefined);
@@ -429,6 +434,10 @@ t.test('every RPC, malformed input over mutual TLS', async (t) => {
       t.equal(outcomes.length, CASES, `${CASES} cases answered`);
       t.same(bad.slice(0, 5).map(([o, why]) => `${o.caller} ${o.bytes}B decodes=${o.decodes}: ${why}`), [], 'every answer is in the allowed set, and tells nothing it should not');
       if (rpc.name === 'StartWorkspace') created.push(...outcomes.filter((o) => o.code === S.OK).map((o) => `${o.bytes}B`));
+      if (rpc.name === 'RotateKey') {
+        const rotations = outcomes.filter((o) => o.code === S.OK);
+        t.ok(rotations.every((o) => o.caller === 'operator'), `only the operator rotated the key (${rotations.length} valid operator cases did)`);
+      }
     });
   }
 
