@@ -120,7 +120,7 @@ export class KeyRing {
     const key = this.#keys.get(keyId);
     if (key) return key;
     if (this.#reloadFor(keyId)) return this.#keys.get(keyId)!;
-    throw new DomainError('FAILED_PRECONDITION', `key ${keyId} is not in the keyring ${this.#dir}`);
+    throw new DomainError('FAILED_PRECONDITION', `key ${keyId} is not in this node's keyring`);
   }
 
   // Another process (tetrixctl) may have added a key since we opened; look once more before failing.
