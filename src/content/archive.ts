@@ -4,6 +4,8 @@
 // (openat-style): a name is always looked up inside a directory we hold open and checked with lstat or
 // O_NOFOLLOW, so neither a workload racing a backup nor an adversarial archive can redirect a path through
 // a symlink. Owners are container ids in the archive: host id - uidBase on the way out, + uidBase on the way in.
+// xattrs (xattrs.ts decides which) and, in the overlay upper layer only, whiteouts go through the addon
+// (fsops-native.ts), since Node has neither xattr calls nor mknod.
 //
 // The file system calls are synchronous on purpose: each is a short page-cache operation, and a thread-pool
 // round trip per call made restores of many small files several times slower. Backups run them in a worker
@@ -11,9 +13,11 @@
 import fs from 'node:fs';
 import { Readable, Writable } from 'node:stream';
 import { DomainError } from '../errors';
+import { fsops, XattrTarget } from './fsops-native';
 import {
   applyPax, BLOCK, decodePax, decodeUstar, encodeEntry, EntryHeader, isZeroBlock, padding,
 } from './tar-format';
+import { OVERLAY_METACOPY, XattrContext, XattrEntryKind, xattrsFromArchive, xattrsToArchive } from './xattrs';
 
 const C = fs.constants;
 const OUT_CHUNK = 1 << 20;
@@ -21,6 +25,8 @@ const MAX_PAX_BYTES = 1 << 20;
 /** Containers see host ids outside their mapped range as the overflow id (see user_namespaces(7)). */
 export const OVERFLOW_ID = 65534;
 export const DEFAULT_ID_COUNT = 65536;
+/** The archive root that holds an overlay upper layer: only there are whiteouts and trusted.overlay.* kept. */
+export const OVERLAY_UPPER_ROOT = 'upper';
 
 export interface IdMapping {
   uidBase: number;   // host id of container id 0 (uid and gid alike)
@@ -107,6 +113,7 @@ export class TreeArchiveStream extends Readable {
   readonly #idCount: number;
   #rootIndex = -1;
   #rootName = '';
+  #xattrCtx: XattrContext;
   #stack: WalkFrame[] = [];
   #file: OpenFile | undefined;
   #links = new Map<string, string>();
@@ -120,6 +127,7 @@ export class TreeArchiveStream extends Readable {
     this.#roots = roots;
     this.#opts = opts;
     this.#idCount = opts.idCount ?? DEFAULT_ID_COUNT;
+    this.#xattrCtx = { upper: false, uidBase: opts.uidBase, idCount: this.#idCount };
   }
 
   override _read(): void {
@@ -181,6 +189,7 @@ export class TreeArchiveStream extends Readable {
     }
     const root = this.#roots[this.#rootIndex];
     this.#rootName = root.name;
+    this.#xattrCtx = { ...this.#xattrCtx, upper: root.name === OVERLAY_UPPER_ROOT };
     this.#links = new Map(); // hard links never span roots
     const fd = openRootDir(root.dir);
     this.#pushDir(fd, '');
@@ -202,7 +211,7 @@ export class TreeArchiveStream extends Readable {
     }
     entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     this.#stack.push({ fd, rel, entries, next: 0 });
-    this.#emit('directory', rel, st, 0, '');
+    this.#emit('directory', rel, st, 0, '', { xattrs: this.#xattrsOf(fd, 'directory', rel) });
   }
 
   // The directory entry's type (d_type) decides how to open it; every open is O_NOFOLLOW and checked with
@@ -222,6 +231,12 @@ export class TreeArchiveStream extends Readable {
     if (st.isDirectory()) return this.#visitDir(parent, name, rel);
     if (st.isFile()) return this.#visitFile(parent, name, rel);
     if (st.isSymbolicLink()) return this.#visitSymlink(parent, name, rel, st);
+    if (st.isCharacterDevice() && st.rdev === 0n) {
+      // An overlayfs whiteout: a file deleted from the image. It means nothing outside an upper layer,
+      // and restore refuses it there.
+      if (this.#xattrCtx.upper) return this.#emit('char-device', rel, st, 0, '', { devMajor: 0, devMinor: 0 });
+      return this.#opts.onSkip?.(rel, 'whiteout (0/0 device) outside the overlay upper layer');
+    }
     this.#opts.onSkip?.(rel, st.isFIFO() ? 'FIFO' : st.isSocket() ? 'socket' : 'device node');
   }
 
@@ -259,10 +274,24 @@ export class TreeArchiveStream extends Readable {
       }
       this.#links.set(key, rel);
     }
+    const xattrs = this.#xattrsOf(fd, 'file', rel);
     const size = Number(st.size);
-    this.#emit('file', rel, st, size, '');
+    if (this.#xattrCtx.upper && xattrs?.has(OVERLAY_METACOPY)) {
+      // Metadata only: overlayfs reads the data from the image; the upper file is a hole of that size.
+      this.#emit('file', rel, st, 0, '', { xattrs, metacopySize: size });
+      this.#file = { fd, remaining: 0, position: 0, rel };
+      return this.#endFile(this.#file);
+    }
+    this.#emit('file', rel, st, size, '', { xattrs });
     this.#file = { fd, remaining: size, position: 0, rel };
     if (size === 0) this.#endFile(this.#file);
+  }
+
+  #xattrsOf(target: XattrTarget, kind: XattrEntryKind, rel: string): Map<string, Buffer> | undefined {
+    const names = fsops.listXattrs(target);
+    if (names.length === 0) return undefined;
+    return xattrsToArchive(names, (name) => fsops.getXattr(target, name), kind, this.#xattrCtx,
+      (why) => this.#opts.onSkip?.(rel, why));
   }
 
   #visitSymlink(parent: WalkFrame, name: string, rel: string, st: fs.BigIntStats): void {
@@ -305,8 +334,12 @@ export class TreeArchiveStream extends Readable {
     this.#opts.onEntry?.(f.position);
   }
 
-  #emit(type: EntryHeader['type'], rel: string, st: fs.BigIntStats, size: number, linkpath: string): void {
+  #emit(
+    type: EntryHeader['type'], rel: string, st: fs.BigIntStats, size: number, linkpath: string,
+    extra: Pick<EntryHeader, 'xattrs' | 'metacopySize' | 'devMajor' | 'devMinor'> = {},
+  ): void {
     this.#append(encodeEntry({
+      ...extra,
       path: this.#archivePath(rel),
       type,
       mode: Number(st.mode) & 0o7777,
@@ -392,6 +425,7 @@ interface PendingDir {
   uid: number;
   gid: number;
   mtimeNs: bigint;
+  xattrs: Map<string, Buffer>;
 }
 
 interface DataSink {
@@ -399,6 +433,7 @@ interface DataSink {
   remaining: number;
   pad: number;
   header: EntryHeader;
+  xattrs: Map<string, Buffer>;  // checked, as set on the host
 }
 
 type ParseState = 'header' | 'extended' | 'data' | 'end';
@@ -425,7 +460,7 @@ export class ArchiveExtractor extends Writable {
   #extendedKind: 'pax' | 'gnu-longname' | 'gnu-longlink' | undefined;
   #extendedFilled = 0;
   #extendedPad = 0;
-  #pax: Map<string, string> | undefined;
+  #pax: Map<string, Buffer> | undefined;
   #longName: string | undefined;
   #longLink: string | undefined;
   #sink: DataSink | undefined;
@@ -572,7 +607,8 @@ export class ArchiveExtractor extends Writable {
 
   #endData(s: DataSink): void {
     if (s.fd >= 0) {
-      this.#setFdMetadata(s.fd, s.header);
+      if (s.header.metacopySize !== undefined) fs.ftruncateSync(s.fd, s.header.metacopySize);
+      this.#setFdMetadata(s.fd, s.header, s.xattrs);
       fs.closeSync(s.fd);
     }
     this.#sink = undefined;
@@ -591,7 +627,8 @@ export class ArchiveExtractor extends Writable {
       case 'directory': return this.#onDirectory(h, rootName, rel, write);
       case 'symlink': return this.#onSymlink(h, rootName, rel, write);
       case 'hardlink': return this.#onHardlink(h, rootName, rel, write);
-      case 'char-device': case 'block-device': throw refuse(h.path, 'device nodes are not restored');
+      case 'char-device': return this.#onWhiteout(h, rootName, rel, write);
+      case 'block-device': throw refuse(h.path, 'device nodes are not restored');
       case 'fifo': throw refuse(h.path, 'FIFOs are not restored');
       default: throw refuse(h.path, 'unsupported entry type');
     }
@@ -599,19 +636,24 @@ export class ArchiveExtractor extends Writable {
 
   #onFile(h: EntryHeader, rootName: string, rel: string, write: boolean): void {
     if (rel === '') throw refuse(h.path, 'the root must be a directory');
+    const xattrs = this.#checkXattrs(h, rootName, 'file');
+    if (h.metacopySize !== undefined && (h.size !== 0 || !xattrs.has(OVERLAY_METACOPY))) {
+      throw refuse(h.path, `a metadata-only size needs ${OVERLAY_METACOPY} and no data`);
+    }
     let fd = -1;
     if (write) {
       const { dirFd, name } = this.#parentOf(rootName, rel, h.path);
       fd = this.#createAt(dirFd, name, h.path, (p) =>
         fs.openSync(p, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600));
     }
-    this.#sink = { fd, remaining: h.size, pad: padding(h.size), header: h };
+    this.#sink = { fd, remaining: h.size, pad: padding(h.size), header: h, xattrs };
     this.#state = 'data';
     if (h.size === 0) this.#endData(this.#sink);
   }
 
   #onDirectory(h: EntryHeader, rootName: string, rel: string, write: boolean): void {
     this.#noData(h);
+    const xattrs = this.#checkXattrs(h, rootName, 'directory');
     this.#opts.onEntry?.(0);
     if (!write) return;
     if (rel !== '') {
@@ -627,13 +669,14 @@ export class ArchiveExtractor extends Writable {
         }
       }
     }
-    this.#dirs.push({ rootName, rel, mode: h.mode, uid: h.uid, gid: h.gid, mtimeNs: h.mtimeNs });
+    this.#dirs.push({ rootName, rel, mode: h.mode, uid: h.uid, gid: h.gid, mtimeNs: h.mtimeNs, xattrs });
   }
 
   #onSymlink(h: EntryHeader, rootName: string, rel: string, write: boolean): void {
     this.#noData(h);
     if (rel === '') throw refuse(h.path, 'the root must be a directory');
     if (symlinkEscapes(rel, h.linkpath)) throw refuse(h.path, `symlink target ${JSON.stringify(h.linkpath)} leaves the root`);
+    this.#noXattrs(h);
     this.#opts.onEntry?.(0);
     if (!write) return;
     const { dirFd, name } = this.#parentOf(rootName, rel, h.path);
@@ -649,6 +692,7 @@ export class ArchiveExtractor extends Writable {
     if (rel === '') throw refuse(h.path, 'the root must be a directory');
     const source = splitEntryPath(h.linkpath);
     if (source.rootName !== rootName || source.rel === '') throw refuse(h.path, 'hard link source outside its root');
+    this.#noXattrs(h);
     this.#opts.onEntry?.(0);
     if (!write) return;
     // The source is resolved with the same walk (no symlinked directories), then must be a regular file.
@@ -666,8 +710,40 @@ export class ArchiveExtractor extends Writable {
     }
   }
 
+  /**
+   * An overlayfs whiteout (character device 0/0): only in the upper layer; every other device node is
+   * refused. Made with mknodat in the fd-walked parent, so never through a symlink.
+   */
+  #onWhiteout(h: EntryHeader, rootName: string, rel: string, write: boolean): void {
+    this.#noData(h);
+    if (h.devMajor !== 0 || h.devMinor !== 0) throw refuse(h.path, 'device nodes are not restored');
+    if (rootName !== OVERLAY_UPPER_ROOT) throw refuse(h.path, `a whiteout (0/0 device) outside the ${OVERLAY_UPPER_ROOT} root`);
+    if (rel === '') throw refuse(h.path, 'the root must be a directory');
+    this.#noXattrs(h);
+    this.#opts.onEntry?.(0);
+    if (!write) return;
+    const { dirFd, name } = this.#parentOf(rootName, rel, h.path);
+    this.#createAt(dirFd, name, h.path, () => fsops.mkwhiteoutat(dirFd, name));
+    const p = procPath(dirFd, name);
+    fs.lchownSync(p, this.#toHostId(h.uid), this.#toHostId(h.gid));
+    const t = nsToSeconds(h.mtimeNs);
+    fs.lutimesSync(p, t, t);
+  }
+
   #noData(h: EntryHeader): void {
     if (h.size !== 0) throw refuse(h.path, 'non-file entry carries data');
+  }
+
+  /** The entry's xattrs, checked against what a backup keeps and translated to the host (xattrs.ts). */
+  #checkXattrs(h: EntryHeader, rootName: string, kind: XattrEntryKind): Map<string, Buffer> {
+    if (!h.xattrs) return new Map();
+    const ctx = { upper: rootName === OVERLAY_UPPER_ROOT, uidBase: this.#opts.uidBase, idCount: this.#idCount };
+    return xattrsFromArchive(h.xattrs, kind, ctx, (why) => refuse(h.path, why));
+  }
+
+  #noXattrs(h: EntryHeader): void {
+    if (h.xattrs?.size) throw refuse(h.path, 'xattrs on an entry that is not a file or directory');
+    if (h.metacopySize !== undefined) throw refuse(h.path, 'a metadata-only size on an entry that is not a file');
   }
 
   /** Creates `name` in dirFd with `create`; an existing non-directory there is replaced (tar semantics). */
@@ -722,9 +798,11 @@ export class ArchiveExtractor extends Writable {
     return openDirAt(dirFd, part);
   }
 
-  #setFdMetadata(fd: number, h: EntryHeader): void {
+  #setFdMetadata(fd: number, h: EntryHeader, xattrs: Map<string, Buffer>): void {
     fs.fchownSync(fd, this.#toHostId(h.uid), this.#toHostId(h.gid));
     fs.fchmodSync(fd, h.mode & 0o7777); // after chown, which clears setuid/setgid
+    // After chown and the data, both of which drop security.capability (capabilities(7)).
+    for (const [name, value] of xattrs) fsops.setXattr(fd, name, value);
     const t = nsToSeconds(h.mtimeNs);
     fs.futimesSync(fd, t, t);
   }
@@ -738,7 +816,7 @@ export class ArchiveExtractor extends Writable {
         ? fs.openSync(`/proc/self/fd/${rootFd}`, C.O_RDONLY | C.O_DIRECTORY)
         : this.#resolveDir(rootFd, d.rel);
       try {
-        this.#setFdMetadata(fd, { ...emptyHeader(), mode: d.mode, uid: d.uid, gid: d.gid, mtimeNs: d.mtimeNs });
+        this.#setFdMetadata(fd, { ...emptyHeader(), mode: d.mode, uid: d.uid, gid: d.gid, mtimeNs: d.mtimeNs }, d.xattrs);
       } finally {
         fs.closeSync(fd);
       }

@@ -16,7 +16,14 @@ export interface EntryHeader {
   size: number;      // bytes of data that follow (files only)
   mtimeNs: bigint;
   linkpath: string;  // symlink target or hard link source
+  devMajor?: number;  // character and block devices (Tetrix writes only overlayfs whiteouts, 0/0)
+  devMinor?: number;
+  xattrs?: Map<string, Buffer>;  // pax SCHILY.xattr.<name>, raw bytes
+  metacopySize?: number;         // pax TETRIX.metacopy.size: an overlayfs metadata-only file's size; no data
 }
+
+export const XATTR_PREFIX = 'SCHILY.xattr.';
+export const METACOPY_SIZE_KEY = 'TETRIX.metacopy.size';
 
 const TYPEFLAGS: Record<string, EntryType> = {
   '0': 'file', '\0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'char-device', '4': 'block-device',
@@ -32,7 +39,7 @@ const NS = 1_000_000_000n;
 
 /** One entry's header bytes: a pax extended header when a field does not fit ustar, then the ustar block. */
 export function encodeEntry(h: EntryHeader): Buffer {
-  const pax: [string, string][] = [];
+  const pax: [string, string | Buffer][] = [];
   const name = h.type === 'directory' && !h.path.endsWith('/') ? h.path + '/' : h.path;
   const split = splitUstarName(name);
   if (!split) pax.push(['path', name]);
@@ -43,6 +50,8 @@ export function encodeEntry(h: EntryHeader): Buffer {
   const secs = h.mtimeNs >= 0n ? h.mtimeNs / NS : 0n;
   const frac = h.mtimeNs >= 0n ? h.mtimeNs % NS : 0n;
   if (frac !== 0n || secs > BigInt(MAX_OCTAL_12)) pax.push(['mtime', `${secs}.${frac.toString().padStart(9, '0')}`]);
+  if (h.metacopySize !== undefined) pax.push([METACOPY_SIZE_KEY, String(h.metacopySize)]);
+  for (const [name, value] of h.xattrs ?? []) pax.push([XATTR_PREFIX + name, value]);
 
   const ustar = ustarBlock({
     name: split ? split.name : name.slice(-100).replace(/^\/+/, ''),
@@ -54,12 +63,14 @@ export function encodeEntry(h: EntryHeader): Buffer {
     mtime: Number(secs > BigInt(MAX_OCTAL_12) ? 0n : secs),
     flag: FLAG_OF[h.type] ?? '0',
     linkname: h.linkpath && Buffer.byteLength(h.linkpath) <= 100 && isAscii(h.linkpath) ? h.linkpath : '',
+    devMajor: h.devMajor ?? 0,
+    devMinor: h.devMinor ?? 0,
   });
   if (pax.length === 0) return ustar;
-  const body = Buffer.from(pax.map(([k, v]) => paxRecord(k, v)).join(''), 'utf8');
+  const body = Buffer.concat(pax.map(([k, v]) => paxRecord(k, v)));
   const paxHeader = ustarBlock({
     name: 'PaxHeaders/' + (split ? split.name : 'entry').slice(0, 80), prefix: '', mode: 0o644, uid: 0, gid: 0,
-    size: body.length, mtime: 0, flag: 'x', linkname: '',
+    size: body.length, mtime: 0, flag: 'x', linkname: '', devMajor: 0, devMinor: 0,
   });
   return Buffer.concat([paxHeader, body, Buffer.alloc(padding(body.length)), ustar]);
 }
@@ -68,12 +79,12 @@ export function padding(size: number): number {
   return (BLOCK - (size % BLOCK)) % BLOCK;
 }
 
-function paxRecord(key: string, value: string): string {
-  const rest = ` ${key}=${value}\n`;
-  const restLen = Buffer.byteLength(rest);
-  let len = restLen + 1;
-  while (String(len).length + restLen !== len) len++;
-  return `${len}${rest}`;
+// "<len> <key>=<value>\n", len counting every byte of the record. Values are raw bytes (xattrs).
+function paxRecord(key: string, value: string | Buffer): Buffer {
+  const rest = Buffer.concat([Buffer.from(` ${key}=`, 'utf8'), Buffer.from(value), Buffer.from('\n')]);
+  let len = rest.length + 1;
+  while (String(len).length + rest.length !== len) len++;
+  return Buffer.concat([Buffer.from(String(len)), rest]);
 }
 
 function isAscii(s: string): boolean {
@@ -92,7 +103,7 @@ function splitUstarName(name: string): { name: string; prefix: string } | undefi
 
 interface UstarFields {
   name: string; prefix: string; mode: number; uid: number; gid: number; size: number; mtime: number;
-  flag: string; linkname: string;
+  flag: string; linkname: string; devMajor: number; devMinor: number;
 }
 
 function ustarBlock(f: UstarFields): Buffer {
@@ -106,6 +117,8 @@ function ustarBlock(f: UstarFields): Buffer {
   buf.write(f.flag, 156, 1, 'latin1');
   buf.write(f.linkname, 157, 100, 'utf8');
   buf.write('ustar\x0000', 257, 8, 'latin1');
+  writeOctal(buf, f.devMajor, 329, 8);
+  writeOctal(buf, f.devMinor, 337, 8);
   buf.write(f.prefix, 345, 155, 'utf8');
   buf.fill(0x20, 148, 156);
   writeOctal(buf, checksum(buf), 148, 8);
@@ -136,15 +149,18 @@ export function decodeUstar(block: Buffer): EntryHeader {
   const magic = block.toString('latin1', 257, 262);
   const prefix = magic === 'ustar' ? readString(block, 345, 155) : '';
   const flag = String.fromCharCode(block[156]);
+  const type = TYPEFLAGS[flag] ?? 'other';
+  const device = type === 'char-device' || type === 'block-device';
   return {
     path: prefix ? `${prefix}/${name}` : name,
-    type: TYPEFLAGS[flag] ?? 'other',
+    type,
     mode: readNumber(block, 100, 8) & 0o7777,
     uid: readNumber(block, 108, 8),
     gid: readNumber(block, 116, 8),
     size: readNumber(block, 124, 12),
     mtimeNs: BigInt(readNumber(block, 136, 12)) * NS,
     linkpath: readString(block, 157, 100),
+    ...(device ? { devMajor: readNumber(block, 329, 8), devMinor: readNumber(block, 337, 8) } : {}),
   };
 }
 
@@ -168,9 +184,9 @@ function readNumber(block: Buffer, off: number, len: number): number {
   return parseInt(text, 8);
 }
 
-/** Parses a pax extended header body into key/value pairs. */
-export function decodePax(body: Buffer): Map<string, string> {
-  const out = new Map<string, string>();
+/** Parses a pax extended header body into key/value pairs; values stay bytes (xattrs are binary). */
+export function decodePax(body: Buffer): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
   let off = 0;
   while (off < body.length) {
     const space = body.indexOf(0x20, off);
@@ -179,25 +195,37 @@ export function decodePax(body: Buffer): Map<string, string> {
     if (!Number.isSafeInteger(len) || len <= space - off || off + len > body.length || body[off + len - 1] !== 0x0a) {
       throw new DomainError('DATA_LOSS', 'archive: malformed pax record');
     }
-    const record = body.toString('utf8', space + 1, off + len - 1);
-    const eq = record.indexOf('=');
-    if (eq <= 0) throw new DomainError('DATA_LOSS', 'archive: malformed pax record');
-    out.set(record.slice(0, eq), record.slice(eq + 1));
+    const eq = body.indexOf(0x3d, space + 1);
+    if (eq <= space + 1 || eq >= off + len - 1) throw new DomainError('DATA_LOSS', 'archive: malformed pax record');
+    out.set(body.toString('utf8', space + 1, eq), Buffer.from(body.subarray(eq + 1, off + len - 1)));
     off += len;
   }
   return out;
 }
 
-export function applyPax(h: EntryHeader, pax: Map<string, string>): void {
+export function applyPax(h: EntryHeader, records: Map<string, Buffer>): void {
+  const pax = new Map<string, string>();
+  for (const [key, value] of records) {
+    if (key.startsWith(XATTR_PREFIX)) {
+      const name = key.slice(XATTR_PREFIX.length);
+      if (name === '') throw new DomainError('DATA_LOSS', 'archive: pax xattr record without a name');
+      (h.xattrs ??= new Map()).set(name, value);
+    } else if (key.startsWith('TETRIX.') && key !== METACOPY_SIZE_KEY) {
+      throw new DomainError('DATA_LOSS', `archive: unknown pax record ${JSON.stringify(key)}`);
+    } else {
+      pax.set(key, value.toString('utf8'));
+    }
+  }
   const path = pax.get('path');
   if (path !== undefined) h.path = path;
   const linkpath = pax.get('linkpath');
   if (linkpath !== undefined) h.linkpath = linkpath;
-  for (const key of ['size', 'uid', 'gid'] as const) {
+  for (const key of ['size', 'uid', 'gid', METACOPY_SIZE_KEY] as const) {
     const v = pax.get(key);
     if (v === undefined) continue;
     if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v))) throw new DomainError('DATA_LOSS', `archive: bad pax ${key}`);
-    h[key] = Number(v);
+    if (key === METACOPY_SIZE_KEY) h.metacopySize = Number(v);
+    else h[key] = Number(v);
   }
   const mtime = pax.get('mtime');
   if (mtime !== undefined) {

@@ -1,11 +1,13 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { measureTrees, symlinkEscapes, TreeArchiveStream } from '../../src/content/archive';
+import { applyPax, BLOCK, decodePax, decodeUstar, encodeEntry } from '../../src/content/tar-format';
 import { makeTree, snapshot, tempDir, UID_BASE } from './backup-suite';
 
 async function archiveTo(file: string, dir: string, skipped: string[] = []): Promise<void> {
@@ -84,4 +86,23 @@ t.test('symlink containment is decided lexically from the link\'s directory', as
   t.ok(symlinkEscapes('a/link', '/abs'));
   t.notOk(symlinkEscapes('a/link', 'b/../../c'), 'back to the root is fine');
   t.ok(symlinkEscapes('a/link', ''));
+});
+
+t.test('pax xattr records carry raw bytes, and whiteouts their device numbers', async (t) => {
+  const value = Buffer.concat([Buffer.from('a=b\n'), Buffer.alloc(3), crypto.randomBytes(200)]);
+  for (const pad of [0, 1, 80, 91]) { // record lengths around a change in the number of length digits
+    const name = `user.${'x'.repeat(pad)}`;
+    const bytes = encodeEntry({
+      path: 'upper/wh', type: 'char-device', mode: 0, uid: 0, gid: 0, size: 0, mtimeNs: 0n, linkpath: '',
+      devMajor: 0, devMinor: 0, xattrs: new Map([[name, value]]),
+    });
+    const paxSize = decodeUstar(bytes.subarray(0, BLOCK)).size;
+    const h = decodeUstar(bytes.subarray(bytes.length - BLOCK));
+    applyPax(h, decodePax(bytes.subarray(BLOCK, BLOCK + paxSize)));
+    t.same([h.type, h.devMajor, h.devMinor], ['char-device', 0, 0]);
+    t.same(h.xattrs?.get(name), value, `a ${name.length}-byte name`);
+  }
+  t.throws(() => applyPax(decodeUstar(encodeEntry({
+    path: 'f', type: 'file', mode: 0, uid: 0, gid: 0, size: 0, mtimeNs: 0n, linkpath: '',
+  })), new Map([['TETRIX.unknown', Buffer.from('1')]])), { code: 'DATA_LOSS' }, 'unknown TETRIX records are refused');
 });

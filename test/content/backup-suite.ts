@@ -135,7 +135,9 @@ async function editManifest(storage: ObjectStorage, id: string, edit: (m: Record
 }
 
 /** A validly encrypted backup of an arbitrary tar stream, written as docs/backup-format.md says. */
-export async function storeCraftedBackup(storage: ObjectStorage, keyring: KeyRing, tar: Buffer): Promise<string> {
+export async function storeCraftedBackup(
+  storage: ObjectStorage, keyring: KeyRing, tar: Buffer, roots: string[] = ['content'],
+): Promise<string> {
   const id = `bk-20260101T000000Z-${crypto.randomBytes(6).toString('hex')}`;
   const dataKey = newDataKey();
   const { keyId, wrapped } = keyring.wrap(dataKey, `backup:${id}`);
@@ -144,13 +146,13 @@ export async function storeCraftedBackup(storage: ObjectStorage, keyring: KeyRin
   const manifest = {
     format: 'tetrix-backup', version: 1, backupId: id, createdAt: new Date().toISOString(), object: `${id}.data`,
     size: stored.size, sha256: stored.sha256, keyId, wrappedKey: wrapped.toString('base64'),
-    streamVersion: STREAM_VERSION, segmentSize: SEG, compression: 'zstd', roots: ['content'], files: 1, bytes: 0,
+    streamVersion: STREAM_VERSION, segmentSize: SEG, compression: 'zstd', roots, files: 1, bytes: 0,
   };
   await writeObject(storage, `${id}.manifest`, Buffer.from(JSON.stringify(manifest)));
   return id;
 }
 
-function entry(h: Partial<EntryHeader> & { path: string }, data = Buffer.alloc(0)): Buffer {
+export function entry(h: Partial<EntryHeader> & { path: string }, data = Buffer.alloc(0)): Buffer {
   const header = encodeEntry({
     type: 'file', mode: 0o644, uid: 0, gid: 0, size: data.length, mtimeNs: 0n, linkpath: '', ...h,
   });
