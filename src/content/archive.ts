@@ -8,8 +8,8 @@
 // (fsops-native.ts), since Node has neither xattr calls nor mknod.
 //
 // The file system calls are synchronous on purpose: each is a short page-cache operation, and a thread-pool
-// round trip per call made restores of many small files several times slower. Backups run them in a worker
-// thread (see backups.ts), so the daemon's event loop does not wait on them.
+// round trip per call made restores of many small files several times slower. Backups and restores run them
+// in the archive-runner child (archive-runner.ts), so the daemon's event loop does not wait on them.
 import fs from 'node:fs';
 import { Readable, Writable } from 'node:stream';
 import { DomainError } from '../errors';
