@@ -94,9 +94,10 @@ async function mountShiftedImage(lowerDir: string, layout: WorkspaceLayout, uidB
 }
 
 /**
- * lower/ = the image idmapped into the workspace's range, then the overlay on it. Returns why not when the
- * kernel refuses (no idmapped mounts, a filesystem without them, an overlayfs older than 5.19 that rejects
- * idmapped layers), with nothing left mounted; other failures throw.
+ * lower/ = the image idmapped into the workspace's range, then the overlay on it. Returns why not, with
+ * nothing left mounted, when the kernel refuses: any failing step of idmapMount (no idmapped mounts, a
+ * filesystem without them: `idmap mount_setattr: EINVAL`), or an overlayfs older than 5.19 that rejects
+ * idmapped layers (EINVAL). Other overlay failures throw.
  */
 function mountIdmappedLower(lowerDir: string, layout: WorkspaceLayout, uidBase: number, idCount: number): string | undefined {
   try {
