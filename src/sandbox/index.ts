@@ -72,8 +72,8 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     seccompFilter: (profile) => profiles.filterFor(profile),
     allocateIds: (workspaceId) => ids.allocate({ stateDir: config.stateDir, workspaceId }).base,
     releaseIds: (base) => ids.release(base),
-    prepareRootfs: async (wsDir, lowerDir, uidBase) => {
-      const prepared = await prepareRootfs({ wsDir, lowerDir, uidBase });
+    prepareRootfs: async (wsDir, lowerDir, uidBase, beforeMount) => {
+      const prepared = await prepareRootfs({ wsDir, lowerDir, uidBase, ...(beforeMount ? { beforeMount } : {}) });
       logOwnershipOnce(prepared.ownership);
       return prepared;
     },

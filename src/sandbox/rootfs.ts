@@ -30,6 +30,8 @@ export interface WorkspaceLayout {
 }
 
 export interface PrepareRootfsOptions {
+  /** Runs once the (empty) upper and content dirs exist, before anything is mounted. */
+  beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>;
   wsDir: string;
   lowerDir: string; // the image directory (ImageStore.resolve().rootfs)
   uidBase: number;  // host id of container root; gids use the same base
@@ -76,6 +78,8 @@ export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<Prepare
   }
   await makeLayout(layout, opts.uidBase);
   try {
+    // E.g. a restore of the upper layer and content, which must land before the overlay is mounted.
+    await opts.beforeMount?.({ upper: layout.upper, content: layout.content });
     const ownership = await mountShiftedImage(lowerDir, layout, opts.uidBase, idCount);
     return { rootfs: layout.rootfs, contentDir: layout.content, ownership };
   } catch (err) {

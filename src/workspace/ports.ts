@@ -11,7 +11,8 @@ export interface Sandbox {
   seccompFilter(profile: string): Buffer | undefined;
   allocateIds(workspaceId: string): number;
   releaseIds(base: number): void;
-  prepareRootfs(wsDir: string, lowerDir: string, uidBase: number): Promise<{ rootfs: string; contentDir: string }>;
+  /** beforeMount runs with the empty upper and content dirs, before the overlay exists (restores). */
+  prepareRootfs(wsDir: string, lowerDir: string, uidBase: number, beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>): Promise<{ rootfs: string; contentDir: string }>;
   unmountRootfs(wsDir: string): Promise<void>;
   removeWorkspaceDir(wsDir: string): Promise<void>;
   /** Returns the cgroup.procs files the child must be written into. */
@@ -60,7 +61,7 @@ export interface BackupOutcome {
 /** Encrypted backups of a workspace's content (src/content). */
 export interface WorkspaceBackups {
   backup(sources: { content: string; upper?: string }, opts: { uidBase: number; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome>;
-  restore(backupId: string, target: { content: string }, opts: { uidBase: number }): Promise<void>;
-  /** NOT_FOUND when there is no such backup. */
-  get(backupId: string): Promise<unknown>;
+  restore(backupId: string, target: { content: string; upper?: string }, opts: { uidBase: number }): Promise<void>;
+  /** NOT_FOUND when there is no such backup. roots: "content", and "upper" when it holds the overlay's upper layer. */
+  get(backupId: string): Promise<{ roots: string[] }>;
 }

@@ -194,7 +194,7 @@ export class WorkspaceService {
     // Everything that can refuse the request is checked before anything exists.
     const image = await this.o.sandbox.resolveImage(spec.image);
     const seccomp = this.o.sandbox.seccompFilter(spec.seccompProfile);
-    if (spec.restoreFrom) await this.needBackups().get(spec.restoreFrom);
+    const restoring = spec.restoreFrom ? await this.needBackups().get(spec.restoreFrom) : undefined;
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
       throw new DomainError('FAILED_PRECONDITION', 'kind: prebuilds need logs, backups and provenance on this node');
     }
@@ -219,12 +219,15 @@ export class WorkspaceService {
       record.status.uidBase = sandbox.allocateIds(spec.id);
       store.updateStatus(spec.id, record.status);
       crashPoint('after-ids');
-      const { rootfs, contentDir } = await sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase);
-      if (spec.restoreFrom) {
-        // Verified to the last segment before it replaces the (empty) content dir.
-        await this.needBackups().restore(spec.restoreFrom, { content: contentDir }, { uidBase: record.status.uidBase });
-        record.status.restoredFrom = spec.restoreFrom;
-      }
+      // A restore is verified to its last segment before it replaces the (empty) content and upper dirs.
+      const restore = restoring
+        ? async (dirs: { upper: string; content: string }): Promise<void> => {
+            const target = restoring.roots.includes('upper') ? dirs : { content: dirs.content };
+            await this.needBackups().restore(spec.restoreFrom, target, { uidBase: record.status.uidBase });
+            record.status.restoredFrom = spec.restoreFrom;
+          }
+        : undefined;
+      const { rootfs, contentDir } = await sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase, restore);
       await this.o.network?.prepare(spec, rootfs);
       crashPoint('after-rootfs');
       const cgroupProcs = await sandbox.createCgroup(spec.id, spec.resources);
