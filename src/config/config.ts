@@ -221,6 +221,12 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   const base = defaults();
   // A state dir given without an images dir keeps images beside it.
   if (merged.stateDir !== undefined && merged.imagesDir === undefined) merged.imagesDir = path.join(String(merged.stateDir), 'images-local');
+  // `tetrixd --state-dir DIR --socket PATH` runs beside the node's main daemon: the node's TCP port, its
+  // bridge and its nftables tables belong to that one, so a second daemon uses neither unless told to.
+  if (merged.stateDir !== undefined && path.resolve(String(merged.stateDir)) !== base.stateDir) {
+    merged.apiListen ??= '';
+    merged.network ??= 'off';
+  }
   const out: Record<string, unknown> = { ...base };
   for (const [key, value] of Object.entries(merged)) out[key] = coerce(key, value);
   return Object.freeze(validate(out as unknown as Config));

@@ -1,0 +1,49 @@
+// One validated, immutable config: defaults < file < environment < flags, and clear refusals.
+import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig } from '../../src/config/config';
+
+t.test('flags beat the environment, which beats the file, which beats the defaults', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-config-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'tetrixd.json');
+  fs.writeFileSync(file, JSON.stringify({ logLevel: 'warn', stopGraceMs: 5000, nodeId: 'from-file' }));
+  const c = loadConfig(['--config', file, '--node-id', 'from-flag'], { TETRIX_STOP_GRACE_MS: '7000', TETRIX_NODE_ID: 'from-env' });
+  t.equal(c.logLevel, 'warn', 'file');
+  t.equal(c.stopGraceMs, 7000, 'environment over file');
+  t.equal(c.nodeId, 'from-flag', 'flag over environment');
+  t.ok(Object.isFrozen(c), 'immutable');
+  t.equal(loadConfig([], {}).stateDir, '/var/lib/tetrix', 'embedded default');
+});
+
+t.test('a daemon beside the main one leaves the node TCP port and network alone unless told', async (t) => {
+  const main = loadConfig([], {});
+  t.equal(main.apiListen, '0.0.0.0:7443');
+  t.equal(main.network, 'on');
+  const side = loadConfig(['--state-dir', '/tmp/tetrix-side', '--socket', '/tmp/tetrix-side.sock'], {});
+  t.equal(side.socketPath, '/tmp/tetrix-side.sock', '--socket is the socket path');
+  t.equal(side.apiListen, '', 'unix socket only');
+  t.equal(side.network, 'off', 'no bridge or tables of its own');
+  t.equal(side.defaultNetwork, 'none');
+  const told = loadConfig(['--state-dir', '/tmp/tetrix-side', '--network', 'on', '--api-listen', '127.0.0.1:0'], {});
+  t.equal(told.network, 'on');
+  t.equal(told.apiListen, '127.0.0.1:0');
+});
+
+t.test('bad settings are refused with a message naming the setting', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [['--state-dir', 'relative/dir'], /^stateDir: must be an absolute path/],
+    [['--stop-grace-ms', '-1'], /^stopGraceMs: must be a non-negative integer/],
+    [['--log-level', 'loud'], /^logLevel: unknown level/],
+    [['--api-listen', 'nowhere'], /^apiListen: expected host:port/],
+    [['--cgroup-parent', '../escape'], /^cgroupParent:/],
+    [['--no-such-flag', 'x'], /^unknown flag --no-such-flag/],
+    [['--network', 'maybe'], /^network:/],
+    [['--backup-storage', 's3'], /s3Bucket/],
+    [['--socket'], /--socket needs a value/],
+  ];
+  for (const [argv, message] of cases) t.throws(() => loadConfig(argv, {}), { message }, argv.join(' '));
+  t.throws(() => loadConfig(['--config', '/nonexistent/tetrixd.json'], {}), { message: /^config file \/nonexistent\/tetrixd\.json:/ });
+});
