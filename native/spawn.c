@@ -546,6 +546,8 @@ static int prepare_init_mountpoint(const char *rootfs) {
   if (dir < 0) goto out;
   file = openat(dir, "init", O_PATH | O_NOFOLLOW | O_CLOEXEC);  // O_PATH: an image's FIFO here must not block us
   if (file < 0 && errno == ENOENT) file = openat(dir, "init", O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0555);
+  // Two spawns into one rootfs may race to create it: whoever lost finds it made.
+  if (file < 0 && errno == EEXIST) file = openat(dir, "init", O_PATH | O_NOFOLLOW | O_CLOEXEC);
 out:
   err = errno;
   if (file >= 0) close(file);
