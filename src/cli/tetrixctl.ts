@@ -259,7 +259,7 @@ async function main(argv: string[]): Promise<number> {
   const command = p.args.shift();
   if (!command || p.flags.has('help')) {
     process.stdout.write(usage);
-    return command ? 0 : 2;
+    return p.flags.has('help') ? 0 : 2;
   }
   const output = one(p, 'output') ?? 'table';
   if (output !== 'table' && output !== 'json') throw new UsageError('--output is table or json');
