@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { hostLinkName } from '../../src/network/links';
+import { mountsUnder } from '../../src/sandbox/rootfs';
 import { cgroupDirsOf } from './launcher';
 
 export interface LeakScope {
@@ -31,13 +32,6 @@ export interface HostSnapshot {
 export type Leaks = Partial<Record<keyof HostSnapshot, string[]>>;
 
 
-export function mountsUnder(dir: string): string[] {
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((m): m is string => m !== undefined && (m === dir || m.startsWith(dir + '/')));
-}
 
 /** Groups below the parent, in every hierarchy (the parent itself is left by design). */
 function cgroupsBelow(parent: string): string[] {

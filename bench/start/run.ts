@@ -20,6 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { connect, unaryCall, type Clients } from '../../src/cli/client';
+import { mountsUnder } from '../../src/sandbox/rootfs';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 import type { WorkspaceEvent__Output } from '../../src/generated/tetrix/agent/v1/WorkspaceEvent';
@@ -228,13 +229,6 @@ function rmdirPatiently(dir: string): void {
   }
 }
 
-function mountsUnder(dir: string): string[] {
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((m): m is string => m !== undefined && (m === dir || m.startsWith(dir + '/')));
-}
 
 // ---- Tetrix candidates -----------------------------------------------------------------------------------
 

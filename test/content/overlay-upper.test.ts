@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { KeyRing } from '../../src/crypto/keys';
+import { mountsUnder } from '../../src/sandbox/rootfs';
 import { TreeArchiveStream } from '../../src/content/archive';
 import { BackupLog, BackupStore } from '../../src/content/backups';
 import { fsops } from '../../src/content/fsops-native';
@@ -29,10 +30,6 @@ function overlayBase(t: Test): string {
   return dir;
 }
 
-function mountsUnder(dir: string): string[] {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean)
-    .map((l) => l.split(' ')[4]).filter((m) => m.startsWith(`${dir}/`));
-}
 
 /** The workspace's overlay as src/sandbox/rootfs.ts mounts it: metacopy=on (implies redirect_dir=on), nodev. */
 function mountOverlay(base: string, name: string, upper: string): string {

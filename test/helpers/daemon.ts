@@ -7,6 +7,10 @@ import os from 'node:os';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { connect, unaryCall, type Clients } from '../../src/cli/client';
+import { mountsUnder } from '../../src/sandbox/rootfs';
+
+/** Mounts whose mountpoint lies below dir (the sandbox's own reader of mountinfo). */
+export { mountsUnder };
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { ListWorkspacesResponse__Output } from '../../src/generated/tetrix/agent/v1/ListWorkspacesResponse';
@@ -224,14 +228,6 @@ export function cgroupDirsOf(name: string): string[] {
   return found;
 }
 
-/** Mounts whose mountpoint lies below dir, from this process's view. */
-export function mountsUnder(dir: string): string[] {
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((m): m is string => m !== undefined && (m === dir || m.startsWith(dir + '/')));
-}
 
 /** A process that exists and has not exited (a zombie awaiting its reaper counts as gone). */
 export function isAlive(pid: number): boolean {
