@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
-import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutResult } from './storage';
+import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutResult, readSha256 } from './storage';
 
 const TMP_DIR = '.tmp';
 
@@ -65,12 +65,8 @@ export class FsObjectStorage implements ObjectStorage {
     }
   }
 
-  async sha256(name: string): Promise<string> {
-    const counter = new HashCounter();
-    await pipeline(await this.get(name), counter, async function* (source) {
-      for await (const _ of source) { /* drain */ }
-    });
-    return counter.digest();
+  sha256(name: string): Promise<string> {
+    return readSha256(this, name);
   }
 
   async list(prefix = ''): Promise<ObjectInfo[]> {

@@ -10,9 +10,8 @@ import {
   S3Client, S3ClientConfig, UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
-import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutResult } from './storage';
+import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutResult, readSha256 } from './storage';
 
 export const DEFAULT_PART_SIZE = 8 << 20;
 const MIN_PART_SIZE = 5 << 20;
@@ -128,12 +127,8 @@ export class S3ObjectStorage implements ObjectStorage {
     }
   }
 
-  async sha256(name: string): Promise<string> {
-    const counter = new HashCounter();
-    await pipeline(await this.get(name), counter, async function* (source) {
-      for await (const _ of source) { /* drain */ }
-    });
-    return counter.digest();
+  sha256(name: string): Promise<string> {
+    return readSha256(this, name);
   }
 
   async list(prefix = ''): Promise<ObjectInfo[]> {

@@ -4,6 +4,7 @@
 import crypto from 'node:crypto';
 import { Transform, TransformCallback } from 'node:stream';
 import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
 
 export interface ObjectInfo {
@@ -60,4 +61,13 @@ export class HashCounter extends Transform {
   digest(): string {
     return this.#hash.digest('hex');
   }
+}
+
+/** sha256 (hex) of a committed object, by reading it through: the same for every backend. */
+export async function readSha256(storage: Pick<ObjectStorage, 'get'>, name: string): Promise<string> {
+  const counter = new HashCounter();
+  await pipeline(await storage.get(name), counter, async function* (source) {
+    for await (const _ of source) { /* drain */ }
+  });
+  return counter.digest();
 }
