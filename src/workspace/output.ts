@@ -44,7 +44,7 @@ export class WorkspaceOutput implements WorkspaceLogs {
   }
 
   /** Before spawn: the FIFOs, the workspace's ends, and a new log capturing both streams (and each task's). */
-  async open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
+  async open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }> {
     // A reused id starts a fresh history: the previous incarnation was torn down.
     await this.removeSegments(spec.id);
     const fds: number[] = [];
@@ -56,7 +56,7 @@ export class WorkspaceOutput implements WorkspaceLogs {
     }
     if (spec.tasks.length > 0) createTaskFifos(this.ioDir(spec.id), spec.tasks.length, uidBase, (p, m) => this.native.mkfifo(p, m));
     await this.capture(spec, 0);
-    return { stdoutFd: fds[0], stderrFd: fds[1], fds, afterSpawn: () => undefined };
+    return { stdoutFd: fds[0], stderrFd: fds[1], fds };
   }
 
   /** After a daemon restart: a running workspace's output goes on into the next segment. */

@@ -35,7 +35,7 @@ export interface WorkspaceNetwork {
 }
 
 export interface WorkspaceLogs {
-  open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }>;
+  open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }>;
   /** Prebuilds: the directory of task FIFOs, bound into the workspace at /.tetrix/io. */
   ioDir(workspaceId: string): string;
   /** After a daemon restart, for a workspace that still runs. */

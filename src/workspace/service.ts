@@ -263,7 +263,6 @@ export class WorkspaceService {
       spawned = result;
       held = result.held;
       for (const fd of opened.splice(0)) fs.closeSync(fd);
-      output.afterSpawn();
       Object.assign(record.status, { pid: result.pid, pidStartTime: readPidStartTime(result.pid), startedMs: Date.now() });
       store.updateStatus(spec.id, record.status);
       crashPoint('after-spawn');
@@ -300,10 +299,10 @@ export class WorkspaceService {
     };
   }
 
-  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; afterSpawn(): void }> {
+  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }> {
     if (this.o.logs) return this.o.logs.open(spec, uidBase);
     const fd = fs.openSync('/dev/null', fs.constants.O_WRONLY);
-    return { stdoutFd: fd, stderrFd: fd, fds: [fd], afterSpawn: () => undefined };
+    return { stdoutFd: fd, stderrFd: fd, fds: [fd] };
   }
 
   /** A start that failed holds nothing: the record stays as FAILED so the caller can see why. */
