@@ -8,11 +8,12 @@
 // compressed archive goes to stdout. Restore: the compressed archive (already decrypted) comes on stdin.
 // The child reports {type:'progress'} increments and ends with {type:'done'} or {type:'error'}.
 // Nothing else is written to stdout.
-import net from 'node:net';
+import fs from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
-import { ArchiveExtractor, ArchiveRoot, measureTrees, TreeArchiveStream } from './archive';
-import { createCompressStream, createDecompressStream } from './compress';
+import { ArchiveExtractor, ArchiveRoot } from './archive';
+import { createDecompressStream, ZstdFrameWriter } from './compress';
+import { TreeWalk } from './tree-walk';
 
 export interface BackupJob {
   op: 'backup';
@@ -50,11 +51,11 @@ class ProgressBatch {
 
   constructor(readonly report: Report) {}
 
-  add(bytes: number): void {
+  add(bytes: number, files = 1): void {
     this.bytes += bytes;
-    this.files++;
+    this.files += files;
     this.totalBytes += bytes;
-    this.totalFiles++;
+    this.totalFiles += files;
   }
 
   send(): void {
@@ -71,22 +72,90 @@ class ProgressBatch {
   }
 }
 
-/** Archive -> zstd into `output`. Used by the child, and in process when asked. */
-export async function backupTo(output: NodeJS.WritableStream, job: BackupJob, report: Report): Promise<{ bytes: number; files: number }> {
+/** Where backupTo puts the compressed archive. `write` must take the bytes before it returns (they are reused). */
+export interface ArchiveSink {
+  write(bytes: Buffer): void;
+  /** Resolves when the consumer can take more. */
+  ready(): Promise<void>;
+  end(): Promise<void>;
+}
+
+const WALK_CHUNK = 1 << 20;
+
+/**
+ * Archive -> zstd into `sink`, one reused input buffer at a time: the walk (native/archive.c) fills it, zstd's
+ * workers compress it beside the next fill. No counting pass first: the totals are reported once known, at
+ * the end of the walk.
+ */
+export async function backupTo(sink: ArchiveSink, job: BackupJob, report: Report): Promise<{ bytes: number; files: number }> {
   const progress = new ProgressBatch(report);
+  const walk = new TreeWalk(job.roots, {
+    uidBase: job.uidBase, idCount: job.idCount,
+    onProgress: (files, bytes) => progress.add(bytes, files),
+    onSkip: (path, why) => report({ type: 'skip', path, why }),
+  });
   try {
-    const totals = measureTrees(job.roots.map((r) => r.dir));
-    report({ type: 'totals', bytes: totals.bytes, files: totals.files });
-    const archive = new TreeArchiveStream(job.roots, {
-      uidBase: job.uidBase, idCount: job.idCount,
-      onEntry: (bytes) => progress.add(bytes),
-      onSkip: (path, why) => report({ type: 'skip', path, why }),
-    });
-    await pipeline(archive, createCompressStream(), output);
+    const zstd = new ZstdFrameWriter((bytes) => sink.write(bytes));
+    const input = Buffer.allocUnsafe(WALK_CHUNK);
+    while (!walk.done) {
+      zstd.write(input.subarray(0, walk.fill(input)));
+      await sink.ready();
+    }
+    zstd.end();
+    await sink.end();
+    report({ type: 'totals', bytes: progress.totalBytes, files: progress.totalFiles });
   } finally {
+    walk.close();
     progress.stop();
   }
   return { bytes: progress.totalBytes, files: progress.totalFiles };
+}
+
+/** A sink over a Writable (in-process runs): bytes are copied, and the stream's backpressure respected. */
+export function streamSink(out: NodeJS.WritableStream & { writableNeedDrain?: boolean; destroyed?: boolean }): ArchiveSink {
+  const gone = () => new DomainError('ABORTED', 'archive output closed');
+  return {
+    write: (bytes) => { out.write(Buffer.from(bytes)); },
+    ready: async () => {
+      if (out.destroyed) throw gone();
+      if (out.writableNeedDrain) await new Promise<void>((resolve) => out.once('drain', resolve));
+      else await new Promise<void>((resolve) => setImmediate(resolve));
+      if (out.destroyed) throw gone();
+    },
+    end: () => new Promise<void>((resolve) => { out.end(resolve); }),
+  };
+}
+
+/**
+ * A sink over a blocking fd (the runner's stdout, a socket to the daemon): writes wait for the daemon,
+ * while zstd's workers go on compressing what they hold.
+ */
+export function fdSink(fd: number): ArchiveSink {
+  let sinceYield = 0;
+  return {
+    write: (bytes) => writeFully(fd, bytes),
+    ready: async () => {
+      // Let timers (progress) and the IPC channel (a disconnect means stop) run now and then.
+      if (++sinceYield < 8) return;
+      sinceYield = 0;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    },
+    end: async () => { fs.closeSync(fd); },
+  };
+}
+
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+function writeFully(fd: number, bytes: Buffer): void {
+  let off = 0;
+  while (off < bytes.length) {
+    try {
+      off += fs.writeSync(fd, bytes, off, bytes.length - off);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+      Atomics.wait(pause, 0, 0, 1); // a non-blocking fd after all: wait a millisecond for the reader
+    }
+  }
 }
 
 /** zstd -> extraction from `input`; resolves after the end-of-archive marker and the end of input. */
@@ -108,7 +177,7 @@ function send(msg: RunnerMessage): void {
 }
 
 function run(job: RunnerJob): void {
-  const work = job.op === 'backup' ? backupTo(dataOut(), job, send) : restoreFrom(process.stdin, job, send);
+  const work = job.op === 'backup' ? backupTo(fdSink(1), job, send) : restoreFrom(process.stdin, job, send);
   work.then(
     (stats) => send({ type: 'done', ...stats }),
     (err: unknown) => send(errorMessage(err)),
@@ -116,15 +185,6 @@ function run(job: RunnerJob): void {
     finished = true;
     if (process.connected) process.disconnect();
   });
-}
-
-/**
- * fd 1 as a non-blocking socket. process.stdout on a pipe writes synchronously (Linux), which would stall
- * archiving every time the daemon is a chunk behind; this lets the two overlap, within the stream's
- * high-water mark.
- */
-function dataOut(): NodeJS.WritableStream {
-  return new net.Socket({ fd: 1, readable: false, writable: true });
 }
 
 /** DomainError codes pass through; errno codes (ENOSPC...) are kept in the message. */

@@ -1,4 +1,5 @@
-// Workspace trees to and from pax tar streams.
+// Workspace trees to and from pax tar streams. Writing is tree-walk.ts (a walk in the addon); this file
+// reads archives back into trees.
 //
 // Both directions walk the file system through directory file descriptors and /proc/self/fd/<fd>/<name>
 // (openat-style): a name is always looked up inside a directory we hold open and checked with lstat or
@@ -11,34 +12,23 @@
 // round trip per call made restores of many small files several times slower. Backups and restores run them
 // in the archive-runner child (archive-runner.ts), so the daemon's event loop does not wait on them.
 import fs from 'node:fs';
-import { Readable, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { DomainError } from '../errors';
-import { fsops, XattrTarget } from './fsops-native';
+import { checkRootName, DEFAULT_ID_COUNT, IdMapping, openRootDir, OVERFLOW_ID, OVERLAY_UPPER_ROOT } from './archive-roots';
+import { fsops } from './fsops-native';
 import {
-  applyPax, BLOCK, decodePax, decodeUstar, encodeEntry, EntryHeader, isZeroBlock, padding,
+  applyPax, BLOCK, decodePax, decodeUstar, EntryHeader, isZeroBlock, padding,
 } from './tar-format';
-import { OVERLAY_METACOPY, XattrContext, XattrEntryKind, xattrsFromArchive, xattrsToArchive } from './xattrs';
+import { OVERLAY_METACOPY, XattrEntryKind, xattrsFromArchive } from './xattrs';
+
+export {
+  ArchiveRoot, DEFAULT_ID_COUNT, IdMapping, OVERFLOW_ID, OVERLAY_UPPER_ROOT,
+} from './archive-roots';
+export { ArchiveWriteOptions, TreeArchiveStream } from './tree-walk';
 
 const C = fs.constants;
 const OUT_CHUNK = 1 << 20;
 const MAX_PAX_BYTES = 1 << 20;
-/** Containers see host ids outside their mapped range as the overflow id (see user_namespaces(7)). */
-export const OVERFLOW_ID = 65534;
-export const DEFAULT_ID_COUNT = 65536;
-/** The archive root that holds an overlay upper layer: only there are whiteouts and trusted.overlay.* kept. */
-export const OVERLAY_UPPER_ROOT = 'upper';
-
-export interface IdMapping {
-  uidBase: number;   // host id of container id 0 (uid and gid alike)
-  idCount?: number;  // size of the mapped range, default 65536
-}
-
-/** A directory tree stored under a top-level name in the archive (e.g. "content", "upper"). */
-export interface ArchiveRoot {
-  name: string;
-  dir: string;
-}
-
 export interface TreeSize {
   files: number;   // entries of every kind
   bytes: number;   // regular file bytes
@@ -54,14 +44,6 @@ function errno(err: unknown): string | undefined {
 
 function openDirAt(dirFd: number, name: string): number {
   return fs.openSync(procPath(dirFd, name), C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
-}
-
-function openRootDir(dir: string): number {
-  try {
-    return fs.openSync(dir, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
-  } catch (err) {
-    throw new DomainError('FAILED_PRECONDITION', `${dir}: not a directory (${errno(err)})`, { cause: err });
-  }
 }
 
 /**
@@ -80,289 +62,6 @@ export function symlinkEscapes(linkRelPath: string, target: string): boolean {
     } else depth++;
   }
   return false;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Writing
-
-interface WalkFrame {
-  fd: number;
-  rel: string;      // path inside the root, '' for the root itself
-  entries: fs.Dirent[];
-  next: number;
-}
-
-interface OpenFile {
-  fd: number;
-  remaining: number;
-  position: number;
-  rel: string;
-}
-
-export interface ArchiveWriteOptions extends IdMapping {
-  /** Called after each entry with the file bytes it carried. */
-  onEntry?(bytes: number): void;
-  /** An entry left out (socket, device, FIFO, vanished while walking). */
-  onSkip?(rel: string, why: string): void;
-}
-
-/** A Readable of the tar stream of `roots`, produced lazily one output chunk at a time. */
-export class TreeArchiveStream extends Readable {
-  readonly #roots: ArchiveRoot[];
-  readonly #opts: ArchiveWriteOptions;
-  readonly #idCount: number;
-  #rootIndex = -1;
-  #rootName = '';
-  #xattrCtx: XattrContext;
-  #stack: WalkFrame[] = [];
-  #file: OpenFile | undefined;
-  #links = new Map<string, string>();
-  #out = Buffer.allocUnsafe(OUT_CHUNK);
-  #len = 0;
-  #done = false;
-
-  constructor(roots: ArchiveRoot[], opts: ArchiveWriteOptions) {
-    super({ highWaterMark: OUT_CHUNK });
-    for (const r of roots) checkRootName(r.name);
-    this.#roots = roots;
-    this.#opts = opts;
-    this.#idCount = opts.idCount ?? DEFAULT_ID_COUNT;
-    this.#xattrCtx = { upper: false, uidBase: opts.uidBase, idCount: this.#idCount };
-  }
-
-  override _read(): void {
-    try {
-      while (!this.#done) {
-        this.#step();
-        if (this.#len >= OUT_CHUNK - BLOCK * 4) {
-          this.#flushOut();
-          return;
-        }
-      }
-      this.#flushOut();
-      this.push(null);
-    } catch (err) {
-      this.destroy(err as Error);
-    }
-  }
-
-  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
-    this.#closeAll();
-    cb(err);
-  }
-
-  #flushOut(): void {
-    if (this.#len === 0) return;
-    this.push(this.#out.subarray(0, this.#len));
-    this.#out = Buffer.allocUnsafe(OUT_CHUNK);
-    this.#len = 0;
-  }
-
-  #append(bytes: Buffer): void {
-    if (this.#len + bytes.length > this.#out.length) this.#flushOut();
-    if (bytes.length > this.#out.length) {
-      this.push(bytes);
-      return;
-    }
-    bytes.copy(this.#out, this.#len);
-    this.#len += bytes.length;
-  }
-
-  #step(): void {
-    if (this.#file) return this.#readFile(this.#file);
-    const top = this.#stack[this.#stack.length - 1];
-    if (!top) return this.#nextRoot();
-    if (top.next >= top.entries.length) {
-      fs.closeSync(top.fd);
-      this.#stack.pop();
-      return;
-    }
-    this.#visit(top, top.entries[top.next++]);
-  }
-
-  #nextRoot(): void {
-    this.#rootIndex++;
-    if (this.#rootIndex >= this.#roots.length) {
-      this.#append(Buffer.alloc(BLOCK * 2)); // end-of-archive marker
-      this.#done = true;
-      return;
-    }
-    const root = this.#roots[this.#rootIndex];
-    this.#rootName = root.name;
-    this.#xattrCtx = { ...this.#xattrCtx, upper: root.name === OVERLAY_UPPER_ROOT };
-    this.#links = new Map(); // hard links never span roots
-    const fd = openRootDir(root.dir);
-    this.#pushDir(fd, '');
-  }
-
-  #archivePath(rel: string): string {
-    return rel === '' ? this.#rootName : `${this.#rootName}/${rel}`;
-  }
-
-  #pushDir(fd: number, rel: string): void {
-    let st: fs.BigIntStats;
-    let entries: fs.Dirent[];
-    try {
-      st = fs.fstatSync(fd, { bigint: true });
-      entries = fs.readdirSync(`/proc/self/fd/${fd}`, { withFileTypes: true });
-    } catch (err) {
-      fs.closeSync(fd);
-      throw err;
-    }
-    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    this.#stack.push({ fd, rel, entries, next: 0 });
-    this.#emit('directory', rel, st, 0, '', { xattrs: this.#xattrsOf(fd, 'directory', rel) });
-  }
-
-  // The directory entry's type (d_type) decides how to open it; every open is O_NOFOLLOW and checked with
-  // fstat, so no lstat per file is needed (path lookups through /proc/self/fd are the costly part).
-  #visit(parent: WalkFrame, entry: fs.Dirent): void {
-    const name = entry.name;
-    const rel = parent.rel === '' ? name : `${parent.rel}/${name}`;
-    if (entry.isDirectory()) return this.#visitDir(parent, name, rel);
-    if (entry.isFile()) return this.#visitFile(parent, name, rel);
-    let st: fs.BigIntStats;
-    try {
-      st = fs.lstatSync(procPath(parent.fd, name), { bigint: true });
-    } catch (err) {
-      if (errno(err) === 'ENOENT') return this.#opts.onSkip?.(rel, 'vanished during backup');
-      throw err;
-    }
-    if (st.isDirectory()) return this.#visitDir(parent, name, rel);
-    if (st.isFile()) return this.#visitFile(parent, name, rel);
-    if (st.isSymbolicLink()) return this.#visitSymlink(parent, name, rel, st);
-    if (st.isCharacterDevice() && st.rdev === 0n) {
-      // An overlayfs whiteout: a file deleted from the image. It means nothing outside an upper layer,
-      // and restore refuses it there.
-      if (this.#xattrCtx.upper) return this.#emit('char-device', rel, st, 0, '', { devMajor: 0, devMinor: 0 });
-      return this.#opts.onSkip?.(rel, 'whiteout (0/0 device) outside the overlay upper layer');
-    }
-    this.#opts.onSkip?.(rel, st.isFIFO() ? 'FIFO' : st.isSocket() ? 'socket' : 'device node');
-  }
-
-  #visitDir(parent: WalkFrame, name: string, rel: string): void {
-    let fd: number;
-    try {
-      fd = openDirAt(parent.fd, name);
-    } catch (err) {
-      if (['ENOENT', 'ENOTDIR', 'ELOOP'].includes(errno(err) ?? '')) return this.#opts.onSkip?.(rel, 'changed during backup');
-      throw err;
-    }
-    this.#pushDir(fd, rel);
-  }
-
-  #visitFile(parent: WalkFrame, name: string, rel: string): void {
-    let fd: number;
-    try {
-      fd = fs.openSync(procPath(parent.fd, name), C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
-    } catch (err) {
-      if (['ENOENT', 'ELOOP'].includes(errno(err) ?? '')) return this.#opts.onSkip?.(rel, 'changed during backup');
-      throw err;
-    }
-    const st = fs.fstatSync(fd, { bigint: true });
-    if (!st.isFile()) {
-      fs.closeSync(fd);
-      return this.#opts.onSkip?.(rel, 'changed during backup');
-    }
-    if (st.nlink > 1n) {
-      const key = `${st.dev}:${st.ino}`;
-      const first = this.#links.get(key);
-      if (first !== undefined) {
-        fs.closeSync(fd);
-        this.#emit('hardlink', rel, st, 0, this.#archivePath(first));
-        return;
-      }
-      this.#links.set(key, rel);
-    }
-    const xattrs = this.#xattrsOf(fd, 'file', rel);
-    const size = Number(st.size);
-    if (this.#xattrCtx.upper && xattrs?.has(OVERLAY_METACOPY)) {
-      // Metadata only: overlayfs reads the data from the image; the upper file is a hole of that size.
-      this.#emit('file', rel, st, 0, '', { xattrs, metacopySize: size });
-      this.#file = { fd, remaining: 0, position: 0, rel };
-      return this.#endFile(this.#file);
-    }
-    this.#emit('file', rel, st, size, '', { xattrs });
-    this.#file = { fd, remaining: size, position: 0, rel };
-    if (size === 0) this.#endFile(this.#file);
-  }
-
-  #xattrsOf(target: XattrTarget, kind: XattrEntryKind, rel: string): Map<string, Buffer> | undefined {
-    const names = fsops.listXattrs(target);
-    if (names.length === 0) return undefined;
-    return xattrsToArchive(names, (name) => fsops.getXattr(target, name), kind, this.#xattrCtx,
-      (why) => this.#opts.onSkip?.(rel, why));
-  }
-
-  #visitSymlink(parent: WalkFrame, name: string, rel: string, st: fs.BigIntStats): void {
-    let target: string;
-    try {
-      target = fs.readlinkSync(procPath(parent.fd, name));
-    } catch (err) {
-      if (['ENOENT', 'EINVAL'].includes(errno(err) ?? '')) return this.#opts.onSkip?.(rel, 'changed during backup');
-      throw err;
-    }
-    if (symlinkEscapes(rel, target)) {
-      throw new DomainError('FAILED_PRECONDITION',
-        `${this.#archivePath(rel)}: symlink points outside the ${this.#rootName} root; restore would refuse it`);
-    }
-    this.#emit('symlink', rel, st, 0, target);
-  }
-
-  // File bytes are read straight into the output chunk: no copy per file.
-  #readFile(f: OpenFile): void {
-    if (this.#len >= this.#out.length) this.#flushOut();
-    const want = Math.min(f.remaining, this.#out.length - this.#len);
-    let n = fs.readSync(f.fd, this.#out, this.#len, want, f.position);
-    if (n === 0) {
-      // Shrunk while we read it: the header already promised `size` bytes, so pad with zeros.
-      this.#opts.onSkip?.(f.rel, 'shrank during backup; zero-padded');
-      this.#out.fill(0, this.#len, this.#len + want);
-      n = want;
-    }
-    this.#len += n;
-    f.position += n;
-    f.remaining -= n;
-    if (f.remaining === 0) this.#endFile(f);
-  }
-
-  #endFile(f: OpenFile): void {
-    fs.closeSync(f.fd);
-    this.#file = undefined;
-    const pad = padding(f.position);
-    if (pad) this.#append(Buffer.alloc(pad));
-    this.#opts.onEntry?.(f.position);
-  }
-
-  #emit(
-    type: EntryHeader['type'], rel: string, st: fs.BigIntStats, size: number, linkpath: string,
-    extra: Pick<EntryHeader, 'xattrs' | 'metacopySize' | 'devMajor' | 'devMinor'> = {},
-  ): void {
-    this.#append(encodeEntry({
-      ...extra,
-      path: this.#archivePath(rel),
-      type,
-      mode: Number(st.mode) & 0o7777,
-      uid: this.#toContainerId(Number(st.uid)),
-      gid: this.#toContainerId(Number(st.gid)),
-      size,
-      mtimeNs: st.mtimeNs,
-      linkpath,
-    }));
-    if (type !== 'file') this.#opts.onEntry?.(0);
-  }
-
-  #toContainerId(hostId: number): number {
-    const id = hostId - this.#opts.uidBase;
-    return id >= 0 && id < this.#idCount ? id : OVERFLOW_ID;
-  }
-
-  #closeAll(): void {
-    if (this.#file) fs.closeSync(this.#file.fd);
-    this.#file = undefined;
-    for (const frame of this.#stack) fs.closeSync(frame.fd);
-    this.#stack = [];
-  }
 }
 
 /**
@@ -897,10 +596,6 @@ function writeAll(fd: number, buf: Buffer, off: number, len: number): void {
     off += n;
     len -= n;
   }
-}
-
-function checkRootName(name: string): void {
-  if (!/^[a-z][a-z0-9-]*$/.test(name)) throw new DomainError('INVALID_ARGUMENT', `archive root name ${JSON.stringify(name)}`);
 }
 
 /**

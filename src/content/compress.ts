@@ -18,6 +18,43 @@ export function createCompressStream(): Transform {
   return new zstd.CompressStream({ compressionLevel: COMPRESSION_LEVEL, nbWorkers: 2, checksumFlag: false });
 }
 
+/**
+ * The same zstd frame as createCompressStream, fed synchronously: the archive runner fills one reused input
+ * buffer with the walk and hands it here, and zstd's workers compress while the walk goes on (zstd copies
+ * the input into its job buffers, so the caller may refill it at once). Output goes to `write`.
+ */
+export class ZstdFrameWriter {
+  readonly #cctx = new binding.CCtx();
+  readonly #out = Buffer.allocUnsafe(binding.cStreamOutSize() * 4);
+  readonly #write: (bytes: Buffer) => void;
+
+  constructor(write: (bytes: Buffer) => void, opts: { nbWorkers?: number } = {}) {
+    this.#write = write;
+    this.#cctx.setParameter(binding.CParameter.compressionLevel, COMPRESSION_LEVEL);
+    this.#cctx.setParameter(binding.CParameter.checksumFlag, 0);
+    this.#cctx.setParameter(binding.CParameter.nbWorkers, opts.nbWorkers ?? 2);
+  }
+
+  /** Compresses input (all of it is consumed before this returns). */
+  write(input: Buffer): void {
+    this.#run(input, binding.EndDirective.continue);
+  }
+
+  /** Ends the frame and writes what zstd still holds. */
+  end(): void {
+    this.#run(Buffer.alloc(0), binding.EndDirective.end);
+  }
+
+  #run(input: Buffer, op: binding.EndDirective): void {
+    for (;;) {
+      const [remaining, produced, consumed] = this.#cctx.compressStream2(this.#out, input, op);
+      if (produced > 0) this.#write(this.#out.subarray(0, produced));
+      input = input.subarray(consumed);
+      if (op === binding.EndDirective.end ? remaining === 0 : input.length === 0) return;
+    }
+  }
+}
+
 export function createDecompressStream(): Duplex {
   return new BoundedZstdDecompress();
 }

@@ -1,5 +1,6 @@
 // The addon's file system calls for backup and restore (native/fsops.c): overlayfs whiteouts and xattrs,
-// which Node has no calls for. Loaded through the one typed door, src/sandbox/native.ts.
+// which Node has no calls for; and the archive walk of a backup (native/archive.c). Loaded through the one
+// typed door, src/sandbox/native.ts.
 import { native, NativeAddon } from '../sandbox/native';
 
 /** An fd (f*xattr) or a path whose last component is never followed (l*xattr). */
@@ -26,3 +27,43 @@ function loadFsOps(): FsOpsAddon {
 }
 
 export const fsops: FsOpsAddon = loadFsOps();
+
+/** A tree walk in progress (native/archive.c); opaque. */
+export type NativeArchiveWalk = { readonly __brand: 'NativeArchiveWalk' };
+
+export interface ArchiveWalkFill {
+  length: number;   // bytes written at the offset
+  /** full: the buffer is full; done: the tree is archived; xattrs: an entry waits for archiveWalkResume;
+   *  refused: a symlink leaves the root (message says which). */
+  status: 'full' | 'done' | 'xattrs' | 'refused';
+  files: number;    // entries archived so far (cumulative)
+  bytes: number;    // file bytes archived so far (cumulative)
+  skips?: [rel: string, why: string][];
+  message?: string;
+}
+
+export interface ArchiveWalkAddon {
+  /** Starts walking the directory rootFd (duplicated; the caller keeps its own) as archive root `rootName`.
+   *  quietXattrs: names the xattr policy drops without a report, so entries with only those never stop. */
+  archiveWalkStart(rootFd: number, rootName: string, uidBase: number, idCount: number, upper: boolean,
+    quietXattrs: readonly string[]): NativeArchiveWalk;
+  /** Writes tar bytes into buf[offset..]. NativeError(`archive walk: open <rel>`...) on an unexpected errno. */
+  archiveWalkFill(walk: NativeArchiveWalk, buf: Buffer, offset: number): ArchiveWalkFill;
+  /** The entry waiting after status 'xattrs': its fd (the walk's; valid until resume), kind and path. */
+  archiveWalkPending(walk: NativeArchiveWalk): { fd: number; kind: 'file' | 'directory'; rel: string };
+  /** Emits the waiting entry with the xattr records kept (null: none); metacopy stores an upper-layer file
+   *  as metadata only. */
+  archiveWalkResume(walk: NativeArchiveWalk, xattrs: [string, Buffer][] | null, metacopy: boolean): void;
+  /** Closes every fd the walk holds. */
+  archiveWalkClose(walk: NativeArchiveWalk): void;
+}
+
+function loadArchiveWalk(): ArchiveWalkAddon {
+  const addon = native as NativeAddon & Partial<ArchiveWalkAddon>;
+  if (typeof addon.archiveWalkFill !== 'function') {
+    throw new Error('native addon has no archive walk (native/archive.c): rebuild it with "node-gyp rebuild -C native"');
+  }
+  return addon as ArchiveWalkAddon;
+}
+
+export const archiveWalk: ArchiveWalkAddon = loadArchiveWalk();

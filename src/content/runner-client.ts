@@ -6,7 +6,9 @@ import path from 'node:path';
 import { addAbortSignal, PassThrough, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DomainError, ErrorCode } from '../errors';
-import { backupTo, BackupJob, errorMessage, restoreFrom, RestoreJob, RunnerJob, RunnerMessage } from './archive-runner';
+import {
+  backupTo, BackupJob, errorMessage, restoreFrom, RestoreJob, RunnerJob, RunnerMessage, streamSink,
+} from './archive-runner';
 
 // dist/src/content/archive-runner.js when compiled, the .ts beside this file under a TypeScript loader.
 const RUNNER = path.join(__dirname, 'archive-runner' + path.extname(__filename));
@@ -89,7 +91,7 @@ export function runBackup(job: BackupJob, hooks: RunnerHooks): BackupRun {
   if (hooks.inProcess) {
     const out = new PassThrough();
     if (hooks.signal) addAbortSignal(hooks.signal, out);
-    const result = backupTo(out, job, (m) => dispatch(hooks, m)).catch((err) => { throw toError(errorMessage(err), ''); });
+    const result = backupTo(streamSink(out), job, (m) => dispatch(hooks, m)).catch((err) => { throw toError(errorMessage(err), ''); });
     result.catch(() => undefined);
     const object = gate(out, result);
     return { object, done: result, kill: () => out.destroy(new DomainError('ABORTED', 'cancelled')) };

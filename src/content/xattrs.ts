@@ -30,10 +30,11 @@ const OVERLAY_KEPT: Record<string, XattrEntryKind[]> = {
  * restored layer, and a file handle of an image inode means nothing on another node), and SELinux labels,
  * which belong to the node's policy, not to the workspace.
  */
-const LEFT_OUT_QUIETLY = new Set([
+export const XATTRS_LEFT_OUT_QUIETLY: readonly string[] = [
   'trusted.overlay.origin', 'trusted.overlay.impure', 'trusted.overlay.uuid', 'trusted.overlay.nlink',
   'trusted.overlay.upper', 'security.selinux',
-]);
+];
+const LEFT_OUT_QUIETLY = new Set(XATTRS_LEFT_OUT_QUIETLY);
 
 const NAME_MAX = 255;     // XATTR_NAME_MAX
 const VALUE_MAX = 65536;  // XATTR_SIZE_MAX

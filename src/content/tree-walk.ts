@@ -1,0 +1,139 @@
+// Trees to a pax tar stream through the addon's walk (native/archive.c), which does the file system half in
+// C: getdents64, openat(O_NOFOLLOW) relative to held directory fds, fstat, and file data read straight into
+// the caller's buffer. This side adds what is policy: which xattrs the archive keeps (xattrs.ts), reports of
+// entries left out, and the end-of-archive marker after the last root.
+import fs from 'node:fs';
+import { Readable } from 'node:stream';
+import { DomainError } from '../errors';
+import { ArchiveRoot, checkRootName, DEFAULT_ID_COUNT, IdMapping, openRootDir, OVERLAY_UPPER_ROOT } from './archive-roots';
+import { archiveWalk, fsops, NativeArchiveWalk } from './fsops-native';
+import { BLOCK } from './tar-format';
+import { OVERLAY_METACOPY, xattrsToArchive, XATTRS_LEFT_OUT_QUIETLY } from './xattrs';
+
+const OUT_CHUNK = 1 << 20;
+
+export interface ArchiveWriteOptions extends IdMapping {
+  /** Entries and file bytes archived since the last call. */
+  onProgress?(files: number, bytes: number): void;
+  /** An entry left out (socket, device, FIFO, vanished while walking, an xattr not kept). */
+  onSkip?(rel: string, why: string): void;
+}
+
+/** Fills caller buffers with the archive of `roots`, one after the other. Synchronous. */
+export class TreeWalk {
+  readonly #roots: ArchiveRoot[];
+  readonly #opts: ArchiveWriteOptions;
+  readonly #idCount: number;
+  #rootIndex = -1;
+  #walk: NativeArchiveWalk | undefined;
+  #upper = false;
+  #files = 0;
+  #bytes = 0;
+  #trailer = BLOCK * 2; // end-of-archive marker bytes still to write
+  #done = false;
+
+  constructor(roots: ArchiveRoot[], opts: ArchiveWriteOptions) {
+    for (const r of roots) checkRootName(r.name);
+    this.#roots = roots;
+    this.#opts = opts;
+    this.#idCount = opts.idCount ?? DEFAULT_ID_COUNT;
+  }
+
+  get done(): boolean {
+    return this.#done;
+  }
+
+  /** Writes archive bytes into buf[offset..]; returns how many. Less than the space left only when done. */
+  fill(buf: Buffer, offset = 0): number {
+    let pos = offset;
+    while (pos < buf.length && !this.#done) {
+      if (!this.#walk && !this.#nextRoot()) {
+        const n = Math.min(this.#trailer, buf.length - pos);
+        buf.fill(0, pos, pos + n);
+        pos += n;
+        this.#trailer -= n;
+        this.#done = this.#trailer === 0;
+        continue;
+      }
+      const r = archiveWalk.archiveWalkFill(this.#walk!, buf, pos);
+      pos += r.length;
+      for (const [rel, why] of r.skips ?? []) this.#opts.onSkip?.(rel, why);
+      this.#progress(r.files, r.bytes);
+      if (r.status === 'xattrs') this.#resolveXattrs();
+      else if (r.status === 'refused') throw new DomainError('FAILED_PRECONDITION', r.message ?? 'symlink leaves the root');
+      else if (r.status === 'done') this.#endRoot();
+    }
+    return pos - offset;
+  }
+
+  close(): void {
+    if (this.#walk) archiveWalk.archiveWalkClose(this.#walk);
+    this.#walk = undefined;
+    this.#done = true;
+  }
+
+  #nextRoot(): boolean {
+    if (++this.#rootIndex >= this.#roots.length) return false;
+    const root = this.#roots[this.#rootIndex];
+    const fd = openRootDir(root.dir);
+    try {
+      this.#upper = root.name === OVERLAY_UPPER_ROOT;
+      this.#walk = archiveWalk.archiveWalkStart(fd, root.name, this.#opts.uidBase, this.#idCount, this.#upper,
+        XATTRS_LEFT_OUT_QUIETLY);
+    } finally {
+      fs.closeSync(fd);
+    }
+    this.#files = 0;
+    this.#bytes = 0;
+    return true;
+  }
+
+  #endRoot(): void {
+    archiveWalk.archiveWalkClose(this.#walk!);
+    this.#walk = undefined;
+  }
+
+  #progress(files: number, bytes: number): void {
+    if (files === this.#files && bytes === this.#bytes) return;
+    this.#opts.onProgress?.(files - this.#files, bytes - this.#bytes);
+    this.#files = files;
+    this.#bytes = bytes;
+  }
+
+  // The xattr policy (xattrs.ts) decides what an entry keeps; the walk waits with the entry's fd open.
+  #resolveXattrs(): void {
+    const walk = this.#walk!;
+    const { fd, kind, rel } = archiveWalk.archiveWalkPending(walk);
+    const ctx = { upper: this.#upper, uidBase: this.#opts.uidBase, idCount: this.#idCount };
+    const kept = xattrsToArchive(fsops.listXattrs(fd), (name) => fsops.getXattr(fd, name), kind, ctx,
+      (why) => this.#opts.onSkip?.(rel, why));
+    const metacopy = kind === 'file' && this.#upper && (kept?.has(OVERLAY_METACOPY) ?? false);
+    archiveWalk.archiveWalkResume(walk, kept ? [...kept] : null, metacopy);
+  }
+}
+
+/** A Readable of the tar stream of `roots`, produced lazily one output chunk at a time. */
+export class TreeArchiveStream extends Readable {
+  readonly #walk: TreeWalk;
+
+  constructor(roots: ArchiveRoot[], opts: ArchiveWriteOptions) {
+    super({ highWaterMark: OUT_CHUNK });
+    this.#walk = new TreeWalk(roots, opts);
+  }
+
+  override _read(): void {
+    try {
+      const buf = Buffer.allocUnsafe(OUT_CHUNK);
+      const n = this.#walk.fill(buf);
+      if (n > 0) this.push(buf.subarray(0, n));
+      if (this.#walk.done) this.push(null);
+    } catch (err) {
+      this.destroy(err as Error);
+    }
+  }
+
+  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    this.#walk.close();
+    cb(err);
+  }
+}
