@@ -23,7 +23,8 @@ typedef struct {
 } tx_report;
 
 enum tx_step {
-  STEP_UNSHARE_CGROUP = 1,
+  STEP_JOIN_CGROUP = 1,   // index: opts.cgroupTasks[index]
+  STEP_UNSHARE_CGROUP,
   STEP_SETGROUPS,
   STEP_SETRESGID,
   STEP_SETRESUID,
@@ -48,6 +49,7 @@ enum tx_step {
   STEP_UMOUNT_OLD_ROOT,
   STEP_CHDIR_ROOT,
   STEP_HOSTNAME,
+  STEP_LOOPBACK,         // index: 0 socket, 1 get flags, 2 set flags
   STEP_MASK,             // index: masked path table
   STEP_READONLY,         // index: read-only path table
   STEP_CHDIR_CWD,

@@ -19,14 +19,17 @@
 #include <linux/openat2.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
+#include <net/if.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -106,8 +109,9 @@ typedef struct {
   char **argv;  // "init", "--", workload argv..., NULL
   char **envp;  // NULL-terminated
   uint32_t uid_base, gid_base, id_count;
-  char **cgroup_procs;
+  char **cgroup_tasks;  // v1: one `tasks` file per hierarchy, joined by the child itself
   size_t cgroup_count;
+  char *cgroup_dir;     // v2: the group the child is cloned into ("" = none)
   int stdout_fd, stderr_fd, status_fd;
   bind_mount *mounts;
   size_t mount_count;
@@ -118,6 +122,8 @@ typedef struct {
 
   // prepared by the parent before the clone
   int last_cap;
+  int *cgroup_fds;      // the opened cgroup_tasks, in order
+  int cgroup_dir_fd;
   char uid_map[64], gid_map[64];
 
   // outcome
@@ -145,8 +151,9 @@ static void free_job(spawn_job *job) {
   free(job->hostname);
   free_strv(job->argv);
   free_strv(job->envp);
-  for (size_t i = 0; i < job->cgroup_count; i++) free(job->cgroup_procs[i]);
-  free(job->cgroup_procs);
+  free_strv(job->cgroup_tasks);
+  free(job->cgroup_dir);
+  free(job->cgroup_fds);
   for (size_t i = 0; i < job->mount_count; i++) {
     free(job->mounts[i].source);
     free(job->mounts[i].target);
@@ -448,17 +455,43 @@ static void set_up_fds(child_ctx *c) {
   CHECK(c, close_range((unsigned)count, ~0U, 0), STEP_CLOSE_RANGE, 0);
 }
 
+// lo comes up before the workload runs, as bubblewrap does: a workspace without a network still talks
+// to itself. Root in the namespace owns its network namespace, so no help from the daemon is needed.
+static void loopback_up(child_ctx *c) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  CHECK(c, s, STEP_LOOPBACK, 0);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, "lo", 3);
+  CHECK(c, ioctl(s, SIOCGIFFLAGS, &ifr), STEP_LOOPBACK, 1);
+  ifr.ifr_flags |= IFF_UP;
+  CHECK(c, ioctl(s, SIOCSIFFLAGS, &ifr), STEP_LOOPBACK, 2);
+  close(s);
+}
+
 static void install_seccomp(child_ctx *c) {
   if (!c->job->seccomp_len) return;
   struct sock_fprog prog = {.len = c->job->seccomp_len, .filter = c->job->seccomp};
   CHECK(c, syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), STEP_SECCOMP, 0);
 }
 
+// Joins the v1 groups by writing "0" (= the writer) to each `tasks` file the parent opened. Moving the
+// caller's own thread skips the kernel's global cgroup_threadgroup_rwsem, whose write side waits for an
+// RCU grace period; a pid written by the parent into cgroup.procs pays that wait (~9 ms per start here).
+static void join_cgroups(child_ctx *c) {
+  for (size_t i = 0; i < c->job->cgroup_count; i++) {
+    int fd = c->job->cgroup_fds[i];
+    CHECK(c, write(fd, "0", 1), STEP_JOIN_CGROUP, (int)i);
+    close(fd);
+  }
+}
+
 __attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_fd, int report_fd, int gate_fd) {
   child_ctx c = {.job = job, .report_fd = report_fd, .gate_fd = gate_fd};
   reset_signal_dispositions();  // all signals stay blocked through execve; init unblocks for the workload
   umask(022);
-  wait_for_parent(sync_fd);     // cgroup joined, uid/gid maps written
+  join_cgroups(&c);             // while the parent writes the id maps
+  wait_for_parent(sync_fd);     // uid/gid maps written
 
   CHECK(&c, unshare(CLONE_NEWCGROUP), STEP_UNSHARE_CGROUP, 0);  // after joining: the cgroup becomes our "/"
 
@@ -472,6 +505,7 @@ __attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_f
   mount_binds(&c, root);
   mount_init(&c, root);
   become_root(&c);
+  loopback_up(&c);
   mount_proc(&c, root);
   mount_dev(&c, root);
   mount_sys(&c, root);
@@ -585,6 +619,7 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_UMOUNT_OLD_ROOT] = "umount old root",
       [STEP_CHDIR_ROOT] = "chdir /",
       [STEP_HOSTNAME] = "sethostname",
+      [STEP_LOOPBACK] = "loopback up",
       [STEP_CAP_AMBIENT] = "clear ambient capabilities",
       [STEP_CAPSET] = "capset",
       [STEP_NO_NEW_PRIVS] = "no_new_privs",
@@ -602,6 +637,10 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
   char buf[PATH_MAX + 64];
   int i = r->index;
   switch (r->step) {
+    case STEP_JOIN_CGROUP:
+      if (i >= 0 && (size_t)i < job->cgroup_count) snprintf(buf, sizeof buf, "join cgroup %s", job->cgroup_tasks[i]);
+      else snprintf(buf, sizeof buf, "join cgroup");
+      break;
     case STEP_MOUNT_OPEN:
       if (i >= 0 && (size_t)i < job->mount_count) snprintf(buf, sizeof buf, "open %s", job->mounts[i].target);
       else snprintf(buf, sizeof buf, "open mount target");
@@ -669,19 +708,9 @@ static void collect_reports(spawn_job *job, int report_fd) {
   }
 }
 
-// Joins the cgroups and writes the id maps while the child waits on the sync pipe.
+// Writes the id maps while the child waits on the sync pipe.
 static int configure_child(spawn_job *job) {
   char path[64];
-  char pid[16];
-  snprintf(pid, sizeof pid, "%d\n", job->pid);
-  for (size_t i = 0; i < job->cgroup_count; i++) {
-    if (write_file(job->cgroup_procs[i], pid) < 0) {
-      char step[PATH_MAX + 16];
-      snprintf(step, sizeof step, "write %s", job->cgroup_procs[i]);
-      fail(job, step, errno);
-      return -1;
-    }
-  }
   // setgroups stays "allow": we are root in the parent namespace, so the kernel lets us write gid_map
   // anyway, and the workspace's root may then manage its own groups.
   snprintf(path, sizeof path, "/proc/%d/gid_map", job->pid);
@@ -694,6 +723,13 @@ static int configure_child(spawn_job *job) {
     fail(job, "write uid_map", errno);
     return -1;
   }
+  // The kernel copies the daemon's OOM protection (OOMScoreAdjust=-999 under systemd) to children. Only a
+  // write with CAP_SYS_RESOURCE also resets the floor the workload could lower itself back to.
+  snprintf(path, sizeof path, "/proc/%d/oom_score_adj", job->pid);
+  if (write_file(path, "0") < 0) {
+    fail(job, "write oom_score_adj", errno);
+    return -1;
+  }
   return 0;
 }
 
@@ -702,6 +738,37 @@ static void hand_over_gate(spawn_job *job, int gate_pipe[2], int report_pipe[2])
   job->gate_fd = gate_pipe[1];
   job->report_fd = report_pipe[0];
   gate_pipe[1] = report_pipe[0] = -1;
+}
+
+static void fail_path(spawn_job *job, const char *verb, const char *file) {
+  char step[PATH_MAX + 16];
+  snprintf(step, sizeof step, "%s %s", verb, file);
+  fail(job, step, errno);
+}
+
+// The cgroup files and directory are opened here, by host root, so the child needs no path to them.
+static int open_cgroups(spawn_job *job) {
+  job->cgroup_fds = calloc(job->cgroup_count ? job->cgroup_count : 1, sizeof(int));
+  if (!job->cgroup_fds) return fail(job, "calloc", ENOMEM), -1;
+  for (size_t i = 0; i < job->cgroup_count; i++) job->cgroup_fds[i] = -1;
+  for (size_t i = 0; i < job->cgroup_count; i++) {
+    job->cgroup_fds[i] = open(job->cgroup_tasks[i], O_WRONLY | O_CLOEXEC);
+    if (job->cgroup_fds[i] < 0) return fail_path(job, "open", job->cgroup_tasks[i]), -1;
+  }
+  if (job->cgroup_dir[0]) {
+    job->cgroup_dir_fd = open(job->cgroup_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (job->cgroup_dir_fd < 0) return fail_path(job, "open", job->cgroup_dir), -1;
+  }
+  return 0;
+}
+
+static void close_cgroups(spawn_job *job) {
+  for (size_t i = 0; job->cgroup_fds && i < job->cgroup_count; i++) {
+    if (job->cgroup_fds[i] >= 0) close(job->cgroup_fds[i]);
+    job->cgroup_fds[i] = -1;
+  }
+  if (job->cgroup_dir_fd >= 0) close(job->cgroup_dir_fd);
+  job->cgroup_dir_fd = -1;
 }
 
 static void spawn_execute(napi_env env, void *data) {
@@ -717,6 +784,7 @@ static void spawn_execute(napi_env env, void *data) {
     fail(job, "prepare " INIT_IN_ROOTFS, errno);
     return;
   }
+  if (open_cgroups(job) < 0) goto out;
   // Close-on-exec everywhere: a child another thread clones meanwhile drops its copies at exec, so the
   // caller's close of the gate reaches init as EOF.
   if (pipe2(sync_pipe, O_CLOEXEC) < 0 || pipe2(report_pipe, O_CLOEXEC) < 0 ||
@@ -734,6 +802,10 @@ static void spawn_execute(napi_env env, void *data) {
       .pidfd = (uint64_t)(uintptr_t)&job->pidfd,
       .exit_signal = SIGCHLD,
   };
+  if (job->cgroup_dir_fd >= 0) {  // v2: born in its group, so no migration at all
+    args.flags |= CLONE_INTO_CGROUP;
+    args.cgroup = (uint64_t)job->cgroup_dir_fd;
+  }
   long pid = syscall(SYS_clone3, &args, sizeof args);
   if (pid == 0) {
     close(sync_pipe[1]);
@@ -748,6 +820,7 @@ static void spawn_execute(napi_env env, void *data) {
     goto out;
   }
   job->pid = (int)pid;
+  close_cgroups(job);
   close(sync_pipe[0]);
   close(report_pipe[1]);
   if (gate_pipe[0] >= 0) close(gate_pipe[0]);
@@ -766,6 +839,7 @@ static void spawn_execute(napi_env env, void *data) {
   }
 
 out:
+  close_cgroups(job);
   for (int i = 0; i < 2; i++) {
     if (sync_pipe[i] >= 0) close(sync_pipe[i]);
     if (report_pipe[i] >= 0) close(report_pipe[i]);
@@ -964,7 +1038,8 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
       !get_string_prop(env, opts, "hostname", &job->hostname) ||
       !get_uint_prop(env, opts, "uidBase", &job->uid_base) || !get_uint_prop(env, opts, "gidBase", &job->gid_base) ||
       !get_uint_prop(env, opts, "idCount", &job->id_count) ||
-      !get_strv_prop(env, opts, "cgroupProcs", NULL, 0, &job->cgroup_procs, &cgroups) ||
+      !get_strv_prop(env, opts, "cgroupTasks", NULL, 0, &job->cgroup_tasks, &cgroups) ||
+      !get_string_prop(env, opts, "cgroupDir", &job->cgroup_dir) ||
       !get_int_prop(env, opts, "stdoutFd", &out) || !get_int_prop(env, opts, "stderrFd", &err) ||
       !get_int_prop(env, opts, "statusFd", &status) || !get_mounts(env, opts, job) ||
       !get_capabilities(env, opts, job) || !get_seccomp(env, opts, job))
@@ -990,7 +1065,7 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
 
 static spawn_job *new_job(void) {
   spawn_job *job = calloc(1, sizeof *job);
-  if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = -1;
+  if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = -1;
   return job;
 }
 

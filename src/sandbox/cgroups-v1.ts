@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DomainError } from '../errors';
-import type { CgroupDriver, ResourceLimits, WorkspaceCgroup } from './cgroups';
+import type { CgroupDriver, CgroupPlacement, ResourceLimits, WorkspaceCgroup } from './cgroups';
 import {
   CFS_PERIOD_US, cfsQuotaUs, checkGroupName, checkLimits, controlExists, killPid, listPids, makeGroupDir,
   pollUntil, readControl, readKeyedValue, removeGroupDir, subgroupNames, writeControl,
@@ -139,6 +139,10 @@ class V1Group implements WorkspaceCgroup {
 
   procsFiles(): string[] {
     return this.dirs.map((d) => path.join(d.dir, 'cgroup.procs'));
+  }
+
+  placement(): CgroupPlacement {
+    return { cgroupTasks: this.dirs.map((d) => path.join(d.dir, 'tasks')), cgroupDir: '' };
   }
 
   /** The oom_kill line of memory.oom_control (kernel >= 4.13). */

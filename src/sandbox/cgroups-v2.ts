@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DomainError } from '../errors';
-import type { CgroupDriver, ResourceLimits, WorkspaceCgroup } from './cgroups';
+import type { CgroupDriver, CgroupPlacement, ResourceLimits, WorkspaceCgroup } from './cgroups';
 import {
   CFS_PERIOD_US, cfsQuotaUs, checkGroupName, checkLimits, controlExists, errnoOf, killPid, listPids,
   makeGroupDir, pollUntil, readControl, readKeyedValue, removeGroupDir, subgroupNames, writeControl,
@@ -107,6 +107,10 @@ class V2Group implements WorkspaceCgroup {
 
   procsFiles(): string[] {
     return [path.join(this.dir, 'cgroup.procs')];
+  }
+
+  placement(): CgroupPlacement {
+    return { cgroupTasks: [], cgroupDir: this.dir };
   }
 
   /** memory.events counts for the whole subtree; absent when memory is not enabled (no limit, no kills). */

@@ -16,10 +16,18 @@ export interface ResourceLimits {
   pids: number;
 }
 
+/** How spawn puts a new workspace into its group without a migration under the kernel's global lock:
+ *  on v1 the child writes itself into each hierarchy's `tasks`, on v2 it is cloned into the directory. */
+export interface CgroupPlacement {
+  cgroupTasks: string[];
+  cgroupDir: string;
+}
+
 export interface WorkspaceCgroup {
   readonly name: string;
   /** The cgroup.procs files a new process's pid is written to (one per v1 hierarchy, one on v2). */
   procsFiles(): string[];
+  placement(): CgroupPlacement;
   /** How often the kernel's OOM killer killed a process in this group. */
   oomKillCount(): number;
   /** Highest memory use in bytes, when the kernel reports it (v1 max_usage, v2 memory.peak). */

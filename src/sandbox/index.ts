@@ -79,7 +79,7 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     },
     unmountRootfs: (wsDir) => unmountRootfs(wsDir),
     removeWorkspaceDir: (wsDir) => releaseRootfs(wsDir),
-    createCgroup: async (workspaceId, resources: Resources) => (await cgroups.create(workspaceId, resources)).procsFiles(),
+    createCgroup: async (workspaceId, resources: Resources) => (await cgroups.create(workspaceId, resources)).placement(),
     destroyCgroup: async (workspaceId) => {
       if (cgroups.list().includes(workspaceId)) await cgroups.open(workspaceId).destroy();
     },

@@ -21,7 +21,10 @@ export interface SpawnOptions {
   uidBase: number;           // container 0..idCount-1 -> host uidBase..
   gidBase: number;
   idCount: number;
-  cgroupProcs: string[];     // cgroup.procs files the parent writes the child's pid into before releasing it
+  /** v1: the `tasks` file of each hierarchy; the child writes itself in (see native/spawn.c join_cgroups). */
+  cgroupTasks: string[];
+  /** v2: the group's directory, which the child is cloned into (CLONE_INTO_CGROUP); '' for none. */
+  cgroupDir: string;
   stdoutFd: number;          // host fds dup'ed onto the workload's 1 and 2; stdin is /dev/null
   stderrFd: number;
   statusFd: number;          // host fd init keeps to record the workload's exit status (see native/init.c)
@@ -85,6 +88,8 @@ export interface NativeAddon {
   closeFd(fd: number): void;
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount(target: string, flags: number): void;
+  /** umount2 on a worker thread: a detach waits for an RCU grace period in the kernel. */
+  umountAsync(target: string, flags: number): Promise<void>;
   /** Attaches at target (an existing directory) a read-only, nodev, nosuid, recursive bind of source in which
    *  on-disk ids 0..count-1 read as uidBase.. / gidBase.. (MOUNT_ATTR_IDMAP; others read as 65534). Takes a
    *  fraction of a millisecond. Throws NativeError naming the step: `idmap open_tree: ENOENT`,

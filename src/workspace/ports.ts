@@ -1,6 +1,7 @@
 // What the lifecycle needs from the layers below it. main.ts wires the real implementations
 // (src/sandbox, src/network, src/prebuild); the lifecycle never reaches past these.
 import type { Resources, WorkspaceSpec } from './types';
+import type { CgroupPlacement } from '../sandbox/cgroups';
 
 export interface Sandbox {
   readonly initPath: string;
@@ -15,8 +16,8 @@ export interface Sandbox {
   prepareRootfs(wsDir: string, lowerDir: string, uidBase: number, beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>): Promise<{ rootfs: string; contentDir: string }>;
   unmountRootfs(wsDir: string): Promise<void>;
   removeWorkspaceDir(wsDir: string): Promise<void>;
-  /** Returns the cgroup.procs files the child must be written into. */
-  createCgroup(workspaceId: string, resources: Resources): Promise<string[]>;
+  /** Returns where spawn places the child. */
+  createCgroup(workspaceId: string, resources: Resources): Promise<CgroupPlacement>;
   destroyCgroup(workspaceId: string): Promise<void>;
   oomKillCount(workspaceId: string): number;
   /** Removes what no record accounts for (after a crash). */
@@ -26,7 +27,7 @@ export interface Sandbox {
 export interface WorkspaceNetwork {
   /** Writes /etc/resolv.conf and /etc/hosts into the rootfs before the workload starts. */
   prepare(spec: WorkspaceSpec, rootfs: string): Promise<void>;
-  /** Returns the workspace's address ('' for NONE). */
+  /** Called while init holds an ISOLATED workload at its gate; returns the workspace's address. */
   attach(spec: WorkspaceSpec, pid: number): Promise<string>;
   detach(workspaceId: string): Promise<void>;
   reconcile(liveIds: string[]): Promise<void>;

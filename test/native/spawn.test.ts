@@ -118,20 +118,48 @@ t.test('bind mounts: read-write, read-only, and never through a symlink out of t
   t.same(fs.readdirSync(victim), [], 'nothing was mounted on the host path');
 });
 
-t.test('the workload joins the cgroups it is given, and sees its cgroup as /', async (t) => {
-  const cgroup = path.join('/sys/fs/cgroup/pids', `tetrix-native-test-${process.pid}`);
+const V1_PIDS = '/sys/fs/cgroup/pids';
+const V2_ROOT = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' '))
+  .find((f) => f[2] === 'cgroup2' && f[1].startsWith('/sys/fs/cgroup'))?.[1];
+
+t.test('v1: the workload writes itself into the tasks files it is given, and sees its cgroup as /', { skip: !fs.existsSync(V1_PIDS) && 'no v1 pids hierarchy' }, async (t) => {
+  const name = `tetrix-native-test-${process.pid}`;
+  const cgroup = path.join(V1_PIDS, name);
   fs.mkdirSync(cgroup);
   t.teardown(() => fs.rmdirSync(cgroup));
   const rootfs = makeRootfs(t);
   const ws = workspaceOptions(t, rootfs, ['sh', '-c', 'grep pids /proc/self/cgroup; echo ready; exec sleep 1000'], {
-    cgroupProcs: [path.join(cgroup, 'cgroup.procs')],
+    cgroupTasks: [path.join(cgroup, 'tasks')],
   });
   const running = await run(t, ws);
   await running.waitForOutput('ready');
-  t.match(fs.readFileSync(`/proc/${running.result.pid}/cgroup`, 'utf8'), new RegExp(`:pids:/tetrix-native-test-${process.pid}$`, 'm'));
+  t.match(fs.readFileSync(`/proc/${running.result.pid}/cgroup`, 'utf8'), new RegExp(`:pids:/${name}$`, 'm'));
   t.match(running.output(), /:pids:\/\n/, 'a cgroup namespace rooted at its cgroup');
   native.pidfdSendSignal(running.result.pidfd, native.constants.SIGKILL);
   await running.exited;
+});
+
+t.test('v2: the workload is cloned into the cgroup directory it is given', { skip: !V2_ROOT && 'no cgroup2 mount' }, async (t) => {
+  const name = `tetrix-native-test-v2-${process.pid}`;
+  const cgroup = path.join(V2_ROOT!, name);
+  fs.mkdirSync(cgroup);
+  t.teardown(() => fs.rmdirSync(cgroup));
+  const rootfs = makeRootfs(t);
+  const ws = workspaceOptions(t, rootfs, ['sh', '-c', 'grep ^0:: /proc/self/cgroup; echo ready; exec sleep 1000'], { cgroupDir: cgroup });
+  const running = await run(t, ws);
+  await running.waitForOutput('ready');
+  t.match(fs.readFileSync(`/proc/${running.result.pid}/cgroup`, 'utf8'), new RegExp(`^0::/${name}$`, 'm'));
+  t.match(fs.readFileSync(path.join(cgroup, 'cgroup.procs'), 'utf8'), new RegExp(`^${running.result.pid}$`, 'm'));
+  t.match(running.output(), /^0::\/\n/m, 'a cgroup namespace rooted at its cgroup');
+  native.pidfdSendSignal(running.result.pidfd, native.constants.SIGKILL);
+  await running.exited;
+});
+
+t.test('a cgroup that cannot be opened fails the spawn naming the file', async (t) => {
+  const rootfs = makeRootfs(t);
+  const missing = `/sys/fs/cgroup/pids/tetrix-native-missing-${process.pid}/tasks`;
+  const ws = workspaceOptions(t, rootfs, ['true'], { cgroupTasks: [missing] });
+  await t.rejects(native.spawn(ws.options), { name: 'NativeError', step: `open ${missing}`, code: 'ENOENT' });
 });
 
 t.test('a seccomp filter is installed before the workload runs', async (t) => {
