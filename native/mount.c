@@ -1,5 +1,6 @@
 // mount(2), umount2(2) and mkfifo(3) for the daemon's own filesystem work (rootfs overlays, binds, the
-// workspaces' output FIFOs), plus the constants the JS side passes back in. Synchronous: these are quick calls on local filesystems.
+// workspaces' output FIFOs), plus the constants the JS side passes back in. Synchronous, quick calls on local
+// filesystems, except umountAsync.
 #define _GNU_SOURCE
 #include "tetrix.h"
 
@@ -58,6 +59,52 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// umount2 on a libuv worker: a detach waits in the kernel for an RCU grace period (~2 ms per mount here),
+// which must not stall the event loop (the API answers while workspaces stop).
+typedef struct {
+  char *target;
+  uint32_t flags;
+  int err;
+  napi_deferred deferred;
+  napi_async_work work;
+} umount_job;
+
+static void umount_execute(napi_env env, void *data) {
+  (void)env;
+  umount_job *job = data;
+  job->err = umount2(job->target, (int)job->flags) != 0 ? errno : 0;
+}
+
+static void umount_complete(napi_env env, napi_status status, void *data) {
+  umount_job *job = data;
+  int err = status == napi_ok ? job->err : ECANCELED;
+  if (err) napi_reject_deferred(env, job->deferred, tx_native_error(env, "umount", err));
+  else napi_resolve_deferred(env, job->deferred, tx_undefined(env));
+  napi_delete_async_work(env, job->work);
+  free(job->target);
+  free(job);
+}
+
+static napi_value js_umount_async(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], promise, name;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return tx_type_error(env, "umountAsync(target, flags)");
+  umount_job *job = calloc(1, sizeof *job);
+  if (!job) return tx_throw(env, "umountAsync", ENOMEM);
+  if (!tx_get_string(env, argv[0], "umountAsync: target must be a string", &job->target) ||
+      !tx_get_uint32(env, argv[1], "umountAsync: flags must be an unsigned 32-bit number", &job->flags)) {
+    free(job->target);
+    free(job);
+    return NULL;
+  }
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "tetrix.umount", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, umount_execute, umount_complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
 // Node has no mkfifo; the workspaces' stdout/stderr are FIFOs so a restarted daemon can reopen them.
 static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -84,6 +131,7 @@ static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
 void tx_register_mount(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "mount", js_mount);
   tx_set_function(env, addon, "umount", js_umount);
+  tx_set_function(env, addon, "umountAsync", js_umount_async);
   tx_set_function(env, addon, "mkfifo", js_mkfifo);
 
   CONST(MS_RDONLY); CONST(MS_NOSUID); CONST(MS_NODEV); CONST(MS_NOEXEC); CONST(MS_SYNCHRONOUS);
