@@ -67,6 +67,8 @@ export class IdRangeAllocator {
   private readonly count: number;
   private readonly maxSlots: number;
   private readonly subidFiles: string[];
+  private readonly held = new Map<string, number>();
+  private readonly loadedStateDirs = new Set<string>();
 
   constructor(opts: IdRangeAllocatorOptions = {}) {
     this.dir = opts.dir ?? '/run/tetrix/idmap';
@@ -89,14 +91,17 @@ export class IdRangeAllocator {
    */
   allocate(owner: IdRangeOwner): IdRange {
     this.prepareDir();
-    const held = this.claimedBy(owner.stateDir).find((c) => c.workspaceId === owner.workspaceId);
-    if (held) return { base: held.base, count: this.count };
+    const held = this.heldBy(owner);
+    if (held !== undefined) return { base: held, count: this.count };
     const claimed = new Set(this.claimFiles());
     const reserved = readSubidRanges(this.subidFiles);
     for (let slot = 0; slot < this.maxSlots; slot++) {
       const base = this.firstBase + slot * this.count;
       if (claimed.has(String(base)) || reserved.some(([s, e]) => base < e && s < base + this.count)) continue;
-      if (this.tryClaim(base, owner)) return { base, count: this.count };
+      if (this.tryClaim(base, owner)) {
+        this.held.set(ownerKey(owner), base);
+        return { base, count: this.count };
+      }
     }
     throw new DomainError('RESOURCE_EXHAUSTED', `idmap: all ${this.maxSlots} uid/gid ranges under ${this.dir} are claimed`);
   }
@@ -106,6 +111,7 @@ export class IdRangeAllocator {
     if (!Number.isSafeInteger(base) || base < this.firstBase || (base - this.firstBase) % this.count !== 0) {
       throw invalidArgument('uid_base', `${base} is not the base of a range of this allocator`);
     }
+    for (const [key, held] of this.held) if (held === base) this.held.delete(key);
     try {
       fs.unlinkSync(path.join(this.dir, String(base)));
     } catch (err) {
@@ -122,6 +128,22 @@ export class IdRangeAllocator {
       if (claim && claim.stateDir === wanted) out.push({ base: claim.base, workspaceId: claim.workspaceId });
     }
     return out.sort((a, b) => a.base - b.base);
+  }
+
+  /** The range this owner already holds. Reading every claim costs a file per workspace on the node, so
+   *  a state dir's claims are read once and then followed in memory (one daemon owns a state dir). */
+  private heldBy(owner: IdRangeOwner): number | undefined {
+    const stateDir = path.resolve(owner.stateDir);
+    if (!this.loadedStateDirs.has(stateDir)) {
+      for (const claim of this.claimedBy(stateDir)) this.held.set(ownerKey({ stateDir, workspaceId: claim.workspaceId }), claim.base);
+      this.loadedStateDirs.add(stateDir);
+    }
+    const key = ownerKey(owner);
+    const base = this.held.get(key);
+    if (base === undefined) return undefined;
+    if (fs.existsSync(path.join(this.dir, String(base)))) return base;
+    this.held.delete(key); // removed behind our back: claim afresh
+    return undefined;
   }
 
   private claimFiles(): string[] {
@@ -179,6 +201,10 @@ export class IdRangeAllocator {
       fs.unlinkSync(temp);
     }
   }
+}
+
+function ownerKey(owner: IdRangeOwner): string {
+  return `${path.resolve(owner.stateDir)}\0${owner.workspaceId}`;
 }
 
 function idmapError(step: string, what: string | number, err: unknown): DomainError {
