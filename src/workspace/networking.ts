@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { listOf, type Config } from '../config/config';
 import { DomainError } from '../errors';
-import { loopbackUp, NodeNetwork } from '../network';
+import { NodeNetwork } from '../network';
 import type { WorkspaceNetwork } from './ports';
 import type { WorkspaceSpec } from './types';
 
@@ -51,10 +51,7 @@ export function workspaceNetwork(net: NodeNetwork | undefined): WorkspaceNetwork
       writeIntoRootfs(rootfs, 'etc/hosts', address.hosts);
     },
     async attach(spec, pid) {
-      if (spec.network !== 'ISOLATED') {
-        await loopbackUp(pid);
-        return '';
-      }
+      if (spec.network !== 'ISOLATED') return ''; // lo is up already: spawn brings it up
       return (await needNetwork(spec).attach(spec.id, pid, spec.ports)).ip;
     },
     async detach(id) {

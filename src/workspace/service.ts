@@ -230,15 +230,22 @@ export class WorkspaceService {
             record.status.restoredFrom = spec.restoreFrom;
           }
         : undefined;
-      const { rootfs, contentDir } = await sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase, restore);
-      await this.o.network?.prepare(spec, rootfs);
+      // Independent of each other, so they overlap; all settle before any failure is cleaned up.
+      const [{ rootfs, contentDir }, placement, output] = await allSettledOrThrow([
+        sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase, restore).then(async (prepared) => {
+          await this.o.network?.prepare(spec, prepared.rootfs);
+          return prepared;
+        }),
+        sandbox.createCgroup(spec.id, spec.resources),
+        this.openOutput(spec, record.status.uidBase).then((output) => {
+          opened.push(...output.fds);
+          return output;
+        }),
+      ] as const);
       crashPoint('after-rootfs');
-      const cgroupProcs = await sandbox.createCgroup(spec.id, spec.resources);
       crashPoint('after-cgroup');
       const statusFd = fs.openSync(path.join(wsDir, 'exit-status'), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
       opened.push(statusFd);
-      const output = await this.openOutput(spec, record.status.uidBase);
-      opened.push(...output.fds);
       const workload = this.workloadOf(spec, rootfs, contentDir);
       const result = await this.o.native.spawn({
         rootfs,
@@ -250,15 +257,16 @@ export class WorkspaceService {
         uidBase: record.status.uidBase,
         gidBase: record.status.uidBase,
         idCount: 65536,
-        cgroupProcs,
+        ...placement,
         stdoutFd: output.stdoutFd,
         stderrFd: output.stderrFd,
         statusFd,
         mounts: workload.mounts,
         capabilities: sandbox.capabilities,
         ...(seccomp ? { seccomp } : {}),
-        // init waits at a gate: the workload starts only once its network and limits are in place.
-        holdWorkload: true,
+        // An isolated workload waits at init's gate until its veth is attached. Everything else it needs
+        // (cgroups, lo, its OOM score) is in place before init runs, so the others start at once.
+        holdWorkload: spec.network === 'ISOLATED',
       });
       spawned = result;
       held = result.held;
@@ -266,12 +274,12 @@ export class WorkspaceService {
       Object.assign(record.status, { pid: result.pid, pidStartTime: readPidStartTime(result.pid), startedMs: Date.now() });
       store.updateStatus(spec.id, record.status);
       crashPoint('after-spawn');
-      if (this.o.network) record.status.ipAddress = await this.o.network.attach(spec, result.pid);
-      crashPoint('after-network');
-      // The kernel copies oom_score_adj to children: the daemon's own protection must not reach workloads.
-      fs.writeFileSync(`/proc/${result.pid}/oom_score_adj`, '0');
-      held = undefined;
-      await this.o.native.releaseWorkload(result.held);
+      if (result.held) {
+        if (this.o.network) record.status.ipAddress = await this.o.network.attach(spec, result.pid);
+        crashPoint('after-network');
+        held = undefined;
+        await this.o.native.releaseWorkload(result.held);
+      }
       this.watch(record, result.pidfd, true);
       this.transition(record, 'RUNNING');
       this.o.log.info({ workspace: spec.id, pid: result.pid, uidBase: record.status.uidBase }, 'workspace running');
@@ -576,4 +584,13 @@ function limitConcurrency(n: number): <T>(task: () => Promise<T>) => Promise<T> 
       waiting.shift()?.();
     }
   };
+}
+
+/** Like Promise.all, but waits for every task to settle before rejecting, so no half-done step races the
+ *  cleanup of a failed one. */
+async function allSettledOrThrow<T extends readonly unknown[]>(tasks: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const settled = await Promise.allSettled(tasks);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
