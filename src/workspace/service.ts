@@ -230,17 +230,16 @@ export class WorkspaceService {
             record.status.restoredFrom = spec.restoreFrom;
           }
         : undefined;
-      // Independent of each other, so they overlap; all settle before any failure is cleaned up.
-      const [{ rootfs, contentDir }, placement, output] = await allSettledOrThrow([
+      // The cgroup is independent of the rootfs, so the two overlap; the output's FIFOs go into the
+      // workspace dir the rootfs makes. Both settle before a failure is cleaned up.
+      const [{ rootfs, contentDir, output }, placement] = await allSettledOrThrow([
         sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase, restore).then(async (prepared) => {
           await this.o.network?.prepare(spec, prepared.rootfs);
-          return prepared;
+          const output = await this.openOutput(spec, record.status.uidBase);
+          opened.push(...output.fds);
+          return { ...prepared, output };
         }),
         sandbox.createCgroup(spec.id, spec.resources),
-        this.openOutput(spec, record.status.uidBase).then((output) => {
-          opened.push(...output.fds);
-          return output;
-        }),
       ] as const);
       crashPoint('after-rootfs');
       crashPoint('after-cgroup');
