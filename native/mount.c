@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
@@ -105,6 +106,28 @@ static napi_value js_umount_async(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// Whether path is the root of a mount, from statx (Linux 5.8): one call, where mountinfo would be read
+// and parsed whole (about a millisecond per read with a few hundred workspaces on the node). A symlink is
+// not followed. ENOTSUP when the kernel does not report the attribute.
+static napi_value js_is_mount_point(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result = NULL;
+  char *path = NULL;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1) return tx_type_error(env, "isMountPoint(path)");
+  if (!tx_get_string(env, argv[0], "isMountPoint: path must be a string", &path)) return NULL;
+  struct statx stx;
+  if (statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &stx) != 0) {
+    tx_throw(env, "statx", errno);
+  } else if (!(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT)) {
+    tx_throw(env, "statx", ENOTSUP);
+  } else {
+    napi_get_boolean(env, (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0, &result);
+  }
+  free(path);
+  return result;
+}
+
 // Node has no mkfifo; the workspaces' stdout/stderr are FIFOs so a restarted daemon can reopen them.
 static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -132,6 +155,7 @@ void tx_register_mount(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "mount", js_mount);
   tx_set_function(env, addon, "umount", js_umount);
   tx_set_function(env, addon, "umountAsync", js_umount_async);
+  tx_set_function(env, addon, "isMountPoint", js_is_mount_point);
   tx_set_function(env, addon, "mkfifo", js_mkfifo);
 
   CONST(MS_RDONLY); CONST(MS_NOSUID); CONST(MS_NODEV); CONST(MS_NOEXEC); CONST(MS_SYNCHRONOUS);

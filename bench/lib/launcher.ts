@@ -69,7 +69,7 @@ export async function launchDaemon(opts: { prefix?: string; logLevel?: string; e
   const netns = runName(prefix);
   execFileSync('ip', ['netns', 'add', netns]);
   execFileSync('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
-  const args = ['--net=' + path.join('/run/netns', netns), '--', process.execPath, daemonMain, '--state-dir', stateDir, '--socket-path', socketPath, '--cgroup-parent', cgroupParent, '--log-level', opts.logLevel ?? 'warn',
+  const args = ['--net=' + path.join('/run/netns', netns), '--', process.execPath, ...(process.env.TETRIX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), daemonMain, '--state-dir', stateDir, '--socket-path', socketPath, '--cgroup-parent', cgroupParent, '--log-level', opts.logLevel ?? 'warn',
     // The mutual-TLS port as in production, but on loopback and a free port so runs never collide.
     '--api-listen', '127.0.0.1:0', ...(opts.extraArgs ?? [])];
   // nsenter enters the namespace and execs node: the child's pid is the daemon's.

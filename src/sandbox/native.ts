@@ -90,6 +90,8 @@ export interface NativeAddon {
   umount(target: string, flags: number): void;
   /** umount2 on a worker thread: a detach waits for an RCU grace period in the kernel. */
   umountAsync(target: string, flags: number): Promise<void>;
+  /** statx's STATX_ATTR_MOUNT_ROOT; a symlink is not followed. NativeError ENOENT, or ENOTSUP before Linux 5.8. */
+  isMountPoint(path: string): boolean;
   /** Attaches at target (an existing directory) a read-only, nodev, nosuid, recursive bind of source in which
    *  on-disk ids 0..count-1 read as uidBase.. / gidBase.. (MOUNT_ATTR_IDMAP; others read as 65534). Takes a
    *  fraction of a millisecond. Throws NativeError naming the step: `idmap open_tree: ENOENT`,

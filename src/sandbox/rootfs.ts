@@ -139,8 +139,9 @@ function checkOverlayPath(p: string): void {
 async function makeLayout(layout: WorkspaceLayout, uidBase: number): Promise<void> {
   fs.mkdirSync(layout.wsDir, { recursive: true, mode: TRAVERSE_ONLY });
   fs.chmodSync(layout.wsDir, TRAVERSE_ONLY);
-  // mountinfo shows real paths; the state dir may sit behind a symlink.
-  if (mountsUnder(fs.realpathSync(layout.wsDir)).length > 0 || nonEmpty(layout.upper)) {
+  // Only the daemon mounts below a workspace dir (lower and rootfs), so those two say whether a previous
+  // rootfs is still there, without reading mountinfo.
+  if (isMountPoint(layout.rootfs) || isMountPoint(layout.lower) || nonEmpty(layout.upper)) {
     throw new DomainError('FAILED_PRECONDITION', `rootfs: ${layout.wsDir} still holds a previous rootfs; release it first`);
   }
   makeDir(layout.lower, 0o700, 0); // once mounted, the image's root (and its mode) covers it
@@ -213,11 +214,16 @@ async function shiftImageOwnership(lowerDir: string, rootfs: string, uidBase: nu
 
 // --- release ---------------------------------------------------------------------------------------
 
-/** Unmounts everything at or below wsDir, deepest first, and checks mountinfo that it worked. */
+/** Unmounts everything at or below wsDir and checks mountinfo that it worked. */
 export async function unmountRootfs(wsDir: string): Promise<void> {
   const dir = realDir(wsDir);
   if (dir === undefined) return;
-  // Stacked mounts show once per layer; each umount peels one, so go round until none remain.
+  // The daemon's own mounts, the overlay first: a detach takes whatever was mounted below it along.
+  const layout = workspaceLayout(dir);
+  for (const target of [layout.rootfs, layout.lower]) {
+    for (let layer = 0; layer < 16 && isMountPoint(target); layer++) await umountDetached(target);
+  }
+  // Anything else (stacked or foreign mounts) shows in mountinfo. One read: usually nothing is left.
   for (let round = 0; round < 16; round++) {
     const mounts = mountsUnder(dir);
     if (mounts.length === 0) return;
@@ -225,6 +231,17 @@ export async function unmountRootfs(wsDir: string): Promise<void> {
   }
   const left = mountsUnder(dir);
   if (left.length > 0) throw new DomainError('INTERNAL', `rootfs: still mounted after unmounting: ${left.join(', ')}`);
+}
+
+/** statx's mount-root flag; a missing path is not a mount point. Kernels before 5.8 ask mountinfo. */
+function isMountPoint(target: string): boolean {
+  try {
+    return native.isMountPoint(target);
+  } catch (err) {
+    if (err instanceof NativeError && err.code === 'ENOENT') return false;
+    if (err instanceof NativeError && err.code === 'ENOTSUP') return readMountPoints().includes(realDir(target) ?? target);
+    throw err;
+  }
 }
 
 async function umountDetached(target: string): Promise<void> {
@@ -251,10 +268,11 @@ export async function removeWorkspaceDir(wsDir: string): Promise<void> {
   await fsp.rm(dir, { recursive: true, force: true });
 }
 
-/** unmountRootfs then removeWorkspaceDir: idempotent, and fine on half-created directories. */
+/** unmountRootfs then the removal: idempotent, and fine on half-created directories. */
 export async function releaseRootfs(wsDir: string): Promise<void> {
-  await unmountRootfs(wsDir);
-  await removeWorkspaceDir(wsDir);
+  await unmountRootfs(wsDir); // it has just checked mountinfo: nothing is mounted below
+  const dir = realDir(wsDir);
+  if (dir !== undefined) await fsp.rm(dir, { recursive: true, force: true });
 }
 
 function realDir(dir: string): string | undefined {
