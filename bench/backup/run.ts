@@ -137,6 +137,10 @@ function timeShell(script: string): number {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+function settle(): void {
+  execFileSync('sync');
+}
+
 function duBytes(dir: string): number {
   return Number(execFileSync('du', ['-sb', dir]).toString().split('\t')[0]);
 }
@@ -165,24 +169,29 @@ async function main(): Promise<void> {
     let tb: ChildResult = { seconds: Infinity, rssBefore: 0, rssPeak: 0 };
     let tr: ChildResult = { seconds: Infinity, rssBefore: 0, rssPeak: 0 };
     let pipeSize = 0;
+    // Each timed step starts after `sync`, so neither contender pays for write-back of what the one before
+    // it left dirty (the pipeline does not fsync; Tetrix does). Restored trees are deleted only at the end:
+    // ext4 without a journal (this machine's) skips inodes freed in the last seconds (minutes while their
+    // inode table block is dirty) when allocating, so a restore right after a large delete pays for it.
     for (let round = 0; round < rounds; round++) {
       fs.rmSync(enc, { force: true });
+      settle();
       pipeBackup = Math.min(pipeBackup, timeShell(
         `tar -cf - -C '${tree}' . | zstd -1 -T0 -q | openssl enc -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -out '${enc}'`));
       pipeSize = fs.statSync(enc).size;
+      settle();
       const b = await runChild(['backup', storeDir, keysDir, tree]);
       if (b.seconds < tb.seconds) tb = b;
       const backupId = fs.readFileSync(path.join(base, 'last-backup-id'), 'utf8');
 
       const pipeOut = path.join(base, `restore-pipeline-${round}`);
       fs.mkdirSync(pipeOut);
+      settle();
       pipeRestore = Math.min(pipeRestore, timeShell(
         `openssl enc -d -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -in '${enc}' | zstd -d -q | tar -xf - -C '${pipeOut}'`));
+      settle();
       const r = await runChild(['restore', storeDir, keysDir, path.join(base, `restore-tetrix-${round}`), backupId]);
       if (r.seconds < tr.seconds) tr = r;
-      // Keep the disk from filling up.
-      fs.rmSync(pipeOut, { recursive: true, force: true });
-      fs.rmSync(path.join(base, `restore-tetrix-${round}`), { recursive: true, force: true });
     }
 
     const mbps = (s: number) => (treeBytes / MiB / s).toFixed(0);

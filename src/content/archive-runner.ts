@@ -9,10 +9,9 @@
 // The child reports {type:'progress'} increments and ends with {type:'done'} or {type:'error'}.
 // Nothing else is written to stdout.
 import fs from 'node:fs';
-import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
-import { ArchiveExtractor, ArchiveRoot } from './archive';
-import { createDecompressStream, ZstdFrameWriter } from './compress';
+import { ArchiveRoot, TreeExtraction } from './archive';
+import { ZstdFrameReader, ZstdFrameWriter } from './compress';
 import { TreeWalk } from './tree-walk';
 
 export interface BackupJob {
@@ -158,15 +157,22 @@ function writeFully(fd: number, bytes: Buffer): void {
   }
 }
 
-/** zstd -> extraction from `input`; resolves after the end-of-archive marker and the end of input. */
-export async function restoreFrom(input: NodeJS.ReadableStream, job: RestoreJob, report: Report): Promise<{ bytes: number; files: number }> {
+/**
+ * zstd -> extraction from `input`, synchronously per input chunk (native/extract.c does the file system
+ * half); resolves after the end-of-archive marker and the end of input.
+ */
+export async function restoreFrom(input: AsyncIterable<Buffer>, job: RestoreJob, report: Report): Promise<{ bytes: number; files: number }> {
   const progress = new ProgressBatch(report);
+  const tree = new TreeExtraction(job.roots, {
+    uidBase: job.uidBase, idCount: job.idCount, onProgress: (files, bytes) => progress.add(bytes, files),
+  });
   try {
-    const extractor = new ArchiveExtractor(job.roots, {
-      uidBase: job.uidBase, idCount: job.idCount, onEntry: (bytes) => progress.add(bytes),
-    });
-    await pipeline(input, createDecompressStream(), extractor);
+    const zstd = new ZstdFrameReader((plain) => tree.feed(plain));
+    for await (const chunk of input) zstd.write(chunk);
+    zstd.end();
+    tree.finish();
   } finally {
+    tree.close();
     progress.stop();
   }
   return { bytes: progress.totalBytes, files: progress.totalFiles };

@@ -55,6 +55,43 @@ export class ZstdFrameWriter {
   }
 }
 
+/**
+ * Synchronous decompression into one reused output buffer: each piece goes to `read` before the next is
+ * produced, so memory stays flat however much a chunk expands (the archive runner's restore).
+ */
+export class ZstdFrameReader {
+  readonly #dctx = new binding.DCtx();
+  readonly #out = Buffer.allocUnsafe(1 << 20);
+  readonly #read: (plain: Buffer) => void;
+  #inFrame = false;
+
+  constructor(read: (plain: Buffer) => void) {
+    this.#read = read;
+    this.#dctx.setParameter(binding.DParameter.windowLogMax, WINDOW_LOG_MAX);
+  }
+
+  write(input: Buffer): void {
+    for (;;) {
+      let ret: number, produced: number, consumed: number;
+      try {
+        [ret, produced, consumed] = this.#dctx.decompressStream(this.#out, input);
+      } catch (err) {
+        throw new DomainError('DATA_LOSS', `compressed stream: ${(err as Error).message}`);
+      }
+      input = input.subarray(consumed);
+      this.#inFrame = ret !== 0;
+      if (produced > 0) this.#read(this.#out.subarray(0, produced));
+      // Done with this input once it is consumed and the decoder had room to spare (nothing buffered).
+      if (input.length === 0 && produced < this.#out.length) return;
+    }
+  }
+
+  /** DATA_LOSS if the input ended inside a frame. */
+  end(): void {
+    if (this.#inFrame) throw new DomainError('DATA_LOSS', 'compressed stream ends in the middle of a frame');
+  }
+}
+
 export function createDecompressStream(): Duplex {
   return new BoundedZstdDecompress();
 }

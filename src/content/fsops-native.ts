@@ -67,3 +67,50 @@ function loadArchiveWalk(): ArchiveWalkAddon {
 }
 
 export const archiveWalk: ArchiveWalkAddon = loadArchiveWalk();
+
+/** An extraction in progress (native/extract.c); opaque. */
+export type NativeExtraction = { readonly __brand: 'NativeExtraction' };
+
+export interface ExtractResult {
+  consumed: number;  // bytes of the chunk used, from the offset
+  /** more: feed the next chunk; end: the end-of-archive marker was seen; xattrs: an entry waits for
+   *  extractResume; refused: the archive is refused (message, DATA_LOSS). */
+  status: 'more' | 'end' | 'xattrs' | 'refused';
+  files: number;     // entries extracted so far (cumulative)
+  bytes: number;     // file bytes so far (cumulative)
+  message?: string;
+}
+
+export interface ExtractPending {
+  path: string;
+  root: string;
+  kind: 'file' | 'directory';
+  xattrs: [string, Buffer][];
+  metacopySize: number;  // -1: none
+  size: number;
+}
+
+export interface ExtractAddon {
+  /** Starts extracting into the root fds (duplicated; -1: check the root's entries but write nothing). */
+  extractStart(rootNames: string[], rootFds: number[], uidBase: number, idCount: number): NativeExtraction;
+  /** Parses and extracts chunk[offset..]. NativeError(`extract <step> <path>`...) on an unexpected errno. */
+  extractFeed(ex: NativeExtraction, chunk: Buffer, offset: number): ExtractResult;
+  /** The entry waiting after status 'xattrs'. */
+  extractPending(ex: NativeExtraction): ExtractPending;
+  /** Extracts the waiting entry with the host xattr values the policy produced. */
+  extractResume(ex: NativeExtraction, xattrs: [string, Buffer][]): ExtractResult;
+  /** After the last chunk: directory metadata, deepest first. 'refused' if the end marker is missing. */
+  extractFinish(ex: NativeExtraction): ExtractResult;
+  /** Closes every fd the extraction holds. */
+  extractClose(ex: NativeExtraction): void;
+}
+
+function loadExtract(): ExtractAddon {
+  const addon = native as NativeAddon & Partial<ExtractAddon>;
+  if (typeof addon.extractFeed !== 'function') {
+    throw new Error('native addon has no extractor (native/extract.c): rebuild it with "node-gyp rebuild -C native"');
+  }
+  return addon as ExtractAddon;
+}
+
+export const extract: ExtractAddon = loadExtract();

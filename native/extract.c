@@ -1,0 +1,1365 @@
+// The hot loop of a restore: parse an untrusted pax tar stream and create its entries below staging
+// directories, in C, so that a restore costs about what `tar -x` costs (src/content/archive.ts drives it).
+// The rules are those of docs/backup-format.md, "Walking and extracting safely": every entry is untrusted.
+//
+// - Entry paths are split into components; absolute paths, "..", NUL and unknown roots are refused.
+// - Parents are opened one component at a time with openat(O_DIRECTORY|O_NOFOLLOW) from the root's fd, so
+//   no path goes through a symlink (or anything else) an earlier entry created.
+// - Everything is created with *at calls in the fd-walked parent: openat(O_CREAT|O_EXCL|O_NOFOLLOW),
+//   mkdirat, symlinkat, linkat (no AT_SYMLINK_FOLLOW), mknodat only for a 0/0 whiteout in the upper root.
+// - Owners, modes and times are set on fds or with AT_SYMLINK_NOFOLLOW; directories last, deepest first.
+//
+// What stays in TypeScript: the xattr policy (src/content/xattrs.ts). A file or directory with xattrs (or
+// a metadata-only size) stops the feed with status "xattrs"; the caller checks and translates them and
+// hands the host values back with extractResume(), or refuses the archive.
+//
+// Refusals come back as { status: 'refused', message } (DATA_LOSS); unexpected errnos are NativeErrors.
+#define _GNU_SOURCE
+#include "tetrix.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define BLOCK 512
+#define MAX_EXTENDED (1 << 20)
+#define OVERFLOW_ID 65534
+#define MAX_SAFE 9007199254740991.0
+
+typedef struct {
+  char *data;
+  size_t len, cap;
+} buf_t;
+
+static bool buf_reserve(buf_t *b, size_t more) {
+  if (b->len + more <= b->cap) return true;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap < b->len + more) cap *= 2;
+  char *p = realloc(b->data, cap);
+  if (!p) return false;
+  b->data = p;
+  b->cap = cap;
+  return true;
+}
+
+static bool buf_put(buf_t *b, const void *p, size_t n) {
+  if (!buf_reserve(b, n + 1)) return false;
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  b->data[b->len] = 0;  // always a C string as well
+  return true;
+}
+
+static bool buf_set(buf_t *b, const void *p, size_t n) {
+  b->len = 0;
+  return buf_put(b, p, n);
+}
+
+// An xattr as it is set on the host: name and value (already checked and translated by xattrs.ts).
+typedef struct {
+  char *name;
+  char *value;
+  size_t len;
+} xattr_t;
+
+typedef struct {
+  xattr_t *items;
+  size_t count;
+} xattr_list;
+
+static void xattrs_free(xattr_list *l) {
+  for (size_t i = 0; i < l->count; i++) {
+    free(l->items[i].name);
+    free(l->items[i].value);
+  }
+  free(l->items);
+  l->items = NULL;
+  l->count = 0;
+}
+
+typedef enum { T_FILE, T_HARDLINK, T_SYMLINK, T_CHAR, T_BLOCK, T_DIR, T_FIFO, T_PAX, T_PAX_GLOBAL, T_LONGNAME, T_LONGLINK, T_OTHER } entry_type;
+
+typedef struct {
+  buf_t path, linkpath;
+  entry_type type;
+  uint32_t mode;
+  double uid, gid;
+  double size;
+  int64_t mtime_sec;
+  long mtime_nsec;
+  double dev_major, dev_minor;
+  double metacopy_size;  // -1: none
+  bool has_xattrs;
+  buf_t xattr_raw;       // "<name>\0" <u32 len> <value>... of the pax SCHILY.xattr records
+  size_t xattr_count;
+} header_t;
+
+typedef struct {
+  char *name;
+  int fd;     // -1: checked but not written (a root nobody asked for)
+} root_t;
+
+typedef struct {
+  size_t root;
+  char *rel;
+  uint32_t mode;
+  uint32_t uid, gid;   // host ids
+  struct timespec mtime;
+  xattr_list xattrs;
+} pending_dir;
+
+typedef struct {
+  char *name;
+  int fd;
+} chain_link;
+
+typedef enum { S_HEADER, S_EXTENDED, S_DATA, S_END } parse_state;
+
+typedef struct {
+  root_t *roots;
+  size_t root_count;
+  uint32_t uid_base, id_count;
+
+  parse_state state;
+  char block[BLOCK];
+  size_t block_filled;
+  int zero_blocks;
+
+  entry_type ext_kind;
+  buf_t ext;
+  size_t ext_size, ext_pad;
+  // Overrides for the next entry, from a pax header or GNU long name/link.
+  bool have_pax, have_longname, have_longlink;
+  buf_t pax, longname, longlink;
+
+  header_t h;
+  // The entry waiting for the xattr policy.
+  bool waiting;
+  size_t entry_root;
+  char *entry_rel;
+
+  // Data of the current file.
+  int data_fd;          // -1: verified, not written
+  double data_remaining;
+  size_t data_pad;
+  xattr_list data_xattrs;
+  bool in_data;
+
+  chain_link *chain;
+  size_t chain_len, chain_cap;
+  size_t chain_root;
+
+  pending_dir *dirs;
+  size_t dir_count, dir_cap;
+
+  double files, bytes;
+  char *refusal;        // set when the archive is refused (malloc'd message)
+} extractor;
+
+// ---------------------------------------------------------------------------------------------------
+// Refusals: "archive entry "<path>" refused: <why>", with the path quoted as JSON.stringify does.
+
+static void json_quote(buf_t *out, const char *s, size_t n) {
+  buf_put(out, "\"", 1);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    char esc[8];
+    if (c == '"' || c == '\\') {
+      esc[0] = '\\', esc[1] = (char)c;
+      buf_put(out, esc, 2);
+    } else if (c < 0x20) {
+      const char *named = c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b" : c == '\f' ? "\\f" : NULL;
+      if (named) buf_put(out, named, 2);
+      else buf_put(out, esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", c));
+    } else {
+      buf_put(out, (const char *)&c, 1);
+    }
+  }
+  buf_put(out, "\"", 1);
+}
+
+static void refuse_plain(extractor *x, const char *msg) {
+  if (x->refusal) return;
+  x->refusal = strdup(msg);
+}
+
+static void refuse_entry(extractor *x, const char *entry, size_t entry_len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void refuse_entry(extractor *x, const char *entry, size_t entry_len, const char *fmt, ...) {
+  if (x->refusal) return;
+  buf_t msg = {0};
+  char why[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  buf_put(&msg, "archive entry ", 14);
+  json_quote(&msg, entry, entry_len);
+  buf_put(&msg, " refused: ", 10);
+  buf_put(&msg, why, strlen(why));
+  x->refusal = msg.data;
+}
+
+// The entry at hand refused; returns -1.
+static int refuse_here(extractor *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int refuse_here(extractor *x, const char *fmt, ...) {
+  char why[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  refuse_entry(x, x->h.path.data ? x->h.path.data : "", x->h.path.len, "%s", why);
+  return -1;
+}
+
+#define REFUSE(x, ...) refuse_here((x), __VA_ARGS__)
+
+// ---------------------------------------------------------------------------------------------------
+// Header decoding (src/content/tar-format.ts decodeUstar, decodePax, applyPax)
+
+static size_t field_len(const char *b, size_t off, size_t len) {
+  size_t n = 0;
+  while (n < len && b[off + n] != 0) n++;
+  return n;
+}
+
+// Octal text (NUL or space padded) or GNU base-256. false: malformed.
+static bool read_number(const char *b, size_t off, size_t len, double *out) {
+  const unsigned char *u = (const unsigned char *)b + off;
+  if (u[0] & 0x80) {
+    double v = u[0] & 0x7f;
+    for (size_t i = 1; i < len; i++) v = v * 256 + u[i];
+    if (v > MAX_SAFE) return false;
+    *out = v;
+    return true;
+  }
+  size_t end = field_len(b, off, len);
+  size_t start = 0;
+  while (start < end && (b[off + start] == ' ' || b[off + start] == '\t' || b[off + start] == '\n' || b[off + start] == '\r' || b[off + start] == '\v' || b[off + start] == '\f')) start++;
+  while (end > start && (b[off + end - 1] == ' ' || b[off + end - 1] == '\t' || b[off + end - 1] == '\n' || b[off + end - 1] == '\r' || b[off + end - 1] == '\v' || b[off + end - 1] == '\f')) end--;
+  double v = 0;
+  for (size_t i = start; i < end; i++) {
+    char c = b[off + i];
+    if (c < '0' || c > '7') return false;
+    v = v * 8 + (c - '0');
+  }
+  *out = v;
+  return true;
+}
+
+static bool is_zero_block(const char *b) {
+  for (int i = 0; i < BLOCK; i++)
+    if (b[i]) return false;
+  return true;
+}
+
+static entry_type type_of(char flag) {
+  switch (flag) {
+    case '0': case '\0': case '7': return T_FILE;
+    case '1': return T_HARDLINK;
+    case '2': return T_SYMLINK;
+    case '3': return T_CHAR;
+    case '4': return T_BLOCK;
+    case '5': return T_DIR;
+    case '6': return T_FIFO;
+    case 'x': return T_PAX;
+    case 'g': return T_PAX_GLOBAL;
+    case 'L': return T_LONGNAME;
+    case 'K': return T_LONGLINK;
+    default: return T_OTHER;
+  }
+}
+
+// Decodes one ustar block into x->h. false: refused (x->refusal set).
+static bool decode_ustar(extractor *x, const char *b) {
+  double stored;
+  unsigned sum = 0;
+  for (int i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (unsigned char)b[i];
+  if (!read_number(b, 148, 8, &stored) || stored != sum) return refuse_plain(x, "archive: header checksum mismatch"), false;
+  header_t *h = &x->h;
+  h->path.len = h->linkpath.len = 0;
+  bool ustar = memcmp(b + 257, "ustar", 5) == 0;
+  size_t prefix = ustar ? field_len(b, 345, 155) : 0;
+  if (!buf_reserve(&h->path, 300)) return refuse_plain(x, "archive: out of memory"), false;
+  if (prefix) {
+    buf_put(&h->path, b + 345, prefix);
+    buf_put(&h->path, "/", 1);
+  }
+  buf_put(&h->path, b, field_len(b, 0, 100));
+  buf_set(&h->linkpath, b + 157, field_len(b, 157, 100));
+  h->type = type_of(b[156]);
+  double mode, mtime;
+  if (!read_number(b, 100, 8, &mode) || !read_number(b, 108, 8, &h->uid) || !read_number(b, 116, 8, &h->gid) ||
+      !read_number(b, 124, 12, &h->size) || !read_number(b, 136, 12, &mtime)) {
+    return refuse_plain(x, "archive: bad numeric field"), false;
+  }
+  h->mode = (uint32_t)((uint64_t)mode & 07777);
+  h->mtime_sec = (int64_t)mtime;
+  h->mtime_nsec = 0;
+  h->dev_major = h->dev_minor = 0;
+  if (h->type == T_CHAR || h->type == T_BLOCK) {
+    if (!read_number(b, 329, 8, &h->dev_major) || !read_number(b, 337, 8, &h->dev_minor))
+      return refuse_plain(x, "archive: bad numeric field"), false;
+  }
+  h->metacopy_size = -1;
+  h->has_xattrs = false;
+  h->xattr_raw.len = 0;
+  h->xattr_count = 0;
+  return true;
+}
+
+static bool all_digits(const char *s, size_t n) {
+  if (n == 0) return false;
+  for (size_t i = 0; i < n; i++)
+    if (s[i] < '0' || s[i] > '9') return false;
+  return true;
+}
+
+static bool parse_count(const char *s, size_t n, double *out) {
+  if (!all_digits(s, n)) return false;
+  double v = 0;
+  for (size_t i = 0; i < n; i++) v = v * 10 + (s[i] - '0');
+  if (v > MAX_SAFE) return false;
+  *out = v;
+  return true;
+}
+
+// Applies the pax records in x->pax to x->h. false: refused.
+static bool apply_pax(extractor *x) {
+  const char *body = x->pax.data;
+  size_t n = x->pax.len, off = 0;
+  header_t *h = &x->h;
+  while (off < n) {
+    const char *space = memchr(body + off, ' ', n - off);
+    if (!space) return refuse_plain(x, "archive: malformed pax record"), false;
+    double len;
+    size_t digits = (size_t)(space - (body + off));
+    if (!parse_count(body + off, digits, &len) || len <= (double)digits || off + (size_t)len > n ||
+        body[off + (size_t)len - 1] != '\n') {
+      return refuse_plain(x, "archive: malformed pax record"), false;
+    }
+    size_t rec_end = off + (size_t)len - 1;  // the '\n'
+    size_t key = off + digits + 1;
+    const char *eq = memchr(body + key, '=', rec_end - key);
+    if (!eq || eq == body + key) return refuse_plain(x, "archive: malformed pax record"), false;
+    size_t key_len = (size_t)(eq - (body + key));
+    const char *k = body + key;
+    const char *v = eq + 1;
+    size_t v_len = (size_t)(body + rec_end - v);
+    off += (size_t)len;
+#define KEY_IS(s) (key_len == sizeof(s) - 1 && memcmp(k, s, sizeof(s) - 1) == 0)
+    if (key_len > 13 && memcmp(k, "SCHILY.xattr.", 13) == 0) {
+      uint32_t vl = (uint32_t)v_len;
+      if (!buf_put(&h->xattr_raw, k + 13, key_len - 13) || !buf_put(&h->xattr_raw, "", 1) ||
+          !buf_put(&h->xattr_raw, &vl, sizeof vl) || !buf_put(&h->xattr_raw, v, v_len)) {
+        return refuse_plain(x, "archive: out of memory"), false;
+      }
+      h->xattr_count++;
+      h->has_xattrs = true;
+    } else if (key_len == 13 && memcmp(k, "SCHILY.xattr.", 13) == 0) {
+      return refuse_plain(x, "archive: pax xattr record without a name"), false;
+    } else if (KEY_IS("TETRIX.metacopy.size")) {
+      if (!parse_count(v, v_len, &h->metacopy_size)) return refuse_plain(x, "archive: bad pax TETRIX.metacopy.size"), false;
+    } else if (key_len >= 7 && memcmp(k, "TETRIX.", 7) == 0) {
+      buf_t msg = {0};
+      buf_put(&msg, "archive: unknown pax record ", 28);
+      json_quote(&msg, k, key_len);
+      x->refusal = msg.data;
+      return false;
+    } else if (KEY_IS("path")) {
+      buf_set(&h->path, v, v_len);
+    } else if (KEY_IS("linkpath")) {
+      buf_set(&h->linkpath, v, v_len);
+    } else if (KEY_IS("size") || KEY_IS("uid") || KEY_IS("gid")) {
+      double value;
+      if (!parse_count(v, v_len, &value)) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "archive: bad pax %.*s", (int)key_len, k);
+        return refuse_plain(x, msg), false;
+      }
+      if (KEY_IS("size")) h->size = value;
+      else if (KEY_IS("uid")) h->uid = value;
+      else h->gid = value;
+    } else if (KEY_IS("mtime")) {
+      // ^(\d+)(?:\.(\d{1,9})\d*)?$
+      const char *dot = memchr(v, '.', v_len);
+      size_t int_len = dot ? (size_t)(dot - v) : v_len;
+      double secs;
+      if (!parse_count(v, int_len, &secs)) return refuse_plain(x, "archive: bad pax mtime"), false;
+      long nsec = 0;
+      if (dot) {
+        size_t frac_len = v_len - int_len - 1;
+        if (!all_digits(dot + 1, frac_len)) return refuse_plain(x, "archive: bad pax mtime"), false;
+        for (size_t i = 0; i < 9; i++) nsec = nsec * 10 + (i < frac_len ? dot[1 + i] - '0' : 0);
+      }
+      h->mtime_sec = (int64_t)secs;
+      h->mtime_nsec = nsec;
+    }
+#undef KEY_IS
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Paths (src/content/archive.ts splitEntryPath) and the fd walk
+
+typedef struct {
+  size_t root;
+  char *rel;  // malloc'd, "" for the root itself; components joined by '/'
+} entry_path;
+
+// false: refused.
+static bool split_entry_path(extractor *x, const char *p, size_t n, entry_path *out, bool unknown_root_refused) {
+  if (n > 0 && p[0] == '/') return refuse_entry(x, p, n, "absolute path"), false;
+  if (strlen(p) != n) return refuse_entry(x, p, n, "NUL in path"), false;
+  buf_t rel = {0};
+  const char *root = NULL;
+  size_t root_len = 0;
+  for (size_t i = 0; i < n;) {
+    size_t j = i;
+    while (j < n && p[j] != '/') j++;
+    size_t len = j - i;
+    if (len == 2 && p[i] == '.' && p[i + 1] == '.') {
+      free(rel.data);
+      return refuse_entry(x, p, n, "\"..\" in path"), false;
+    }
+    if (len > 0 && !(len == 1 && p[i] == '.')) {
+      if (!root) {
+        root = p + i;
+        root_len = len;
+      } else {
+        if (rel.len) buf_put(&rel, "/", 1);
+        buf_put(&rel, p + i, len);
+      }
+    }
+    i = j + 1;
+  }
+  if (!root) {
+    free(rel.data);
+    return refuse_entry(x, p, n, "empty path"), false;
+  }
+  for (size_t r = 0; r < x->root_count; r++) {
+    if (strlen(x->roots[r].name) == root_len && memcmp(x->roots[r].name, root, root_len) == 0) {
+      out->root = r;
+      out->rel = rel.data ? rel.data : strdup("");
+      return out->rel != NULL;
+    }
+  }
+  free(rel.data);
+  if (unknown_root_refused) refuse_entry(x, p, n, "unknown archive root \"%.*s\"", (int)root_len, root);
+  return false;
+}
+
+static void close_chain(extractor *x) {
+  while (x->chain_len) {
+    chain_link *l = &x->chain[--x->chain_len];
+    close(l->fd);
+    free(l->name);
+  }
+}
+
+// A failed component open: a refusal for ENOTDIR/ELOOP/ENOENT, else errno (> 0).
+static int component_error(extractor *x, const char *part, int err) {
+  if (err == ENOTDIR || err == ELOOP) return REFUSE(x, "path goes through \"%s\", which is not a directory (a symlink?)", part);
+  if (err == ENOENT) return REFUSE(x, "\"%s\" does not exist", part);
+  return err;
+}
+
+static int open_dir_at(int dir_fd, const char *name) {
+  return openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+// The parent directory fd of rel in a written root, opening (and creating, 0755, as tar does) missing
+// parents one component at a time. The chain of open parents is kept between entries. Returns 0 with
+// *dir_fd and *name (pointing into rel), -1 refused, or an errno.
+static int parent_of(extractor *x, size_t root, char *rel, int *dir_fd, const char **name) {
+  if (x->chain_root != root) {
+    close_chain(x);
+    x->chain_root = root;
+  }
+  char *slash = strrchr(rel, '/');
+  *name = slash ? slash + 1 : rel;
+  size_t depth = 0;
+  char *p = rel;
+  int fd = x->roots[root].fd;
+  while (slash && p <= slash) {
+    char *end = strchr(p, '/');
+    *end = 0;
+    if (depth < x->chain_len && strcmp(x->chain[depth].name, p) == 0) {
+      fd = x->chain[depth].fd;
+    } else {
+      while (x->chain_len > depth) {
+        chain_link *l = &x->chain[--x->chain_len];
+        close(l->fd);
+        free(l->name);
+      }
+      int next = open_dir_at(fd, p);
+      if (next < 0 && errno == ENOENT) {
+        if (mkdirat(fd, p, 0755) != 0 && errno != EEXIST) {
+          int err = errno;
+          *end = '/';
+          return err;
+        }
+        next = open_dir_at(fd, p);
+      }
+      if (next < 0) {
+        int err = component_error(x, p, errno);
+        *end = '/';
+        return err;
+      }
+      if (x->chain_len == x->chain_cap) {
+        size_t cap = x->chain_cap ? x->chain_cap * 2 : 16;
+        chain_link *c = realloc(x->chain, cap * sizeof *c);
+        if (!c) {
+          close(next);
+          *end = '/';
+          return ENOMEM;
+        }
+        x->chain = c;
+        x->chain_cap = cap;
+      }
+      x->chain[x->chain_len].name = strdup(p);
+      x->chain[x->chain_len].fd = next;
+      x->chain_len++;
+      fd = next;
+    }
+    *end = '/';
+    depth++;
+    p = end + 1;
+  }
+  // Entries deeper in the chain than this parent are closed on the next walk.
+  *dir_fd = fd;
+  return 0;
+}
+
+// Like parent_of but with its own fds, opening only existing directories; *dir_fd is the caller's to close.
+static int resolve_parent(extractor *x, size_t root, char *rel, int *dir_fd, const char **name) {
+  char *slash = strrchr(rel, '/');
+  *name = slash ? slash + 1 : rel;
+  int fd = openat(x->roots[root].fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  for (char *p = rel; slash && p <= slash;) {
+    char *end = strchr(p, '/');
+    *end = 0;
+    int next = open_dir_at(fd, p);
+    int err = next < 0 ? component_error(x, p, errno) : 0;
+    *end = '/';
+    close(fd);
+    if (next < 0) return err;
+    fd = next;
+    p = end + 1;
+  }
+  *dir_fd = fd;
+  return 0;
+}
+
+typedef int (*create_fn)(int dir_fd, const char *name, void *arg);
+
+// Creates name in dir_fd; an existing non-directory there is replaced (tar semantics). -1 refused.
+static int create_at(extractor *x, int dir_fd, const char *name, create_fn create, void *arg) {
+  int rc = create(dir_fd, name, arg);
+  if (rc >= 0) return rc;
+  if (errno != EEXIST) return -2;
+  struct stat st;
+  if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return -2;
+  if (S_ISDIR(st.st_mode)) return REFUSE(x, "would replace a directory");
+  if (unlinkat(dir_fd, name, 0) != 0) return -2;
+  rc = create(dir_fd, name, arg);
+  return rc >= 0 ? rc : -2;
+}
+
+static int create_file(int dir_fd, const char *name, void *arg) {
+  (void)arg;
+  return openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+}
+
+static int create_symlink(int dir_fd, const char *name, void *arg) {
+  return symlinkat((const char *)arg, dir_fd, name);
+}
+
+typedef struct {
+  int dir_fd;
+  const char *name;
+} link_source;
+
+static int create_hardlink(int dir_fd, const char *name, void *arg) {
+  link_source *src = arg;
+  return linkat(src->dir_fd, src->name, dir_fd, name, 0);
+}
+
+static int create_whiteout(int dir_fd, const char *name, void *arg) {
+  (void)arg;
+  return mknodat(dir_fd, name, S_IFCHR | 0, makedev(0, 0));
+}
+
+static uint32_t to_host_id(const extractor *x, double id) {
+  return (id >= 0 && id < x->id_count ? (uint32_t)id : OVERFLOW_ID) + x->uid_base;
+}
+
+static struct timespec entry_mtime(const header_t *h) {
+  struct timespec t = {.tv_sec = h->mtime_sec, .tv_nsec = h->mtime_nsec};
+  return t;
+}
+
+static int set_fd_metadata(int fd, uint32_t uid, uint32_t gid, uint32_t mode, const xattr_list *xattrs,
+                           struct timespec mtime, const char **step) {
+  if (fchown(fd, uid, gid) != 0) return *step = "fchown", errno;
+  // After chown, which clears setuid/setgid.
+  if (fchmod(fd, mode & 07777) != 0) return *step = "fchmod", errno;
+  // After chown and the data, both of which drop security.capability (capabilities(7)).
+  for (size_t i = 0; xattrs && i < xattrs->count; i++)
+    if (fsetxattr(fd, xattrs->items[i].name, xattrs->items[i].value, xattrs->items[i].len, 0) != 0) return *step = "fsetxattr", errno;
+  struct timespec times[2] = {mtime, mtime};
+  if (futimens(fd, times) != 0) return *step = "futimens", errno;
+  return 0;
+}
+
+static int set_link_metadata(int dir_fd, const char *name, uint32_t uid, uint32_t gid, struct timespec mtime,
+                             const char **step) {
+  if (fchownat(dir_fd, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0) return *step = "fchownat", errno;
+  struct timespec times[2] = {mtime, mtime};
+  if (utimensat(dir_fd, name, times, AT_SYMLINK_NOFOLLOW) != 0) return *step = "utimensat", errno;
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Entries (src/content/archive.ts ArchiveExtractor#onEntry and friends)
+
+typedef struct {
+  int err;            // errno, 0 if none
+  const char *step;
+} sys_error;
+
+static bool sys_fail(sys_error *e, const char *step, int err) {
+  e->err = err;
+  e->step = step;
+  return false;
+}
+
+static bool no_data(extractor *x) {
+  if (x->h.size != 0) return REFUSE(x, "non-file entry carries data"), false;
+  return true;
+}
+
+static bool no_xattrs(extractor *x) {
+  if (x->h.has_xattrs) return REFUSE(x, "xattrs on an entry that is not a file or directory"), false;
+  if (x->h.metacopy_size >= 0) return REFUSE(x, "a metadata-only size on an entry that is not a file"), false;
+  return true;
+}
+
+static bool end_data(extractor *x, sys_error *e) {
+  header_t *h = &x->h;
+  int fd = x->data_fd;
+  x->data_fd = -1;
+  x->in_data = false;
+  x->state = S_HEADER;
+  if (fd >= 0) {
+    const char *step = NULL;
+    int err = 0;
+    if (h->metacopy_size >= 0 && ftruncate(fd, (off_t)h->metacopy_size) != 0) err = errno, step = "ftruncate";
+    if (!err) err = set_fd_metadata(fd, to_host_id(x, h->uid), to_host_id(x, h->gid), h->mode, &x->data_xattrs, entry_mtime(h), &step);
+    close(fd);
+    if (err) return sys_fail(e, step, err);
+  }
+  xattrs_free(&x->data_xattrs);
+  x->files++;
+  x->bytes += h->size;
+  return true;
+}
+
+static bool on_file(extractor *x, size_t root, char *rel, sys_error *e) {
+  header_t *h = &x->h;
+  x->data_fd = -1;
+  if (x->roots[root].fd >= 0) {
+    int dir_fd;
+    const char *name;
+    int rc = parent_of(x, root, rel, &dir_fd, &name);
+    if (rc < 0) return false;
+    if (rc > 0) return sys_fail(e, "openat parent", rc);
+    int fd = create_at(x, dir_fd, name, create_file, NULL);
+    if (fd == -1) return false;
+    if (fd < 0) return sys_fail(e, "openat", errno);
+    x->data_fd = fd;
+  }
+  x->data_remaining = h->size;
+  x->data_pad = (size_t)((BLOCK - (uint64_t)h->size % BLOCK) % BLOCK);
+  x->in_data = true;
+  x->state = S_DATA;
+  if (h->size == 0 && x->data_pad == 0) return end_data(x, e);
+  return true;
+}
+
+static bool record_dir(extractor *x, size_t root, const char *rel, xattr_list *xattrs) {
+  if (x->dir_count == x->dir_cap) {
+    size_t cap = x->dir_cap ? x->dir_cap * 2 : 64;
+    pending_dir *d = realloc(x->dirs, cap * sizeof *d);
+    if (!d) return false;
+    x->dirs = d;
+    x->dir_cap = cap;
+  }
+  pending_dir *d = &x->dirs[x->dir_count];
+  d->rel = strdup(rel);
+  if (!d->rel) return false;
+  d->root = root;
+  d->mode = x->h.mode;
+  d->uid = to_host_id(x, x->h.uid);
+  d->gid = to_host_id(x, x->h.gid);
+  d->mtime = entry_mtime(&x->h);
+  d->xattrs = *xattrs;
+  xattrs->items = NULL;
+  xattrs->count = 0;
+  x->dir_count++;
+  return true;
+}
+
+static bool on_directory(extractor *x, size_t root, char *rel, xattr_list *xattrs, sys_error *e) {
+  x->files++;
+  if (x->roots[root].fd < 0) return true;
+  if (rel[0]) {
+    int dir_fd;
+    const char *name;
+    int rc = parent_of(x, root, rel, &dir_fd, &name);
+    if (rc < 0) return false;
+    if (rc > 0) return sys_fail(e, "openat parent", rc);
+    if (mkdirat(dir_fd, name, 0700) != 0) {
+      if (errno != EEXIST) return sys_fail(e, "mkdirat", errno);
+      struct stat st;
+      if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return sys_fail(e, "fstatat", errno);
+      if (!S_ISDIR(st.st_mode)) {
+        if (unlinkat(dir_fd, name, 0) != 0) return sys_fail(e, "unlinkat", errno);
+        if (mkdirat(dir_fd, name, 0700) != 0) return sys_fail(e, "mkdirat", errno);
+      }
+    }
+  }
+  if (!record_dir(x, root, rel, xattrs)) return sys_fail(e, "malloc", ENOMEM);
+  return true;
+}
+
+// The lexical containment rule of src/content/archive.ts symlinkEscapes().
+static bool symlink_escapes(const char *rel, const char *target, size_t target_len) {
+  if (target_len == 0 || target[0] == '/' || strlen(target) != target_len) return true;
+  long depth = 0;
+  for (const char *p = rel; *p; p++) depth += *p == '/';
+  for (const char *p = target; *p;) {
+    const char *end = strchrnul(p, '/');
+    size_t n = (size_t)(end - p);
+    if (n == 2 && p[0] == '.' && p[1] == '.') {
+      if (--depth < 0) return true;
+    } else if (n > 0 && !(n == 1 && p[0] == '.')) {
+      depth++;
+    }
+    p = *end ? end + 1 : end;
+  }
+  return false;
+}
+
+static bool on_symlink(extractor *x, size_t root, char *rel, sys_error *e) {
+  header_t *h = &x->h;
+  if (!no_data(x)) return false;
+  if (!rel[0]) return REFUSE(x, "the root must be a directory"), false;
+  if (symlink_escapes(rel, h->linkpath.data ? h->linkpath.data : "", h->linkpath.len)) {
+    buf_t q = {0};
+    json_quote(&q, h->linkpath.data ? h->linkpath.data : "", h->linkpath.len);
+    REFUSE(x, "symlink target %s leaves the root", q.data);
+    free(q.data);
+    return false;
+  }
+  if (!no_xattrs(x)) return false;
+  x->files++;
+  if (x->roots[root].fd < 0) return true;
+  int dir_fd;
+  const char *name;
+  int rc = parent_of(x, root, rel, &dir_fd, &name);
+  if (rc < 0) return false;
+  if (rc > 0) return sys_fail(e, "openat parent", rc);
+  rc = create_at(x, dir_fd, name, create_symlink, h->linkpath.data);
+  if (rc == -1) return false;
+  if (rc < 0) return sys_fail(e, "symlinkat", errno);
+  const char *step = NULL;
+  int err = set_link_metadata(dir_fd, name, to_host_id(x, h->uid), to_host_id(x, h->gid), entry_mtime(h), &step);
+  return err ? sys_fail(e, step, err) : true;
+}
+
+static bool on_hardlink(extractor *x, size_t root, char *rel, sys_error *e) {
+  header_t *h = &x->h;
+  if (!no_data(x)) return false;
+  if (!rel[0]) return REFUSE(x, "the root must be a directory"), false;
+  entry_path source;
+  if (!split_entry_path(x, h->linkpath.data ? h->linkpath.data : "", h->linkpath.len, &source, false)) {
+    if (x->refusal) return false;
+    return REFUSE(x, "hard link source outside its root"), false;
+  }
+  if (source.root != root || !source.rel[0]) {
+    free(source.rel);
+    return REFUSE(x, "hard link source outside its root"), false;
+  }
+  if (!no_xattrs(x)) {
+    free(source.rel);
+    return false;
+  }
+  x->files++;
+  if (x->roots[root].fd < 0) {
+    free(source.rel);
+    return true;
+  }
+  link_source src;
+  int rc = resolve_parent(x, root, source.rel, &src.dir_fd, &src.name);
+  bool ok = false;
+  if (rc < 0) goto out_rel;
+  if (rc > 0) {
+    sys_fail(e, "openat link source", rc);
+    goto out_rel;
+  }
+  struct stat st;
+  if (fstatat(src.dir_fd, src.name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) REFUSE(x, "hard link source does not exist (yet)");
+    else sys_fail(e, "fstatat link source", errno);
+    goto out;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    REFUSE(x, "hard link source is not a regular file");
+    goto out;
+  }
+  int dir_fd;
+  const char *name;
+  rc = parent_of(x, root, rel, &dir_fd, &name);
+  if (rc < 0) goto out;
+  if (rc > 0) {
+    sys_fail(e, "openat parent", rc);
+    goto out;
+  }
+  rc = create_at(x, dir_fd, name, create_hardlink, &src);
+  if (rc == -1) goto out;
+  if (rc < 0) {
+    if (errno == ENOENT) REFUSE(x, "hard link source does not exist (yet)");
+    else sys_fail(e, "linkat", errno);
+    goto out;
+  }
+  ok = true;
+out:
+  close(src.dir_fd);
+out_rel:
+  free(source.rel);
+  return ok;
+}
+
+static bool on_whiteout(extractor *x, size_t root, char *rel, sys_error *e) {
+  header_t *h = &x->h;
+  if (!no_data(x)) return false;
+  if (h->dev_major != 0 || h->dev_minor != 0) return REFUSE(x, "device nodes are not restored"), false;
+  if (strcmp(x->roots[root].name, "upper") != 0) return REFUSE(x, "a whiteout (0/0 device) outside the upper root"), false;
+  if (!rel[0]) return REFUSE(x, "the root must be a directory"), false;
+  if (!no_xattrs(x)) return false;
+  x->files++;
+  if (x->roots[root].fd < 0) return true;
+  int dir_fd;
+  const char *name;
+  int rc = parent_of(x, root, rel, &dir_fd, &name);
+  if (rc < 0) return false;
+  if (rc > 0) return sys_fail(e, "openat parent", rc);
+  rc = create_at(x, dir_fd, name, create_whiteout, NULL);
+  if (rc == -1) return false;
+  if (rc < 0) return sys_fail(e, "mknodat whiteout", errno);
+  const char *step = NULL;
+  int err = set_link_metadata(dir_fd, name, to_host_id(x, h->uid), to_host_id(x, h->gid), entry_mtime(h), &step);
+  return err ? sys_fail(e, step, err) : true;
+}
+
+// The entry after its header (and any xattr decision). false: refused or a system error.
+static bool act_on_entry(extractor *x, size_t root, char *rel, xattr_list *xattrs, sys_error *e) {
+  switch (x->h.type) {
+    case T_FILE:
+      // Set before on_file: an empty file ends (and gets its metadata) right there.
+      xattrs_free(&x->data_xattrs);
+      x->data_xattrs = *xattrs;
+      xattrs->items = NULL;
+      xattrs->count = 0;
+      return on_file(x, root, rel, e);
+    case T_DIR: return on_directory(x, root, rel, xattrs, e);
+    default: return false;
+  }
+}
+
+// Returns 1 when the entry waits for the xattr policy, 0 when handled, -1 on refusal or error.
+static int on_entry(extractor *x, sys_error *e) {
+  header_t *h = &x->h;
+  entry_path p;
+  if (!split_entry_path(x, h->path.data ? h->path.data : "", h->path.len, &p, true)) return -1;
+  bool ok = true;
+  switch (h->type) {
+    case T_FILE:
+      if (!p.rel[0]) {
+        REFUSE(x, "the root must be a directory");
+        ok = false;
+        break;
+      }
+      if (h->has_xattrs || h->metacopy_size >= 0) goto wait;
+      {
+        xattr_list none = {0};
+        ok = act_on_entry(x, p.root, p.rel, &none, e);
+      }
+      break;
+    case T_DIR:
+      if (!no_data(x)) {
+        ok = false;
+        break;
+      }
+      if (h->has_xattrs) goto wait;
+      {
+        xattr_list none = {0};
+        ok = act_on_entry(x, p.root, p.rel, &none, e);
+      }
+      break;
+    case T_SYMLINK: ok = on_symlink(x, p.root, p.rel, e); break;
+    case T_HARDLINK: ok = on_hardlink(x, p.root, p.rel, e); break;
+    case T_CHAR: ok = on_whiteout(x, p.root, p.rel, e); break;
+    case T_BLOCK: REFUSE(x, "device nodes are not restored"); ok = false; break;
+    case T_FIFO: REFUSE(x, "FIFOs are not restored"); ok = false; break;
+    default: REFUSE(x, "unsupported entry type"); ok = false; break;
+  }
+  free(p.rel);
+  return ok ? 0 : -1;
+wait:
+  x->waiting = true;
+  x->entry_root = p.root;
+  x->entry_rel = p.rel;
+  return 1;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The parser
+
+static void end_extended(extractor *x) {
+  if (x->ext_kind == T_PAX) {
+    buf_set(&x->pax, x->ext.data ? x->ext.data : "", x->ext.len);
+    x->have_pax = true;
+  } else {
+    size_t n = strnlen(x->ext.data ? x->ext.data : "", x->ext.len);
+    buf_t *dst = x->ext_kind == T_LONGNAME ? &x->longname : &x->longlink;
+    buf_set(dst, x->ext.data ? x->ext.data : "", n);
+    if (x->ext_kind == T_LONGNAME) x->have_longname = true;
+    else x->have_longlink = true;
+  }
+  x->ext.len = 0;
+  x->state = S_HEADER;
+}
+
+// Returns 1: the entry waits for xattrs, 0: go on, -1: refused or error.
+static int on_header_block(extractor *x, const char *b, sys_error *e) {
+  if (is_zero_block(b)) {
+    if (++x->zero_blocks == 2) x->state = S_END;
+    return 0;
+  }
+  if (x->zero_blocks) return refuse_plain(x, "archive: a lone zero block inside the archive"), -1;
+  if (!decode_ustar(x, b)) return -1;
+  header_t *h = &x->h;
+  if (h->type == T_PAX || h->type == T_LONGNAME || h->type == T_LONGLINK) {
+    if (h->size > MAX_EXTENDED) return refuse_plain(x, "archive: extended header too large"), -1;
+    x->ext_kind = h->type;
+    x->ext.len = 0;
+    x->ext_size = (size_t)h->size;
+    x->ext_pad = (BLOCK - x->ext_size % BLOCK) % BLOCK;
+    if (!buf_reserve(&x->ext, x->ext_size + 1)) return sys_fail(e, "malloc", ENOMEM), -1;
+    x->state = S_EXTENDED;
+    if (x->ext_size == 0) end_extended(x);
+    return 0;
+  }
+  if (h->type == T_PAX_GLOBAL) return refuse_plain(x, "archive: pax global headers are not used by Tetrix"), -1;
+  if (x->have_pax && !apply_pax(x)) return -1;
+  if (x->have_longname) buf_set(&h->path, x->longname.data, x->longname.len);
+  if (x->have_longlink) buf_set(&h->linkpath, x->longlink.data, x->longlink.len);
+  x->have_pax = x->have_longname = x->have_longlink = false;
+  return on_entry(x, e);
+}
+
+// Consumes chunk[*off..]; returns 1 when an entry waits for xattrs, 0 when the chunk is used up (or the end
+// was reached), -1 on refusal or error.
+static int consume(extractor *x, const char *chunk, size_t len, size_t *off, sys_error *e) {
+  while (*off < len) {
+    switch (x->state) {
+      case S_DATA: {
+        if (x->data_remaining > 0) {
+          size_t n = len - *off;
+          if ((double)n > x->data_remaining) n = (size_t)x->data_remaining;
+          if (x->data_fd >= 0) {
+            for (size_t done = 0; done < n;) {
+              ssize_t w = write(x->data_fd, chunk + *off + done, n - done);
+              if (w < 0 && errno == EINTR) continue;
+              if (w < 0) return sys_fail(e, "write", errno), -1;
+              done += (size_t)w;
+            }
+          }
+          *off += n;
+          x->data_remaining -= (double)n;
+          if (x->data_remaining == 0 && x->data_pad == 0 && !end_data(x, e)) return -1;
+        } else {
+          size_t n = len - *off < x->data_pad ? len - *off : x->data_pad;
+          *off += n;
+          x->data_pad -= n;
+          if (x->data_pad == 0 && !end_data(x, e)) return -1;
+        }
+        break;
+      }
+      case S_EXTENDED: {
+        if (x->ext.len < x->ext_size) {
+          size_t n = len - *off < x->ext_size - x->ext.len ? len - *off : x->ext_size - x->ext.len;
+          buf_put(&x->ext, chunk + *off, n);
+          *off += n;
+          if (x->ext.len == x->ext_size && x->ext_pad == 0) end_extended(x);
+        } else {
+          size_t n = len - *off < x->ext_pad ? len - *off : x->ext_pad;
+          *off += n;
+          x->ext_pad -= n;
+          if (x->ext_pad == 0) end_extended(x);
+        }
+        break;
+      }
+      case S_HEADER: {
+        const char *b;
+        if (x->block_filled == 0 && len - *off >= BLOCK) {
+          b = chunk + *off;  // a whole block in the chunk: no copy
+          *off += BLOCK;
+        } else {
+          size_t n = len - *off < BLOCK - x->block_filled ? len - *off : BLOCK - x->block_filled;
+          memcpy(x->block + x->block_filled, chunk + *off, n);
+          x->block_filled += n;
+          *off += n;
+          if (x->block_filled < BLOCK) break;
+          x->block_filled = 0;
+          b = x->block;
+        }
+        int rc = on_header_block(x, b, e);
+        if (rc != 0) return rc;
+        break;
+      }
+      case S_END:
+        // Trailing bytes after the marker (tar pads to a record size) are allowed only if zero.
+        for (size_t i = *off; i < len; i++)
+          if (chunk[i]) return refuse_plain(x, "archive: data after the end-of-archive marker"), -1;
+        *off = len;
+        return 0;
+    }
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Directory metadata, applied last and deepest first so that adding children did not change it.
+
+static int cmp_dirs_desc(const void *a, const void *b) {
+  const pending_dir *x = a, *y = b;
+  return -strcmp(x->rel, y->rel);
+}
+
+static bool apply_dir_metadata(extractor *x, sys_error *e) {
+  qsort(x->dirs, x->dir_count, sizeof *x->dirs, cmp_dirs_desc);
+  for (size_t i = 0; i < x->dir_count; i++) {
+    pending_dir *d = &x->dirs[i];
+    int fd;
+    if (!d->rel[0]) {
+      fd = openat(x->roots[d->root].fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (fd < 0) return sys_fail(e, "openat root", errno);
+    } else {
+      int dir_fd;
+      const char *name;
+      int rc = resolve_parent(x, d->root, d->rel, &dir_fd, &name);
+      if (rc < 0) return false;
+      if (rc > 0) return sys_fail(e, "openat parent", rc);
+      fd = open_dir_at(dir_fd, name);
+      int err = errno;
+      close(dir_fd);
+      if (fd < 0) {
+        if (component_error(x, name, err) < 0) return false;
+        return sys_fail(e, "openat directory", err);
+      }
+    }
+    const char *step = NULL;
+    int err = set_fd_metadata(fd, d->uid, d->gid, d->mode, &d->xattrs, d->mtime, &step);
+    close(fd);
+    if (err) return sys_fail(e, step, err);
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// JS surface
+
+static void extractor_free(extractor *x) {
+  if (x->data_fd >= 0) close(x->data_fd);
+  close_chain(x);
+  free(x->chain);
+  for (size_t i = 0; i < x->root_count; i++) {
+    if (x->roots[i].fd >= 0) close(x->roots[i].fd);
+    free(x->roots[i].name);
+  }
+  free(x->roots);
+  for (size_t i = 0; i < x->dir_count; i++) {
+    free(x->dirs[i].rel);
+    xattrs_free(&x->dirs[i].xattrs);
+  }
+  free(x->dirs);
+  xattrs_free(&x->data_xattrs);
+  free(x->h.path.data);
+  free(x->h.linkpath.data);
+  free(x->h.xattr_raw.data);
+  free(x->ext.data);
+  free(x->pax.data);
+  free(x->longname.data);
+  free(x->longlink.data);
+  free(x->entry_rel);
+  free(x->refusal);
+  free(x);
+}
+
+static void finalize_extractor(napi_env env, void *data, void *hint) {
+  (void)env, (void)hint;
+  if (data) extractor_free(data);
+}
+
+static extractor *get_extractor(napi_env env, napi_value v) {
+  void *data = NULL;
+  if (napi_get_value_external(env, v, &data) != napi_ok || !data) {
+    tx_type_error(env, "extractor: not an archive extraction");
+    return NULL;
+  }
+  return data;
+}
+
+// extractStart(rootNames: string[], rootFds: number[] (-1: check only), uidBase, idCount) -> extractor.
+// The fds are duplicated; the caller keeps its own.
+static napi_value js_extract_start(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], result;
+  uint32_t count = 0, fd_count = 0, uid_base, id_count;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 4 || napi_get_array_length(env, argv[0], &count) != napi_ok ||
+      napi_get_array_length(env, argv[1], &fd_count) != napi_ok || count != fd_count) {
+    return tx_type_error(env, "extractStart(rootNames, rootFds, uidBase, idCount)");
+  }
+  if (!tx_get_uint32(env, argv[2], "extractStart: uidBase", &uid_base) ||
+      !tx_get_uint32(env, argv[3], "extractStart: idCount", &id_count)) {
+    return NULL;
+  }
+  extractor *x = calloc(1, sizeof *x);
+  if (!x || !(x->roots = calloc(count ? count : 1, sizeof *x->roots))) {
+    free(x);
+    return tx_throw(env, "malloc", ENOMEM);
+  }
+  x->data_fd = -1;
+  x->chain_root = (size_t)-1;
+  x->uid_base = uid_base;
+  x->id_count = id_count;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value name, fd;
+    int32_t root_fd;
+    napi_get_element(env, argv[0], i, &name);
+    napi_get_element(env, argv[1], i, &fd);
+    x->roots[i].fd = -1;
+    x->root_count = i + 1;
+    if (!tx_get_string(env, name, "extractStart: rootNames", &x->roots[i].name) ||
+        !tx_get_int32(env, fd, "extractStart: rootFds", &root_fd)) {
+      extractor_free(x);
+      return NULL;
+    }
+    if (root_fd >= 0 && (x->roots[i].fd = fcntl(root_fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+      int err = errno;
+      extractor_free(x);
+      return tx_throw(env, "extractStart: dup root fd", err);
+    }
+  }
+  napi_create_external(env, x, finalize_extractor, NULL, &result);
+  return result;
+}
+
+static napi_value feed_result(napi_env env, extractor *x, size_t consumed, const char *status) {
+  napi_value r, v;
+  napi_create_object(env, &r);
+  napi_create_double(env, (double)consumed, &v);
+  napi_set_named_property(env, r, "consumed", v);
+  napi_create_string_utf8(env, status, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, r, "status", v);
+  napi_create_double(env, x->files, &v);
+  napi_set_named_property(env, r, "files", v);
+  napi_create_double(env, x->bytes, &v);
+  napi_set_named_property(env, r, "bytes", v);
+  if (x->refusal) {
+    napi_create_string_utf8(env, x->refusal, NAPI_AUTO_LENGTH, &v);
+    napi_set_named_property(env, r, "message", v);
+  }
+  return r;
+}
+
+static napi_value throw_sys(napi_env env, extractor *x, sys_error *e) {
+  char step[512];
+  snprintf(step, sizeof step, "extract %s %.*s", e->step ? e->step : "", (int)(x->h.path.len > 300 ? 300 : x->h.path.len),
+           x->h.path.data ? x->h.path.data : "");
+  return tx_throw(env, step, e->err);
+}
+
+// extractFeed(extractor, chunk, offset) -> { consumed, status: 'more'|'end'|'xattrs'|'refused', files, bytes,
+// message? }. 'xattrs': extractPending() tells which entry; extractResume() goes on; feed the rest after.
+static napi_value js_extract_feed(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  char *chunk;
+  size_t len;
+  uint32_t offset;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3) return tx_type_error(env, "extractFeed(extractor, chunk, offset)");
+  extractor *x = get_extractor(env, argv[0]);
+  if (!x) return NULL;
+  if (napi_get_buffer_info(env, argv[1], (void **)&chunk, &len) != napi_ok)
+    return tx_type_error(env, "extractFeed: chunk must be a Buffer");
+  if (!tx_get_uint32(env, argv[2], "extractFeed: offset", &offset)) return NULL;
+  if (offset > len) return tx_type_error(env, "extractFeed: offset beyond the chunk");
+  if (x->waiting) return tx_type_error(env, "extractFeed: an entry waits for extractResume");
+  if (x->refusal) return feed_result(env, x, 0, "refused");
+  size_t off = offset;
+  sys_error e = {0};
+  int rc = consume(x, chunk, len, &off, &e);
+  if (e.err) return throw_sys(env, x, &e);
+  if (rc < 0 || x->refusal) return feed_result(env, x, off - offset, "refused");
+  if (rc > 0) return feed_result(env, x, off - offset, "xattrs");
+  return feed_result(env, x, off - offset, x->state == S_END ? "end" : "more");
+}
+
+// extractPending(extractor) -> { path, root, kind: 'file'|'directory', xattrs: [name, Buffer][],
+// metacopySize (-1: none), size } of the entry waiting for the xattr policy.
+static napi_value js_extract_pending(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], r, v, list;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
+  if (!x) return NULL;
+  if (!x->waiting) return tx_type_error(env, "extractPending: no entry waits");
+  header_t *h = &x->h;
+  napi_create_object(env, &r);
+  napi_create_string_utf8(env, h->path.data, h->path.len, &v);
+  napi_set_named_property(env, r, "path", v);
+  napi_create_string_utf8(env, x->roots[x->entry_root].name, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, r, "root", v);
+  napi_create_string_utf8(env, h->type == T_DIR ? "directory" : "file", NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, r, "kind", v);
+  napi_create_double(env, h->metacopy_size, &v);
+  napi_set_named_property(env, r, "metacopySize", v);
+  napi_create_double(env, h->size, &v);
+  napi_set_named_property(env, r, "size", v);
+  napi_create_array_with_length(env, h->xattr_count, &list);
+  size_t off = 0;
+  for (uint32_t i = 0; i < h->xattr_count; i++) {
+    const char *name = h->xattr_raw.data + off;
+    off += strlen(name) + 1;
+    uint32_t vl;
+    memcpy(&vl, h->xattr_raw.data + off, sizeof vl);
+    off += sizeof vl;
+    napi_value pair, k, val;
+    napi_create_array_with_length(env, 2, &pair);
+    napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &k);
+    napi_create_buffer_copy(env, vl, h->xattr_raw.data + off, NULL, &val);
+    off += vl;
+    napi_set_element(env, pair, 0, k);
+    napi_set_element(env, pair, 1, val);
+    napi_set_element(env, list, i, pair);
+  }
+  napi_set_named_property(env, r, "xattrs", list);
+  return r;
+}
+
+// extractResume(extractor, xattrs: [name, Buffer][]): the waiting entry, with the host values the policy
+// produced. Returns the same result shape as extractFeed with consumed 0.
+static napi_value js_extract_resume(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return tx_type_error(env, "extractResume(extractor, xattrs)");
+  extractor *x = get_extractor(env, argv[0]);
+  if (!x) return NULL;
+  if (!x->waiting) return tx_type_error(env, "extractResume: no entry waits");
+  uint32_t count = 0;
+  if (napi_get_array_length(env, argv[1], &count) != napi_ok) return tx_type_error(env, "extractResume: xattrs must be an array");
+  xattr_list list = {calloc(count ? count : 1, sizeof(xattr_t)), 0};
+  if (!list.items) return tx_throw(env, "malloc", ENOMEM);
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value pair, k, v;
+    void *data;
+    size_t len;
+    napi_get_element(env, argv[1], i, &pair);
+    napi_get_element(env, pair, 0, &k);
+    napi_get_element(env, pair, 1, &v);
+    xattr_t *a = &list.items[list.count];
+    if (!tx_get_string(env, k, "extractResume: xattr name", &a->name)) {
+      xattrs_free(&list);
+      return NULL;
+    }
+    list.count++;
+    if (napi_get_buffer_info(env, v, &data, &len) != napi_ok || !(a->value = malloc(len ? len : 1))) {
+      xattrs_free(&list);
+      return tx_type_error(env, "extractResume: xattr value must be a Buffer");
+    }
+    memcpy(a->value, data, len);
+    a->len = len;
+  }
+  x->waiting = false;
+  char *rel = x->entry_rel;
+  x->entry_rel = NULL;
+  sys_error e = {0};
+  bool ok = act_on_entry(x, x->entry_root, rel, &list, &e);
+  free(rel);
+  xattrs_free(&list);
+  if (e.err) return throw_sys(env, x, &e);
+  if (!ok || x->refusal) return feed_result(env, x, 0, "refused");
+  return feed_result(env, x, 0, x->state == S_END ? "end" : "more");
+}
+
+// extractFinish(extractor) -> same shape as extractFeed: 'end' once directory metadata is applied, or
+// 'refused' when the archive ended before its end-of-archive marker.
+static napi_value js_extract_finish(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
+  if (!x) return NULL;
+  if (x->state != S_END) refuse_plain(x, "archive: ends before its end-of-archive marker");
+  if (x->refusal) return feed_result(env, x, 0, "refused");
+  close_chain(x);
+  sys_error e = {0};
+  bool ok = apply_dir_metadata(x, &e);
+  if (e.err) return throw_sys(env, x, &e);
+  return feed_result(env, x, 0, ok && !x->refusal ? "end" : "refused");
+}
+
+// extractClose(extractor): closes every fd it holds.
+static napi_value js_extract_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
+  if (!x) return NULL;
+  if (x->data_fd >= 0) close(x->data_fd);
+  x->data_fd = -1;
+  close_chain(x);
+  for (size_t i = 0; i < x->root_count; i++) {
+    if (x->roots[i].fd >= 0) close(x->roots[i].fd);
+    x->roots[i].fd = -1;
+  }
+  if (!x->refusal) x->refusal = strdup("archive: extraction closed");
+  return tx_undefined(env);
+}
+
+void tx_register_extract(napi_env env, napi_value addon) {
+  tx_set_function(env, addon, "extractStart", js_extract_start);
+  tx_set_function(env, addon, "extractFeed", js_extract_feed);
+  tx_set_function(env, addon, "extractPending", js_extract_pending);
+  tx_set_function(env, addon, "extractResume", js_extract_resume);
+  tx_set_function(env, addon, "extractFinish", js_extract_finish);
+  tx_set_function(env, addon, "extractClose", js_extract_close);
+}
