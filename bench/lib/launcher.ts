@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { packageRoot } from '../../src/config/config';
+import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../src/node-flags';
 import { connect, unaryCall, type Clients } from '../../src/cli/client';
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
@@ -69,7 +70,8 @@ export async function launchDaemon(opts: { prefix?: string; logLevel?: string; e
   const netns = runName(prefix);
   execFileSync('ip', ['netns', 'add', netns]);
   execFileSync('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
-  const args = ['--net=' + path.join('/run/netns', netns), '--', process.execPath, ...(process.env.TETRIX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), daemonMain, '--state-dir', stateDir, '--socket-path', socketPath, '--cgroup-parent', cgroupParent, '--log-level', opts.logLevel ?? 'warn',
+  const args = ['--net=' + path.join('/run/netns', netns), '--', 'env', ...Object.entries(DAEMON_ENV).map(([k, v]) => `${k}=${v}`), process.execPath, ...DAEMON_NODE_FLAGS,
+    ...(process.env.TETRIX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), daemonMain, '--state-dir', stateDir, '--socket-path', socketPath, '--cgroup-parent', cgroupParent, '--log-level', opts.logLevel ?? 'warn',
     // The mutual-TLS port as in production, but on loopback and a free port so runs never collide.
     '--api-listen', '127.0.0.1:0', ...(opts.extraArgs ?? [])];
   // nsenter enters the namespace and execs node: the child's pid is the daemon's.

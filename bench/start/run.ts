@@ -26,6 +26,7 @@ import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Work
 import type { WorkspaceEvent__Output } from '../../src/generated/tetrix/agent/v1/WorkspaceEvent';
 import type { ListWorkspacesResponse__Output } from '../../src/generated/tetrix/agent/v1/ListWorkspacesResponse';
 import { DEFAULT_CAPABILITIES } from '../../src/sandbox/capabilities';
+import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../src/node-flags';
 
 const runs = positiveInt('BENCH_RUNS', 50);
 const warmup = positiveInt('BENCH_WARMUP', 3, true);
@@ -121,7 +122,10 @@ async function startTetrixd(root: string, dir: string): Promise<Tetrixd> {
   execFileSync('ip', ['netns', 'add', netns]);
   onCleanup(`ip netns del ${netns}`, () => execFileSync('ip', ['netns', 'del', netns]));
   execFileSync('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
-  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ...DAEMON_NODE_FLAGS, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...DAEMON_ENV },
+  });
   const logFd = fs.openSync(logFile, 'a', 0o600);
   let logOpen = true;
   onCleanup('close tetrixd log', () => {

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { connect, unaryCall, type Clients } from '../../src/cli/client';
 import { mountsUnder } from '../../src/sandbox/rootfs';
+import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../src/node-flags';
 
 /** Mounts whose mountpoint lies below dir (the sandbox's own reader of mountinfo). */
 export { mountsUnder };
@@ -71,8 +72,9 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: Da
 
   let extraEnv = opts.env ?? {};
   const launch = async (): Promise<ChildProcess> => {
-    const [cmd, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, process.execPath, ...args]] : [process.execPath, args];
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...extraEnv } });
+    const node = [process.execPath, ...DAEMON_NODE_FLAGS];
+    const [cmd, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, ...node, ...args]] : [node[0], [...node.slice(1), ...args]];
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...DAEMON_ENV, ...extraEnv } });
     for (const stream of [child.stdout!, child.stderr!]) {
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => output.push(...chunk.split('\n').filter(Boolean)));

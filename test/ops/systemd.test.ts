@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { repoRoot, startDaemon, type Daemon } from '../helpers/daemon';
+import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../src/node-flags';
 
 const unitFile = path.join(repoRoot, 'deploy', 'tetrixd.service');
 
@@ -20,6 +21,21 @@ t.test('deploy/tetrixd.service passes systemd-analyze verify without a warning',
   const unit = fs.readFileSync(unitFile, 'utf8');
   for (const directive of ['Type=notify', 'NotifyAccess=main', 'KillMode=process', 'Delegate=yes', 'Restart=always']) {
     t.match(unit, new RegExp(`^${directive}$`, 'm'), directive);
+  }
+});
+
+t.test('the unit and `npm start` run node with the memory settings of src/node-flags.ts', async (t) => {
+  const unit = fs.readFileSync(unitFile, 'utf8');
+  const execStart = unit.match(/^ExecStart=(.*)$/m)?.[1] ?? '';
+  const start = (JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start;
+  const script = (cmd: string): number => cmd.split(' ').findIndex((w) => w.endsWith('dist/src/main.js'));
+  for (const [name, cmd] of [['ExecStart', execStart], ['npm start', start]] as const) {
+    const words = cmd.split(' ');
+    for (const flag of DAEMON_NODE_FLAGS) t.ok(words.indexOf(flag) >= 0 && words.indexOf(flag) < script(cmd), `${name}: ${flag} before the script`);
+  }
+  for (const [key, value] of Object.entries(DAEMON_ENV)) {
+    t.match(unit, new RegExp(`^Environment=${key}=${value}$`, 'm'), `unit: ${key}=${value}`);
+    t.ok(start.startsWith(`${key}=${value} `), `npm start: ${key}=${value}`);
   }
 });
 
