@@ -161,6 +161,8 @@ typedef struct {
 
   double files, bytes;
   char *refusal;        // set when the archive is refused (malloc'd message)
+  bool busy;            // a feed runs on a worker thread: nothing else may touch the extractor
+  bool close_requested; // closed while busy: done when the feed completes
 } extractor;
 
 // ---------------------------------------------------------------------------------------------------
@@ -1221,7 +1223,7 @@ static napi_value js_extract_feed(napi_env env, napi_callback_info info) {
     return tx_type_error(env, "extractFeed: chunk must be a Buffer");
   if (!tx_get_uint32(env, argv[2], "extractFeed: offset", &offset)) return NULL;
   if (offset > len) return tx_type_error(env, "extractFeed: offset beyond the chunk");
-  if (x->waiting) return tx_type_error(env, "extractFeed: an entry waits for extractResume");
+  if (x->waiting || x->busy) return tx_type_error(env, "extractFeed: the extractor is busy or waits for extractResume");
   if (x->refusal) return feed_result(env, x, 0, "refused");
   size_t off = offset;
   sys_error e = {0};
@@ -1232,6 +1234,89 @@ static napi_value js_extract_feed(napi_env env, napi_callback_info info) {
   return feed_result(env, x, off - offset, x->state == S_END ? "end" : "more");
 }
 
+// extractFeedAsync: the same feed on a libuv worker, so the caller decompresses the next chunk meanwhile.
+typedef struct {
+  extractor *x;
+  napi_ref self, chunk_ref;
+  const char *chunk;
+  size_t len, offset, off;
+  int rc;
+  sys_error e;
+  napi_deferred deferred;
+  napi_async_work work;
+} feed_job;
+
+static void feed_execute(napi_env env, void *data) {
+  (void)env;
+  feed_job *job = data;
+  job->off = job->offset;
+  job->rc = consume(job->x, job->chunk, job->len, &job->off, &job->e);
+}
+
+static void close_fds(extractor *x);
+
+static void feed_complete(napi_env env, napi_status status, void *data) {
+  feed_job *job = data;
+  extractor *x = job->x;
+  x->busy = false;
+  if (status != napi_ok) {
+    napi_reject_deferred(env, job->deferred, tx_native_error(env, "extract feed", ECANCELED));
+  } else if (job->e.err) {
+    char step[512];
+    snprintf(step, sizeof step, "extract %s %.*s", job->e.step ? job->e.step : "", (int)(x->h.path.len > 300 ? 300 : x->h.path.len),
+             x->h.path.data ? x->h.path.data : "");
+    napi_reject_deferred(env, job->deferred, tx_native_error(env, step, job->e.err));
+  } else {
+    const char *st = job->rc < 0 || x->refusal ? "refused" : job->rc > 0 ? "xattrs" : x->state == S_END ? "end" : "more";
+    napi_resolve_deferred(env, job->deferred, feed_result(env, x, job->off - job->offset, st));
+  }
+  if (x->close_requested) close_fds(x);
+  napi_delete_reference(env, job->chunk_ref);
+  napi_delete_reference(env, job->self);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+// extractFeedAsync(extractor, chunk, offset) -> Promise<result>: extractFeed on a worker thread. The
+// chunk must not change until the promise settles; no other call may use the extractor meanwhile.
+static napi_value js_extract_feed_async(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], promise, name;
+  char *chunk;
+  size_t len;
+  uint32_t offset;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3) return tx_type_error(env, "extractFeedAsync(extractor, chunk, offset)");
+  extractor *x = get_extractor(env, argv[0]);
+  if (!x) return NULL;
+  if (napi_get_buffer_info(env, argv[1], (void **)&chunk, &len) != napi_ok)
+    return tx_type_error(env, "extractFeedAsync: chunk must be a Buffer");
+  if (!tx_get_uint32(env, argv[2], "extractFeedAsync: offset", &offset)) return NULL;
+  if (offset > len) return tx_type_error(env, "extractFeedAsync: offset beyond the chunk");
+  if (x->waiting || x->busy) return tx_type_error(env, "extractFeedAsync: the extractor is busy or waits for extractResume");
+  feed_job *job = calloc(1, sizeof *job);
+  if (!job) return tx_throw(env, "malloc", ENOMEM);
+  job->x = x;
+  job->chunk = chunk;
+  job->len = len;
+  job->offset = offset;
+  napi_create_reference(env, argv[0], 1, &job->self);
+  napi_create_reference(env, argv[1], 1, &job->chunk_ref);
+  napi_create_promise(env, &job->deferred, &promise);
+  if (x->refusal) {
+    napi_resolve_deferred(env, job->deferred, feed_result(env, x, 0, "refused"));
+    napi_delete_reference(env, job->chunk_ref);
+    napi_delete_reference(env, job->self);
+    free(job);
+    return promise;
+  }
+  napi_create_string_utf8(env, "tetrix:extractFeed", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, feed_execute, feed_complete, job, &job->work);
+  x->busy = true;
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
 // extractPending(extractor) -> { path, root, kind: 'file'|'directory', xattrs: [name, Buffer][],
 // metacopySize (-1: none), size } of the entry waiting for the xattr policy.
 static napi_value js_extract_pending(napi_env env, napi_callback_info info) {
@@ -1240,7 +1325,7 @@ static napi_value js_extract_pending(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
   if (!x) return NULL;
-  if (!x->waiting) return tx_type_error(env, "extractPending: no entry waits");
+  if (!x->waiting || x->busy) return tx_type_error(env, "extractPending: no entry waits");
   header_t *h = &x->h;
   napi_create_object(env, &r);
   napi_create_string_utf8(env, h->path.data, h->path.len, &v);
@@ -1283,7 +1368,7 @@ static napi_value js_extract_resume(napi_env env, napi_callback_info info) {
   if (argc < 2) return tx_type_error(env, "extractResume(extractor, xattrs)");
   extractor *x = get_extractor(env, argv[0]);
   if (!x) return NULL;
-  if (!x->waiting) return tx_type_error(env, "extractResume: no entry waits");
+  if (!x->waiting || x->busy) return tx_type_error(env, "extractResume: no entry waits");
   uint32_t count = 0;
   if (napi_get_array_length(env, argv[1], &count) != napi_ok) return tx_type_error(env, "extractResume: xattrs must be an array");
   xattr_list list = {calloc(count ? count : 1, sizeof(xattr_t)), 0};
@@ -1328,6 +1413,7 @@ static napi_value js_extract_finish(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
   if (!x) return NULL;
+  if (x->busy) return tx_type_error(env, "extractFinish: a feed is still running");
   if (x->state != S_END) refuse_plain(x, "archive: ends before its end-of-archive marker");
   if (x->refusal) return feed_result(env, x, 0, "refused");
   close_chain(x);
@@ -1337,13 +1423,8 @@ static napi_value js_extract_finish(napi_env env, napi_callback_info info) {
   return feed_result(env, x, 0, ok && !x->refusal ? "end" : "refused");
 }
 
-// extractClose(extractor): closes every fd it holds.
-static napi_value js_extract_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
-  if (!x) return NULL;
+static void close_fds(extractor *x) {
+  x->close_requested = false;
   if (x->data_fd >= 0) close(x->data_fd);
   x->data_fd = -1;
   close_chain(x);
@@ -1352,12 +1433,24 @@ static napi_value js_extract_close(napi_env env, napi_callback_info info) {
     x->roots[i].fd = -1;
   }
   if (!x->refusal) x->refusal = strdup("archive: extraction closed");
+}
+
+// extractClose(extractor): closes every fd it holds (once a running feed completes).
+static napi_value js_extract_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
+  if (!x) return NULL;
+  if (x->busy) x->close_requested = true;
+  else close_fds(x);
   return tx_undefined(env);
 }
 
 void tx_register_extract(napi_env env, napi_value addon) {
   tx_set_function(env, addon, "extractStart", js_extract_start);
   tx_set_function(env, addon, "extractFeed", js_extract_feed);
+  tx_set_function(env, addon, "extractFeedAsync", js_extract_feed_async);
   tx_set_function(env, addon, "extractPending", js_extract_pending);
   tx_set_function(env, addon, "extractResume", js_extract_resume);
   tx_set_function(env, addon, "extractFinish", js_extract_finish);

@@ -157,21 +157,46 @@ function writeFully(fd: number, bytes: Buffer): void {
   }
 }
 
+const EXTRACT_CHUNK = 1 << 20;
+
 /**
- * zstd -> extraction from `input`, synchronously per input chunk (native/extract.c does the file system
- * half); resolves after the end-of-archive marker and the end of input.
+ * zstd -> extraction from `input`. Two output buffers take turns: while the extractor (native/extract.c,
+ * on a worker thread) writes one into files, this thread decompresses into the other. Resolves after the
+ * end-of-archive marker and the end of input.
  */
 export async function restoreFrom(input: AsyncIterable<Buffer>, job: RestoreJob, report: Report): Promise<{ bytes: number; files: number }> {
   const progress = new ProgressBatch(report);
   const tree = new TreeExtraction(job.roots, {
     uidBase: job.uidBase, idCount: job.idCount, onProgress: (files, bytes) => progress.add(bytes, files),
   });
+  const buffers = [Buffer.allocUnsafe(EXTRACT_CHUNK), Buffer.allocUnsafe(EXTRACT_CHUNK)];
+  let current = 0;
+  let filled = 0;
+  let extracting: Promise<void> = Promise.resolve();
+  const handOff = async () => {
+    await extracting; // frees the other buffer
+    extracting = tree.feedAsync(buffers[current].subarray(0, filled));
+    extracting.catch(() => undefined); // awaited at the next hand-off or at the end
+    current ^= 1;
+    filled = 0;
+  };
   try {
-    const zstd = new ZstdFrameReader((plain) => tree.feed(plain));
-    for await (const chunk of input) zstd.write(chunk);
+    const zstd = new ZstdFrameReader();
+    for await (const chunk of input) {
+      let rest = chunk as Buffer;
+      let full: boolean;
+      do {
+        ({ filled, rest } = zstd.write(rest, buffers[current], filled));
+        full = filled === EXTRACT_CHUNK; // the decoder may hold more output for this input
+        if (full) await handOff();
+      } while (rest.length > 0 || full);
+    }
     zstd.end();
+    if (filled > 0) await handOff();
+    await extracting;
     tree.finish();
   } finally {
+    await extracting.catch(() => undefined);
     tree.close();
     progress.stop();
   }

@@ -155,6 +155,18 @@ export class TreeExtraction {
     } while (off < chunk.length);
   }
 
+  /** feed() with the file system work on a worker thread; chunk must stay unchanged until this settles. */
+  async feedAsync(chunk: Buffer): Promise<void> {
+    let off = 0;
+    do {
+      const r = await extract.extractFeedAsync(this.#ex, chunk, off);
+      off += r.consumed;
+      this.#check(r);
+      if (r.status !== 'xattrs') return;
+      this.#check(this.#resolveXattrs());
+    } while (off < chunk.length);
+  }
+
   /** After the last chunk: directory metadata, deepest first; DATA_LOSS without an end-of-archive marker. */
   finish(): void {
     this.#check(extract.extractFinish(this.#ex));

@@ -56,33 +56,33 @@ export class ZstdFrameWriter {
 }
 
 /**
- * Synchronous decompression into one reused output buffer: each piece goes to `read` before the next is
- * produced, so memory stays flat however much a chunk expands (the archive runner's restore).
+ * Synchronous decompression into caller buffers (the archive runner's restore): `write` fills the current
+ * output buffer and calls `full` each time one is full; the caller hands it on and returns the next one
+ * to fill. Memory stays flat however much a chunk expands.
  */
 export class ZstdFrameReader {
   readonly #dctx = new binding.DCtx();
-  readonly #out = Buffer.allocUnsafe(1 << 20);
-  readonly #read: (plain: Buffer) => void;
   #inFrame = false;
 
-  constructor(read: (plain: Buffer) => void) {
-    this.#read = read;
+  constructor() {
     this.#dctx.setParameter(binding.DParameter.windowLogMax, WINDOW_LOG_MAX);
   }
 
-  write(input: Buffer): void {
+  /** Decompresses input into out from `filled`; returns the new fill level (out.length: full). Call
+   *  again with the same remaining input, which it returns, until that is empty. */
+  write(input: Buffer, out: Buffer, filled: number): { filled: number; rest: Buffer } {
     for (;;) {
       let ret: number, produced: number, consumed: number;
       try {
-        [ret, produced, consumed] = this.#dctx.decompressStream(this.#out, input);
+        [ret, produced, consumed] = this.#dctx.decompressStream(out.subarray(filled), input);
       } catch (err) {
         throw new DomainError('DATA_LOSS', `compressed stream: ${(err as Error).message}`);
       }
       input = input.subarray(consumed);
       this.#inFrame = ret !== 0;
-      if (produced > 0) this.#read(this.#out.subarray(0, produced));
-      // Done with this input once it is consumed and the decoder had room to spare (nothing buffered).
-      if (input.length === 0 && produced < this.#out.length) return;
+      filled += produced;
+      // Stop when out is full, or when the input is used up and the decoder had room to spare.
+      if (filled === out.length || (input.length === 0 && filled < out.length)) return { filled, rest: input };
     }
   }
 

@@ -95,13 +95,16 @@ export interface ExtractAddon {
   extractStart(rootNames: string[], rootFds: number[], uidBase: number, idCount: number): NativeExtraction;
   /** Parses and extracts chunk[offset..]. NativeError(`extract <step> <path>`...) on an unexpected errno. */
   extractFeed(ex: NativeExtraction, chunk: Buffer, offset: number): ExtractResult;
+  /** extractFeed on a libuv worker thread. The chunk must stay unchanged, and the extraction otherwise
+   *  unused, until the promise settles. */
+  extractFeedAsync(ex: NativeExtraction, chunk: Buffer, offset: number): Promise<ExtractResult>;
   /** The entry waiting after status 'xattrs'. */
   extractPending(ex: NativeExtraction): ExtractPending;
   /** Extracts the waiting entry with the host xattr values the policy produced. */
   extractResume(ex: NativeExtraction, xattrs: [string, Buffer][]): ExtractResult;
   /** After the last chunk: directory metadata, deepest first. 'refused' if the end marker is missing. */
   extractFinish(ex: NativeExtraction): ExtractResult;
-  /** Closes every fd the extraction holds. */
+  /** Closes every fd the extraction holds (after a running feed completes). */
   extractClose(ex: NativeExtraction): void;
 }
 
