@@ -3,12 +3,13 @@ import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { measureTrees, symlinkEscapes, TreeArchiveStream } from '../../src/content/archive';
+import { measureTrees, symlinkEscapes, TreeArchiveStream, TreeExtraction } from '../../src/content/archive';
 import { applyPax, BLOCK, decodePax, decodeUstar, encodeEntry } from '../../src/content/tar-format';
-import { makeTree, snapshot, tempDir, UID_BASE } from './backup-suite';
+import { expectedSnapshot, makeTree, snapshot, tempDir, UID_BASE } from './backup-suite';
 
 async function archiveTo(file: string, dir: string, skipped: string[] = []): Promise<void> {
   await pipeline(new TreeArchiveStream([{ name: 'content', dir }], {
@@ -105,4 +106,78 @@ t.test('pax xattr records carry raw bytes, and whiteouts their device numbers', 
   t.throws(() => applyPax(decodeUstar(encodeEntry({
     path: 'f', type: 'file', mode: 0, uid: 0, gid: 0, size: 0, mtimeNs: 0n, linkpath: '',
   })), new Map([['TETRIX.unknown', Buffer.from('1')]])), { code: 'DATA_LOSS' }, 'unknown TETRIX records are refused');
+});
+
+async function archiveBytes(dir: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  await pipeline(new TreeArchiveStream([{ name: 'content', dir }], { uidBase: UID_BASE }),
+    new Writable({ write(c, _e, cb) { chunks.push(c); cb(); } }));
+  return Buffer.concat(chunks);
+}
+
+t.test('an archive cut into pieces of any size extracts to the same tree', async (t) => {
+  const base = tempDir(t, 'archive-pieces');
+  const src = path.join(base, 'src');
+  makeTree(src, { bigRandom: 70_000 });
+  fs.writeFileSync(path.join(src, 'p'.repeat(200)), 'a pax path');
+  fs.symlinkSync('l'.repeat(150), path.join(src, 'long-target'));
+  for (const name of ['p'.repeat(200), 'long-target']) fs.lchownSync(path.join(src, name), UID_BASE + 1000, UID_BASE + 1000);
+  const tar = await archiveBytes(src);
+  // Splits land inside headers, pax records, file data and padding; 1-byte pieces hit every boundary.
+  for (const size of [1, 7, 511, 512, 513, 4096, 65537]) {
+    const out = path.join(base, `out-${size}`);
+    fs.mkdirSync(out);
+    const tree = new TreeExtraction({ content: out }, { uidBase: UID_BASE });
+    try {
+      for (let off = 0; off < tar.length; off += size) tree.feed(tar.subarray(off, off + size));
+      tree.finish();
+    } finally {
+      tree.close();
+    }
+    t.same(snapshot(out), expectedSnapshot(src), `pieces of ${size} bytes`);
+  }
+});
+
+t.test('trees deeper than PATH_MAX are archived and restored (every name is opened relative to its parent)', async (t) => {
+  // Not tempDir: its cleanup goes by path, which cannot reach this deep; rm -rf walks by fd.
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), `tetrix-archive-deep-${process.pid}-`));
+  t.teardown(() => { execFileSync('rm', ['-rf', base]); });
+  const src = path.join(base, 'src');
+  const out = path.join(base, 'out');
+  fs.mkdirSync(src);
+  fs.mkdirSync(out);
+  const name = 'd'.repeat(250);
+  const depth = 20; // 20 * 251 bytes: beyond PATH_MAX (4096), which no path-based call could reach
+  const walkDown = (root: string, body: string) => execFileSync('python3', ['-c', `
+import os
+fd = os.open(${JSON.stringify(root)}, os.O_RDONLY | os.O_DIRECTORY)
+for _ in range(${depth}):
+    ${body}
+    fd = os.open(${JSON.stringify(name)}, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+leaf = os.open('leaf', os.O_RDWR | os.O_CREAT, 0o644, dir_fd=fd)
+os.write(leaf, b'deep') if os.fstat(leaf).st_size == 0 else print(os.read(leaf, 100).decode(), end='')
+`]).toString();
+  walkDown(src, `os.mkdir(${JSON.stringify(name)}, dir_fd=fd)`);
+  const tar = await archiveBytes(src);
+  const tree = new TreeExtraction({ content: out }, { uidBase: UID_BASE });
+  try {
+    tree.feed(tar);
+    tree.finish();
+  } finally {
+    tree.close();
+  }
+  t.equal(walkDown(out, 'pass'), 'deep');
+  t.equal(tree.stats.files, depth + 2, 'the root, every level and the leaf');
+});
+
+t.test('a backup walk reports progress as it goes and reaches the tree\'s size', async (t) => {
+  const base = tempDir(t, 'archive-progress');
+  const src = path.join(base, 'src');
+  makeTree(src);
+  let files = 0;
+  let bytes = 0;
+  await pipeline(new TreeArchiveStream([{ name: 'content', dir: src }], {
+    uidBase: UID_BASE, onProgress: (f, b) => { files += f; bytes += b; },
+  }), new Writable({ write(_c, _e, cb) { cb(); } }));
+  t.same({ files, bytes }, measureTrees([src]), 'every entry counted once, hard-linked bytes once');
 });
