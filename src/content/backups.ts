@@ -31,7 +31,7 @@ export interface BackupLog {
 export interface BackupProgress {
   bytesDone: number;
   filesDone: number;
-  bytesTotal: number;   // file bytes found by a pass before the backup; 0 when unknown
+  bytesTotal: number;   // 0 until known: a backup learns it when its walk ends, a restore from the manifest
   filesTotal: number;
 }
 
