@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "tetrix.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,47 @@ napi_value tx_native_error(napi_env env, const char *step, int err) {
 napi_value tx_throw(napi_env env, const char *step, int err) {
   napi_throw(env, tx_native_error(env, step, err));
   return NULL;
+}
+
+typedef struct {
+  const char *name, *step;
+  tx_work_fn work;
+  tx_free_fn free_data;
+  void *data;
+  int err;
+  napi_deferred deferred;
+  napi_async_work async;
+} tx_async_job;
+
+static void async_execute(napi_env env, void *p) {
+  (void)env;
+  tx_async_job *job = p;
+  job->err = job->work(job->data, &job->step);
+}
+
+static void async_complete(napi_env env, napi_status status, void *p) {
+  tx_async_job *job = p;
+  int err = status == napi_ok ? job->err : ECANCELED;
+  if (err) napi_reject_deferred(env, job->deferred, tx_native_error(env, job->step ? job->step : job->name, err));
+  else napi_resolve_deferred(env, job->deferred, tx_undefined(env));
+  napi_delete_async_work(env, job->async);
+  if (job->free_data) job->free_data(job->data);
+  free(job);
+}
+
+napi_value tx_run_async(napi_env env, const char *name, tx_work_fn work, void *data, tx_free_fn free_data) {
+  napi_value promise, resource;
+  tx_async_job *job = calloc(1, sizeof *job);
+  if (!job || napi_create_promise(env, &job->deferred, &promise) != napi_ok) {
+    free(job);
+    if (free_data) free_data(data);
+    return tx_throw(env, name, ENOMEM);
+  }
+  *job = (tx_async_job){.name = name, .work = work, .free_data = free_data, .data = data, .deferred = job->deferred};
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource);
+  napi_create_async_work(env, NULL, resource, async_execute, async_complete, job, &job->async);
+  napi_queue_async_work(env, job->async);
+  return promise;
 }
 
 napi_value tx_type_error(napi_env env, const char *what) {

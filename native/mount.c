@@ -1,13 +1,13 @@
 // mount(2), umount2(2) and mkfifo(3) for the daemon's own filesystem work (rootfs overlays, binds, the
-// workspaces' output FIFOs), plus the constants the JS side passes back in. Synchronous, quick calls on local
-// filesystems, except umountAsync.
+// workspaces' output FIFOs), plus the constants the JS side passes back in. Synchronous, quick calls, but
+// for the *Async ones.
 #define _GNU_SOURCE
 #include "tetrix.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
@@ -60,50 +60,66 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   return result;
 }
 
-// umount2 on a libuv worker: a detach waits in the kernel for an RCU grace period (~2 ms per mount here),
-// which must not stall the event loop (the API answers while workspaces stop).
+// mount(2) and umount2(2) on a libuv worker, for the daemon's busy paths: an overlay mount costs about a
+// millisecond and a detach waits in the kernel for an RCU grace period (~2 ms), which must not stall the
+// event loop (the API answers while workspaces start and stop).
 typedef struct {
-  char *target;
+  char *source, *target, *fstype, *data;
   uint32_t flags;
-  int err;
-  napi_deferred deferred;
-  napi_async_work work;
-} umount_job;
+} mount_args;
 
-static void umount_execute(napi_env env, void *data) {
-  (void)env;
-  umount_job *job = data;
-  job->err = umount2(job->target, (int)job->flags) != 0 ? errno : 0;
+static void free_mount_args(void *p) {
+  mount_args *a = p;
+  free(a->source);
+  free(a->target);
+  free(a->fstype);
+  free(a->data);
+  free(a);
 }
 
-static void umount_complete(napi_env env, napi_status status, void *data) {
-  umount_job *job = data;
-  int err = status == napi_ok ? job->err : ECANCELED;
-  if (err) napi_reject_deferred(env, job->deferred, tx_native_error(env, "umount", err));
-  else napi_resolve_deferred(env, job->deferred, tx_undefined(env));
-  napi_delete_async_work(env, job->work);
-  free(job->target);
-  free(job);
+static int mount_work(void *p, const char **step) {
+  mount_args *a = p;
+  *step = "mount";
+  return mount(or_null(a->source), a->target, or_null(a->fstype), a->flags, or_null(a->data)) != 0 ? errno : 0;
+}
+
+static int umount_work(void *p, const char **step) {
+  mount_args *a = p;
+  *step = "umount";
+  return umount2(a->target, (int)a->flags) != 0 ? errno : 0;
+}
+
+static napi_value js_mount_async(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5) return tx_type_error(env, "mountAsync(source, target, fstype, flags, data)");
+  mount_args *a = calloc(1, sizeof *a);
+  if (!a) return tx_throw(env, "mountAsync", ENOMEM);
+  if (!tx_get_string(env, argv[0], "mountAsync: source must be a string", &a->source) ||
+      !tx_get_string(env, argv[1], "mountAsync: target must be a string", &a->target) ||
+      !tx_get_string(env, argv[2], "mountAsync: fstype must be a string", &a->fstype) ||
+      !tx_get_uint32(env, argv[3], "mountAsync: flags must be an unsigned 32-bit number", &a->flags) ||
+      !tx_get_string(env, argv[4], "mountAsync: data must be a string", &a->data)) {
+    free_mount_args(a);
+    return NULL;
+  }
+  return tx_run_async(env, "mount", mount_work, a, free_mount_args);
 }
 
 static napi_value js_umount_async(napi_env env, napi_callback_info info) {
   size_t argc = 2;
-  napi_value argv[2], promise, name;
+  napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 2) return tx_type_error(env, "umountAsync(target, flags)");
-  umount_job *job = calloc(1, sizeof *job);
-  if (!job) return tx_throw(env, "umountAsync", ENOMEM);
-  if (!tx_get_string(env, argv[0], "umountAsync: target must be a string", &job->target) ||
-      !tx_get_uint32(env, argv[1], "umountAsync: flags must be an unsigned 32-bit number", &job->flags)) {
-    free(job->target);
-    free(job);
+  mount_args *a = calloc(1, sizeof *a);
+  if (!a) return tx_throw(env, "umountAsync", ENOMEM);
+  if (!tx_get_string(env, argv[0], "umountAsync: target must be a string", &a->target) ||
+      !tx_get_uint32(env, argv[1], "umountAsync: flags must be an unsigned 32-bit number", &a->flags)) {
+    free_mount_args(a);
     return NULL;
   }
-  napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "tetrix.umount", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, umount_execute, umount_complete, job, &job->work);
-  napi_queue_async_work(env, job->work);
-  return promise;
+  return tx_run_async(env, "umount", umount_work, a, free_mount_args);
 }
 
 // Whether path is the root of a mount, from statx (Linux 5.8): one call, where mountinfo would be read
@@ -154,6 +170,7 @@ static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
 void tx_register_mount(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "mount", js_mount);
   tx_set_function(env, addon, "umount", js_umount);
+  tx_set_function(env, addon, "mountAsync", js_mount_async);
   tx_set_function(env, addon, "umountAsync", js_umount_async);
   tx_set_function(env, addon, "isMountPoint", js_is_mount_point);
   tx_set_function(env, addon, "mkfifo", js_mkfifo);

@@ -32,6 +32,13 @@ bool tx_get_prop(napi_env env, napi_value obj, const char *name, napi_value *out
 
 napi_value tx_undefined(napi_env env);
 
+// Runs work(data) on a libuv worker and returns a promise for it: undefined, or a NativeError named by the
+// step work sets (or `name`) with the errno it returns. free_data(data) runs afterwards either way, also
+// when the promise cannot be made.
+typedef int (*tx_work_fn)(void *data, const char **step);
+typedef void (*tx_free_fn)(void *data);
+napi_value tx_run_async(napi_env env, const char *name, tx_work_fn work, void *data, tx_free_fn free_data);
+
 // Each concern registers its functions on the addon object.
 void tx_register_mount(napi_env env, napi_value addon, napi_value constants);
 void tx_register_notify(napi_env env, napi_value addon);
