@@ -11,5 +11,10 @@ export const DAEMON_NODE_FLAGS: readonly string[] = [
   '--heap-growing-percent=20', // a full GC once old space is 20% over the last live size
 ];
 
-/** Environment for the daemon: libuv's worker threads would each grow a malloc arena of their own. */
-export const DAEMON_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2' };
+/** Environment for the daemon. */
+export const DAEMON_ENV: Readonly<Record<string, string>> = {
+  MALLOC_ARENA_MAX: '2', // libuv's worker threads would each grow a malloc arena of their own
+  // A spawn holds a worker for its whole child setup (~5 ms), and four run at once: with libuv's default
+  // of four workers every file operation (logs, backups, state) would queue behind them.
+  UV_THREADPOOL_SIZE: '16',
+};
