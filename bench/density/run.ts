@@ -1,10 +1,14 @@
 // Density: start N idle workspaces (default 200, builtin:busybox running `sleep 3600`) at once against
 // one real daemon; report the time until all are RUNNING, the start rate, the daemon's resident memory
 // in total and per workspace, and the latency of ListWorkspaces and GetWorkspace sampled while the
-// starts run and while the workspaces idle. Then tear everything down and check nothing is left.
+// starts run and while the workspaces idle (from a separate process, as an operator's tool would call).
+// Then tear everything down and check nothing is left.
 // Targets (issue): all 200 RUNNING within 10 s, daemon under 150 MiB, every call within 50 ms.
 // Not a test: bench/density/run.sh [--count N] (TETRIX_DENSITY_COUNT) [--keep].
+import { fork } from 'node:child_process';
+import path from 'node:path';
 import { launchDaemon, type BenchDaemon } from '../lib/launcher';
+import type { Samples } from './sampler';
 import { describeLeaks, leaksSince, snapshotHost } from '../lib/leaks';
 
 const MiB = 1 << 20;
@@ -29,26 +33,32 @@ function summary(name: string, ms: number[]): string {
   return `${name}: n=${s.length} p50 ${percentile(s, 50).toFixed(1)} ms, p99 ${percentile(s, 99).toFixed(1)} ms, max ${s[s.length - 1]?.toFixed(1)} ms`;
 }
 
-/** One call at a time, alternating List and Get, until stopped: the latency an operator's tools would see. */
-function sampleLatencies(d: BenchDaemon, ids: () => string[]): { list: number[]; get: number[]; stop(): Promise<void> } {
-  const list: number[] = [];
-  const get: number[] = [];
-  let running = true;
-  const loop = (async () => {
-    for (let i = 0; running; i++) {
-      const began = process.hrtime.bigint();
-      const known = ids();
-      if (i % 2 === 0 || known.length === 0) {
-        await d.list();
-        list.push(Number(process.hrtime.bigint() - began) / 1e6);
-      } else {
-        await d.get(known[i % known.length]);
-        get.push(Number(process.hrtime.bigint() - began) / 1e6);
-      }
-      await new Promise((r) => setTimeout(r, 5));
+/** Latencies from a separate process (bench/density/sampler.ts) until stop() is called. */
+async function sampleLatencies(socketPath: string): Promise<{ stop(): Promise<Samples> }> {
+  const child = fork(path.join(__dirname, 'sampler.js'), [socketPath], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const messages: unknown[] = [];
+  let wake = (): void => undefined;
+  child.on('message', (m) => {
+    messages.push(m);
+    wake();
+  });
+  const next = async (): Promise<unknown> => {
+    while (messages.length === 0) {
+      if (child.exitCode !== null) throw new Error(`density: the sampler exited with ${child.exitCode}`);
+      await new Promise<void>((r) => {
+        wake = r;
+        child.once('exit', () => r());
+      });
     }
-  })();
-  return { list, get, stop: async () => { running = false; await loop; } };
+    return messages.shift();
+  };
+  await next(); // 'ready'
+  return {
+    stop: async () => {
+      child.send('stop');
+      return (await next()) as Samples;
+    },
+  };
 }
 
 async function teardownAll(d: BenchDaemon, ids: string[]): Promise<string[]> {
@@ -80,7 +90,7 @@ async function main(): Promise<number> {
 
     const ids = Array.from({ length: count }, (_, i) => `density-${i}`);
     const started: string[] = [];
-    const during = sampleLatencies(d, () => started);
+    const during = await sampleLatencies(d.socketPath);
     const began = Date.now();
     const results = await Promise.allSettled(
       ids.map(async (id) => {
@@ -90,18 +100,18 @@ async function main(): Promise<number> {
       }),
     );
     const seconds = (Date.now() - began) / 1000;
-    await during.stop();
+    const busy = await during.stop();
     const startErrors = results.flatMap((r, i) => (r.status === 'rejected' ? [`${ids[i]}: ${(r.reason as Error).message}`] : []));
     const running = (await d.list()).filter((w) => w.state === 'WORKSPACE_STATE_RUNNING').length;
     const rssRunning = d.rssBytes();
 
-    const idle = sampleLatencies(d, () => started);
+    const idleSampler = await sampleLatencies(d.socketPath);
     await new Promise((r) => setTimeout(r, IDLE_SAMPLING_MS));
-    await idle.stop();
+    const idle = await idleSampler.stop();
 
     console.log(`  all started in ${seconds.toFixed(2)} s: ${(started.length / seconds).toFixed(1)} starts/s, ${startErrors.length} failed${startErrors.length ? ` (${startErrors.slice(0, 3).join('; ')})` : ''}`);
     console.log(`  daemon rss ${(rssRunning / MiB).toFixed(1)} MiB with ${running} running (${(rssIdle / MiB).toFixed(1)} idle; ${((rssRunning - rssIdle) / Math.max(1, running) / 1024).toFixed(0)} KiB per workspace)`);
-    console.log(`  while starting: ${summary('ListWorkspaces', during.list)}; ${summary('GetWorkspace', during.get)}`);
+    console.log(`  while starting: ${summary('ListWorkspaces', busy.list)}; ${summary('GetWorkspace', busy.get)}`);
     console.log(`  while idle:     ${summary('ListWorkspaces', idle.list)}; ${summary('GetWorkspace', idle.get)}`);
 
     const teardownBegan = Date.now();
