@@ -9,7 +9,7 @@
 // Record 0 is OPEN (metadata), the last is CLOSE; a log without CLOSE was cut short (daemon stopped).
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
-import { constants as fsConstants, createReadStream, promises as fs } from 'node:fs';
+import { closeSync, constants as fsConstants, createReadStream, existsSync, linkSync, openSync, promises as fs, unlinkSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -127,7 +127,7 @@ export class LogStore {
     }
     this.writers.set(logId, writer);
     try {
-      await publishFile(file, first);
+      publishFile(file, first);
       await writer.openFile(file);
     } catch (err) {
       this.writers.delete(logId);
@@ -144,7 +144,10 @@ export class LogStore {
 
   /** The log's OPEN record (authenticated); NOT_FOUND if there is no such log. */
   async info(logId: string): Promise<LogInfo> {
-    const reader = await LogReader.open(this.file(logId), logId, this.options.sealer);
+    const file = this.file(logId);
+    // Most lookups are for a log that does not exist (a new workspace id): answered without opening it.
+    if (!existsSync(file)) throw new DomainError('NOT_FOUND', `log ${logId}: not found`);
+    const reader = await LogReader.open(file, logId, this.options.sealer);
     try {
       const open = await reader.next(Infinity);
       if (!open || open.type !== RecordType.Open) throw dataLoss(logId, 'first record is not OPEN');
@@ -634,19 +637,23 @@ function u64(n: number): Buffer {
 // ---------------------------------------------------------------------------------------------------------
 // Files and fds
 
-/** Writes the complete first bytes under a temp name, then link()s into place: O_EXCL, never a partial header. */
-async function publishFile(file: string, bytes: Buffer): Promise<void> {
+/**
+ * Writes the complete first bytes under a temp name, then link()s into place: O_EXCL, never a partial header.
+ * Synchronous: a few hundred bytes on the local state dir, on every workspace start, where five thread-pool
+ * round trips (open, write, close, link, unlink) cost more than the calls.
+ */
+function publishFile(file: string, bytes: Buffer): void {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const handle = await fs.open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+  const fd = openSync(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
   try {
-    await writeAll(handle, bytes);
+    for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off);
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
   try {
-    await fs.link(tmp, file);
+    linkSync(tmp, file);
   } finally {
-    await fs.unlink(tmp);
+    unlinkSync(tmp);
   }
 }
 
