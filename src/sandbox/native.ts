@@ -88,8 +88,6 @@ export interface NativeAddon {
   closeFd(fd: number): void;
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount(target: string, flags: number): void;
-  /** mount(2) on a worker thread (an overlay mount takes about a millisecond). */
-  mountAsync(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   /** umount2 on a worker thread: a detach waits for an RCU grace period in the kernel. */
   umountAsync(target: string, flags: number): Promise<void>;
   /** statx's STATX_ATTR_MOUNT_ROOT; a symlink is not followed. NativeError ENOENT, or ENOTSUP before Linux 5.8. */
@@ -99,7 +97,7 @@ export interface NativeAddon {
    *  fraction of a millisecond. Throws NativeError naming the step: `idmap open_tree: ENOENT`,
    *  `idmap mount_setattr: EINVAL` (a filesystem without idmapped mounts), `idmap clone`, `idmap uid_map`,
    *  `idmap move_mount`...; nothing stays attached or open then. */
-  idmapMount(source: string, target: string, uidBase: number, gidBase: number, count: number): Promise<void>;
+  idmapMount(source: string, target: string, uidBase: number, gidBase: number, count: number): void;
   mkfifo(path: string, mode: number): void;
   /** sd_notify(3): false when NOTIFY_SOCKET is unset. */
   sdNotify(state: string): boolean;

@@ -92,7 +92,7 @@ export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<Prepare
 async function mountShiftedImage(lowerDir: string, layout: WorkspaceLayout, uidBase: number, idCount: number): Promise<ImageOwnership> {
   const refused = await mountIdmappedLower(lowerDir, layout, uidBase, idCount);
   if (refused === undefined) return { how: 'idmapped' };
-  await mountOverlay(lowerDir, layout);
+  mountOverlay(lowerDir, layout);
   await shiftImageOwnership(lowerDir, layout.rootfs, uidBase, idCount);
   return { how: 'chowned', reason: refused };
 }
@@ -105,13 +105,13 @@ async function mountShiftedImage(lowerDir: string, layout: WorkspaceLayout, uidB
  */
 async function mountIdmappedLower(lowerDir: string, layout: WorkspaceLayout, uidBase: number, idCount: number): Promise<string | undefined> {
   try {
-    await native.idmapMount(lowerDir, layout.lower, uidBase, uidBase, idCount);
+    native.idmapMount(lowerDir, layout.lower, uidBase, uidBase, idCount);
   } catch (err) {
     if (err instanceof NativeError) return err.message;
     throw err;
   }
   try {
-    await mountOverlay(layout.lower, layout);
+    mountOverlay(layout.lower, layout);
     return undefined;
   } catch (err) {
     await umountDetached(layout.lower);
@@ -170,14 +170,14 @@ function nonEmpty(dir: string): boolean {
  * for a chmod or chown (and the fallback's ownership shift) metadata-only; kernels that refuse it get a
  * plain overlay. Not nosuid: the image's setuid programs are meant to work inside the workspace.
  */
-async function mountOverlay(lowerDir: string, layout: WorkspaceLayout): Promise<void> {
+function mountOverlay(lowerDir: string, layout: WorkspaceLayout): void {
   const options = `lowerdir=${lowerDir},upperdir=${layout.upper},workdir=${layout.work}`;
   try {
-    await native.mountAsync('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, `${options},metacopy=on`);
+    native.mount('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, `${options},metacopy=on`);
   } catch (err) {
     if (!(err instanceof NativeError && err.code === 'EINVAL')) throw mountError(layout.rootfs, err);
     try {
-      await native.mountAsync('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, options);
+      native.mount('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, options);
     } catch (again) {
       throw mountError(layout.rootfs, again);
     }

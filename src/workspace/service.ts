@@ -344,7 +344,10 @@ export class WorkspaceService {
     const exited = new Promise<void>((resolve) => (done = resolve));
     this.runtimes.set(record.spec.id, { pidfd, exited });
     this.o.native.watchExit(pidfd, (status) => {
-      this.onExit(record, status, ourChild).catch((err) => this.o.log.error({ workspace: record.spec.id, err: errText(err) }, 'exit handling failed')).finally(done);
+      // After what is already queued: a workload that exits at once must not hold up its own start's reply.
+      setImmediate(() => {
+        this.onExit(record, status, ourChild).catch((err) => this.o.log.error({ workspace: record.spec.id, err: errText(err) }, 'exit handling failed')).finally(done);
+      });
     });
   }
 
