@@ -87,12 +87,13 @@ const WALK_CHUNK = 1 << 20;
  * the end of the walk.
  */
 export async function backupTo(sink: ArchiveSink, job: BackupJob, report: Report): Promise<{ bytes: number; files: number }> {
-  const progress = new ProgressBatch(report);
+  // Before the progress timer starts: a bad root name throws here.
   const walk = new TreeWalk(job.roots, {
     uidBase: job.uidBase, idCount: job.idCount,
     onProgress: (files, bytes) => progress.add(bytes, files),
     onSkip: (path, why) => report({ type: 'skip', path, why }),
   });
+  const progress = new ProgressBatch(report);
   try {
     const zstd = new ZstdFrameWriter((bytes) => sink.write(bytes));
     const input = Buffer.allocUnsafe(WALK_CHUNK);
@@ -186,10 +187,11 @@ const EXTRACT_CHUNK = 1 << 20;
  * end-of-archive marker and the end of input.
  */
 export async function restoreFrom(input: AsyncIterable<Buffer>, job: RestoreJob, report: Report): Promise<{ bytes: number; files: number }> {
-  const progress = new ProgressBatch(report);
+  // Before the progress timer starts: a root that cannot be opened throws here.
   const tree = new TreeExtraction(job.roots, {
     uidBase: job.uidBase, idCount: job.idCount, onProgress: (files, bytes) => progress.add(bytes, files),
   });
+  const progress = new ProgressBatch(report);
   const buffers = [Buffer.allocUnsafe(EXTRACT_CHUNK), Buffer.allocUnsafe(EXTRACT_CHUNK)];
   let current = 0;
   let filled = 0;

@@ -60,7 +60,9 @@ function startChild(job: RunnerJob, hooks: RunnerHooks): { child: ChildProcess; 
       if (msg.type === 'done' || msg.type === 'error') last = msg;
       else dispatch(hooks, msg);
     });
-    child.on('error', reject);
+    // A child that dies early makes writes to it fail (EPIPE); its exit says more, so only a failed spawn
+    // rejects here.
+    child.on('error', (err) => { if (child.pid === undefined) reject(err); });
     child.on('exit', (code, signal) => {
       if (last?.type === 'done') return resolve({ bytes: last.bytes, files: last.files });
       if (hooks.signal?.aborted) return reject(new DomainError('ABORTED', 'cancelled'));
@@ -113,8 +115,15 @@ export async function runRestore(job: RestoreJob, object: Readable, hooks: Runne
   }
   const { child, result } = startChild(job, hooks);
   child.stdout!.resume();
+  // An error of `object` itself (DATA_LOSS from decryption) wins. One that pipeline() passes back after the
+  // child's stdin broke or closed (EPIPE, premature close: the child ended early) does not: the child's own
+  // report says why.
   let inputError: Error | undefined;
-  object.once('error', (err) => { inputError = err; });
+  let stdinGone = false;
+  const gone = () => { stdinGone = true; };
+  child.stdin!.once('error', gone).once('close', gone);
+  child.once('exit', gone);
+  object.once('error', (err) => { if (!stdinGone) inputError = err; });
   const feeding = pipeline(object, child.stdin!).catch((err: NodeJS.ErrnoException) => {
     if (inputError) child.kill('SIGKILL');
     return err;
