@@ -179,13 +179,16 @@ async function main(): Promise<void> {
       const pipelineBackup = async () => {
         fs.rmSync(enc, { force: true });
         settle();
-        pipeBackup = Math.min(pipeBackup, timeShell(
-          `tar -cf - -C '${tree}' . | zstd -1 -T0 -q | openssl enc -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -out '${enc}'`));
+        const s = timeShell(
+          `tar -cf - -C '${tree}' . | zstd -1 -T0 -q | openssl enc -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -out '${enc}'`);
+        console.log(`round ${round}: pipeline backup ${s.toFixed(2)} s`);
+        pipeBackup = Math.min(pipeBackup, s);
         pipeSize = fs.statSync(enc).size;
       };
       const tetrixBackup = async () => {
         settle();
         const b = await runChild(['backup', storeDir, keysDir, tree]);
+        console.log(`round ${round}: tetrix backup ${b.seconds.toFixed(2)} s`);
         if (b.seconds < tb.seconds) tb = b;
         backupId = fs.readFileSync(path.join(base, 'last-backup-id'), 'utf8');
       };
@@ -193,12 +196,15 @@ async function main(): Promise<void> {
         const pipeOut = path.join(base, `restore-pipeline-${round}`);
         fs.mkdirSync(pipeOut);
         settle();
-        pipeRestore = Math.min(pipeRestore, timeShell(
-          `openssl enc -d -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -in '${enc}' | zstd -d -q | tar -xf - -C '${pipeOut}'`));
+        const s = timeShell(
+          `openssl enc -d -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -in '${enc}' | zstd -d -q | tar -xf - -C '${pipeOut}'`);
+        console.log(`round ${round}: pipeline restore ${s.toFixed(2)} s`);
+        pipeRestore = Math.min(pipeRestore, s);
       };
       const tetrixRestore = async () => {
         settle();
         const r = await runChild(['restore', storeDir, keysDir, path.join(base, `restore-tetrix-${round}`), backupId]);
+        console.log(`round ${round}: tetrix restore ${r.seconds.toFixed(2)} s`);
         if (r.seconds < tr.seconds) tr = r;
       };
       const order = round % 2 === 0
