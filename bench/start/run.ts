@@ -85,26 +85,18 @@ interface Tetrixd {
   readonly logFile: string;
 }
 
-function waitForLine(child: ChildProcess, log: string[], marker: string, timeoutMs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error(`tetrixd did not serve within ${timeoutMs} ms`)), timeoutMs);
-    const onData = (): void => {
-      if (log.some((l) => l.includes(marker))) done();
-    };
-    const onExit = (): void => fail(new Error('tetrixd exited before serving'));
-    const done = (): void => {
-      clearTimeout(timer);
-      child.stdout!.off('data', onData);
-      child.off('exit', onExit);
-      resolve();
-    };
-    const fail = (err: Error): void => {
-      clearTimeout(timer);
-      reject(new Error(`${err.message}:\n${log.slice(-20).join('\n')}`));
-    };
-    child.stdout!.on('data', onData);
-    child.once('exit', onExit);
-  });
+/** Polls the daemon's log file: its output goes straight to the file, so this process (the client being
+ *  timed) never wakes up to relay log lines while it measures. */
+async function waitForLine(child: ChildProcess, logFile: string, marker: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const log = fs.readFileSync(logFile, 'utf8');
+    if (log.includes(marker)) return;
+    const tail = log.split('\n').slice(-20).join('\n');
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`tetrixd exited before serving:\n${tail}`);
+    if (Date.now() > deadline) throw new Error(`tetrixd did not serve within ${timeoutMs} ms:\n${tail}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 async function startTetrixd(root: string, dir: string): Promise<Tetrixd> {
@@ -122,27 +114,15 @@ async function startTetrixd(root: string, dir: string): Promise<Tetrixd> {
   execFileSync('ip', ['netns', 'add', netns]);
   onCleanup(`ip netns del ${netns}`, () => execFileSync('ip', ['netns', 'del', netns]));
   execFileSync('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+  const logFd = fs.openSync(logFile, 'a', 0o600);
   const child = spawn('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ...DAEMON_NODE_FLAGS, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', logFd, logFd],
     env: { ...process.env, ...DAEMON_ENV },
   });
-  const logFd = fs.openSync(logFile, 'a', 0o600);
-  let logOpen = true;
-  onCleanup('close tetrixd log', () => {
-    logOpen = false;
-    fs.closeSync(logFd);
-  });
-  const startup: string[] = [];
-  for (const stream of [child.stdout!, child.stderr!]) {
-    stream.setEncoding('utf8');
-    stream.on('data', (chunk: string) => {
-      if (logOpen) fs.writeSync(logFd, chunk);
-      if (startup.length < 200) startup.push(...chunk.split('\n').filter(Boolean));
-    });
-  }
+  fs.closeSync(logFd);
   onCleanup('tetrixd\'s cgroups, mounts and uid claims', () => forceCleanup(dir, stateDir, cgroupParent));
   onCleanup('stop tetrixd', () => terminate(child));
-  await waitForLine(child, startup, 'tetrixd serving', 30_000);
+  await waitForLine(child, logFile, 'tetrixd serving', 30_000);
   const clients = connect({ socketPath });
   onCleanup('tear down workspaces', async () => {
     try {
