@@ -22,6 +22,8 @@ interface Row {
 
 export class WorkspaceStore {
   private readonly db: Database.Database;
+  // Compiled once: a start writes its record four times.
+  private readonly statements: Record<'insert' | 'updateStatus' | 'delete' | 'digestOf', Database.Statement>;
 
   constructor(stateDir: string, private readonly sealer?: SecretSealer) {
     this.db = new Database(path.join(stateDir, 'state.db'));
@@ -34,25 +36,29 @@ export class WorkspaceStore {
       spec_digest TEXT NOT NULL,
       status TEXT NOT NULL
     )`);
+    this.statements = {
+      insert: this.db.prepare('INSERT INTO workspaces (id, spec, env_sealed, spec_digest, status) VALUES (?, ?, ?, ?, ?)'),
+      updateStatus: this.db.prepare('UPDATE workspaces SET status = ? WHERE id = ?'),
+      delete: this.db.prepare('DELETE FROM workspaces WHERE id = ?'),
+      digestOf: this.db.prepare('SELECT spec_digest FROM workspaces WHERE id = ?'),
+    };
   }
 
   insert(record: WorkspaceRecord, specDigest: string): void {
     const { env, ...rest } = record.spec;
-    this.db
-      .prepare('INSERT INTO workspaces (id, spec, env_sealed, spec_digest, status) VALUES (?, ?, ?, ?, ?)')
-      .run(record.spec.id, JSON.stringify(rest), this.sealEnv(record.spec.id, env), specDigest, JSON.stringify(record.status));
+    this.statements.insert.run(record.spec.id, JSON.stringify(rest), this.sealEnv(record.spec.id, env), specDigest, JSON.stringify(record.status));
   }
 
   updateStatus(id: string, status: WorkspaceStatus): void {
-    this.db.prepare('UPDATE workspaces SET status = ? WHERE id = ?').run(JSON.stringify(status), id);
+    this.statements.updateStatus.run(JSON.stringify(status), id);
   }
 
   delete(id: string): void {
-    this.db.prepare('DELETE FROM workspaces WHERE id = ?').run(id);
+    this.statements.delete.run(id);
   }
 
   digestOf(id: string): string | undefined {
-    const row = this.db.prepare('SELECT spec_digest FROM workspaces WHERE id = ?').get(id) as { spec_digest: string } | undefined;
+    const row = this.statements.digestOf.get(id) as { spec_digest: string } | undefined;
     return row?.spec_digest;
   }
 
