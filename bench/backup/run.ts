@@ -138,6 +138,9 @@ function timeShell(script: string): number {
 }
 
 function settle(): void {
+  // Twice: on a loop-mounted file system (fresh-fs.sh) the first sync turns its dirty pages into dirty
+  // pages of the image file on the host, which the second one writes.
+  execFileSync('sync');
   execFileSync('sync');
 }
 
