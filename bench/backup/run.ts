@@ -137,11 +137,16 @@ function timeShell(script: string): number {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+/** Waits until the machine has no write-back left, so the next contender does not share the disk with it. */
 function settle(): void {
-  // Twice: on a loop-mounted file system (fresh-fs.sh) the first sync turns its dirty pages into dirty
-  // pages of the image file on the host, which the second one writes.
-  execFileSync('sync');
-  execFileSync('sync');
+  // sync more than once: on a loop-mounted file system (fresh-fs.sh) a sync turns its dirty pages into dirty
+  // pages of the image file on the host, which a later one writes.
+  for (let i = 0; i < 30; i++) {
+    execFileSync('sync');
+    const meminfo = fs.readFileSync('/proc/meminfo', 'utf8');
+    const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(meminfo)?.[1] ?? 0);
+    if (kib('Dirty') + kib('Writeback') < 8192) return;
+  }
 }
 
 function duBytes(dir: string): number {
