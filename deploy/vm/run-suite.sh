@@ -54,7 +54,8 @@ install_host_tools() {
 guest_packages() {
   echo linux-image-amd64 initramfs-tools systemd systemd-sysv udev dbus kmod procps iproute2
   echo ca-certificates git nodejs npm libnode-dev
-  grep -v -E '^\s*(#|$)' "$repo/deploy/packages.txt"
+  # HEAD's list, as HEAD is what the guest tests.
+  git -C "$repo" show HEAD:deploy/packages.txt | grep -v -E '^\s*(#|$)'
 }
 
 image_key() {
@@ -162,6 +163,8 @@ build_image() {
   rm -rf "$dir"
   mv "$work/image" "$dir"
   rmdir "$work"
+  # Images for older package lists: a run still using one keeps its open file.
+  find "$cache" -mindepth 1 -maxdepth 1 -name "$suite-*" ! -path "$dir" -exec rm -rf {} +
   say "image ready: $dir"
 }
 
