@@ -108,6 +108,13 @@ export function runBackup(job: BackupJob, hooks: RunnerHooks): BackupRun {
  * was extracted and `object` ended without error; an error of `object` (e.g. DATA_LOSS from decryption)
  * wins over whatever the extractor said.
  */
+/**
+ * Decrypted bytes the daemon may hold ahead of the runner. Extraction speed swings between small files
+ * (the kernel's file creation is the limit) and large ones (decryption and hashing here are): without slack
+ * between the two, each waited for the other in turn.
+ */
+const RESTORE_READ_AHEAD = 4 << 20;
+
 export async function runRestore(job: RestoreJob, object: Readable, hooks: RunnerHooks): Promise<RunnerStats> {
   if (hooks.inProcess) {
     if (hooks.signal) addAbortSignal(hooks.signal, object);
@@ -124,7 +131,7 @@ export async function runRestore(job: RestoreJob, object: Readable, hooks: Runne
   child.stdin!.once('error', gone).once('close', gone);
   child.once('exit', gone);
   object.once('error', (err) => { if (!stdinGone) inputError = err; });
-  const feeding = pipeline(object, child.stdin!).catch((err: NodeJS.ErrnoException) => {
+  const feeding = pipeline(object, new PassThrough({ highWaterMark: RESTORE_READ_AHEAD }), child.stdin!).catch((err: NodeJS.ErrnoException) => {
     if (inputError) child.kill('SIGKILL');
     return err;
   });
