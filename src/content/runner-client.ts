@@ -80,6 +80,7 @@ function startChild(job: RunnerJob, hooks: RunnerHooks): { child: ChildProcess; 
 
 function gate(source: Readable, result: Promise<RunnerStats>): Readable {
   const object = new Transform({
+    highWaterMark: BACKUP_READ_AHEAD,
     transform: (chunk, _enc, cb) => cb(null, chunk),
     flush: (cb) => { result.then(() => cb(), (err) => cb(err)); },
   });
@@ -108,6 +109,10 @@ export function runBackup(job: BackupJob, hooks: RunnerHooks): BackupRun {
  * was extracted and `object` ended without error; an error of `object` (e.g. DATA_LOSS from decryption)
  * wins over whatever the extractor said.
  */
+/** Compressed bytes the daemon takes from the runner ahead of encryption and storage, so that a slow write
+ *  or fsync does not stop the walk at once. */
+const BACKUP_READ_AHEAD = 4 << 20;
+
 /**
  * Decrypted bytes the daemon may hold ahead of the runner. Extraction speed swings between small files
  * (the kernel's file creation is the limit) and large ones (decryption and hashing here are): without slack
