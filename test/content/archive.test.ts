@@ -181,3 +181,72 @@ t.test('a backup walk reports progress as it goes and reaches the tree\'s size',
   }), new Writable({ write(_c, _e, cb) { cb(); } }));
   t.same({ files, bytes }, measureTrees([src]), 'every entry counted once, hard-linked bytes once');
 });
+
+/** A header block for `name` with another type flag (encodeEntry writes only the types Tetrix uses). */
+function rawHeader(name: string, flag: string, size: number): Buffer {
+  const block = Buffer.from(encodeEntry({ path: name, type: 'file', mode: 0o644, uid: 0, gid: 0, size, mtimeNs: 0n, linkpath: '' }));
+  block.write(flag, 156, 1, 'latin1');
+  block.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const b of block) sum += b;
+  block.write(sum.toString(8).padStart(7, '0') + '\0', 148, 8, 'latin1');
+  return block;
+}
+
+function withBody(header: Buffer, body: Buffer): Buffer {
+  return Buffer.concat([header, body, Buffer.alloc((512 - (body.length % 512)) % 512)]);
+}
+
+function fileEntry(p: string, data = Buffer.from('x')): Buffer {
+  return withBody(encodeEntry({ path: p, type: 'file', mode: 0o644, uid: 0, gid: 0, size: data.length, mtimeNs: 0n, linkpath: '' }), data);
+}
+
+t.test('the extractor refuses malformed tar streams with DATA_LOSS and writes nothing outside its root', async (t) => {
+  const base = tempDir(t, 'archive-malformed');
+  const root = Buffer.from(encodeEntry({ path: 'content', type: 'directory', mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, linkpath: '' }));
+  const end = Buffer.alloc(1024);
+  const flipped = fileEntry('content/f');
+  flipped[10] ^= 1;
+  const paxOf = (body: string) => withBody(rawHeader('PaxHeaders/x', 'x', Buffer.byteLength(body)), Buffer.from(body));
+  const record = (k: string, v: string) => {
+    const rest = ` ${k}=${v}\n`;
+    let len = rest.length + 1;
+    while (String(len).length + rest.length !== len) len++;
+    return `${len}${rest}`;
+  };
+  const cases: [string, Buffer, RegExp][] = [
+    ['a header whose checksum does not match', Buffer.concat([root, flipped, end]), /checksum/],
+    ['a lone zero block inside', Buffer.concat([root, Buffer.alloc(512), fileEntry('content/f'), end]), /lone zero block/],
+    ['non-zero bytes after the end marker', Buffer.concat([root, end, Buffer.from('junk')]), /after the end-of-archive/],
+    ['a pax global header', Buffer.concat([root, withBody(rawHeader('g', 'g', 12), Buffer.from('12 path=x/y\n')), end]), /global/],
+    ['a malformed pax record', Buffer.concat([root, paxOf('99 path=content/x\n'), fileEntry('content/f'), end]), /malformed pax/],
+    ['an unknown TETRIX record', Buffer.concat([root, paxOf(record('TETRIX.evil', 'yes')), fileEntry('content/f'), end]), /unknown pax record/],
+    ['a GNU long name with ".."', Buffer.concat([root, withBody(rawHeader('././@LongLink', 'L', 20), Buffer.from('content/../../escape')), fileEntry('content/f'), end]), /"\.\." in path/],
+    ['an extended header over 1 MiB', Buffer.concat([root, rawHeader('PaxHeaders/x', 'x', (1 << 20) + 1), end]), /too large/],
+  ];
+  for (const [name, tar, why] of cases) {
+    const out = path.join(base, name.replace(/[^a-z]/gi, '-'));
+    fs.mkdirSync(out);
+    const tree = new TreeExtraction({ content: out }, { uidBase: UID_BASE });
+    t.throws(() => {
+      try {
+        tree.feed(tar);
+        tree.finish();
+      } finally {
+        tree.close();
+      }
+    }, { code: 'DATA_LOSS', message: why }, name);
+  }
+  t.same(fs.readdirSync(base).sort(), cases.map(([n]) => n.replace(/[^a-z]/gi, '-')).sort(), 'nothing next to the roots');
+  t.notOk(fs.existsSync(path.join(path.dirname(base), 'escape')));
+
+  // A GNU long name that stays inside is honoured.
+  const long = `content/${'d'.repeat(200)}/${'l'.repeat(200)}`;
+  const out = path.join(base, 'long-ok');
+  fs.mkdirSync(out);
+  const tree = new TreeExtraction({ content: out }, { uidBase: UID_BASE });
+  tree.feed(Buffer.concat([root, withBody(rawHeader('././@LongLink', 'L', long.length + 1), Buffer.from(long + '\0')), fileEntry('content/short', Buffer.from('data')), end]));
+  tree.finish();
+  tree.close();
+  t.equal(fs.readFileSync(path.join(out, 'd'.repeat(200), 'l'.repeat(200)), 'utf8'), 'data');
+});
