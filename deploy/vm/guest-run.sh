@@ -28,8 +28,10 @@ set -a
 set +a
 export HOME=/root
 
-git -c init.defaultBranch=main -c advice.detachedHead=false clone -q "$share/repo.bundle" /root/tetrix
-cd /root/tetrix
+# /opt/tetrix as in the README's systemd setup; not under /root (0700): test/ops/preflight.test.ts runs the
+# daemon as nobody, which must be able to read the checkout.
+git -c init.defaultBranch=main -c advice.detachedHead=false clone -q "$share/repo.bundle" /opt/tetrix
+cd /opt/tetrix
 git checkout -q --detach "$(cat "$share/head")"
 echo "tetrix-vm: testing $(git log -1 --format='%h %s')"
 trap - ERR
