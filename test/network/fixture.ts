@@ -56,7 +56,10 @@ export interface TestNode {
   serve(netnsPath: string, label: string, specs: string[]): Promise<void>;
 }
 
-export const unique = (): string => `${process.pid.toString(36)}${crypto.randomBytes(2).toString('hex')}`;
+// pid, then a counter: never the same name twice in one run (2 random bytes alone collided now and then
+// across the ~100 names one test file makes), plus a random byte against a dead run's leftovers.
+let made = 0;
+export const unique = (): string => `${process.pid.toString(36)}${(made++).toString(36)}${crypto.randomBytes(1).toString('hex')}`;
 
 export async function ip(...args: string[]): Promise<string> {
   return (await run('ip', args)).stdout;
