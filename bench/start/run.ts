@@ -115,7 +115,7 @@ async function startTetrixd(root: string, dir: string): Promise<Tetrixd> {
   onCleanup(`ip netns del ${netns}`, () => execFileSync('ip', ['netns', 'del', netns]));
   execFileSync('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
   const logFd = fs.openSync(logFile, 'a', 0o600);
-  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ...DAEMON_NODE_FLAGS, ...args], {
+  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ...DAEMON_NODE_FLAGS, ...(process.env.TETRIX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), ...args], {
     stdio: ['ignore', logFd, logFd],
     env: { ...process.env, ...DAEMON_ENV },
   });

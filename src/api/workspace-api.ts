@@ -72,9 +72,14 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
             await send({ workspace: workspaceMessage(next) });
             continue;
           }
+          // One listener per wait, removed again: a watch lives as long as the control plane does.
           await new Promise<void>((resolve) => {
-            wake = resolve;
-            ctx.signal.addEventListener('abort', () => resolve(), { once: true });
+            const onAbort = (): void => resolve();
+            wake = () => {
+              ctx.signal.removeEventListener('abort', onAbort);
+              resolve();
+            };
+            ctx.signal.addEventListener('abort', onAbort, { once: true });
           });
           wake = undefined;
         }

@@ -195,3 +195,28 @@ t.test('bad input gets INVALID_ARGUMENT or NOT_FOUND naming the field, and leave
   t.same(mountsUnder(d.dir), [], 'no mount was made');
   t.same(cgroupDirsOf(d.cgroupParent).flatMap((dir) => fs.readdirSync(dir).filter((e) => fs.statSync(path.join(dir, e)).isDirectory())), [], 'no cgroup was created');
 });
+
+t.test('WatchWorkspaces streams every state change; a long watch holds no listener per event', async (t) => {
+  const d = await startDaemon(t);
+  const seen: string[] = [];
+  const watch = d.clients.workspaces.WatchWorkspaces({ id: '' });
+  watch.on('data', (e: { workspace?: { id: string; state: string } }) => {
+    if (e.workspace) seen.push(`${e.workspace.id} ${e.workspace.state}`);
+  });
+  watch.on('error', () => undefined); // the cancel below
+  t.teardown(() => watch.cancel());
+  // Each start and exit wakes the stream's wait a few times: well past Node's 10-listener warning.
+  const ids = Array.from({ length: 8 }, (_, i) => `watched-${i}`);
+  for (const id of ids) {
+    await d.start(busybox(id, 'exit 3'));
+    await d.waitFor(id, (w) => w.state === 'WORKSPACE_STATE_STOPPED');
+  }
+  const end = Date.now() + 5000;
+  while (!seen.includes(`${ids[7]} WORKSPACE_STATE_STOPPED`) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  for (const id of ids) {
+    const states = seen.filter((l) => l.startsWith(`${id} `)).map((l) => l.split(' ')[1]);
+    t.same(states, ['WORKSPACE_STATE_CREATING', 'WORKSPACE_STATE_RUNNING', 'WORKSPACE_STATE_STOPPED'], `${id}: CREATING, RUNNING, STOPPED in order`);
+  }
+  t.same(d.output.filter((l) => l.includes('MaxListenersExceededWarning')), [], 'no listener piles up on the stream');
+  for (const id of ids) await d.teardown(id);
+});
