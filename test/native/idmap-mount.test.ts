@@ -103,6 +103,11 @@ function children(): string[] {
 t.test('many mounts leave no process, fd or mount behind', async (t) => {
   const { source, target } = makeTree(t);
   unmountAfter(t, target);
+  // The addon keeps one user namespace fd per mapping (up to 64): count from after the first use of each.
+  for (let i = 0; i < 4; i++) {
+    native.idmapMount(source, target, UID_BASE + i * 65536, GID_BASE, 65536);
+    native.umount(target, 0);
+  }
   const fdsBefore = fs.readdirSync('/proc/self/fd').length;
   const childrenBefore = children();
   for (let i = 0; i < 200; i++) {
@@ -110,7 +115,25 @@ t.test('many mounts leave no process, fd or mount behind', async (t) => {
     native.umount(target, 0);
     t.throws(() => native.idmapMount(source, path.join(target, 'missing'), UID_BASE, GID_BASE, 65536), { step: 'idmap move_mount' });
   }
-  t.equal(fs.readdirSync('/proc/self/fd').length, fdsBefore, 'no fd left open');
+  t.equal(fs.readdirSync('/proc/self/fd').length, fdsBefore, 'no fd left open beyond the cached namespaces');
   t.same(children(), childrenBefore, 'no child left, running or zombie');
   t.equal(mountLine(target), undefined);
+});
+
+t.test('the cache of user namespaces stays bounded however many mappings come by', async (t) => {
+  const { source, target } = makeTree(t);
+  unmountAfter(t, target);
+  const nsFds = (): number => fs.readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith('user:');
+    } catch {
+      return false;
+    }
+  }).length;
+  for (let i = 0; i < 100; i++) {
+    native.idmapMount(source, target, UID_BASE + i * 65536, GID_BASE + i * 65536, 65536);
+    t.same(owner(path.join(target, 'user')), [UID_BASE + i * 65536 + 1000, GID_BASE + i * 65536 + 1000], `mapping ${i} shows its own ids`);
+    native.umount(target, 0);
+  }
+  t.ok(nsFds() <= 64, `at most 64 namespace fds kept (${nsFds()})`);
 });
