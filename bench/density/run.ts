@@ -30,7 +30,9 @@ function percentile(sorted: number[], p: number): number {
 
 function summary(name: string, ms: number[]): string {
   const s = [...ms].sort((a, b) => a - b);
-  return `${name}: n=${s.length} p50 ${percentile(s, 50).toFixed(1)} ms, p99 ${percentile(s, 99).toFixed(1)} ms, max ${s[s.length - 1]?.toFixed(1)} ms`;
+  const max = s[s.length - 1];
+  // Which call was slowest (1 = the first, sent as the burst began) tells a one-off from a pattern.
+  return `${name}: n=${s.length} p50 ${percentile(s, 50).toFixed(1)} ms, p99 ${percentile(s, 99).toFixed(1)} ms, max ${max?.toFixed(1)} ms (call ${ms.indexOf(max) + 1})`;
 }
 
 /** Latencies from a separate process (bench/density/sampler.ts) until stop() is called. */

@@ -88,6 +88,9 @@ export interface NativeAddon {
   closeFd(fd: number): void;
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount(target: string, flags: number): void;
+  /** mkdir (existing is fine), chown, chmod for each, in order, on a worker thread. NativeError names the
+   *  call and the path ("mkdir /x/y"). */
+  makeDirs(dirs: Array<{ path: string; mode: number; uid: number; gid: number }>): Promise<void>;
   /** umount2 on a worker thread: a detach waits for an RCU grace period in the kernel. */
   umountAsync(target: string, flags: number): Promise<void>;
   /** statx's STATX_ATTR_MOUNT_ROOT; a symlink is not followed. NativeError ENOENT, or ENOTSUP before Linux 5.8. */

@@ -134,8 +134,6 @@ function checkOverlayPath(p: string): void {
   if (/[,:\\\n]/.test(p)) throw invalidArgument('rootfs', `path ${JSON.stringify(p)} contains a character overlayfs options cannot carry`);
 }
 
-// Synchronous on purpose: about twenty metadata calls of microseconds each on a local file system, where
-// a thread-pool round trip apiece cost more than the calls (measured: 0.4 ms sync, ~2 ms async per start).
 async function makeLayout(layout: WorkspaceLayout, uidBase: number): Promise<void> {
   fs.mkdirSync(layout.wsDir, { recursive: true, mode: TRAVERSE_ONLY });
   fs.chmodSync(layout.wsDir, TRAVERSE_ONLY);
@@ -144,17 +142,19 @@ async function makeLayout(layout: WorkspaceLayout, uidBase: number): Promise<voi
   if (isMountPoint(layout.rootfs) || isMountPoint(layout.lower) || nonEmpty(layout.upper)) {
     throw new DomainError('FAILED_PRECONDITION', `rootfs: ${layout.wsDir} still holds a previous rootfs; release it first`);
   }
-  makeDir(layout.lower, 0o700, 0); // once mounted, the image's root (and its mode) covers it
-  makeDir(layout.upper, 0o755, uidBase); // the upper's root is the workspace's "/"
-  makeDir(layout.work, 0o700, 0);
-  makeDir(layout.rootfs, 0o755, 0);
-  makeDir(layout.content, 0o755, uidBase);
-}
-
-function makeDir(dir: string, mode: number, owner: number): void {
-  fs.mkdirSync(dir, { recursive: true, mode });
-  fs.chownSync(dir, owner, owner);
-  fs.chmodSync(dir, mode);
+  // One worker round trip for all five (native/mount.c makeDirs says why).
+  const dir = (p: string, mode: number, owner: number) => ({ path: p, mode, uid: owner, gid: owner });
+  try {
+    await native.makeDirs([
+      dir(layout.lower, 0o700, 0), // once mounted, the image's root (and its mode) covers it
+      dir(layout.upper, 0o755, uidBase), // the upper's root is the workspace's "/"
+      dir(layout.work, 0o700, 0),
+      dir(layout.rootfs, 0o755, 0),
+      dir(layout.content, 0o755, uidBase),
+    ]);
+  } catch (err) {
+    throw new DomainError('INTERNAL', `rootfs: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 function nonEmpty(dir: string): boolean {
