@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { loadConfig, ConfigError, packageRoot, type Config } from './config/config';
+import { loadConfig, ConfigError, packageRoot, usage, type Config } from './config/config';
 import { createApiServer } from './api/server';
 import { bindTransports, startEndpoints } from './api/transport';
 import { createAuditLog } from './api/audit';
@@ -137,6 +137,10 @@ async function run(config: Config): Promise<void> {
 }
 
 if (require.main === module) {
+  if (process.argv.includes('--help') || process.argv.includes('-h')) {
+    process.stdout.write(usage());
+    process.exit(0);
+  }
   let config: Config;
   try {
     config = loadConfig(process.argv.slice(2));

@@ -130,6 +130,19 @@ const flagAliases: Record<string, string> = { socket: 'socketPath' };
 /** --state-dir -> stateDir */
 const flagKey = (flag: string): string => flagAliases[flag] ?? flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 
+/** What `tetrixd --help` prints: every setting as a flag and as its environment variable. */
+export function usage(): string {
+  const flag = (key: string): string => `--${key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())}`;
+  const lines = allKeys.map((key) => `  ${flag(key).padEnd(28)} ${envName(key)}`);
+  return [
+    'usage: tetrixd [--config FILE] [--SETTING VALUE ...]',
+    'Runs the Tetrix node agent. Settings come from the embedded defaults, then FILE (JSON), then the',
+    'environment, then flags (--socket is short for --socket-path):',
+    ...lines,
+    '',
+  ].join('\n');
+}
+
 export function parseFlags(argv: readonly string[]): { raw: Raw; configFile?: string } {
   const raw: Raw = {};
   let configFile: string | undefined;

@@ -3,7 +3,9 @@ import t from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig } from '../../src/config/config';
+import { spawnSync } from 'node:child_process';
+import { loadConfig, parseFlags, usage } from '../../src/config/config';
+import { daemonMain } from '../helpers/daemon';
 
 t.test('flags beat the environment, which beats the file, which beats the defaults', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-config-'));
@@ -46,4 +48,15 @@ t.test('bad settings are refused with a message naming the setting', async (t) =
   ];
   for (const [argv, message] of cases) t.throws(() => loadConfig(argv, {}), { message }, argv.join(' '));
   t.throws(() => loadConfig(['--config', '/nonexistent/tetrixd.json'], {}), { message: /^config file \/nonexistent\/tetrixd\.json:/ });
+});
+
+t.test('tetrixd --help lists every setting as a flag and an environment variable, and exits 0', async (t) => {
+  const res = spawnSync(process.execPath, [daemonMain, '--help'], { encoding: 'utf8' });
+  t.equal(res.status, 0, res.stderr);
+  t.equal(res.stdout, usage());
+  t.match(res.stdout, /--state-dir\s+TETRIX_STATE_DIR/);
+  t.match(res.stdout, /--api-listen\s+TETRIX_API_LISTEN/);
+  const flags = res.stdout.split('\n').filter((l) => l.startsWith('  --')).map((l) => l.trim().split(/\s+/)[0]);
+  t.ok(flags.length > 20, `${flags.length} settings listed`);
+  for (const flag of flags) t.doesNotThrow(() => parseFlags([flag, 'x']), `${flag} is a flag the daemon takes`);
 });
