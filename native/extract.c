@@ -1200,38 +1200,61 @@ static napi_value feed_result(napi_env env, extractor *x, size_t consumed, const
   return r;
 }
 
+// "extract <call> <entry path>" for a failed system call, the path cut at 300 bytes.
+static const char *sys_error_step(const extractor *x, const sys_error *e, char *buf, size_t size) {
+  snprintf(buf, size, "extract %s %.*s", e->step ? e->step : "", (int)(x->h.path.len > 300 ? 300 : x->h.path.len),
+           x->h.path.data ? x->h.path.data : "");
+  return buf;
+}
+
 static napi_value throw_sys(napi_env env, extractor *x, sys_error *e) {
   char step[512];
-  snprintf(step, sizeof step, "extract %s %.*s", e->step ? e->step : "", (int)(x->h.path.len > 300 ? 300 : x->h.path.len),
-           x->h.path.data ? x->h.path.data : "");
-  return tx_throw(env, step, e->err);
+  return tx_throw(env, sys_error_step(x, e, step, sizeof step), e->err);
+}
+
+// What a feed that consumed with result rc tells the caller.
+static const char *feed_status(const extractor *x, int rc) {
+  if (rc < 0 || x->refusal) return "refused";
+  if (rc > 0) return "xattrs";
+  return x->state == S_END ? "end" : "more";
+}
+
+// (extractor, chunk, offset), checked the same way for extractFeed and extractFeedAsync; NULL after a throw.
+static extractor *feed_args(napi_env env, napi_callback_info info, const char *fn, napi_value argv[3], char **chunk,
+                            size_t *len, uint32_t *offset) {
+  size_t argc = 3;
+  char what[96];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  snprintf(what, sizeof what, "%s(extractor, chunk, offset)", fn);
+  if (argc < 3) return tx_type_error(env, what), NULL;
+  extractor *x = get_extractor(env, argv[0]);
+  if (!x) return NULL;
+  snprintf(what, sizeof what, "%s: chunk must be a Buffer", fn);
+  if (napi_get_buffer_info(env, argv[1], (void **)chunk, len) != napi_ok) return tx_type_error(env, what), NULL;
+  snprintf(what, sizeof what, "%s: offset", fn);
+  if (!tx_get_uint32(env, argv[2], what, offset)) return NULL;
+  snprintf(what, sizeof what, "%s: offset beyond the chunk", fn);
+  if (*offset > *len) return tx_type_error(env, what), NULL;
+  snprintf(what, sizeof what, "%s: the extractor is busy or waits for extractResume", fn);
+  if (x->waiting || x->busy) return tx_type_error(env, what), NULL;
+  return x;
 }
 
 // extractFeed(extractor, chunk, offset) -> { consumed, status: 'more'|'end'|'xattrs'|'refused', files, bytes,
 // message? }. 'xattrs': extractPending() tells which entry; extractResume() goes on; feed the rest after.
 static napi_value js_extract_feed(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
   char *chunk;
   size_t len;
   uint32_t offset;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 3) return tx_type_error(env, "extractFeed(extractor, chunk, offset)");
-  extractor *x = get_extractor(env, argv[0]);
+  extractor *x = feed_args(env, info, "extractFeed", argv, &chunk, &len, &offset);
   if (!x) return NULL;
-  if (napi_get_buffer_info(env, argv[1], (void **)&chunk, &len) != napi_ok)
-    return tx_type_error(env, "extractFeed: chunk must be a Buffer");
-  if (!tx_get_uint32(env, argv[2], "extractFeed: offset", &offset)) return NULL;
-  if (offset > len) return tx_type_error(env, "extractFeed: offset beyond the chunk");
-  if (x->waiting || x->busy) return tx_type_error(env, "extractFeed: the extractor is busy or waits for extractResume");
   if (x->refusal) return feed_result(env, x, 0, "refused");
   size_t off = offset;
   sys_error e = {0};
   int rc = consume(x, chunk, len, &off, &e);
   if (e.err) return throw_sys(env, x, &e);
-  if (rc < 0 || x->refusal) return feed_result(env, x, off - offset, "refused");
-  if (rc > 0) return feed_result(env, x, off - offset, "xattrs");
-  return feed_result(env, x, off - offset, x->state == S_END ? "end" : "more");
+  return feed_result(env, x, off - offset, feed_status(x, rc));
 }
 
 // extractFeedAsync: the same feed on a libuv worker, so the caller decompresses the next chunk meanwhile.
@@ -1263,12 +1286,9 @@ static void feed_complete(napi_env env, napi_status status, void *data) {
     napi_reject_deferred(env, job->deferred, tx_native_error(env, "extract feed", ECANCELED));
   } else if (job->e.err) {
     char step[512];
-    snprintf(step, sizeof step, "extract %s %.*s", job->e.step ? job->e.step : "", (int)(x->h.path.len > 300 ? 300 : x->h.path.len),
-             x->h.path.data ? x->h.path.data : "");
-    napi_reject_deferred(env, job->deferred, tx_native_error(env, step, job->e.err));
+    napi_reject_deferred(env, job->deferred, tx_native_error(env, sys_error_step(x, &job->e, step, sizeof step), job->e.err));
   } else {
-    const char *st = job->rc < 0 || x->refusal ? "refused" : job->rc > 0 ? "xattrs" : x->state == S_END ? "end" : "more";
-    napi_resolve_deferred(env, job->deferred, feed_result(env, x, job->off - job->offset, st));
+    napi_resolve_deferred(env, job->deferred, feed_result(env, x, job->off - job->offset, feed_status(x, job->rc)));
   }
   if (x->close_requested) close_fds(x);
   napi_delete_reference(env, job->chunk_ref);
@@ -1280,20 +1300,12 @@ static void feed_complete(napi_env env, napi_status status, void *data) {
 // extractFeedAsync(extractor, chunk, offset) -> Promise<result>: extractFeed on a worker thread. The
 // chunk must not change until the promise settles; no other call may use the extractor meanwhile.
 static napi_value js_extract_feed_async(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3], promise, name;
   char *chunk;
   size_t len;
   uint32_t offset;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 3) return tx_type_error(env, "extractFeedAsync(extractor, chunk, offset)");
-  extractor *x = get_extractor(env, argv[0]);
+  extractor *x = feed_args(env, info, "extractFeedAsync", argv, &chunk, &len, &offset);
   if (!x) return NULL;
-  if (napi_get_buffer_info(env, argv[1], (void **)&chunk, &len) != napi_ok)
-    return tx_type_error(env, "extractFeedAsync: chunk must be a Buffer");
-  if (!tx_get_uint32(env, argv[2], "extractFeedAsync: offset", &offset)) return NULL;
-  if (offset > len) return tx_type_error(env, "extractFeedAsync: offset beyond the chunk");
-  if (x->waiting || x->busy) return tx_type_error(env, "extractFeedAsync: the extractor is busy or waits for extractResume");
   feed_job *job = calloc(1, sizeof *job);
   if (!job) return tx_throw(env, "malloc", ENOMEM);
   job->x = x;
