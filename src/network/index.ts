@@ -2,6 +2,7 @@
 // lifecycle calls prepare/attach/setPorts/detach per workspace and reconcile once after a restart.
 // docs/network.md describes the topology and every rule.
 import { DomainError, invalidArgument } from '../errors';
+import { allSettledOrThrow } from '../promises';
 import { formatIpv4, parseIpv4, parseRange, parseSubnet4, parseSubnet6, contains4, type Subnet4, type Subnet6 } from './cidr';
 import { Firewall, metadataAddresses, type FirewallSpec } from './firewall';
 import { hostLinkName, Links, workspaceMac, type NetnsRef } from './links';
@@ -142,15 +143,15 @@ export class NodeNetwork {
         if (!samePorts(lease.ports, wanted) || lease.hostname !== hostname) lease = this.pool.update(workspaceId, { ports: wanted, hostname });
       }
       // The lease write, the links and the rules are independent: all three at once, all awaited.
-      const results = await Promise.allSettled([
-        this.pool.saved(),
-        this.links.attach(lease, target, this.pool.gateway, { v4: this.settings.subnet.prefix, v6: this.settings.subnet6?.prefix ?? 128 }),
-        this.firewall.addWorkspace(lease),
-      ]);
-      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed) {
+      try {
+        await allSettledOrThrow([
+          this.pool.saved(),
+          this.links.attach(lease, target, this.pool.gateway, { v4: this.settings.subnet.prefix, v6: this.settings.subnet6?.prefix ?? 128 }),
+          this.firewall.addWorkspace(lease),
+        ] as const);
+      } catch (err) {
         await this.teardown(lease).catch(() => undefined);
-        throw failed.reason;
+        throw err;
       }
       return this.describe(lease);
     });

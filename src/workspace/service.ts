@@ -5,6 +5,7 @@ import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
 import type { ExitStatus, HeldWorkload, NativeAddon } from '../sandbox/native';
@@ -13,6 +14,7 @@ import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
 import type { BackupOutcome, BackupProgressReport, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { readPidStartTime, signalName } from './proc';
+import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from '../prebuild/publish';
 import { IO_DIR_IN_WORKSPACE, taskRunner, type TaskEvent } from '../prebuild/tasks';
 
@@ -588,7 +590,7 @@ function limitConcurrency(n: number, minIntervalMs = 0): <T>(task: () => Promise
     const now = performance.now();
     const begin = Math.max(now, nextBegin);
     nextBegin = begin + minIntervalMs;
-    if (begin > now) await new Promise((resolve) => setTimeout(resolve, begin - now));
+    if (begin > now) await delay(begin - now);
     try {
       return await task();
     } finally {
@@ -596,13 +598,4 @@ function limitConcurrency(n: number, minIntervalMs = 0): <T>(task: () => Promise
       waiting.shift()?.();
     }
   };
-}
-
-/** Like Promise.all, but waits for every task to settle before rejecting, so no half-done step races the
- *  cleanup of a failed one. */
-async function allSettledOrThrow<T extends readonly unknown[]>(tasks: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
-  const settled = await Promise.allSettled(tasks);
-  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (failed) throw failed.reason;
-  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
