@@ -1,6 +1,6 @@
 // mount(2), umount2(2) and mkfifo(3) for the daemon's own filesystem work (rootfs overlays, binds, the
-// workspaces' output FIFOs), plus the constants the JS side passes back in. Synchronous, quick calls, but
-// for umountAsync and makeDirs.
+// workspaces' output FIFOs), plus the constants the JS side passes back in. The daemon's start and
+// teardown use the *Async forms and makeDirs, on libuv workers; the synchronous ones serve spawn's tests.
 #define _GNU_SOURCE
 #include "tetrix.h"
 
@@ -63,9 +63,48 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// mount(2) on a libuv worker: an overlay mount is ~0.5 ms at rest but several under a burst of starts,
+// and the event loop must keep answering the API meanwhile (bench/density).
+typedef struct {
+  char *source, *target, *fstype, *data;
+  uint32_t flags;
+} mount_args;
+
+static void free_mount_args(void *p) {
+  mount_args *a = p;
+  free(a->source);
+  free(a->target);
+  free(a->fstype);
+  free(a->data);
+  free(a);
+}
+
+static int mount_work(void *p, const char **step) {
+  mount_args *a = p;
+  *step = "mount";
+  return mount(or_null(a->source), a->target, or_null(a->fstype), a->flags, or_null(a->data)) != 0 ? errno : 0;
+}
+
+static napi_value js_mount_async(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5) return tx_type_error(env, "mountAsync(source, target, fstype, flags, data)");
+  mount_args *a = calloc(1, sizeof *a);
+  if (!a) return tx_throw(env, "mountAsync", ENOMEM);
+  if (!tx_get_string(env, argv[0], "mountAsync: source must be a string", &a->source) ||
+      !tx_get_string(env, argv[1], "mountAsync: target must be a string", &a->target) ||
+      !tx_get_string(env, argv[2], "mountAsync: fstype must be a string", &a->fstype) ||
+      !tx_get_uint32(env, argv[3], "mountAsync: flags must be an unsigned 32-bit number", &a->flags) ||
+      !tx_get_string(env, argv[4], "mountAsync: data must be a string", &a->data)) {
+    free_mount_args(a);
+    return NULL;
+  }
+  return tx_run_async(env, "mount", mount_work, a, free_mount_args);
+}
+
 // umount2(2) on a libuv worker: a detach waits in the kernel for an RCU grace period (~2 ms), which must
-// not stall the event loop (the API answers while workspaces stop). Mounts stay synchronous: under load a
-// worker round trip costs more than the ~0.5 ms call.
+// not stall the event loop (the API answers while workspaces stop).
 typedef struct {
   char *target;
   uint32_t flags;
@@ -219,6 +258,7 @@ static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
 void tx_register_mount(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "mount", js_mount);
   tx_set_function(env, addon, "umount", js_umount);
+  tx_set_function(env, addon, "mountAsync", js_mount_async);
   tx_set_function(env, addon, "umountAsync", js_umount_async);
   tx_set_function(env, addon, "makeDirs", js_make_dirs);
   tx_set_function(env, addon, "isMountPoint", js_is_mount_point);

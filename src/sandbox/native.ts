@@ -91,16 +91,18 @@ export interface NativeAddon {
   /** mkdir (existing is fine), chown, chmod for each, in order, on a worker thread. NativeError names the
    *  call and the path ("mkdir /x/y"). */
   makeDirs(dirs: Array<{ path: string; mode: number; uid: number; gid: number }>): Promise<void>;
+  /** mount(2) on a worker thread, so a slow mount (an overlay on a busy node) never stalls the event loop. */
+  mountAsync(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   /** umount2 on a worker thread: a detach waits for an RCU grace period in the kernel. */
   umountAsync(target: string, flags: number): Promise<void>;
   /** statx's STATX_ATTR_MOUNT_ROOT; a symlink is not followed. NativeError ENOENT, or ENOTSUP before Linux 5.8. */
   isMountPoint(path: string): boolean;
   /** Attaches at target (an existing directory) a read-only, nodev, nosuid, recursive bind of source in which
-   *  on-disk ids 0..count-1 read as uidBase.. / gidBase.. (MOUNT_ATTR_IDMAP; others read as 65534). Takes a
-   *  fraction of a millisecond. Throws NativeError naming the step: `idmap open_tree: ENOENT`,
+   *  on-disk ids 0..count-1 read as uidBase.. / gidBase.. (MOUNT_ATTR_IDMAP; others read as 65534), on a
+   *  worker thread. Rejects with NativeError naming the step: `idmap open_tree: ENOENT`,
    *  `idmap mount_setattr: EINVAL` (a filesystem without idmapped mounts), `idmap clone`, `idmap uid_map`,
-   *  `idmap move_mount`...; nothing stays attached or open then. */
-  idmapMount(source: string, target: string, uidBase: number, gidBase: number, count: number): void;
+   *  `idmap move_mount`...; nothing stays attached or open then. Bad arguments throw TypeError at once. */
+  idmapMount(source: string, target: string, uidBase: number, gidBase: number, count: number): Promise<void>;
   mkfifo(path: string, mode: number): void;
   /** sd_notify(3): false when NOTIFY_SOCKET is unset. */
   sdNotify(state: string): boolean;

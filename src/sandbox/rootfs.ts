@@ -92,7 +92,7 @@ export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<Prepare
 async function mountShiftedImage(lowerDir: string, layout: WorkspaceLayout, uidBase: number, idCount: number): Promise<ImageOwnership> {
   const refused = await mountIdmappedLower(lowerDir, layout, uidBase, idCount);
   if (refused === undefined) return { how: 'idmapped' };
-  mountOverlay(lowerDir, layout);
+  await mountOverlay(lowerDir, layout);
   await shiftImageOwnership(lowerDir, layout.rootfs, uidBase, idCount);
   return { how: 'chowned', reason: refused };
 }
@@ -105,13 +105,13 @@ async function mountShiftedImage(lowerDir: string, layout: WorkspaceLayout, uidB
  */
 async function mountIdmappedLower(lowerDir: string, layout: WorkspaceLayout, uidBase: number, idCount: number): Promise<string | undefined> {
   try {
-    native.idmapMount(lowerDir, layout.lower, uidBase, uidBase, idCount);
+    await native.idmapMount(lowerDir, layout.lower, uidBase, uidBase, idCount);
   } catch (err) {
     if (err instanceof NativeError) return err.message;
     throw err;
   }
   try {
-    mountOverlay(layout.lower, layout);
+    await mountOverlay(layout.lower, layout);
     return undefined;
   } catch (err) {
     await umountDetached(layout.lower);
@@ -170,14 +170,14 @@ function nonEmpty(dir: string): boolean {
  * for a chmod or chown (and the fallback's ownership shift) metadata-only; kernels that refuse it get a
  * plain overlay. Not nosuid: the image's setuid programs are meant to work inside the workspace.
  */
-function mountOverlay(lowerDir: string, layout: WorkspaceLayout): void {
+async function mountOverlay(lowerDir: string, layout: WorkspaceLayout): Promise<void> {
   const options = `lowerdir=${lowerDir},upperdir=${layout.upper},workdir=${layout.work}`;
   try {
-    native.mount('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, `${options},metacopy=on`);
+    await native.mountAsync('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, `${options},metacopy=on`);
   } catch (err) {
     if (!(err instanceof NativeError && err.code === 'EINVAL')) throw mountError(layout.rootfs, err);
     try {
-      native.mount('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, options);
+      await native.mountAsync('overlay', layout.rootfs, 'overlay', native.constants.MS_NODEV, options);
     } catch (again) {
       throw mountError(layout.rootfs, again);
     }
@@ -225,11 +225,11 @@ export async function unmountRootfs(wsDir: string): Promise<void> {
   }
   // Anything else (stacked or foreign mounts) shows in mountinfo. One read: usually nothing is left.
   for (let round = 0; round < 16; round++) {
-    const mounts = mountsUnder(dir);
+    const mounts = await mountsUnderAsync(dir);
     if (mounts.length === 0) return;
     for (const target of mounts.reverse()) await umountDetached(target);
   }
-  const left = mountsUnder(dir);
+  const left = await mountsUnderAsync(dir);
   if (left.length > 0) throw new DomainError('INTERNAL', `rootfs: still mounted after unmounting: ${left.join(', ')}`);
 }
 
@@ -261,7 +261,7 @@ async function umountDetached(target: string): Promise<void> {
 export async function removeWorkspaceDir(wsDir: string): Promise<void> {
   const dir = realDir(wsDir);
   if (dir === undefined) return;
-  const mounted = mountsUnder(dir);
+  const mounted = await mountsUnderAsync(dir);
   if (mounted.length > 0) {
     throw new DomainError('FAILED_PRECONDITION', `rootfs: refusing to remove ${dir}: still mounted: ${mounted.join(', ')}`);
   }
@@ -284,16 +284,31 @@ function realDir(dir: string): string | undefined {
   }
 }
 
+const MOUNTINFO = '/proc/self/mountinfo';
+
 /** Mount points at or below dir in this mount namespace, in mountinfo order (parents first). */
 export function mountsUnder(dir: string): string[] {
+  return below(dir, readMountPoints());
+}
+
+/** mountsUnder with the read on a worker: with hundreds of workspaces the kernel takes milliseconds to
+ *  write mountinfo, and teardowns come in bursts too (bench/density: 70-120 ms event-loop stalls). */
+async function mountsUnderAsync(dir: string): Promise<string[]> {
+  return below(dir, mountPoints(await fsp.readFile(MOUNTINFO, 'utf8')));
+}
+
+function below(dir: string, mounts: string[]): string[] {
   const root = path.resolve(dir);
-  return readMountPoints().filter((m) => m === root || m.startsWith(`${root}/`));
+  return mounts.filter((m) => m === root || m.startsWith(`${root}/`));
+}
+
+function readMountPoints(): string[] {
+  return mountPoints(fs.readFileSync(MOUNTINFO, 'utf8'));
 }
 
 /** Field 5 of proc_pid_mountinfo(5), with the kernel's octal escapes (\040 for space...) undone. */
-function readMountPoints(): string[] {
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
+function mountPoints(mountinfo: string): string[] {
+  return mountinfo
     .split('\n')
     .filter((line) => line !== '')
     .map((line) => line.split(' ')[4].replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8))));

@@ -46,7 +46,7 @@ const owner = (p: string): [number, number] => {
 t.test('the mounted view shows owners shifted into the range; the source keeps its own', async (t) => {
   const { source, target } = makeTree(t);
   unmountAfter(t, target);
-  native.idmapMount(source, target, UID_BASE, GID_BASE, 65536);
+  await native.idmapMount(source, target, UID_BASE, GID_BASE, 65536);
   t.match(mountLine(target), /^(\S+ ){5}ro,nosuid,nodev,\S*idmapped /, 'read-only, nosuid, nodev, idmapped');
   t.same(owner(path.join(target, 'etc', 'passwd')), [UID_BASE, GID_BASE], 'host root reads as the base');
   t.same(owner(path.join(target, 'mail')), [UID_BASE, GID_BASE + 8]);
@@ -64,7 +64,7 @@ t.test('the mounted view shows owners shifted into the range; the source keeps i
 t.test('count bounds the range', async (t) => {
   const { source, target } = makeTree(t);
   unmountAfter(t, target);
-  native.idmapMount(source, target, UID_BASE, GID_BASE, 1000);
+  await native.idmapMount(source, target, UID_BASE, GID_BASE, 1000);
   t.same(owner(path.join(target, 'mail')), [UID_BASE, GID_BASE + 8]);
   t.same(owner(path.join(target, 'user')), [65534, 65534], 'id 1000 is outside a range of 1000');
 });
@@ -73,22 +73,18 @@ t.test('failures name the step and the errno, and leave nothing attached', async
   const { source, target } = makeTree(t);
   unmountAfter(t, target);
   const missing = path.join(path.dirname(source), 'missing');
-  t.throws(() => native.idmapMount(missing, target, UID_BASE, GID_BASE, 65536), { name: 'NativeError', step: 'idmap open_tree', code: 'ENOENT' });
-  t.throws(() => native.idmapMount(source, missing, UID_BASE, GID_BASE, 65536), { step: 'idmap move_mount', code: 'ENOENT' });
+  await t.rejects(native.idmapMount(missing, target, UID_BASE, GID_BASE, 65536), { name: 'NativeError', step: 'idmap open_tree', code: 'ENOENT' });
+  await t.rejects(native.idmapMount(source, missing, UID_BASE, GID_BASE, 65536), { step: 'idmap move_mount', code: 'ENOENT' });
   // ramfs has no idmapped mounts: what the kernel says for a filesystem that cannot do it.
   const ramfs = path.join(path.dirname(source), 'ramfs');
   fs.mkdirSync(ramfs);
   native.mount('tetrix-test-ramfs', ramfs, 'ramfs', 0, '');
   unmountAfter(t, ramfs);
-  let err: unknown;
-  try {
-    native.idmapMount(ramfs, target, UID_BASE, GID_BASE, 65536);
-  } catch (e) {
-    err = e;
-  }
-  t.ok(err instanceof NativeError, 'thrown as the JS NativeError class');
+  const err: unknown = await native.idmapMount(ramfs, target, UID_BASE, GID_BASE, 65536).catch((e: unknown) => e);
+  t.ok(err instanceof NativeError, 'rejected with the JS NativeError class');
   t.match(err, { step: 'idmap mount_setattr', code: 'EINVAL', message: 'idmap mount_setattr: EINVAL' });
   t.equal(mountLine(target), undefined, 'nothing was attached');
+  // Bad arguments are the caller's bug: thrown at once, before any work is queued.
   t.throws(() => native.idmapMount(source, target, UID_BASE, GID_BASE, 0), TypeError, 'count 0');
   t.throws(() => native.idmapMount(source, target, -1, GID_BASE, 65536), TypeError, 'a negative base');
   t.throws(() => native.idmapMount(source, target, 0xffffff00, GID_BASE, 65536), TypeError, 'a range past 2^32');
@@ -105,15 +101,15 @@ t.test('many mounts leave no process, fd or mount behind', async (t) => {
   unmountAfter(t, target);
   // The addon keeps one user namespace fd per mapping (up to 64): count from after the first use of each.
   for (let i = 0; i < 4; i++) {
-    native.idmapMount(source, target, UID_BASE + i * 65536, GID_BASE, 65536);
+    await native.idmapMount(source, target, UID_BASE + i * 65536, GID_BASE, 65536);
     native.umount(target, 0);
   }
   const fdsBefore = fs.readdirSync('/proc/self/fd').length;
   const childrenBefore = children();
   for (let i = 0; i < 200; i++) {
-    native.idmapMount(source, target, UID_BASE + (i % 4) * 65536, GID_BASE, 65536);
+    await native.idmapMount(source, target, UID_BASE + (i % 4) * 65536, GID_BASE, 65536);
     native.umount(target, 0);
-    t.throws(() => native.idmapMount(source, path.join(target, 'missing'), UID_BASE, GID_BASE, 65536), { step: 'idmap move_mount' });
+    await t.rejects(native.idmapMount(source, path.join(target, 'missing'), UID_BASE, GID_BASE, 65536), { step: 'idmap move_mount' });
   }
   t.equal(fs.readdirSync('/proc/self/fd').length, fdsBefore, 'no fd left open beyond the cached namespaces');
   t.same(children(), childrenBefore, 'no child left, running or zombie');
@@ -131,9 +127,25 @@ t.test('the cache of user namespaces stays bounded however many mappings come by
     }
   }).length;
   for (let i = 0; i < 100; i++) {
-    native.idmapMount(source, target, UID_BASE + i * 65536, GID_BASE + i * 65536, 65536);
+    await native.idmapMount(source, target, UID_BASE + i * 65536, GID_BASE + i * 65536, 65536);
     t.same(owner(path.join(target, 'user')), [UID_BASE + i * 65536 + 1000, GID_BASE + i * 65536 + 1000], `mapping ${i} shows its own ids`);
     native.umount(target, 0);
   }
   t.ok(nsFds() <= 64, `at most 64 namespace fds kept (${nsFds()})`);
+});
+
+t.test('mounts made at once on worker threads each get their own mapping', async (t) => {
+  const { source, target } = makeTree(t);
+  const targets = Array.from({ length: 12 }, (_, i) => {
+    const dir = `${target}-${i}`;
+    fs.mkdirSync(dir);
+    unmountAfter(t, dir);
+    return dir;
+  });
+  const childrenBefore = children();
+  // New mappings (not cached yet), so each worker clones a holder at the same time as the others.
+  const base = (i: number): number => UID_BASE + (200 + i) * 65536;
+  await Promise.all(targets.map((dir, i) => native.idmapMount(source, dir, base(i), base(i), 65536)));
+  targets.forEach((dir, i) => t.same(owner(path.join(dir, 'user')), [base(i) + 1000, base(i) + 1000], `mount ${i} shows its own ids`));
+  t.same(children(), childrenBefore, 'every holder was reaped');
 });
