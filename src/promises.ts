@@ -8,3 +8,21 @@ export async function allSettledOrThrow<T extends readonly unknown[]>(tasks: { [
   if (failed) throw failed.reason;
   return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
+
+/**
+ * A gate that lets callers through at most `perTurn` per event-loop turn. grpc-js hands the daemon every
+ * call of one socket read in a single turn (200 StartWorkspace calls: one 70 ms block); behind the gate
+ * their work is spread over turns, with I/O, and so other clients' calls, served between.
+ */
+export function turnGate(perTurn: number): () => Promise<void> {
+  const waiting: Array<() => void> = [];
+  const release = (): void => {
+    for (const pass of waiting.splice(0, perTurn)) pass();
+    // Scheduled from the check phase, the next batch runs in the next turn, after the poll.
+    if (waiting.length > 0) setImmediate(release);
+  };
+  return () =>
+    new Promise<void>((resolve) => {
+      if (waiting.push(resolve) === 1) setImmediate(release);
+    });
+}

@@ -217,9 +217,11 @@ const principals = new WeakMap<AuthContext, Principal>();
 
 class AuthenticatedCall extends grpc.ServerInterceptingCall {
   principal: Principal | undefined;
+  /** The transport's context, read once: grpc-js reaches it through the session's socket proxy. */
+  transport: AuthContext | undefined;
 
   override getAuthContext(): AuthContext {
-    const ctx = { ...super.getAuthContext() };
+    const ctx = { ...(this.transport ?? super.getAuthContext()) };
     if (this.principal) principals.set(ctx, this.principal);
     return ctx;
   }
@@ -274,7 +276,7 @@ export function createAuthInterceptor(opts: AuthInterceptorOptions): grpc.Server
       start: (startNext) =>
         startNext({
           onReceiveMetadata: (metadata, metadataNext) => {
-            const ctx = next.getAuthContext();
+            const ctx = (call.transport = next.getAuthContext());
             try {
               call.principal = resolvePrincipal(opts, metadata, ctx, anonymousOk);
             } catch (err) {

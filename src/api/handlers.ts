@@ -13,9 +13,21 @@ export interface CallContext {
 }
 
 function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): CallContext {
-  const controller = new AbortController();
-  call.on('cancelled', () => controller.abort());
-  return { signal: controller.signal, metadata: call.metadata, peer: call.getPeer(), principal: callerOf(call) };
+  // Made on first use: most unary handlers never look, and a burst of calls arrives in one turn.
+  let controller: AbortController | undefined;
+  call.on('cancelled', () => controller?.abort());
+  return {
+    get signal(): AbortSignal {
+      if (!controller) {
+        controller = new AbortController();
+        if (call.cancelled) controller.abort();
+      }
+      return controller.signal;
+    },
+    metadata: call.metadata,
+    peer: call.getPeer(),
+    principal: callerOf(call),
+  };
 }
 
 export function unary<Req, Res>(log: Logger, method: string, handler: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {

@@ -13,6 +13,10 @@ import type { AuditLog } from './audit';
 import { authorizeWorkspaceAccess, type WorkspaceAction } from './auth';
 import { serverStream, unary, type CallContext } from './handlers';
 import { gracePeriod, portList, startSpec, workspaceId, type Limits } from './validate';
+import { turnGate } from '../promises';
+
+// A control plane may send hundreds of starts at once; each call's checks wait for a turn of their own.
+const STARTS_PER_TURN = 8;
 
 export function workspaceHandlers(workspaces: WorkspaceService, output: WorkspaceOutput, limits: Limits, audit: AuditLog, log: Logger): WorkspaceServiceHandlers {
   /** Validates the id and applies the access rule; returns the id. */
@@ -24,8 +28,10 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
   /** Users see their own workspaces; operators see all. */
   const visible = (ctx: CallContext) => (r: WorkspaceRecord): boolean =>
     ctx.principal?.kind === 'operator' || (ctx.principal?.kind === 'user' && r.spec.ownerId === ctx.principal.userId);
+  const startTurn = turnGate(STARTS_PER_TURN);
   return {
     StartWorkspace: unary(log, 'StartWorkspace', async (req, ctx) => {
+      await startTurn();
       const spec = startSpec(req, limits);
       // A user may create only workspaces they own, and learns nothing about someone else's id.
       authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: spec }, 'manage', audit);
