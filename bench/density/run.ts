@@ -116,12 +116,16 @@ async function main(): Promise<number> {
     console.log(`  while starting: ${summary('ListWorkspaces', busy.list)}; ${summary('GetWorkspace', busy.get)}`);
     console.log(`  while idle:     ${summary('ListWorkspaces', idle.list)}; ${summary('GetWorkspace', idle.get)}`);
 
+    const tearing = await sampleLatencies(d.socketPath);
     const teardownBegan = Date.now();
     const teardownErrors = await teardownAll(d, ids);
+    const teardownSeconds = (Date.now() - teardownBegan) / 1000;
+    const duringTeardown = await tearing.stop();
     await new Promise((r) => setTimeout(r, 1000));
     const remaining = await d.list();
     const leaks = leaksSince(before, snapshotHost(scope), { workspaceIds: [...ids, 'density-warmup'], privateNetns: true });
-    console.log(`  teardown of ${count} in ${((Date.now() - teardownBegan) / 1000).toFixed(2)} s, ${teardownErrors.length} failed, ${remaining.length} records left, leaks: ${describeLeaks(leaks)}`);
+    console.log(`  while tearing down: ${summary('ListWorkspaces', duringTeardown.list)}; ${summary('GetWorkspace', duringTeardown.get)}`);
+    console.log(`  teardown of ${count} in ${teardownSeconds.toFixed(2)} s, ${teardownErrors.length} failed, ${remaining.length} records left, leaks: ${describeLeaks(leaks)}`);
     failed = startErrors.length > 0 || teardownErrors.length > 0 || remaining.length > 0 || describeLeaks(leaks) !== 'none';
     console.log(`density: ${running} running in ${seconds.toFixed(2)} s, daemon rss ${(rssRunning / MiB).toFixed(1)} MiB`);
   } finally {
