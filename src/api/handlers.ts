@@ -3,6 +3,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { callerOf, type Principal } from './auth';
+import { DomainError } from '../errors';
 import { toServiceError } from './errors';
 
 export interface CallContext {
@@ -30,9 +31,25 @@ function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWri
   };
 }
 
+/**
+ * What a method's request decoder hands over for bytes protobuf rejects (server.ts wraps the decoders):
+ * grpc-js itself would answer INTERNAL, but bad bytes from a client are its INVALID_ARGUMENT.
+ */
+export class UndecodableRequest {
+  constructor(private readonly reason: string) {}
+
+  error(method: string): DomainError {
+    return new DomainError('INVALID_ARGUMENT', `request: not a valid ${method} request (${this.reason})`);
+  }
+}
+
+function run<Req, Ctx, R>(method: string, request: Req, ctx: Ctx, handler: (req: Req, ctx: Ctx) => Promise<R>): Promise<R> {
+  return request instanceof UndecodableRequest ? Promise.reject(request.error(method)) : handler(request, ctx);
+}
+
 export function unary<Req, Res>(log: Logger, method: string, handler: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
-    handler(call.request, contextOf(call)).then(
+    run(method, call.request, contextOf(call), handler).then(
       (res) => callback(null, res),
       (err: unknown) => callback(toServiceError(err, log, method)),
     );
@@ -58,7 +75,7 @@ export function serverStream<Req, Res>(
         call.once('drain', settle);
         ctx.signal.addEventListener('abort', settle);
       });
-    handler(call.request, ctx, send).then(
+    run(method, call.request, ctx, (req: Req, c: CallContext) => handler(req, c, send)).then(
       () => call.end(),
       (err: unknown) => {
         if (!ctx.signal.aborted) call.emit('error', toServiceError(err, log, method));

@@ -10,6 +10,7 @@ import { packageRoot } from '../config/config';
 import type { ProtoGrpcType } from '../generated/agent';
 import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceHandlers } from '../generated/tetrix/agent/v1/NodeService';
+import { UndecodableRequest } from './handlers';
 
 export const protoRoot = path.join(packageRoot, 'proto');
 export const protoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'agent.proto');
@@ -32,11 +33,11 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
   const server = new grpc.Server({
     'grpc.max_receive_message_length': 4 << 20,
     'grpc.keepalive_permit_without_calls': 1,
-    // Nothing serves channelz here; its per-call bookkeeping is a tenth of a burst's cost.
+    // Nothing serves channelz here, and its per-call bookkeeping was ~6% of a burst of 200 calls.
     'grpc.enable_channelz': 0,
   });
-  server.addService(proto.tetrix.agent.v1.WorkspaceService.service, handlers.workspaces);
-  server.addService(proto.tetrix.agent.v1.NodeService.service, handlers.node);
+  server.addService(undecodableAsRequests(proto.tetrix.agent.v1.WorkspaceService.service), handlers.workspaces);
+  server.addService(undecodableAsRequests(proto.tetrix.agent.v1.NodeService.service), handlers.node);
   const health = new HealthImplementation({ '': 'NOT_SERVING', 'tetrix.agent.v1.WorkspaceService': 'NOT_SERVING' });
   health.addToServer(server);
   new ReflectionService(definition).addToServer(server);
@@ -51,6 +52,25 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
       }, 2000).unref();
     });
   return { server, health, close };
+}
+
+/** The service with each decoder's failure handed to the handler adapter as an UndecodableRequest. */
+function undecodableAsRequests(service: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  return Object.fromEntries(
+    Object.entries(service).map(([name, method]) => [
+      name,
+      {
+        ...method,
+        requestDeserialize: (bytes: Buffer): unknown => {
+          try {
+            return method.requestDeserialize(bytes);
+          } catch (err) {
+            return new UndecodableRequest((err as Error).message);
+          }
+        },
+      },
+    ]),
+  );
 }
 
 /** Binds the operators' unix socket: its directory is 0700 and the socket 0600, both root's. */
