@@ -15,8 +15,9 @@ import { serverStream, unary, type CallContext } from './handlers';
 import { gracePeriod, portList, startSpec, workspaceId, type Limits } from './validate';
 import { turnGate } from '../promises';
 
-// A control plane may send hundreds of starts at once; each call's checks wait for a turn of their own.
-const STARTS_PER_TURN = 8;
+// A control plane may send hundreds of starts or teardowns at once; grpc-js hands over all the calls of
+// one socket read in one turn of the event loop, so each such call waits for a turn of its own first.
+const LIFECYCLE_CALLS_PER_TURN = 8;
 
 export function workspaceHandlers(workspaces: WorkspaceService, output: WorkspaceOutput, limits: Limits, audit: AuditLog, log: Logger): WorkspaceServiceHandlers {
   /** Validates the id and applies the access rule; returns the id. */
@@ -28,10 +29,10 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
   /** Users see their own workspaces; operators see all. */
   const visible = (ctx: CallContext) => (r: WorkspaceRecord): boolean =>
     ctx.principal?.kind === 'operator' || (ctx.principal?.kind === 'user' && r.spec.ownerId === ctx.principal.userId);
-  const startTurn = turnGate(STARTS_PER_TURN);
+  const lifecycleTurn = turnGate(LIFECYCLE_CALLS_PER_TURN);
   return {
     StartWorkspace: unary(log, 'StartWorkspace', async (req, ctx) => {
-      await startTurn();
+      await lifecycleTurn();
       const spec = startSpec(req, limits);
       // A user may create only workspaces they own, and learns nothing about someone else's id.
       authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: spec }, 'manage', audit);
@@ -43,12 +44,14 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
       if (retained) authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: { ownerId: retained.ownerId, teamId: retained.teamId, kind: 'REGULAR' } }, 'manage', audit);
       return workspaceMessage(await workspaces.start(spec));
     }),
-    StopWorkspace: unary(log, 'StopWorkspace', async (req, ctx) =>
-      workspaceMessage(await workspaces.stop(allowed(ctx, req.id, 'manage'), gracePeriod(req.gracePeriodMs))),
-    ),
-    TeardownWorkspace: unary(log, 'TeardownWorkspace', async (req, ctx) =>
-      workspaces.teardown(allowed(ctx, req.id, 'manage'), { backupFirst: req.backupFirst }),
-    ),
+    StopWorkspace: unary(log, 'StopWorkspace', async (req, ctx) => {
+      await lifecycleTurn();
+      return workspaceMessage(await workspaces.stop(allowed(ctx, req.id, 'manage'), gracePeriod(req.gracePeriodMs)));
+    }),
+    TeardownWorkspace: unary(log, 'TeardownWorkspace', async (req, ctx) => {
+      await lifecycleTurn();
+      return workspaces.teardown(allowed(ctx, req.id, 'manage'), { backupFirst: req.backupFirst });
+    }),
     GetWorkspace: unary(log, 'GetWorkspace', async (req, ctx) => workspaceMessage(workspaces.get(allowed(ctx, req.id, 'manage')))),
     ListWorkspaces: unary(log, 'ListWorkspaces', async (req, ctx) => ({
       workspaces: workspaces
