@@ -1,8 +1,8 @@
 // Density: start N idle workspaces (default 200, builtin:busybox running `sleep 3600`) at once against
 // one real daemon; report the time until all are RUNNING, the start rate, the daemon's resident memory
 // in total and per workspace, and the latency of ListWorkspaces and GetWorkspace sampled while the
-// starts run and while the workspaces idle (from a separate process, as an operator's tool would call).
-// Then tear everything down and check nothing is left.
+// starts run, while the workspaces idle and while all of them are torn down at once (from a separate
+// process, as an operator's tool would call). Then check nothing is left.
 // Targets (issue): all 200 RUNNING within 10 s, daemon under 150 MiB, every call within 50 ms.
 // Not a test: bench/density/run.sh [--count N] (TETRIX_DENSITY_COUNT) [--keep].
 import { fork } from 'node:child_process';
@@ -13,7 +13,6 @@ import { describeLeaks, leaksSince, snapshotHost } from '../lib/leaks';
 
 const MiB = 1 << 20;
 const IDLE_SAMPLING_MS = 5000;
-const TEARDOWN_PARALLEL = 16;
 
 function option(flag: string, envName: string, fallback: number): number {
   const at = process.argv.indexOf(flag);
@@ -63,17 +62,10 @@ async function sampleLatencies(socketPath: string): Promise<{ stop(): Promise<Sa
   };
 }
 
+/** All at once, as a control plane draining the node would. */
 async function teardownAll(d: BenchDaemon, ids: string[]): Promise<string[]> {
-  const errors: string[] = [];
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < ids.length) {
-      const id = ids[next++];
-      await d.teardown(id).catch((err: Error) => errors.push(`${id}: ${err.message}`));
-    }
-  };
-  await Promise.all(Array.from({ length: TEARDOWN_PARALLEL }, worker));
-  return errors;
+  const results = await Promise.allSettled(ids.map((id) => d.teardown(id)));
+  return results.flatMap((r, i) => (r.status === 'rejected' ? [`${ids[i]}: ${(r.reason as Error).message}`] : []));
 }
 
 async function main(): Promise<number> {
