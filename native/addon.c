@@ -86,6 +86,15 @@ napi_value tx_run_async(napi_env env, const char *name, tx_work_fn work, void *d
   return promise;
 }
 
+void *tx_get_external(napi_env env, napi_value v, const char *what) {
+  void *data = NULL;
+  if (napi_get_value_external(env, v, &data) != napi_ok || !data) {
+    tx_type_error(env, what);
+    return NULL;
+  }
+  return data;
+}
+
 napi_value tx_type_error(napi_env env, const char *what) {
   napi_throw_type_error(env, NULL, what);
   return NULL;

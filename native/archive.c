@@ -719,12 +719,7 @@ static void finalize_walker(napi_env env, void *data, void *hint) {
 }
 
 static walker *get_walker(napi_env env, napi_value v) {
-  void *data = NULL;
-  if (napi_get_value_external(env, v, &data) != napi_ok || !data) {
-    tx_type_error(env, "walker: not an archive walk (or already closed)");
-    return NULL;
-  }
-  return data;
+  return tx_get_external(env, v, "walker: not an archive walk (or already closed)");
 }
 
 // archiveWalkStart(rootFd, rootName, uidBase, idCount, upper, quietXattrs) -> walker. rootFd is duplicated.

@@ -764,6 +764,25 @@ static bool symlink_escapes(const char *rel, const char *target, size_t target_l
   return false;
 }
 
+// A symlink or whiteout, counted, then (unless only checking) created in its parent with the entry's
+// owner (shifted) and mtime; `call` names the creating syscall in an error.
+static bool make_node(extractor *x, size_t root, char *rel, sys_error *e, create_fn create, void *arg, const char *call) {
+  header_t *h = &x->h;
+  x->files++;
+  if (x->roots[root].fd < 0) return true;
+  int dir_fd;
+  const char *name;
+  int rc = parent_of(x, root, rel, &dir_fd, &name);
+  if (rc < 0) return false;
+  if (rc > 0) return sys_fail(e, "openat parent", rc);
+  rc = create_at(x, dir_fd, name, create, arg);
+  if (rc == -1) return false;
+  if (rc < 0) return sys_fail(e, call, errno);
+  const char *step = NULL;
+  int err = set_link_metadata(dir_fd, name, to_host_id(x, h->uid), to_host_id(x, h->gid), entry_mtime(h), &step);
+  return err ? sys_fail(e, step, err) : true;
+}
+
 static bool on_symlink(extractor *x, size_t root, char *rel, sys_error *e) {
   header_t *h = &x->h;
   if (!no_data(x)) return false;
@@ -776,19 +795,7 @@ static bool on_symlink(extractor *x, size_t root, char *rel, sys_error *e) {
     return false;
   }
   if (!no_xattrs(x)) return false;
-  x->files++;
-  if (x->roots[root].fd < 0) return true;
-  int dir_fd;
-  const char *name;
-  int rc = parent_of(x, root, rel, &dir_fd, &name);
-  if (rc < 0) return false;
-  if (rc > 0) return sys_fail(e, "openat parent", rc);
-  rc = create_at(x, dir_fd, name, create_symlink, h->linkpath.data);
-  if (rc == -1) return false;
-  if (rc < 0) return sys_fail(e, "symlinkat", errno);
-  const char *step = NULL;
-  int err = set_link_metadata(dir_fd, name, to_host_id(x, h->uid), to_host_id(x, h->gid), entry_mtime(h), &step);
-  return err ? sys_fail(e, step, err) : true;
+  return make_node(x, root, rel, e, create_symlink, h->linkpath.data, "symlinkat");
 }
 
 static bool on_hardlink(extractor *x, size_t root, char *rel, sys_error *e) {
@@ -861,19 +868,7 @@ static bool on_whiteout(extractor *x, size_t root, char *rel, sys_error *e) {
   if (strcmp(x->roots[root].name, "upper") != 0) return REFUSE(x, "a whiteout (0/0 device) outside the upper root"), false;
   if (!rel[0]) return REFUSE(x, "the root must be a directory"), false;
   if (!no_xattrs(x)) return false;
-  x->files++;
-  if (x->roots[root].fd < 0) return true;
-  int dir_fd;
-  const char *name;
-  int rc = parent_of(x, root, rel, &dir_fd, &name);
-  if (rc < 0) return false;
-  if (rc > 0) return sys_fail(e, "openat parent", rc);
-  rc = create_at(x, dir_fd, name, create_whiteout, NULL);
-  if (rc == -1) return false;
-  if (rc < 0) return sys_fail(e, "mknodat whiteout", errno);
-  const char *step = NULL;
-  int err = set_link_metadata(dir_fd, name, to_host_id(x, h->uid), to_host_id(x, h->gid), entry_mtime(h), &step);
-  return err ? sys_fail(e, step, err) : true;
+  return make_node(x, root, rel, e, create_whiteout, NULL, "mknodat whiteout");
 }
 
 // The entry after its header (and any xattr decision). false: refused or a system error.
@@ -1128,12 +1123,7 @@ static void finalize_extractor(napi_env env, void *data, void *hint) {
 }
 
 static extractor *get_extractor(napi_env env, napi_value v) {
-  void *data = NULL;
-  if (napi_get_value_external(env, v, &data) != napi_ok || !data) {
-    tx_type_error(env, "extractor: not an archive extraction");
-    return NULL;
-  }
-  return data;
+  return tx_get_external(env, v, "extractor: not an archive extraction");
 }
 
 // extractStart(rootNames: string[], rootFds: number[] (-1: check only), uidBase, idCount) -> extractor.

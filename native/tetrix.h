@@ -27,6 +27,8 @@ bool tx_get_int32(napi_env env, napi_value v, const char *what, int32_t *out);
 bool tx_get_uint32(napi_env env, napi_value v, const char *what, uint32_t *out);
 // malloc'd NUL-terminated copy; rejects embedded NUL bytes.
 bool tx_get_string(napi_env env, napi_value v, const char *what, char **out);
+// The pointer behind an external made by this addon; NULL (a TypeError thrown) when it is not one.
+void *tx_get_external(napi_env env, napi_value v, const char *what);
 // Named property of an object.
 bool tx_get_prop(napi_env env, napi_value obj, const char *name, napi_value *out);
 
