@@ -18,15 +18,16 @@ export interface FsOpsAddon {
   mkwhiteoutat(dirFd: number, name: string): void;
 }
 
-function loadFsOps(): FsOpsAddon {
-  const addon = native as NativeAddon & Partial<FsOpsAddon>;
-  if (typeof addon.listXattrs !== 'function' || typeof addon.mkwhiteoutat !== 'function') {
-    throw new Error('native addon has no fsops (native/fsops.c): rebuild it with "node-gyp rebuild -C native"');
+/** The addon seen as one of its parts; an addon built without that part fails here, naming it. */
+function addonPart<T>(what: string, probes: ReadonlyArray<keyof T & string>): T {
+  const addon = native as NativeAddon & Partial<T>;
+  if (probes.some((name) => typeof addon[name] !== 'function')) {
+    throw new Error(`native addon has no ${what}: rebuild it with "node-gyp rebuild -C native"`);
   }
-  return addon as FsOpsAddon;
+  return addon as T;
 }
 
-export const fsops: FsOpsAddon = loadFsOps();
+export const fsops = addonPart<FsOpsAddon>('fsops (native/fsops.c)', ['listXattrs', 'mkwhiteoutat']);
 
 /** A tree walk in progress (native/archive.c); opaque. */
 export type NativeArchiveWalk = { readonly __brand: 'NativeArchiveWalk' };
@@ -58,15 +59,7 @@ export interface ArchiveWalkAddon {
   archiveWalkClose(walk: NativeArchiveWalk): void;
 }
 
-function loadArchiveWalk(): ArchiveWalkAddon {
-  const addon = native as NativeAddon & Partial<ArchiveWalkAddon>;
-  if (typeof addon.archiveWalkFill !== 'function') {
-    throw new Error('native addon has no archive walk (native/archive.c): rebuild it with "node-gyp rebuild -C native"');
-  }
-  return addon as ArchiveWalkAddon;
-}
-
-export const archiveWalk: ArchiveWalkAddon = loadArchiveWalk();
+export const archiveWalk = addonPart<ArchiveWalkAddon>('archive walk (native/archive.c)', ['archiveWalkFill']);
 
 /** An extraction in progress (native/extract.c); opaque. */
 export type NativeExtraction = { readonly __brand: 'NativeExtraction' };
@@ -108,12 +101,4 @@ export interface ExtractAddon {
   extractClose(ex: NativeExtraction): void;
 }
 
-function loadExtract(): ExtractAddon {
-  const addon = native as NativeAddon & Partial<ExtractAddon>;
-  if (typeof addon.extractFeed !== 'function') {
-    throw new Error('native addon has no extractor (native/extract.c): rebuild it with "node-gyp rebuild -C native"');
-  }
-  return addon as ExtractAddon;
-}
-
-export const extract: ExtractAddon = loadExtract();
+export const extract = addonPart<ExtractAddon>('extractor (native/extract.c)', ['extractFeed']);
