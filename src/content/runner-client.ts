@@ -13,6 +13,17 @@ import {
 // dist/src/content/archive-runner.js when compiled, the .ts beside this file under a TypeScript loader.
 const RUNNER = path.join(__dirname, 'archive-runner' + path.extname(__filename));
 
+/** Compressed bytes the daemon takes from the runner ahead of encryption and storage, so that a slow write
+ *  or fsync does not stop the walk at once. */
+const BACKUP_READ_AHEAD = 4 << 20;
+
+/**
+ * Decrypted bytes the daemon may hold ahead of the runner. Extraction speed swings between small files
+ * (the kernel's file creation is the limit) and large ones (decryption and hashing here are): without slack
+ * between the two, each waited for the other in turn.
+ */
+const RESTORE_READ_AHEAD = 4 << 20;
+
 export interface RunnerHooks {
   onTotals?(bytes: number, files: number): void;
   onProgress?(bytes: number, files: number): void;
@@ -109,17 +120,6 @@ export function runBackup(job: BackupJob, hooks: RunnerHooks): BackupRun {
  * was extracted and `object` ended without error; an error of `object` (e.g. DATA_LOSS from decryption)
  * wins over whatever the extractor said.
  */
-/** Compressed bytes the daemon takes from the runner ahead of encryption and storage, so that a slow write
- *  or fsync does not stop the walk at once. */
-const BACKUP_READ_AHEAD = 4 << 20;
-
-/**
- * Decrypted bytes the daemon may hold ahead of the runner. Extraction speed swings between small files
- * (the kernel's file creation is the limit) and large ones (decryption and hashing here are): without slack
- * between the two, each waited for the other in turn.
- */
-const RESTORE_READ_AHEAD = 4 << 20;
-
 export async function runRestore(job: RestoreJob, object: Readable, hooks: RunnerHooks): Promise<RunnerStats> {
   if (hooks.inProcess) {
     if (hooks.signal) addAbortSignal(hooks.signal, object);
