@@ -130,8 +130,7 @@ export async function pollUntil(done: () => boolean, timeoutMs: number, stepMs =
   }
 }
 
-/** mkdir that reports whether it made the directory. */
-/** Synchronous inside, as writeControl. */
+/** mkdir that reports whether it made the directory. Synchronous inside, as writeControl. */
 export async function makeGroupDir(dir: string): Promise<boolean> {
   try {
     fs.mkdirSync(dir);

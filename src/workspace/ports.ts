@@ -15,6 +15,7 @@ export interface Sandbox {
   /** beforeMount runs with the empty upper and content dirs, before the overlay exists (restores). */
   prepareRootfs(wsDir: string, lowerDir: string, uidBase: number, beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>): Promise<{ rootfs: string; contentDir: string }>;
   unmountRootfs(wsDir: string): Promise<void>;
+  /** Unmounts anything left below wsDir, then deletes it. */
   removeWorkspaceDir(wsDir: string): Promise<void>;
   /** Returns where spawn places the child. */
   createCgroup(workspaceId: string, resources: Resources): Promise<CgroupPlacement>;

@@ -440,15 +440,19 @@ export class WorkspaceService {
 
   /** What a running workspace holds beyond its files: mounts, cgroup, network. */
   private async releaseRuntime(record: WorkspaceRecord): Promise<void> {
-    const id = record.spec.id;
+    await this.releaseNetworkAndCgroup(record.spec.id);
+    await this.o.sandbox.unmountRootfs(this.workspaceDir(record.spec.id));
+  }
+
+  private async releaseNetworkAndCgroup(id: string): Promise<void> {
     await this.o.network?.detach(id);
     await this.o.sandbox.destroyCgroup(id);
-    await this.o.sandbox.unmountRootfs(this.workspaceDir(id));
   }
 
   /** Everything, files and id range included. */
   private async releaseAll(record: WorkspaceRecord): Promise<void> {
-    await this.releaseRuntime(record);
+    await this.releaseNetworkAndCgroup(record.spec.id);
+    // Unmounts what is left, then deletes: one pass over mountinfo, not one here and one there.
     await this.o.sandbox.removeWorkspaceDir(this.workspaceDir(record.spec.id));
     if (record.status.uidBase) this.o.sandbox.releaseIds(record.status.uidBase);
     record.status.uidBase = 0;
