@@ -228,6 +228,9 @@ static void job_fail(compile_job *job, const char *step, int err, int64_t rule) 
   job->failed_rule = rule;
 }
 
+// Comparisons arrive as the kernel reads them: libseccomp compares all 64 bits of a register, so the JS
+// side has already turned each one on an int argument into SCMP_CMP_MASKED_EQ on its low bits
+// (src/sandbox/seccomp-args.ts); what is left here are comparisons on real 64-bit arguments.
 static int add_rule(scmp_filter_ctx ctx, const sc_rule *rule) {
   struct scmp_arg_cmp cmps[SC_MAX_ARGS];
   for (uint32_t i = 0; i < rule->nargs; i++) {

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { DomainError } from '../errors';
 import { DEFAULT_CAPABILITIES, isCapabilityName } from './capabilities';
 import { native, NativeAddon, NativeError } from './native';
+import { argWidths, comparedValue, expandComparisons } from './seccomp-args';
 
 // ---- the addon functions this file uses (native/seccomp.c) --------------------------------------------
 
@@ -474,6 +475,31 @@ function argGroups(args: Arg[]): Arg[][] {
   return indexes.size === args.length ? [args] : args.map((a) => [a]);
 }
 
+/**
+ * A group's comparisons as the kernel reads them: on an int argument only the low 32 bits count (see
+ * seccomp-args.ts), so those become masked equalities; each returned list is one libseccomp rule.
+ */
+function kernelComparisons(entry: SyscallEntry, name: string, group: Arg[]): CompileArg[][] {
+  if (group.length === 0) return [[]];
+  const widths = argWidths(name);
+  if (!widths) fail(`${entry.path}.args`, `the argument types of ${JSON.stringify(name)} are not known, so comparisons on them cannot be compiled`);
+  for (const arg of group) {
+    const at = `${entry.path}.args[${entry.args.indexOf(arg)}]`;
+    if (arg.index >= widths.length) fail(`${at}.index`, `${name} takes ${widths.length} argument${widths.length === 1 ? '' : 's'}, there is no argument ${arg.index}`);
+    const width = widths[arg.index];
+    const value = comparedValue(arg);
+    if (width < 64 && value >= 2 ** width) {
+      fail(`${at}.${arg.op === 'SCMP_CMP_MASKED_EQ' ? 'valueTwo' : 'value'}`, `argument ${arg.index} of ${name} is ${width} bits wide to the kernel, ${value} does not fit`);
+    }
+  }
+  try {
+    return expandComparisons(group, widths);
+  } catch (err) {
+    if (err instanceof RangeError) fail(`${entry.path}.args`, err.message);
+    throw err;
+  }
+}
+
 interface Compiled {
   spec: CompileSpec;
   rulePaths: string[];    // rules[i] came from this JSON path
@@ -532,8 +558,10 @@ function buildSpec(profile: SeccompProfile, ctx: SeccompContext): Compiled {
       }
       checkConflict(placed, name, { action: actionKey(entry.action, entry.errnoRet), path: at, unconditional: entry.args.length === 0 });
       for (const group of argGroups(entry.args)) {
-        rules.push({ syscall: name, action: entry.action, errno: entry.errnoRet, args: group });
-        rulePaths.push(at);
+        for (const args of kernelComparisons(entry, name, group)) {
+          rules.push({ syscall: name, action: entry.action, errno: entry.errnoRet, args });
+          rulePaths.push(at);
+        }
       }
     });
   }

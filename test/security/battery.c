@@ -1383,6 +1383,98 @@ static result probe_daemon_socket(void) {
   return BLOCKED("daemon socket %s: %s", path, E(err));
 }
 
+// ---- December 2026 review, item 3: seccomp argument rules bypassed with the upper 32 bits, and socket
+// families a workspace does not need; item 7: Linux AIO takes the host-wide aio-max-nr ---------------------
+// socket's family is an int: the kernel reads the low 32 bits of the register, and a filter comparing all
+// 64 let socket(0x100000028) make an AF_VSOCK socket (vsock ignores network namespaces). Only AF_UNIX,
+// AF_INET, AF_INET6 and AF_NETLINK (NETLINK_ROUTE, NETLINK_SOCK_DIAG) may be created; everything else must
+// be refused by the filter (EPERM), never answered by the family's own code.
+
+static const unsigned long HIGH_BITS[] = {1UL << 32, 0xffffffff00000000UL};
+#define AF_LIMIT 46  // AF_MAX on Linux 6.18
+
+static bool family_allowed(int family) {
+  return family == AF_UNIX || family == AF_INET || family == AF_INET6 || family == AF_NETLINK;
+}
+
+// One socket(2) or socketpair(2); a socket that gets through is closed at once.
+static long try_socket(long nr, unsigned long family, int type, int protocol, int *err) {
+  int sv[2] = {-1, -1};
+  long rc = nr == SYS_socketpair ? syscall(nr, family, type, protocol, sv) : syscall(nr, family, type, protocol);
+  *err = errno;
+  if (nr == SYS_socket && rc >= 0) close((int)rc);
+  if (nr == SYS_socketpair && rc == 0) close(sv[0]), close(sv[1]);
+  return rc;
+}
+
+static result probe_socket_family_high_bits(void) {
+  static const int families[] = {40 /* AF_VSOCK */, AF_PACKET, 38 /* AF_ALG */, 30 /* AF_TIPC */, AF_KEY, 44 /* AF_XDP */};
+  for (size_t h = 0; h < sizeof HIGH_BITS / sizeof HIGH_BITS[0]; h++) {
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
+      unsigned long family = HIGH_BITS[h] | (unsigned long)families[i];
+      int err;
+      for (int type = SOCK_STREAM; type <= SOCK_DGRAM; type++) {
+        long rc = try_socket(SYS_socket, family, type, 0, &err);
+        if (rc >= 0) return ESCAPED("socket(0x%lx, %d) made a family %d socket", family, type, families[i]);
+        if (err != EPERM) return ESCAPED("socket(0x%lx, %d) reached the kernel: %s", family, type, E(err));
+      }
+    }
+  }
+  return BLOCKED("socket(<high bits> | AF_VSOCK, AF_PACKET, AF_ALG, AF_TIPC, AF_KEY, AF_XDP): EPERM");
+}
+
+static result probe_socket_families(void) {
+  for (int family = 0; family < AF_LIMIT; family++) {
+    if (family_allowed(family)) continue;
+    int err;
+    long rc = try_socket(SYS_socket, (unsigned long)family, SOCK_DGRAM, 0, &err);
+    if (rc >= 0) return ESCAPED("socket(%d) succeeded: only AF_UNIX, AF_INET, AF_INET6, AF_NETLINK are allowed", family);
+    if (err != EPERM) return ESCAPED("socket(%d) reached the family's code: %s", family, E(err));
+  }
+  return BLOCKED("every family but AF_UNIX, AF_INET, AF_INET6, AF_NETLINK: EPERM");
+}
+
+static result probe_netlink_protocols(void) {
+  for (int protocol = 0; protocol < 32; protocol++) {
+    if (protocol == 0 /* NETLINK_ROUTE */ || protocol == 4 /* NETLINK_SOCK_DIAG */) continue;
+    // NETLINK_AUDIT answers as a kernel without audit does, so sudo and su carry on.
+    int want = protocol == 9 ? EPROTONOSUPPORT : EPERM, err;
+    long rc = try_socket(SYS_socket, AF_NETLINK, SOCK_RAW, protocol, &err);
+    if (rc >= 0) return ESCAPED("socket(AF_NETLINK, %d) succeeded", protocol);
+    if (err != want) return ESCAPED("socket(AF_NETLINK, %d) reached netlink: %s", protocol, E(err));
+  }
+  return BLOCKED("netlink beyond NETLINK_ROUTE and NETLINK_SOCK_DIAG: EPERM (NETLINK_AUDIT: EPROTONOSUPPORT)");
+}
+
+// socketpair creates sockets of its family too (and loads the family's module, e.g. TIPC's).
+static result probe_socketpair_families(void) {
+  for (size_t h = 0; h <= sizeof HIGH_BITS / sizeof HIGH_BITS[0]; h++) {
+    for (int family = 0; family < AF_LIMIT; family++) {
+      if (family == AF_UNIX) continue;
+      unsigned long f = (h ? HIGH_BITS[h - 1] : 0) | (unsigned long)family;
+      int err;
+      long rc = try_socket(SYS_socketpair, f, SOCK_DGRAM, 0, &err);
+      if (rc >= 0) return ESCAPED("socketpair(0x%lx) succeeded", f);
+      if (err != EPERM) return ESCAPED("socketpair(0x%lx) reached the family's code: %s", f, E(err));
+    }
+  }
+  return BLOCKED("socketpair of any family but AF_UNIX, high bits or not: EPERM");
+}
+
+// aio-max-nr (fs.aio-max-nr) is one count for the whole host and not namespaced: a workspace that can
+// io_setup can take it all, and host root's io_setup then fails with EAGAIN.
+static result probe_aio_setup(void) {
+  unsigned long ctx = 0;
+  long rc = syscall(SYS_io_setup, 1, &ctx);
+  int err = errno;
+  if (rc == 0) {
+    syscall(SYS_io_destroy, ctx);
+    return ESCAPED("io_setup succeeded: a workspace can take the host-wide aio-max-nr");
+  }
+  static const int denied[] = {ENOSYS, 0};
+  return refused("io_setup", rc, err, denied);
+}
+
 // ---- the runner --------------------------------------------------------------------------------------
 
 typedef struct {
@@ -1510,6 +1602,12 @@ static const probe PROBES[] = {
     {"host_loopback_tcp", probe_host_loopback_tcp},
     {"host_abstract_unix_socket", probe_host_abstract_socket},
     {"daemon_socket", probe_daemon_socket},
+    // December 2026 review, items 3 and 7: argument rules on the bits the kernel reads, socket families, AIO
+    {"socket_family_high_bits", probe_socket_family_high_bits},
+    {"socket_families_allowlist", probe_socket_families},
+    {"netlink_protocols_allowlist", probe_netlink_protocols},
+    {"socketpair_families", probe_socketpair_families},
+    {"aio_setup_host_capacity", probe_aio_setup},
 };
 
 // Each probe runs in its own child: side effects stay there, and a probe the filter kills (SIGSYS) is
