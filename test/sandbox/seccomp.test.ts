@@ -283,6 +283,7 @@ async function inWorkspace(t: Test, filter: Buffer, argv: string[]): Promise<{ o
       stderrFd: out,
       statusFd: status,
       mounts: [],
+      ptyLimit: 64,
       capabilities: capabilityNumbers(DEFAULT_CAPABILITIES),
       seccomp: filter,
     });
