@@ -72,12 +72,13 @@ static const dev_link dev_links[] = {
 };
 
 // runc's default masked paths: files get /dev/null, directories an empty read-only tmpfs. Then what
-// names the node: its boot arguments (the hypervisor's, on a VM), kernel config and boot config.
+// names the node: its boot arguments (the hypervisor's, on a VM), kernel config, boot config and the
+// machine's DMI identity (vendor, product, serials).
 static const char *const masked_paths[] = {
     "/proc/acpi",         "/proc/asound",      "/proc/kcore",       "/proc/keys",
     "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
     "/proc/scsi",         "/sys/firmware",     "/sys/devices/virtual/powercap",
-    "/proc/cmdline",      "/proc/config.gz",   "/proc/bootconfig",
+    "/proc/cmdline",      "/proc/config.gz",   "/proc/bootconfig",  "/sys/devices/virtual/dmi",
 };
 
 // The device tmpfs, while its nodes are being bound: under the workspace's /dev, gone before exec.

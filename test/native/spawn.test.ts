@@ -304,6 +304,19 @@ t.test('a workspace leads a session of its own, with no controlling terminal of 
   t.match(inside.output, /No such device or address/, '/dev/tty yields ENXIO: there is no controlling terminal');
 });
 
+t.test("a workload can still make a pty of its own its controlling terminal, and /dev/tty then opens", async (t) => {
+  // /dev/tty is kept (as in runc): without a controlling terminal it is ENXIO, with its own it works.
+  const rootfs = makeRootfs(t);
+  buildInto(rootfs, 'own-tty', path.join(__dirname, 'fixtures', 'own-tty.c'));
+  const { output, exit } = await runScript(t, rootfs, 'own-tty');
+  t.equal(exit.exitCode, 0, output);
+  t.match(output, /^before: \/dev\/tty ENXIO$/m, 'no controlling terminal at start');
+  t.match(output, /^slave \/dev\/pts\/0 ok$/m, "the workspace's own devpts");
+  t.match(output, /^after: \/dev\/tty ok$/m);
+  t.match(output, /^TIOCSTI own ok$/m, 'its own terminal is its own to drive');
+  t.match(output, /^foreground ours$/m);
+});
+
 const DEVICES = ['null', 'zero', 'full', 'random', 'urandom', 'tty'];
 
 t.test("a workspace's device nodes are its own inodes, not the host's nor a neighbour's", async (t) => {

@@ -1505,6 +1505,7 @@ static result probe_foreground_any_terminal(void) {
 static result probe_proc_cmdline(void) { return not_readable("/proc/cmdline"); }
 static result probe_proc_config_gz(void) { return not_readable("/proc/config.gz"); }
 static result probe_proc_bootconfig(void) { return not_readable("/proc/bootconfig"); }
+static result probe_sys_dmi(void) { return not_readable("/sys/devices/virtual/dmi/id"); }
 
 static result probe_boot_id(void) {
   const char *host = env("TETRIX_BATTERY_HOST_BOOT_ID");
@@ -1753,6 +1754,7 @@ static const probe PROBES[] = {
     {"proc_cmdline_masked", probe_proc_cmdline},
     {"proc_config_gz_masked", probe_proc_config_gz},
     {"proc_bootconfig_masked", probe_proc_bootconfig},
+    {"sys_dmi_masked", probe_sys_dmi},
     {"boot_id_own", probe_boot_id},
     {"dev_nodes_own_inodes", probe_dev_nodes_own_inodes},
     {"dev_inotify_no_outside_events", probe_dev_inotify_quiet},
