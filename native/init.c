@@ -1,10 +1,11 @@
 // tetrix-init: PID 1 of every workspace. Static, bound read-only at /.tetrix/init and owned by host root.
 //   init [--hold] -- PROGRAM [ARGS...]
-// Runs the workload in its own process group, forwards the polite signals to it, reaps every orphan,
-// and when the workload ends writes one line to fd 3 ("exited <code>\n" or "signaled <signum>\n") and
-// exits with the workload's code (128 + signal when signaled). Fd 4, when open, is the spawn report pipe
-// (spawn-protocol.h): a failed execve of the workload is reported there, so the daemon hears
-// "execve: ENOENT" rather than a silent 127. The workload sees only fds 0, 1 and 2.
+// Leads the workspace's session (spawn.c calls setsid before the exec: no controlling terminal) and
+// runs the workload in a process group of its own in it, forwards the polite signals to it, reaps every
+// orphan, and when the workload ends writes one line to fd 3 ("exited <code>\n" or "signaled
+// <signum>\n") and exits with the workload's code (128 + signal when signaled). Fd 4, when open, is
+// the spawn report pipe (spawn-protocol.h): a failed execve of the workload is reported there, so the
+// daemon hears "execve: ENOENT" rather than a silent 127. The workload sees only fds 0, 1 and 2.
 // With --hold, init waits at the gate on fd 5 before forking the workload (spawn-protocol.h): the daemon
 // attaches the network first. A gate closed without a byte makes init exit 125 and write no status.
 #define _GNU_SOURCE

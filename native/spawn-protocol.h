@@ -23,7 +23,8 @@ typedef struct {
 } tx_report;
 
 enum tx_step {
-  STEP_JOIN_CGROUP = 1,   // index: opts.cgroupTasks[index]
+  STEP_SETSID = 1,        // a session of its own: no controlling terminal of the daemon's
+  STEP_JOIN_CGROUP,       // index: opts.cgroupTasks[index]
   STEP_UNSHARE_CGROUP,
   STEP_SETGROUPS,
   STEP_SETRESGID,
@@ -39,6 +40,7 @@ enum tx_step {
   STEP_INIT_READONLY,
   STEP_PROC,
   STEP_DEV,
+  STEP_DEV_STAGE,        // move the daemon-made device tmpfs into the namespace
   STEP_DEV_NODE,         // index: device table
   STEP_DEVPTS,
   STEP_DEV_SHM,
@@ -51,6 +53,8 @@ enum tx_step {
   STEP_HOSTNAME,
   STEP_LOOPBACK,         // index: 0 socket, 1 get flags, 2 set flags
   STEP_MASK,             // index: masked path table
+  STEP_BOOT_ID,          // bind the workspace's own boot_id
+  STEP_DEV_UNSTAGE,      // detach the device tmpfs once its nodes are bound
   STEP_READONLY,         // index: read-only path table
   STEP_CHDIR_CWD,
   STEP_CAPBSET,

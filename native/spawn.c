@@ -29,6 +29,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -49,8 +50,10 @@ typedef struct {
   unsigned major, minor;
 } dev_node;
 
-// Bound from the host's nodes; each source is checked to be this exact char device first, so a host
-// /dev entry swapped for a symlink or another file is refused (CVE-2025-31133 class).
+// Made by the daemon for each workspace (make_device_tree), never the host's own inodes: an inotify
+// watch on a shared /dev/null saw the host's and every neighbour's opens and writes (issue 13, item 8).
+// Each is checked to be this exact char device before it is bound (CVE-2025-31133 class). /dev/tty
+// stays: with no controlling terminal (setsid) it opens to ENXIO, as in runc.
 static const dev_node dev_nodes[] = {
     {"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0},
 };
@@ -68,12 +71,20 @@ static const dev_link dev_links[] = {
     {"stderr", "/proc/self/fd/2"},
 };
 
-// runc's default masked paths: files get /dev/null, directories an empty read-only tmpfs.
+// runc's default masked paths: files get /dev/null, directories an empty read-only tmpfs. Then what
+// names the node: its boot arguments (the hypervisor's, on a VM), kernel config, boot config and the
+// machine's DMI identity (vendor, product, serials).
 static const char *const masked_paths[] = {
     "/proc/acpi",         "/proc/asound",      "/proc/kcore",       "/proc/keys",
     "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
     "/proc/scsi",         "/sys/firmware",     "/sys/devices/virtual/powercap",
+    "/proc/cmdline",      "/proc/config.gz",   "/proc/bootconfig",  "/sys/devices/virtual/dmi",
 };
+
+// The device tmpfs, while its nodes are being bound: under the workspace's /dev, gone before exec.
+#define DEV_STAGE "/dev/.tetrix-devices"
+#define BOOT_ID_FILE "boot_id"  // in the device tmpfs: a random boot_id of the workspace's own
+#define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
 
 static const char *const readonly_paths[] = {
     "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
@@ -113,6 +124,7 @@ typedef struct {
   size_t cgroup_count;
   char *cgroup_dir;     // v2: the group the child is cloned into ("" = none)
   int stdout_fd, stderr_fd, status_fd;
+  uint32_t pty_limit;   // devpts max= of the workspace's own instance
   bind_mount *mounts;
   size_t mount_count;
   uint64_t keep_caps;
@@ -124,7 +136,9 @@ typedef struct {
   int last_cap;
   int *cgroup_fds;      // the opened cgroup_tasks, in order
   int cgroup_dir_fd;
+  int devices_fd;       // a detached tmpfs holding this workspace's device nodes and boot_id
   char uid_map[64], gid_map[64];
+  char devpts_data[128];
 
   // outcome
   int pid, pidfd;
@@ -308,12 +322,11 @@ static void mount_proc(child_ctx *c, int root) {
   close(fd);
 }
 
-static void bind_dev_node(child_ctx *c, int dev, size_t i) {
+static void bind_dev_node(child_ctx *c, int dev, int stage, size_t i) {
   const dev_node *d = &dev_nodes[i];
-  char host_path[32] = "/dev/", source[32], target[32];
+  char source[32], target[32];
   struct stat st;
-  memcpy(host_path + 5, d->name, strlen(d->name) + 1);
-  int src = open(host_path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  int src = openat(stage, d->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
   CHECK(c, src, STEP_DEV_NODE, (int)i);
   CHECK(c, fstat(src, &st), STEP_DEV_NODE, (int)i);
   if (!S_ISCHR(st.st_mode) || st.st_rdev != makedev(d->major, d->minor)) child_fail(c, STEP_DEV_NODE, (int)i, ENODEV);
@@ -334,6 +347,23 @@ static void mount_dev_fs(child_ctx *c, int dev, const char *name, int step, cons
   close(fd);
 }
 
+// The daemon's device tmpfs, moved from its detached mount to DEV_STAGE: a tmpfs made inside our user
+// namespace could hold no working device node (SB_I_NODEV), and a bind needs its source in our mount
+// namespace. Returns an O_PATH fd of the staged tmpfs.
+static int stage_devices(child_ctx *c, int dev) {
+  const char *name = DEV_STAGE + sizeof "/dev/" - 1;
+  CHECK(c, mkdirat(dev, name, 0700), STEP_DEV_STAGE, 0);
+  int at = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  CHECK(c, at, STEP_DEV_STAGE, 0);
+  CHECK(c, syscall(SYS_move_mount, c->job->devices_fd, "", at, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+        STEP_DEV_STAGE, 0);
+  close(at);
+  close(c->job->devices_fd);
+  int stage = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);  // now the device tmpfs
+  CHECK(c, stage, STEP_DEV_STAGE, 0);
+  return stage;
+}
+
 // A minimal /dev of our own: a tmpfs with the harmless nodes, a private devpts and /dev/shm.
 static void mount_dev(child_ctx *c, int root) {
   char target[32];
@@ -344,10 +374,11 @@ static void mount_dev(child_ctx *c, int root) {
   int dev = open_in_root(root, "/dev", O_PATH | O_DIRECTORY);  // now the tmpfs
   CHECK(c, dev, STEP_DEV, 0);
 
-  for (size_t i = 0; i < COUNT(dev_nodes); i++) bind_dev_node(c, dev, i);
-  // gid=5 is "tty" in most images; only name it when it is mapped.
-  mount_dev_fs(c, dev, "pts", STEP_DEVPTS, "devpts", MS_NOSUID | MS_NOEXEC,
-               c->job->id_count > 5 ? "newinstance,ptmxmode=0666,mode=0620,gid=5" : "newinstance,ptmxmode=0666,mode=0620");
+  int stage = stage_devices(c, dev);
+  for (size_t i = 0; i < COUNT(dev_nodes); i++) bind_dev_node(c, dev, stage, i);
+  close(stage);
+  // Its own instance with its own max=: without it, one workspace took the node's whole pty pool.
+  mount_dev_fs(c, dev, "pts", STEP_DEVPTS, "devpts", MS_NOSUID | MS_NOEXEC, c->job->devpts_data);
   mount_dev_fs(c, dev, "shm", STEP_DEV_SHM, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k");
   for (size_t i = 0; i < COUNT(dev_links); i++)
     CHECK(c, symlinkat(dev_links[i].target, dev, dev_links[i].name), STEP_DEV_LINK, (int)i);
@@ -399,6 +430,15 @@ static void mask_paths(child_ctx *c) {
     else
       CHECK(c, mount("/dev/null", path, NULL, MS_BIND, NULL), STEP_MASK, (int)i);
   }
+}
+
+// The workspace's own boot_id (boot_id names the node's boot, shared by every workspace on it), then
+// the device tmpfs leaves: only the binds of its files stay.
+static void bind_boot_id_and_unstage(child_ctx *c) {
+  if (mount(DEV_STAGE "/" BOOT_ID_FILE, BOOT_ID_PATH, NULL, MS_BIND, NULL) < 0 && errno != ENOENT)
+    child_fail(c, STEP_BOOT_ID, 0, errno);
+  CHECK(c, umount2(DEV_STAGE, MNT_DETACH), STEP_DEV_UNSTAGE, 0);
+  CHECK(c, rmdir(DEV_STAGE), STEP_DEV_UNSTAGE, 0);
 }
 
 static void make_paths_readonly(child_ctx *c) {
@@ -488,6 +528,10 @@ static void join_cgroups(child_ctx *c) {
 
 __attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_fd, int report_fd, int gate_fd) {
   child_ctx c = {.job = job, .report_fd = report_fd, .gate_fd = gate_fd};
+  // First: out of the daemon's session, so no path leads to its controlling terminal (TIOCSTI and
+  // tcsetpgrp on /dev/tty reached the operator's shell; issue 13). We are not a group leader: cannot fail
+  // with EPERM.
+  CHECK(&c, setsid(), STEP_SETSID, 0);
   reset_signal_dispositions();  // all signals stay blocked through execve; init unblocks for the workload
   umask(022);
   join_cgroups(&c);             // while the parent writes the id maps
@@ -513,6 +557,7 @@ __attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_f
 
   CHECK(&c, sethostname(job->hostname, strlen(job->hostname)), STEP_HOSTNAME, 0);
   mask_paths(&c);
+  bind_boot_id_and_unstage(&c);
   make_paths_readonly(&c);
   CHECK(&c, chdir(job->cwd), STEP_CHDIR_CWD, 0);  // resolved inside the new root only
 
@@ -591,6 +636,62 @@ out:
   return file >= 0 ? 0 : -1;
 }
 
+static int fsconfig_string(int fs, const char *key, const char *value) {
+  return (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, key, value, 0);
+}
+
+// A random (version 4) UUID, formatted as the kernel formats boot_id.
+static int random_boot_id(char out[static 38]) {
+  unsigned char b[16];
+  if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) return -1;
+  b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+  b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+  snprintf(out, 38, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n", b[0], b[1], b[2], b[3],
+           b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+  return 0;
+}
+
+static int write_boot_id(spawn_job *job) {
+  char id[38];
+  if (random_boot_id(id) < 0) return fail(job, "devices: getrandom", errno), -1;
+  int fd = openat(job->devices_fd, BOOT_ID_FILE, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+  if (fd < 0) return fail(job, "devices: create " BOOT_ID_FILE, errno), -1;
+  int r = retry_write(fd, id, strlen(id));
+  if (r < 0) fail(job, "devices: write " BOOT_ID_FILE, errno);
+  close(fd);
+  return r;
+}
+
+// The workspace's own device nodes, made here by host root: a detached tmpfs (fsopen/fsmount, so no
+// host path and nothing to clean up: it goes with the workspace's mount namespace) holding one node of
+// each dev_nodes entry and the workspace's boot_id. The child moves it into its namespace and binds
+// the files (stage_devices). Mounted by the initial user namespace, so its nodes open (no SB_I_NODEV).
+static int make_device_tree(spawn_job *job) {
+  int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
+  if (fs < 0) return fail(job, "devices: fsopen tmpfs", errno), -1;
+  if (fsconfig_string(fs, "mode", "0711") < 0 || fsconfig_string(fs, "size", "64k") < 0 ||
+      fsconfig_string(fs, "nr_inodes", "32") < 0 || syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+    fail(job, "devices: fsconfig tmpfs", errno);
+    close(fs);
+    return -1;
+  }
+  job->devices_fd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+  int err = errno;
+  close(fs);
+  if (job->devices_fd < 0) return fail(job, "devices: fsmount", err), -1;
+  for (size_t i = 0; i < COUNT(dev_nodes); i++) {
+    const dev_node *d = &dev_nodes[i];
+    // fchmodat after: the process umask (022) applies to mknodat, and everyone may use these.
+    if (mknodat(job->devices_fd, d->name, S_IFCHR | 0666, makedev(d->major, d->minor)) < 0 ||
+        fchmodat(job->devices_fd, d->name, 0666, 0) < 0) {
+      char step[64];
+      snprintf(step, sizeof step, "devices: mknod %s", d->name);
+      return fail(job, step, errno), -1;
+    }
+  }
+  return write_boot_id(job);
+}
+
 static void kill_and_reap(int pidfd) {
   siginfo_t si;
   syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
@@ -600,6 +701,7 @@ static void kill_and_reap(int pidfd) {
 
 static char *step_name(const spawn_job *job, const tx_report *r) {
   static const char *const names[STEP_COUNT] = {
+      [STEP_SETSID] = "setsid",
       [STEP_UNSHARE_CGROUP] = "unshare cgroup",
       [STEP_SETGROUPS] = "setgroups",
       [STEP_SETRESGID] = "setresgid",
@@ -612,6 +714,9 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_INIT_READONLY] = "mount_setattr " INIT_IN_ROOTFS,
       [STEP_PROC] = "mount /proc",
       [STEP_DEV] = "mount /dev",
+      [STEP_DEV_STAGE] = "move_mount " DEV_STAGE,
+      [STEP_BOOT_ID] = "bind " BOOT_ID_PATH,
+      [STEP_DEV_UNSTAGE] = "umount " DEV_STAGE,
       [STEP_DEVPTS] = "mount /dev/pts",
       [STEP_DEV_SHM] = "mount /dev/shm",
       [STEP_SYS] = "mount /sys",
@@ -785,6 +890,7 @@ static void spawn_execute(napi_env env, void *data) {
     return;
   }
   if (open_cgroups(job) < 0) goto out;
+  if (make_device_tree(job) < 0) goto out;
   // Close-on-exec everywhere: a child another thread clones meanwhile drops its copies at exec, so the
   // caller's close of the gate reaches init as EOF.
   if (pipe2(sync_pipe, O_CLOEXEC) < 0 || pipe2(report_pipe, O_CLOEXEC) < 0 ||
@@ -821,6 +927,8 @@ static void spawn_execute(napi_env env, void *data) {
   }
   job->pid = (int)pid;
   close_cgroups(job);
+  close(job->devices_fd);  // the child holds its own copy
+  job->devices_fd = -1;
   close(sync_pipe[0]);
   close(report_pipe[1]);
   if (gate_pipe[0] >= 0) close(gate_pipe[0]);
@@ -840,6 +948,8 @@ static void spawn_execute(napi_env env, void *data) {
 
 out:
   close_cgroups(job);
+  if (job->devices_fd >= 0) close(job->devices_fd);
+  job->devices_fd = -1;
   for (int i = 0; i < 2; i++) {
     if (sync_pipe[i] >= 0) close(sync_pipe[i]);
     if (report_pipe[i] >= 0) close(report_pipe[i]);
@@ -1041,7 +1151,8 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
       !get_strv_prop(env, opts, "cgroupTasks", NULL, 0, &job->cgroup_tasks, &cgroups) ||
       !get_string_prop(env, opts, "cgroupDir", &job->cgroup_dir) ||
       !get_int_prop(env, opts, "stdoutFd", &out) || !get_int_prop(env, opts, "stderrFd", &err) ||
-      !get_int_prop(env, opts, "statusFd", &status) || !get_mounts(env, opts, job) ||
+      !get_int_prop(env, opts, "statusFd", &status) || !get_uint_prop(env, opts, "ptyLimit", &job->pty_limit) ||
+      !get_mounts(env, opts, job) ||
       !get_capabilities(env, opts, job) || !get_seccomp(env, opts, job))
     return false;
   job->cgroup_count = cgroups;
@@ -1060,12 +1171,18 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
       (uint64_t)job->gid_base + job->id_count > UINT32_MAX)
     return tx_type_error(env, "spawn: opts.idCount out of range"), false;
   if (out < 0 || err < 0 || status < 0) return tx_type_error(env, "spawn: fds must not be negative"), false;
+  // devpts refuses a max= above NR_UNIX98_PTY_MAX (1 << MINORBITS).
+  if (job->pty_limit == 0 || job->pty_limit > (1u << 20))
+    return tx_type_error(env, "spawn: opts.ptyLimit must be 1..1048576"), false;
+  // gid=5 is "tty" in most images; only name it when it is mapped. Built here: the child has no snprintf.
+  snprintf(job->devpts_data, sizeof job->devpts_data, "newinstance,ptmxmode=0666,mode=0620%s,max=%u",
+           job->id_count > 5 ? ",gid=5" : "", job->pty_limit);
   return true;
 }
 
 static spawn_job *new_job(void) {
   spawn_job *job = calloc(1, sizeof *job);
-  if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = -1;
+  if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = job->devices_fd = -1;
   return job;
 }
 

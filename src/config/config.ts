@@ -19,6 +19,7 @@ export interface Config {
   readonly maxMemoryBytes: number;  // requests above these are refused
   readonly maxCpuMillis: number;
   readonly maxPids: number;
+  readonly ptyLimit: number;        // ptys one workspace may hold at once (its devpts max=)
   readonly metricsListen: string;   // host:port for Prometheus, '' = off
   readonly apiListen: string;       // host:port of the mutual-TLS gRPC API, '' = unix socket only
   readonly apiAddresses: string;    // extra names/IPs for the generated server certificate, comma-separated
@@ -72,6 +73,8 @@ export function defaults(): Config {
     maxMemoryBytes: os.totalmem(),
     maxCpuMillis: os.availableParallelism() * 1000,
     maxPids: 1 << 22,
+    // The node's pool for all workspaces is kernel.pty.max - kernel.pty.reserve (3072 by default).
+    ptyLimit: 128,
     metricsListen: '',
     apiListen: '0.0.0.0:7443',
     apiAddresses: '',
@@ -113,7 +116,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs'] as const;
+const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
@@ -217,6 +220,8 @@ function validate(c: Config): Config {
     throw new ConfigError('tlsCertFile, tlsKeyFile and tlsCaFile go together (or none of them, to use the generated node PKI)');
   }
   if (c.endpointListen !== '' && c.nodeDomain === '') throw new ConfigError('endpointListen needs nodeDomain');
+  // devpts takes max= up to NR_UNIX98_PTY_MAX (1 << 20); 0 would leave a workspace no pty at all.
+  if (c.ptyLimit < 1 || c.ptyLimit > 1 << 20) throw new ConfigError(`ptyLimit: must be 1..1048576, got ${c.ptyLimit}`);
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);

@@ -68,6 +68,7 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     cgroupMode: cgroups.mode,
     initPath,
     capabilities,
+    ptyLimit: config.ptyLimit,
     resolveImage,
     seccompFilter: (profile) => profiles.filterFor(profile),
     allocateIds: (workspaceId) => ids.allocate({ stateDir: config.stateDir, workspaceId }).base,

@@ -29,6 +29,8 @@ export interface SpawnOptions {
   stderrFd: number;
   statusFd: number;          // host fd init keeps to record the workload's exit status (see native/init.c)
   mounts: BindMount[];       // targets must exist in the rootfs
+  /** Most ptys the workspace may hold at once: max= of its own devpts instance (1..1048576). */
+  ptyLimit: number;
   /** Capability numbers kept in the bounding set (see linux/capability.h). Default: Docker's default set. */
   capabilities?: number[];
   /** A compiled seccomp filter: raw `struct sock_filter[]` (8 bytes each), installed right before execve. */

@@ -6,6 +6,8 @@ import type { CgroupPlacement } from '../sandbox/cgroups';
 export interface Sandbox {
   readonly initPath: string;
   readonly capabilities: number[];
+  /** Most ptys one workspace may hold (devpts max=; config ptyLimit). */
+  readonly ptyLimit: number;
   /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name. */
   resolveImage(image: string): Promise<{ rootfs: string; digest: string }>;
   /** The compiled BPF of a profile ('' = default); INVALID_ARGUMENT for an unknown name. */

@@ -271,6 +271,7 @@ export class WorkspaceService {
         stderrFd: output.stderrFd,
         statusFd,
         mounts: workload.mounts,
+        ptyLimit: sandbox.ptyLimit,
         capabilities: sandbox.capabilities,
         ...(seccomp ? { seccomp } : {}),
         // An isolated workload waits at init's gate until its veth is attached. Everything else it needs

@@ -60,3 +60,12 @@ t.test('tetrixd --help lists every setting as a flag and an environment variable
   t.ok(flags.length > 20, `${flags.length} settings listed`);
   for (const flag of flags) t.doesNotThrow(() => parseFlags([flag, 'x']), `${flag} is a flag the daemon takes`);
 });
+
+t.test('ptyLimit: the ptys one workspace may hold has a node default and is refused outside 1..1048576', async (t) => {
+  t.equal(loadConfig([], {}).ptyLimit, 128, 'the default');
+  t.equal(loadConfig(['--pty-limit', '16'], {}).ptyLimit, 16, 'a flag');
+  t.equal(loadConfig([], { TETRIX_PTY_LIMIT: '32' }).ptyLimit, 32, 'the environment');
+  for (const value of ['0', '1048577', 'many', '-3']) {
+    t.throws(() => loadConfig(['--pty-limit', value], {}), { message: /^ptyLimit: must be/ }, value);
+  }
+});

@@ -60,7 +60,12 @@ export interface DaemonOptions {
   /** Run the daemon in this network namespace (a path, e.g. a test node's), via nsenter --net only. */
   netns?: string;
   env?: NodeJS.ProcessEnv;
+  /** Run the daemon on a pseudo-terminal of its own (util-linux script(1)), as `npm start` from an
+   *  operator's terminal would: the daemon leads a session whose controlling terminal is that pty. */
+  pty?: boolean;
 }
+
+const shellQuote = (arg: string): string => `'${arg.replace(/'/g, `'\\''`)}'`;
 
 export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: DaemonOptions = {}): Promise<Daemon> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-'));
@@ -73,7 +78,9 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: Da
   let extraEnv = opts.env ?? {};
   const launch = async (): Promise<ChildProcess> => {
     const node = [process.execPath, ...DAEMON_NODE_FLAGS];
-    const [cmd, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, ...node, ...args]] : [node[0], [...node.slice(1), ...args]];
+    let [cmd, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, ...node, ...args]] : [node[0], [...node.slice(1), ...args]];
+    // script runs the command through a shell on a new pty; exec leaves the daemon as the session leader.
+    if (opts.pty) [cmd, argv] = ['script', ['-qefc', `exec ${[cmd, ...argv].map(shellQuote).join(' ')}`, '/dev/null']];
     const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...DAEMON_ENV, ...extraEnv } });
     for (const stream of [child.stdout!, child.stderr!]) {
       stream.setEncoding('utf8');

@@ -94,6 +94,7 @@ export function workspaceOptions(t: Test, rootfs: string, argv: string[], extra:
       stderrFd: out,
       statusFd: status,
       mounts: [],
+      ptyLimit: 64,
       ...extra,
     },
     output: () => fs.readFileSync(outPath, 'utf8'),

@@ -269,3 +269,122 @@ t.test('an image cannot trap the init mount point', async (t) => {
   await t.rejects(native.spawn(ws2.options), { message: /^prepare \/\.tetrix\/init: ENOENT$/ }, 'a symlink to a host path resolves inside the rootfs');
   t.same(fs.readdirSync(victim), [], 'nothing created on the host path');
 });
+
+// --- issue 13 (December 2026 review): host terminals, the node's identity, shared device inodes, ptys ---
+
+/** Fields 6 (session) and 7 (tty_nr) of /proc/<pid>/stat, as the host sees them. */
+function sessionOf(pid: number): { session: number; ttyNr: number } {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { session: Number(fields[3]), ttyNr: Number(fields[4]) };
+}
+
+/** A static helper from test/native/fixtures (or the escape battery), built into the rootfs's /bin. */
+function buildInto(rootfs: string, name: string, source: string): void {
+  execFileSync('gcc', ['-static', '-O2', '-o', path.join(rootfs, 'bin', name), source]);
+}
+
+t.test('a workspace leads a session of its own, with no controlling terminal of the host', async (t) => {
+  // Item 1: without setsid the workload was in the daemon's session and could reach its terminal.
+  const rootfs = makeRootfs(t);
+  const ws = workspaceOptions(t, rootfs, ['sh', '-c', 'echo ready; exec sleep 1000']);
+  const running = await run(t, ws);
+  await running.waitForOutput('ready');
+  const init = sessionOf(running.result.pid);
+  t.equal(init.session, running.result.pid, 'init leads its own session (host view)');
+  t.equal(init.ttyNr, 0, 'init has no controlling terminal');
+  const workload = Number(fs.readFileSync(`/proc/${running.result.pid}/task/${running.result.pid}/children`, 'utf8').trim());
+  t.equal(sessionOf(workload).session, running.result.pid, "the workload is in init's session");
+  t.not(sessionOf(workload).session, sessionOf(process.pid).session, "never the test runner's (the daemon's) session");
+  native.pidfdSendSignal(running.result.pidfd, native.constants.SIGKILL);
+  await running.exited;
+
+  const inside = await runScript(t, rootfs, 'cat /dev/tty 2>&1; echo "sid=$(cut -d" " -f6 /proc/self/stat) tty=$(cut -d" " -f7 /proc/self/stat)"');
+  t.match(inside.output, /^sid=1 tty=0$/m, 'inside: the session is init\'s (1), no tty');
+  t.match(inside.output, /No such device or address/, '/dev/tty yields ENXIO: there is no controlling terminal');
+});
+
+t.test("a workload can still make a pty of its own its controlling terminal, and /dev/tty then opens", async (t) => {
+  // /dev/tty is kept (as in runc): without a controlling terminal it is ENXIO, with its own it works.
+  const rootfs = makeRootfs(t);
+  buildInto(rootfs, 'own-tty', path.join(__dirname, 'fixtures', 'own-tty.c'));
+  const { output, exit } = await runScript(t, rootfs, 'own-tty');
+  t.equal(exit.exitCode, 0, output);
+  t.match(output, /^before: \/dev\/tty ENXIO$/m, 'no controlling terminal at start');
+  t.match(output, /^slave \/dev\/pts\/0 ok$/m, "the workspace's own devpts");
+  t.match(output, /^after: \/dev\/tty ok$/m);
+  t.match(output, /^TIOCSTI own ok$/m, 'its own terminal is its own to drive');
+  t.match(output, /^foreground ours$/m);
+});
+
+const DEVICES = ['null', 'zero', 'full', 'random', 'urandom', 'tty'];
+
+t.test("a workspace's device nodes are its own inodes, not the host's nor a neighbour's", async (t) => {
+  // Item 8: /dev nodes were binds of the host's, so an inotify watch saw everyone's opens and writes.
+  const rootfs = makeRootfs(t);
+  const script = `stat -c "%n %d:%i %t:%T" ${DEVICES.map((d) => `/dev/${d}`).join(' ')}`;
+  const [a, b] = await Promise.all([runScript(t, rootfs, script), runScript(t, rootfs, script)]);
+  const parse = (output: string): Map<string, { id: string; rdev: string }> =>
+    new Map(output.trim().split('\n').map((l) => l.split(' ')).map(([n, id, rdev]) => [n, { id, rdev }]));
+  const [inA, inB] = [parse(a.output), parse(b.output)];
+  for (const d of DEVICES) {
+    const host = fs.statSync(`/dev/${d}`);
+    const mine = inA.get(`/dev/${d}`);
+    t.ok(mine, `/dev/${d} exists`);
+    t.equal(mine?.rdev, `${(host.rdev >> 8).toString(16)}:${(host.rdev & 0xff).toString(16)}`, `/dev/${d} is the same device`);
+    t.not(mine?.id, `${host.dev}:${host.ino}`, `/dev/${d} is not the host's inode`);
+    t.not(mine?.id, inB.get(`/dev/${d}`)?.id, `/dev/${d} is not the neighbour's inode`);
+  }
+});
+
+t.test("inotify on a workspace's /dev nodes sees nothing the host or a neighbour does", async (t) => {
+  const rootfs = makeRootfs(t);
+  buildInto(rootfs, 'battery', path.join(__dirname, '..', 'security', 'battery.c'));
+  // A neighbour and the host keep opening and writing their /dev nodes all along.
+  const neighbour = await run(t, workspaceOptions(t, rootfs, ['sh', '-c', 'echo ready; while :; do for d in null zero full random urandom; do echo x > /dev/$d; done 2>/dev/null; sleep 0.1; done']));
+  await neighbour.waitForOutput('ready');
+  const timer = setInterval(() => {
+    for (const d of DEVICES.slice(0, 5)) {
+      try {
+        const fd = fs.openSync(`/dev/${d}`, 'r+');
+        try {
+          fs.writeSync(fd, 'x');
+        } catch {
+          // /dev/full: ENOSPC
+        }
+        fs.closeSync(fd);
+      } catch {
+        // keep generating
+      }
+    }
+  }, 20);
+  t.teardown(() => clearInterval(timer));
+  const { output } = await runScript(t, rootfs, 'TETRIX_BATTERY_DEV_WATCH_MS=2000 /bin/battery dev_inotify_no_outside_events');
+  t.match(output, /^PROBE dev_inotify_no_outside_events blocked /m, output);
+});
+
+t.test("what names the node is masked: /proc/cmdline, /proc/config.gz, and boot_id is the workspace's own", async (t) => {
+  const rootfs = makeRootfs(t);
+  const script = 'echo "cmdline=$(wc -c < /proc/cmdline)"; echo "config=$(cat /proc/config.gz 2>/dev/null | wc -c)"; cat /proc/sys/kernel/random/boot_id /proc/sys/kernel/random/boot_id';
+  const [a, b] = await Promise.all([runScript(t, rootfs, script), runScript(t, rootfs, script)]);
+  t.match(a.output, /^cmdline=0$/m, '/proc/cmdline reads empty');
+  t.match(a.output, /^config=0$/m, '/proc/config.gz gives nothing');
+  const ids = (o: string): string[] => o.split('\n').filter((l) => /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(l));
+  const [idsA, idsB] = [ids(a.output), ids(b.output)];
+  t.equal(idsA.length, 2, `boot_id is a random (version 4) UUID: ${a.output}`);
+  t.equal(idsA[0], idsA[1], 'stable within the workspace');
+  t.not(idsA[0], fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(), "not the host's");
+  t.not(idsA[0], idsB[0], "not the neighbour's");
+});
+
+t.test('a workspace cannot open more ptys than its limit, and a neighbour still gets its own', async (t) => {
+  // Item 7: devpts without max= let one workspace take the node's whole pty pool (ENOSPC for the next).
+  const rootfs = makeRootfs(t);
+  buildInto(rootfs, 'pty-hog', path.join(__dirname, 'fixtures', 'pty-hog.c'));
+  const hog = await run(t, workspaceOptions(t, rootfs, ['pty-hog', '64', 'hold'], { ptyLimit: 4 }));
+  await hog.waitForOutput('holding');
+  t.match(hog.output(), /^opened 4 ENOSPC$/m, 'four ptys, then ENOSPC');
+  const next = await runScript(t, rootfs, 'pty-hog 2', { ptyLimit: 4 });
+  t.match(next.output, /^opened 2 OK$/m, 'a second workspace opens ptys while the first holds all of its own');
+  t.throws(() => native.spawn({ ...workspaceOptions(t, rootfs, ['true']).options, ptyLimit: 0 }), TypeError, 'a limit of 0 is refused');
+});

@@ -291,6 +291,7 @@ async function startWorkspace(t: Test, filter: Buffer, argv: string[]): Promise<
       stderrFd: out,
       statusFd: status,
       mounts: [],
+      ptyLimit: 64,
       capabilities: capabilityNumbers(DEFAULT_CAPABILITIES),
       seccomp: filter,
     });

@@ -17,6 +17,10 @@
 //   TETRIX_BATTERY_HOST_ABSTRACT  an abstract unix socket name listening in the host's network namespace
 //   TETRIX_BATTERY_DAEMON_SOCKET  host path of the daemon's gRPC socket
 //   TETRIX_BATTERY_TOKEN          the secret the markers hold
+//   TETRIX_BATTERY_HOST_BOOT_ID   the host's /proc/sys/kernel/random/boot_id
+//   TETRIX_BATTERY_HOST_DEVNODES  "null=<st_dev>:<st_ino>,zero=..." of the host's /dev nodes
+//   TETRIX_BATTERY_PTY_LIMIT      the workspace's pty limit (devpts max=)
+//   TETRIX_BATTERY_DEV_WATCH_MS   optional: how long the inotify probe watches /dev (default 1500)
 //   TETRIX_BATTERY_REPORT         optional: a file (e.g. under /workspace) that gets a copy of the report
 // Built static (gcc -static -O2) so it needs nothing from the image.
 #define _GNU_SOURCE
@@ -41,6 +45,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -1473,6 +1479,234 @@ static result probe_aio_setup(void) {
   }
   static const int denied[] = {ENOSYS, 0};
   return refused("io_setup", rc, err, denied);
+// ---- issue 13 (December 2026 review): host terminals, the node's identity, shared device inodes, ptys --
+
+// Item 1. A workload in the daemon's session could open /dev/tty (the operator's terminal when tetrixd ran
+// from one), push commands into it with TIOCSTI and take its foreground with tcsetpgrp. It must lead no
+// host session and have no controlling terminal; the probes act on every terminal a workload can name.
+
+// Field 7 of /proc/self/stat (tty_nr), counted after the ")" that ends comm; -1 if unreadable.
+static long stat_tty_nr(void) {
+  char buf[1024];
+  if (read_file("/proc/self/stat", buf, sizeof buf) <= 0) return -1;
+  char *p = strrchr(buf, ')');
+  if (!p) return -1;
+  long field[5];
+  // ") S ppid pgrp session tty_nr": state, then four numbers.
+  if (sscanf(p + 1, " %*c %ld %ld %ld %ld", &field[0], &field[1], &field[2], &field[3]) != 4) return -1;
+  return field[3];
+}
+
+static result probe_own_session(void) {
+  pid_t sid = getsid(0);
+  if (sid < 0) return UNKNOWN("getsid: %s", E(errno));
+  // getsid names the leader in our pid namespace; 0 means the leader lives outside it (the host's session).
+  if (sid == 0) return ESCAPED("our session is led from outside the workspace (the daemon's session)");
+  long tty = stat_tty_nr();
+  if (tty < 0) return UNKNOWN("cannot read tty_nr from /proc/self/stat");
+  if (tty != 0) return ESCAPED("a controlling terminal %lu:%lu", (unsigned long)major(tty), (unsigned long)minor(tty));
+  return BLOCKED("session %d is led inside the workspace; no controlling terminal", (int)sid);
+}
+
+static result probe_dev_tty(void) {
+  int fd = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd >= 0) {
+    close(fd);
+    return ESCAPED("/dev/tty opens: a controlling terminal is reachable");
+  }
+  if (errno == ENXIO || errno == ENOENT) return BLOCKED("/dev/tty: %s (no controlling terminal)", E(errno));
+  return UNKNOWN("/dev/tty: unexpected %s", E(errno));
+}
+
+// Terminals by the names a workload could try; fds 0-2 come first.
+static const char *const TERMINAL_PATHS[] = {"/dev/tty", "/dev/console", "/dev/tty0", "/dev/tty1", "/dev/ttyS0", "/dev/hvc0"};
+
+typedef struct {
+  int fd;
+  char name[32];
+} terminal;
+
+// Every terminal the workload holds or can open, up to cap; the caller closes those it opened (index >= 3).
+static int reachable_terminals(terminal *out, int cap) {
+  int n = 0;
+  for (int fd = 0; fd <= 2 && n < cap; fd++) {
+    if (!isatty(fd)) continue;
+    out[n].fd = fd;
+    snprintf(out[n++].name, sizeof out[0].name, "fd %d", fd);
+  }
+  for (size_t i = 0; i < sizeof TERMINAL_PATHS / sizeof TERMINAL_PATHS[0] && n < cap; i++) {
+    int fd = open(TERMINAL_PATHS[i], O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) continue;
+    out[n].fd = fd;
+    snprintf(out[n++].name, sizeof out[0].name, "%s", TERMINAL_PATHS[i]);
+  }
+  return n;
+}
+
+static void close_terminals(terminal *t, int n) {
+  for (int i = 0; i < n; i++)
+    if (t[i].fd > 2) close(t[i].fd);
+}
+
+static result probe_tiocsti_any_terminal(void) {
+  terminal t[12];
+  int n = reachable_terminals(t, 12);
+  result r = BLOCKED("no terminal to inject into (%d reachable, none takes TIOCSTI)", n);
+  for (int i = 0; i < n; i++) {
+    // A NULL character: the kernel checks the right to inject before it reads the byte, so EFAULT says
+    // "allowed" without pushing anything into anyone's terminal (dev.tty.legacy_tiocsti is 1 here).
+    long rc = ioctl(t[i].fd, TIOCSTI, NULL);
+    if (rc == 0 || errno == EFAULT) {
+      r = ESCAPED("TIOCSTI on %s would inject input", t[i].name);
+      break;
+    }
+  }
+  close_terminals(t, n);
+  return r;
+}
+
+static result probe_foreground_any_terminal(void) {
+  signal(SIGTTOU, SIG_IGN);  // tcsetpgrp from a background group would stop us
+  terminal t[12];
+  int n = reachable_terminals(t, 12);
+  result r = BLOCKED("no terminal whose foreground we can read or set (%d reachable)", n);
+  for (int i = 0; i < n; i++) {
+    pid_t pg = tcgetpgrp(t[i].fd);
+    if (pg >= 0) {
+      r = ESCAPED("tcgetpgrp on %s works (foreground %d): it is our controlling terminal", t[i].name, (int)pg);
+      break;
+    }
+    // A group that cannot exist: ESRCH comes only after the controlling-terminal check (ENOTTY) passed,
+    // so nothing is moved to the foreground even where the probe would have succeeded.
+    pid_t none = 0x3ffffff0;
+    if (ioctl(t[i].fd, TIOCSPGRP, &none) == 0 || errno == ESRCH || errno == EPERM) {
+      r = ESCAPED("tcsetpgrp on %s got past the controlling-terminal check (%s)", t[i].name, E(errno));
+      break;
+    }
+  }
+  close_terminals(t, n);
+  return r;
+}
+
+// Item 8. What names the node or its boot, and device inodes shared with the host and the neighbours
+// (an inotify watch on a shared /dev/null sees everyone's opens and writes: an activity leak and a
+// covert channel).
+
+static result probe_proc_cmdline(void) { return not_readable("/proc/cmdline"); }
+static result probe_proc_config_gz(void) { return not_readable("/proc/config.gz"); }
+static result probe_proc_bootconfig(void) { return not_readable("/proc/bootconfig"); }
+static result probe_sys_dmi(void) { return not_readable("/sys/devices/virtual/dmi/id"); }
+
+static result probe_boot_id(void) {
+  const char *host = env("TETRIX_BATTERY_HOST_BOOT_ID");
+  char id[64];
+  if (!host) return UNKNOWN("TETRIX_BATTERY_HOST_BOOT_ID not given");
+  ssize_t n = read_file("/proc/sys/kernel/random/boot_id", id, sizeof id);
+  if (n < 0) return BLOCKED("boot_id: %s", E(errno));
+  if (n >= 36 && !strncmp(id, host, 36)) return ESCAPED("boot_id is the host's (%.36s)", id);
+  if (n == 0) return BLOCKED("boot_id reads empty");
+  return BLOCKED("boot_id %.36s is the workspace's own", id);
+}
+
+// TETRIX_BATTERY_HOST_DEVNODES: "null=<st_dev>:<st_ino>,zero=..." of the host's /dev nodes.
+static result probe_dev_nodes_own_inodes(void) {
+  const char *list = env("TETRIX_BATTERY_HOST_DEVNODES");
+  if (!list) return UNKNOWN("TETRIX_BATTERY_HOST_DEVNODES not given");
+  unsigned long null_dev = 0, null_ino = 0;
+  int checked = 0;
+  for (const char *p = list; p && *p;) {
+    char name[32], path[64];
+    unsigned long dev, ino;
+    struct stat st;
+    if (sscanf(p, "%31[a-z]=%lu:%lu", name, &dev, &ino) != 3) return UNKNOWN("bad TETRIX_BATTERY_HOST_DEVNODES");
+    if (!strcmp(name, "null")) null_dev = dev, null_ino = ino;
+    snprintf(path, sizeof path, "/dev/%s", name);
+    if (stat(path, &st) == 0) {
+      checked++;
+      if (st.st_dev == dev && st.st_ino == ino) return ESCAPED("%s is the host's inode (dev %lu ino %lu)", path, dev, ino);
+    }
+    p = strchr(p, ',');
+    if (p) p++;
+  }
+  // The masks over /proc files are binds of /dev/null: they must be ours too.
+  struct stat st;
+  if (null_ino && stat("/proc/kcore", &st) == 0 && st.st_dev == null_dev && st.st_ino == null_ino)
+    return ESCAPED("/proc/kcore is masked with the host's /dev/null inode");
+  return checked ? BLOCKED("%d device nodes, none the host's inode", checked) : UNKNOWN("no device node to check");
+}
+
+static const char *const WATCHED_DEVICES[] = {"null", "zero", "full", "random", "urandom", "tty"};
+
+// Watches the device nodes while the test (and a neighbour workspace) keep opening and writing theirs;
+// nothing in this workspace touches them meanwhile. Then our own write must show, or the watch proves
+// nothing.
+static result probe_dev_inotify_quiet(void) {
+  const char *ms = env("TETRIX_BATTERY_DEV_WATCH_MS");
+  int window = ms ? atoi(ms) : 1500;
+  int in = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  if (in < 0) return UNKNOWN("inotify_init1: %s", E(errno));
+  int wd[6];
+  for (size_t i = 0; i < 6; i++) {
+    char path[32];
+    snprintf(path, sizeof path, "/dev/%s", WATCHED_DEVICES[i]);
+    wd[i] = inotify_add_watch(in, path, IN_ALL_EVENTS);
+  }
+  if (wd[0] < 0) return UNKNOWN("inotify_add_watch /dev/null: %s", E(errno));
+  char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+  struct pollfd pfd = {.fd = in, .events = POLLIN};
+  int events = 0, first = -1;
+  struct timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (;;) {
+    poll(&pfd, 1, 100);
+    ssize_t n = read(in, buf, sizeof buf);
+    for (char *p = buf; n > 0 && p < buf + n;) {
+      struct inotify_event *e = (struct inotify_event *)p;
+      for (int i = 0; i < 6; i++)
+        if (e->wd == wd[i] && first < 0) first = i;
+      events++;
+      p += sizeof *e + e->len;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 >= window) break;
+  }
+  if (events) {
+    close(in);
+    return ESCAPED("%d events on /dev/%s from outside the workspace (a shared inode)", events, first >= 0 ? WATCHED_DEVICES[first] : "?");
+  }
+  int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)!write(fd, "x", 1);
+    close(fd);
+  }
+  poll(&pfd, 1, 1000);
+  ssize_t n = read(in, buf, sizeof buf);
+  close(in);
+  if (n <= 0) return UNKNOWN("the watch did not even see our own write to /dev/null");
+  return BLOCKED("no event from outside in %d ms on null, zero, full, random, urandom, tty; our own write shows", window);
+}
+
+// Item 7. One workspace held 3,071 ptys and the next got ENOSPC: each devpts instance has a max= of its own.
+static result probe_pty_limit(void) {
+  const char *v = env("TETRIX_BATTERY_PTY_LIMIT");
+  if (!v) return UNKNOWN("TETRIX_BATTERY_PTY_LIMIT not given");
+  int limit = atoi(v);
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)limit + 16) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  int opened = 0, err = 0;
+  while (opened <= limit) {  // one past the limit, and no more: never drain the node's pool
+    if (open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC) < 0) {
+      err = errno;
+      break;
+    }
+    opened++;
+  }
+  if (opened > limit) return ESCAPED("opened %d ptys, more than the workspace's limit %d", opened, limit);
+  if (opened < limit) return UNKNOWN("stopped at %d of %d ptys: %s", opened, limit, E(err));
+  return BLOCKED("%d ptys, then %s", opened, E(err));
 }
 
 // ---- the runner --------------------------------------------------------------------------------------
@@ -1608,6 +1842,19 @@ static const probe PROBES[] = {
     {"netlink_protocols_allowlist", probe_netlink_protocols},
     {"socketpair_families", probe_socketpair_families},
     {"aio_setup_host_capacity", probe_aio_setup},
+    // issue 13 (December 2026 review): host terminals, node identity, shared device inodes, ptys
+    {"own_session_no_ctty", probe_own_session},
+    {"dev_tty_no_terminal", probe_dev_tty},
+    {"tiocsti_any_terminal", probe_tiocsti_any_terminal},
+    {"foreground_any_terminal", probe_foreground_any_terminal},
+    {"proc_cmdline_masked", probe_proc_cmdline},
+    {"proc_config_gz_masked", probe_proc_config_gz},
+    {"proc_bootconfig_masked", probe_proc_bootconfig},
+    {"sys_dmi_masked", probe_sys_dmi},
+    {"boot_id_own", probe_boot_id},
+    {"dev_nodes_own_inodes", probe_dev_nodes_own_inodes},
+    {"dev_inotify_no_outside_events", probe_dev_inotify_quiet},
+    {"pty_limit", probe_pty_limit},
 };
 
 // Each probe runs in its own child: side effects stay there, and a probe the filter kills (SIGSYS) is

@@ -77,6 +77,42 @@ async function hostBait(t: Test): Promise<{ env: Record<string, string>; token: 
   };
 }
 
+const DEVICES = ['null', 'zero', 'full', 'random', 'urandom'];
+const PTY_LIMIT = 24;
+
+/** What the inside cannot know about the node: its boot id and its own device inodes. */
+function nodeFacts(): Record<string, string> {
+  return {
+    TETRIX_BATTERY_HOST_BOOT_ID: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+    TETRIX_BATTERY_HOST_DEVNODES: [...DEVICES, 'tty'].map((d) => {
+      const st = fs.statSync(`/dev/${d}`);
+      return `${d}=${st.dev}:${st.ino}`;
+    }).join(','),
+    TETRIX_BATTERY_PTY_LIMIT: String(PTY_LIMIT),
+  };
+}
+
+/** Opens and writes the host's /dev nodes every few ms until stopped: a workspace watching its own must
+ *  see none of it (issue 13, item 8). */
+function hostDeviceActivity(t: Test): void {
+  const timer = setInterval(() => {
+    for (const d of DEVICES) {
+      try {
+        const fd = fs.openSync(`/dev/${d}`, 'r+');
+        try {
+          fs.writeSync(fd, 'x');
+        } catch {
+          // /dev/full: ENOSPC, by design; the open and the attempt still happened
+        }
+        fs.closeSync(fd);
+      } catch {
+        // never fail the test over the generator
+      }
+    }
+  }, 20);
+  t.teardown(() => clearInterval(timer));
+}
+
 const contentFile = (d: Daemon, id: string, file: string): string => path.join(d.stateDir, 'workspaces', id, 'content', file);
 
 async function waitForFile(file: string, timeoutMs: number): Promise<void> {
@@ -111,16 +147,18 @@ t.test('a hostile workspace root cannot get out: the escape battery', async (t) 
   const battery = buildBattery(t);
   const imagesDir = tempDir(t, 'battery-images');
   makeImage(imagesDir, 'battery', battery);
-  const d = await startDaemon(t, ['--images-dir', imagesDir]);
+  const d = await startDaemon(t, ['--images-dir', imagesDir, '--pty-limit', String(PTY_LIMIT)]);
   const bait = await hostBait(t);
   const hostname = os.hostname();
+  hostDeviceActivity(t);
 
   // A neighbour holding a secret in its own /workspace: the battery looks for it through /proc/<pid>/root.
   const neighbour = await d.start({
     id: 'battery-neighbour',
     ownerId: 'mallory-victim',
     image: 'battery',
-    command: ['/bin/sh', '-c', 'echo "$SECRET" > /workspace/neighbour-secret; exec sleep 600'],
+    // It also keeps opening and writing its /dev nodes: the battery's inotify watch must not see that.
+    command: ['/bin/sh', '-c', 'echo "$SECRET" > /workspace/neighbour-secret; while :; do for d in null zero full random urandom; do echo x > /dev/$d; done 2>/dev/null; sleep 1; done'],
     env: { SECRET: bait.token },
     resources: { memoryBytes: 64 << 20, cpuMillis: 200, pids: 16 },
   });
@@ -134,6 +172,7 @@ t.test('a hostile workspace root cannot get out: the escape battery', async (t) 
     command: ['/battery'],
     env: {
       ...bait.env,
+      ...nodeFacts(),
       TETRIX_BATTERY_NEIGHBOUR: '/workspace/neighbour-secret',
       TETRIX_BATTERY_DAEMON_SOCKET: d.socketPath,
       TETRIX_BATTERY_REPORT: '/workspace/battery.report',
@@ -156,6 +195,47 @@ t.test('a hostile workspace root cannot get out: the escape battery', async (t) 
   t.equal(fs.readFileSync(bait.env.TETRIX_BATTERY_MARKER, 'utf8'), bait.token, "the host's marker is unchanged");
   const n = await d.get('battery-neighbour');
   t.equal(n.state, 'WORKSPACE_STATE_RUNNING', 'the neighbour is still running');
+});
+
+/** Fields 6 (session) and 7 (tty_nr) of /proc/<pid>/stat, as the host sees them. */
+function sessionOf(pid: number): { session: number; ttyNr: number } {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { session: Number(fields[3]), ttyNr: Number(fields[4]) };
+}
+
+t.test('with the daemon on a pseudo-terminal, a workspace cannot reach that terminal', async (t) => {
+  // Issue 13, item 1: tetrixd started from a terminal (`npm start`) shared its session and controlling
+  // terminal with every workload, which opened /dev/tty, injected a command with TIOCSTI and took the
+  // foreground with tcsetpgrp. dev.tty.legacy_tiocsti is 1 on this machine.
+  const battery = buildBattery(t);
+  const imagesDir = tempDir(t, 'battery-pty-images');
+  makeImage(imagesDir, 'battery', battery);
+  const d = await startDaemon(t, ['--images-dir', imagesDir], { pty: true });
+  const daemonPid = Number(fs.readFileSync(`/proc/${d.process.pid}/task/${d.process.pid}/children`, 'utf8').trim().split(' ')[0]);
+  const daemon = sessionOf(daemonPid);
+  t.not(daemon.ttyNr, 0, 'the daemon has a controlling terminal (the pty script made)');
+  t.equal(daemon.session, daemonPid, 'the daemon leads the pty\'s session');
+
+  const probes = ['own_session_no_ctty', 'dev_tty_no_terminal', 'tiocsti_any_terminal', 'foreground_any_terminal', 'tiocsti_injection'];
+  const w = await d.start({
+    id: 'battery-pty',
+    ownerId: 'mallory',
+    image: 'battery',
+    // It stays up after the battery, so the host can look at its session.
+    command: ['/bin/sh', '-c', '/battery "$@"; echo done > /workspace/done; exec sleep 600', 'sh', ...probes],
+    env: { TETRIX_BATTERY_REPORT: '/workspace/battery.report' },
+  });
+  t.not(w.state, 'WORKSPACE_STATE_FAILED', `the workspace starts (${w.message})`);
+  await waitForFile(contentFile(d, 'battery-pty', 'done'), 60_000);
+  const host = sessionOf(w.pid);
+  t.equal(host.session, w.pid, 'init leads a session of its own (seen from the host)');
+  t.equal(host.ttyNr, 0, 'init has no controlling terminal');
+  const report = fs.readFileSync(contentFile(d, 'battery-pty', 'battery.report'), 'utf8');
+  t.comment(`report:\n${report}`);
+  const { probes: lines } = parseReport(report);
+  t.same(lines.map((p) => p.name).sort(), [...probes].sort(), 'every terminal probe ran');
+  for (const p of lines) t.equal(p.outcome, 'blocked', `${p.name}: ${p.detail}`);
 });
 
 t.test('an image with a symlink pointing at the host cannot make the runtime touch the host', async (t) => {
