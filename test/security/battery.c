@@ -1479,6 +1479,8 @@ static result probe_aio_setup(void) {
   }
   static const int denied[] = {ENOSYS, 0};
   return refused("io_setup", rc, err, denied);
+}
+
 // ---- issue 13 (December 2026 review): host terminals, the node's identity, shared device inodes, ptys --
 
 // Item 1. A workload in the daemon's session could open /dev/tty (the operator's terminal when tetrixd ran
