@@ -28,9 +28,10 @@ export interface Config {
   readonly tlsCrlFile: string;
   readonly tlsDenyListFile: string; // identities or sha256 fingerprints refused, one per line
   readonly tlsAllow: string;        // client identities allowed (comma-separated), '' = any the CA signed
-  readonly operatorIdentities: string; // client identities that act as node operators (comma-separated)
+  readonly operatorIdentities: string; // client-certificate SANs that act as node operators: dns:NAME or uri:URI, comma-separated
   readonly tlsReloadMs: number;
   readonly controlPlaneKeyFile: string; // Ed25519 public key(s), PEM, that sign user tokens
+  readonly tokenMaxLifetimeSeconds: number; // user tokens whose exp - iat exceeds this are refused
   readonly nodeDomain: string;      // workspace endpoints are <port>-<id>.<nodeDomain>
   readonly endpointListen: string;  // host:port of the HTTPS/WebSocket endpoint server, '' = off
   readonly keyFile: string;         // operator-provided node key (KEK); '' = generated in <stateDir>/keys
@@ -81,9 +82,10 @@ export function defaults(): Config {
     tlsCrlFile: '',
     tlsDenyListFile: '',
     tlsAllow: '',
-    operatorIdentities: 'tetrix-admin',
+    operatorIdentities: 'dns:tetrix-admin', // the SAN of the generated admin certificate
     tlsReloadMs: 10_000,
     controlPlaneKeyFile: '',
+    tokenMaxLifetimeSeconds: 3600,
     nodeDomain: '',
     endpointListen: '',
     keyFile: '',
@@ -113,7 +115,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs'] as const;
+const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
@@ -217,6 +219,11 @@ function validate(c: Config): Config {
     throw new ConfigError('tlsCertFile, tlsKeyFile and tlsCaFile go together (or none of them, to use the generated node PKI)');
   }
   if (c.endpointListen !== '' && c.nodeDomain === '') throw new ConfigError('endpointListen needs nodeDomain');
+  // Typed, so a CN or email name spelling an operator's name is not one (issue 13).
+  for (const id of listOf(c.operatorIdentities)) {
+    if (!/^(dns|uri):\S+$/.test(id)) throw new ConfigError(`operatorIdentities: "${id}" needs a name type: dns:NAME or uri:URI (the generated admin certificate is dns:tetrix-admin)`);
+  }
+  if (c.tokenMaxLifetimeSeconds < 1) throw new ConfigError('tokenMaxLifetimeSeconds: must be at least 1');
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);
