@@ -15,7 +15,9 @@ export interface Config {
   readonly nodeId: string;
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
   readonly stopGraceMs: number;     // StopWorkspace's default grace period
-  readonly defaultPids: number;     // pids limit when a request names none
+  readonly defaultMemoryBytes: number; // limits a workspace gets when its request names none (never unbounded)
+  readonly defaultCpuMillis: number;
+  readonly defaultPids: number;
   readonly maxMemoryBytes: number;  // requests above these are refused
   readonly maxCpuMillis: number;
   readonly maxPids: number;
@@ -69,6 +71,8 @@ export function defaults(): Config {
     nodeId: os.hostname(),
     logLevel: 'info',
     stopGraceMs: 10_000,
+    defaultMemoryBytes: Math.min(1 << 30, os.totalmem()),
+    defaultCpuMillis: 1000,
     defaultPids: 4096,
     maxMemoryBytes: os.totalmem(),
     maxCpuMillis: os.availableParallelism() * 1000,
@@ -115,7 +119,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
@@ -202,7 +206,23 @@ function coerce(key: string, value: unknown): unknown {
   return value;
 }
 
+// A workspace's limits: every default a real bound (issue 13: none meant memory.limit_in_bytes 2^63), at
+// least what a shell needs (as the API's own minimums), and within the node's maximum.
+const WORKSPACE_LIMITS = [
+  ['defaultMemoryBytes', 'maxMemoryBytes', 8 << 20],
+  ['defaultCpuMillis', 'maxCpuMillis', 10],
+  ['defaultPids', 'maxPids', 8],
+] as const;
+
+function validateWorkspaceLimits(c: Config): void {
+  for (const [key, maxKey, min] of WORKSPACE_LIMITS) {
+    if (c[key] < min) throw new ConfigError(`${key}: must be at least ${min}, got ${c[key]}`);
+    if (c[key] > c[maxKey]) throw new ConfigError(`${key}: ${c[key]} is above ${maxKey} (${c[maxKey]})`);
+  }
+}
+
 function validate(c: Config): Config {
+  validateWorkspaceLimits(c);
   for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir', 'cgroupRoot'] as const) {
     if (!path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
   }
