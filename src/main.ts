@@ -64,6 +64,7 @@ async function run(config: Config): Promise<void> {
     native,
     log,
     specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
+    defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids },
     network,
     logs: output,
     backups,

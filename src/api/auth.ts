@@ -1,14 +1,16 @@
 // Who is calling, and may they touch this workspace. Three parts:
-//  - TokenVerifier: the control plane's user tokens (JWT, EdDSA/Ed25519) checked against its public key;
+//  - TokenVerifier: the control plane's user tokens (JWT, EdDSA/Ed25519, verified with jose) checked against
+//    its public key, with a bounded lifetime;
 //  - authorizeWorkspaceAccess: the one decision point for every user-facing workspace action;
 //  - createAuthInterceptor / principalOf: the gRPC side, one interceptor per listening port, and
 //    createEndpointGuard: the same checks for the workspace endpoint server.
 // Every decision is written to the audit log. See docs/security-transport.md.
 import * as grpc from '@grpc/grpc-js';
 import crypto from 'node:crypto';
+import { errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyOptions } from 'jose';
 import { DomainError } from '../errors';
 import type { AuditLog } from './audit';
-import { ADMIN_IDENTITY, peerIdentityOf, type PeerVerdict } from './tls';
+import { DEFAULT_OPERATOR_IDENTITY, operatorNameOf, parseOperatorIdentity, peerIdentityOf, type OperatorIdentity, type PeerVerdict } from './tls';
 import type { PeerCertificate } from 'node:tls';
 
 export type Principal =
@@ -24,6 +26,8 @@ export function describePrincipal(p: Principal | undefined): string {
 // Tokens
 
 export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
+/** The longest a token may live (exp - iat) unless configured otherwise: the control plane's are short. */
+export const DEFAULT_TOKEN_LIFETIME_SECONDS = 3600;
 const MAX_TOKEN_BYTES = 8192;
 const MAX_ID_LENGTH = 256;
 
@@ -34,13 +38,17 @@ export interface TokenVerifierOptions {
   readonly audience: string;
   /** Tolerance for clocks that disagree, applied to exp, nbf and iat. Default 30 s. */
   readonly clockSkewSeconds?: number;
+  /** The longest lifetime (exp - iat) a token may claim. Default 1 h. */
+  readonly maxLifetimeSeconds?: number;
   /** For tests: the current time in ms. */
   readonly now?: () => number;
 }
 
+export type UserPrincipal = Principal & { kind: 'user' };
+
 const unauthenticated = (why: string): DomainError => new DomainError('UNAUTHENTICATED', `token: ${why}`);
 
-// Strict base64url: Buffer.from is lenient (skips bad characters, accepts padding), so decode and re-encode
+// Strict base64url: decoders are lenient (skip bad characters, accept padding), so decode and re-encode
 // and insist on the same text, so one token has exactly one spelling.
 function decodeSegment(segment: string, what: string): Buffer {
   const bytes = Buffer.from(segment, 'base64url');
@@ -60,12 +68,43 @@ function parseJsonObject(bytes: Buffer, what: string): Record<string, unknown> {
 }
 
 const isId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= MAX_ID_LENGTH;
-const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
-/** Verifies the control plane's user tokens: compact JWS, `alg: EdDSA` (Ed25519) only. */
+// jose's refusals, in words that name the claim (never jose's message: it may quote the payload).
+const CLAIM_REFUSALS: Record<string, string> = {
+  'aud:missing': 'not for this node (aud)',
+  'aud:check_failed': 'not for this node (aud)',
+  'exp:missing': 'missing expiry (exp)',
+  'exp:check_failed': 'expired (exp)',
+  'iat:missing': 'missing issued-at (iat)',
+  'nbf:check_failed': 'not yet valid (nbf)',
+  'sub:missing': 'missing subject (sub)',
+};
+
+function refusalOf(err: unknown): DomainError {
+  if (err instanceof joseErrors.JOSEAlgNotAllowed) return unauthenticated('algorithm not accepted');
+  if (err instanceof joseErrors.JWTClaimValidationFailed || err instanceof joseErrors.JWTExpired) {
+    return unauthenticated(CLAIM_REFUSALS[`${err.claim}:${err.reason}`] ?? `malformed ${err.claim}`);
+  }
+  if (err instanceof joseErrors.JWTInvalid) return unauthenticated('malformed payload');
+  return unauthenticated('malformed token');
+}
+
+function positiveSeconds(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new DomainError('INVALID_ARGUMENT', `tokens: ${name} must be a positive whole number of seconds`);
+  }
+  return value;
+}
+
+/**
+ * Verifies the control plane's user tokens: compact JWS, `alg: EdDSA` (Ed25519) only, with `exp` and
+ * `iat` required and a bounded lifetime. The signature and the registered claims are checked by jose
+ * (a maintained JOSE implementation); the strict spelling and header rules and the lifetime bound here.
+ */
 export class TokenVerifier {
   private readonly keys: crypto.KeyObject[];
-  private readonly skewMs: number;
+  private readonly skewSeconds: number;
+  private readonly maxLifetimeSeconds: number;
   private readonly now: () => number;
 
   constructor(private readonly opts: TokenVerifierOptions) {
@@ -79,46 +118,67 @@ export class TokenVerifier {
       return key;
     });
     if (!opts.audience) throw new DomainError('INVALID_ARGUMENT', 'tokens: audience (node id) is empty');
-    this.skewMs = (opts.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS) * 1000;
+    this.skewSeconds = opts.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS;
+    this.maxLifetimeSeconds = positiveSeconds(opts.maxLifetimeSeconds ?? DEFAULT_TOKEN_LIFETIME_SECONDS, 'maxLifetimeSeconds');
     this.now = opts.now ?? Date.now;
   }
 
-  /** The user a token speaks for; throws DomainError UNAUTHENTICATED saying why not. */
-  verify(token: string): Principal & { kind: 'user' } {
+  /** The user a token speaks for; rejects with DomainError UNAUTHENTICATED saying why not. */
+  async verify(token: string): Promise<UserPrincipal> {
+    this.checkSpelling(token);
+    // The signature is checked (by jose, before any claim) with each key of a rotation in turn.
+    for (const key of this.keys) {
+      let claims: JWTPayload;
+      try {
+        claims = (await jwtVerify(token, key, this.joseOptions())).payload;
+      } catch (err) {
+        if (err instanceof joseErrors.JWSSignatureVerificationFailed) continue;
+        throw refusalOf(err);
+      }
+      return this.checkClaims(claims);
+    }
+    throw unauthenticated('bad signature');
+  }
+
+  /** What jose does not insist on: one spelling per token, a plain header. */
+  private checkSpelling(token: string): void {
     if (typeof token !== 'string' || token.length === 0) throw unauthenticated('missing');
     if (token.length > MAX_TOKEN_BYTES) throw unauthenticated('too long');
     const parts = token.split('.');
     if (parts.length !== 3) throw unauthenticated('not a compact JWS');
     const [h, p, s] = parts as [string, string, string];
-    this.checkHeader(parseJsonObject(decodeSegment(h, 'header'), 'header'));
-    // The signature is checked before the claims are believed.
-    const signature = decodeSegment(s, 'signature');
-    const signed = Buffer.from(`${h}.${p}`, 'ascii');
-    if (!this.keys.some((key) => crypto.verify(null, signed, key, signature))) throw unauthenticated('bad signature');
-    return this.checkClaims(parseJsonObject(decodeSegment(p, 'payload'), 'payload'));
-  }
-
-  private checkHeader(header: Record<string, unknown>): void {
-    // Only EdDSA: refuses 'none' and the HS256-with-the-public-key confusion.
+    const header = parseJsonObject(decodeSegment(h, 'header'), 'header');
+    decodeSegment(p, 'payload');
+    decodeSegment(s, 'signature');
+    // Only EdDSA: refuses 'none' and the HS256-with-the-public-key confusion (jose's `algorithms` too).
     if (header.alg !== 'EdDSA') throw unauthenticated('algorithm not accepted');
     if (header.typ !== undefined && header.typ !== 'JWT') throw unauthenticated('not a JWT');
+    // No extensions at all: jose would honour `b64: false` (RFC 7797) on a plain JWS.
     if (header.crit !== undefined) throw unauthenticated('critical header extensions not supported');
   }
 
-  private checkClaims(c: Record<string, unknown>): Principal & { kind: 'user' } {
-    if (!isId(c.sub)) throw unauthenticated('missing subject');
-    if (!Array.isArray(c.teams) || !c.teams.every(isId)) throw unauthenticated('teams must be a list of ids');
-    const aud = typeof c.aud === 'string' ? [c.aud] : c.aud;
-    if (!Array.isArray(aud) || !aud.includes(this.opts.audience)) throw unauthenticated('not for this node');
-    if (!isTime(c.exp)) throw unauthenticated('missing expiry');
-    for (const claim of ['nbf', 'iat'] as const) {
-      if (c[claim] !== undefined && !isTime(c[claim])) throw unauthenticated(`malformed ${claim}`);
+  private joseOptions(): JWTVerifyOptions {
+    return {
+      algorithms: ['EdDSA'],
+      audience: this.opts.audience,
+      requiredClaims: ['exp', 'iat', 'sub'],
+      clockTolerance: this.skewSeconds,
+      currentDate: new Date(this.now()),
+    };
+  }
+
+  private checkClaims(c: JWTPayload): UserPrincipal {
+    // jose has checked exp, nbf and aud, and that iat is a number; it lets any lifetime and a future iat pass.
+    const iat = c.iat as number;
+    const exp = c.exp as number;
+    if (iat * 1000 > this.now() + this.skewSeconds * 1000) throw unauthenticated('issued in the future (iat)');
+    if (exp - iat > this.maxLifetimeSeconds) {
+      throw unauthenticated(`lifetime exp - iat is over the ${this.maxLifetimeSeconds} s bound`);
     }
-    const now = this.now();
-    if (now >= c.exp * 1000 + this.skewMs) throw unauthenticated('expired');
-    if (isTime(c.nbf) && now < c.nbf * 1000 - this.skewMs) throw unauthenticated('not yet valid');
-    if (isTime(c.iat) && now < c.iat * 1000 - this.skewMs) throw unauthenticated('issued in the future');
-    return { kind: 'user', userId: c.sub, teams: c.teams as string[] };
+    if (!isId(c.sub)) throw unauthenticated('missing subject (sub)');
+    const teams: unknown = c.teams;
+    if (!Array.isArray(teams) || !teams.every(isId)) throw unauthenticated('teams must be a list of ids');
+    return { kind: 'user', userId: c.sub, teams: teams as string[] };
   }
 }
 
@@ -201,7 +261,8 @@ export interface AuthInterceptorOptions {
   readonly audit: AuditLog;
   /** For 'mtls': the credentials' allow/deny check (MtlsServerCredentials.checkPeer). */
   readonly checkPeer?: (cert: PeerCertificate | undefined) => PeerVerdict;
-  /** Client-certificate identities that act as node operators. Default ['tetrix-admin']. */
+  /** Client-certificate names that act as node operators, each with its SAN type (`dns:NAME`, `uri:URI`).
+   *  Default ['dns:tetrix-admin'], which the generated admin certificate carries. */
   readonly operatorIdentities?: readonly string[];
   /** Method path prefixes callable without a principal (the mTLS allow/deny check still applies).
    *  Default: the standard health service, so probes need a client certificate but no token. */
@@ -236,15 +297,14 @@ function bearerToken(metadata: grpc.Metadata): string | undefined {
   return m[1];
 }
 
-function resolvePrincipal(opts: AuthInterceptorOptions, metadata: grpc.Metadata, ctx: AuthContext, anonymousOk: boolean): Principal | undefined {
+async function resolvePrincipal(opts: AuthInterceptorOptions, operators: readonly OperatorIdentity[], metadata: grpc.Metadata, ctx: AuthContext, anonymousOk: boolean): Promise<Principal | undefined> {
   let operatorName: string | undefined;
   if (opts.transport === 'mtls') {
     const verdict: PeerVerdict = opts.checkPeer
       ? opts.checkPeer(ctx.sslPeerCertificate)
       : { ok: false, reason: 'no peer check configured' };
     if (!verdict.ok) throw new DomainError('UNAUTHENTICATED', verdict.reason);
-    const operators = new Set((opts.operatorIdentities ?? [ADMIN_IDENTITY]).map((n) => n.toLowerCase()));
-    operatorName = verdict.identity.names.find((n) => operators.has(n.toLowerCase()));
+    operatorName = operatorNameOf(verdict.identity, operators);
   } else {
     operatorName = 'local';
   }
@@ -270,30 +330,34 @@ export function createAuthInterceptor(opts: AuthInterceptorOptions): grpc.Server
     throw new DomainError('INVALID_ARGUMENT', 'auth: the mTLS interceptor needs checkPeer');
   }
   const anonymous = opts.anonymousMethods ?? DEFAULT_ANONYMOUS_METHODS;
+  const operators = (opts.operatorIdentities ?? [DEFAULT_OPERATOR_IDENTITY]).map(parseOperatorIdentity);
   return (method, next) => {
     const anonymousOk = anonymous.some((prefix) => method.path.startsWith(prefix));
     const call: AuthenticatedCall = new AuthenticatedCall(next, {
       start: (startNext) =>
         startNext({
+          // Asynchronous (token verification is): grpc-js holds messages back until metadataNext.
           onReceiveMetadata: (metadata, metadataNext) => {
             const ctx = (call.transport = next.getAuthContext());
-            try {
-              call.principal = resolvePrincipal(opts, metadata, ctx, anonymousOk);
-            } catch (err) {
-              const reason = err instanceof DomainError ? err.message : 'authentication failed';
-              const peer = peerName(ctx);
-              opts.audit.record({
-                who: peer ? `peer:${peer}` : 'anonymous',
-                action: method.path,
-                decision: 'deny',
-                reason,
-                via: 'grpc',
-              });
-              // On the inner call: this call is still processing metadata and would hold the status back.
-              next.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: reason });
-              return;
-            }
-            metadataNext(metadata);
+            resolvePrincipal(opts, operators, metadata, ctx, anonymousOk).then(
+              (principal) => {
+                call.principal = principal;
+                metadataNext(metadata);
+              },
+              (err: unknown) => {
+                const reason = err instanceof DomainError ? err.message : 'authentication failed';
+                const peer = peerName(ctx);
+                opts.audit.record({
+                  who: peer ? `peer:${peer}` : 'anonymous',
+                  action: method.path,
+                  decision: 'deny',
+                  reason,
+                  via: 'grpc',
+                });
+                // On the inner call: this call is still processing metadata and would hold the status back.
+                next.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: reason });
+              },
+            );
           },
         }),
     });
@@ -322,7 +386,7 @@ export interface EndpointRouteFacts {
 }
 
 export interface EndpointAccessGuard {
-  authenticate(token: string | undefined, workspaceId: string): Principal;
+  authenticate(token: string | undefined, workspaceId: string): Promise<Principal>;
   authorize(principal: Principal, workspaceId: string, port: number, route: EndpointRouteFacts | undefined): void;
 }
 
@@ -330,10 +394,10 @@ export interface EndpointAccessGuard {
 export function createEndpointGuard(tokens: Pick<TokenVerifier, 'verify'>, audit: AuditLog): EndpointAccessGuard {
   const endpointAudit: AuditLog = { record: (e) => audit.record({ ...e, via: 'endpoint' }) };
   return {
-    authenticate(token, workspaceId) {
+    async authenticate(token, workspaceId) {
       try {
         if (token === undefined) throw unauthenticated('missing');
-        return tokens.verify(token);
+        return await tokens.verify(token);
       } catch (err) {
         const reason = err instanceof DomainError ? err.message : 'authentication failed';
         endpointAudit.record({ who: 'anonymous', action: 'endpoint', workspace: workspaceId, decision: 'deny', reason });

@@ -46,6 +46,7 @@ export interface CertificateRequest {
   readonly dnsNames?: readonly string[];
   readonly ipAddresses?: readonly string[];
   readonly uris?: readonly string[];
+  readonly emails?: readonly string[];
   readonly notBefore?: Date;
   readonly notAfter?: Date;
 }
@@ -91,6 +92,7 @@ function subjectAltNames(req: CertificateRequest): x509.JsonGeneralName[] {
     ...(req.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
     ...(req.ipAddresses ?? []).map((value) => ({ type: 'ip' as const, value })),
     ...(req.uris ?? []).map((value) => ({ type: 'url' as const, value })),
+    ...(req.emails ?? []).map((value) => ({ type: 'email' as const, value })),
   ];
 }
 
@@ -147,6 +149,7 @@ export interface NodePkiOptions {
   readonly hostname: string;
   readonly addresses?: readonly string[]; // extra IPs or DNS names the API is reached at
   readonly nodeDomain?: string;           // endpoints are served as *.<nodeDomain>
+  readonly adminIdentity?: OperatorIdentity; // the SAN of the admin certificate; default dns:tetrix-admin
 }
 
 export interface NodePki {
@@ -199,9 +202,12 @@ function namesMatch(cert: crypto.X509Certificate, req: CertificateRequest): bool
   const dns = sans.filter((s) => s.type === 'DNS').map((s) => s.value).sort();
   const ipCount = sans.filter((s) => s.type === 'IP Address').length;
   const wantDns = [...(req.dnsNames ?? [])].sort();
+  const uris = sans.filter((s) => s.type === 'URI').map((s) => s.value).sort();
+  const wantUris = [...(req.uris ?? [])].sort();
   const wantIps = req.ipAddresses ?? [];
   return (
     JSON.stringify(dns) === JSON.stringify(wantDns) &&
+    JSON.stringify(uris) === JSON.stringify(wantUris) &&
     ipCount === wantIps.length &&
     wantIps.every((ip) => cert.checkIP(ip) !== undefined)
   );
@@ -240,7 +246,7 @@ function splitAddresses(names: readonly string[]): { dnsNames: string[]; ipAddre
 
 /**
  * Creates the node CA, the API server certificate (hostname, localhost, 127.0.0.1, ::1 and `addresses`),
- * the `tetrix-admin` client certificate and, with `nodeDomain`, the `*.<nodeDomain>` endpoint certificate.
+ * the `tetrix-admin` client certificate (its SAN: `adminIdentity`) and, with `nodeDomain`, the `*.<nodeDomain>` endpoint certificate.
  * Existing files are kept; a leaf is reissued when it is missing, not from this CA, within 30 days of
  * expiry, or its names changed. Directory 0700, keys 0600.
  */
@@ -261,10 +267,12 @@ export async function ensureNodePki(opts: NodePkiOptions): Promise<NodePki> {
   const ca = await loadOrCreateCa(pki.caCertPath, pki.caKeyPath);
   const names = splitAddresses([opts.hostname, 'localhost', '127.0.0.1', '::1', ...(opts.addresses ?? [])]);
   await ensureLeaf(ca, pki.serverCertPath, pki.serverKeyPath, { commonName: opts.hostname, usage: 'server', ...names });
+  // The admin certificate carries the operator identity as the SAN type it is configured with.
+  const admin = opts.adminIdentity ?? parseOperatorIdentity(DEFAULT_OPERATOR_IDENTITY);
   await ensureLeaf(ca, pki.adminCertPath, pki.adminKeyPath, {
     commonName: ADMIN_IDENTITY,
     usage: 'client',
-    dnsNames: [ADMIN_IDENTITY],
+    ...(admin.type === 'dns' ? { dnsNames: [admin.value] } : { uris: [admin.value] }),
   });
   if (opts.nodeDomain && pki.endpointCertPath && pki.endpointKeyPath) {
     await ensureLeaf(ca, pki.endpointCertPath, pki.endpointKeyPath, {
@@ -297,6 +305,8 @@ export function parseSubjectAltName(text: string): { type: string; value: string
 export interface PeerIdentity {
   readonly name: string;            // the primary name: first URI SAN, else first DNS SAN, else CN
   readonly names: readonly string[]; // every URI, DNS and email SAN and every CN
+  readonly uris: readonly string[];  // the URI SANs alone
+  readonly dnsNames: readonly string[]; // the DNS SANs alone
   readonly fingerprint256: string;   // lowercase hex, no colons
 }
 
@@ -306,8 +316,44 @@ export function peerIdentityOf(cert: tls.PeerCertificate): PeerIdentity {
   const byType = (t: string): string[] => sans.filter((s) => s.type === t).map((s) => s.value);
   const cn = cert.subject?.CN;
   const cns = cn === undefined ? [] : Array.isArray(cn) ? cn : [cn];
-  const names = [...byType('URI'), ...byType('DNS'), ...byType('email'), ...cns];
-  return { name: names[0] ?? '', names, fingerprint256: normaliseFingerprint(cert.fingerprint256 ?? '') };
+  const uris = byType('URI');
+  const dnsNames = byType('DNS');
+  const names = [...uris, ...dnsNames, ...byType('email'), ...cns];
+  return { name: names[0] ?? '', names, uris, dnsNames, fingerprint256: normaliseFingerprint(cert.fingerprint256 ?? '') };
+}
+
+/**
+ * A name a client certificate must carry to act as a node operator: one SAN type and its value, written
+ * `dns:NAME` or `uri:URI` in the config. Typed, because a CA that issues a CN, an email address or a
+ * URI that happens to spell `tetrix-admin` for someone else must not make them an operator.
+ */
+export interface OperatorIdentity {
+  readonly type: 'dns' | 'uri';
+  readonly value: string;
+}
+
+/** What operatorIdentities holds unless configured: the SAN the generated admin certificate carries. */
+export const DEFAULT_OPERATOR_IDENTITY = `dns:${ADMIN_IDENTITY}`;
+
+/** `dns:NAME` or `uri:URI`; throws DomainError INVALID_ARGUMENT naming operatorIdentities otherwise. */
+export function parseOperatorIdentity(text: string): OperatorIdentity {
+  const m = /^(dns|uri):(\S+)$/.exec(text.trim());
+  if (!m) {
+    throw new DomainError('INVALID_ARGUMENT', `operatorIdentities: "${text}" needs a name type and a name: dns:NAME or uri:URI`);
+  }
+  return { type: m[1] as OperatorIdentity['type'], value: m[2] as string };
+}
+
+/** The operator name a verified certificate carries, if any: a DNS SAN equal to a configured dns: name
+ *  (case-insensitive, as DNS is: RFC 4343), or a URI SAN equal to a configured uri: byte for byte. */
+export function operatorNameOf(identity: PeerIdentity, operators: readonly OperatorIdentity[]): string | undefined {
+  for (const op of operators) {
+    const found = op.type === 'dns'
+      ? identity.dnsNames.find((n) => n.toLowerCase() === op.value.toLowerCase())
+      : identity.uris.find((u) => u === op.value);
+    if (found !== undefined) return found;
+  }
+  return undefined;
 }
 
 function normaliseFingerprint(fp: string): string {

@@ -12,7 +12,7 @@ import { createAuthInterceptor, TokenVerifier } from './auth';
 import { bindUnixSocket } from './server';
 import { EndpointServer } from '../network/endpoints';
 import { createEndpointGuard } from './auth';
-import { ensureNodePki, MtlsServerCredentials, secureContextOptions, TlsFileWatcher, type NodePki } from './tls';
+import { ensureNodePki, MtlsServerCredentials, parseOperatorIdentity, secureContextOptions, TlsFileWatcher, type NodePki } from './tls';
 
 export interface Transport {
   tcpPort: number | undefined;
@@ -31,7 +31,7 @@ export function loadTokenVerifier(config: Config): Pick<TokenVerifier, 'verify'>
   }
   const pem = fs.readFileSync(config.controlPlaneKeyFile, 'utf8');
   const keys = pem.match(/-----BEGIN PUBLIC KEY-----[\s\S]+?-----END PUBLIC KEY-----/g) ?? [];
-  return new TokenVerifier({ publicKeys: keys, audience: config.nodeId });
+  return new TokenVerifier({ publicKeys: keys, audience: config.nodeId, maxLifetimeSeconds: config.tokenMaxLifetimeSeconds });
 }
 
 export async function bindTransports(server: grpc.Server, config: Config, audit: AuditLog, log: Logger): Promise<Transport> {
@@ -42,9 +42,12 @@ export async function bindTransports(server: grpc.Server, config: Config, audit:
   await bindUnixSocket(server, config.socketPath, local);
   if (config.apiListen === '') return { tcpPort: undefined, pki: undefined, close: () => undefined };
 
-  // Operator-provided certificates, or a node PKI generated on first start (as k3s does).
+  // Operator-provided certificates, or a node PKI generated on first start (as k3s does), whose admin
+  // certificate carries the first operator identity.
+  const operatorIdentities = listOf(config.operatorIdentities);
+  const adminIdentity = operatorIdentities.length > 0 ? parseOperatorIdentity(operatorIdentities[0] as string) : undefined;
   const pki = config.tlsCertFile === ''
-    ? await ensureNodePki({ stateDir: config.stateDir, hostname: os.hostname(), addresses: listOf(config.apiAddresses), nodeDomain: config.nodeDomain || undefined })
+    ? await ensureNodePki({ stateDir: config.stateDir, hostname: os.hostname(), addresses: listOf(config.apiAddresses), nodeDomain: config.nodeDomain || undefined, adminIdentity })
     : undefined;
   const files = pki
     ? { certPath: pki.serverCertPath, keyPath: pki.serverKeyPath, caPath: pki.caCertPath }
@@ -65,7 +68,7 @@ export async function bindTransports(server: grpc.Server, config: Config, audit:
       tokens,
       audit,
       checkPeer: (cert) => mtls.checkPeer(cert),
-      operatorIdentities: listOf(config.operatorIdentities),
+      operatorIdentities,
     }),
   ]);
   const tcpPort = await new Promise<number>((resolve, reject) =>

@@ -10,7 +10,6 @@ export interface Limits {
   maxMemoryBytes: number;
   maxCpuMillis: number;
   maxPids: number;
-  defaultPids: number;
   defaultNetwork: NetworkMode;
 }
 
@@ -67,14 +66,15 @@ function boundedInt(field: string, raw: string | undefined, max: number): number
   return n;
 }
 
+/** As asked: 0 stays 0, and the lifecycle puts the node default in its place. */
 function resources(raw: StartWorkspaceRequest__Output['resources'], limits: Limits): Resources {
   const memoryBytes = boundedInt('resources.memory_bytes', raw?.memoryBytes, limits.maxMemoryBytes);
-  if (memoryBytes !== 0 && memoryBytes < MIN_MEMORY) throw invalidArgument('resources.memory_bytes', `must be 0 (no limit) or at least ${MIN_MEMORY}`);
+  if (memoryBytes !== 0 && memoryBytes < MIN_MEMORY) throw invalidArgument('resources.memory_bytes', `must be 0 (node default) or at least ${MIN_MEMORY}`);
   const cpuMillis = boundedInt('resources.cpu_millis', raw?.cpuMillis, limits.maxCpuMillis);
-  if (cpuMillis !== 0 && cpuMillis < 10) throw invalidArgument('resources.cpu_millis', 'must be 0 (no limit) or at least 10');
+  if (cpuMillis !== 0 && cpuMillis < 10) throw invalidArgument('resources.cpu_millis', 'must be 0 (node default) or at least 10');
   const pids = boundedInt('resources.pids', raw?.pids, limits.maxPids);
   if (pids !== 0 && pids < 8) throw invalidArgument('resources.pids', 'must be 0 (node default) or at least 8');
-  return { memoryBytes, cpuMillis, pids: pids || limits.defaultPids };
+  return { memoryBytes, cpuMillis, pids };
 }
 
 function dirInside(field: string, value: string): string {

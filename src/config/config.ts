@@ -15,7 +15,9 @@ export interface Config {
   readonly nodeId: string;
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
   readonly stopGraceMs: number;     // StopWorkspace's default grace period
-  readonly defaultPids: number;     // pids limit when a request names none
+  readonly defaultMemoryBytes: number; // limits a workspace gets when its request names none (never unbounded)
+  readonly defaultCpuMillis: number;
+  readonly defaultPids: number;
   readonly maxMemoryBytes: number;  // requests above these are refused
   readonly maxCpuMillis: number;
   readonly maxPids: number;
@@ -29,9 +31,10 @@ export interface Config {
   readonly tlsCrlFile: string;
   readonly tlsDenyListFile: string; // identities or sha256 fingerprints refused, one per line
   readonly tlsAllow: string;        // client identities allowed (comma-separated), '' = any the CA signed
-  readonly operatorIdentities: string; // client identities that act as node operators (comma-separated)
+  readonly operatorIdentities: string; // client-certificate SANs that act as node operators: dns:NAME or uri:URI, comma-separated
   readonly tlsReloadMs: number;
   readonly controlPlaneKeyFile: string; // Ed25519 public key(s), PEM, that sign user tokens
+  readonly tokenMaxLifetimeSeconds: number; // user tokens whose exp - iat exceeds this are refused
   readonly nodeDomain: string;      // workspace endpoints are <port>-<id>.<nodeDomain>
   readonly endpointListen: string;  // host:port of the HTTPS/WebSocket endpoint server, '' = off
   readonly keyFile: string;         // operator-provided node key (KEK); '' = generated in <stateDir>/keys
@@ -69,6 +72,8 @@ export function defaults(): Config {
     nodeId: os.hostname(),
     logLevel: 'info',
     stopGraceMs: 10_000,
+    defaultMemoryBytes: Math.min(1 << 30, os.totalmem()),
+    defaultCpuMillis: 1000,
     defaultPids: 4096,
     maxMemoryBytes: os.totalmem(),
     maxCpuMillis: os.availableParallelism() * 1000,
@@ -84,9 +89,10 @@ export function defaults(): Config {
     tlsCrlFile: '',
     tlsDenyListFile: '',
     tlsAllow: '',
-    operatorIdentities: 'tetrix-admin',
+    operatorIdentities: 'dns:tetrix-admin', // the SAN of the generated admin certificate
     tlsReloadMs: 10_000,
     controlPlaneKeyFile: '',
+    tokenMaxLifetimeSeconds: 3600,
     nodeDomain: '',
     endpointListen: '',
     keyFile: '',
@@ -116,7 +122,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
@@ -203,7 +209,23 @@ function coerce(key: string, value: unknown): unknown {
   return value;
 }
 
+// A workspace's limits: every default a real bound (issue 13: none meant memory.limit_in_bytes 2^63), at
+// least what a shell needs (as the API's own minimums), and within the node's maximum.
+const WORKSPACE_LIMITS = [
+  ['defaultMemoryBytes', 'maxMemoryBytes', 8 << 20],
+  ['defaultCpuMillis', 'maxCpuMillis', 10],
+  ['defaultPids', 'maxPids', 8],
+] as const;
+
+function validateWorkspaceLimits(c: Config): void {
+  for (const [key, maxKey, min] of WORKSPACE_LIMITS) {
+    if (c[key] < min) throw new ConfigError(`${key}: must be at least ${min}, got ${c[key]}`);
+    if (c[key] > c[maxKey]) throw new ConfigError(`${key}: ${c[key]} is above ${maxKey} (${c[maxKey]})`);
+  }
+}
+
 function validate(c: Config): Config {
+  validateWorkspaceLimits(c);
   for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir', 'cgroupRoot'] as const) {
     if (!path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
   }
@@ -222,6 +244,11 @@ function validate(c: Config): Config {
   if (c.endpointListen !== '' && c.nodeDomain === '') throw new ConfigError('endpointListen needs nodeDomain');
   // devpts takes max= up to NR_UNIX98_PTY_MAX (1 << 20); 0 would leave a workspace no pty at all.
   if (c.ptyLimit < 1 || c.ptyLimit > 1 << 20) throw new ConfigError(`ptyLimit: must be 1..1048576, got ${c.ptyLimit}`);
+  // Typed, so a CN or email name spelling an operator's name is not one (issue 13).
+  for (const id of listOf(c.operatorIdentities)) {
+    if (!/^(dns|uri):\S+$/.test(id)) throw new ConfigError(`operatorIdentities: "${id}" needs a name type: dns:NAME or uri:URI (the generated admin certificate is dns:tetrix-admin)`);
+  }
+  if (c.tokenMaxLifetimeSeconds < 1) throw new ConfigError('tokenMaxLifetimeSeconds: must be at least 1');
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);

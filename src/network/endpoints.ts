@@ -24,7 +24,7 @@ export type EndpointResolver = (workspaceId: string, port: number) => Promise<En
 
 /** The access checks; each throws DomainError (UNAUTHENTICATED, PERMISSION_DENIED) to refuse. */
 export interface EndpointGuard<P> {
-  authenticate(token: string | undefined, workspaceId: string): P;
+  authenticate(token: string | undefined, workspaceId: string): P | Promise<P>;
   authorize(principal: P, workspaceId: string, port: number, route: EndpointTarget | undefined): void;
 }
 
@@ -209,7 +209,7 @@ export class EndpointServer<P> {
     const found = findToken(req.headers);
     try {
       // The token first: without one, nothing is looked up, so nothing can be learned.
-      const principal = this.opts.guard.authenticate(found?.token, route.workspaceId);
+      const principal = await this.opts.guard.authenticate(found?.token, route.workspaceId);
       const target = await this.opts.resolve(route.workspaceId, route.port);
       this.opts.guard.authorize(principal, route.workspaceId, route.port, target);
       if (!target) return { status: 403, body: FORBIDDEN_BODY }; // a guard that let "unknown" pass

@@ -9,11 +9,22 @@ import { checkGroupPath } from './cgroupfs';
 import { CgroupV1Driver } from './cgroups-v1';
 import { CgroupV2Driver } from './cgroups-v2';
 
-/** 0 means no limit for each field. cpuMillis: 1000 = one core. */
+/** 0 means no limit for each field (a driver writes nothing); cpuMillis: 1000 = one core. A workspace's
+ *  group never has a 0: see boundedLimits. */
 export interface ResourceLimits {
   memoryBytes: number;
   cpuMillis: number;
   pids: number;
+}
+
+/** The limits of a workspace's group: every one a real bound. Issue 13: a workspace whose request named
+ *  none ran with memory.limit_in_bytes 2^63 and no CPU quota; the lifecycle fills in the node defaults,
+ *  and this refuses a 0 that got past it rather than start a workspace without a bound. */
+export function boundedLimits(limits: ResourceLimits): ResourceLimits {
+  for (const [field, value] of [['resources.memory_bytes', limits.memoryBytes], ['resources.cpu_millis', limits.cpuMillis], ['resources.pids', limits.pids]] as const) {
+    if (!(value > 0)) throw new DomainError('INVALID_ARGUMENT', `${field}: a workspace's cgroup must have a limit, got ${value}`);
+  }
+  return limits;
 }
 
 /** How spawn puts a new workspace into its group without a migration under the kernel's global lock:

@@ -7,7 +7,7 @@ import type { Config } from '../config/config';
 import type { Sandbox } from '../workspace/ports';
 import type { Resources } from '../workspace/types';
 import { capabilityNumbers, DEFAULT_CAPABILITIES } from './capabilities';
-import { detectCgroupDriver, type CgroupDriver } from './cgroups';
+import { boundedLimits, detectCgroupDriver, type CgroupDriver } from './cgroups';
 import { IdRangeAllocator } from './idmap';
 import { ImageStore } from './images';
 import { initBinaryPath } from './native';
@@ -80,7 +80,7 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     },
     unmountRootfs: (wsDir) => unmountRootfs(wsDir),
     removeWorkspaceDir: (wsDir) => releaseRootfs(wsDir),
-    createCgroup: async (workspaceId, resources: Resources) => (await cgroups.create(workspaceId, resources)).placement(),
+    createCgroup: async (workspaceId, resources: Resources) => (await cgroups.create(workspaceId, boundedLimits(resources))).placement(),
     destroyCgroup: async (workspaceId) => {
       if (cgroups.list().includes(workspaceId)) await cgroups.open(workspaceId).destroy();
     },

@@ -11,7 +11,7 @@ import { DomainError } from '../errors';
 import type { ExitStatus, HeldWorkload, NativeAddon } from '../sandbox/native';
 import { NativeError } from '../sandbox/native';
 import type { WorkspaceStore } from './store';
-import { isFinal, newStatus, type Reason, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
+import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
 import type { BackupOutcome, BackupProgressReport, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { readPidStartTime, signalName } from './proc';
 import { allSettledOrThrow } from '../promises';
@@ -26,6 +26,7 @@ export interface WorkspaceServiceOptions {
   native: NativeAddon;
   log: Logger;
   specKey: Buffer;            // HMAC key: spec digests must not let anyone guess env values
+  defaultResources: Resources; // each limit a request leaves at 0; every one > 0, so no workspace is unbounded
   logs?: WorkspaceLogs;
   network?: WorkspaceNetwork;
   backups?: WorkspaceBackups;
@@ -51,6 +52,19 @@ export type CrashPoint = 'after-ids' | 'after-rootfs' | 'after-cgroup' | 'after-
 const crashAt = process.env.TETRIX_TEST_CRASH_AT;
 function crashPoint(point: CrashPoint): void {
   if (crashAt === point) process.kill(process.pid, 'SIGKILL');
+}
+
+/** Issue 13: a workspace asking for no limit got none (memory.limit_in_bytes 2^63); each 0 becomes the default. */
+function withDefaultResources(spec: WorkspaceSpec, defaults: Resources): WorkspaceSpec {
+  const r = spec.resources;
+  return {
+    ...spec,
+    resources: {
+      memoryBytes: r.memoryBytes || defaults.memoryBytes,
+      cpuMillis: r.cpuMillis || defaults.cpuMillis,
+      pids: r.pids || defaults.pids,
+    },
+  };
 }
 
 export class WorkspaceService {
@@ -91,7 +105,9 @@ export class WorkspaceService {
   }
 
   /** Idempotent on spec.id: the same spec returns the existing workspace, another spec is refused. */
-  async start(spec: WorkspaceSpec): Promise<WorkspaceRecord> {
+  async start(asked: WorkspaceSpec): Promise<WorkspaceRecord> {
+    // The record (and so GetWorkspace) holds the limits in force, not the zeros asked for.
+    const spec = withDefaultResources(asked, this.o.defaultResources);
     const digest = this.digest(spec);
     const pending = this.inFlight.get(spec.id);
     if (pending) await pending.catch(() => undefined);

@@ -6,9 +6,9 @@ export type State = 'CREATING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED' |
 export type Reason = 'UNSPECIFIED' | 'EXITED' | 'SIGNALED' | 'OOM_KILLED' | 'STOPPED' | 'SPAWN_FAILED' | 'LOST' | 'TASK_FAILED';
 
 export interface Resources {
-  memoryBytes: number;   // 0 = none
-  cpuMillis: number;     // 0 = none
-  pids: number;
+  memoryBytes: number;   // 0 in a request: the node default; a record always holds the limit in force
+  cpuMillis: number;     // 1000 = one core; 0 as above
+  pids: number;          // 0 as above
 }
 
 export interface TaskSpec {

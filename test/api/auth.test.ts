@@ -12,6 +12,7 @@ import pino from 'pino';
 import { HealthImplementation, service as healthService } from 'grpc-health-check';
 import {
   DEFAULT_CLOCK_SKEW_SECONDS,
+  DEFAULT_TOKEN_LIFETIME_SECONDS,
   TokenVerifier,
   WORKSPACE_PERMISSION_DENIED,
   authorizeWorkspaceAccess,
@@ -80,15 +81,26 @@ function refusal(fn: () => unknown): { code?: string; message?: string } {
   return {};
 }
 
+/** Token verification is asynchronous (jose): the same, awaited. */
+async function tokenRefusal(fn: () => unknown): Promise<{ code?: string; message?: string }> {
+  try {
+    await fn();
+  } catch (err) {
+    if (err instanceof DomainError) return { code: err.code, message: err.message };
+    throw err;
+  }
+  return {};
+}
+
 t.test('user tokens', async (t) => {
   const alice = sign(claimsFor('alice'));
-  t.same(verifier.verify(alice), { kind: 'user', userId: 'alice', teams: ['team-blue'] }, 'a good token names its user and teams');
-  t.same(verifier.verify(sign(claimsFor('alice', { aud: ['other-node', NODE] }))).userId, 'alice', 'aud may be a list naming this node');
+  t.same(await verifier.verify(alice), { kind: 'user', userId: 'alice', teams: ['team-blue'] }, 'a good token names its user and teams');
+  t.same((await verifier.verify(sign(claimsFor('alice', { aud: ['other-node', NODE] })))).userId, 'alice', 'aud may be a list naming this node');
 
   const skew = DEFAULT_CLOCK_SKEW_SECONDS;
   t.equal(skew, 30, 'the documented clock skew is 30 s');
-  t.equal(verifier.verify(sign(claimsFor('alice', { exp: sec(NOW) - skew + 2 }))).userId, 'alice', 'expired by less than the skew: accepted');
-  t.equal(verifier.verify(sign(claimsFor('alice', { nbf: sec(NOW) + skew - 2 }))).userId, 'alice', 'valid a little in the future: accepted');
+  t.equal((await verifier.verify(sign(claimsFor('alice', { exp: sec(NOW) - skew + 2 })))).userId, 'alice', 'expired by less than the skew: accepted');
+  t.equal((await verifier.verify(sign(claimsFor('alice', { nbf: sec(NOW) + skew - 2 })))).userId, 'alice', 'valid a little in the future: accepted');
 
   const hmac = (() => {
     const header = b64u({ alg: 'HS256', typ: 'JWT' });
@@ -121,15 +133,31 @@ t.test('user tokens', async (t) => {
     ['a payload that is a JSON array', sign([] as unknown as Record<string, unknown>), /malformed payload/],
     ['8 KiB of garbage', 'a'.repeat(9000), /too long/],
     ['empty', '', /missing/],
+    // Issue 13, item 11: a token's lifetime is bounded, and it must say when it was issued.
+    ['an expiry of 1e300', sign(claimsFor('alice', { exp: 1e300 })), /lifetime.*exp - iat/],
+    ['no issued-at', sign(claimsFor('alice', { iat: undefined })), /iat/],
+    ['no issued-at and an expiry of 1e300', sign(claimsFor('alice', { iat: undefined, exp: 1e300 })), /iat/],
+    ['an issued-at that is not a number', sign(claimsFor('alice', { iat: '2030-01-01' })), /iat/],
+    ['issued in the future beyond the skew (iat)', sign(claimsFor('alice', { iat: sec(NOW) + skew + 5 })), /iat/],
+    ['a lifetime (exp - iat) of 1 h + 1 s', sign(claimsFor('alice', { iat: sec(NOW) - 10, exp: sec(NOW) - 10 + 3601 })), /lifetime.*exp - iat/],
   ];
   for (const [what, token, why] of cases) {
-    t.match(refusal(() => verifier.verify(token)), { code: 'UNAUTHENTICATED', message: why }, `refused: ${what}`);
+    t.match(await tokenRefusal(() => verifier.verify(token)), { code: 'UNAUTHENTICATED', message: why }, `refused: ${what}`);
+  }
+  t.equal(DEFAULT_TOKEN_LIFETIME_SECONDS, 3600, 'the default lifetime bound is one hour');
+  t.equal((await verifier.verify(sign(claimsFor('alice', { iat: sec(NOW) - 10, exp: sec(NOW) - 10 + 3600 })))).userId, 'alice', 'a lifetime of exactly the bound is accepted');
+  t.equal((await verifier.verify(sign(claimsFor('alice', { iat: sec(NOW) + skew - 2 })))).userId, 'alice', 'issued a little in the future (within the skew): accepted');
+  const tenMinutes = new TokenVerifier({ publicKeys: publicPem, audience: NODE, now: () => NOW, maxLifetimeSeconds: 600 });
+  t.match(await tokenRefusal(() => tenMinutes.verify(sign(claimsFor('alice', { exp: sec(NOW) - 10 + 601 })))), { code: 'UNAUTHENTICATED', message: /lifetime.*exp - iat.*600/ }, 'the bound is configurable: 601 s over a 600 s bound is refused');
+  t.equal((await tenMinutes.verify(sign(claimsFor('alice', { exp: sec(NOW) - 10 + 600 })))).userId, 'alice', 'and 600 s is accepted');
+  for (const bad of [0, -1, 1.5, Number.NaN]) {
+    t.throws(() => new TokenVerifier({ publicKeys: publicPem, audience: NODE, maxLifetimeSeconds: bad }), /maxLifetimeSeconds/, `a lifetime bound of ${bad} is refused`);
   }
   t.throws(() => new TokenVerifier({ publicKeys: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' }).toString(), audience: NODE }), /Ed25519/, 'only an Ed25519 key is accepted as the control plane key');
 
   const rotated = crypto.generateKeyPairSync('ed25519');
   const both = new TokenVerifier({ publicKeys: [publicPem, rotated.publicKey.export({ type: 'spki', format: 'pem' }).toString()], audience: NODE, now: () => NOW });
-  t.equal(both.verify(sign(claimsFor('alice'), undefined, rotated.privateKey)).userId, 'alice', 'during a key rotation either key verifies');
+  t.equal((await both.verify(sign(claimsFor('alice'), undefined, rotated.privateKey))).userId, 'alice', 'during a key rotation either key verifies');
 });
 
 const workspaces = new Map<string, WorkspaceOwnership>([
@@ -324,4 +352,60 @@ t.test('both gRPC ports resolve a principal before any handler runs', async (t) 
     t.notOk(log.includes(token) || log.includes(token.split('.')[2] as string), 'no token (nor its signature) appears in the audit log');
   }
   t.match(log, /"who":"peer:tetrix-control-plane".*"action":"\/tetrix.test.Probe\/Access".*"decision":"deny"/, 'refusals at the door are audited with the RPC');
+});
+
+// Issue 13, item 11: an operator is a certificate carrying the configured name, of the configured type
+// (a DNS or URI SAN), not any CN, DNS, URI or email name that happens to spell it.
+t.test('operator certificates: only the configured SAN type and value make an operator', async (t) => {
+  const { audit } = capturedAudit();
+  const pki = await ensureNodePki({ stateDir: path.join(tmp, 'state-operators'), hostname: 'localhost' });
+  const mtls = await MtlsServerCredentials.load({ files: { certPath: pki.serverCertPath, keyPath: pki.serverKeyPath, caPath: pki.caCertPath } });
+  t.teardown(() => mtls.close());
+  const ca = { certPem: fs.readFileSync(pki.caCertPath, 'utf8'), keyPem: fs.readFileSync(pki.caKeyPath, 'utf8') };
+  const server = new grpc.Server();
+  server.addService(probeService, {
+    access: (call: grpc.ServerUnaryCall<ProbeRequest, unknown>, done: grpc.sendUnaryData<unknown>) => done(null, { who: describePrincipal(principalOf(call)) }),
+    streamLogs: (call: grpc.ServerWritableStream<ProbeRequest, unknown>) => call.end(),
+  });
+  const tokens = new TokenVerifier({ publicKeys: publicPem, audience: NODE, now: () => NOW });
+  const bind = (operatorIdentities?: string[]) =>
+    new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.experimental.createServerCredentialsWithInterceptors(mtls, [
+        createAuthInterceptor({ tokens, audit, transport: 'mtls', checkPeer: (c) => mtls.checkPeer(c), ...(operatorIdentities ? { operatorIdentities } : {}) }),
+      ]), (err, port) => (err ? reject(err) : resolve(port))));
+  const defaultPort = await bind();
+  const spiffe = 'spiffe://tetrix.test/operator/admin';
+  const uriPort = await bind([`uri:${spiffe}`]);
+  t.teardown(() => server.forceShutdown());
+
+  const as = async (port: number, req: Omit<Parameters<typeof issueCertificate>[1], 'usage'>): Promise<Result> => {
+    const leaf = await issueCertificate(ca, { ...req, usage: 'client' });
+    const client = new ProbeClient(`localhost:${port}`, grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(leaf.keyPem), Buffer.from(leaf.certPem)), { 'grpc.use_local_subchannel_pool': 1 });
+    try {
+      return await unary(client, { id: 'ws-alice', action: 'manage' });
+    } finally {
+      client.close();
+    }
+  };
+  const notOperator = { ok: false, code: grpc.status.UNAUTHENTICATED, details: /token is required/ };
+
+  // The default: dns:tetrix-admin, which the generated admin certificate carries.
+  const admin = new ProbeClient(`localhost:${defaultPort}`, await createClientCredentials({ caPath: pki.caCertPath, certPath: pki.adminCertPath, keyPath: pki.adminKeyPath }));
+  t.teardown(() => admin.close());
+  t.match(await unary(admin, { id: 'ws-alice', action: 'manage' }), { ok: true, value: { who: 'operator:tetrix-admin' } }, 'the generated admin certificate is an operator');
+  t.match(await as(defaultPort, { commonName: 'someone', dnsNames: ['tetrix-admin'] }), { ok: true, value: { who: 'operator:tetrix-admin' } }, 'a certificate with the DNS SAN tetrix-admin is an operator');
+  t.match(await as(defaultPort, { commonName: 'tetrix-admin' }), notOperator, 'CN tetrix-admin without the DNS SAN is not an operator');
+  t.match(await as(defaultPort, { commonName: 'someone', emails: ['tetrix-admin'] }), notOperator, 'an email SAN tetrix-admin is not an operator');
+  t.match(await as(defaultPort, { commonName: 'someone', uris: ['tetrix-admin'] }), notOperator, 'a URI SAN tetrix-admin is not an operator');
+  t.match(await as(defaultPort, { commonName: 'someone', dnsNames: ['tetrix-admin.example'] }), notOperator, 'a DNS SAN that merely starts with tetrix-admin is not');
+
+  // Configured as a URI SAN (SPIFFE id): only that URI, exactly.
+  t.match(await as(uriPort, { commonName: 'someone', uris: [spiffe] }), { ok: true, value: { who: `operator:${spiffe}` } }, 'the configured URI SAN is an operator');
+  t.match(await as(uriPort, { commonName: spiffe, dnsNames: ['tetrix-admin'] }), notOperator, 'with a URI configured, neither the CN nor the DNS SAN tetrix-admin is');
+  t.match(await as(uriPort, { commonName: 'someone', dnsNames: [spiffe.replace('spiffe://', '')] }), notOperator, 'a DNS SAN is not a URI SAN');
+  t.match(await as(uriPort, { commonName: 'someone', uris: [`${spiffe}/extra`] }), notOperator, 'a longer URI is not the configured one');
+
+  for (const [bad, why] of [['tetrix-admin', /operatorIdentities.*type/], ['cn:tetrix-admin', /operatorIdentities.*type/], ['dns:', /operatorIdentities/]] as const) {
+    t.throws(() => createAuthInterceptor({ tokens, audit, transport: 'mtls', checkPeer: (c) => mtls.checkPeer(c), operatorIdentities: [bad] }), { message: why }, `operatorIdentities "${bad}" is refused`);
+  }
 });

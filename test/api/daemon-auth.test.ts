@@ -49,7 +49,8 @@ function signToken(claims: Claims, key: crypto.KeyObject = controlPlane.privateK
   return token;
 }
 
-const inAnHour = (): number => Math.floor(Date.now() / 1000) + 3600;
+const nowSeconds = (): number => Math.floor(Date.now() / 1000);
+const inAnHour = (): number => nowSeconds() + 3600;
 
 /** A daemon that trusts the test control plane; its node id is the tokens' audience. */
 async function authDaemon(t: Test, extra: string[] = [], netns?: string): Promise<{ d: Daemon; nodeId: string; token(sub: string, teams?: string[], claims?: Claims): string }> {
@@ -59,7 +60,7 @@ async function authDaemon(t: Test, extra: string[] = [], netns?: string): Promis
   const keyFile = path.join(keyDir, 'control-plane.pub.pem');
   fs.writeFileSync(keyFile, controlPlane.publicKey.export({ type: 'spki', format: 'pem' }));
   const d = await startDaemon(t, ['--control-plane-key-file', keyFile, '--node-id', nodeId, ...extra], netns ? { netns } : {});
-  return { d, nodeId, token: (sub, teams = [], claims = {}) => signToken({ sub, teams, aud: nodeId, exp: inAnHour(), ...claims }) };
+  return { d, nodeId, token: (sub, teams = [], claims = {}) => signToken({ sub, teams, aud: nodeId, iat: nowSeconds(), exp: inAnHour(), ...claims }) };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -270,9 +271,9 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
     const bad: Array<[string, string | undefined]> = [
       ['no token', undefined],
       ['expired', token('alice', [], { exp: Math.floor(Date.now() / 1000) - 600 })],
-      ['for another node', signToken({ sub: 'alice', teams: [], aud: `${nodeId}-other`, exp: inAnHour() })],
-      ['signed by another key', signToken({ sub: 'alice', teams: [], aud: nodeId, exp: inAnHour() }, impostor.privateKey)],
-      ['alg none', `${b64({ alg: 'none' })}.${b64({ sub: 'alice', teams: [], aud: nodeId, exp: inAnHour() })}.`],
+      ['for another node', signToken({ sub: 'alice', teams: [], aud: `${nodeId}-other`, iat: nowSeconds(), exp: inAnHour() })],
+      ['signed by another key', signToken({ sub: 'alice', teams: [], aud: nodeId, iat: nowSeconds(), exp: inAnHour() }, impostor.privateKey)],
+      ['alg none', `${b64({ alg: 'none' })}.${b64({ sub: 'alice', teams: [], aud: nodeId, iat: nowSeconds(), exp: inAnHour() })}.`],
       ['not a JWT', 'not-a-token'],
     ];
     for (const [what, tok] of bad) {
@@ -323,6 +324,48 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
     t.same(leaked, [], 'no token, nor any token signature, appears in the daemon output');
     t.notMatch(everything, /Bearer /, 'no authorization header either');
   });
+});
+
+// Issue 13, item 11: a token must say when it was issued, and may not live longer than the bound.
+t.test('tokens with no issued-at, a far expiry, a future issued-at or too long a lifetime are refused', async (t) => {
+  const { d, token } = await authDaemon(t, ['--token-max-lifetime-seconds', '900']);
+  const pki = await pkiOf(d);
+  const cp = mtlsClients(t, d, pki.controlPlane);
+  t.same(await api(cp, token('alice', [], { exp: nowSeconds() + 900 })).list(), [], 'a token with iat and a lifetime of the bound (900 s) is accepted');
+  const cases: Array<[string, Claims, RegExp]> = [
+    ['exp 1e300', { exp: 1e300 }, /lifetime exp - iat/],
+    ['no iat', { iat: undefined, exp: nowSeconds() + 60 }, /iat/],
+    ['no iat and exp 1e300', { iat: undefined, exp: 1e300 }, /iat/],
+    ['iat an hour in the future', { iat: nowSeconds() + 3600, exp: nowSeconds() + 3600 + 60 }, /future \(iat\)/],
+    ['exp - iat of 901 s over the configured 900 s', { iat: nowSeconds() - 1, exp: nowSeconds() + 900 }, /lifetime exp - iat is over the 900 s bound/],
+  ];
+  for (const [what, claims, why] of cases) {
+    const r = await refusal(api(cp, token('alice', [], claims)).list());
+    t.equal(r.code, grpc.status.UNAUTHENTICATED, `${what}: UNAUTHENTICATED`);
+    t.match(r.details, why, `${what}: the reason names the claim (${r.details})`);
+  }
+  const r = await refusal(api(mtlsClients(t, d, pki.admin), token('alice', [], { exp: 1e300 })).list());
+  t.equal(r.code, grpc.status.UNAUTHENTICATED, 'an operator certificate does not rescue a token of unbounded lifetime');
+});
+
+// Issue 13, item 11: operators are the configured SAN type and name, and the generated admin certificate
+// carries it; CN and other SAN types spelling the name are not operators.
+t.test('operator identity: the configured URI SAN is an operator, CN and DNS tetrix-admin are not', async (t) => {
+  const spiffe = `spiffe://tetrix.test/${uniqueName('operator')}`;
+  const { d } = await authDaemon(t, ['--operator-identities', `uri:${spiffe}`]);
+  const pki = await pkiOf(d);
+  const adminCert = new crypto.X509Certificate(fs.readFileSync(path.join(d.stateDir, 'pki', 'admin.crt')));
+  t.match(adminCert.subjectAltName ?? '', new RegExp(`URI:${spiffe}`), 'the generated admin certificate carries the configured URI SAN');
+  t.match(await api(mtlsClients(t, d, pki.admin)).nodeInfo(), { version: /\d+\.\d+/ }, 'and is an operator');
+  const asCert = async (req: { commonName: string; dnsNames?: string[]; uris?: string[]; emails?: string[] }) =>
+    refusal(api(mtlsClients(t, d, clientCreds(pki.ca.certPem, await issueCertificate(pki.ca, { ...req, usage: 'client' })))).list());
+  const refused = { code: grpc.status.UNAUTHENTICATED, details: 'a user token is required' };
+  t.same(await asCert({ commonName: 'tetrix-admin' }), refused, 'CN tetrix-admin alone is not an operator');
+  t.same(await asCert({ commonName: 'tetrix-admin', dnsNames: ['tetrix-admin'] }), refused, 'nor CN and DNS SAN tetrix-admin, when a URI is configured');
+  t.same(await asCert({ commonName: spiffe, emails: [spiffe] }), refused, 'nor a CN or email name spelling the URI');
+  t.same(await asCert({ commonName: 'someone', uris: [spiffe] }), { code: undefined, details: 'it succeeded' }, 'a certificate with the URI SAN is');
+
+  await t.rejects(startDaemon(t, ['--operator-identities', 'tetrix-admin']), /operatorIdentities: "tetrix-admin" needs a name type/, 'a daemon refuses to start with an untyped operator identity, naming the setting');
 });
 
 t.test("a prebuild's logs: readable by its team, refused to everyone else", async (t) => {

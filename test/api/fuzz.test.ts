@@ -274,7 +274,7 @@ const controlPlane = crypto.generateKeyPairSync('ed25519');
 let nodeId = '';
 function userToken(sub: string): string {
   const seg = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const input = `${seg({ alg: 'EdDSA', typ: 'JWT' })}.${seg({ sub, teams: ['fuzz-team'], aud: nodeId, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  const input = `${seg({ alg: 'EdDSA', typ: 'JWT' })}.${seg({ sub, teams: ['fuzz-team'], aud: nodeId, iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 3600 })}`;
   return `${input}.${crypto.sign(null, Buffer.from(input), controlPlane.privateKey).toString('base64url')}`;
 }
 

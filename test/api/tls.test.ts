@@ -21,6 +21,7 @@ import {
   type IssuedCertificate,
   type MtlsServerOptions,
   type NodePki,
+  parseOperatorIdentity,
 } from '../../src/api/tls';
 import { TokenVerifier, createAuthInterceptor } from '../../src/api/auth';
 import { createAuditLog } from '../../src/api/audit';
@@ -60,7 +61,7 @@ async function startServer(t: Tap, creds: MtlsServerCredentials): Promise<{ port
     tokens,
     audit,
     checkPeer: (c) => creds.checkPeer(c),
-    operatorIdentities: [ADMIN_IDENTITY, 'carol', 'mallory'],
+    operatorIdentities: [`dns:${ADMIN_IDENTITY}`, 'dns:carol.tetrix.test', 'dns:mallory.tetrix.test'],
   });
   const secured = grpc.experimental.createServerCredentialsWithInterceptors(creds, [interceptor]);
   const port = await new Promise<number>((resolve, reject) =>
@@ -160,6 +161,22 @@ t.test('first start generates a private node PKI, later starts keep it', async (
   const reissued = new crypto.X509Certificate(fs.readFileSync(moved.serverCertPath));
   t.ok(reissued.checkIP('10.9.8.8') && !reissued.checkIP('10.9.8.7'), 'a changed address reissues the server certificate');
   t.equal(fs.readFileSync(moved.caCertPath, 'utf8'), nodeCa.certPem, 'from the same CA');
+});
+
+// Issue 13, item 11: the generated admin certificate carries the configured operator identity's SAN.
+t.test('the admin certificate carries the operator identity it is generated for, and is reissued when it changes', async (t) => {
+  const dir = path.join(tmp, 'state-admin-identity');
+  const first = await ensureNodePki({ stateDir: dir, hostname: 'tetrix-node-test' });
+  const dnsAdmin = new crypto.X509Certificate(fs.readFileSync(first.adminCertPath));
+  t.equal(dnsAdmin.subjectAltName, 'DNS:tetrix-admin', 'by default: the DNS SAN tetrix-admin (operatorIdentities dns:tetrix-admin)');
+  const spiffe = 'spiffe://tetrix.test/ops/admin';
+  const again = await ensureNodePki({ stateDir: dir, hostname: 'tetrix-node-test', adminIdentity: parseOperatorIdentity(`uri:${spiffe}`) });
+  const uriAdmin = new crypto.X509Certificate(fs.readFileSync(again.adminCertPath));
+  t.equal(uriAdmin.subjectAltName, `URI:${spiffe}`, 'configured as a URI: the admin certificate is reissued with that URI SAN');
+  t.match(uriAdmin.subject, /CN=tetrix-admin/, 'and keeps its CN');
+  for (const bad of ['tetrix-admin', 'email:tetrix-admin', 'uri:', 'dns:two words']) {
+    t.throws(() => parseOperatorIdentity(bad), { message: /^operatorIdentities: .* needs a name type/ }, `"${bad}" is not an operator identity`);
+  }
 });
 
 t.test('the generated admin certificate gets in; everything else is refused', async (t) => {

@@ -18,6 +18,11 @@ t.test('flags beat the environment, which beats the file, which beats the defaul
   t.equal(c.nodeId, 'from-flag', 'flag over environment');
   t.ok(Object.isFrozen(c), 'immutable');
   t.equal(loadConfig([], {}).stateDir, '/var/lib/tetrix', 'embedded default');
+  t.equal(loadConfig([], {}).operatorIdentities, 'dns:tetrix-admin', 'operators: the DNS SAN of the generated admin certificate');
+  t.equal(loadConfig([], {}).tokenMaxLifetimeSeconds, 3600, 'user tokens live at most an hour');
+  const limits = loadConfig([], {});
+  t.same([limits.defaultMemoryBytes, limits.defaultCpuMillis, limits.defaultPids], [Math.min(1 << 30, os.totalmem()), 1000, 4096], 'a workspace that names no limits gets 1 GiB, one core and 4096 pids');
+  t.equal(loadConfig(['--operator-identities', 'uri:spiffe://tetrix.test/ops, dns:ops.tetrix.test'], {}).operatorIdentities, 'uri:spiffe://tetrix.test/ops, dns:ops.tetrix.test', 'typed names are accepted');
 });
 
 t.test('a daemon beside the main one leaves the node TCP port and network alone unless told', async (t) => {
@@ -45,6 +50,18 @@ t.test('bad settings are refused with a message naming the setting', async (t) =
     [['--network', 'maybe'], /^network:/],
     [['--backup-storage', 's3'], /s3Bucket/],
     [['--socket'], /--socket needs a value/],
+    // Issue 13, item 11: operator identities are typed SAN names; a token lifetime bound is positive.
+    [['--operator-identities', 'tetrix-admin'], /^operatorIdentities: "tetrix-admin" needs a name type/],
+    [['--operator-identities', 'dns:tetrix-admin,cn:tetrix-admin'], /^operatorIdentities: "cn:tetrix-admin" needs a name type/],
+    [['--token-max-lifetime-seconds', '0'], /^tokenMaxLifetimeSeconds: must be at least 1/],
+    [['--token-max-lifetime-seconds', '1e300'], /^tokenMaxLifetimeSeconds: must be a non-negative integer/],
+    // Issue 13, item 7: every workspace default is a real bound within the node's maximum.
+    [['--default-memory-bytes', '0'], /^defaultMemoryBytes: must be at least 8388608/],
+    [['--default-cpu-millis', '0'], /^defaultCpuMillis: must be at least 10/],
+    [['--default-pids', '0'], /^defaultPids: must be at least 8/],
+    [['--default-memory-bytes', String(2 ** 31), '--max-memory-bytes', String(2 ** 30)], /^defaultMemoryBytes: 2147483648 is above maxMemoryBytes \(1073741824\)/],
+    [['--default-cpu-millis', '4000', '--max-cpu-millis', '2000'], /^defaultCpuMillis: 4000 is above maxCpuMillis \(2000\)/],
+    [['--default-pids', '100', '--max-pids', '50'], /^defaultPids: 100 is above maxPids \(50\)/],
   ];
   for (const [argv, message] of cases) t.throws(() => loadConfig(argv, {}), { message }, argv.join(' '));
   t.throws(() => loadConfig(['--config', '/nonexistent/tetrixd.json'], {}), { message: /^config file \/nonexistent\/tetrixd\.json:/ });

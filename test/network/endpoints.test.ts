@@ -314,6 +314,6 @@ t.test('every decision is audited, without tokens', async (t) => {
   t.ok(events.some((e) => e.who === 'user:mallory' && e.decision === 'deny' && e.reason === 'not the owner'), 'foreign user');
   t.ok(events.some((e) => e.who === 'user:alice' && e.decision === 'deny' && e.reason === 'workspace not running'), 'stopped workspace');
   t.ok(events.some((e) => e.who === 'anonymous' && e.decision === 'deny' && e.reason === 'token: missing'), 'no token');
-  t.ok(events.some((e) => e.decision === 'deny' && e.reason === 'token: expired'), 'expired token');
+  t.ok(events.some((e) => e.decision === 'deny' && e.reason === 'token: expired (exp)'), 'expired token');
   t.notOk(auditLines.join('').includes('eyJ'), 'no JWT in the audit log');
 });

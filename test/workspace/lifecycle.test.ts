@@ -2,6 +2,7 @@
 // host, stop and its exit status, teardown leaving nothing, and restarts that lose nothing.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { cgroupDirsOf, isAlive, mountsUnder, startDaemon, type Daemon, type GrpcError } from '../helpers/daemon';
@@ -148,19 +149,46 @@ t.test('a daemon killed with -9 comes back and adopts what runs; what died meanw
   assertNothingLeft(t, d, 'survivor', runner.pid);
 });
 
+/** A control file's content from whichever of a group's directories (v1 hierarchies, or v2) has it. */
+const cgroupReader = (dirs: string[]) => (file: string): string | undefined => {
+  for (const dir of dirs) if (fs.existsSync(path.join(dir, file))) return fs.readFileSync(path.join(dir, file), 'utf8').trim();
+  return undefined;
+};
+
 t.test('cgroup limits from the request are applied', async (t) => {
   const d = await startDaemon(t);
   await d.start(busybox('limited', 'exec sleep 600', { resources: { memoryBytes: 64 << 20, cpuMillis: 250, pids: 32 } }));
-  const dirs = cgroupDirsOf(path.join(d.cgroupParent, 'limited'));
-  const read = (file: string): string | undefined => {
-    for (const dir of dirs) if (fs.existsSync(path.join(dir, file))) return fs.readFileSync(path.join(dir, file), 'utf8').trim();
-    return undefined;
-  };
+  const read = cgroupReader(cgroupDirsOf(path.join(d.cgroupParent, 'limited')));
   const v2 = read('memory.max') !== undefined;
   t.equal(v2 ? read('memory.max') : read('memory.limit_in_bytes'), String(64 << 20), 'memory limit');
   t.equal(read('pids.max'), '32', 'pids limit');
   if (v2) t.equal(read('cpu.max'), '25000 100000', 'cpu quota');
   else t.equal(read('cpu.cfs_quota_us'), '25000', 'cpu quota');
+});
+
+// Issue 13, item 7: a request without limits got none (memory.limit_in_bytes 2^63, no CPU quota).
+t.test('a workspace started without resources gets the node default memory, CPU and pids limits, and GetWorkspace shows them', async (t) => {
+  // The memory default as embedded; the CPU default as configured.
+  const d = await startDaemon(t, ['--default-cpu-millis', '300']);
+  const req = busybox('unlimited', 'exec sleep 600');
+  delete req.resources;
+  const started = await d.start(req);
+  const memoryDefault = String(Math.min(1 << 30, os.totalmem()));
+  t.same(started.resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '4096' }, 'StartWorkspace answers with the effective limits');
+  t.same((await d.get('unlimited')).resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '4096' }, 'and GetWorkspace shows them');
+  const read = cgroupReader(cgroupDirsOf(path.join(d.cgroupParent, 'unlimited')));
+  const v2 = read('memory.max') !== undefined;
+  t.equal(v2 ? read('memory.max') : read('memory.limit_in_bytes'), memoryDefault, 'the cgroup has the default memory limit');
+  if (v2) t.equal(read('cpu.max'), '30000 100000', 'and the default CPU quota');
+  else t.equal(read('cpu.cfs_quota_us'), '30000', 'and the default CPU quota');
+  t.equal(read('pids.max'), '4096', 'and the default pids limit');
+
+  // A request naming only some limits gets the defaults for the others.
+  await d.start(busybox('partly', 'exec sleep 600', { resources: { pids: 64 } }));
+  t.same((await d.get('partly')).resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '64' }, 'named limits are kept, the rest are the defaults');
+  const partly = cgroupReader(cgroupDirsOf(path.join(d.cgroupParent, 'partly')));
+  t.equal(v2 ? partly('memory.max') : partly('memory.limit_in_bytes'), memoryDefault, 'with the default memory limit in its cgroup');
+  t.equal(partly('pids.max'), '64', 'and its own pids limit');
 });
 
 t.test('bad input gets INVALID_ARGUMENT or NOT_FOUND naming the field, and leaves nothing behind', async (t) => {
