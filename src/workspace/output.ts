@@ -8,7 +8,6 @@
 // kills a workload that prints; its writes block once the pipe is full, until the next daemon reopens
 // the FIFO by name and drains it into a new log segment (<id>.1, <id>.2, ...).
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
@@ -54,7 +53,10 @@ export class WorkspaceOutput implements WorkspaceLogs {
     }
     const channel = spec.tasks.length > 0 ? this.native.socketPair() : undefined;
     if (channel) fds.push(channel[1]);
-    await this.capture(spec, 0, channel?.[0]);
+    await this.capture(spec, 0, channel?.[0]).catch((err: unknown) => {
+      if (channel) channel.forEach((fd) => this.native.closeFd(fd));
+      throw err;
+    });
     return { stdoutFd: fds[0], stderrFd: fds[1], fds, ...(channel ? { tasksFd: channel[1] } : {}) };
   }
 

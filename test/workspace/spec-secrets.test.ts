@@ -4,6 +4,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { KeyRing } from '../../src/crypto/keys';
 import { openSecret, sealSecret } from '../../src/crypto/secrets';
 import { SPEC_SECRETS, secretFieldPaths } from '../../src/workspace/spec-secrets';
@@ -62,4 +63,28 @@ t.test('without a sealer no secret is stored at all', async (t) => {
   for (const file of fs.readdirSync(dir).filter((f) => f.startsWith('state.db'))) {
     t.notOk(fs.readFileSync(path.join(dir, file)).includes(Buffer.from('taskvalue-a')), `${file} holds no task value`);
   }
+});
+
+t.test('a record of the old form (task env in plaintext) is rewritten sealed, and its old bytes are gone', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-spec-secrets-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const keyring = KeyRing.open({ dir: path.join(dir, 'keys') });
+  const sealer = { seal: (p: string, aad: string) => sealSecret(keyring, p, aad), open: (s: string, aad: string) => openSecret(keyring, s, aad).toString('utf8') };
+  const old = new Database(path.join(dir, 'state.db'));
+  old.pragma('journal_mode = WAL');
+  old.exec('CREATE TABLE workspaces (id TEXT PRIMARY KEY, spec TEXT NOT NULL, env_sealed TEXT, spec_digest TEXT NOT NULL, status TEXT NOT NULL)');
+  const { env, ...rest } = spec();
+  old.prepare('INSERT INTO workspaces VALUES (?, ?, ?, ?, ?)').run('ws-1', JSON.stringify(rest), sealer.seal(JSON.stringify(env), 'workspace-env:ws-1'), 'digest', JSON.stringify(newStatus(1)));
+  old.close();
+  t.ok(fs.readFileSync(path.join(dir, 'state.db')).includes(Buffer.from('taskvalue-a')), 'the old form holds a task value in plaintext');
+
+  const store = new WorkspaceStore(dir, sealer);
+  t.same(store.loadAll().map((r) => r.spec), [spec()], 'read whole');
+  store.close();
+  for (const file of fs.readdirSync(dir).filter((f) => f.startsWith('state.db'))) {
+    t.notOk(fs.readFileSync(path.join(dir, file)).includes(Buffer.from('taskvalue-a')), `${file} no longer holds it`);
+  }
+  const again = new WorkspaceStore(dir, sealer);
+  t.same(again.loadAll().map((r) => r.spec), [spec()], 'and read whole from its new form');
+  again.close();
 });
