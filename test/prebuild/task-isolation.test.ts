@@ -27,15 +27,17 @@ echo spy-done
 t.test("no task reads another task's env, through /proc or otherwise, and no task forges a task's status", async (t) => {
   const d = await startDaemon(t);
   const secret = marker('HOLDERSECRET');
+  const shared = marker('WORKSPACEVALUE');
   await d.start(prebuildRequest('pb-iso', [
     { name: 'spy', script: SPY },
     { name: 'holder', script: 'echo holder-ran; sleep 3; exit 7', env: { HOLDER_TOKEN: secret } },
     { name: 'never', script: 'touch /workspace/never' },
-  ]));
+  ], { SHARED_BY_ALL: shared }));
   const done = await d.waitFor('pb-iso', (w) => isFinalState(w.state), 120_000).catch(() => d.get('pb-iso'));
   t.ok(isFinalState(done.state), `the prebuild ended (${done.state})`);
   const log = logText(await logChunks(d, 'pb-iso')).toString();
   t.match(log, /spy-done/, 'the spy ran');
+  t.ok(log.includes(shared), 'and its scan works: it logged the environ it may read (its own, with the workspace env)');
   t.match(log, /holder-ran/, 'the holder ran');
   t.notOk(log.includes(secret), "the holder's value never reached the log");
   const content = path.join(d.stateDir, 'workspaces', 'pb-iso', 'content');

@@ -1,6 +1,7 @@
 // The store seals every field the spec declares secret, by one mechanism: here, a spec with a marker
 // in every secret field goes through a real store (SQLite on disk) and back.
 import t from 'tap';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -87,4 +88,26 @@ t.test('a record of the old form (task env in plaintext) is rewritten sealed, an
   const again = new WorkspaceStore(dir, sealer);
   t.same(again.loadAll().map((r) => r.spec), [spec()], 'and read whole from its new form');
   again.close();
+});
+
+t.test('a field added to the spec, or to a task, does not compile until it is classified', async (t) => {
+  const ts = await import('typescript');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-spec-classify-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.resolve(__dirname, '../../src/workspace');
+  const compile = (body: string): string[] => {
+    const file = path.join(dir, `case-${crypto.randomUUID()}.ts`);
+    fs.writeFileSync(file, [
+      `import { SPEC_SECRETS, type Classification } from ${JSON.stringify(path.join(src, 'spec-secrets'))};`,
+      `import type { TaskSpec, WorkspaceSpec } from ${JSON.stringify(path.join(src, 'types'))};`,
+      body,
+    ].join('\n'));
+    const program = ts.createProgram([file], { strict: true, noEmit: true, skipLibCheck: true, types: [] });
+    return ts.getPreEmitDiagnostics(program).filter((d) => d.file?.fileName === file).map((d) => ts.flattenDiagnosticMessageText(d.messageText, ' '));
+  };
+  t.same(compile('export const same: Classification<WorkspaceSpec> = SPEC_SECRETS;'), [], 'the declaration as it is compiles');
+  const topLevel = compile('type Future = WorkspaceSpec & { gitCredentials: { username: string; token: string } };\nexport const c: Classification<Future> = { ...SPEC_SECRETS };');
+  t.match(topLevel.join('\n'), /gitCredentials/, 'a new top-level field is refused until classified');
+  const inTask = compile("type Future = Omit<WorkspaceSpec, 'tasks'> & { tasks: Array<TaskSpec & { registryToken: string }> };\nexport const c: Classification<Future> = { ...SPEC_SECRETS };");
+  t.match(inTask.join('\n'), /registryToken/, 'so is a new field of a task');
 });
