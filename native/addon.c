@@ -190,6 +190,7 @@ static napi_value init_addon(napi_env env, napi_callback_info info) {
   napi_create_object(env, &constants);
   tx_register_mount(env, addon, constants);
   tx_register_notify(env, addon);
+  tx_register_channel(env, addon);
   tx_register_exit(env, addon);
   tx_register_spawn(env, addon, constants);
   tx_register_net(env, addon);

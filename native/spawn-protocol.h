@@ -80,6 +80,7 @@ enum tx_step {
 #define TX_STATUS_FD 3
 #define TX_REPORT_FD 4
 #define TX_GATE_FD 5       // only with --hold
+#define TX_TASKS_FD 6      // only with --tasks: the prebuild task channel (init.c run_tasks)
 
 // init's exit code when the gate closed without a byte (Docker's "the runtime itself failed" code;
 // 127 stays init's own failures and a missing program).

@@ -117,7 +117,7 @@ typedef struct {
   char *init_path;
   char *cwd;
   char *hostname;
-  char **argv;  // "init", "--", workload argv..., NULL
+  char **argv;  // "init", ["--hold"], ["--tasks"], "--", workload argv..., NULL
   char **envp;  // NULL-terminated
   uint32_t uid_base, gid_base, id_count;
   char **cgroup_tasks;  // v1: one `tasks` file per hierarchy, joined by the child itself
@@ -125,6 +125,7 @@ typedef struct {
   char *cgroup_dir;     // v2: the group the child is cloned into ("" = none)
   int stdout_fd, stderr_fd, status_fd;
   uint32_t pty_limit;   // devpts max= of the workspace's own instance
+  int tasks_fd;  // -1, or init's end of the prebuild task channel: init runs `--tasks` with it as TX_TASKS_FD
   bind_mount *mounts;
   size_t mount_count;
   uint64_t keep_caps;
@@ -482,15 +483,19 @@ static void set_up_fds(child_ctx *c) {
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   CHECK(c, devnull, STEP_OPEN_DEVNULL, 0);
   // Lift every source above the targets first, so no dup2 clobbers a source still to be copied.
-  int from[6] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd, c->gate_fd};
-  int count = c->gate_fd >= 0 ? 6 : 5;
-  int lifted[6];
+  // The gate (5) and the task channel (6) are optional; a missing one leaves its number closed.
+  int from[7] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd, c->gate_fd, job->tasks_fd};
+  int count = job->tasks_fd >= 0 ? 7 : c->gate_fd >= 0 ? 6 : 5;
+  int lifted[7];
   for (int i = 0; i < count; i++) {
-    lifted[i] = fcntl(from[i], F_DUPFD_CLOEXEC, 10);
-    CHECK(c, lifted[i], STEP_DUP, i);
+    lifted[i] = from[i] < 0 ? -1 : fcntl(from[i], F_DUPFD_CLOEXEC, 10);
+    if (from[i] >= 0) CHECK(c, lifted[i], STEP_DUP, i);
   }
   c->report_fd = lifted[TX_REPORT_FD];
-  for (int i = 0; i < count; i++) CHECK(c, dup2(lifted[i], i), STEP_DUP, i);
+  for (int i = 0; i < count; i++) {
+    if (lifted[i] >= 0) CHECK(c, dup2(lifted[i], i), STEP_DUP, i);
+    else close(i);
+  }
   c->report_fd = TX_REPORT_FD;
   CHECK(c, close_range((unsigned)count, ~0U, 0), STEP_CLOSE_RANGE, 0);
 }
@@ -1134,14 +1139,25 @@ static bool get_hold(napi_env env, napi_value obj, spawn_job *job) {
   return true;
 }
 
+static bool get_tasks_fd(napi_env env, napi_value obj, spawn_job *job) {
+  napi_value v;
+  job->tasks_fd = -1;
+  if (!tx_get_prop(env, obj, "tasksFd", &v) || !is_present(env, v)) return true;
+  if (!tx_get_int32(env, v, "spawn: opts.tasksFd must be an fd", &job->tasks_fd)) return false;
+  if (job->tasks_fd < 0) return tx_type_error(env, "spawn: opts.tasksFd must not be negative"), false;
+  return true;
+}
+
 static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
-  static const char *const init_argv[] = {"init", "--"};
-  static const char *const held_init_argv[] = {"init", "--hold", "--"};
   uint32_t argc = 0, cgroups = 0;
   int32_t out, err, status;
-  if (!get_hold(env, opts, job)) return false;
-  const char *const *prefix = job->hold ? held_init_argv : init_argv;
-  size_t prefix_count = job->hold ? COUNT(held_init_argv) : COUNT(init_argv);
+  if (!get_hold(env, opts, job) || !get_tasks_fd(env, opts, job)) return false;
+  const char *prefix[4];
+  size_t prefix_count = 0;
+  prefix[prefix_count++] = "init";
+  if (job->hold) prefix[prefix_count++] = "--hold";
+  if (job->tasks_fd >= 0) prefix[prefix_count++] = "--tasks";
+  prefix[prefix_count++] = "--";
   if (!get_string_prop(env, opts, "rootfs", &job->rootfs) || !get_string_prop(env, opts, "initPath", &job->init_path) ||
       !get_strv_prop(env, opts, "argv", prefix, prefix_count, &job->argv, &argc) ||
       !get_strv_prop(env, opts, "env", NULL, 0, &job->envp, NULL) || !get_string_prop(env, opts, "cwd", &job->cwd) ||
@@ -1160,7 +1176,8 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
   job->stderr_fd = err;
   job->status_fd = status;
 
-  if (argc == 0) return tx_type_error(env, "spawn: opts.argv must not be empty"), false;
+  if (argc == 0 && job->tasks_fd < 0) return tx_type_error(env, "spawn: opts.argv must not be empty"), false;
+  if (argc > 0 && job->tasks_fd >= 0) return tx_type_error(env, "spawn: opts.argv must be empty with opts.tasksFd"), false;
   if (job->rootfs[0] != '/') return tx_type_error(env, "spawn: opts.rootfs must be absolute"), false;
   if (job->cwd[0] != '/') return tx_type_error(env, "spawn: opts.cwd must be absolute"), false;
   if (strlen(job->hostname) > 64) return tx_type_error(env, "spawn: opts.hostname is longer than 64"), false;
@@ -1182,7 +1199,7 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
 
 static spawn_job *new_job(void) {
   spawn_job *job = calloc(1, sizeof *job);
-  if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = job->devices_fd = -1;
+  if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = job->devices_fd = job->tasks_fd = -1;
   return job;
 }
 

@@ -44,6 +44,7 @@ napi_value tx_run_async(napi_env env, const char *name, tx_work_fn work, void *d
 // Each concern registers its functions on the addon object.
 void tx_register_mount(napi_env env, napi_value addon, napi_value constants);
 void tx_register_notify(napi_env env, napi_value addon);
+void tx_register_channel(napi_env env, napi_value addon);
 void tx_register_exit(napi_env env, napi_value addon);
 void tx_register_spawn(napi_env env, napi_value addon, napi_value constants);
 void tx_register_net(napi_env env, napi_value addon);

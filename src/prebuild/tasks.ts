@@ -1,71 +1,100 @@
-// Running a prebuild's tasks inside its workspace. The workload is a small shell script that runs
-// each task in order and stops at the first failure; the daemon learns each task's start and end
-// through a status FIFO, and each task's output through FIFOs of its own, so every line of the log
-// is attributed to the task that wrote it.
-//
-// Inside the workspace (the io directory is bound at /.tetrix/io, owned by the workspace's root):
-//   status     "start <i>" and "end <i> <exit code>", one line each, written by the runner only
-//   <i>.out    task i's stdout
-//   <i>.err    task i's stderr
-//
-// No secret is ever in the script: task env values reach the runner as its own environment
-// (__TX_<i>_<NAME>) and each task's subshell exports its own under the real names and unsets the rest.
-import fs from 'node:fs';
-import path from 'node:path';
+// Running a prebuild's tasks. tetrix-init runs them itself (`init --tasks`, native/init.c run_tasks), one
+// at a time, over a unix socket pair: init holds one end as fd 6, the daemon the other; no task ever
+// holds either. This is the daemon's side (protocol in docs/prebuilds.md):
+//   init: "ready <i>"   -> the daemon sends task i (argv, cwd, its own env) with two fresh pipes for its
+//                          stdout and stderr, or an empty frame when there is no task i
+//   init: "start <i>"   -> task i runs
+//   init: "end <i> <c>" -> task i and everything it left behind are gone; c is its exit code (128+signal)
+// Task i's env therefore leaves the daemon only when task i starts, and only into init (not dumpable), and
+// from there only into task i's execve. Nothing of the channel is a path: the daemon never opens anything
+// the workspace can write, and no task can write a status line.
+import net from 'node:net';
 import type { TaskSpec } from '../workspace/types';
-
-export const IO_DIR_IN_WORKSPACE = '/.tetrix/io';
-
-const quote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
-const carrier = (i: number, name: string): string => `__TX_${i}_${name}`;
-
-/** argv and extra environment of the runner; the script holds names and commands, never values. */
-export function taskRunner(tasks: readonly TaskSpec[]): { argv: string[]; env: Record<string, string> } {
-  const env: Record<string, string> = {};
-  const carriers: string[] = [];
-  tasks.forEach((t, i) => {
-    for (const [name, value] of Object.entries(t.env)) {
-      env[carrier(i, name)] = value;
-      carriers.push(carrier(i, name));
-    }
-  });
-  const io = IO_DIR_IN_WORKSPACE;
-  const lines = [`exec 9>${io}/status`];
-  tasks.forEach((t, i) => {
-    const exports = Object.keys(t.env).map((name) => `export ${name}="$${carrier(i, name)}"; `).join('');
-    const unset = carriers.length ? `unset ${carriers.join(' ')}; ` : '';
-    lines.push(
-      `echo "start ${i}" >&9`,
-      `( ${exports}${unset}cd ${quote(t.workingDir)} && exec ${t.command.map(quote).join(' ')} ) 9>&- >${io}/${i}.out 2>${io}/${i}.err`,
-      'rc=$?',
-      `echo "end ${i} $rc" >&9`,
-      '[ "$rc" -eq 0 ] || exit "$rc"',
-    );
-  });
-  lines.push('exit 0');
-  return { argv: ['/bin/sh', '-c', lines.join('\n')], env };
-}
 
 export type TaskEvent = { kind: 'start'; index: number } | { kind: 'end'; index: number; exitCode: number };
 
-/** The FIFOs of a run, owned by the workspace's root so its runner may open them. */
-export function createTaskFifos(ioDir: string, count: number, uid: number, mkfifo: (p: string, mode: number) => void): void {
-  fs.rmSync(ioDir, { recursive: true, force: true });
-  fs.mkdirSync(ioDir, { mode: 0o700 });
-  fs.chownSync(ioDir, uid, uid);
-  for (const name of ['status', ...Array.from({ length: count }, (_, i) => [`${i}.out`, `${i}.err`]).flat()]) {
-    const fifo = path.join(ioDir, name);
-    mkfifo(fifo, 0o600);
-    fs.chownSync(fifo, uid, uid);
+/** What the channel needs of the addon (src/sandbox/native.ts). */
+export interface TaskChannelNative {
+  pipe(): [number, number];
+  sendWithFds(socketFd: number, data: Buffer, fds: number[]): void;
+  closeFd(fd: number): void;
+}
+
+type InitLine = { kind: 'ready' | 'start'; index: number } | { kind: 'end'; index: number; exitCode: number };
+
+/** init's lines; anything else is ignored (only init writes here, so anything else is a bug). */
+export function parseInitLine(line: string, count: number): InitLine | undefined {
+  const m = /^(ready|start|end) (\d{1,4})(?: (\d{1,3}))?$/.exec(line);
+  if (!m) return undefined;
+  const index = Number(m[2]);
+  if (m[1] === 'end') return m[3] === undefined || index >= count ? undefined : { kind: 'end', index, exitCode: Number(m[3]) };
+  if (m[3] !== undefined || (m[1] === 'start' && index >= count)) return undefined;
+  return { kind: m[1] as 'ready' | 'start', index };
+}
+
+/** Task i as init reads it: u32 length (little-endian), then NUL-terminated argc, cwd, argv..., env "K=V"... */
+export function encodeTaskFrame(task: TaskSpec): Buffer {
+  const strings = [String(task.command.length), task.workingDir, ...task.command, ...Object.entries(task.env).map(([k, v]) => `${k}=${v}`)];
+  const payload = Buffer.from(strings.map((s) => `${s}\0`).join(''), 'utf8');
+  const header = Buffer.alloc(4);
+  header.writeUInt32LE(payload.length);
+  return Buffer.concat([header, payload]);
+}
+
+const NO_MORE_TASKS = Buffer.alloc(4);
+
+export interface TaskRunHooks {
+  onEvent(event: TaskEvent): void;
+  /** Task i's stdout and stderr read ends, owned by the callee from then on. */
+  onOutput(index: number, stdoutFd: number, stderrFd: number): void;
+}
+
+/**
+ * Serves init over the daemon's end of the channel (owned from here on) until init closes it. Resolves
+ * then; init's exit status and the task statuses tell how the run went.
+ */
+export async function serveTasks(tasks: readonly TaskSpec[], channelFd: number, native: TaskChannelNative, hooks: TaskRunHooks): Promise<void> {
+  const socket = new net.Socket({ fd: channelFd, readable: true, writable: false });
+  let handedOut = 0;   // tasks sent to init so far: init asks for them in order, each once
+  let started = -1;
+  let ended = -1;
+  let pending = '';
+  try {
+    for await (const chunk of socket) {
+      pending += (chunk as Buffer).toString('utf8');
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) {
+        const msg = parseInitLine(line, tasks.length);
+        if (msg?.kind === 'ready') handedOut = handOut(tasks, msg.index, handedOut, channelFd, native, hooks);
+        else if (msg?.kind === 'start' && msg.index === handedOut - 1 && msg.index > started) {
+          started = msg.index;
+          hooks.onEvent({ kind: 'start', index: msg.index });
+        } else if (msg?.kind === 'end' && msg.index === started && msg.index > ended) {
+          ended = msg.index;
+          hooks.onEvent(msg);
+        }
+      }
+    }
+  } finally {
+    socket.destroy();
   }
 }
 
-/** Parses the runner's status lines. Anything else is ignored: the protocol has no other words. */
-export function parseTaskEvent(line: string, count: number): TaskEvent | undefined {
-  const m = /^(start|end) (\d{1,4})(?: (\d{1,3}))?$/.exec(line.trim());
-  if (!m) return undefined;
-  const index = Number(m[2]);
-  if (index >= count) return undefined;
-  if (m[1] === 'start') return { kind: 'start', index };
-  return m[3] === undefined ? undefined : { kind: 'end', index, exitCode: Number(m[3]) };
+function handOut(tasks: readonly TaskSpec[], index: number, handedOut: number, channelFd: number, native: TaskChannelNative, hooks: TaskRunHooks): number {
+  if (index !== handedOut || index >= tasks.length) {
+    native.sendWithFds(channelFd, NO_MORE_TASKS, []);
+    return handedOut;
+  }
+  const [outRead, outWrite] = native.pipe();
+  const [errRead, errWrite] = native.pipe();
+  hooks.onOutput(index, outRead, errRead);
+  try {
+    native.sendWithFds(channelFd, encodeTaskFrame(tasks[index]), [outWrite, errWrite]);
+  } finally {
+    // init has its copies (or is gone): the pipes end when the task and what it left end.
+    native.closeFd(outWrite);
+    native.closeFd(errWrite);
+  }
+  return index + 1;
 }

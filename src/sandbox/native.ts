@@ -41,6 +41,9 @@ export interface SpawnOptions {
    *  both held fds, and reap with `watchExit`. Init exits `constants.INIT_EXIT_ABANDONED` (125) with an
    *  empty status fd when the gate closes without release. Default false: resolve after the workload's exec. */
   holdWorkload?: boolean;
+  /** A prebuild: init's end of the task channel (a unix socket). init then runs `--tasks` with it as fd 6
+   *  and runs the tasks the daemon hands it (native/init.c run_tasks); argv must be empty. */
+  tasksFd?: number;
 }
 
 /** The caller's ends of a held workspace's pipes (native/spawn-protocol.h). Both close-on-exec and owned
@@ -106,6 +109,13 @@ export interface NativeAddon {
    *  `idmap move_mount`...; nothing stays attached or open then. Bad arguments throw TypeError at once. */
   idmapMount(source: string, target: string, uidBase: number, gidBase: number, count: number): Promise<void>;
   mkfifo(path: string, mode: number): void;
+  /** A connected pair of AF_UNIX stream sockets, both close-on-exec. */
+  socketPair(): [number, number];
+  /** pipe2(O_CLOEXEC): [read end, write end]. */
+  pipe(): [number, number];
+  /** All of data on a stream socket, fds attached to its first byte (SCM_RIGHTS); the fds stay the caller's.
+   *  NativeError `sendmsg` (EPIPE: the peer is gone; ETIMEDOUT: it stopped reading). */
+  sendWithFds(socketFd: number, data: Buffer, fds: number[]): void;
   /** sd_notify(3): false when NOTIFY_SOCKET is unset. */
   sdNotify(state: string): boolean;
   constants: Record<string, number>;   // MS_*, MNT_*, signals

@@ -1,17 +1,18 @@
 // A workspace's stdout and stderr: FIFOs in its directory, read by the daemon into the sealed log
-// store (src/prebuild/logs.ts).
+// store (src/prebuild/logs.ts). A prebuild's tasks reach the log through pipes init gets over the task
+// channel (src/prebuild/tasks.ts): the daemon holds their read ends and never opens a path the
+// workspace can write.
 //
 // Why FIFOs opened O_RDWR for the workspace's end: a pipe whose last reader goes away raises SIGPIPE in
 // the writer. With an O_RDWR end the workspace itself always holds a reader, so a daemon restart never
 // kills a workload that prints; its writes block once the pipe is full, until the next daemon reopens
 // the FIFO by name and drains it into a new log segment (<id>.1, <id>.2, ...).
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
 import type { LogChunkRecord, LogStore, LogWriter } from '../prebuild/logs';
-import { createTaskFifos, parseTaskEvent, type TaskEvent } from '../prebuild/tasks';
+import { serveTasks, type TaskEvent } from '../prebuild/tasks';
 import type { NativeAddon } from '../sandbox/native';
 import type { WorkspaceLogs } from './ports';
 import type { WorkspaceSpec } from './types';
@@ -38,13 +39,9 @@ export class WorkspaceOutput implements WorkspaceLogs {
     private readonly log: Logger,
   ) {}
 
-  /** Prebuilds' task FIFOs, bound into the workspace at /.tetrix/io. */
-  ioDir(workspaceId: string): string {
-    return path.join(this.dirOf(workspaceId), 'io');
-  }
-
-  /** Before spawn: the FIFOs, the workspace's ends, and a new log capturing both streams (and each task's). */
-  async open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }> {
+  /** Before spawn: the FIFOs, the workspace's ends, and a new log capturing both streams (and each task's).
+   *  A prebuild also gets init's end of its task channel (tasksFd, among fds: the caller closes it after spawn). */
+  async open(spec: WorkspaceSpec, _uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; tasksFd?: number }> {
     // A reused id starts a fresh history: the previous incarnation was torn down.
     await this.removeSegments(spec.id);
     const fds: number[] = [];
@@ -54,12 +51,17 @@ export class WorkspaceOutput implements WorkspaceLogs {
       this.native.mkfifo(fifo, 0o600);
       fds.push(fs.openSync(fifo, fs.constants.O_RDWR));
     }
-    if (spec.tasks.length > 0) createTaskFifos(this.ioDir(spec.id), spec.tasks.length, uidBase, (p, m) => this.native.mkfifo(p, m));
-    await this.capture(spec, 0);
-    return { stdoutFd: fds[0], stderrFd: fds[1], fds };
+    const channel = spec.tasks.length > 0 ? this.native.socketPair() : undefined;
+    if (channel) fds.push(channel[1]);
+    await this.capture(spec, 0, channel?.[0]).catch((err: unknown) => {
+      if (channel) channel.forEach((fd) => this.native.closeFd(fd));
+      throw err;
+    });
+    return { stdoutFd: fds[0], stderrFd: fds[1], fds, ...(channel ? { tasksFd: channel[1] } : {}) };
   }
 
-  /** After a daemon restart: a running workspace's output goes on into the next segment. */
+  /** After a daemon restart: a running workspace's output goes on into the next segment. A prebuild's task
+   *  channel and pipes died with the last daemon (the service ends such a prebuild). */
   async reattach(spec: WorkspaceSpec): Promise<void> {
     let segment = 1;
     while (segment < MAX_SEGMENTS && (await this.exists(segmentId(spec.id, segment)))) segment++;
@@ -70,7 +72,7 @@ export class WorkspaceOutput implements WorkspaceLogs {
   async closeWhenDrained(workspaceId: string): Promise<void> {
     const capture = this.captures.get(workspaceId);
     if (!capture) return;
-    // The workspace is gone: a task FIFO no task ever opened (after a failure) must still end.
+    // The workspace is gone: a FIFO nothing ever opened (after a failure) must still end.
     for (const fifo of this.fifos(workspaceId)) this.poke(fifo);
     await capture.done;
     await capture.writer.close();
@@ -102,38 +104,37 @@ export class WorkspaceOutput implements WorkspaceLogs {
     }
   }
 
-  private async capture(spec: WorkspaceSpec, segment: number): Promise<void> {
+  private async capture(spec: WorkspaceSpec, segment: number, taskChannel?: number): Promise<void> {
     const writer = await this.store.create(segmentId(spec.id, segment), {
       workspaceId: spec.id,
       ownerId: spec.ownerId,
       teamId: spec.teamId,
       kind: spec.kind,
     });
-    const sources = [
-      ...STREAMS.map((stream) => ({ fifo: this.fifoPath(spec.id, stream), stream, task: '' })),
-      ...spec.tasks.flatMap((t, i) => STREAMS.map((stream) => ({ fifo: path.join(this.ioDir(spec.id), `${i}.${stream.slice(3)}`), stream, task: t.name }))),
-    ];
+    const sources = STREAMS.map((stream) => ({ fifo: this.fifoPath(spec.id, stream), stream, task: '' }));
     const copies = sources.map(({ fifo, stream, task }) =>
       writer.capture(this.openReader(fifo, segment > 0), { stream, task }).catch((err: unknown) => {
         this.log.warn({ workspace: spec.id, stream, task, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
       }),
     );
-    if (spec.tasks.length > 0) copies.push(this.followTasks(spec, segment > 0));
+    if (taskChannel !== undefined) copies.push(this.captureTasks(spec, writer, taskChannel));
     this.captures.set(spec.id, { writer, done: Promise.all(copies).then(() => undefined) });
   }
 
-  /** The runner's status lines, until it exits. */
-  private async followTasks(spec: WorkspaceSpec, reattached: boolean): Promise<void> {
-    const socket = new net.Socket({ fd: this.openReader(path.join(this.ioDir(spec.id), 'status'), reattached), readable: true, writable: false });
-    let pending = '';
-    for await (const chunk of socket) {
-      pending += (chunk as Buffer).toString('utf8');
-      const lines = pending.split('\n');
-      pending = lines.pop() ?? '';
-      for (const line of lines) {
-        const event = parseTaskEvent(line, spec.tasks.length);
-        if (event) this.onTaskEvent(spec.id, event);
-      }
+  /** A prebuild's task channel until init closes it, and each task's output until its pipes end. */
+  private async captureTasks(spec: WorkspaceSpec, writer: LogWriter, channelFd: number): Promise<void> {
+    const outputs: Promise<void>[] = [];
+    const copy = (fd: number, stream: (typeof STREAMS)[number], task: string): Promise<void> =>
+      writer.capture(fd, { stream, task }).catch((err: unknown) => {
+        this.log.warn({ workspace: spec.id, stream, task, err: err instanceof Error ? err.message : String(err) }, 'task output capture ended early');
+      });
+    try {
+      await serveTasks(spec.tasks, channelFd, this.native, {
+        onEvent: (event) => this.onTaskEvent(spec.id, event),
+        onOutput: (i, stdoutFd, stderrFd) => outputs.push(copy(stdoutFd, 'stdout', spec.tasks[i].name), copy(stderrFd, 'stderr', spec.tasks[i].name)),
+      });
+    } finally {
+      await Promise.all(outputs);
     }
   }
 
@@ -156,9 +157,7 @@ export class WorkspaceOutput implements WorkspaceLogs {
   }
 
   private fifos(workspaceId: string): string[] {
-    const io = this.ioDir(workspaceId);
-    const tasks = fs.existsSync(io) ? fs.readdirSync(io).map((f) => path.join(io, f)) : [];
-    return [...STREAMS.map((s) => this.fifoPath(workspaceId, s)), ...tasks];
+    return STREAMS.map((s) => this.fifoPath(workspaceId, s));
   }
 
   private async exists(logId: string): Promise<boolean> {

@@ -39,9 +39,8 @@ export interface WorkspaceNetwork {
 }
 
 export interface WorkspaceLogs {
-  open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }>;
-  /** Prebuilds: the directory of task FIFOs, bound into the workspace at /.tetrix/io. */
-  ioDir(workspaceId: string): string;
+  /** tasksFd: a prebuild's end of the task channel for init (src/prebuild/tasks.ts), one of fds. */
+  open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; tasksFd?: number }>;
   /** After a daemon restart, for a workspace that still runs. */
   reattach(spec: WorkspaceSpec): Promise<void>;
   closeWhenDrained(workspaceId: string): Promise<void>;

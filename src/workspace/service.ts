@@ -16,7 +16,7 @@ import type { BackupOutcome, BackupProgressReport, Sandbox, WorkspaceBackups, Wo
 import { readPidStartTime, signalName } from './proc';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from '../prebuild/publish';
-import { IO_DIR_IN_WORKSPACE, taskRunner, type TaskEvent } from '../prebuild/tasks';
+import type { TaskEvent } from '../prebuild/tasks';
 
 export interface WorkspaceServiceOptions {
   stateDir: string;
@@ -43,6 +43,7 @@ const SIGTERM = 15;
 const START_INTERVAL_MS = 20;
 const RELEASES_AT_ONCE = 4;
 const SIGKILL = 9;
+const PREBUILD_INTERRUPTED = 'prebuild interrupted by a daemon restart: its task channel does not survive one; run it again';
 
 /**
  * Where the crash tests kill the daemon (TETRIX_TEST_CRASH_AT=<point>): each is a moment where a
@@ -137,7 +138,7 @@ export class WorkspaceService {
     return record;
   }
 
-  /** A prebuild task started or ended (reported by its runner through the status FIFO). */
+  /** A prebuild task started or ended (reported by init over the task channel, src/prebuild/tasks.ts). */
   onTaskEvent(id: string, event: TaskEvent): void {
     const record = this.records.get(id);
     const task = record?.status.tasks[event.index];
@@ -271,7 +272,7 @@ export class WorkspaceService {
       crashPoint('after-cgroup');
       const statusFd = fs.openSync(path.join(wsDir, 'exit-status'), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
       opened.push(statusFd);
-      const workload = this.workloadOf(spec, rootfs, contentDir);
+      const workload = this.workloadOf(spec, contentDir);
       const result = await this.o.native.spawn({
         rootfs,
         initPath: sandbox.initPath,
@@ -286,6 +287,7 @@ export class WorkspaceService {
         stdoutFd: output.stdoutFd,
         stderrFd: output.stderrFd,
         statusFd,
+        ...(output.tasksFd !== undefined ? { tasksFd: output.tasksFd } : {}),
         mounts: workload.mounts,
         ptyLimit: sandbox.ptyLimit,
         capabilities: sandbox.capabilities,
@@ -320,20 +322,14 @@ export class WorkspaceService {
     }
   }
 
-  /** What runs: the request's command, or for a prebuild the task runner (src/prebuild/tasks.ts). */
-  private workloadOf(spec: WorkspaceSpec, rootfs: string, contentDir: string): { argv: string[]; env: Record<string, string>; mounts: { source: string; target: string; readonly: boolean }[] } {
+  /** What runs: the request's command, or for a prebuild nothing but init, which asks for each task over
+   *  the task channel (src/prebuild/tasks.ts). */
+  private workloadOf(spec: WorkspaceSpec, contentDir: string): { argv: string[]; env: Record<string, string>; mounts: { source: string; target: string; readonly: boolean }[] } {
     const mounts = [{ source: contentDir, target: '/workspace', readonly: false }];
-    if (spec.kind !== 'PREBUILD') return { argv: spec.command, env: spec.env, mounts };
-    const runner = taskRunner(spec.tasks);
-    makeMountpoint(rootfs, IO_DIR_IN_WORKSPACE);
-    return {
-      argv: runner.argv,
-      env: { ...spec.env, ...runner.env },
-      mounts: [...mounts, { source: this.o.logs!.ioDir(spec.id), target: IO_DIR_IN_WORKSPACE, readonly: false }],
-    };
+    return { argv: spec.kind === 'PREBUILD' ? [] : spec.command, env: spec.env, mounts };
   }
 
-  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }> {
+  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; tasksFd?: number }> {
     if (this.o.logs) return this.o.logs.open(spec, uidBase);
     const fd = fs.openSync('/dev/null', fs.constants.O_WRONLY);
     return { stdoutFd: fd, stderrFd: fd, fds: [fd] };
@@ -497,15 +493,25 @@ export class WorkspaceService {
     }
     if (pidfd < 0) {
       // Died while we were away: the status file (if init wrote it) still tells how.
+      if (record.spec.kind === 'PREBUILD') record.status.message = PREBUILD_INTERRUPTED;
       return this.onExit(record, { exitCode: null, signal: null, reaped: false }, false);
     }
     await this.o.logs?.reattach(record.spec).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
     this.watch(record, pidfd, false);
+    if (record.spec.kind === 'PREBUILD') return this.endInterruptedPrebuild(record);
     this.o.log.info({ workspace: record.spec.id, pid: status.pid }, 'adopted running workspace');
     if (status.state === 'STOPPING') {
       const runtime = this.runtimes.get(record.spec.id);
       if (runtime) runtime.killTimer = setTimeout(() => this.signal(record.spec.id, SIGKILL), this.o.defaultGraceMs);
     }
+  }
+
+  /** A prebuild's task channel and task pipes die with the daemon, so its later tasks could never get
+   *  their env: it ends FAILED now (docs/prebuilds.md) rather than wait on a channel nobody serves. */
+  private endInterruptedPrebuild(record: WorkspaceRecord): void {
+    record.status.message = PREBUILD_INTERRUPTED;
+    this.o.store.updateStatus(record.spec.id, record.status);
+    this.signal(record.spec.id, SIGKILL);
   }
 
   /** A pidfd for pid if it is still the process we started (not a recycled pid), else -1. */
@@ -590,17 +596,6 @@ function canonicalJson(value: unknown): string {
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
   }
   return JSON.stringify(value);
-}
-
-/** A directory in a rootfs that has not started yet; a symlink planted by the image is refused. */
-function makeMountpoint(rootfs: string, inside: string): void {
-  let dir = rootfs;
-  for (const part of inside.split('/').filter(Boolean)) {
-    dir = path.join(dir, part);
-    const st = fs.lstatSync(dir, { throwIfNoEntry: false });
-    if (!st) fs.mkdirSync(dir, { mode: 0o755 });
-    else if (!st.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `image: ${inside} is not a directory`);
-  }
 }
 
 /** Runs at most n of the given tasks at once, the rest in arrival order, and begins one at most every

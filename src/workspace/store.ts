@@ -1,9 +1,12 @@
 // Workspace records in SQLite, WAL with synchronous=NORMAL: a committed change survives the daemon being
 // killed at any point (what restarts need); only an OS crash may lose the last ones, and after that no
 // workspace survives anyway. FULL would add an fsync to every transition (measured: 3-4 per start).
-// Environment values never reach the database in plaintext: they are stored sealed, or not at all.
+// Secrets never reach the database in plaintext: every field spec-secrets.ts declares secret (env,
+// tasks[].env, any future credential) is taken out of the spec and stored sealed as one blob, or not at
+// all. secure_delete zeroes what an update frees, so a rewritten record leaves no old bytes in a page.
 import Database from 'better-sqlite3';
 import path from 'node:path';
+import { joinSecrets, SPEC_SECRETS, splitSecrets } from './spec-secrets';
 import type { WorkspaceRecord, WorkspaceSpec, WorkspaceStatus } from './types';
 
 /** Seals secrets for storage (AES-256-GCM under the node key, see src/crypto). */
@@ -15,7 +18,8 @@ export interface SecretSealer {
 interface Row {
   id: string;
   spec: string;
-  env_sealed: string | null;
+  env_sealed: string | null;      // before secrets_sealed: the top-level env alone (read, then rewritten)
+  secrets_sealed: string | null;
   spec_digest: string;
   status: string;
 }
@@ -23,12 +27,13 @@ interface Row {
 export class WorkspaceStore {
   private readonly db: Database.Database;
   // Compiled once: a start writes its record four times.
-  private readonly statements: Record<'insert' | 'updateStatus' | 'delete' | 'digestOf', Database.Statement>;
+  private readonly statements: Record<'insert' | 'updateStatus' | 'rewriteSpec' | 'delete' | 'digestOf', Database.Statement>;
 
   constructor(stateDir: string, private readonly sealer?: SecretSealer) {
     this.db = new Database(path.join(stateDir, 'state.db'));
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('secure_delete = ON');
     this.db.exec(`CREATE TABLE IF NOT EXISTS workspaces (
       id TEXT PRIMARY KEY,
       spec TEXT NOT NULL,
@@ -36,8 +41,11 @@ export class WorkspaceStore {
       spec_digest TEXT NOT NULL,
       status TEXT NOT NULL
     )`);
+    const columns = this.db.prepare('PRAGMA table_info(workspaces)').all() as Array<{ name: string }>;
+    if (!columns.some((c) => c.name === 'secrets_sealed')) this.db.exec('ALTER TABLE workspaces ADD COLUMN secrets_sealed TEXT');
     this.statements = {
-      insert: this.db.prepare('INSERT INTO workspaces (id, spec, env_sealed, spec_digest, status) VALUES (?, ?, ?, ?, ?)'),
+      insert: this.db.prepare('INSERT INTO workspaces (id, spec, secrets_sealed, spec_digest, status) VALUES (?, ?, ?, ?, ?)'),
+      rewriteSpec: this.db.prepare('UPDATE workspaces SET spec = ?, secrets_sealed = ?, env_sealed = NULL WHERE id = ?'),
       updateStatus: this.db.prepare('UPDATE workspaces SET status = ? WHERE id = ?'),
       delete: this.db.prepare('DELETE FROM workspaces WHERE id = ?'),
       digestOf: this.db.prepare('SELECT spec_digest FROM workspaces WHERE id = ?'),
@@ -45,8 +53,8 @@ export class WorkspaceStore {
   }
 
   insert(record: WorkspaceRecord, specDigest: string): void {
-    const { env, ...rest } = record.spec;
-    this.statements.insert.run(record.spec.id, JSON.stringify(rest), this.sealEnv(record.spec.id, env), specDigest, JSON.stringify(record.status));
+    const { open, sealed } = this.sealSpec(record.spec);
+    this.statements.insert.run(record.spec.id, open, sealed, specDigest, JSON.stringify(record.status));
   }
 
   updateStatus(id: string, status: WorkspaceStatus): void {
@@ -63,24 +71,45 @@ export class WorkspaceStore {
   }
 
   loadAll(): WorkspaceRecord[] {
-    const rows = this.db.prepare('SELECT id, spec, env_sealed, spec_digest, status FROM workspaces').all() as Row[];
-    return rows.map((row) => ({
-      spec: { ...(JSON.parse(row.spec) as Omit<WorkspaceSpec, 'env'>), env: this.openEnv(row.id, row.env_sealed) },
-      status: JSON.parse(row.status) as WorkspaceStatus,
-    }));
+    const rows = this.db.prepare('SELECT id, spec, env_sealed, secrets_sealed, spec_digest, status FROM workspaces').all() as Row[];
+    const records = rows.map((row) => ({ spec: this.openSpec(row), status: JSON.parse(row.status) as WorkspaceStatus }));
+    this.rewriteOldRecords(rows, records);
+    return records;
   }
 
   close(): void {
     this.db.close();
   }
 
-  private sealEnv(id: string, env: Record<string, string>): string | null {
-    if (!this.sealer || Object.keys(env).length === 0) return null;
-    return this.sealer.seal(JSON.stringify(env), `workspace-env:${id}`);
+  /** The spec without its secrets (as JSON), and its secrets sealed (null when none, or no sealer). */
+  private sealSpec(spec: WorkspaceSpec): { open: string; sealed: string | null } {
+    const { open, secrets } = splitSecrets(spec, SPEC_SECRETS);
+    const sealed = secrets && this.sealer ? this.sealer.seal(JSON.stringify(secrets), secretsAad(spec.id)) : null;
+    return { open: JSON.stringify(open), sealed };
   }
 
-  private openEnv(id: string, sealed: string | null): Record<string, string> {
-    if (!sealed || !this.sealer) return {};
-    return JSON.parse(this.sealer.open(sealed, `workspace-env:${id}`)) as Record<string, string>;
+  private openSpec(row: Row): WorkspaceSpec {
+    // Split again on the way in: a record from before the declaration may hold a secret in plaintext.
+    const { open } = splitSecrets(JSON.parse(row.spec) as WorkspaceSpec, SPEC_SECRETS);
+    if (!this.sealer) return { ...open, env: open.env ?? {} };
+    const legacy = JSON.parse(row.spec) as WorkspaceSpec;
+    if (row.secrets_sealed) return joinSecrets(open, JSON.parse(this.sealer.open(row.secrets_sealed, secretsAad(row.id))) as Record<string, unknown>, SPEC_SECRETS);
+    const env = row.env_sealed ? (JSON.parse(this.sealer.open(row.env_sealed, `workspace-env:${row.id}`)) as Record<string, string>) : {};
+    return { ...legacy, env };
+  }
+
+  /** Records written before every secret was sealed are rewritten sealed, and the WAL that held them emptied. */
+  private rewriteOldRecords(rows: Row[], records: WorkspaceRecord[]): void {
+    if (!this.sealer) return;
+    let rewritten = 0;
+    rows.forEach((row, i) => {
+      if (row.secrets_sealed || (row.env_sealed === null && row.spec === this.sealSpec(records[i].spec).open)) return;
+      const { open, sealed } = this.sealSpec(records[i].spec);
+      this.statements.rewriteSpec.run(open, sealed, row.id);
+      rewritten++;
+    });
+    if (rewritten > 0) this.db.pragma('wal_checkpoint(TRUNCATE)');
   }
 }
+
+const secretsAad = (id: string): string => `workspace-secrets:${id}`;

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { startDaemon } from '../helpers/daemon';
+import { filesContaining as filesHolding, isFinalState, marker, prebuildRequest } from '../prebuild/daemon-fixtures';
 
 function childrenOf(pid: number): number[] {
   const text = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
@@ -56,4 +57,31 @@ t.test('an env value reaches the workload, survives a restart sealed, and is now
   t.notOk(d.output.some((line) => line.includes(marker)), "the daemon's log output never holds the value");
   const db = fs.readFileSync(path.join(d.stateDir, 'state.db'));
   t.notOk(db.includes(Buffer.from('API_TOKEN')), 'not even the variable name is stored in plaintext');
+});
+
+// Every secret field of a spec, with a marker in its names and its values. A new secret field of the
+// spec gets its markers here (the list is checked against the store's declaration in
+// test/workspace/spec-secrets.test.ts).
+t.test('every secret field of a prebuild spec is sealed at rest: records, WAL, logs, the whole state dir', async (t) => {
+  const d = await startDaemon(t);
+  const m = {
+    envName: marker('TOPNAME'), envValue: marker('topvalue-'),
+    task0Name: marker('TASKZERONAME'), task0Value: marker('taskzero-'),
+    task1Name: marker('TASKONENAME'), task1Value: marker('taskone-'),
+  };
+  await d.start(prebuildRequest('pb-sealed', [
+    { name: 'first', script: 'touch /workspace/started; sleep 3', env: { [m.task0Name]: m.task0Value } },
+    { name: 'second', script: 'true', env: { [m.task1Name]: m.task1Value } },
+  ], { [m.envName]: m.envValue }));
+  const started = path.join(d.stateDir, 'workspaces', 'pb-sealed', 'content', 'started');
+  await d.waitFor('pb-sealed', (w) => fs.existsSync(started) || isFinalState(w.state), 60_000);
+  const needles = Object.values(m);
+  // Killed, not stopped: the WAL is not checkpointed, so state.db-wal and -shm are still there to search.
+  await d.kill9();
+  t.ok(fs.existsSync(path.join(d.stateDir, 'state.db-wal')), 'the WAL is there to be searched');
+  t.same(filesHolding(d.stateDir, needles), [], 'no file of the state dir holds a name or value, while it runs');
+  await d.restart();
+  await d.waitFor('pb-sealed', (w) => isFinalState(w.state), 90_000);
+  t.same(filesHolding(d.stateDir, needles), [], 'nor after a restart and the end of the prebuild');
+  t.notOk(d.output.some((line) => needles.some((n) => line.includes(n))), "nor the daemon's log output");
 });
