@@ -4,17 +4,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { loadConfig, ConfigError, packageRoot, usage, type Config } from './config/config';
-import { createApiServer } from './api/server';
+import { createApiServer, refuseServedSocket } from './api/server';
 import { bindTransports, startEndpoints } from './api/transport';
-import { createAuditLog } from './api/audit';
+import { createAuditLog, openAuditLogger } from './api/audit';
 import { workspaceHandlers } from './api/workspace-api';
 import { nodeHandlers } from './api/node-api';
 import { WorkspaceService } from './workspace/service';
 import { WorkspaceStore } from './workspace/store';
 import { native } from './sandbox/native';
 import { createSandbox } from './sandbox';
-import { acquireStateLock, loadOrCreateSecret } from './state-dir';
+import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, releaseNodeNames } from './state-dir';
 import { checkHost } from './preflight';
+import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
 import { KeyRing } from './crypto/keys';
 import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
@@ -34,6 +35,10 @@ async function run(config: Config): Promise<void> {
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(config.stateDir, 0o700);
   const releaseLock = acquireStateLock(config.stateDir);
+  // Before anything is adopted or cleaned up: a second daemon must harm neither another's socket nor its names.
+  refuseServedSocket(config.socketPath, (p) => native.unixSocketPeerPid(p));
+  const nodeNames = nodeNamesOf(config);
+  claimNodeNames(config.claimsDir, config.stateDir, nodeNames);
   const keyring = KeyRing.open({ dir: path.join(config.stateDir, 'keys'), ...(config.keyFile ? { keyFile: config.keyFile } : {}) });
   const store = new WorkspaceStore(config.stateDir, {
     seal: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
@@ -76,7 +81,7 @@ async function run(config: Config): Promise<void> {
   await workspaces.recover();
   const metricsServer = config.metricsListen ? await startMetricsServer(metrics, config.metricsListen) : undefined;
   const limits = { ...config, defaultNetwork: config.defaultNetwork === 'isolated' ? ('ISOLATED' as const) : ('NONE' as const) };
-  const audit = createAuditLog(log);
+  const audit = createAuditLog(openAuditLogger(config.auditLog, config.stateDir, log, { node: config.nodeId }));
   const api = createApiServer({
     workspaces: workspaceHandlers(workspaces, output, limits, audit, log),
     node: nodeHandlers({
@@ -92,15 +97,14 @@ async function run(config: Config): Promise<void> {
       },
     }, log),
   });
-  const transport = await bindTransports(api.server, config, audit, log);
+  const transport = await bindTransports(api.server, config, audit, log, (p) => native.unixSocketPeerPid(p));
   const endpoints = await startEndpoints(config, transport.pki, {
     route: (id) => {
       const r = workspaces.find(id);
       return r && { ip: r.status.ipAddress, ownerId: r.spec.ownerId, ports: r.status.ports, running: r.status.state === 'RUNNING' };
     },
   }, audit, log);
-  api.health.setStatus('', 'SERVING');
-  api.health.setStatus('tetrix.agent.v1.WorkspaceService', 'SERVING');
+  api.serving();
   native.sdNotify('READY=1');
   // systemd's watchdog (WatchdogSec=): ping at half the interval; WATCHDOG_PID names the process meant.
   const watchdogUsec = Number(process.env.WATCHDOG_USEC ?? 0);
@@ -127,9 +131,12 @@ async function run(config: Config): Promise<void> {
     metrics.close();
     await endpoints?.close();
     transport.close();
+    // Names are held for the workspaces that outlive the daemon; with none left, nothing needs them.
+    const holdsWorkspaces = workspaces.list().length > 0;
     workspaces.close();
     await nodeNetwork?.close();
     store.close();
+    if (!holdsWorkspaces) releaseNodeNames(config.claimsDir, config.stateDir, nodeNames);
     releaseLock();
     process.exit(0);
   };
@@ -142,9 +149,18 @@ if (require.main === module) {
     process.stdout.write(usage());
     process.exit(0);
   }
+  const args = process.argv.slice(2);
+  if (args[0] === 'uninstall') {
+    runUninstall(args.slice(1));
+  } else {
+    runDaemon(args);
+  }
+}
+
+function runDaemon(args: string[]): void {
   let config: Config;
   try {
-    config = loadConfig(process.argv.slice(2));
+    config = loadConfig(args);
   } catch (err) {
     process.stderr.write(`tetrixd: ${(err as Error).message}\n`);
     process.exit(2);
@@ -154,4 +170,23 @@ if (require.main === module) {
     process.stderr.write(`tetrixd: ${message}\n`);
     process.exit(1);
   });
+}
+
+/** `tetrixd uninstall [--force] [the daemon's own flags]`: see src/uninstall.ts. */
+function runUninstall(args: string[]): void {
+  const force = args.includes('--force');
+  let config: Config;
+  try {
+    config = loadConfig(args.filter((a) => a !== '--force'));
+  } catch (err) {
+    process.stderr.write(`tetrixd uninstall: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  uninstall(config, { force, say: (line) => process.stdout.write(`${line}\n`) }).then(
+    () => process.stdout.write('tetrixd uninstall: done\n'),
+    (err: unknown) => {
+      process.stderr.write(`tetrixd uninstall: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
 }

@@ -52,3 +52,75 @@ export function loadOrCreateSecret(file: string): Buffer {
   fs.renameSync(tmp, file);
   return secret;
 }
+
+/** A name on the node that one state dir's daemon owns: its cgroup parent, its bridge, its nft table. */
+export interface NodeName {
+  readonly kind: 'cgroup-parent' | 'bridge' | 'nftables-table';
+  readonly name: string;
+  readonly flag: string; // the setting that chooses another, for the refusal's message
+}
+
+interface ClaimRecord {
+  stateDir: string;
+  pid: number;
+}
+
+const claimFile = (claimsDir: string, n: NodeName): string => path.join(claimsDir, `${n.kind}-${n.name}`);
+
+function readClaim(file: string): ClaimRecord | undefined {
+  try {
+    const c = JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<ClaimRecord>;
+    return typeof c.stateDir === 'string' ? { stateDir: c.stateDir, pid: Number(c.pid) } : undefined;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+function writeClaim(file: string, record: ClaimRecord): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, JSON.stringify(record), { mode: 0o600 });
+  fs.renameSync(tmp, file);
+}
+
+/**
+ * Claims each name for this state dir, host-wide. A daemon cleans up everything under the names it owns
+ * (a cgroup no record accounts for is a crash's leftover), so two state dirs must never share one: a name
+ * recorded for another state dir that still exists is refused, whether or not its daemon runs now (its
+ * workspaces outlive it). A claim whose state dir is gone is taken over. Claims live in /run, so they end
+ * with the boot, as the cgroups and links they name do.
+ */
+export function claimNodeNames(claimsDir: string, stateDir: string, names: readonly NodeName[]): void {
+  fs.mkdirSync(claimsDir, { recursive: true, mode: 0o700 });
+  const own = path.resolve(stateDir);
+  for (const n of names) {
+    const file = claimFile(claimsDir, n);
+    const holder = readClaim(file);
+    if (holder && holder.stateDir !== own && fs.existsSync(holder.stateDir)) {
+      throw new DomainError(
+        'FAILED_PRECONDITION',
+        `${n.kind} "${n.name}" belongs to the tetrixd of state dir ${holder.stateDir} (claimed in ${file}); give this daemon its own ${n.flag}`,
+      );
+    }
+    writeClaim(file, { stateDir: own, pid: process.pid });
+  }
+}
+
+/** Gives back this state dir's claims (a daemon that holds no workspace any more, or an uninstall). */
+export function releaseNodeNames(claimsDir: string, stateDir: string, names: readonly NodeName[]): void {
+  const own = path.resolve(stateDir);
+  for (const n of names) {
+    const file = claimFile(claimsDir, n);
+    if (readClaim(file)?.stateDir === own) fs.rmSync(file, { force: true });
+  }
+}
+
+/** The names a daemon with this config owns on the node. */
+export function nodeNamesOf(config: { cgroupParent: string; network: string; networkBridge: string; networkTable: string }): NodeName[] {
+  const names: NodeName[] = [{ kind: 'cgroup-parent', name: config.cgroupParent, flag: '--cgroup-parent' }];
+  if (config.network === 'on') {
+    names.push({ kind: 'bridge', name: config.networkBridge, flag: '--network-bridge' });
+    names.push({ kind: 'nftables-table', name: config.networkTable, flag: '--network-table' });
+  }
+  return names;
+}

@@ -13,6 +13,8 @@ export interface WorkspaceSource {
   list(): WorkspaceRecord[];
 }
 
+const MISNAMED_DEFAULT_GAUGES = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
 const STATES: readonly State[] = ['CREATING', 'RUNNING', 'STOPPING', 'STOPPED', 'FAILED', 'SUCCEEDED'];
 
 /** Workspaces that ended without being asked to: every FAILED, and stops the workload did not choose. */
@@ -43,6 +45,9 @@ export class DaemonMetrics {
   constructor() {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
+    // prom-client names three gauges *_total, which `promtool check metrics` refuses (only counters may
+    // end in _total); their per-type twins (nodejs_active_handles, ...) carry the same counts.
+    for (const name of MISNAMED_DEFAULT_GAUGES) this.registry.removeSingleMetric(name);
     this.startSeconds = new Histogram({
       name: 'tetrix_workspace_start_seconds',
       help: 'Time from StartWorkspace accepted to the workload running',

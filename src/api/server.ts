@@ -10,6 +10,7 @@ import { packageRoot } from '../config/config';
 import type { ProtoGrpcType } from '../generated/agent';
 import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceHandlers } from '../generated/tetrix/agent/v1/NodeService';
+import { DomainError } from '../errors';
 import { UndecodableRequest } from './handlers';
 
 export const protoRoot = path.join(packageRoot, 'proto');
@@ -22,9 +23,14 @@ export function loadProto(): { definition: protoLoader.PackageDefinition; proto:
   return { definition, proto: grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType };
 }
 
+/** What grpc.health.v1 answers for: the whole server ('') and each of Tetrix's services by its full name. */
+export const HEALTH_SERVICES = ['', 'tetrix.agent.v1.WorkspaceService', 'tetrix.agent.v1.NodeService'] as const;
+
 export interface ApiServer {
   server: grpc.Server;
   health: HealthImplementation;
+  /** Every service in HEALTH_SERVICES answers SERVING from now on. */
+  serving(): void;
   close(): Promise<void>;
 }
 
@@ -38,12 +44,12 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
   });
   server.addService(undecodableAsRequests(proto.tetrix.agent.v1.WorkspaceService.service), handlers.workspaces);
   server.addService(undecodableAsRequests(proto.tetrix.agent.v1.NodeService.service), handlers.node);
-  const health = new HealthImplementation({ '': 'NOT_SERVING', 'tetrix.agent.v1.WorkspaceService': 'NOT_SERVING' });
+  const health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((name) => [name, 'NOT_SERVING'])));
   health.addToServer(server);
   new ReflectionService(definition).addToServer(server);
   const close = (): Promise<void> =>
     new Promise((resolve) => {
-      health.setStatus('', 'NOT_SERVING');
+      for (const name of HEALTH_SERVICES) health.setStatus(name, 'NOT_SERVING');
       server.tryShutdown(() => resolve());
       // Streams such as WatchWorkspaces never end by themselves.
       setTimeout(() => {
@@ -51,7 +57,10 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
         resolve();
       }, 2000).unref();
     });
-  return { server, health, close };
+  const serving = (): void => {
+    for (const name of HEALTH_SERVICES) health.setStatus(name, 'SERVING');
+  };
+  return { server, health, serving, close };
 }
 
 /** The service with each decoder's failure handed to the handler adapter as an UndecodableRequest. */
@@ -73,9 +82,22 @@ function undecodableAsRequests(service: grpc.ServiceDefinition): grpc.ServiceDef
   );
 }
 
-/** Binds the operators' unix socket: its directory is 0700 and the socket 0600, both root's. */
-export async function bindUnixSocket(server: grpc.Server, socketPath: string, credentials: grpc.ServerCredentials): Promise<void> {
+/** Throws when a live process answers on socketPath, naming its pid. */
+export function refuseServedSocket(socketPath: string, peerPidOf: (path: string) => number): void {
+  const holder = peerPidOf(socketPath);
+  if (holder !== 0) {
+    throw new DomainError('FAILED_PRECONDITION', `socket ${socketPath} is served by another process (pid ${holder}); stop it or give this daemon another --socket`);
+  }
+}
+
+/**
+ * Binds the operators' unix socket: its directory is 0700 and the socket 0600, both root's. A socket
+ * another process still serves is never taken over (it would leave that daemon running but unreachable);
+ * only a file nothing answers on, left by a dead daemon, is replaced.
+ */
+export async function bindUnixSocket(server: grpc.Server, socketPath: string, credentials: grpc.ServerCredentials, peerPidOf: (path: string) => number): Promise<void> {
   fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
+  refuseServedSocket(socketPath, peerPidOf);
   fs.rmSync(socketPath, { force: true });
   const oldMask = process.umask(0o177);
   try {

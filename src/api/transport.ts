@@ -34,12 +34,12 @@ export function loadTokenVerifier(config: Config): Pick<TokenVerifier, 'verify'>
   return new TokenVerifier({ publicKeys: keys, audience: config.nodeId, maxLifetimeSeconds: config.tokenMaxLifetimeSeconds });
 }
 
-export async function bindTransports(server: grpc.Server, config: Config, audit: AuditLog, log: Logger): Promise<Transport> {
+export async function bindTransports(server: grpc.Server, config: Config, audit: AuditLog, log: Logger, peerPidOf: (socketPath: string) => number): Promise<Transport> {
   const tokens = loadTokenVerifier(config);
   const local = grpc.experimental.createServerCredentialsWithInterceptors(grpc.ServerCredentials.createInsecure(), [
     createAuthInterceptor({ transport: 'unix-socket', tokens, audit }),
   ]);
-  await bindUnixSocket(server, config.socketPath, local);
+  await bindUnixSocket(server, config.socketPath, local, peerPidOf);
   if (config.apiListen === '') return { tcpPort: undefined, pki: undefined, close: () => undefined };
 
   // Operator-provided certificates, or a node PKI generated on first start (as k3s does), whose admin

@@ -1,5 +1,6 @@
 // One validated, immutable configuration. Every default lives here; sources override in the order
 // embedded defaults < config file (JSON) < environment (TETRIX_*) < command-line flags.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,6 +13,8 @@ export interface Config {
   readonly cgroupParent: string;    // every workspace cgroup lives below this group
   readonly cgroupRoot: string;      // where cgroups are mounted (v2 tree, or one v1 hierarchy per controller)
   readonly idmapDir: string;        // host-wide claims of uid/gid ranges, shared by every tetrixd
+  readonly claimsDir: string;
+  readonly auditLog: string;        // '' = <stateDir>/audit.log, '-' = the daemon's own log, or a file path       // host-wide claims of node names (cgroup parent, bridge, nft table) by state dir
   readonly nodeId: string;
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
   readonly stopGraceMs: number;     // StopWorkspace's default grace period
@@ -69,6 +72,8 @@ export function defaults(): Config {
     cgroupParent: 'tetrix',
     cgroupRoot: '/sys/fs/cgroup',
     idmapDir: '/run/tetrix/idmap',
+    claimsDir: '/run/tetrix/owners',
+    auditLog: '',
     nodeId: os.hostname(),
     logLevel: 'info',
     stopGraceMs: 10_000,
@@ -124,7 +129,7 @@ type Raw = Record<string, unknown>;
 
 const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
 const stringKeys = [
-  'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'nodeId', 'logLevel', 'metricsListen',
+  'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'keyFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
@@ -226,7 +231,7 @@ function validateWorkspaceLimits(c: Config): void {
 
 function validate(c: Config): Config {
   validateWorkspaceLimits(c);
-  for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir', 'cgroupRoot'] as const) {
+  for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir', 'claimsDir', 'cgroupRoot'] as const) {
     if (!path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
   }
   if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$/.test(c.cgroupParent)) throw new ConfigError(`cgroupParent: "${c.cgroupParent}" is not a plain cgroup name`);
@@ -258,6 +263,11 @@ function validate(c: Config): Config {
   return c;
 }
 
+/** The cgroup parent of a daemon beside the main one: `tetrix-` and 8 hex digits of its state dir's path. */
+export function cgroupParentFor(stateDir: string): string {
+  return `tetrix-${crypto.createHash('sha256').update(path.resolve(stateDir)).digest('hex').slice(0, 8)}`;
+}
+
 /** Builds the config from flags (argv after the program name) and the environment. */
 export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Config {
   const { raw: flags, configFile } = parseFlags(argv);
@@ -271,6 +281,8 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   if (merged.stateDir !== undefined && path.resolve(String(merged.stateDir)) !== base.stateDir) {
     merged.apiListen ??= '';
     merged.network ??= 'off';
+    // Its workspaces' cgroups live under a parent named after its state dir, never the main daemon's.
+    merged.cgroupParent ??= cgroupParentFor(String(merged.stateDir));
   }
   const out: Record<string, unknown> = { ...base };
   for (const [key, value] of Object.entries(merged)) out[key] = coerce(key, value);

@@ -1,6 +1,7 @@
 // The node's workspace network: one bridge, an address per workspace, isolation and NAT. The
 // lifecycle calls prepare/attach/setPorts/detach per workspace and reconcile once after a restart.
 // docs/network.md describes the topology and every rule.
+import { recordForwardingBefore, restoreForwarding } from './forwarding';
 import { DomainError, invalidArgument } from '../errors';
 import { allSettledOrThrow } from '../promises';
 import { formatIpv4, parseIpv4, parseRange, parseSubnet4, parseSubnet6, contains4, type Subnet4, type Subnet6 } from './cidr';
@@ -101,6 +102,7 @@ export class NodeNetwork {
     const firewall = new Firewall(opts.netns, spec);
     // Rules before the bridge: no workspace port is ever up without them.
     await firewall.install(pool.all());
+    if (!opts.netns) recordForwardingBefore(opts.stateDir);
     await links.ensureBridge();
     return new NodeNetwork({ netns: opts.netns, subnet, subnet6, dnsServers: [...dns.v4, ...dns.v6] }, pool, links, firewall);
   }
@@ -286,4 +288,23 @@ function splitFamilies(field: string, items: readonly string[], o: { single: boo
     (r.family === 4 ? out.v4 : out.v6).push(r.text);
   }
   return out;
+}
+
+/**
+ * What an uninstall removes of the node network: the workspace veths on the bridge, the bridge, both nft
+ * tables, and the forwarding settings as they were before Tetrix first changed them.
+ */
+export async function removeNodeNetwork(opts: { stateDir: string; bridge: string; tableName: string }): Promise<string[]> {
+  const removed: string[] = [];
+  for (const port of await netNative.netListPorts({ bridge: opts.bridge })) {
+    if (await netNative.netDeleteLink({ name: port })) removed.push(`link ${port}`);
+  }
+  if (await netNative.netDeleteLink({ name: opts.bridge })) removed.push(`bridge ${opts.bridge}`);
+  const tables = ['inet', 'bridge'].map((family) => `add table ${family} ${opts.tableName}\ndelete table ${family} ${opts.tableName}`);
+  await netNative.nftRun({ script: tables.join('\n') + '\n' });
+  await netNative.nftRelease({});
+  removed.push(`nftables tables inet/bridge ${opts.tableName}`);
+  const forwarding = restoreForwarding(opts.stateDir);
+  for (const [family, value] of Object.entries(forwarding)) removed.push(`${family} forwarding restored to ${value}`);
+  return removed;
 }

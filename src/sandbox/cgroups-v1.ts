@@ -77,6 +77,11 @@ export class CgroupV1Driver implements CgroupDriver {
     return subgroupNames(path.join(this.hierarchies[0].mount, this.parent));
   }
 
+  async removeParent(): Promise<void> {
+    // The memory hierarchy last: it is the record of what exists (see the top of this file).
+    for (const h of [...this.hierarchies].reverse()) await removeGroupDir(path.join(h.mount, this.parent));
+  }
+
   private group(name: string): V1Group {
     return new V1Group(name, this.hierarchies.map((h) => ({ ...h, dir: path.join(h.mount, this.parent, name) })));
   }

@@ -53,6 +53,10 @@ export class CgroupV2Driver implements CgroupDriver {
     return subgroupNames(this.parentDir);
   }
 
+  async removeParent(): Promise<void> {
+    await removeGroupDir(this.parentDir);
+  }
+
   /** Controllers the parent hands to workspace groups. */
   enabledControllers(): string[] {
     return words(this.parentDir, 'cgroup.subtree_control');

@@ -55,7 +55,10 @@ export interface CgroupDriver {
   open(name: string): WorkspaceCgroup;
   /** Names of the workspace groups under the parent. */
   list(): string[];
+  /** Removes the parent group everywhere, with any empty group left below it (an uninstall's last step). */
+  removeParent(): Promise<void>;
 }
+
 
 const CGROUP2_SUPER_MAGIC = 0x63677270;
 const CGROUP_SUPER_MAGIC = 0x27e0eb;

@@ -118,6 +118,8 @@ export interface NativeAddon {
   sendWithFds(socketFd: number, data: Buffer, fds: number[]): void;
   /** sd_notify(3): false when NOTIFY_SOCKET is unset. */
   sdNotify(state: string): boolean;
+  /** The pid serving the unix stream socket at path (SO_PEERCRED), 0 when nothing answers (ENOENT, ECONNREFUSED). */
+  unixSocketPeerPid(path: string): number;
   constants: Record<string, number>;   // MS_*, MNT_*, signals
 }
 

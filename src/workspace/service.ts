@@ -310,7 +310,7 @@ export class WorkspaceService {
       }
       this.watch(record, result.pidfd, true);
       this.transition(record, 'RUNNING');
-      this.o.log.info({ workspace: spec.id, pid: result.pid, uidBase: record.status.uidBase }, 'workspace running');
+      this.o.log.info({ workspace: spec.id, hostPid: result.pid, uidBase: record.status.uidBase }, 'workspace running');
       return record;
     } catch (err) {
       for (const fd of opened) fs.closeSync(fd);
@@ -499,7 +499,7 @@ export class WorkspaceService {
     await this.o.logs?.reattach(record.spec).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
     this.watch(record, pidfd, false);
     if (record.spec.kind === 'PREBUILD') return this.endInterruptedPrebuild(record);
-    this.o.log.info({ workspace: record.spec.id, pid: status.pid }, 'adopted running workspace');
+    this.o.log.info({ workspace: record.spec.id, hostPid: status.pid }, 'adopted running workspace');
     if (status.state === 'STOPPING') {
       const runtime = this.runtimes.get(record.spec.id);
       if (runtime) runtime.killTimer = setTimeout(() => this.signal(record.spec.id, SIGKILL), this.o.defaultGraceMs);

@@ -171,8 +171,9 @@ function rawTls(port: number, opts: tls.ConnectionOptions, maxVersion: tls.Secur
   });
 }
 
+/** The audit trail: a file of its own in the state dir, never the daemon's log. */
 const auditLines = (d: Daemon): Array<Record<string, unknown>> =>
-  d.output.filter((l) => l.includes('"component":"audit"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  fs.readFileSync(path.join(d.stateDir, 'audit.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
 
 async function waitUntil(what: string, pred: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -319,7 +320,9 @@ t.test('user tokens: owners only, refusals that tell nothing, and an audit trail
     t.ok(lines.some((l) => l.decision === 'allow' && String(l.who).startsWith('operator:')), 'the operator allowed');
     const incomplete = lines.filter((l) => !['who', 'action', 'decision', 'reason'].every((k) => typeof l[k] === 'string'));
     t.same(incomplete, [], `each of the ${lines.length} audit lines has who, action, decision and reason`);
-    const everything = d.output.join('\n');
+    t.notOk(d.output.some((l) => l.includes('"component":"audit"')), 'audit lines stay out of the daemon log');
+    t.equal(fs.statSync(path.join(d.stateDir, 'audit.log')).mode & 0o777, 0o600, 'the audit file is 0600');
+    const everything = [...d.output, fs.readFileSync(path.join(d.stateDir, 'audit.log'), 'utf8')].join('\n');
     const leaked = issued.filter((tok) => tok.length > 20 && (everything.includes(tok) || everything.includes(tok.split('.')[2] ?? tok)));
     t.same(leaked, [], 'no token, nor any token signature, appears in the daemon output');
     t.notMatch(everything, /Bearer /, 'no authorization header either');

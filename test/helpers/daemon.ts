@@ -9,6 +9,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { connect, unaryCall, type Clients } from '../../src/cli/client';
 import { mountsUnder } from '../../src/sandbox/rootfs';
 import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../src/node-flags';
+import { cgroupParentFor, defaults } from '../../src/config/config';
 
 /** Mounts whose mountpoint lies below dir (the sandbox's own reader of mountinfo). */
 export { mountsUnder };
@@ -63,6 +64,8 @@ export interface DaemonOptions {
   /** Run the daemon on a pseudo-terminal of its own (util-linux script(1)), as `npm start` from an
    *  operator's terminal would: the daemon leads a session whose controlling terminal is that pty. */
   pty?: boolean;
+  /** Start it the README's way, without --cgroup-parent, so it derives its parent from its state dir. */
+  derivedCgroupParent?: boolean;
 }
 
 const shellQuote = (arg: string): string => `'${arg.replace(/'/g, `'\\''`)}'`;
@@ -71,9 +74,10 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: Da
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-'));
   const stateDir = path.join(dir, 'state');
   const socketPath = path.join(dir, 'tetrixd.sock');
-  const cgroupParent = uniqueName('tetrix-test');
+  const cgroupParent = opts.derivedCgroupParent ? cgroupParentFor(stateDir) : uniqueName('tetrix-test');
   const output: string[] = [];
-  const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, '--cgroup-parent', cgroupParent, '--log-level', 'debug', '--api-listen', '127.0.0.1:0', '--network', 'off', ...extraArgs];
+  const parentArgs = opts.derivedCgroupParent ? [] : ['--cgroup-parent', cgroupParent];
+  const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, ...parentArgs, '--log-level', 'debug', '--api-listen', '127.0.0.1:0', '--network', 'off', ...extraArgs];
 
   let extraEnv = opts.env ?? {};
   const launch = async (): Promise<ChildProcess> => {
@@ -200,6 +204,7 @@ function forceCleanup(dir: string, stateDir: string, cgroupParent: string): stri
     }
   }
   removeCgroupParent(cgroupParent);
+  left.push(...removeNameClaims(stateDir));
   const claims = '/run/tetrix/idmap';
   for (const entry of fs.existsSync(claims) ? fs.readdirSync(claims) : []) {
     try {
@@ -207,6 +212,24 @@ function forceCleanup(dir: string, stateDir: string, cgroupParent: string): stri
       if (claim.stateDir === stateDir) {
         fs.rmSync(path.join(claims, entry));
         left.push(`uid range ${entry}`);
+      }
+    } catch {
+      // not a claim file
+    }
+  }
+  return left;
+}
+
+/** The claims of node names (cgroup parent, bridge, table) a daemon of this state dir left (after a kill -9). */
+function removeNameClaims(stateDir: string): string[] {
+  const dir = defaults().claimsDir;
+  const left: string[] = [];
+  for (const entry of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+    try {
+      const claim = JSON.parse(fs.readFileSync(path.join(dir, entry), 'utf8')) as { stateDir?: string };
+      if (claim.stateDir === path.resolve(stateDir)) {
+        fs.rmSync(path.join(dir, entry));
+        left.push(`name claim ${entry}`);
       }
     } catch {
       // not a claim file

@@ -4,6 +4,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { startDaemon, type Daemon } from '../helpers/daemon';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 
@@ -102,4 +103,16 @@ t.test('a leftover found after a restart is cleaned and counted', async (t) => {
   t.notOk(fs.existsSync(stray), 'the daemon removed the directory no record accounts for');
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   t.match(text, /^tetrix_leaked_resource_cleanups_total\{kind="workspace_dir"\} 1$/m, 'and counted the cleanup by kind');
+});
+
+t.test('the scrape passes promtool check metrics, with workspaces in every kind of series', async (t) => {
+  const port = await freePort();
+  const d = await startDaemon(t, ['--metrics-listen', `127.0.0.1:${port}`]);
+  await d.start(busybox('metrics-lint', ['/bin/sh', '-c', 'exec sleep 600']));
+  await d.start(busybox('metrics-lint-broken', ['/no/such/program'])).catch(() => undefined);
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const lint = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+  t.equal(lint.error, undefined, 'promtool ran (Debian prometheus, from deploy/packages.txt)');
+  t.equal(lint.status, 0, `promtool accepts the scrape: ${lint.stdout}${lint.stderr}`);
+  for (const id of ['metrics-lint', 'metrics-lint-broken']) await d.teardown(id);
 });

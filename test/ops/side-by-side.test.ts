@@ -1,0 +1,103 @@
+// Daemons side by side on one node, as an operator runs them following the README: each owns its own
+// cgroup parent, socket and names, and no start, restart or crash of one ever touches the other's workspaces.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
+import { daemonMain, isAlive, startDaemon, type Daemon } from '../helpers/daemon';
+import { DAEMON_NODE_FLAGS } from '../../src/node-flags';
+
+const sleeper = (id: string) => ({ id, ownerId: 'alice', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exec sleep 600'] });
+
+/** Runs a daemon that is expected to refuse to start: its exit code and what it said. */
+async function refusedDaemon(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, daemonMain, '--log-level', 'debug', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+  child.stdout.resume();
+  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  clearTimeout(timer);
+  return { code, stderr };
+}
+
+async function runningPids(d: Daemon, ids: string[]): Promise<number[]> {
+  const pids: number[] = [];
+  for (const id of ids) {
+    const w = await d.get(id);
+    if (w.state !== 'WORKSPACE_STATE_RUNNING') throw new Error(`${id} is ${w.state}`);
+    pids.push(w.pid);
+  }
+  return pids;
+}
+
+t.test('two daemons started the README way keep their workspaces through each other\'s kill -9 restarts', async (t) => {
+  const a = await startDaemon(t, [], { derivedCgroupParent: true });
+  const b = await startDaemon(t, [], { derivedCgroupParent: true });
+  t.not(a.cgroupParent, b.cgroupParent, 'each daemon has a cgroup parent of its own, derived from its state dir');
+  const aIds = ['side-a1', 'side-a2'];
+  const bIds = ['side-b1'];
+  for (const id of aIds) await a.start(sleeper(id));
+  for (const id of bIds) await b.start(sleeper(id));
+  const aPids = await runningPids(a, aIds);
+  const bPids = await runningPids(b, bIds);
+
+  for (let round = 0; round < 3; round++) {
+    await b.kill9();
+    await b.restart();
+    t.same(await runningPids(b, bIds), bPids, `round ${round}: the restarted daemon adopted its own workspace`);
+    t.same(await runningPids(a, aIds), aPids, `round ${round}: the other daemon's workspaces run on, same pids`);
+    t.ok(aPids.every(isAlive), `round ${round}: and their processes are alive`);
+    t.notOk(b.output.some((l) => l.includes('removing a cgroup no workspace accounts for')), `round ${round}: nothing was swept`);
+  }
+  await a.kill9();
+  await a.restart();
+  t.same(await runningPids(b, bIds), bPids, 'a restart of the first daemon leaves the second one\'s workspace alone too');
+  for (const id of aIds) await a.teardown(id);
+  for (const id of bIds) await b.teardown(id);
+});
+
+t.test('a daemon given the cgroup parent of another state dir refuses to start, naming it', async (t) => {
+  const a = await startDaemon(t);
+  await a.start(sleeper('side-owner'));
+  const [pid] = await runningPids(a, ['side-owner']);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const r = await refusedDaemon(['--state-dir', path.join(dir, 'state'), '--socket', path.join(dir, 's.sock'), '--cgroup-parent', a.cgroupParent]);
+  t.equal(r.code, 1, 'the second daemon exits 1');
+  t.match(r.stderr, `cgroup-parent "${a.cgroupParent}" belongs to the tetrixd of state dir ${a.stateDir}`, 'and names the owner');
+  t.match(r.stderr, '--cgroup-parent', 'and the flag that picks another');
+  t.same(await runningPids(a, ['side-owner']), [pid], 'the owner\'s workspace runs on');
+  t.ok(isAlive(pid));
+  await a.teardown('side-owner');
+});
+
+t.test('a daemon given the socket of a live daemon refuses, naming its pid, and the first stays reachable', async (t) => {
+  const a = await startDaemon(t);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const r = await refusedDaemon(['--state-dir', path.join(dir, 'state'), '--socket', a.socketPath]);
+  t.equal(r.code, 1, 'the second daemon exits 1');
+  t.match(r.stderr, `socket ${a.socketPath} is served by another process (pid ${a.process.pid})`, 'naming the pid that serves it');
+  t.notOk(r.stderr.includes('tetrixd serving'), 'it never served');
+  t.ok(fs.existsSync(a.socketPath), 'the socket is still there');
+  t.same(await a.list(), [], 'and the first daemon still answers on it');
+});
+
+t.test('grpc.health.v1 answers for the server and for each service by name', async (t) => {
+  const d = await startDaemon(t);
+  const Health = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
+  const client = new Health(`unix:${d.socketPath}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
+    check(req: { service: string }, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void): void;
+  };
+  t.teardown(() => client.close());
+  const check = (service: string): Promise<string> =>
+    new Promise((resolve) => client.check({ service }, (err, res) => resolve(err ? `error ${err.code}` : res!.status)));
+  for (const service of ['', 'tetrix.agent.v1.WorkspaceService', 'tetrix.agent.v1.NodeService']) {
+    t.equal(await check(service), 'SERVING', `"${service}" is SERVING`);
+  }
+  t.equal(await check('tetrix.agent.v1.NoSuchService'), `error ${grpc.status.NOT_FOUND}`, 'an unknown service is NOT_FOUND');
+});
