@@ -16,7 +16,8 @@ import { createSandbox } from './sandbox';
 import { acquireStateLock, loadOrCreateSecret } from './state-dir';
 import { checkHost } from './preflight';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
-import { KeyRing } from './crypto/keys';
+import { openNodeKeyRing } from './crypto/kek-source';
+import { KeyRotation } from './crypto/rotation';
 import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
 import { WorkspaceOutput } from './workspace/output';
 import { LogStore } from './prebuild/logs';
@@ -24,7 +25,7 @@ import { BackupStore } from './content/backups';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './prebuild/publish';
-import { openSecret, sealSecret } from './crypto/secrets';
+import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from './crypto/secrets';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -34,10 +35,14 @@ async function run(config: Config): Promise<void> {
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(config.stateDir, 0o700);
   const releaseLock = acquireStateLock(config.stateDir);
-  const keyring = KeyRing.open({ dir: path.join(config.stateDir, 'keys'), ...(config.keyFile ? { keyFile: config.keyFile } : {}) });
+  const kek = await openNodeKeyRing(config.kek, config.stateDir);
+  const { keyring } = kek;
+  log.info({ keyId: keyring.current().id, protection: keyring.protection }, 'keyring open');
   const store = new WorkspaceStore(config.stateDir, {
     seal: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
     open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),
+    reseal: (sealed, aad) => resealSecret(keyring, sealed, aad),
+    keyIdsIn: sealedKeyIdsIn,
   });
   const metrics = new DaemonMetrics();
   const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind) });
@@ -50,6 +55,11 @@ async function run(config: Config): Promise<void> {
   const storage = openBackupStorage(config);
   const backups = new BackupStore({ storage, keyring, log });
   const signingKey = await loadOrCreateSigningKey(config.stateDir);
+  const rotation = new KeyRotation(keyring, [
+    { kind: 'backup', usage: () => backups.keyUsage(), rewrap: (keyId) => backups.rewrap('all', keyId) },
+    { kind: 'secret', usage: async () => store.keyUsage(), rewrap: async () => store.resealAll() },
+    { kind: 'log', usage: () => logStore.keyUsage(), rewrap: (keyId) => logStore.rewrap(keyId) },
+  ]);
   // Storage that is down (an S3 outage) must not keep the node from running and adopting workspaces.
   const leftovers = await backups.cleanupTemporary().catch((err: unknown) => {
     log.warn({ err: err instanceof Error ? err.message : String(err) }, 'backup leftovers not cleaned: storage unavailable');
@@ -84,10 +94,13 @@ async function run(config: Config): Promise<void> {
       cgroupMode: sandbox.cgroupMode,
       currentKeyId: () => keyring.current().id,
       provenancePublicKeyPem: () => signingKey.publicKeyPem,
-      rotateKey: async (rewrap) => {
-        const keyId = keyring.rotate();
-        log.info({ keyId }, 'key-encryption key rotated');
-        return { keyId, rewrapped: rewrap ? await backups.rewrap('all', keyId) : 0 };
+      rotateKey: async (req) => {
+        const out = await rotation.run(req);
+        log.info({ keyId: out.keyId, newKey: req.newKey, rewrapped: out.rewrapped, retired: out.retired }, 'key rotation');
+        return {
+          keyId: out.keyId, rewrapped: out.rewrapped.backup, rewrappedSecrets: out.rewrapped.secret, rewrappedLogs: out.rewrapped.log,
+          retiredKeyIds: out.retired, usage: out.usage, keyIds: out.keyIds,
+        };
       },
     }, log),
   });
@@ -129,6 +142,7 @@ async function run(config: Config): Promise<void> {
     workspaces.close();
     await nodeNetwork?.close();
     store.close();
+    kek.close();
     releaseLock();
     process.exit(0);
   };
