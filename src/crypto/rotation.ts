@@ -63,6 +63,8 @@ export class KeyRotation {
     for (const id of req.retire) {
       if (!this.keyring.has(id)) throw new DomainError('NOT_FOUND', `retire_key_ids: ${id} is not in this node's keyring`);
     }
+    // Without a re-wrap nothing can free a key, so a refusal comes before any change (no new key left behind).
+    if (!req.rewrap) for (const id of req.retire) await this.#refuseIfUsed(id, []);
     if (req.newKey) await this.keyring.rotateKey();
     const current = this.keyring.current().id;
     if (req.retire.includes(current)) throw new DomainError('FAILED_PRECONDITION', `retire_key_ids: ${current} is the current key`);
@@ -73,15 +75,18 @@ export class KeyRotation {
     const retired: string[] = [];
     for (const id of req.retire) {
       // Counted again right before the delete: what was sealed since the re-wrap counts too.
-      const left = (await this.usage()).filter((u) => u.keyId === id);
-      if (left.length > 0) {
-        throw new DomainError('FAILED_PRECONDITION',
-          `retire_key_ids: ${id} still protects ${left.map((u) => `${u.count} ${u.kind}${u.count === 1 ? '' : 's'}`).join(', ')}; rotate with rewrap first`
-          + (retired.length ? ` (retired before this: ${retired.join(', ')})` : ''));
-      }
+      await this.#refuseIfUsed(id, retired);
       this.keyring.retire(id);
       retired.push(id);
     }
     return { keyId: current, rewrapped, retired, usage: await this.usage(), keyIds: this.keyring.ids() };
+  }
+
+  async #refuseIfUsed(id: string, retired: string[]): Promise<void> {
+    const left = (await this.usage()).filter((u) => u.keyId === id);
+    if (left.length === 0) return;
+    throw new DomainError('FAILED_PRECONDITION',
+      `retire_key_ids: ${id} still protects ${left.map((u) => `${u.count} ${u.kind}${u.count === 1 ? '' : 's'}`).join(', ')}; rotate with rewrap first`
+      + (retired.length ? ` (retired before this: ${retired.join(', ')})` : ''));
   }
 }
