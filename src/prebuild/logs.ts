@@ -223,14 +223,20 @@ export class LogStore {
 
   /**
    * Re-wraps every log's data key that is not under currentKeyId (open logs too: the writer keeps its key in
-   * memory and never reads the header again). Returns how many were re-wrapped.
+   * memory and never reads the header again). Returns how many were re-wrapped. A log whose key does not
+   * unwrap (damaged, or its key long gone) is left as it is: keyUsage() still counts it against its key.
    */
   async rewrap(currentKeyId: string): Promise<number> {
     let count = 0;
     for (const logId of await this.logIds()) {
       const wrap = await this.currentWrap(logId).catch(() => undefined);
       if (!wrap || wrap.keyId === currentKeyId) continue;
-      const dataKey = Buffer.from(await this.options.sealer.unwrap(wrap.keyId, wrap.wrapped, wrapContext(logId)));
+      const unwrapped = await (async () => this.options.sealer.unwrap(wrap.keyId, wrap.wrapped, wrapContext(logId)))().catch((err: unknown) => {
+        if (err instanceof DomainError && (err.code === 'DATA_LOSS' || err.code === 'FAILED_PRECONDITION')) return undefined;
+        throw err;
+      });
+      if (!unwrapped) continue;
+      const dataKey = Buffer.from(unwrapped);
       try {
         const next = await this.options.sealer.wrap(dataKey, wrapContext(logId));
         await writeKeyFile(keyFileOf(this.file(logId)), next.keyId, next.wrapped, logId);
