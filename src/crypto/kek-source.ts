@@ -28,8 +28,12 @@ export async function openNodeKeyRing(source: KekSource, stateDir: string, env: 
       return { keyring: await KeyRing.openProtected({ dir, protector: rootKeyProtector(rootKey) }), close: () => rootKey.fill(0) };
     }
     case 'kms': {
-      const token = readSecretFile(source.tokenFile, env, 'kms token').toString('utf8').trim();
-      if (token === '') throw new DomainError('FAILED_PRECONDITION', `kmsTokenFile ${describeRef(source.tokenFile)}: empty`);
+      const token = (): string => {
+        const value = readSecretFile(source.tokenFile, env, 'kms token').toString('utf8').trim();
+        if (value === '') throw new DomainError('FAILED_PRECONDITION', `kmsTokenFile ${describeRef(source.tokenFile)}: empty`);
+        return value;
+      };
+      token(); // a missing or unsafe token file is refused before anything else
       const ca = readCaFile(source.caFile);
       const vault = new VaultTransit({ keyUrl: source.url, token, ca });
       try {

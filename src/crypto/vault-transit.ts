@@ -10,7 +10,8 @@ import { DomainError, type ErrorCode } from '../errors';
 export interface VaultTransitOptions {
   /** The key's URL as Vault names it: https://HOST:PORT/v1/<mount>/keys/<name>. */
   keyUrl: string;
-  token: string;
+  /** Read at each call: a token file that Vault Agent renews is picked up without a restart. */
+  token: () => string;
   /** PEM of the CA(s) the server's certificate must chain to; the system store is not used. */
   ca: Buffer | string;
   timeoutMs?: number;
@@ -36,7 +37,7 @@ export class VaultTransit {
   readonly #origin: string;
   readonly #mount: string;
   readonly #name: string;
-  readonly #token: string;
+  readonly #token: () => string;
   readonly #agent: https.Agent;
   readonly #timeoutMs: number;
 
@@ -78,7 +79,7 @@ export class VaultTransit {
       const req = https.request(url, {
         method: 'POST',
         agent: this.#agent,
-        headers: { 'X-Vault-Token': this.#token, 'Content-Type': 'application/json', 'Content-Length': payload.length },
+        headers: { 'X-Vault-Token': this.#token(), 'Content-Type': 'application/json', 'Content-Length': payload.length },
         timeout: this.#timeoutMs,
       }, (res) => {
         const chunks: Buffer[] = [];
