@@ -28,7 +28,7 @@ t.test('a node on Vault Transit seals its KEKs there, rotates and retires throug
   const res = await unaryCall<RotateKeyResponse__Output>((md, o, cb) => d.clients.node.RotateKey({ rewrapBackups: true, retireKeyIds: [oldKey] }, md, o, cb));
   t.same(res.retiredKeyIds, [oldKey]);
   t.equal(vault.requests.filter((r) => r.path.startsWith('/v1/transit/encrypt/')).length, encrypts + 1, 'the new KEK was sealed by Vault');
-  t.same(fs.readdirSync(keysDir).filter((n) => n.startsWith('kek-')).sort(), [`${res.keyId}.sealed`, 'kek-current'], 'the old sealed KEK is gone');
+  t.same(fs.readdirSync(keysDir).filter((n) => n.startsWith('kek-')).sort(), [`${res.keyId}.sealed`, 'kek-current'].sort(), 'the old sealed KEK is gone');
 
   // Nothing left running for the harness to clean up with a keyring it could not open.
   await d.teardown('kms-ws');

@@ -44,7 +44,7 @@ t.test('under a root key file, the state dir holds only sealed KEKs and opens wi
   const { keyring } = await openNodeKeyRing({ kind: 'file', path: root.file }, stateDir);
   const id = keyring.current().id;
   t.match(keyring.protection, /^root-key:root-[0-9a-f]{16}$/);
-  t.same(fs.readdirSync(path.join(stateDir, 'keys')).sort(), [`${id}.sealed`, 'kek-current'], 'no plaintext .key file');
+  t.same(fs.readdirSync(path.join(stateDir, 'keys')).sort(), [`${id}.sealed`, 'kek-current'].sort(), 'no plaintext .key file');
   t.same(filesHolding(stateDir, root.key), [], 'the root key is nowhere in the state dir');
   const sealed = sealSecret(keyring, 'hunter2', 'a');
 
