@@ -38,6 +38,11 @@ async function run(config: Config): Promise<void> {
   const kek = await openNodeKeyRing(config.kek, config.stateDir);
   const { keyring } = kek;
   log.info({ keyId: keyring.current().id, protection: keyring.protection }, 'keyring open');
+  if (config.kek.kind === 'state-dir') {
+    // Said at every start: with this source, a copy of the state dir decrypts every backup, secret and log.
+    log.warn({ keys: path.join(config.stateDir, 'keys') },
+      'node keys are stored in the clear in the state dir; set kekSource to seal them (docs/operations.md#keys)');
+  }
   const store = new WorkspaceStore(config.stateDir, {
     seal: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
     open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),

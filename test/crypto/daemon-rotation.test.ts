@@ -36,6 +36,7 @@ const usageOf = (res: RotateKeyResponse__Output, keyId: string): Record<string, 
 
 t.test('rotate --rewrap frees the old key: it retires, its file is gone, and secrets, logs and backups still open', async (t) => {
   const d = await startDaemon(t);
+  t.ok(d.output.some((l) => l.includes('node keys are stored in the clear in the state dir')), 'the default key source is said to be unprotected');
   const secret = `tetrix-rot-${crypto.randomBytes(8).toString('hex')}`;
   await d.start(busybox('rot-live', `set -e; echo live-out; echo "$TOKEN" > /workspace/token; touch /workspace/done; exec sleep 600`, { env: { TOKEN: secret } }));
   await waitForMarker(d, 'rot-live');

@@ -63,6 +63,20 @@ t.test('under a root key file, the state dir holds only sealed KEKs and opens wi
   });
 });
 
+t.test('a sealed KEK is bound to its id: sealed payloads swapped between key files do not open', async (t) => {
+  const base = tempDir(t);
+  const stateDir = path.join(base, 'state');
+  const root = writeRootKey(base, 'root.key');
+  const { keyring } = await openNodeKeyRing({ kind: 'file', path: root.file }, stateDir);
+  const a = keyring.current().id;
+  const b = await keyring.rotateKey();
+  const fileOf = (id: string): string => path.join(stateDir, 'keys', `${id}.sealed`);
+  const fa = JSON.parse(fs.readFileSync(fileOf(a), 'utf8')) as { sealed: string };
+  const fb = JSON.parse(fs.readFileSync(fileOf(b), 'utf8')) as { sealed: string };
+  fs.writeFileSync(fileOf(a), JSON.stringify({ ...fa, sealed: fb.sealed }), { mode: 0o600 });
+  await t.rejects(openNodeKeyRing({ kind: 'file', path: root.file }, stateDir), { code: 'DATA_LOSS', message: new RegExp(`sealed key ${a}: does not authenticate`) });
+});
+
 t.test('a node that had plaintext KEKs seals them and removes the plaintext on its first protected start', async (t) => {
   const base = tempDir(t);
   const stateDir = path.join(base, 'state');

@@ -206,6 +206,7 @@ t.test('with a systemd credential, the daemon reads its root key from $CREDENTIA
   const env = { CREDENTIALS_DIRECTORY: creds };
   const d = await startDaemon(t, ['--kek-source', 'systemd-credential:tetrix-kek'], { env });
   t.ok(d.output.some((l) => l.includes('"protection":"root-key:root-')), 'the keyring is sealed under the credential');
+  t.notOk(d.output.some((l) => l.includes('stored in the clear')), 'and no warning about plaintext keys');
   const secret = `tetrix-cred-${crypto.randomBytes(8).toString('hex')}`;
   await d.start({ id: 'cred-ws', ownerId: 'alice', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'echo "$TOKEN" > /workspace/t; exec sleep 600'], env: { TOKEN: secret } });
   await d.waitFor('cred-ws', (w) => w.state === 'WORKSPACE_STATE_RUNNING');
