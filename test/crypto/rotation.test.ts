@@ -10,6 +10,8 @@ import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from '../../src/
 import { WorkspaceStore } from '../../src/workspace/store';
 import { newStatus, type WorkspaceSpec } from '../../src/workspace/types';
 import { LogStore } from '../../src/prebuild/logs';
+import { BackupStore } from '../../src/content/backups';
+import { FsObjectStorage } from '../../src/content/storage-fs';
 
 const spec = (id: string, env: Record<string, string>): WorkspaceSpec => ({
   id, ownerId: 'alice', teamId: '', kind: 'REGULAR', image: 'builtin:busybox', command: ['true'], env,
@@ -105,4 +107,39 @@ t.test('a damaged log does not stop the re-wrap of the others, and keeps its key
   const after = await rotation.run({ newKey: false, rewrap: false, retire: [] });
   t.same(after.usage.map((u) => [u.keyId === oldKey ? 'old' : 'new', u.count]).sort(), [['new', 1], ['old', 1]], 'the good log moved, the damaged one is still counted');
   t.ok(keyring.has(oldKey));
+});
+
+t.test('a backup still being written counts against its key: retiring that key waits for it', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tetrix-rotation-${process.pid}-`));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(dir, 'content'));
+  fs.writeFileSync(path.join(dir, 'content', 'file'), 'data');
+  // Real storage whose manifest write waits for the test: the backup is mid-way, its data key wrapped.
+  let release!: () => void;
+  let reached!: () => void;
+  const atManifest = new Promise<void>((r) => (reached = r));
+  const gate = new Promise<void>((r) => (release = r));
+  class HeldStorage extends FsObjectStorage {
+    override async put(...args: Parameters<FsObjectStorage['put']>): ReturnType<FsObjectStorage['put']> {
+      if (args[0].endsWith('.manifest')) {
+        reached();
+        await gate;
+      }
+      return super.put(...args);
+    }
+  }
+  const keyring = KeyRing.open({ dir: path.join(dir, 'keys') });
+  const backups = new BackupStore({ storage: new HeldStorage({ dir: path.join(dir, 'backups') }), keyring, log: { info: () => undefined, warn: () => undefined }, inProcess: true });
+  const rotation = new KeyRotation(keyring, [{ kind: 'backup', usage: () => backups.keyUsage(), rewrap: (k) => backups.rewrap('all', k) }]);
+  const oldKey = keyring.current().id;
+  const running = backups.backup({ content: path.join(dir, 'content') }, { uidBase: 0 });
+  await atManifest;
+  await t.rejects(rotation.run({ newKey: true, rewrap: true, retire: [oldKey] }), { code: 'FAILED_PRECONDITION', message: /still protects 1 backup;/ },
+    'the backup has no manifest yet, and still holds the key');
+  release();
+  const done = await running;
+  t.equal(done.keyId, oldKey);
+  const res = await rotation.run({ newKey: false, rewrap: true, retire: [oldKey] });
+  t.same(res.retired, [oldKey], 'once it is stored, a re-wrap frees the key');
+  t.same(res.rewrapped.backup, 1);
 });
