@@ -17,7 +17,8 @@ import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, rele
 import { checkHost } from './preflight';
 import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
-import { KeyRing } from './crypto/keys';
+import { openNodeKeyRing } from './crypto/kek-source';
+import { KeyRotation } from './crypto/rotation';
 import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
 import { WorkspaceOutput } from './workspace/output';
 import { LogStore } from './prebuild/logs';
@@ -25,7 +26,7 @@ import { BackupStore } from './content/backups';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './prebuild/publish';
-import { openSecret, sealSecret } from './crypto/secrets';
+import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from './crypto/secrets';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -39,10 +40,19 @@ async function run(config: Config): Promise<void> {
   refuseServedSocket(config.socketPath, (p) => native.unixSocketPeerPid(p));
   const nodeNames = nodeNamesOf(config);
   claimNodeNames(config.claimsDir, config.stateDir, nodeNames);
-  const keyring = KeyRing.open({ dir: path.join(config.stateDir, 'keys'), ...(config.keyFile ? { keyFile: config.keyFile } : {}) });
+  const kek = await openNodeKeyRing(config.kek, config.stateDir);
+  const { keyring } = kek;
+  log.info({ keyId: keyring.current().id, protection: keyring.protection }, 'keyring open');
+  if (config.kek.kind === 'state-dir') {
+    // Said at every start: with this source, a copy of the state dir decrypts every backup, secret and log.
+    log.warn({ keys: path.join(config.stateDir, 'keys') },
+      'node keys are stored in the clear in the state dir; set kekSource to seal them (docs/operations.md#keys)');
+  }
   const store = new WorkspaceStore(config.stateDir, {
     seal: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
     open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),
+    reseal: (sealed, aad) => resealSecret(keyring, sealed, aad),
+    keyIdsIn: sealedKeyIdsIn,
   });
   const metrics = new DaemonMetrics();
   const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind) });
@@ -55,6 +65,11 @@ async function run(config: Config): Promise<void> {
   const storage = openBackupStorage(config);
   const backups = new BackupStore({ storage, keyring, log });
   const signingKey = await loadOrCreateSigningKey(config.stateDir);
+  const rotation = new KeyRotation(keyring, [
+    { kind: 'backup', usage: () => backups.keyUsage(), rewrap: (keyId) => backups.rewrap('all', keyId) },
+    { kind: 'secret', usage: async () => store.keyUsage(), rewrap: async () => store.resealAll() },
+    { kind: 'log', usage: () => logStore.keyUsage(), rewrap: (keyId) => logStore.rewrap(keyId) },
+  ]);
   // Storage that is down (an S3 outage) must not keep the node from running and adopting workspaces.
   const leftovers = await backups.cleanupTemporary().catch((err: unknown) => {
     log.warn({ err: err instanceof Error ? err.message : String(err) }, 'backup leftovers not cleaned: storage unavailable');
@@ -90,10 +105,13 @@ async function run(config: Config): Promise<void> {
       cgroupMode: sandbox.cgroupMode,
       currentKeyId: () => keyring.current().id,
       provenancePublicKeyPem: () => signingKey.publicKeyPem,
-      rotateKey: async (rewrap) => {
-        const keyId = keyring.rotate();
-        log.info({ keyId }, 'key-encryption key rotated');
-        return { keyId, rewrapped: rewrap ? await backups.rewrap('all', keyId) : 0 };
+      rotateKey: async (req) => {
+        const out = await rotation.run(req);
+        log.info({ keyId: out.keyId, newKey: req.newKey, rewrapped: out.rewrapped, retired: out.retired }, 'key rotation');
+        return {
+          keyId: out.keyId, rewrapped: out.rewrapped.backup, rewrappedSecrets: out.rewrapped.secret, rewrappedLogs: out.rewrapped.log,
+          retiredKeyIds: out.retired, usage: out.usage, keyIds: out.keyIds,
+        };
       },
     }, log),
   });
@@ -136,6 +154,7 @@ async function run(config: Config): Promise<void> {
     workspaces.close();
     await nodeNetwork?.close();
     store.close();
+    kek.close();
     if (!holdsWorkspaces) releaseNodeNames(config.claimsDir, config.stateDir, nodeNames);
     releaseLock();
     process.exit(0);

@@ -1,6 +1,8 @@
 // NodeService: what a client may learn about this node.
 import type { Logger } from 'pino';
 import type { NodeServiceHandlers } from '../generated/tetrix/agent/v1/NodeService';
+import type { RotateKeyResponse } from '../generated/tetrix/agent/v1/RotateKeyResponse';
+import type { RotateRequest } from '../crypto/rotation';
 import { DomainError } from '../errors';
 import { unary } from './handlers';
 
@@ -10,8 +12,8 @@ export interface NodeFacts {
   cgroupMode: string;
   provenancePublicKeyPem?: () => string;
   currentKeyId?: () => string;
-  /** Makes a new key-encryption key current; with rewrap, re-wraps every backup's data key under it. */
-  rotateKey?: (rewrap: boolean) => Promise<{ keyId: string; rewrapped: number }>;
+  /** Key rotation (src/crypto/rotation.ts): a new KEK, re-wrapping onto it, retiring old ones. */
+  rotateKey?: (req: RotateRequest) => Promise<RotateKeyResponse>;
 }
 
 export function nodeHandlers(facts: NodeFacts, log: Logger): NodeServiceHandlers {
@@ -26,7 +28,11 @@ export function nodeHandlers(facts: NodeFacts, log: Logger): NodeServiceHandlers
     RotateKey: unary(log, 'RotateKey', async (req, ctx) => {
       if (ctx.principal?.kind !== 'operator') throw new DomainError('PERMISSION_DENIED', 'RotateKey: node operators only');
       if (!facts.rotateKey) throw new DomainError('FAILED_PRECONDITION', 'RotateKey: no keyring on this node');
-      return facts.rotateKey(req.rewrapBackups);
+      const retire = req.retireKeyIds ?? [];
+      retire.forEach((id, i) => {
+        if (!/^kek-[0-9a-f]{16}$/.test(id)) throw new DomainError('INVALID_ARGUMENT', `retire_key_ids[${i}]: not a key id`);
+      });
+      return facts.rotateKey({ newKey: !req.keepCurrent, rewrap: req.rewrapBackups, retire: [...new Set(retire)] });
     }),
   };
 }

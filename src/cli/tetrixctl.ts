@@ -30,7 +30,11 @@ commands:
   stop ID [--grace SECONDS]
   teardown ID [--backup-first]
   backup ID [--include-upper]          progress bar on a terminal; JSON lines with --output json
-  keys rotate [--rewrap]               new key-encryption key; --rewrap re-wraps every backup's data key
+  keys rotate [--rewrap] [--retire KEY]...
+                                       new key-encryption key; --rewrap re-wraps everything sealed under
+                                       older keys (backups, secrets, logs); --retire then deletes old keys
+  keys retire KEY...                   deletes keys nothing depends on (refused, with the counts, otherwise)
+  keys status                          every key and what depends on it
   prebuild ID --image IMAGE --owner USER --team TEAM --repo URL --rev REVISION
            --task NAME=SHELL-COMMAND [--task ...]   tasks run in order, each with sh -c
   verify SNAPSHOT [--backup-dir DIR] [--public-key FILE]
@@ -43,6 +47,29 @@ commands:
 `;
 
 class UsageError extends Error {}
+
+async function keys(c: Clients, p: Parsed, json: boolean): Promise<void> {
+  const sub = p.args[0];
+  const request = sub === 'rotate' ? { rewrapBackups: p.bools.has('rewrap'), retireKeyIds: p.flags.get('retire') ?? [] }
+    : sub === 'retire' ? { keepCurrent: true, retireKeyIds: p.args.slice(1) }
+      : sub === 'status' ? { keepCurrent: true }
+        : undefined;
+  if (!request) throw new UsageError('keys: rotate, retire or status');
+  if (sub === 'retire' && p.args.length < 2) throw new UsageError('keys retire: name the key(s) to retire');
+  const res = await unaryCall<RotateKeyResponse__Output>((md, o, cb) => c.node.RotateKey(request, md, o, cb));
+  if (json) {
+    process.stdout.write(JSON.stringify(res) + '\n');
+    return;
+  }
+  const lines = [`current key ${res.keyId}`];
+  if (sub === 'rotate') lines.push(`re-wrapped: ${res.rewrapped} backups, ${res.rewrappedSecrets} secrets, ${res.rewrappedLogs} logs`);
+  if (res.retiredKeyIds.length) lines.push(`retired: ${res.retiredKeyIds.join(', ')}`);
+  for (const id of res.keyIds) {
+    const uses = res.usage.filter((u) => u.keyId === id).map((u) => `${u.count} ${u.kind}`);
+    lines.push(`  ${id}${id === res.keyId ? ' (current)' : ''}: ${uses.length ? uses.join(', ') : 'nothing depends on it'}`);
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+}
 
 const BOOLEAN_FLAGS = new Set(['follow', 'help', 'backup-first', 'include-upper', 'rewrap']);
 
@@ -212,12 +239,8 @@ async function run(c: Clients, command: string, p: Parsed, json: boolean): Promi
       process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${p.args[0]} was built by ${statement.predicate.runDetails.builder.id}\n${JSON.stringify(statement, null, 2)}\n`);
       return;
     }
-    case 'keys': {
-      if (p.args[0] !== 'rotate') throw new UsageError('keys: the only subcommand is rotate');
-      const res = await unaryCall<RotateKeyResponse__Output>((md, o, cb) => c.node.RotateKey({ rewrapBackups: p.bools.has('rewrap') }, md, o, cb));
-      process.stdout.write(json ? JSON.stringify(res) + '\n' : `current key ${res.keyId}; ${res.rewrapped} backups re-wrapped\n`);
-      return;
-    }
+    case 'keys':
+      return keys(c, p, json);
     case 'get':
       return show([await unaryCall<Workspace__Output>((md, o, cb) => ws.GetWorkspace({ id: p.args[0] ?? '' }, md, o, cb))], json);
     case 'list':

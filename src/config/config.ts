@@ -40,7 +40,9 @@ export interface Config {
   readonly tokenMaxLifetimeSeconds: number; // user tokens whose exp - iat exceeds this are refused
   readonly nodeDomain: string;      // workspace endpoints are <port>-<id>.<nodeDomain>
   readonly endpointListen: string;  // host:port of the HTTPS/WebSocket endpoint server, '' = off
-  readonly keyFile: string;         // operator-provided node key (KEK); '' = generated in <stateDir>/keys
+  readonly kekSource: string;       // how the node's KEKs are kept at rest (see KekSource); parsed into `kek`
+  readonly kmsTokenFile: string;    // kms: the Vault token, a path or systemd-credential:NAME
+  readonly kmsCaFile: string;       // kms: the CA the Vault server's certificate chains to
   readonly network: 'on' | 'off';   // off: no bridge, no nftables, every workspace gets loopback only
   readonly defaultNetwork: 'none' | 'isolated';
   readonly networkBridge: string;
@@ -58,7 +60,18 @@ export interface Config {
   readonly s3Prefix: string;        //     credentials come from the AWS SDK's usual chain
   readonly s3Endpoint: string;
   readonly s3Region: string;
+  /** kekSource, kmsTokenFile and kmsCaFile, validated as one. */
+  readonly kek: KekSource;
 }
+
+/** A secret file: a path, or a systemd credential ($CREDENTIALS_DIRECTORY/NAME, systemd.exec(5)). */
+export type SecretFileRef = { kind: 'file'; path: string } | { kind: 'systemd-credential'; name: string };
+
+/** Where the root of the node's keys lives. src/crypto/kek-source.ts says what each protects. */
+export type KekSource =
+  | { kind: 'state-dir' }
+  | SecretFileRef
+  | { kind: 'kms'; url: string; tokenFile: SecretFileRef; caFile: string };
 
 /** The package's root directory, from src/ (ts) or dist/src/ (compiled) alike. */
 export const packageRoot = path.resolve(__dirname, '..', '..', fs.existsSync(path.resolve(__dirname, '..', '..', 'package.json')) ? '' : '..');
@@ -100,7 +113,9 @@ export function defaults(): Config {
     tokenMaxLifetimeSeconds: 3600,
     nodeDomain: '',
     endpointListen: '',
-    keyFile: '',
+    kekSource: 'state-dir',
+    kmsTokenFile: '',
+    kmsCaFile: '',
     network: 'on',
     defaultNetwork: 'isolated',
     networkBridge: 'tetrix0',
@@ -118,6 +133,7 @@ export function defaults(): Config {
     s3Prefix: '',
     s3Endpoint: '',
     s3Region: 'us-east-1',
+    kek: { kind: 'state-dir' },
   };
 }
 
@@ -131,11 +147,15 @@ const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'd
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
-  'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'keyFile',
+  'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
   'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
+/** Settings that were replaced: naming them says what to use instead. */
+const replacedKeys: Record<string, string> = {
+  keyFile: 'keyFile: replaced by kekSource; "file:/PATH" seals the node\'s keys under the key in PATH (docs/operations.md#keys)',
+};
 
 /** TETRIX_STATE_DIR -> stateDir */
 const envName = (key: string): string => 'TETRIX_' + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
@@ -169,6 +189,7 @@ export function parseFlags(argv: readonly string[]): { raw: Raw; configFile?: st
     if (m[1] === 'config') configFile = value;
     else {
       const key = flagKey(m[1]);
+      if (replacedKeys[key]) throw new ConfigError(replacedKeys[key]);
       if (!allKeys.includes(key)) throw new ConfigError(`unknown flag --${m[1]}`);
       raw[key] = value;
     }
@@ -187,6 +208,7 @@ function readFile(file: string): Raw {
     const value: unknown = JSON.parse(text);
     if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error('not a JSON object');
     for (const key of Object.keys(value)) {
+      if (replacedKeys[key]) throw new Error(replacedKeys[key]);
       if (!allKeys.includes(key)) throw new Error(`unknown key "${key}"`);
     }
     return value as Raw;
@@ -240,7 +262,7 @@ function validate(c: Config): Config {
   for (const key of ['metricsListen', 'apiListen', 'endpointListen'] as const) {
     if (c[key] !== '' && !/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/.test(c[key])) throw new ConfigError(`${key}: expected host:port, got "${c[key]}"`);
   }
-  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile', 'keyFile'] as const) {
+  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile', 'kmsCaFile'] as const) {
     if (c[key] !== '' && !path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
   }
   if ((c.tlsCertFile === '') !== (c.tlsKeyFile === '') || (c.tlsCertFile !== '' && c.tlsCaFile === '')) {
@@ -259,14 +281,66 @@ function validate(c: Config): Config {
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);
   if (c.backupStorage === 's3' && c.s3Bucket === '') throw new ConfigError('backupStorage s3 needs s3Bucket');
   if (c.backupDir !== '' && !path.isAbsolute(c.backupDir)) throw new ConfigError(`backupDir: must be an absolute path, got "${c.backupDir}"`);
-  if (c.network === 'off' && c.defaultNetwork === 'isolated') return { ...c, defaultNetwork: 'none' };
-  return c;
+  const kek = parseKekSource(c);
+  if (c.network === 'off' && c.defaultNetwork === 'isolated') return { ...c, kek, defaultNetwork: 'none' };
+  return { ...c, kek };
 }
 
 /** The cgroup parent of a daemon beside the main one: `tetrix-` and 8 hex digits of its state dir's path. */
 export function cgroupParentFor(stateDir: string): string {
   return `tetrix-${crypto.createHash('sha256').update(path.resolve(stateDir)).digest('hex').slice(0, 8)}`;
 }
+
+const CREDENTIAL = 'systemd-credential:';
+// systemd.exec(5): a credential name is a file name in $CREDENTIALS_DIRECTORY.
+const credentialName = (name: string): boolean => /^[A-Za-z0-9_.@-]{1,255}$/.test(name) && name !== '.' && name !== '..';
+
+function parseSecretFileRef(key: string, value: string): SecretFileRef {
+  if (value.startsWith(CREDENTIAL)) {
+    const name = value.slice(CREDENTIAL.length);
+    if (!credentialName(name)) throw new ConfigError(`${key}: "${name}" is not a systemd credential name`);
+    return { kind: 'systemd-credential', name };
+  }
+  if (!path.isAbsolute(value)) throw new ConfigError(`${key}: must be an absolute path or ${CREDENTIAL}NAME, got "${value}"`);
+  return { kind: 'file', path: value };
+}
+
+function parseKekSource(c: Config): KekSource {
+  const v = c.kekSource;
+  const kms = v.startsWith('kms:');
+  if (!kms) {
+    for (const key of ['kmsTokenFile', 'kmsCaFile'] as const) {
+      if (c[key] !== '') throw new ConfigError(`${key}: only for kekSource kms:URL (kekSource is "${v}")`);
+    }
+  }
+  if (v === 'state-dir') return { kind: 'state-dir' };
+  if (v.startsWith('file:')) {
+    const ref = parseSecretFileRef('kekSource', v.slice('file:'.length));
+    if (ref.kind !== 'file') throw new ConfigError(`kekSource: file: needs a path`);
+    if (isInside(ref.path, c.stateDir)) throw new ConfigError(`kekSource: the root key file ${ref.path} must not be in the state dir it protects (${c.stateDir})`);
+    return ref;
+  }
+  if (v.startsWith(CREDENTIAL)) return parseSecretFileRef('kekSource', v);
+  if (kms) {
+    const url = v.slice('kms:'.length);
+    if (!/^https:\/\/[^/\s]+\/v1\/[A-Za-z0-9_.\/-]+\/keys\/[A-Za-z0-9_.-]+$/.test(url)) {
+      throw new ConfigError(`kekSource: kms: needs a Vault key URL https://HOST:PORT/v1/<mount>/keys/<name>, got "${url}"`);
+    }
+    if (c.kmsTokenFile === '') throw new ConfigError('kmsTokenFile: kekSource kms: needs the file holding the Vault token');
+    if (c.kmsCaFile === '') throw new ConfigError('kmsCaFile: kekSource kms: needs the CA certificate of the Vault server');
+    const tokenFile = parseSecretFileRef('kmsTokenFile', c.kmsTokenFile);
+    if (tokenFile.kind === 'file' && isInside(tokenFile.path, c.stateDir)) {
+      throw new ConfigError(`kmsTokenFile: ${tokenFile.path} must not be in the state dir (${c.stateDir})`);
+    }
+    return { kind: 'kms', url, tokenFile, caFile: c.kmsCaFile };
+  }
+  throw new ConfigError(`kekSource: "${v}" is none of state-dir, file:/PATH, ${CREDENTIAL}NAME, kms:https://HOST:PORT/v1/<mount>/keys/<name>`);
+}
+
+const isInside = (file: string, dir: string): boolean => {
+  const rel = path.relative(path.resolve(dir), path.resolve(file));
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+};
 
 /** Builds the config from flags (argv after the program name) and the environment. */
 export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Config {

@@ -92,7 +92,8 @@ export class BackupStore {
   readonly #storage: ObjectStorage;
   readonly #keyring: KeyRing;
   readonly #log: BackupLog;
-  readonly #active = new Set<string>();
+  // Backups being written, by the key id their data key is wrapped under: a key is in use before its manifest exists.
+  readonly #active = new Map<string, string>();
   readonly #inProcess: boolean;
 
   /**
@@ -114,7 +115,7 @@ export class BackupStore {
     const dataKey = newDataKey();
     const { keyId, wrapped } = this.#keyring.wrap(dataKey, wrapContext(backupId));
     const progress = new ProgressReporter(0, 0, opts.onProgress);
-    this.#active.add(backupId);
+    this.#active.set(backupId, keyId);
     try {
       const run = runBackup({ op: 'backup', roots, uidBase: opts.uidBase, idCount: opts.idCount }, {
         onTotals: (bytes, files) => progress.setTotals(bytes, files),
@@ -216,6 +217,17 @@ export class BackupStore {
     }
     if (count) this.#log.info({ count, keyId: toKeyId }, 'backups re-wrapped');
     return count;
+  }
+
+  /** How many backups (complete, or being written) each key id wraps a data key of. */
+  async keyUsage(): Promise<Map<string, number>> {
+    const counts = new Map<string, number>();
+    const add = (keyId: string): void => void counts.set(keyId, (counts.get(keyId) ?? 0) + 1);
+    const listed = await this.list();
+    for (const b of listed) add(b.keyId);
+    const seen = new Set(listed.map((b) => b.backupId));
+    for (const [id, keyId] of this.#active) if (!seen.has(id)) add(keyId);
+    return counts;
   }
 
   /** Complete backups, oldest first. */

@@ -1,6 +1,11 @@
 // Node key-encryption keys (KEKs). A keyring is a directory of 32-byte AES-256 keys, one file per key id,
 // plus a `kek-current` file naming the key new data is sealed under. Old keys stay so old backups and secrets
-// remain readable by the key id they carry. Key bytes live only in private fields and never reach a log.
+// remain readable by the key id they carry, until retire() deletes one nothing depends on any more.
+// Key bytes live only in private fields and never reach a log.
+//
+// At rest a KEK is either in the clear (`<id>.key`, the default: whoever has the state dir has the keys) or
+// sealed by a KeyProtector (`<id>.sealed`): a root key systemd hands over as a credential, or a remote KMS
+// (src/crypto/kek-source.ts). Then the state dir alone opens nothing. docs/backup-format.md#keys.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -10,8 +15,31 @@ export const KEY_BYTES = 32;
 const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 const KEY_FILE_SUFFIX = '.key';
+const SEALED_FILE_SUFFIX = '.sealed';
 const CURRENT_FILE = 'kek-current';
 const WRAP_DOMAIN = 'tetrix/kek-wrap/v1';
+const SEALED_FORMAT = 'tetrix-kek';
+const AT_REST_DOMAIN = 'tetrix/kek-at-rest/v1';
+
+/**
+ * Seals KEKs for the disk under a key the state dir does not hold. `name` identifies that key without
+ * revealing it (e.g. "root-key:root-…" or "vault-transit:transit/tetrix"); it is stored with each sealed KEK
+ * so a node pointed at the wrong root key says so instead of failing to authenticate.
+ */
+export interface KeyProtector {
+  readonly name: string;
+  seal(keyId: string, key: Buffer, aad: Buffer): Promise<string>;
+  open(keyId: string, sealed: string, aad: Buffer): Promise<Buffer>;
+}
+
+/** A sealed KEK on disk (`<id>.sealed`, JSON). */
+interface SealedKeyFile {
+  format: typeof SEALED_FORMAT;
+  version: 1;
+  keyId: string;
+  protector: string;
+  sealed: string;
+}
 
 export interface KeyRingOptions {
   /** The keyring directory, normally <stateDir>/keys. Created 0700 if missing. */
@@ -29,12 +57,36 @@ export interface Sealed {
 export class KeyRing {
   readonly #dir: string;
   readonly #keyFile: string | undefined;
+  readonly #protector: KeyProtector | undefined;
   readonly #keys = new Map<string, Buffer>();
   #currentId = '';
 
-  private constructor(dir: string, keyFile: string | undefined) {
+  private constructor(dir: string, keyFile: string | undefined, protector?: KeyProtector) {
     this.#dir = dir;
     this.#keyFile = keyFile;
+    this.#protector = protector;
+  }
+
+  /**
+   * Opens (or on first start creates) a keyring whose KEKs are sealed by `protector` on disk. KEKs found in
+   * the clear (a node that ran with plaintext keys before) are sealed and their plaintext files removed.
+   */
+  static async openProtected(opts: { dir: string; protector: KeyProtector }): Promise<KeyRing> {
+    const ring = new KeyRing(path.resolve(opts.dir), undefined, opts.protector);
+    ensurePrivateDir(ring.#dir);
+    removeTemporaryFiles(ring.#dir);
+    await ring.#loadSealed();
+    await ring.#sealPlaintextKeys();
+    const id = readCurrentId(ring.#dir);
+    if (id === undefined) await ring.rotateKey();
+    else if (!ring.#keys.has(id)) throw new DomainError('FAILED_PRECONDITION', `keyring ${ring.#dir}: current key ${id} has no key file`);
+    else ring.#currentId = id;
+    return ring;
+  }
+
+  /** How the KEKs are kept on disk: "plaintext" or the protector's name. */
+  get protection(): string {
+    return this.#protector?.name ?? 'plaintext';
   }
 
   /** Opens (or on first start creates) the keyring. Refuses key files others could read or write. */
@@ -64,16 +116,19 @@ export class KeyRing {
     return this.#keys.has(keyId) || this.#reloadFor(keyId);
   }
 
-  /** Wraps a data key under the current KEK (or keyId). `context` (e.g. a backup id) is bound in as AAD. */
-  wrap(dataKey: Buffer, context = '', keyId = this.#currentId): { keyId: string; wrapped: Buffer } {
+  /**
+   * Wraps a data key under the current KEK (or keyId). `context` (e.g. a backup id) is bound in as AAD,
+   * and so is `aad` when given (extra associated data a caller wants bound to the wrap).
+   */
+  wrap(dataKey: Buffer, context = '', keyId = this.#currentId, aad?: Buffer): { keyId: string; wrapped: Buffer } {
     if (dataKey.length !== KEY_BYTES) throw new DomainError('INVALID_ARGUMENT', `dataKey: must be ${KEY_BYTES} bytes`);
-    const { blob } = this.seal(dataKey, wrapAad(keyId, context), keyId);
+    const { blob } = this.seal(dataKey, wrapAad(keyId, context, aad), keyId);
     return { keyId, wrapped: blob };
   }
 
-  /** Unwraps a data key. Missing key id: FAILED_PRECONDITION. Wrong key or altered bytes: DATA_LOSS. */
-  unwrap(keyId: string, wrapped: Buffer, context = ''): Buffer {
-    return this.open({ keyId, blob: wrapped }, wrapAad(keyId, context), 'wrapped data key');
+  /** Unwraps a data key. Missing key id: FAILED_PRECONDITION. Wrong key, context, aad or altered bytes: DATA_LOSS. */
+  unwrap(keyId: string, wrapped: Buffer, context = '', aad?: Buffer): Buffer {
+    return this.open({ keyId, blob: wrapped }, wrapAad(keyId, context, aad), 'wrapped data key');
   }
 
   /**
@@ -103,17 +158,45 @@ export class KeyRing {
     }
   }
 
-  /** Makes a fresh KEK current and returns its id; older keys stay for reading. */
+  /** Makes a fresh KEK current and returns its id; older keys stay for reading. Plaintext keyrings only. */
   rotate(): string {
-    if (this.#keyFile) {
-      throw new DomainError('FAILED_PRECONDITION',
-        `keyring: the current key comes from the key file ${this.#keyFile}; rotate by pointing the node at a new key file`);
-    }
+    this.#refuseOperatorKeyRotation();
+    if (this.#protector) throw new DomainError('FAILED_PRECONDITION', 'keyring: a protected keyring rotates with rotateKey()');
     const key = crypto.randomBytes(KEY_BYTES);
     const id = keyIdOf(key);
     this.#store(id, key);
     this.#setCurrent(id);
     return id;
+  }
+
+  /** rotate() for every kind of keyring: a protected one seals the new KEK (a KMS call) before it is used. */
+  async rotateKey(): Promise<string> {
+    if (!this.#protector) return this.rotate();
+    const key = crypto.randomBytes(KEY_BYTES);
+    const id = keyIdOf(key);
+    await this.#storeSealed(id, key);
+    this.#setCurrent(id);
+    return id;
+  }
+
+  /**
+   * Deletes a KEK for good. The caller (src/crypto/rotation.ts) has checked that nothing is sealed under it
+   * any more. The current key cannot be retired.
+   */
+  retire(keyId: string): void {
+    if (!this.#keys.has(keyId) && !this.#reloadFor(keyId)) throw new DomainError('NOT_FOUND', `key ${keyId} is not in this node's keyring`);
+    if (keyId === this.#currentId) throw new DomainError('FAILED_PRECONDITION', `key ${keyId} is the current key; rotate first`);
+    for (const suffix of [KEY_FILE_SUFFIX, SEALED_FILE_SUFFIX]) fs.rmSync(path.join(this.#dir, keyId + suffix), { force: true });
+    syncDir(this.#dir);
+    this.#keys.get(keyId)?.fill(0);
+    this.#keys.delete(keyId);
+  }
+
+  #refuseOperatorKeyRotation(): void {
+    if (this.#keyFile) {
+      throw new DomainError('FAILED_PRECONDITION',
+        `keyring: the current key comes from the key file ${this.#keyFile}; rotate by pointing the node at a new key file`);
+    }
   }
 
   #key(keyId: string): Buffer {
@@ -124,8 +207,9 @@ export class KeyRing {
   }
 
   // Another process (tetrixctl) may have added a key since we opened; look once more before failing.
+  // Sealed keys open asynchronously (a KMS call), so a protected keyring knows only what it loaded.
   #reloadFor(keyId: string): boolean {
-    if (!isKeyId(keyId)) return false;
+    if (!isKeyId(keyId) || this.#protector) return false;
     const file = path.join(this.#dir, keyId + KEY_FILE_SUFFIX);
     if (!fs.existsSync(file)) return false;
     this.#keys.set(keyId, readKeyFileChecked(file, keyId));
@@ -139,6 +223,46 @@ export class KeyRing {
       if (!isKeyId(id)) continue;
       this.#keys.set(id, readKeyFileChecked(path.join(this.#dir, name), id));
     }
+  }
+
+  async #loadSealed(): Promise<void> {
+    for (const name of fs.readdirSync(this.#dir)) {
+      if (!name.endsWith(SEALED_FILE_SUFFIX)) continue;
+      const id = name.slice(0, -SEALED_FILE_SUFFIX.length);
+      if (!isKeyId(id)) continue;
+      const file = path.join(this.#dir, name);
+      const sealed = parseSealedKeyFile(readPrivateFile(file, 1 << 16), file, id);
+      if (sealed.protector !== this.#protector!.name) {
+        throw new DomainError('FAILED_PRECONDITION',
+          `key file ${file} is sealed by ${sealed.protector}, but this node's KEK source is ${this.#protector!.name}`);
+      }
+      const key = await this.#protector!.open(id, sealed.sealed, atRestAad(id));
+      if (key.length !== KEY_BYTES || keyIdOf(key) !== id) throw new DomainError('DATA_LOSS', `key file ${file} does not hold key ${id}`);
+      this.#keys.set(id, key);
+    }
+  }
+
+  // A node moving from plaintext keys to a protected source: seal each, then remove the plaintext file.
+  async #sealPlaintextKeys(): Promise<void> {
+    for (const name of fs.readdirSync(this.#dir)) {
+      if (!name.endsWith(KEY_FILE_SUFFIX)) continue;
+      const id = name.slice(0, -KEY_FILE_SUFFIX.length);
+      if (!isKeyId(id)) continue;
+      const file = path.join(this.#dir, name);
+      const key = readKeyFileChecked(file, id);
+      if (!this.#keys.has(id)) await this.#storeSealed(id, key);
+      fs.rmSync(file, { force: true });
+      syncDir(this.#dir);
+    }
+  }
+
+  async #storeSealed(id: string, key: Buffer): Promise<void> {
+    const body: SealedKeyFile = {
+      format: SEALED_FORMAT, version: 1, keyId: id, protector: this.#protector!.name,
+      sealed: await this.#protector!.seal(id, key, atRestAad(id)),
+    };
+    writePrivateFileAtomic(this.#dir, id + SEALED_FILE_SUFFIX, JSON.stringify(body) + '\n');
+    this.#keys.set(id, key);
   }
 
   #adoptOperatorKey(file: string): void {
@@ -157,7 +281,10 @@ export class KeyRing {
       return;
     }
     if (!this.#keys.has(id)) {
-      throw new DomainError('FAILED_PRECONDITION', `keyring ${this.#dir}: current key ${id} has no key file`);
+      const sealed = fs.existsSync(path.join(this.#dir, id + SEALED_FILE_SUFFIX));
+      throw new DomainError('FAILED_PRECONDITION', sealed
+        ? `keyring ${this.#dir}: current key ${id} is sealed; kekSource must name the root key or KMS that sealed it`
+        : `keyring ${this.#dir}: current key ${id} has no key file`);
     }
     this.#currentId = id;
   }
@@ -173,7 +300,7 @@ export class KeyRing {
   }
 
   toJSON(): object {
-    return { dir: this.#dir, current: this.#currentId, keys: this.ids() };
+    return { dir: this.#dir, current: this.#currentId, keys: this.ids(), protection: this.protection };
   }
 }
 
@@ -187,8 +314,27 @@ export function isKeyId(id: string): boolean {
   return /^kek-[0-9a-f]{16}$/.test(id);
 }
 
-function wrapAad(keyId: string, context: string): Buffer {
-  return Buffer.from(`${WRAP_DOMAIN}\0${keyId}\0${context}`);
+// Without extra aad the bytes are exactly the v1 ones, so existing wraps still open.
+function wrapAad(keyId: string, context: string, aad?: Buffer): Buffer {
+  const base = Buffer.from(`${WRAP_DOMAIN}\0${keyId}\0${context}`);
+  return aad && aad.length > 0 ? Buffer.concat([base, Buffer.from('\0'), aad]) : base;
+}
+
+function atRestAad(keyId: string): Buffer {
+  return Buffer.from(`${AT_REST_DOMAIN}\0${keyId}`);
+}
+
+function parseSealedKeyFile(raw: Buffer, file: string, id: string): SealedKeyFile {
+  let v: SealedKeyFile;
+  try {
+    v = JSON.parse(raw.toString('utf8')) as SealedKeyFile;
+  } catch {
+    throw new DomainError('DATA_LOSS', `key file ${file}: not JSON`);
+  }
+  if (!v || v.format !== SEALED_FORMAT || v.version !== 1 || v.keyId !== id || typeof v.protector !== 'string' || typeof v.sealed !== 'string') {
+    throw new DomainError('DATA_LOSS', `key file ${file}: not a sealed key file for ${id}`);
+  }
+  return v;
 }
 
 function ensurePrivateDir(dir: string): void {
@@ -211,19 +357,19 @@ function checkPrivate(file: string, st: fs.Stats, what: string): void {
 }
 
 // Opened with O_NOFOLLOW and checked with fstat, so what is checked is what is read.
-function readPrivateFile(file: string): Buffer {
+export function readPrivateFile(file: string, maxBytes = 4096, what = 'key file'): Buffer {
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new DomainError('FAILED_PRECONDITION', `key file ${file}: cannot open (${code})`, { cause: err });
+    throw new DomainError('FAILED_PRECONDITION', `${what} ${file}: cannot open (${code})`, { cause: err });
   }
   try {
     const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw new DomainError('FAILED_PRECONDITION', `key file ${file} is not a regular file`);
-    checkPrivate(file, st, 'key file');
-    if (st.size > 4096) throw new DomainError('FAILED_PRECONDITION', `key file ${file} is too large to be a key`);
+    if (!st.isFile()) throw new DomainError('FAILED_PRECONDITION', `${what} ${file} is not a regular file`);
+    checkPrivate(file, st, what);
+    if (st.size > maxBytes) throw new DomainError('FAILED_PRECONDITION', `${what} ${file} is too large`);
     return fs.readFileSync(fd);
   } finally {
     fs.closeSync(fd);
@@ -237,7 +383,7 @@ function readKeyFileChecked(file: string, id: string): Buffer {
 }
 
 /** Accepts 32 raw bytes, 64 hex characters or base64 of 32 bytes (a trailing newline is fine). */
-function parseKey(raw: Buffer, file: string): Buffer {
+export function parseKey(raw: Buffer, file: string): Buffer {
   if (raw.length === KEY_BYTES) return Buffer.from(raw);
   const text = raw.toString('latin1').trim();
   if (/^[0-9a-fA-F]{64}$/.test(text)) return Buffer.from(text, 'hex');
@@ -281,6 +427,6 @@ function syncDir(dir: string): void {
 function removeTemporaryFiles(dir: string): void {
   for (const name of fs.readdirSync(dir)) {
     // Only our own temporaries: the directory is shared with other node keys (prebuild's provenance.key).
-    if (/^\.(kek-[0-9a-f]{16}\.key|kek-current)\.\d+\.[0-9a-f]{8}\.tmp$/.test(name)) fs.rmSync(path.join(dir, name), { force: true });
+    if (/^\.(kek-[0-9a-f]{16}\.(key|sealed)|kek-current)\.\d+\.[0-9a-f]{8}\.tmp$/.test(name)) fs.rmSync(path.join(dir, name), { force: true });
   }
 }

@@ -30,6 +30,14 @@ export function sealedKeyId(sealed: string): string {
   return parseSealed(sealed).keyId;
 }
 
+/**
+ * The key id of every sealed value inside `text` (a JSON row, a column), found by its format alone: a census
+ * of what still depends on a key needs no knowledge of where each secret lives or of its aad.
+ */
+export function sealedKeyIdsIn(text: string): string[] {
+  return [...text.matchAll(/(?<![A-Za-z0-9_-])tx1\.(kek-[0-9a-f]{16})\.[A-Za-z0-9_-]+/g)].map((m) => m[1]);
+}
+
 /** Re-seals under the current key; returns the input unchanged when it already is. */
 export function resealSecret(keyring: KeyRing, sealed: string, aad = ''): string {
   if (sealedKeyId(sealed) === keyring.current().id) return sealed;

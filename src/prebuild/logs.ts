@@ -7,6 +7,10 @@
 // nonce = 0x00000000 | u64 n and AAD = sha256(header): records cannot be reordered, dropped from the
 // middle, moved to another log, or paired with another header without failing authentication.
 // Record 0 is OPEN (metadata), the last is CLOSE; a log without CLOSE was cut short (daemon stopped).
+//
+// A key rotation re-wraps the data key into `<logId>.tlog-key` ("TXLKEY01" | u16 len | keyId | u16 len |
+// wrapped | u16 len | logId), which then takes the header's place: the header (and so every record's AAD)
+// is never rewritten, and a log being written is re-wrapped like any other.
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
 import { closeSync, constants as fsConstants, createReadStream, existsSync, linkSync, openSync, promises as fs, unlinkSync, writeSync } from 'node:fs';
@@ -79,7 +83,9 @@ export const CUT_SHORT_MARKER = '[tetrix: log ends without its close record: the
 // A workspace id, optionally with a segment number (<id>.1: output after a daemon restart).
 const LOG_ID = /^[a-z0-9][a-z0-9-]{0,62}(\.[1-9][0-9]{0,2})?$/;
 const LOG_SUFFIX = '.tlog';
+const KEY_SUFFIX = '.tlog-key';
 const MAGIC = Buffer.from('TXLOG001');
+const KEY_MAGIC = Buffer.from('TXLKEY01');
 const TAG_BYTES = 16;
 const MAX_HEADER_FIELD = 4096;
 const MAX_SEALED_RECORD = 1 << 20;
@@ -202,12 +208,73 @@ export class LogStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new DomainError('NOT_FOUND', `log ${logId}: not found`);
       throw err;
     }
+    await fs.unlink(keyFileOf(file)).catch(() => undefined);
+  }
+
+  /** How many logs each key id wraps a data key of (the re-wrapped key where there is one). */
+  async keyUsage(): Promise<Map<string, number>> {
+    const counts = new Map<string, number>();
+    for (const logId of await this.logIds()) {
+      const wrap = await this.currentWrap(logId).catch(() => undefined);
+      if (wrap) counts.set(wrap.keyId, (counts.get(wrap.keyId) ?? 0) + 1);
+    }
+    return counts;
+  }
+
+  /**
+   * Re-wraps every log's data key that is not under currentKeyId (open logs too: the writer keeps its key in
+   * memory and never reads the header again). Returns how many were re-wrapped. A log whose key does not
+   * unwrap (damaged, or its key long gone) is left as it is: keyUsage() still counts it against its key.
+   */
+  async rewrap(currentKeyId: string): Promise<number> {
+    let count = 0;
+    for (const logId of await this.logIds()) {
+      const wrap = await this.currentWrap(logId).catch(() => undefined);
+      if (!wrap || wrap.keyId === currentKeyId) continue;
+      const unwrapped = await (async () => this.options.sealer.unwrap(wrap.keyId, wrap.wrapped, wrapContext(logId)))().catch((err: unknown) => {
+        if (err instanceof DomainError && (err.code === 'DATA_LOSS' || err.code === 'FAILED_PRECONDITION')) return undefined;
+        throw err;
+      });
+      if (!unwrapped) continue;
+      const dataKey = Buffer.from(unwrapped);
+      try {
+        const next = await this.options.sealer.wrap(dataKey, wrapContext(logId));
+        await writeKeyFile(keyFileOf(this.file(logId)), next.keyId, next.wrapped, logId);
+      } finally {
+        dataKey.fill(0);
+      }
+      count++;
+    }
+    return count;
+  }
+
+  private async logIds(): Promise<string[]> {
+    return (await fs.readdir(this.options.dir))
+      .filter((name) => name.endsWith(LOG_SUFFIX) && LOG_ID.test(name.slice(0, -LOG_SUFFIX.length)))
+      .map((name) => name.slice(0, -LOG_SUFFIX.length));
+  }
+
+  private async currentWrap(logId: string): Promise<WrappedDataKey> {
+    const file = this.file(logId);
+    const handle = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    try {
+      return (await readKeyFile(keyFileOf(file), logId)) ?? (await readHeader(handle, logId));
+    } finally {
+      await handle.close();
+    }
   }
 
   /** Retention: removes logs not open and last written more than retentionMs ago. Returns their ids. */
   async sweep(retentionMs: number, nowMs = Date.now()): Promise<string[]> {
     const removed: string[] = [];
-    for (const name of await fs.readdir(this.options.dir)) {
+    const names = await fs.readdir(this.options.dir);
+    for (const name of names) {
+      // A re-wrapped key whose log is gone (removed while a rotation ran).
+      if (name.endsWith(KEY_SUFFIX) && !names.includes(name.slice(0, -KEY_SUFFIX.length) + LOG_SUFFIX)) {
+        await fs.unlink(path.join(this.options.dir, name)).catch(() => undefined);
+      }
+    }
+    for (const name of names) {
       const isLog = name.endsWith(LOG_SUFFIX) && LOG_ID.test(name.slice(0, -LOG_SUFFIX.length));
       const isTemp = name.startsWith('.') && name.endsWith('.tmp');
       if (!isLog && !isTemp) continue;
@@ -217,6 +284,7 @@ export class LogStore {
       const st = await fs.lstat(full).catch(() => undefined);
       if (!st || nowMs - st.mtimeMs <= retentionMs) continue;
       await fs.unlink(full).catch(() => undefined);
+      if (isLog) await fs.unlink(keyFileOf(full)).catch(() => undefined);
       if (isLog) removed.push(id);
     }
     return removed;
@@ -475,9 +543,10 @@ class LogReader {
     }
     try {
       const header = await readHeader(handle, logId);
+      const wrap = (await readKeyFile(keyFileOf(file), logId)) ?? header;
       let dataKey: Buffer;
       try {
-        dataKey = Buffer.from(await sealer.unwrap(header.keyId, header.wrapped, wrapContext(logId)));
+        dataKey = Buffer.from(await sealer.unwrap(wrap.keyId, wrap.wrapped, wrapContext(logId)));
       } catch (err) {
         if (err instanceof DomainError && err.code !== 'DATA_LOSS') throw err;
         throw dataLoss(logId, `data key does not unwrap: ${errText(err)}`, err);
@@ -539,15 +608,7 @@ class LogReader {
 // Encoding
 
 function encodeHeader(keyId: string, wrapped: Buffer, logId: string): Buffer {
-  const fields = [Buffer.from(keyId, 'utf8'), wrapped, Buffer.from(logId, 'utf8')];
-  const parts: Buffer[] = [MAGIC];
-  for (const f of fields) {
-    if (f.length > MAX_HEADER_FIELD) throw new DomainError('INTERNAL', 'log header field too long');
-    const len = Buffer.alloc(2);
-    len.writeUInt16BE(f.length);
-    parts.push(len, f);
-  }
-  return Buffer.concat(parts);
+  return encodeFields(MAGIC, [Buffer.from(keyId, 'utf8'), wrapped, Buffer.from(logId, 'utf8')]);
 }
 
 async function readHeader(handle: fs.FileHandle, logId: string): Promise<{ keyId: string; wrapped: Buffer; bytes: Buffer }> {
@@ -567,6 +628,62 @@ async function readHeader(handle: fs.FileHandle, logId: string): Promise<{ keyId
   }
   if (fields[2].toString('utf8') !== logId) throw dataLoss(logId, 'header names another log');
   return { keyId: fields[0].toString('utf8'), wrapped: Buffer.from(fields[1]), bytes: Buffer.from(data.subarray(0, off)) };
+}
+
+const keyFileOf = (logFile: string): string => logFile.slice(0, -LOG_SUFFIX.length) + KEY_SUFFIX;
+
+/** The re-wrapped data key of a log, or undefined when it has none (its header's wrap holds). */
+async function readKeyFile(file: string, logId: string): Promise<WrappedDataKey | undefined> {
+  let data: Buffer;
+  try {
+    data = await fs.readFile(file, { flag: fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  if (!data.subarray(0, KEY_MAGIC.length).equals(KEY_MAGIC)) throw dataLoss(logId, 're-wrapped key file has a bad magic');
+  const fields = decodeFields(data, KEY_MAGIC.length, logId);
+  if (fields[2].toString('utf8') !== logId) throw dataLoss(logId, 're-wrapped key file names another log');
+  return { keyId: fields[0].toString('utf8'), wrapped: Buffer.from(fields[1]) };
+}
+
+/** Written whole under a temporary name, fsynced, renamed over the old one: never half a key. */
+async function writeKeyFile(file: string, keyId: string, wrapped: Buffer, logId: string): Promise<void> {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const handle = await fs.open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+  try {
+    await writeAll(handle, encodeFields(KEY_MAGIC, [Buffer.from(keyId, 'utf8'), wrapped, Buffer.from(logId, 'utf8')]));
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await fs.rename(tmp, file);
+  const dir = await fs.open(path.dirname(file), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+  await dir.sync().finally(() => dir.close());
+}
+
+function encodeFields(magic: Buffer, fields: Buffer[]): Buffer {
+  const parts: Buffer[] = [magic];
+  for (const f of fields) {
+    if (f.length > MAX_HEADER_FIELD) throw new DomainError('INTERNAL', 'log header field too long');
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(f.length);
+    parts.push(len, f);
+  }
+  return Buffer.concat(parts);
+}
+
+function decodeFields(data: Buffer, start: number, logId: string): Buffer[] {
+  let off = start;
+  const fields: Buffer[] = [];
+  for (let i = 0; i < 3; i++) {
+    if (off + 2 > data.length) throw dataLoss(logId, 'header cut short');
+    const len = data.readUInt16BE(off);
+    if (len > MAX_HEADER_FIELD || off + 2 + len > data.length) throw dataLoss(logId, 'header cut short');
+    fields.push(data.subarray(off + 2, off + 2 + len));
+    off += 2 + len;
+  }
+  return fields;
 }
 
 function originBytes(stream: LogStream, task: Buffer): Buffer {

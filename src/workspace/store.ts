@@ -13,7 +13,25 @@ import type { WorkspaceRecord, WorkspaceSpec, WorkspaceStatus } from './types';
 export interface SecretSealer {
   seal(plaintext: string, aad: string): string;
   open(sealed: string, aad: string): string;
+  /** Re-seals under the current key (the input when it already is): key rotation. */
+  reseal?(sealed: string, aad: string): string;
+  /** Key ids of every sealed value in a text: the census of what depends on which key. */
+  keyIdsIn?(text: string): string[];
 }
+
+/** Every secret field of a spec, sealed together under this aad (src/workspace/spec-secrets.ts). */
+const secretsAad = (id: string): string => `workspace-secrets:${id}`;
+
+/**
+ * Every sealed column and the aad it is sealed with. The re-seal walk of a key rotation goes through this
+ * list: a new sealed field is added here. One left out is still found by keyUsage() (it scans every column
+ * by format), so retiring its key is refused rather than the secret lost.
+ */
+const SEALED_COLUMNS = [
+  { column: 'secrets_sealed', aad: (id: string): string => secretsAad(id) },
+  // Records from before every secret field was sealed together: read once, then rewritten.
+  { column: 'env_sealed', aad: (id: string): string => `workspace-env:${id}` },
+] as const;
 
 interface Row {
   id: string;
@@ -77,6 +95,41 @@ export class WorkspaceStore {
     return records;
   }
 
+  /** How many sealed values in the store name each key id (every column of every row). */
+  keyUsage(): Map<string, number> {
+    const counts = new Map<string, number>();
+    const keyIdsIn = this.sealer?.keyIdsIn;
+    if (!keyIdsIn) return counts;
+    const rows = this.db.prepare('SELECT * FROM workspaces').all() as Record<string, unknown>[];
+    for (const row of rows) {
+      for (const value of Object.values(row)) {
+        if (typeof value !== 'string') continue;
+        for (const keyId of keyIdsIn(value)) counts.set(keyId, (counts.get(keyId) ?? 0) + 1);
+      }
+    }
+    return counts;
+  }
+
+  /** Re-seals every sealed column under the current key, in one transaction. Returns how many changed. */
+  resealAll(): number {
+    const reseal = this.sealer?.reseal;
+    if (!reseal) return 0;
+    let changed = 0;
+    this.db.transaction(() => {
+      for (const { column, aad } of SEALED_COLUMNS) {
+        const rows = this.db.prepare(`SELECT id, ${column} AS sealed FROM workspaces WHERE ${column} IS NOT NULL`).all() as { id: string; sealed: string }[];
+        const update = this.db.prepare(`UPDATE workspaces SET ${column} = ? WHERE id = ?`);
+        for (const row of rows) {
+          const next = reseal(row.sealed, aad(row.id));
+          if (next === row.sealed) continue;
+          update.run(next, row.id);
+          changed++;
+        }
+      }
+    })();
+    return changed;
+  }
+
   close(): void {
     this.db.close();
   }
@@ -112,4 +165,3 @@ export class WorkspaceStore {
   }
 }
 
-const secretsAad = (id: string): string => `workspace-secrets:${id}`;

@@ -86,3 +86,28 @@ t.test('ptyLimit: the ptys one workspace may hold has a node default and is refu
     t.throws(() => loadConfig(['--pty-limit', value], {}), { message: /^ptyLimit: must be/ }, value);
   }
 });
+
+t.test('the KEK source is one validated setting: state-dir, file:PATH, systemd-credential:NAME or kms:URL with token and CA', async (t) => {
+  t.same(loadConfig([], {}).kek, { kind: 'state-dir' }, 'default: keys in the clear in the state dir');
+  t.same(loadConfig(['--kek-source', 'file:/mnt/usb/tetrix-root.key'], {}).kek, { kind: 'file', path: '/mnt/usb/tetrix-root.key' });
+  t.same(loadConfig([], { TETRIX_KEK_SOURCE: 'systemd-credential:tetrix-kek' }).kek, { kind: 'systemd-credential', name: 'tetrix-kek' }, 'as the unit sets it');
+  const url = 'https://vault.internal:8200/v1/transit/keys/tetrix-node';
+  t.same(loadConfig(['--kek-source', `kms:${url}`, '--kms-token-file', 'systemd-credential:vault-token', '--kms-ca-file', '/etc/tetrix/vault-ca.pem'], {}).kek, {
+    kind: 'kms', url, tokenFile: { kind: 'systemd-credential', name: 'vault-token' }, caFile: '/etc/tetrix/vault-ca.pem',
+  });
+  const kms = ['--kek-source', `kms:${url}`];
+  const cases: Array<[string[], RegExp]> = [
+    [['--kek-source', 'vault'], /^kekSource: "vault" is none of state-dir, file:\/PATH, systemd-credential:NAME, kms:/],
+    [['--kek-source', 'file:relative.key'], /^kekSource: must be an absolute path/],
+    [['--kek-source', 'file:/var/lib/tetrix/keys/root.key'], /^kekSource: the root key file .* must not be in the state dir it protects/],
+    [['--kek-source', 'systemd-credential:../etc/shadow'], /^kekSource: "\.\.\/etc\/shadow" is not a systemd credential name/],
+    [['--kek-source', 'kms:http://vault:8200/v1/transit/keys/x', '--kms-token-file', '/t', '--kms-ca-file', '/c'], /^kekSource: kms: needs a Vault key URL https:/],
+    [[...kms, '--kms-ca-file', '/c'], /^kmsTokenFile: kekSource kms: needs the file holding the Vault token/],
+    [[...kms, '--kms-token-file', '/t'], /^kmsCaFile: kekSource kms: needs the CA certificate/],
+    [[...kms, '--kms-token-file', 'token', '--kms-ca-file', '/c'], /^kmsTokenFile: must be an absolute path or systemd-credential:NAME/],
+    [[...kms, '--kms-token-file', '/var/lib/tetrix/vault-token', '--kms-ca-file', '/c'], /^kmsTokenFile: .* must not be in the state dir/],
+    [['--kms-token-file', '/t'], /^kmsTokenFile: only for kekSource kms:URL/],
+    [['--key-file', '/etc/tetrix/kek'], /^keyFile: replaced by kekSource/],
+  ];
+  for (const [argv, message] of cases) t.throws(() => loadConfig(argv, {}), { message }, argv.join(' '));
+});

@@ -94,3 +94,29 @@ t.test('key bytes never show in inspect or JSON of the keyring', async (t) => {
   t.notMatch(JSON.stringify(ring), hex);
   t.type(new DomainError('INTERNAL', 'x'), DomainError);
 });
+
+t.test('retire deletes an old key for good; the current key and unknown ids are refused', async (t) => {
+  const dir = path.join(tempDir(t), 'keys');
+  const ring = KeyRing.open({ dir });
+  const old = ring.current().id;
+  const sealed = ring.wrap(crypto.randomBytes(32), 'ctx');
+  const current = ring.rotate();
+  t.throws(() => ring.retire(current), { code: 'FAILED_PRECONDITION', message: /is the current key/ });
+  t.throws(() => ring.retire('kek-0000000000000000'), { code: 'NOT_FOUND' });
+  ring.retire(old);
+  t.notOk(fs.existsSync(path.join(dir, `${old}.key`)), 'its file is gone');
+  t.same(ring.ids(), [current]);
+  t.throws(() => ring.unwrap(old, sealed.wrapped, 'ctx'), { code: 'FAILED_PRECONDITION' }, 'what it sealed no longer opens');
+  t.same(KeyRing.open({ dir }).ids(), [current], 'and it stays gone after a restart');
+});
+
+t.test('an extra aad binds a wrap; without one the bytes are the v1 ones', async (t) => {
+  const ring = KeyRing.open({ dir: path.join(tempDir(t), 'keys') });
+  const dataKey = crypto.randomBytes(32);
+  const bound = ring.wrap(dataKey, 'backup:x', undefined, Buffer.from('manifest-digest'));
+  t.same(ring.unwrap(bound.keyId, bound.wrapped, 'backup:x', Buffer.from('manifest-digest')), dataKey);
+  t.throws(() => ring.unwrap(bound.keyId, bound.wrapped, 'backup:x', Buffer.from('other')), { code: 'DATA_LOSS' });
+  t.throws(() => ring.unwrap(bound.keyId, bound.wrapped, 'backup:x'), { code: 'DATA_LOSS' });
+  const plain = ring.wrap(dataKey, 'backup:x');
+  t.same(ring.unwrap(plain.keyId, plain.wrapped, 'backup:x', Buffer.alloc(0)), dataKey, 'an empty aad is no aad');
+});

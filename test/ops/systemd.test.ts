@@ -2,6 +2,7 @@
 // unix datagram socket: READY=1 once it serves, WATCHDOG=1 while it lives, STOPPING=1 on SIGTERM.
 import t, { type Test } from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -147,4 +148,77 @@ t.test("a workspace does not inherit the daemon's OOM score adjustment (OOMScore
   for (let i = 0; i < 100 && !fs.existsSync(lowered); i++) await new Promise((r) => setTimeout(r, 50));
   t.match(fs.readFileSync(lowered, 'utf8'), /^rc=[1-9]/, 'lowering its score below 0 is refused');
   t.equal(adjOf((await workload())!), '0', 'and so its workload stays an ordinary candidate');
+});
+
+// --- The KEK as a systemd credential (LoadCredentialEncrypted=, systemd.exec(5), systemd-creds(1)) ----------
+
+t.test('the unit documents LoadCredentialEncrypted= for the KEK, and verifies with it switched on', async (t) => {
+  const unit = fs.readFileSync(unitFile, 'utf8');
+  const lines = ['LoadCredentialEncrypted=tetrix-kek:/etc/credstore.encrypted/tetrix-kek', 'Environment=TETRIX_KEK_SOURCE=systemd-credential:tetrix-kek'];
+  for (const line of lines) t.match(unit, new RegExp(`^#${line}$`, 'm'), `the unit shows ${line}`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-unit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const enabled = path.join(dir, 'tetrixd.service');
+  fs.writeFileSync(enabled, lines.reduce((u, line) => u.replace(`#${line}`, line), unit));
+  const res = spawnSync('systemd-analyze', ['verify', enabled], { encoding: 'utf8' });
+  t.equal(res.status, 0, 'verify exits 0 with the credential switched on');
+  t.same(`${res.stdout}${res.stderr}`.split('\n').filter((l) => l.includes('tetrixd.service')), [], 'and says nothing about the unit');
+});
+
+/** What systemd does at service start: decrypt the credential into a private ramfs, 0500 dir, 0400 file. */
+function credentialsDirectory(t: Test, name: string, rootKey: Buffer): string {
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-cred-'));
+  const plain = path.join(base, 'plain');
+  const encrypted = path.join(base, `${name}.cred`);
+  const creds = path.join(base, 'credentials');
+  const hadHostKey = fs.existsSync('/var/lib/systemd/credential.secret');
+  t.teardown(() => {
+    spawnSync('umount', [creds]);
+    fs.rmSync(base, { recursive: true, force: true });
+    // systemd-creds makes the host key on first use; leave the host as we found it.
+    if (!hadHostKey) fs.rmSync('/var/lib/systemd/credential.secret', { force: true });
+  });
+  fs.writeFileSync(plain, rootKey, { mode: 0o600 });
+  const enc = spawnSync('systemd-creds', ['encrypt', `--name=${name}`, '--with-key=host', plain, encrypted], { encoding: 'utf8' });
+  fs.rmSync(plain);
+  if (enc.status !== 0) throw new Error(`systemd-creds encrypt: ${enc.stderr}`);
+  fs.mkdirSync(creds);
+  const mnt = spawnSync('mount', ['-t', 'ramfs', '-o', 'mode=0700', 'ramfs', creds], { encoding: 'utf8' });
+  if (mnt.status !== 0) throw new Error(`mount ramfs: ${mnt.stderr}`);
+  const dec = spawnSync('systemd-creds', ['decrypt', `--name=${name}`, encrypted, path.join(creds, name)], { encoding: 'utf8' });
+  if (dec.status !== 0) throw new Error(`systemd-creds decrypt: ${dec.stderr}`);
+  fs.chmodSync(path.join(creds, name), 0o400);
+  fs.chmodSync(creds, 0o500);
+  return creds;
+}
+
+function filesHolding(dir: string, key: Buffer): string[] {
+  const forms = [key, Buffer.from(key.toString('hex')), Buffer.from(key.toString('base64'))];
+  return fs.readdirSync(dir, { withFileTypes: true, recursive: true })
+    .filter((e) => e.isFile())
+    .map((e) => path.join(e.parentPath, e.name))
+    .filter((p) => { const b = fs.readFileSync(p); return forms.some((f) => b.includes(f)); });
+}
+
+t.test('with a systemd credential, the daemon reads its root key from $CREDENTIALS_DIRECTORY and writes no key in the clear', async (t) => {
+  const rootKey = crypto.randomBytes(32);
+  const creds = credentialsDirectory(t, 'tetrix-kek', rootKey);
+  const env = { CREDENTIALS_DIRECTORY: creds };
+  const d = await startDaemon(t, ['--kek-source', 'systemd-credential:tetrix-kek'], { env });
+  t.ok(d.output.some((l) => l.includes('"protection":"root-key:root-')), 'the keyring is sealed under the credential');
+  t.notOk(d.output.some((l) => l.includes('stored in the clear')), 'and no warning about plaintext keys');
+  const secret = `tetrix-cred-${crypto.randomBytes(8).toString('hex')}`;
+  await d.start({ id: 'cred-ws', ownerId: 'alice', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'echo "$TOKEN" > /workspace/t; exec sleep 600'], env: { TOKEN: secret } });
+  await d.waitFor('cred-ws', (w) => w.state === 'WORKSPACE_STATE_RUNNING');
+
+  const keyFiles = fs.readdirSync(path.join(d.stateDir, 'keys')).filter((n) => n.startsWith('kek-'));
+  t.ok(keyFiles.length >= 2 && keyFiles.every((n) => n === 'kek-current' || n.endsWith('.sealed')), `only sealed KEKs in keys/: ${keyFiles.join(' ')}`);
+  t.same(filesHolding(d.stateDir, rootKey), [], 'the root key is nowhere in the state dir');
+  t.same(fs.readdirSync(creds), ['tetrix-kek'], 'nothing was written beside the credential');
+
+  await d.terminate();
+  const refused = await d.restart({}).then(() => undefined, (err: Error) => err);
+  t.match(refused?.message, /systemd credential tetrix-kek: \$CREDENTIALS_DIRECTORY is not set/, 'without the credential the state dir opens nothing');
+  await d.restart(env);
+  t.equal((await d.get('cred-ws')).state, 'WORKSPACE_STATE_RUNNING', 'with it, the daemon adopts the workspace (its sealed env opens)');
 });
