@@ -76,6 +76,11 @@ enum tx_step {
 #define TX_STATUS_FD 3
 #define TX_REPORT_FD 4
 #define TX_GATE_FD 5       // only with --hold
+// Second read ends of the workload's stdout and stderr pipes (native/output.c), only when the daemon passes
+// them: init holds them, never reads them, and closes them before it forks the workload.
+#define TX_STDOUT_READ_FD 6
+#define TX_STDERR_READ_FD 7
+#define TX_FD_COUNT 8      // init's fds are 0..TX_FD_COUNT-1; every fd from here on is closed
 
 // init's exit code when the gate closed without a byte (Docker's "the runtime itself failed" code;
 // 127 stays init's own failures and a missing program).

@@ -28,6 +28,9 @@ export interface SpawnOptions {
   stdoutFd: number;          // host fds dup'ed onto the workload's 1 and 2; stdin is /dev/null
   stderrFd: number;
   statusFd: number;          // host fd init keeps to record the workload's exit status (see native/init.c)
+  /** Second read ends of the stdout and stderr pipes (outputPipe's keepFd): init holds them at
+   *  constants.STDOUT_READ_FD / STDERR_READ_FD, never reads them, and the workload never sees them. */
+  outputReadFds?: [number, number];
   mounts: BindMount[];       // targets must exist in the rootfs
   /** Capability numbers kept in the bounding set (see linux/capability.h). Default: Docker's default set. */
   capabilities?: number[];
@@ -104,6 +107,14 @@ export interface NativeAddon {
    *  `idmap move_mount`...; nothing stays attached or open then. Bad arguments throw TypeError at once. */
   idmapMount(source: string, target: string, uidBase: number, gidBase: number, count: number): Promise<void>;
   mkfifo(path: string, mode: number): void;
+  /** An anonymous pipe for a workload's stdout or stderr (native/output.c), capacity set with F_SETPIPE_SZ
+   *  (0 = the kernel's default). keepFd is a second read end, for spawn's outputReadFds. All close-on-exec.
+   *  Throws NativeError (`output pipe: F_SETPIPE_SZ`, EPERM/EINVAL...). */
+  outputPipe(capacity: number): { readFd: number; writeFd: number; keepFd: number };
+  /** pidfd_getfd(2) of init's fd (constants.STDOUT_READ_FD...): the output pipe a running workspace
+   *  writes to, after a daemon restart. Throws NativeError `take output pipe: pidfd_getfd fd 6` (ESRCH, EBADF)
+   *  or `take output pipe: fd 6 is not a pipe` (EBADF): nothing but an anonymous pipe is ever read. */
+  takeOutputPipe(pidfd: number, fd: number): number;
   /** sd_notify(3): false when NOTIFY_SOCKET is unset. */
   sdNotify(state: string): boolean;
   constants: Record<string, number>;   // MS_*, MNT_*, signals

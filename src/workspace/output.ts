@@ -1,10 +1,13 @@
-// A workspace's stdout and stderr: FIFOs in its directory, read by the daemon into the sealed log
-// store (src/prebuild/logs.ts).
+// A workspace's stdout and stderr: anonymous pipes (native/output.c), drained by the daemon into the
+// sealed log store (src/prebuild/logs.ts).
 //
-// Why FIFOs opened O_RDWR for the workspace's end: a pipe whose last reader goes away raises SIGPIPE in
-// the writer. With an O_RDWR end the workspace itself always holds a reader, so a daemon restart never
-// kills a workload that prints; its writes block once the pipe is full, until the next daemon reopens
-// the FIFO by name and drains it into a new log segment (<id>.1, <id>.2, ...).
+// Why init holds a second read end of each: a pipe whose last reader goes away raises SIGPIPE in the
+// writer. The workspace's init (PID 1, not dumpable) keeps one and never reads it, so a daemon restart,
+// even kill -9, never kills a workload that prints; its writes block once the pipe is full, until the next
+// daemon takes the read ends back from init with pidfd_getfd(2) and drains them into a new log segment
+// (<id>.1, <id>.2, ...). Nothing host-side has a name: readlink of fds 1 and 2 shows "pipe:[N]", and the
+// daemon never opens by path what the workspace writes to (December 2026 review, item 8).
+// Prebuilds' task output comes through FIFOs in <ws>/io instead (src/prebuild/tasks.ts).
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -13,7 +16,7 @@ import { DomainError } from '../errors';
 import type { LogChunkRecord, LogStore, LogWriter } from '../prebuild/logs';
 import { createTaskFifos, parseTaskEvent, type TaskEvent } from '../prebuild/tasks';
 import type { NativeAddon } from '../sandbox/native';
-import type { WorkspaceLogs } from './ports';
+import type { OpenedOutput, WorkspaceLogs } from './ports';
 import type { WorkspaceSpec } from './types';
 
 const STREAMS = ['stdout', 'stderr'] as const;
@@ -43,34 +46,44 @@ export class WorkspaceOutput implements WorkspaceLogs {
     return path.join(this.dirOf(workspaceId), 'io');
   }
 
-  /** Before spawn: the FIFOs, the workspace's ends, and a new log capturing both streams (and each task's). */
-  async open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }> {
+  /** Before spawn: the pipes, the workspace's ends (and init's), and a new log capturing both streams (and each task's). */
+  async open(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput> {
     // A reused id starts a fresh history: the previous incarnation was torn down.
     await this.removeSegments(spec.id);
-    const fds: number[] = [];
-    for (const stream of STREAMS) {
-      const fifo = this.fifoPath(spec.id, stream);
-      fs.rmSync(fifo, { force: true });
-      this.native.mkfifo(fifo, 0o600);
-      fds.push(fs.openSync(fifo, fs.constants.O_RDWR));
+    const pipes: Array<{ readFd: number; writeFd: number; keepFd: number }> = [];
+    try {
+      for (let i = 0; i < STREAMS.length; i++) pipes.push(this.native.outputPipe(0));
+      if (spec.tasks.length > 0) createTaskFifos(this.ioDir(spec.id), spec.tasks.length, uidBase, (p, m) => this.native.mkfifo(p, m));
+      await this.capture(spec, 0, pipes.map((p) => p.readFd));
+    } catch (err) {
+      for (const p of pipes) for (const fd of [p.readFd, p.writeFd, p.keepFd]) this.native.closeFd(fd);
+      throw err;
     }
-    if (spec.tasks.length > 0) createTaskFifos(this.ioDir(spec.id), spec.tasks.length, uidBase, (p, m) => this.native.mkfifo(p, m));
-    await this.capture(spec, 0);
-    return { stdoutFd: fds[0], stderrFd: fds[1], fds };
+    const [out, err] = pipes;
+    return { stdoutFd: out.writeFd, stderrFd: err.writeFd, outputReadFds: [out.keepFd, err.keepFd], fds: pipes.flatMap((p) => [p.writeFd, p.keepFd]) };
   }
 
-  /** After a daemon restart: a running workspace's output goes on into the next segment. */
-  async reattach(spec: WorkspaceSpec): Promise<void> {
+  /** After a daemon restart: init hands back the read ends, and the output goes on into the next segment. */
+  async reattach(spec: WorkspaceSpec, pidfd: number): Promise<void> {
     let segment = 1;
     while (segment < MAX_SEGMENTS && (await this.exists(segmentId(spec.id, segment)))) segment++;
-    await this.capture(spec, segment);
+    const { STDOUT_READ_FD, STDERR_READ_FD } = this.native.constants;
+    const readFds: number[] = [];
+    try {
+      for (const fd of [STDOUT_READ_FD, STDERR_READ_FD]) readFds.push(this.native.takeOutputPipe(pidfd, fd));
+      await this.capture(spec, segment, readFds);
+    } catch (err) {
+      for (const fd of readFds) this.native.closeFd(fd);
+      throw err;
+    }
   }
 
   /** After the workload exits: everything it wrote is in the log, which is then closed. */
   async closeWhenDrained(workspaceId: string): Promise<void> {
     const capture = this.captures.get(workspaceId);
     if (!capture) return;
-    // The workspace is gone: a task FIFO no task ever opened (after a failure) must still end.
+    // The workspace is gone: a task FIFO no task ever opened (after a failure) must still end. The pipes
+    // end by themselves once the last write end closes.
     for (const fifo of this.fifos(workspaceId)) this.poke(fifo);
     await capture.done;
     await capture.writer.close();
@@ -102,22 +115,21 @@ export class WorkspaceOutput implements WorkspaceLogs {
     }
   }
 
-  private async capture(spec: WorkspaceSpec, segment: number): Promise<void> {
+  /** A new segment for both pipes (readFds: stdout's and stderr's read ends, owned once the log exists) and the tasks' FIFOs. */
+  private async capture(spec: WorkspaceSpec, segment: number, readFds: number[]): Promise<void> {
     const writer = await this.store.create(segmentId(spec.id, segment), {
       workspaceId: spec.id,
       ownerId: spec.ownerId,
       teamId: spec.teamId,
       kind: spec.kind,
     });
-    const sources = [
-      ...STREAMS.map((stream) => ({ fifo: this.fifoPath(spec.id, stream), stream, task: '' })),
-      ...spec.tasks.flatMap((t, i) => STREAMS.map((stream) => ({ fifo: path.join(this.ioDir(spec.id), `${i}.${stream.slice(3)}`), stream, task: t.name }))),
-    ];
-    const copies = sources.map(({ fifo, stream, task }) =>
-      writer.capture(this.openReader(fifo, segment > 0), { stream, task }).catch((err: unknown) => {
-        this.log.warn({ workspace: spec.id, stream, task, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
-      }),
-    );
+    const endedEarly = (stream: string, task: string) => (err: unknown): void => {
+      this.log.warn({ workspace: spec.id, stream, task, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
+    };
+    const taskSources = spec.tasks.flatMap((t, i) => STREAMS.map((stream) => ({ fifo: path.join(this.ioDir(spec.id), `${i}.${stream.slice(3)}`), stream, task: t.name })));
+    const copies = taskSources.map(({ fifo, stream, task }) => writer.capture(this.openReader(fifo, segment > 0), { stream, task }).catch(endedEarly(stream, task)));
+    // Last, once nothing above can throw: from here the drains own readFds.
+    copies.push(...STREAMS.map((stream, i) => writer.capture(readFds[i], { stream, task: '' }).catch(endedEarly(stream, ''))));
     if (spec.tasks.length > 0) copies.push(this.followTasks(spec, segment > 0));
     this.captures.set(spec.id, { writer, done: Promise.all(copies).then(() => undefined) });
   }
@@ -157,8 +169,7 @@ export class WorkspaceOutput implements WorkspaceLogs {
 
   private fifos(workspaceId: string): string[] {
     const io = this.ioDir(workspaceId);
-    const tasks = fs.existsSync(io) ? fs.readdirSync(io).map((f) => path.join(io, f)) : [];
-    return [...STREAMS.map((s) => this.fifoPath(workspaceId, s)), ...tasks];
+    return fs.existsSync(io) ? fs.readdirSync(io).map((f) => path.join(io, f)) : [];
   }
 
   private async exists(logId: string): Promise<boolean> {
@@ -169,9 +180,5 @@ export class WorkspaceOutput implements WorkspaceLogs {
     for (let segment = 0; segment < MAX_SEGMENTS && (await this.exists(segmentId(workspaceId, segment))); segment++) {
       await this.store.remove(segmentId(workspaceId, segment));
     }
-  }
-
-  private fifoPath(workspaceId: string, stream: string): string {
-    return path.join(this.dirOf(workspaceId), `${stream}.fifo`);
   }
 }

@@ -36,12 +36,21 @@ export interface WorkspaceNetwork {
   setPorts(workspaceId: string, ports: number[]): Promise<void>;
 }
 
+/** The workspace's ends of its output, for spawn; the caller closes fds once spawn returned. */
+export interface OpenedOutput {
+  stdoutFd: number;
+  stderrFd: number;
+  /** The read ends init keeps across daemon restarts (spawn opts.outputReadFds). */
+  outputReadFds?: [number, number];
+  fds: number[];
+}
+
 export interface WorkspaceLogs {
-  open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }>;
+  open(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput>;
   /** Prebuilds: the directory of task FIFOs, bound into the workspace at /.tetrix/io. */
   ioDir(workspaceId: string): string;
-  /** After a daemon restart, for a workspace that still runs. */
-  reattach(spec: WorkspaceSpec): Promise<void>;
+  /** After a daemon restart, for a workspace that still runs (pidfd: its init's). */
+  reattach(spec: WorkspaceSpec, pidfd: number): Promise<void>;
   closeWhenDrained(workspaceId: string): Promise<void>;
   remove(workspaceId: string): Promise<void>;
 }

@@ -12,7 +12,7 @@ import type { ExitStatus, HeldWorkload, NativeAddon } from '../sandbox/native';
 import { NativeError } from '../sandbox/native';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import type { BackupOutcome, BackupProgressReport, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
+import type { BackupOutcome, BackupProgressReport, OpenedOutput, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { readPidStartTime, signalName } from './proc';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from '../prebuild/publish';
@@ -269,6 +269,7 @@ export class WorkspaceService {
         ...placement,
         stdoutFd: output.stdoutFd,
         stderrFd: output.stderrFd,
+        ...(output.outputReadFds ? { outputReadFds: output.outputReadFds } : {}),
         statusFd,
         mounts: workload.mounts,
         capabilities: sandbox.capabilities,
@@ -316,7 +317,7 @@ export class WorkspaceService {
     };
   }
 
-  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[] }> {
+  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput> {
     if (this.o.logs) return this.o.logs.open(spec, uidBase);
     const fd = fs.openSync('/dev/null', fs.constants.O_WRONLY);
     return { stdoutFd: fd, stderrFd: fd, fds: [fd] };
@@ -482,7 +483,7 @@ export class WorkspaceService {
       // Died while we were away: the status file (if init wrote it) still tells how.
       return this.onExit(record, { exitCode: null, signal: null, reaped: false }, false);
     }
-    await this.o.logs?.reattach(record.spec).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
+    await this.o.logs?.reattach(record.spec, pidfd).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
     this.watch(record, pidfd, false);
     this.o.log.info({ workspace: record.spec.id, pid: status.pid }, 'adopted running workspace');
     if (status.state === 'STOPPING') {
