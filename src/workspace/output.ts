@@ -1,5 +1,5 @@
 // A workspace's stdout and stderr: anonymous pipes (native/output.c), drained by the daemon into the
-// sealed log store (src/prebuild/logs.ts).
+// sealed log store (src/prebuild/logs.ts) at a cost that follows the workspace's CPU share (./output-drain.ts).
 //
 // Why init holds a second read end of each: a pipe whose last reader goes away raises SIGPIPE in the
 // writer. The workspace's init (PID 1, not dumpable) keeps one and never reads it, so a daemon restart,
@@ -16,6 +16,7 @@ import { DomainError } from '../errors';
 import type { LogChunkRecord, LogStore, LogWriter } from '../prebuild/logs';
 import { createTaskFifos, parseTaskEvent, type TaskEvent } from '../prebuild/tasks';
 import type { NativeAddon } from '../sandbox/native';
+import { drainPipe, OUTPUT_PIPE_BYTES, OutputPacer } from './output-drain';
 import type { OpenedOutput, WorkspaceLogs } from './ports';
 import type { WorkspaceSpec } from './types';
 
@@ -52,7 +53,7 @@ export class WorkspaceOutput implements WorkspaceLogs {
     await this.removeSegments(spec.id);
     const pipes: Array<{ readFd: number; writeFd: number; keepFd: number }> = [];
     try {
-      for (let i = 0; i < STREAMS.length; i++) pipes.push(this.native.outputPipe(0));
+      for (let i = 0; i < STREAMS.length; i++) pipes.push(this.native.outputPipe(OUTPUT_PIPE_BYTES));
       if (spec.tasks.length > 0) createTaskFifos(this.ioDir(spec.id), spec.tasks.length, uidBase, (p, m) => this.native.mkfifo(p, m));
       await this.capture(spec, 0, pipes.map((p) => p.readFd));
     } catch (err) {
@@ -126,10 +127,12 @@ export class WorkspaceOutput implements WorkspaceLogs {
     const endedEarly = (stream: string, task: string) => (err: unknown): void => {
       this.log.warn({ workspace: spec.id, stream, task, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
     };
+    // One pacer for both streams: the budget is the workspace's, not each pipe's.
+    const pacer = OutputPacer.forCpu(spec.resources.cpuMillis, Date.now());
     const taskSources = spec.tasks.flatMap((t, i) => STREAMS.map((stream) => ({ fifo: path.join(this.ioDir(spec.id), `${i}.${stream.slice(3)}`), stream, task: t.name })));
     const copies = taskSources.map(({ fifo, stream, task }) => writer.capture(this.openReader(fifo, segment > 0), { stream, task }).catch(endedEarly(stream, task)));
     // Last, once nothing above can throw: from here the drains own readFds.
-    copies.push(...STREAMS.map((stream, i) => writer.capture(readFds[i], { stream, task: '' }).catch(endedEarly(stream, ''))));
+    copies.push(...STREAMS.map((stream, i) => drainPipe(readFds[i], writer, { stream, task: '' }, pacer).catch(endedEarly(stream, ''))));
     if (spec.tasks.length > 0) copies.push(this.followTasks(spec, segment > 0));
     this.captures.set(spec.id, { writer, done: Promise.all(copies).then(() => undefined) });
   }
