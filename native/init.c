@@ -5,10 +5,12 @@
 // orphan, and when the workload ends writes one line to fd 3 ("exited <code>\n" or "signaled
 // <signum>\n") and exits with the workload's code (128 + signal when signaled). Fd 4, when open, is
 // the spawn report pipe (spawn-protocol.h): a failed execve of the workload is reported there, so the
-// daemon hears "execve: ENOENT" rather than a silent 127. The workload sees only fds 0, 1 and 2.
+// daemon hears "execve: ENOENT" rather than a silent 127. Fds 6 and 7, when open, are read ends of the
+// workload's stdout and stderr that init only holds, so the pipes outlive a daemon restart
+// (native/output.c). The workload sees only fds 0, 1 and 2.
 // With --hold, init waits at the gate on fd 5 before forking the workload (spawn-protocol.h): the daemon
 // attaches the network first. A gate closed without a byte makes init exit 125 and write no status.
-// With --tasks (prebuilds), init itself runs the tasks the daemon hands it over fd 6 (see run_tasks).
+// With --tasks (prebuilds), init itself runs the tasks the daemon hands it over fd 8 (see run_tasks).
 #define _GNU_SOURCE
 #include "spawn-protocol.h"
 
@@ -43,9 +45,17 @@ __attribute__((noreturn)) static void die(int step, const char *what) {
   _exit(127);
 }
 
+// The output pipes' second read ends (output.c) are init's alone: a workload holding one could read its
+// own output away from the log.
+static void drop_output_read_ends(void) {
+  close(TX_STDOUT_READ_FD);
+  close(TX_STDERR_READ_FD);
+}
+
 __attribute__((noreturn)) static void exec_workload(char **argv, const sigset_t *original_mask) {
   setpgid(0, 0);
   close(TX_STATUS_FD);                             // the status fd is init's alone
+  drop_output_read_ends();
   fcntl(TX_REPORT_FD, F_SETFD, FD_CLOEXEC);        // EOF at exec tells the daemon we are running
   sigprocmask(SIG_SETMASK, original_mask, NULL);
   execvp(argv[0], argv);
@@ -241,6 +251,7 @@ __attribute__((noreturn)) static void exec_task(const task_frame *f, int index, 
   setpgid(0, 0);
   close(TX_STATUS_FD);
   close(TX_TASKS_FD);
+  drop_output_read_ends();
   if (dup2(f->out_fd, 1) < 0 || dup2(f->err_fd, 2) < 0) _exit(127);
   if (!parse_frame(f, &argv, &cwd, &task_env) || !(envp = task_envp(task_env))) {
     dprintf(2, "tetrix-init: task %d: malformed task\n", index);

@@ -80,7 +80,12 @@ enum tx_step {
 #define TX_STATUS_FD 3
 #define TX_REPORT_FD 4
 #define TX_GATE_FD 5       // only with --hold
-#define TX_TASKS_FD 6      // only with --tasks: the prebuild task channel (init.c run_tasks)
+// Second read ends of the workload's stdout and stderr pipes (native/output.c), only when the daemon passes
+// them: init holds them, never reads them, and closes them before it forks the workload or a task.
+#define TX_STDOUT_READ_FD 6
+#define TX_STDERR_READ_FD 7
+#define TX_TASKS_FD 8      // only with --tasks: the prebuild task channel (init.c run_tasks)
+#define TX_FD_COUNT 9      // init's fds are 0..TX_FD_COUNT-1; every fd from here on is closed
 
 // init's exit code when the gate closed without a byte (Docker's "the runtime itself failed" code;
 // 127 stays init's own failures and a missing program).

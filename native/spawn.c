@@ -126,6 +126,7 @@ typedef struct {
   int stdout_fd, stderr_fd, status_fd;
   uint32_t pty_limit;   // devpts max= of the workspace's own instance
   int tasks_fd;  // -1, or init's end of the prebuild task channel: init runs `--tasks` with it as TX_TASKS_FD
+  int output_read_fds[2];  // read ends init keeps for the next daemon (output.c), or -1
   bind_mount *mounts;
   size_t mount_count;
   uint64_t keep_caps;
@@ -476,28 +477,28 @@ static void drop_capabilities(child_ctx *c) {
 }
 
 // 0 = /dev/null, 1 and 2 = the caller's outputs, 3 = status for init, 4 = this report pipe for init,
-// 5 = the gate when held; everything else of the host's is closed here, not merely marked close-on-exec
-// (CVE-2024-21626).
+// 5 = the gate when held, 6 and 7 = the output pipes' read ends init keeps (output.c) when given; an
+// absent one's number is closed. Everything else of the host's is closed here, not merely marked
+// close-on-exec (CVE-2024-21626).
 static void set_up_fds(child_ctx *c) {
   const spawn_job *job = c->job;
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   CHECK(c, devnull, STEP_OPEN_DEVNULL, 0);
+  int from[TX_FD_COUNT] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd, c->gate_fd,
+                           job->output_read_fds[0], job->output_read_fds[1], job->tasks_fd};
   // Lift every source above the targets first, so no dup2 clobbers a source still to be copied.
-  // The gate (5) and the task channel (6) are optional; a missing one leaves its number closed.
-  int from[7] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd, c->gate_fd, job->tasks_fd};
-  int count = job->tasks_fd >= 0 ? 7 : c->gate_fd >= 0 ? 6 : 5;
-  int lifted[7];
-  for (int i = 0; i < count; i++) {
-    lifted[i] = from[i] < 0 ? -1 : fcntl(from[i], F_DUPFD_CLOEXEC, 10);
+  int lifted[TX_FD_COUNT];
+  for (int i = 0; i < TX_FD_COUNT; i++) {
+    lifted[i] = from[i] < 0 ? -1 : fcntl(from[i], F_DUPFD_CLOEXEC, TX_FD_COUNT);
     if (from[i] >= 0) CHECK(c, lifted[i], STEP_DUP, i);
   }
   c->report_fd = lifted[TX_REPORT_FD];
-  for (int i = 0; i < count; i++) {
+  for (int i = 0; i < TX_FD_COUNT; i++) {
     if (lifted[i] >= 0) CHECK(c, dup2(lifted[i], i), STEP_DUP, i);
-    else close(i);
+    else close(i);  // EBADF when nothing was there
   }
   c->report_fd = TX_REPORT_FD;
-  CHECK(c, close_range((unsigned)count, ~0U, 0), STEP_CLOSE_RANGE, 0);
+  CHECK(c, close_range(TX_FD_COUNT, ~0U, 0), STEP_CLOSE_RANGE, 0);
 }
 
 // lo comes up before the workload runs, as bubblewrap does: a workspace without a network still talks
@@ -1148,6 +1149,24 @@ static bool get_tasks_fd(napi_env env, napi_value obj, spawn_job *job) {
   return true;
 }
 
+// opts.outputReadFds: absent, or the two read ends [stdout, stderr] init is to keep.
+static bool get_output_read_fds(napi_env env, napi_value obj, spawn_job *job) {
+  static const char what[] = "spawn: opts.outputReadFds must be two file descriptors";
+  napi_value arr, item;
+  uint32_t len;
+  int32_t fd;
+  job->output_read_fds[0] = job->output_read_fds[1] = -1;
+  if (!tx_get_prop(env, obj, "outputReadFds", &arr) || !is_present(env, arr)) return true;
+  if (!get_array_prop(env, obj, "outputReadFds", &arr, &len)) return false;
+  if (len != 2) return tx_type_error(env, what), false;
+  for (uint32_t i = 0; i < 2; i++) {
+    if (napi_get_element(env, arr, i, &item) != napi_ok || !tx_get_int32(env, item, what, &fd)) return false;
+    if (fd < 0) return tx_type_error(env, what), false;
+    job->output_read_fds[i] = fd;
+  }
+  return true;
+}
+
 static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
   uint32_t argc = 0, cgroups = 0;
   int32_t out, err, status;
@@ -1169,7 +1188,7 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
       !get_int_prop(env, opts, "stdoutFd", &out) || !get_int_prop(env, opts, "stderrFd", &err) ||
       !get_int_prop(env, opts, "statusFd", &status) || !get_uint_prop(env, opts, "ptyLimit", &job->pty_limit) ||
       !get_mounts(env, opts, job) ||
-      !get_capabilities(env, opts, job) || !get_seccomp(env, opts, job))
+      !get_capabilities(env, opts, job) || !get_seccomp(env, opts, job) || !get_output_read_fds(env, opts, job))
     return false;
   job->cgroup_count = cgroups;
   job->stdout_fd = out;
@@ -1200,6 +1219,7 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
 static spawn_job *new_job(void) {
   spawn_job *job = calloc(1, sizeof *job);
   if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = job->devices_fd = job->tasks_fd = -1;
+  if (job) job->output_read_fds[0] = job->output_read_fds[1] = -1;
   return job;
 }
 

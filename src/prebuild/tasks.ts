@@ -1,5 +1,5 @@
 // Running a prebuild's tasks. tetrix-init runs them itself (`init --tasks`, native/init.c run_tasks), one
-// at a time, over a unix socket pair: init holds one end as fd 6, the daemon the other; no task ever
+// at a time, over a unix socket pair: init holds one end as fd 8, the daemon the other; no task ever
 // holds either. This is the daemon's side (protocol in docs/prebuilds.md):
 //   init: "ready <i>"   -> the daemon sends task i (argv, cwd, its own env) with two fresh pipes for its
 //                          stdout and stderr, or an empty frame when there is no task i

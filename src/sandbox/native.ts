@@ -28,6 +28,9 @@ export interface SpawnOptions {
   stdoutFd: number;          // host fds dup'ed onto the workload's 1 and 2; stdin is /dev/null
   stderrFd: number;
   statusFd: number;          // host fd init keeps to record the workload's exit status (see native/init.c)
+  /** Second read ends of the stdout and stderr pipes (outputPipe's keepFd): init holds them at
+   *  constants.STDOUT_READ_FD / STDERR_READ_FD, never reads them, and the workload never sees them. */
+  outputReadFds?: [number, number];
   mounts: BindMount[];       // targets must exist in the rootfs
   /** Most ptys the workspace may hold at once: max= of its own devpts instance (1..1048576). */
   ptyLimit: number;
@@ -116,6 +119,14 @@ export interface NativeAddon {
   /** All of data on a stream socket, fds attached to its first byte (SCM_RIGHTS); the fds stay the caller's.
    *  NativeError `sendmsg` (EPIPE: the peer is gone; ETIMEDOUT: it stopped reading). */
   sendWithFds(socketFd: number, data: Buffer, fds: number[]): void;
+  /** An anonymous pipe for a workload's stdout or stderr (native/output.c), capacity set with F_SETPIPE_SZ
+   *  (0 = the kernel's default). keepFd is a second read end, for spawn's outputReadFds. All close-on-exec.
+   *  Throws NativeError (`output pipe: F_SETPIPE_SZ`, EPERM/EINVAL...). */
+  outputPipe(capacity: number): { readFd: number; writeFd: number; keepFd: number };
+  /** pidfd_getfd(2) of init's fd (constants.STDOUT_READ_FD...): the output pipe a running workspace
+   *  writes to, after a daemon restart. Throws NativeError `take output pipe: pidfd_getfd fd 6` (ESRCH, EBADF)
+   *  or `take output pipe: fd 6 is not a pipe` (EBADF): nothing but an anonymous pipe is ever read. */
+  takeOutputPipe(pidfd: number, fd: number): number;
   /** sd_notify(3): false when NOTIFY_SOCKET is unset. */
   sdNotify(state: string): boolean;
   /** The pid serving the unix stream socket at path (SO_PEERCRED), 0 when nothing answers (ENOENT, ECONNREFUSED). */

@@ -1,20 +1,21 @@
-// A workspace's stdout and stderr: FIFOs in its directory, read by the daemon into the sealed log
-// store (src/prebuild/logs.ts). A prebuild's tasks reach the log through pipes init gets over the task
-// channel (src/prebuild/tasks.ts): the daemon holds their read ends and never opens a path the
-// workspace can write.
+// A workspace's stdout and stderr: anonymous pipes (native/output.c), drained by the daemon into the
+// sealed log store (src/prebuild/logs.ts) at a cost that follows the workspace's CPU share (./output-drain.ts).
 //
-// Why FIFOs opened O_RDWR for the workspace's end: a pipe whose last reader goes away raises SIGPIPE in
-// the writer. With an O_RDWR end the workspace itself always holds a reader, so a daemon restart never
-// kills a workload that prints; its writes block once the pipe is full, until the next daemon reopens
-// the FIFO by name and drains it into a new log segment (<id>.1, <id>.2, ...).
-import fs from 'node:fs';
-import path from 'node:path';
+// Why init holds a second read end of each: a pipe whose last reader goes away raises SIGPIPE in the
+// writer. The workspace's init (PID 1, not dumpable) keeps one and never reads it, so a daemon restart,
+// even kill -9, never kills a workload that prints; its writes block once the pipe is full, until the next
+// daemon takes the read ends back from init with pidfd_getfd(2) and drains them into a new log segment
+// (<id>.1, <id>.2, ...). Nothing host-side has a name: readlink of fds 1 and 2 shows "pipe:[N]", and the
+// daemon never opens by path what the workspace writes to (December 2026 review, item 8).
+// A prebuild's tasks reach the log through pipes init gets over the task channel (src/prebuild/tasks.ts):
+// the daemon holds their read ends and drains them with the same pacer.
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
 import type { LogChunkRecord, LogStore, LogWriter } from '../prebuild/logs';
 import { serveTasks, type TaskEvent } from '../prebuild/tasks';
 import type { NativeAddon } from '../sandbox/native';
-import type { WorkspaceLogs } from './ports';
+import { drainPipe, OUTPUT_PIPE_BYTES, OutputPacer } from './output-drain';
+import type { OpenedOutput, WorkspaceLogs } from './ports';
 import type { WorkspaceSpec } from './types';
 
 const STREAMS = ['stdout', 'stderr'] as const;
@@ -39,47 +40,53 @@ export class WorkspaceOutput implements WorkspaceLogs {
     private readonly log: Logger,
   ) {}
 
-  /** Before spawn: the FIFOs, the workspace's ends, and a new log capturing both streams (and each task's).
+  /** Before spawn: the pipes, the workspace's ends (and init's), and a new log capturing both streams (and each task's).
    *  A prebuild also gets init's end of its task channel (tasksFd, among fds: the caller closes it after spawn). */
-  async open(spec: WorkspaceSpec, _uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; tasksFd?: number }> {
+  async open(spec: WorkspaceSpec, _uidBase: number): Promise<OpenedOutput> {
     // A reused id starts a fresh history: the previous incarnation was torn down.
     await this.removeSegments(spec.id);
-    const fds: number[] = [];
-    for (const stream of STREAMS) {
-      const fifo = this.fifoPath(spec.id, stream);
-      fs.rmSync(fifo, { force: true });
-      this.native.mkfifo(fifo, 0o600);
-      fds.push(fs.openSync(fifo, fs.constants.O_RDWR));
-    }
+    const pipes: Array<{ readFd: number; writeFd: number; keepFd: number }> = [];
     const channel = spec.tasks.length > 0 ? this.native.socketPair() : undefined;
-    if (channel) fds.push(channel[1]);
-    await this.capture(spec, 0, channel?.[0]).catch((err: unknown) => {
+    try {
+      for (let i = 0; i < STREAMS.length; i++) pipes.push(this.native.outputPipe(OUTPUT_PIPE_BYTES));
+      await this.capture(spec, 0, pipes.map((p) => p.readFd), channel?.[0]);
+    } catch (err) {
+      for (const p of pipes) for (const fd of [p.readFd, p.writeFd, p.keepFd]) this.native.closeFd(fd);
       if (channel) channel.forEach((fd) => this.native.closeFd(fd));
       throw err;
-    });
-    return { stdoutFd: fds[0], stderrFd: fds[1], fds, ...(channel ? { tasksFd: channel[1] } : {}) };
+    }
+    const [out, err] = pipes;
+    const fds = [...pipes.flatMap((p) => [p.writeFd, p.keepFd]), ...(channel ? [channel[1]] : [])];
+    return { stdoutFd: out.writeFd, stderrFd: err.writeFd, outputReadFds: [out.keepFd, err.keepFd], fds, ...(channel ? { tasksFd: channel[1] } : {}) };
   }
 
-  /** After a daemon restart: a running workspace's output goes on into the next segment. A prebuild's task
-   *  channel and pipes died with the last daemon (the service ends such a prebuild). */
-  async reattach(spec: WorkspaceSpec): Promise<void> {
+  /** After a daemon restart: init hands back the read ends, and the output goes on into the next segment.
+   *  A prebuild's task channel and pipes died with the last daemon (the service ends such a prebuild). */
+  async reattach(spec: WorkspaceSpec, pidfd: number): Promise<void> {
     let segment = 1;
     while (segment < MAX_SEGMENTS && (await this.exists(segmentId(spec.id, segment)))) segment++;
-    await this.capture(spec, segment);
+    const { STDOUT_READ_FD, STDERR_READ_FD } = this.native.constants;
+    const readFds: number[] = [];
+    try {
+      for (const fd of [STDOUT_READ_FD, STDERR_READ_FD]) readFds.push(this.native.takeOutputPipe(pidfd, fd));
+      await this.capture(spec, segment, readFds);
+    } catch (err) {
+      for (const fd of readFds) this.native.closeFd(fd);
+      throw err;
+    }
   }
 
   /** After the workload exits: everything it wrote is in the log, which is then closed. */
   async closeWhenDrained(workspaceId: string): Promise<void> {
     const capture = this.captures.get(workspaceId);
     if (!capture) return;
-    // The workspace is gone: a FIFO nothing ever opened (after a failure) must still end.
-    for (const fifo of this.fifos(workspaceId)) this.poke(fifo);
+    // The pipes end by themselves once the last write end (the workspace's) closes.
     await capture.done;
     await capture.writer.close();
     this.captures.delete(workspaceId);
   }
 
-  /** Logs outlive teardown (retention is swept separately); only the FIFOs go with the directory. */
+  /** Logs outlive teardown (retention is swept separately). */
   async remove(workspaceId: string): Promise<void> {
     await this.closeWhenDrained(workspaceId);
   }
@@ -104,60 +111,37 @@ export class WorkspaceOutput implements WorkspaceLogs {
     }
   }
 
-  private async capture(spec: WorkspaceSpec, segment: number, taskChannel?: number): Promise<void> {
+  /** A new segment for both pipes (readFds: stdout's and stderr's read ends, owned once the log exists) and a
+   *  prebuild's task channel. */
+  private async capture(spec: WorkspaceSpec, segment: number, readFds: number[], taskChannel?: number): Promise<void> {
     const writer = await this.store.create(segmentId(spec.id, segment), {
       workspaceId: spec.id,
       ownerId: spec.ownerId,
       teamId: spec.teamId,
       kind: spec.kind,
     });
-    const sources = STREAMS.map((stream) => ({ fifo: this.fifoPath(spec.id, stream), stream, task: '' }));
-    const copies = sources.map(({ fifo, stream, task }) =>
-      writer.capture(this.openReader(fifo, segment > 0), { stream, task }).catch((err: unknown) => {
+    // One pacer for every stream: the budget is the workspace's, not each pipe's.
+    const pacer = OutputPacer.forCpu(spec.resources.cpuMillis, Date.now());
+    const drain = (fd: number, stream: (typeof STREAMS)[number], task: string): Promise<void> =>
+      drainPipe(fd, writer, { stream, task }, pacer).catch((err: unknown) => {
         this.log.warn({ workspace: spec.id, stream, task, err: err instanceof Error ? err.message : String(err) }, 'output capture ended early');
-      }),
-    );
-    if (taskChannel !== undefined) copies.push(this.captureTasks(spec, writer, taskChannel));
+      });
+    const copies = STREAMS.map((stream, i) => drain(readFds[i], stream, ''));
+    if (taskChannel !== undefined) copies.push(this.captureTasks(spec, taskChannel, drain));
     this.captures.set(spec.id, { writer, done: Promise.all(copies).then(() => undefined) });
   }
 
   /** A prebuild's task channel until init closes it, and each task's output until its pipes end. */
-  private async captureTasks(spec: WorkspaceSpec, writer: LogWriter, channelFd: number): Promise<void> {
+  private async captureTasks(spec: WorkspaceSpec, channelFd: number, drain: (fd: number, stream: (typeof STREAMS)[number], task: string) => Promise<void>): Promise<void> {
     const outputs: Promise<void>[] = [];
-    const copy = (fd: number, stream: (typeof STREAMS)[number], task: string): Promise<void> =>
-      writer.capture(fd, { stream, task }).catch((err: unknown) => {
-        this.log.warn({ workspace: spec.id, stream, task, err: err instanceof Error ? err.message : String(err) }, 'task output capture ended early');
-      });
     try {
       await serveTasks(spec.tasks, channelFd, this.native, {
         onEvent: (event) => this.onTaskEvent(spec.id, event),
-        onOutput: (i, stdoutFd, stderrFd) => outputs.push(copy(stdoutFd, 'stdout', spec.tasks[i].name), copy(stderrFd, 'stderr', spec.tasks[i].name)),
+        onOutput: (i, stdoutFd, stderrFd) => outputs.push(drain(stdoutFd, 'stdout', spec.tasks[i].name), drain(stderrFd, 'stderr', spec.tasks[i].name)),
       });
     } finally {
       await Promise.all(outputs);
     }
-  }
-
-  /**
-   * A non-blocking reader. Linux reports hang-up on a FIFO only once a writer has come and gone since
-   * it was opened; after a restart (reattached) the writer may already be gone, so be that writer once.
-   */
-  private openReader(fifo: string, reattached: boolean): number {
-    const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-    if (reattached) this.poke(fifo);
-    return fd;
-  }
-
-  private poke(fifo: string): void {
-    try {
-      fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
-    } catch {
-      // no reader (already drained and closed) or gone: nothing to wake
-    }
-  }
-
-  private fifos(workspaceId: string): string[] {
-    return STREAMS.map((s) => this.fifoPath(workspaceId, s));
   }
 
   private async exists(logId: string): Promise<boolean> {
@@ -168,9 +152,5 @@ export class WorkspaceOutput implements WorkspaceLogs {
     for (let segment = 0; segment < MAX_SEGMENTS && (await this.exists(segmentId(workspaceId, segment))); segment++) {
       await this.store.remove(segmentId(workspaceId, segment));
     }
-  }
-
-  private fifoPath(workspaceId: string, stream: string): string {
-    return path.join(this.dirOf(workspaceId), `${stream}.fifo`);
   }
 }

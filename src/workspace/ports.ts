@@ -38,11 +38,22 @@ export interface WorkspaceNetwork {
   setPorts(workspaceId: string, ports: number[]): Promise<void>;
 }
 
+/** The workspace's ends of its output, for spawn; the caller closes fds once spawn returned. */
+export interface OpenedOutput {
+  stdoutFd: number;
+  stderrFd: number;
+  /** The read ends init keeps across daemon restarts (spawn opts.outputReadFds). */
+  outputReadFds?: [number, number];
+  /** A prebuild's end of the task channel for init, one of fds. */
+  tasksFd?: number;
+  fds: number[];
+}
+
 export interface WorkspaceLogs {
   /** tasksFd: a prebuild's end of the task channel for init (src/prebuild/tasks.ts), one of fds. */
-  open(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; tasksFd?: number }>;
-  /** After a daemon restart, for a workspace that still runs. */
-  reattach(spec: WorkspaceSpec): Promise<void>;
+  open(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput>;
+  /** After a daemon restart, for a workspace that still runs (pidfd: its init's). */
+  reattach(spec: WorkspaceSpec, pidfd: number): Promise<void>;
   closeWhenDrained(workspaceId: string): Promise<void>;
   remove(workspaceId: string): Promise<void>;
 }

@@ -12,7 +12,7 @@ import type { ExitStatus, HeldWorkload, NativeAddon } from '../sandbox/native';
 import { NativeError } from '../sandbox/native';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import type { BackupOutcome, BackupProgressReport, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
+import type { BackupOutcome, BackupProgressReport, OpenedOutput, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { readPidStartTime, signalName } from './proc';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from '../prebuild/publish';
@@ -286,6 +286,7 @@ export class WorkspaceService {
         ...placement,
         stdoutFd: output.stdoutFd,
         stderrFd: output.stderrFd,
+        ...(output.outputReadFds ? { outputReadFds: output.outputReadFds } : {}),
         statusFd,
         ...(output.tasksFd !== undefined ? { tasksFd: output.tasksFd } : {}),
         mounts: workload.mounts,
@@ -329,7 +330,7 @@ export class WorkspaceService {
     return { argv: spec.kind === 'PREBUILD' ? [] : spec.command, env: spec.env, mounts };
   }
 
-  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<{ stdoutFd: number; stderrFd: number; fds: number[]; tasksFd?: number }> {
+  private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput> {
     if (this.o.logs) return this.o.logs.open(spec, uidBase);
     const fd = fs.openSync('/dev/null', fs.constants.O_WRONLY);
     return { stdoutFd: fd, stderrFd: fd, fds: [fd] };
@@ -496,7 +497,7 @@ export class WorkspaceService {
       if (record.spec.kind === 'PREBUILD') record.status.message = PREBUILD_INTERRUPTED;
       return this.onExit(record, { exitCode: null, signal: null, reaped: false }, false);
     }
-    await this.o.logs?.reattach(record.spec).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
+    await this.o.logs?.reattach(record.spec, pidfd).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
     this.watch(record, pidfd, false);
     if (record.spec.kind === 'PREBUILD') return this.endInterruptedPrebuild(record);
     this.o.log.info({ workspace: record.spec.id, hostPid: status.pid }, 'adopted running workspace');

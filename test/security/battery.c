@@ -21,6 +21,7 @@
 //   TETRIX_BATTERY_HOST_DEVNODES  "null=<st_dev>:<st_ino>,zero=..." of the host's /dev nodes
 //   TETRIX_BATTERY_PTY_LIMIT      the workspace's pty limit (devpts max=)
 //   TETRIX_BATTERY_DEV_WATCH_MS   optional: how long the inotify probe watches /dev (default 1500)
+//   TETRIX_BATTERY_STATE_DIR      host path of the daemon's state directory (no fd may name it)
 //   TETRIX_BATTERY_REPORT         optional: a file (e.g. under /workspace) that gets a copy of the report
 // Built static (gcc -static -O2) so it needs nothing from the image.
 #define _GNU_SOURCE
@@ -1711,6 +1712,53 @@ static result probe_pty_limit(void) {
   return BLOCKED("%d ptys, then %s", opened, E(err));
 }
 
+// ---- December 2026 review, item 8: host paths behind the workload's stdio ----------------------------
+// readlink of fds 0-2 (and of init's fds, where the kernel lets us read them) must name no host path: not
+// the daemon's state dir (TETRIX_BATTERY_STATE_DIR), not /var/lib or /tmp/tetrix*, and no path at all
+// unless it is the same file seen from inside. Anonymous objects read as "pipe:[N]", "socket:[N]".
+
+static bool stdio_names_host_path(const char *link, char *why, size_t cap) {
+  char target[512];
+  ssize_t n = readlink(link, target, sizeof target - 1);
+  if (n < 0) return false;  // refused (init is not dumpable): nothing learnt
+  target[n] = '\0';
+  if (target[0] != '/') return false;  // pipe:[N], socket:[N], anon_inode:...
+  const char *state = env("TETRIX_BATTERY_STATE_DIR");
+  static const char *const host_prefixes[] = {"/var/lib/", "/tmp/tetrix"};
+  bool host = state && strncmp(target, state, strlen(state)) == 0;
+  for (size_t i = 0; i < sizeof host_prefixes / sizeof host_prefixes[0]; i++)
+    host |= strncmp(target, host_prefixes[i], strlen(host_prefixes[i])) == 0;
+  struct stat behind, named;
+  bool same = stat(link, &behind) == 0 && stat(target, &named) == 0 && behind.st_dev == named.st_dev &&
+              behind.st_ino == named.st_ino;
+  if (!host && same) return false;  // e.g. /dev/null: a path of the workspace's own
+  snprintf(why, cap, "%s -> %s", link, target);
+  return true;
+}
+
+static result probe_stdio_host_paths(void) {
+  char why[600], link[64];
+  for (int fd = 0; fd <= 2; fd++) {
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    if (stdio_names_host_path(link, why, sizeof why)) return ESCAPED("stdio names a host path: %s", why);
+  }
+  DIR *d = opendir("/proc/1/fd");
+  if (!d) return BLOCKED("fds 0-2 name no host path; /proc/1/fd: %s", E(errno));
+  struct dirent *e;
+  int listed = 0;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    listed++;
+    snprintf(link, sizeof link, "/proc/1/fd/%.32s", e->d_name);
+    if (stdio_names_host_path(link, why, sizeof why)) {
+      closedir(d);
+      return ESCAPED("init's fd names a host path: %s", why);
+    }
+  }
+  closedir(d);
+  return BLOCKED("fds 0-2 and init's %d fds name no host path", listed);
+}
+
 // ---- the runner --------------------------------------------------------------------------------------
 
 typedef struct {
@@ -1857,6 +1905,8 @@ static const probe PROBES[] = {
     {"dev_nodes_own_inodes", probe_dev_nodes_own_inodes},
     {"dev_inotify_no_outside_events", probe_dev_inotify_quiet},
     {"pty_limit", probe_pty_limit},
+    // December 2026 review, item 8: host paths behind stdio
+    {"stdio_host_paths", probe_stdio_host_paths},
 };
 
 // Each probe runs in its own child: side effects stay there, and a probe the filter kills (SIGSYS) is

@@ -175,6 +175,7 @@ t.test('a hostile workspace root cannot get out: the escape battery', async (t) 
       ...nodeFacts(),
       TETRIX_BATTERY_NEIGHBOUR: '/workspace/neighbour-secret',
       TETRIX_BATTERY_DAEMON_SOCKET: d.socketPath,
+      TETRIX_BATTERY_STATE_DIR: d.stateDir,
       TETRIX_BATTERY_REPORT: '/workspace/battery.report',
     },
     resources: { memoryBytes: 256 << 20, cpuMillis: 1000, pids: 256 },

@@ -79,3 +79,46 @@ t.test('a daemon restart neither kills a printing workload nor loses what it pri
   t.ok(numbers.every((n, i) => i === 0 || n > numbers[i - 1]), 'in order');
   t.match(out, /done\n$/, 'the output after the restart is there');
 });
+
+t.test("a workspace's stdio names no host path (December 2026 review, item 8)", async (t) => {
+  const d = await startDaemon(t);
+  await d.start({ id: 'paths', ownerId: 'alice', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'readlink /proc/self/fd/0; readlink /proc/self/fd/1; readlink /proc/self/fd/2 >&2'] });
+  await d.waitFor('paths', (w) => w.state === 'WORKSPACE_STATE_STOPPED');
+  const chunks = await readLogs(d, 'paths');
+  const [stdin, stdout] = text(chunks, 'stdout').split('\n');
+  t.equal(stdin, '/dev/null', "stdin is the workspace's own /dev/null");
+  t.match(stdout, /^pipe:\[\d+\]$/, 'stdout is an anonymous pipe');
+  t.match(text(chunks, 'stderr'), /^pipe:\[\d+\]\n$/, 'stderr is an anonymous pipe');
+  t.notOk(text(chunks, 'stdout').includes(d.stateDir) || text(chunks, 'stderr').includes(d.stateDir), 'the state dir shows nowhere');
+});
+
+t.test('output survives two kill -9 restarts in a row: each daemon takes the pipes back from init', async (t) => {
+  const d = await startDaemon(t);
+  const w = await d.start({
+    id: 'twice',
+    ownerId: 'alice',
+    image: 'builtin:busybox',
+    command: ['/bin/sh', '-c', 'i=0; while [ ! -e /workspace/stop ]; do echo line $i; echo err $i >&2; i=$((i+1)); sleep 0.05; done; echo done'],
+  });
+  for (let round = 0; round < 2; round++) {
+    await new Promise((r) => setTimeout(r, 400));
+    await d.kill9();
+    await new Promise((r) => setTimeout(r, 600));
+    t.ok(isAlive(w.pid), `round ${round}: the workload survives the daemon`);
+    await d.restart();
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  fs.writeFileSync(path.join(d.stateDir, 'workspaces', 'twice', 'content', 'stop'), '');
+  const done = await d.waitFor('twice', (x) => x.state === 'WORKSPACE_STATE_STOPPED');
+  t.equal(done.exitCode, 0, 'it exited normally');
+  const chunks = await readLogs(d, 'twice');
+  for (const [stream, word] of [['stdout', 'line'], ['stderr', 'err']] as const) {
+    const numbers = [...text(chunks, stream).matchAll(new RegExp(`^${word} (\\d+)$`, 'gm'))].map((m) => Number(m[1]));
+    const gaps = numbers.filter((n, i) => i > 0 && n !== numbers[i - 1] + 1);
+    t.comment(`${stream}: ${numbers.length} lines, gaps at: ${gaps.join(',') || 'none'}`);
+    t.equal(numbers[0], 0, `${stream}: the output from before the first kill is there`);
+    t.ok(gaps.length <= 2, `${stream}: at most the in-flight output of each killed daemon is missing`);
+    t.ok(numbers.length > 20, `${stream}: output from all three daemons`);
+  }
+  t.match(text(chunks, 'stdout'), /done\n$/, 'the output after the second restart is there');
+});
