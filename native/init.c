@@ -251,8 +251,9 @@ __attribute__((noreturn)) static void exec_task(const task_frame *f, int index, 
   setpgid(0, 0);
   close(TX_STATUS_FD);
   close(TX_TASKS_FD);
-  drop_output_read_ends();
   if (dup2(f->out_fd, 1) < 0 || dup2(f->err_fd, 2) < 0) _exit(127);
+  // After the dup2s: without output read ends, the task's own pipes may have arrived as fds 6 and 7.
+  drop_output_read_ends();
   if (!parse_frame(f, &argv, &cwd, &task_env) || !(envp = task_envp(task_env))) {
     dprintf(2, "tetrix-init: task %d: malformed task\n", index);
     _exit(127);
