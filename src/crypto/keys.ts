@@ -12,6 +12,7 @@ const TAG_BYTES = 16;
 const KEY_FILE_SUFFIX = '.key';
 const CURRENT_FILE = 'kek-current';
 const WRAP_DOMAIN = 'tetrix/kek-wrap/v1';
+const BOUND_WRAP_DOMAIN = 'tetrix/kek-wrap/v2';
 
 export interface KeyRingOptions {
   /** The keyring directory, normally <stateDir>/keys. Created 0700 if missing. */
@@ -74,6 +75,20 @@ export class KeyRing {
   /** Unwraps a data key. Missing key id: FAILED_PRECONDITION. Wrong key or altered bytes: DATA_LOSS. */
   unwrap(keyId: string, wrapped: Buffer, context = ''): Buffer {
     return this.open({ keyId, blob: wrapped }, wrapAad(keyId, context), 'wrapped data key');
+  }
+
+  /**
+   * Wraps a data key bound to named facts (a backup's id, owner, manifest digest...): they are the AAD, so
+   * the key unwraps only with every fact unchanged. A domain of its own: never confused with wrap().
+   */
+  wrapBound(dataKey: Buffer, facts: WrapFacts, keyId = this.#currentId): { keyId: string; wrapped: Buffer } {
+    if (dataKey.length !== KEY_BYTES) throw new DomainError('INVALID_ARGUMENT', `dataKey: must be ${KEY_BYTES} bytes`);
+    return { keyId, wrapped: this.seal(dataKey, boundWrapAad(keyId, facts), keyId).blob };
+  }
+
+  /** Unwraps what wrapBound wrapped with the same facts; any fact changed is DATA_LOSS. */
+  unwrapBound(keyId: string, wrapped: Buffer, facts: WrapFacts): Buffer {
+    return this.open({ keyId, blob: wrapped }, boundWrapAad(keyId, facts), 'wrapped data key');
   }
 
   /**
@@ -189,6 +204,21 @@ export function isKeyId(id: string): boolean {
 
 function wrapAad(keyId: string, context: string): Buffer {
   return Buffer.from(`${WRAP_DOMAIN}\0${keyId}\0${context}`);
+}
+
+/** Name/value pairs a bound wrap authenticates, in a fixed order. */
+export type WrapFacts = ReadonlyArray<readonly [name: string, value: string]>;
+
+// Every string length-prefixed (u32 BE), so no two fact lists encode alike whatever bytes the values hold.
+function boundWrapAad(keyId: string, facts: WrapFacts): Buffer {
+  const parts = [BOUND_WRAP_DOMAIN, keyId, ...facts.flat()].map((s) => Buffer.from(s, 'utf8'));
+  return Buffer.concat(parts.flatMap((p) => [u32(p.length), p]));
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
 }
 
 function ensurePrivateDir(dir: string): void {
