@@ -187,14 +187,16 @@ export class BackupStore {
   /**
    * Restores a backup into `target` (the content dir, or {content, upper}). Everything is extracted into a
    * sibling staging directory and verified to the final segment before it replaces the target; on any
-   * error the target is untouched. DATA_LOSS: altered, truncated or refused content. FAILED_PRECONDITION:
-   * the backup's key is not in the keyring. NOT_FOUND: no such backup.
+   * error the target is untouched. DATA_LOSS: altered, truncated or refused content, a manifest that does
+   * not authenticate or whose binding is not opts.expectBinding. FAILED_PRECONDITION: the backup's key is not
+   * in the keyring. NOT_FOUND: no such backup. Access is decided before, with open().
    */
   async restore(backupId: string, target: string | SourceDirs, opts: RestoreOptions): Promise<void> {
     const targets: SourceDirs = typeof target === 'string' ? { content: target } : target;
     const manifest = await this.#readManifest(backupId);
     // Verified before anything is created or believed: every field of the manifest is bound into the wrap.
     const dataKey = this.#unwrap(manifest);
+    const staged = new Map<string, { target: string; staging: string }>();
     try {
       if (opts.expectBinding !== undefined && !sameBinding(bindingOf(manifest), opts.expectBinding)) {
         throw new DomainError('DATA_LOSS', `backup ${backupId}: manifest changed since the restore was authorized`);
@@ -202,12 +204,6 @@ export class BackupStore {
       if (targets.upper && !manifest.roots.includes('upper')) {
         throw new DomainError('FAILED_PRECONDITION', `backup ${backupId} does not include the upper layer`);
       }
-    } catch (err) {
-      dataKey.fill(0);
-      throw err;
-    }
-    const staged = new Map<string, { target: string; staging: string }>();
-    try {
       for (const [root, dir] of Object.entries(targets) as [string, string | undefined][]) {
         if (dir) staged.set(root, { target: path.resolve(dir), staging: await makeStagingDir(path.resolve(dir)) });
       }
