@@ -107,7 +107,7 @@ async function childMain(args: string[]): Promise<void> {
   const t0 = process.hrtime.bigint();
   let size: number | undefined;
   if (op === 'backup') {
-    const r = await store.backup({ content: dir }, { uidBase: 0 });
+    const r = await store.backup({ content: dir }, { uidBase: 0, binding: { workspaceId: 'bench', ownerId: 'bench', teamId: '', kind: 'REGULAR' } });
     size = r.size;
     fs.writeFileSync(path.join(storeDir, '..', 'last-backup-id'), r.backupId);
   } else {

@@ -12,6 +12,7 @@ export interface AuditEvent {
   readonly who: string;        // 'user:<id>', 'operator:<name>' or 'anonymous'
   readonly action: string;     // a workspace action ('endpoint', 'logs', ...) or an RPC path
   readonly workspace?: string; // the workspace asked for, known or not
+  readonly backup?: string;    // the backup asked for (restore), known or not
   readonly decision: AuditDecision;
   readonly reason: string;     // why, for the operator; never sent to the caller
   readonly via?: 'grpc' | 'endpoint';
@@ -38,6 +39,7 @@ export function createAuditLog(logger: Logger): AuditLog {
           who: clip(e.who),
           action: clip(e.action),
           ...(e.workspace !== undefined ? { workspace: clip(e.workspace) } : {}),
+          ...(e.backup !== undefined ? { backup: clip(e.backup) } : {}),
           decision: e.decision,
           reason: clip(e.reason),
           ...(e.via ? { via: e.via } : {}),

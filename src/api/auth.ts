@@ -185,7 +185,7 @@ export class TokenVerifier {
 // ---------------------------------------------------------------------------------------------------------
 // The decision
 
-export type WorkspaceAction = 'endpoint' | 'logs' | 'exec' | 'manage';
+export type WorkspaceAction = 'endpoint' | 'logs' | 'exec' | 'manage' | 'restore';
 
 /** What the decision needs to know about a workspace; a WorkspaceSpec fits. */
 export interface WorkspaceOwnership {
@@ -204,7 +204,7 @@ export type AccessDecision =
   | { readonly allow: false; readonly code: 'UNAUTHENTICATED' | 'PERMISSION_DENIED'; readonly reason: string };
 
 /** The rule, without side effects: operators may do anything; users only on their own workspaces, except
- *  that every member of a prebuild's team may read its logs. */
+ *  that every member of a prebuild's team may read its logs and restore its backups (its snapshot). */
 export function decideWorkspaceAccess(
   principal: Principal | undefined,
   record: WorkspaceOwnership | undefined,
@@ -214,7 +214,7 @@ export function decideWorkspaceAccess(
   if (principal.kind === 'operator') return { allow: true, reason: 'node operator' };
   if (!record) return { allow: false, code: 'PERMISSION_DENIED', reason: 'no such workspace' };
   if (record.ownerId === principal.userId) return { allow: true, reason: 'owner' };
-  if (action === 'logs' && record.kind === 'PREBUILD' && record.teamId !== '' && principal.teams.includes(record.teamId)) {
+  if ((action === 'logs' || action === 'restore') && record.kind === 'PREBUILD' && record.teamId !== '' && principal.teams.includes(record.teamId)) {
     return { allow: true, reason: 'member of the prebuild team' };
   }
   return { allow: false, code: 'PERMISSION_DENIED', reason: 'not the owner' };
@@ -247,6 +247,35 @@ export function authorizeWorkspaceAccess(
   throw d.code === 'UNAUTHENTICATED'
     ? new DomainError('UNAUTHENTICATED', 'credentials required')
     : new DomainError('PERMISSION_DENIED', WORKSPACE_PERMISSION_DENIED);
+}
+
+// One message for "no such backup" and "not yours": a refusal never tells whether a backup id exists.
+export const RESTORE_PERMISSION_DENIED = 'restore_from: permission denied';
+
+/**
+ * May the caller restore this backup (restore_from)? The workspace rule, action 'restore', applied to the
+ * workspace the backup recorded. binding undefined (no such backup, an unreadable one, or one from before
+ * backups recorded their workspace): operators only. Audited either way.
+ */
+export function authorizeRestore(
+  principal: Principal | undefined,
+  backup: { readonly id: string; readonly binding: (WorkspaceOwnership & { readonly workspaceId: string }) | undefined },
+  audit: AuditLog,
+): void {
+  const d = decideWorkspaceAccess(principal, backup.binding, 'restore');
+  audit.record({
+    who: describePrincipal(principal),
+    action: 'restore',
+    backup: backup.id,
+    ...(backup.binding ? { workspace: backup.binding.workspaceId } : {}),
+    decision: d.allow ? 'allow' : 'deny',
+    reason: !backup.binding && !d.allow && d.code === 'PERMISSION_DENIED' ? 'no such backup, or one that records no owner' : d.reason,
+    via: 'grpc',
+  });
+  if (d.allow) return;
+  throw d.code === 'UNAUTHENTICATED'
+    ? new DomainError('UNAUTHENTICATED', 'credentials required')
+    : new DomainError('PERMISSION_DENIED', RESTORE_PERMISSION_DENIED);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import type { WorkspaceService } from '../workspace/service';
 import type { WorkspaceRecord } from '../workspace/types';
 import { workspaceMessage } from './convert';
 import type { AuditLog } from './audit';
-import { authorizeWorkspaceAccess, type WorkspaceAction } from './auth';
+import { authorizeRestore, authorizeWorkspaceAccess, type WorkspaceAction } from './auth';
 import { serverStream, unary, type CallContext } from './handlers';
 import { gracePeriod, portList, startSpec, workspaceId, type Limits } from './validate';
 import { turnGate } from '../promises';
@@ -42,7 +42,10 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
       // it): only the log's owner may reuse the id.
       const retained = existing ? undefined : await output.meta(spec.id);
       if (retained) authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: { ownerId: retained.ownerId, teamId: retained.teamId, kind: 'REGULAR' } }, 'manage', audit);
-      return workspaceMessage(await workspaces.start(spec));
+      // restore_from: decided by the same rule on the workspace the backup records (docs/backup-format.md).
+      const authorize = (binding: Parameters<typeof authorizeRestore>[1]['binding']): void =>
+        authorizeRestore(ctx.principal, { id: spec.restoreFrom, binding }, audit);
+      return workspaceMessage(await workspaces.start(spec, { authorizeRestore: authorize }));
     }),
     StopWorkspace: unary(log, 'StopWorkspace', async (req, ctx) => {
       await lifecycleTurn();

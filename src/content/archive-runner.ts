@@ -19,6 +19,8 @@ export interface BackupJob {
   roots: ArchiveRoot[];
   uidBase: number;
   idCount?: number;
+  /** What an entry changing during the walk means (tree-walk.ts): 'fail' unless the tree is live. */
+  changes?: 'fail' | 'skip';
 }
 
 export interface RestoreJob {
@@ -89,7 +91,7 @@ const WALK_CHUNK = 1 << 20;
 export async function backupTo(sink: ArchiveSink, job: BackupJob, report: Report): Promise<{ bytes: number; files: number }> {
   // Before the progress timer starts: a bad root name throws here.
   const walk = new TreeWalk(job.roots, {
-    uidBase: job.uidBase, idCount: job.idCount,
+    uidBase: job.uidBase, idCount: job.idCount, changes: job.changes,
     onProgress: (files, bytes) => progress.add(bytes, files),
     onSkip: (path, why) => report({ type: 'skip', path, why }),
   });

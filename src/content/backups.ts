@@ -1,15 +1,17 @@
 // Encrypted workspace backups: the one entry point the workspace layer and tetrixctl use.
 //
 // A backup is two objects in storage: `<id>.data` (tar -> zstd -> segmented AES-256-GCM) and
-// `<id>.manifest` (JSON naming the data key's wrapping key and the data object's size and sha256).
-// The manifest is written last, so a backup exists (is listed, can be restored) only when complete.
-// Re-wrapping rewrites only the manifest. Format: docs/backup-format.md.
+// `<id>.manifest` (JSON naming the data key's wrapping key, the data object's size and sha256, and the
+// workspace, owner, team and kind the backup was made of). The data key is wrapped with the whole manifest
+// bound in, so a manifest changed in storage (its roots, its owner) does not open. The manifest is written
+// last, so a backup exists (is listed, can be restored) only when complete. Re-wrapping rewrites only the
+// manifest. Format: docs/backup-format.md.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pipeline as pipelineCb, Readable } from 'node:stream';
 import { DomainError } from '../errors';
-import { isKeyId, KeyRing } from '../crypto/keys';
+import { isKeyId, KeyRing, type WrapFacts } from '../crypto/keys';
 import { DecryptStream, DEFAULT_SEGMENT_SIZE, EncryptStream, newDataKey, STREAM_VERSION } from '../crypto/stream';
 import { ArchiveRoot } from './archive';
 import { COMPRESSION } from './compress';
@@ -17,7 +19,10 @@ import { runBackup, runRestore } from './runner-client';
 import { HashCounter, ObjectStorage } from './storage';
 
 export const MANIFEST_FORMAT = 'tetrix-backup';
-export const MANIFEST_VERSION = 1;
+export const MANIFEST_VERSION = 2;
+/** Manifests written before backups recorded their workspace: read, restored only for operators. */
+export const LEGACY_MANIFEST_VERSION = 1;
+const MAX_BINDING_LENGTH = 256;
 const DATA_SUFFIX = '.data';
 const MANIFEST_SUFFIX = '.manifest';
 const PROGRESS_INTERVAL_MS = 250;
@@ -42,11 +47,21 @@ export interface BackupResult {
   keyId: string;    // the KEK that wraps the backup's data key
 }
 
+/** What a backup was made of, recorded in its manifest and bound into its key wrap. */
+export interface BackupBinding {
+  workspaceId: string;
+  ownerId: string;
+  teamId: string;   // '' when the workspace had none
+  kind: 'REGULAR' | 'PREBUILD';
+}
+
 export interface BackupInfo extends BackupResult {
   createdAt: string;
   roots: string[];  // "content", and "upper" when the overlay upper layer was included
   files: number;
   bytes: number;
+  /** undefined for a version 1 backup, which did not record it. */
+  binding: BackupBinding | undefined;
 }
 
 export interface SourceDirs {
@@ -60,14 +75,24 @@ export interface IdOptions {
 }
 
 export interface BackupOptions extends IdOptions {
+  binding: BackupBinding;
+  /** The trees belong to a running workspace: entries it changes during the walk are left out (reported).
+   *  Otherwise any change fails the backup (ABORTED). */
+  live?: boolean;
   onProgress?(p: BackupProgress): void;
   signal?: AbortSignal;
 }
 
 export interface RestoreOptions extends IdOptions {
+  /** Restore only if the backup's verified binding is this one (null: a version 1 backup, none). */
+  expectBinding?: BackupBinding | null;
   onProgress?(p: BackupProgress): void;
   signal?: AbortSignal;
 }
+
+/** The access decision for a backup: throws to refuse. Called with what the manifest claims (undefined:
+ *  an unknown or unreadable backup, or a version 1 one) before the claim is verified. */
+export type AuthorizeBackup = (binding: BackupBinding | undefined) => void;
 
 /** What `<id>.manifest` holds (JSON). */
 interface Manifest {
@@ -86,6 +111,11 @@ interface Manifest {
   roots: string[];
   files: number;
   bytes: number;
+  // Version 2 on: what the backup was made of.
+  workspaceId?: string;
+  ownerId?: string;
+  teamId?: string;
+  kind?: BackupBinding['kind'];
 }
 
 export class BackupStore {
@@ -111,13 +141,15 @@ export class BackupStore {
   async backup(sources: SourceDirs, opts: BackupOptions): Promise<BackupResult> {
     const roots: ArchiveRoot[] = [{ name: 'content', dir: sources.content }];
     if (sources.upper) roots.push({ name: 'upper', dir: sources.upper });
+    checkBinding(opts.binding, 'binding');
     const backupId = newBackupId();
     const dataKey = newDataKey();
-    const { keyId, wrapped } = this.#keyring.wrap(dataKey, wrapContext(backupId));
     const progress = new ProgressReporter(0, 0, opts.onProgress);
-    this.#active.set(backupId, keyId);
+    // The wrap comes last (with the key current then); until it, the backup counts against the current key.
+    this.#active.set(backupId, this.#keyring.current().id);
     try {
-      const run = runBackup({ op: 'backup', roots, uidBase: opts.uidBase, idCount: opts.idCount }, {
+      const changes = opts.live ? 'skip' : 'fail';
+      const run = runBackup({ op: 'backup', roots, uidBase: opts.uidBase, idCount: opts.idCount, changes }, {
         onTotals: (bytes, files) => progress.setTotals(bytes, files),
         onProgress: (bytes, files) => progress.add(bytes, files),
         onSkip: (rel, why) => this.#log.warn({ backupId, path: rel, why }, 'backup: entry left out'),
@@ -132,14 +164,18 @@ export class BackupStore {
         throw opts.signal?.aborted ? new DomainError('ABORTED', `backup ${backupId} cancelled`, { cause: err }) : err;
       });
       progress.flush();
-      const manifest: Manifest = {
+      const { workspaceId, ownerId, teamId, kind } = opts.binding;
+      const body = {
         format: MANIFEST_FORMAT, version: MANIFEST_VERSION, backupId, createdAt: new Date().toISOString(),
-        object: backupId + DATA_SUFFIX, size: stored.size, sha256: stored.sha256, keyId,
-        wrappedKey: wrapped.toString('base64'), streamVersion: STREAM_VERSION, segmentSize: DEFAULT_SEGMENT_SIZE,
-        compression: COMPRESSION, roots: roots.map((r) => r.name), files: stats.files, bytes: stats.bytes,
-      };
+        object: backupId + DATA_SUFFIX, size: stored.size, sha256: stored.sha256,
+        streamVersion: STREAM_VERSION, segmentSize: DEFAULT_SEGMENT_SIZE, compression: COMPRESSION,
+        roots: roots.map((r) => r.name), files: stats.files, bytes: stats.bytes, workspaceId, ownerId, teamId, kind,
+      } as const;
+      // Wrapped last: the wrap authenticates the whole manifest, sizes and digest included.
+      const { keyId, wrapped } = this.#keyring.wrapBound(dataKey, boundFacts({ ...body, keyId: '', wrappedKey: '' }));
+      const manifest: Manifest = { ...body, keyId, wrappedKey: wrapped.toString('base64') };
       await this.#writeManifest(manifest);
-      this.#log.info({ backupId, size: stored.size, keyId, files: manifest.files }, 'backup stored');
+      this.#log.info({ backupId, size: stored.size, keyId, files: manifest.files, workspace: workspaceId }, 'backup stored');
       return { backupId, size: stored.size, sha256: stored.sha256, keyId };
     } catch (err) {
       await this.#storage.delete(backupId + DATA_SUFFIX).catch(() => undefined);
@@ -153,18 +189,23 @@ export class BackupStore {
   /**
    * Restores a backup into `target` (the content dir, or {content, upper}). Everything is extracted into a
    * sibling staging directory and verified to the final segment before it replaces the target; on any
-   * error the target is untouched. DATA_LOSS: altered, truncated or refused content. FAILED_PRECONDITION:
-   * the backup's key is not in the keyring. NOT_FOUND: no such backup.
+   * error the target is untouched. DATA_LOSS: altered, truncated or refused content, a manifest that does
+   * not authenticate or whose binding is not opts.expectBinding. FAILED_PRECONDITION: the backup's key is not
+   * in the keyring. NOT_FOUND: no such backup. Access is decided before, with open().
    */
   async restore(backupId: string, target: string | SourceDirs, opts: RestoreOptions): Promise<void> {
     const targets: SourceDirs = typeof target === 'string' ? { content: target } : target;
     const manifest = await this.#readManifest(backupId);
-    if (targets.upper && !manifest.roots.includes('upper')) {
-      throw new DomainError('FAILED_PRECONDITION', `backup ${backupId} does not include the upper layer`);
-    }
-    const dataKey = this.#keyring.unwrap(manifest.keyId, Buffer.from(manifest.wrappedKey, 'base64'), wrapContext(backupId));
+    // Verified before anything is created or believed: every field of the manifest is bound into the wrap.
+    const dataKey = this.#unwrap(manifest);
     const staged = new Map<string, { target: string; staging: string }>();
     try {
+      if (opts.expectBinding !== undefined && !sameBinding(bindingOf(manifest), opts.expectBinding)) {
+        throw new DomainError('DATA_LOSS', `backup ${backupId}: manifest changed since the restore was authorized`);
+      }
+      if (targets.upper && !manifest.roots.includes('upper')) {
+        throw new DomainError('FAILED_PRECONDITION', `backup ${backupId} does not include the upper layer`);
+      }
       for (const [root, dir] of Object.entries(targets) as [string, string | undefined][]) {
         if (dir) staged.set(root, { target: path.resolve(dir), staging: await makeStagingDir(path.resolve(dir)) });
       }
@@ -206,9 +247,12 @@ export class BackupStore {
     for (const id of ids) {
       const m = await this.#readManifest(id);
       if (m.keyId === toKeyId) continue;
-      const dataKey = this.#keyring.unwrap(m.keyId, Buffer.from(m.wrappedKey, 'base64'), wrapContext(id));
+      const dataKey = this.#unwrap(m);
       try {
-        const { wrapped } = this.#keyring.wrap(dataKey, wrapContext(id), toKeyId);
+        // The same facts under the new key: a version 1 backup stays version 1 (it gains no owner here).
+        const { wrapped } = m.version === LEGACY_MANIFEST_VERSION
+          ? this.#keyring.wrap(dataKey, legacyWrapContext(id), toKeyId)
+          : this.#keyring.wrapBound(dataKey, boundFacts(m), toKeyId);
         await this.#writeManifest({ ...m, keyId: toKeyId, wrappedKey: wrapped.toString('base64') });
       } finally {
         dataKey.fill(0);
@@ -245,8 +289,36 @@ export class BackupStore {
     return out.sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : 0));
   }
 
+  /** What the manifest says, unverified (listing, tools). Use open() before acting on it. */
   async get(backupId: string): Promise<BackupInfo> {
     return infoOf(await this.#readManifest(backupId));
+  }
+
+  /**
+   * A backup about to be restored: `authorize` decides on what the manifest claims (undefined for an
+   * unknown or unreadable backup, or a version 1 one), and only then is the claim verified, so the only
+   * callers who learn whether a backup exists or is intact are those it would be restored for.
+   * DATA_LOSS: the manifest was changed. FAILED_PRECONDITION: its key is not in the keyring.
+   */
+  async open(backupId: string, authorize: AuthorizeBackup): Promise<BackupInfo> {
+    checkBackupId(backupId);
+    let raw: Buffer;
+    try {
+      raw = await this.#readManifestBytes(backupId);
+    } catch (err) {
+      authorize(undefined);
+      throw err;
+    }
+    let m: Manifest;
+    try {
+      m = parseManifest(raw, backupId);
+    } catch (err) {
+      authorize(claimedBinding(raw));
+      throw err;
+    }
+    authorize(bindingOf(m));
+    this.#unwrap(m).fill(0);
+    return infoOf(m);
   }
 
   /** Deletes a backup: the manifest first, so it is never listed without its data. */
@@ -274,11 +346,23 @@ export class BackupStore {
     return removed;
   }
 
+  /** The data key; DATA_LOSS unless the manifest is the one it was wrapped with. */
+  #unwrap(m: Manifest): Buffer {
+    const wrapped = Buffer.from(m.wrappedKey, 'base64');
+    return m.version === LEGACY_MANIFEST_VERSION
+      ? this.#keyring.unwrap(m.keyId, wrapped, legacyWrapContext(m.backupId))
+      : this.#keyring.unwrapBound(m.keyId, wrapped, boundFacts(m));
+  }
+
   async #writeManifest(m: Manifest): Promise<void> {
     await this.#storage.put(m.backupId + MANIFEST_SUFFIX, Readable.from([Buffer.from(JSON.stringify(m) + '\n')]));
   }
 
   async #readManifest(backupId: string): Promise<Manifest> {
+    return parseManifest(await this.#readManifestBytes(backupId), backupId);
+  }
+
+  async #readManifestBytes(backupId: string): Promise<Buffer> {
     checkBackupId(backupId);
     let raw: Buffer;
     try {
@@ -296,7 +380,17 @@ export class BackupStore {
       }
       throw err;
     }
-    return parseManifest(raw, backupId);
+    return raw;
+  }
+}
+
+/** Whom a damaged manifest claims to belong to, if it still says: they, and only they, hear it is damaged. */
+function claimedBinding(raw: Buffer): BackupBinding | undefined {
+  try {
+    const m = JSON.parse(raw.toString('utf8')) as Manifest;
+    return m && typeof m === 'object' && m.version === MANIFEST_VERSION && isBinding(m) ? bindingOf(m) : undefined;
+  } catch {
+    return undefined;
   }
 }
 
@@ -307,18 +401,64 @@ function parseManifest(raw: Buffer, backupId: string): Manifest {
   } catch {
     throw new DomainError('DATA_LOSS', `backup ${backupId}: manifest is not JSON`);
   }
-  const ok = m && m.format === MANIFEST_FORMAT && m.version === MANIFEST_VERSION && m.backupId === backupId
+  const ok = m && typeof m === 'object' && m.format === MANIFEST_FORMAT
+    && (m.version === MANIFEST_VERSION || m.version === LEGACY_MANIFEST_VERSION) && m.backupId === backupId
     && m.object === backupId + DATA_SUFFIX && Number.isSafeInteger(m.size) && /^[0-9a-f]{64}$/.test(m.sha256)
     && isKeyId(m.keyId) && typeof m.wrappedKey === 'string' && m.streamVersion === STREAM_VERSION
-    && m.compression === COMPRESSION && Array.isArray(m.roots) && m.roots.every((r) => r === 'content' || r === 'upper');
+    && m.compression === COMPRESSION && Array.isArray(m.roots) && m.roots.every((r) => r === 'content' || r === 'upper')
+    && (m.version === LEGACY_MANIFEST_VERSION || isBinding(m));
   if (!ok) throw new DomainError('DATA_LOSS', `backup ${backupId}: manifest is malformed or of an unknown version`);
   return m;
+}
+
+function isBinding(b: Partial<BackupBinding>): boolean {
+  const id = (v: unknown, empty: boolean): boolean => typeof v === 'string' && v.length <= MAX_BINDING_LENGTH && (empty || v.length > 0);
+  return id(b.workspaceId, false) && id(b.ownerId, false) && id(b.teamId, true) && (b.kind === 'REGULAR' || b.kind === 'PREBUILD');
+}
+
+function checkBinding(b: BackupBinding, field: string): void {
+  if (!isBinding(b)) throw new DomainError('INVALID_ARGUMENT', `${field}: a backup needs its workspace, owner, team and kind`);
+}
+
+/** A version 1 manifest binds nothing: whatever owner fields it may carry are not believed. */
+function bindingOf(m: Manifest): BackupBinding | undefined {
+  if (m.version === LEGACY_MANIFEST_VERSION) return undefined;
+  return { workspaceId: m.workspaceId!, ownerId: m.ownerId!, teamId: m.teamId!, kind: m.kind! };
+}
+
+function sameBinding(a: BackupBinding | undefined, b: BackupBinding | null): boolean {
+  if (!a || !b) return !a && !b;
+  return a.workspaceId === b.workspaceId && a.ownerId === b.ownerId && a.teamId === b.teamId && a.kind === b.kind;
+}
+
+/**
+ * What the wrap of a version 2 backup's data key authenticates: its id and binding by name (so a reader
+ * of docs/backup-format.md can see them), and the SHA-256 of every other manifest field but the key id
+ * (itself in the wrap's AAD) and the wrapped key (the ciphertext).
+ */
+function boundFacts(m: Manifest): WrapFacts {
+  const { keyId: _keyId, wrappedKey: _wrapped, ...rest } = m;
+  const digest = crypto.createHash('sha256').update(canonicalJson(rest)).digest('hex');
+  return [
+    ['backup', m.backupId], ['workspace', m.workspaceId ?? ''], ['owner', m.ownerId ?? ''], ['team', m.teamId ?? ''],
+    ['kind', m.kind ?? ''], ['manifest-sha256', digest],
+  ];
+}
+
+/** JSON with object keys sorted, so a manifest's digest does not depend on how it was spelled. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : 1));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
 }
 
 function infoOf(m: Manifest): BackupInfo {
   return {
     backupId: m.backupId, size: m.size, sha256: m.sha256, keyId: m.keyId, createdAt: m.createdAt,
-    roots: m.roots, files: m.files, bytes: m.bytes,
+    roots: m.roots, files: m.files, bytes: m.bytes, binding: bindingOf(m),
   };
 }
 
@@ -336,7 +476,8 @@ function checkBackupId(id: string): void {
   if (!isBackupId(id)) throw new DomainError('INVALID_ARGUMENT', `backup_id: ${JSON.stringify(id)} is not a backup id`);
 }
 
-function wrapContext(backupId: string): string {
+/** Version 1: the data key was bound to the backup id alone. */
+function legacyWrapContext(backupId: string): string {
   return `backup:${backupId}`;
 }
 

@@ -17,7 +17,16 @@ export interface ArchiveWriteOptions extends IdMapping {
   onProgress?(files: number, bytes: number): void;
   /** An entry left out (socket, device, FIFO, vanished while walking, an xattr not kept). */
   onSkip?(rel: string, why: string): void;
+  /**
+   * An entry that vanished, changed type or shrank while the walk read it. 'fail' (the default) fails the
+   * walk with ABORTED: the tree was meant to be still (a stopped workspace), so something else is changing
+   * it. 'skip' leaves it out and reports it: a running workspace's own writes race any walk of it.
+   */
+  changes?: 'fail' | 'skip';
 }
+
+// What native/archive.c reports for an entry that changed under the walk (see skip() there).
+const CHANGED_DURING_WALK = / during backup/;
 
 /** Fills caller buffers with the archive of `roots`, one after the other. Synchronous. */
 export class TreeWalk {
@@ -26,6 +35,7 @@ export class TreeWalk {
   readonly #idCount: number;
   #rootIndex = -1;
   #walk: NativeArchiveWalk | undefined;
+  #rootFd = -1;       // held to the end of the root, to tell a root removed during the walk
   #upper = false;
   #files = 0;
   #bytes = 0;
@@ -57,7 +67,7 @@ export class TreeWalk {
       }
       const r = archiveWalk.archiveWalkFill(this.#walk!, buf, pos);
       pos += r.length;
-      for (const [rel, why] of r.skips ?? []) this.#opts.onSkip?.(rel, why);
+      for (const [rel, why] of r.skips ?? []) this.#skipped(rel, why);
       this.#progress(r.files, r.bytes);
       if (r.status === 'xattrs') this.#resolveXattrs();
       else if (r.status === 'refused') throw new DomainError('FAILED_PRECONDITION', r.message ?? 'symlink leaves the root');
@@ -69,20 +79,25 @@ export class TreeWalk {
   close(): void {
     if (this.#walk) archiveWalk.archiveWalkClose(this.#walk);
     this.#walk = undefined;
+    this.#closeRootFd();
     this.#done = true;
+  }
+
+  #skipped(rel: string, why: string): void {
+    if (CHANGED_DURING_WALK.test(why) && (this.#opts.changes ?? 'fail') === 'fail') {
+      const root = this.#roots[this.#rootIndex];
+      throw new DomainError('ABORTED', `backup: ${root.name}/${rel} ${why}: the tree changed under a backup that needs it still`);
+    }
+    this.#opts.onSkip?.(rel, why);
   }
 
   #nextRoot(): boolean {
     if (++this.#rootIndex >= this.#roots.length) return false;
     const root = this.#roots[this.#rootIndex];
-    const fd = openRootDir(root.dir);
-    try {
-      this.#upper = root.name === OVERLAY_UPPER_ROOT;
-      this.#walk = archiveWalk.archiveWalkStart(fd, root.name, this.#opts.uidBase, this.#idCount, this.#upper,
-        XATTRS_LEFT_OUT_QUIETLY);
-    } finally {
-      fs.closeSync(fd);
-    }
+    this.#rootFd = openRootDir(root.dir);
+    this.#upper = root.name === OVERLAY_UPPER_ROOT;
+    this.#walk = archiveWalk.archiveWalkStart(this.#rootFd, root.name, this.#opts.uidBase, this.#idCount, this.#upper,
+      XATTRS_LEFT_OUT_QUIETLY);
     this.#files = 0;
     this.#bytes = 0;
     return true;
@@ -91,6 +106,24 @@ export class TreeWalk {
   #endRoot(): void {
     archiveWalk.archiveWalkClose(this.#walk!);
     this.#walk = undefined;
+    this.#checkRootStillThere();
+    this.#closeRootFd();
+  }
+
+  // A removed directory still reads, as empty, through a held fd: without this check a root deleted during
+  // the walk (a teardown) would end the walk early and look like a complete, smaller tree.
+  #checkRootStillThere(): void {
+    const root = this.#roots[this.#rootIndex];
+    const held = fs.fstatSync(this.#rootFd);
+    const now = fs.lstatSync(root.dir, { throwIfNoEntry: false });
+    if (held.nlink === 0 || !now || now.ino !== held.ino || now.dev !== held.dev) {
+      throw new DomainError('ABORTED', `backup: the ${root.name} root was removed during the backup`);
+    }
+  }
+
+  #closeRootFd(): void {
+    if (this.#rootFd >= 0) fs.closeSync(this.#rootFd);
+    this.#rootFd = -1;
   }
 
   #progress(files: number, bytes: number): void {

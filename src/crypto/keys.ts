@@ -40,6 +40,7 @@ interface SealedKeyFile {
   protector: string;
   sealed: string;
 }
+const BOUND_WRAP_DOMAIN = 'tetrix/kek-wrap/v2';
 
 export interface KeyRingOptions {
   /** The keyring directory, normally <stateDir>/keys. Created 0700 if missing. */
@@ -129,6 +130,20 @@ export class KeyRing {
   /** Unwraps a data key. Missing key id: FAILED_PRECONDITION. Wrong key, context, aad or altered bytes: DATA_LOSS. */
   unwrap(keyId: string, wrapped: Buffer, context = '', aad?: Buffer): Buffer {
     return this.open({ keyId, blob: wrapped }, wrapAad(keyId, context, aad), 'wrapped data key');
+  }
+
+  /**
+   * Wraps a data key bound to named facts (a backup's id, owner, manifest digest...): they are the AAD, so
+   * the key unwraps only with every fact unchanged. A domain of its own: never confused with wrap().
+   */
+  wrapBound(dataKey: Buffer, facts: WrapFacts, keyId = this.#currentId): { keyId: string; wrapped: Buffer } {
+    if (dataKey.length !== KEY_BYTES) throw new DomainError('INVALID_ARGUMENT', `dataKey: must be ${KEY_BYTES} bytes`);
+    return { keyId, wrapped: this.seal(dataKey, boundWrapAad(keyId, facts), keyId).blob };
+  }
+
+  /** Unwraps what wrapBound wrapped with the same facts; any fact changed is DATA_LOSS. */
+  unwrapBound(keyId: string, wrapped: Buffer, facts: WrapFacts): Buffer {
+    return this.open({ keyId, blob: wrapped }, boundWrapAad(keyId, facts), 'wrapped data key');
   }
 
   /**
@@ -335,6 +350,21 @@ function parseSealedKeyFile(raw: Buffer, file: string, id: string): SealedKeyFil
     throw new DomainError('DATA_LOSS', `key file ${file}: not a sealed key file for ${id}`);
   }
   return v;
+}
+
+/** Name/value pairs a bound wrap authenticates, in a fixed order. */
+export type WrapFacts = ReadonlyArray<readonly [name: string, value: string]>;
+
+// Every string length-prefixed (u32 BE), so no two fact lists encode alike whatever bytes the values hold.
+function boundWrapAad(keyId: string, facts: WrapFacts): Buffer {
+  const parts = [BOUND_WRAP_DOMAIN, keyId, ...facts.flat()].map((s) => Buffer.from(s, 'utf8'));
+  return Buffer.concat(parts.flatMap((p) => [u32(p.length), p]));
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
 }
 
 function ensurePrivateDir(dir: string): void {

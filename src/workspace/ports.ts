@@ -1,6 +1,6 @@
 // What the lifecycle needs from the layers below it. main.ts wires the real implementations
 // (src/sandbox, src/network, src/prebuild); the lifecycle never reaches past these.
-import type { Resources, WorkspaceSpec } from './types';
+import type { Resources, WorkspaceKind, WorkspaceSpec } from './types';
 import type { CgroupPlacement } from '../sandbox/cgroups';
 
 export interface Sandbox {
@@ -72,10 +72,28 @@ export interface BackupOutcome {
   keyId: string;
 }
 
+/** What a backup was made of: recorded in it, authenticated with it, and what the access rule judges. */
+export interface BackupBinding {
+  workspaceId: string;
+  ownerId: string;
+  teamId: string;
+  kind: WorkspaceKind;
+}
+
+/** Decides whether a restore may use a backup, from its binding (undefined: unknown, unreadable or a
+ *  version 1 backup that recorded none); throws to refuse. */
+export type AuthorizeRestore = (binding: BackupBinding | undefined) => void;
+
 /** Encrypted backups of a workspace's content (src/content). */
 export interface WorkspaceBackups {
-  backup(sources: { content: string; upper?: string }, opts: { uidBase: number; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome>;
-  restore(backupId: string, target: { content: string; upper?: string }, opts: { uidBase: number }): Promise<void>;
-  /** NOT_FOUND when there is no such backup. roots: "content", and "upper" when it holds the overlay's upper layer. */
-  get(backupId: string): Promise<{ roots: string[] }>;
+  /** live: the workspace runs, so entries it changes during the walk are left out; otherwise a change fails it. */
+  backup(sources: { content: string; upper?: string }, opts: { uidBase: number; binding: BackupBinding; live: boolean; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome>;
+  /** expectBinding: what open() returned; a manifest that changed since is DATA_LOSS. */
+  restore(backupId: string, target: { content: string; upper?: string }, opts: { uidBase: number; expectBinding: BackupBinding | null }): Promise<void>;
+  /**
+   * Asks `authorize` about the backup, then verifies its manifest. NOT_FOUND when there is no such backup (for
+   * those authorize lets through), DATA_LOSS when it was altered. roots: "content", and "upper" when it holds
+   * the overlay's upper layer.
+   */
+  open(backupId: string, authorize: AuthorizeRestore): Promise<{ roots: string[]; binding: BackupBinding | undefined }>;
 }

@@ -12,7 +12,7 @@ import type { ExitStatus, HeldWorkload, NativeAddon } from '../sandbox/native';
 import { NativeError } from '../sandbox/native';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import type { BackupOutcome, BackupProgressReport, OpenedOutput, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
+import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, OpenedOutput, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { readPidStartTime, signalName } from './proc';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from '../prebuild/publish';
@@ -73,6 +73,8 @@ export class WorkspaceService {
   private readonly records = new Map<string, WorkspaceRecord>();
   private readonly runtimes = new Map<string, Runtime>();
   private readonly inFlight = new Map<string, Promise<unknown>>();
+  // Backups under way, per workspace: a teardown waits for them before it deletes anything.
+  private readonly backupsRunning = new Map<string, Set<Promise<unknown>>>();
   // A burst of starts runs two at a time, and begins at most 50 a second: the same total work, but the
   // event loop keeps room for the API instead of queueing its calls behind start after start.
   // bench/density, 200 at once (load average ~3): 4 slots: 54-65 starts/s, ListWorkspaces p50 30-38 ms;
@@ -105,8 +107,11 @@ export class WorkspaceService {
     return path.join(this.o.stateDir, 'workspaces', id);
   }
 
-  /** Idempotent on spec.id: the same spec returns the existing workspace, another spec is refused. */
-  async start(asked: WorkspaceSpec): Promise<WorkspaceRecord> {
+  /**
+   * Idempotent on spec.id: the same spec returns the existing workspace, another spec is refused. A spec
+   * with restoreFrom needs authorizeRestore: the caller's access decision on the backup (src/api/auth.ts).
+   */
+  async start(asked: WorkspaceSpec, access: { authorizeRestore?: AuthorizeRestore } = {}): Promise<WorkspaceRecord> {
     // The record (and so GetWorkspace) holds the limits in force, not the zeros asked for.
     const spec = withDefaultResources(asked, this.o.defaultResources);
     const digest = this.digest(spec);
@@ -119,7 +124,7 @@ export class WorkspaceService {
       }
       return existing;
     }
-    return this.exclusive(spec.id, () => this.startSlots(() => this.create(spec, digest)));
+    return this.exclusive(spec.id, () => this.startSlots(() => this.create(spec, digest, access.authorizeRestore)));
   }
 
   async stop(id: string, graceMs: number): Promise<WorkspaceRecord> {
@@ -176,22 +181,56 @@ export class WorkspaceService {
     return { existed: true, backupId };
   }
 
-  /** An encrypted backup of the workspace's /workspace (and, if asked, its overlay upper layer). */
+  /**
+   * An encrypted backup of the workspace's /workspace (and, if asked, its overlay upper layer). It holds the
+   * workspace against teardown: one that begins during a teardown is refused, and a teardown waits for
+   * those under way before it deletes anything.
+   */
   async backup(id: string, opts: { includeUpper?: boolean; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome> {
     await this.inFlight.get(id)?.catch(() => undefined);
     const record = this.get(id);
     const backups = this.needBackups();
+    if (record.status.tearingDown) throw new DomainError('FAILED_PRECONDITION', `workspace "${id}" is being torn down`);
     if (record.status.uidBase === 0) throw new DomainError('FAILED_PRECONDITION', `workspace "${id}" has no content (its start failed)`);
+    // No await between the checks above and this: a teardown either sees this backup or it is refused.
+    return this.holdForBackup(id, this.runBackup(record, backups, opts));
+  }
+
+  private async runBackup(record: WorkspaceRecord, backups: WorkspaceBackups, opts: { includeUpper?: boolean; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome> {
+    const id = record.spec.id;
     const wsDir = this.workspaceDir(id);
     const began = Date.now();
     if (crashAt === 'mid-backup') setTimeout(() => crashPoint('mid-backup'), 30);
     const result = await backups.backup(
       { content: path.join(wsDir, 'content'), ...(opts.includeUpper ? { upper: path.join(wsDir, 'upper') } : {}) },
-      { uidBase: record.status.uidBase, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), ...(opts.signal ? { signal: opts.signal } : {}) },
+      {
+        uidBase: record.status.uidBase,
+        binding: bindingOf(record.spec),
+        // A running workload may change its files while they are read; a stopped workspace's must not change.
+        live: (this.runtimes.get(id)?.pidfd ?? -1) >= 0,
+        ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      },
     );
     this.events.emit('backup', { workspaceId: id, seconds: (Date.now() - began) / 1000, bytes: result.size });
     this.o.log.info({ workspace: id, backup: result.backupId, size: result.size }, 'backup stored');
     return result;
+  }
+
+  private holdForBackup<T>(id: string, backup: Promise<T>): Promise<T> {
+    let held = this.backupsRunning.get(id);
+    if (!held) this.backupsRunning.set(id, (held = new Set()));
+    const settled = backup.then(() => undefined, () => undefined);
+    held.add(settled);
+    void settled.then(() => {
+      held.delete(settled);
+      if (held.size === 0 && this.backupsRunning.get(id) === held) this.backupsRunning.delete(id);
+    });
+    return backup;
+  }
+
+  private async backupsSettled(id: string): Promise<void> {
+    await Promise.all([...(this.backupsRunning.get(id) ?? [])]);
   }
 
   private needBackups(): WorkspaceBackups {
@@ -220,11 +259,11 @@ export class WorkspaceService {
 
   // --- start ---------------------------------------------------------------------------------
 
-  private async create(spec: WorkspaceSpec, digest: string): Promise<WorkspaceRecord> {
+  private async create(spec: WorkspaceSpec, digest: string, authorizeRestore: AuthorizeRestore | undefined): Promise<WorkspaceRecord> {
     // Everything that can refuse the request is checked before anything exists.
     const image = await this.o.sandbox.resolveImage(spec.image);
     const seccomp = this.o.sandbox.seccompFilter(spec.seccompProfile);
-    const restoring = spec.restoreFrom ? await this.needBackups().get(spec.restoreFrom) : undefined;
+    const restoring = spec.restoreFrom ? await this.openBackup(spec.restoreFrom, authorizeRestore) : undefined;
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
       throw new DomainError('FAILED_PRECONDITION', 'kind: prebuilds need logs, backups and provenance on this node');
     }
@@ -253,7 +292,7 @@ export class WorkspaceService {
       const restore = restoring
         ? async (dirs: { upper: string; content: string }): Promise<void> => {
             const target = restoring.roots.includes('upper') ? dirs : { content: dirs.content };
-            await this.needBackups().restore(spec.restoreFrom, target, { uidBase: record.status.uidBase });
+            await this.needBackups().restore(spec.restoreFrom, target, { uidBase: record.status.uidBase, expectBinding: restoring.binding ?? null });
             record.status.restoredFrom = spec.restoreFrom;
           }
         : undefined;
@@ -321,6 +360,13 @@ export class WorkspaceService {
       await this.abortStart(record, err);
       throw toStartError(err);
     }
+  }
+
+  /** The access decision on restore_from, then the backup's verified manifest. */
+  private openBackup(backupId: string, authorize: AuthorizeRestore | undefined): Promise<{ roots: string[]; binding: BackupBinding | undefined }> {
+    // No decision, no restore: a caller that forgot it must not restore anyone's backup.
+    if (!authorize) throw new DomainError('INTERNAL', 'restore_from: no access decision was made for this restore');
+    return this.needBackups().open(backupId, authorize);
   }
 
   /** What runs: the request's command, or for a prebuild nothing but init, which asks for each task over
@@ -437,6 +483,8 @@ export class WorkspaceService {
     const id = record.spec.id;
     record.status.tearingDown = true;
     this.o.store.updateStatus(id, record.status);
+    // New backups are refused from here on; those under way finish on the whole tree first.
+    await this.backupsSettled(id);
     crashPoint('mid-teardown');
     const runtime = this.runtimes.get(id);
     if (runtime) {
@@ -561,6 +609,11 @@ export class WorkspaceService {
   private digest(spec: WorkspaceSpec): string {
     return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(spec)).digest('hex');
   }
+}
+
+/** What a backup of this workspace records as its origin, and the access rule later judges. */
+function bindingOf(spec: WorkspaceSpec): BackupBinding {
+  return { workspaceId: spec.id, ownerId: spec.ownerId, teamId: spec.teamId, kind: spec.kind };
 }
 
 /** How the workload ended, from the best evidence at hand. */

@@ -25,5 +25,5 @@ const storage: ObjectStorage = Object.assign(Object.create(backend), {
   put: (name: string, body: Readable, opts?: { signal?: AbortSignal }) => backend.put(name, body.pipe(slow()), opts),
 });
 const store = new BackupStore({ storage, keyring: KeyRing.open({ dir: cfg.keysDir }), log: { info() {}, warn() {} } });
-store.backup({ content: cfg.content }, { uidBase: cfg.uidBase })
+store.backup({ content: cfg.content }, { uidBase: cfg.uidBase, binding: { workspaceId: 'ws-child', ownerId: 'alice', teamId: '', kind: 'REGULAR' } })
   .then(() => process.stdout.write('done\n'), (err) => { process.stderr.write(`backup failed: ${err.message}\n`); process.exit(1); });

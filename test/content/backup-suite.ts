@@ -11,9 +11,12 @@ import { EncryptStream, newDataKey, STREAM_VERSION, DEFAULT_SEGMENT_SIZE, HEADER
 import { BackupStore, BackupLog } from '../../src/content/backups';
 import { createCompressStream } from '../../src/content/compress';
 import { ObjectStorage } from '../../src/content/storage';
+import { DomainError } from '../../src/errors';
 import { encodeEntry, EntryHeader, padding } from '../../src/content/tar-format';
 
 export const UID_BASE = 300000;
+/** What the suite's backups record as their origin. */
+export const BINDING = { workspaceId: 'ws-suite', ownerId: 'alice', teamId: '', kind: 'REGULAR' } as const;
 const SEG = DEFAULT_SEGMENT_SIZE;
 
 export interface Backend {
@@ -190,7 +193,7 @@ export function backupSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>)
     fs.writeFileSync(path.join(base, 'upper/etc/motd'), 'changed in the image');
     const progress: { bytesDone: number; filesDone: number; bytesTotal: number; filesTotal: number }[] = [];
     const result = await store.backup({ content: path.join(base, 'content'), upper: path.join(base, 'upper') },
-      { uidBase: UID_BASE, onProgress: (p) => progress.push(p) });
+      { uidBase: UID_BASE, binding: BINDING, onProgress: (p) => progress.push(p) });
     t.match(result, { backupId: /^bk-/, keyId: keyring.current().id, sha256: /^[0-9a-f]{64}$/ });
     t.equal(result.sha256, await storage.sha256(`${result.backupId}.data`), 'sha256 is of the stored object');
     t.equal(result.size, (await storage.stat(`${result.backupId}.data`))!.size);
@@ -221,7 +224,7 @@ export function backupSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>)
     const isolated = new BackupStore({ storage, keyring, log: quietLog });
     const store = new BackupStore({ storage, keyring, log: quietLog, inProcess: true });
     makeTree(path.join(base, 'content'), { bigRandom: 6 * SEG }); // over one S3 part: multipart
-    const { backupId } = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE });
+    const { backupId } = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE, binding: BINDING });
     const original = await readObject(storage, `${backupId}.data`);
     const manifest = await readObject(storage, `${backupId}.manifest`);
     const target = path.join(base, 'target');
@@ -331,11 +334,11 @@ export function backupSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>)
     const keyring = KeyRing.open({ dir: path.join(base, 'keys') });
     const store = new BackupStore({ storage, keyring, log: quietLog });
     makeTree(path.join(base, 'content'));
-    const first = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE });
+    const first = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE, binding: BINDING });
     fs.writeFileSync(path.join(base, 'content/huge.bin'), crypto.randomBytes(24 << 20));
     const ac = new AbortController();
     await t.rejects(store.backup({ content: path.join(base, 'content') }, {
-      uidBase: UID_BASE, signal: ac.signal, onProgress: () => ac.abort(),
+      uidBase: UID_BASE, binding: BINDING, signal: ac.signal, onProgress: () => ac.abort(),
     }), { code: 'ABORTED' });
     t.same((await store.list()).map((b) => b.backupId), [first.backupId], 'only the complete backup is listed');
     await store.cleanupTemporary();
@@ -352,7 +355,7 @@ export function backupSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>)
     const keyring = KeyRing.open({ dir: keysDir });
     const store = new BackupStore({ storage, keyring, log: quietLog });
     makeTree(path.join(base, 'content'));
-    const first = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE });
+    const first = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE, binding: BINDING });
     fs.writeFileSync(path.join(base, 'content/huge.bin'), crypto.randomBytes(16 << 20));
     // The child loads TypeScript the way tap loaded this file.
     const tsLoader = process.execArgv.filter((a) => a.includes('@tapjs/typescript'));
@@ -389,10 +392,10 @@ export function backupSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>)
     const keyring = KeyRing.open({ dir: keysDir });
     const store = new BackupStore({ storage, keyring, log: quietLog, inProcess: true });
     makeTree(path.join(base, 'content'));
-    const a = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE });
+    const a = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE, binding: BINDING });
     const oldKey = keyring.current().id;
     const newKey = keyring.rotate();
-    const b = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE });
+    const b = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE, binding: BINDING });
     t.equal(a.keyId, oldKey);
     t.equal(b.keyId, newKey);
     await store.restore(a.backupId, path.join(base, 'ra'), { uidBase: UID_BASE });
@@ -410,5 +413,60 @@ export function backupSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>)
     await fresh.restore(a.backupId, path.join(base, 'rb'), { uidBase: UID_BASE });
     t.same(snapshot(path.join(base, 'rb')), snapshot(path.join(base, 'ra')));
     await t.rejects(fresh.rewrap([a.backupId], oldKey), { code: 'FAILED_PRECONDITION' }, 'cannot wrap to a retired key');
+  });
+
+  t.test('a backup records what it was made of, authenticated with its key; a version 1 backup records nothing', async (t) => {
+    const { storage } = await makeBackend(t);
+    const base = tempDir(t, 'bk-binding');
+    const keyring = KeyRing.open({ dir: path.join(base, 'keys') });
+    const store = new BackupStore({ storage, keyring, log: quietLog, inProcess: true });
+    makeTree(path.join(base, 'content'), { bigRandom: 5000 });
+    const target = path.join(base, 'restored');
+    const { backupId } = await store.backup({ content: path.join(base, 'content') }, { uidBase: UID_BASE, binding: BINDING });
+    const claims: unknown[] = [];
+    t.same((await store.open(backupId, (b) => claims.push(b))).binding, BINDING, 'open() returns the binding');
+    t.same(claims, [BINDING], 'after asking the access decision about it');
+    const refuse = (): void => { throw new DomainError('PERMISSION_DENIED', 'restore_from: permission denied'); };
+    await t.rejects(store.open(backupId, refuse), { code: 'PERMISSION_DENIED' }, 'a refusal stops open()');
+    await t.rejects(store.open('bk-20200101T000000Z-000000000000', refuse), { code: 'PERMISSION_DENIED' }, 'an unknown id is asked about too (as no binding)');
+    await t.rejects(store.open('bk-20200101T000000Z-000000000000', () => undefined), { code: 'NOT_FOUND' }, 'and is NOT_FOUND to whom it lets through');
+
+    const manifestName = `${backupId}.manifest`;
+    const original = await readObject(storage, manifestName);
+    const m = JSON.parse(original.toString()) as Record<string, unknown>;
+    t.match(m, { version: 2, ...BINDING }, 'the manifest (version 2) carries the binding');
+    const edits: Array<[string, Record<string, unknown>]> = [
+      ['the owner', { ownerId: 'mallory' }], ['the team', { teamId: 'team-x' }], ['the kind', { kind: 'PREBUILD' }],
+      ['the workspace', { workspaceId: 'ws-other' }], ['the roots', { roots: ['content', 'upper'] }],
+      ['the size', { size: Number(m.size) + 1 }], ['the digest', { sha256: 'ab'.repeat(32) }], ['the counts', { files: 1 }],
+      ['an added field', { note: 'hello' }], ['relabelled version 1', { version: 1 }],
+    ];
+    for (const [what, edit] of edits) {
+      await writeObject(storage, manifestName, Buffer.from(JSON.stringify({ ...m, ...edit })));
+      await t.rejects(store.open(backupId, () => undefined), { code: 'DATA_LOSS' }, `${what} changed: open() is DATA_LOSS`);
+      await t.rejects(store.restore(backupId, target, { uidBase: UID_BASE }), { code: 'DATA_LOSS' }, `${what} changed: so is restore()`);
+      t.notOk(fs.existsSync(target), `${what} changed: nothing restored`);
+    }
+    t.same(fs.readdirSync(base).filter((n) => n.includes('tetrix-restore')), [], 'and no staging directory left');
+    await writeObject(storage, manifestName, original);
+    await t.rejects(store.restore(backupId, target, { uidBase: UID_BASE, expectBinding: { ...BINDING, ownerId: 'bob' } }), { code: 'DATA_LOSS' },
+      'a restore expecting another binding than the verified one is DATA_LOSS');
+
+    keyring.rotate();
+    t.equal(await store.rewrap('all'), 1, 'rewrap moves it to the new key');
+    t.same((await store.open(backupId, () => undefined)).binding, BINDING, 'with its binding still verified');
+    await store.restore(backupId, target, { uidBase: UID_BASE, expectBinding: BINDING });
+    t.same(snapshot(target), expectedSnapshot(path.join(base, 'content')), 'and it restores');
+
+    const old = await storeCraftedBackup(storage, keyring, tarOf(entry({ path: 'content/old.txt' }, Buffer.from('old\n'))));
+    claims.length = 0;
+    t.equal((await store.open(old, (b) => claims.push(b))).binding, undefined, 'a version 1 backup has no binding');
+    t.same(claims, [undefined], 'and the access decision is asked about none');
+    keyring.rotate();
+    t.equal(await store.rewrap([old]), 1);
+    t.equal(JSON.parse((await readObject(storage, `${old}.manifest`)).toString()).version, 1, 'rewrap keeps it version 1');
+    const oldTarget = path.join(base, 'old');
+    await store.restore(old, oldTarget, { uidBase: UID_BASE, expectBinding: null });
+    t.equal(fs.readFileSync(path.join(oldTarget, 'old.txt'), 'utf8'), 'old\n', 'it still restores');
   });
 }

@@ -3,8 +3,18 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import os from 'node:os';
+import { Readable } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
+import type { Test } from 'tap';
 import { unaryCall } from '../../src/cli/client';
-import type { Daemon } from '../helpers/daemon';
+import { KeyRing } from '../../src/crypto/keys';
+import { DEFAULT_SEGMENT_SIZE, EncryptStream, newDataKey, STREAM_VERSION } from '../../src/crypto/stream';
+import { createCompressStream } from '../../src/content/compress';
+import { FsObjectStorage } from '../../src/content/storage-fs';
+import { TreeArchiveStream } from '../../src/content/tree-walk';
+import { cgroupDirsOf, mountsUnder, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
+import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { Progress__Output } from '../../src/generated/tetrix/agent/v1/Progress';
 import type { BackupResult__Output } from '../../src/generated/tetrix/agent/v1/BackupResult';
@@ -135,4 +145,100 @@ export function findNames(dir: string, needle: string): string[] {
     if (entry.isDirectory()) hits.push(...findNames(p, needle));
   }
   return hits;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Users: a daemon that trusts a test control plane, and calls made with its tokens (as in
+// test/api/daemon-auth.test.ts: Ed25519 JWTs whose audience is the node id). Over the unix socket a call
+// with a token speaks for that user; one without is the local operator.
+
+export interface UserDaemon {
+  d: Daemon;
+  token(sub: string, teams?: string[]): string;
+}
+
+export async function startUserDaemon(t: Test, extra: string[] = []): Promise<UserDaemon> {
+  const nodeId = uniqueName('tetrix-node');
+  const keys = crypto.generateKeyPairSync('ed25519');
+  const keyDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-cp-key-'));
+  t.teardown(() => fs.rmSync(keyDir, { recursive: true, force: true }));
+  const keyFile = path.join(keyDir, 'control-plane.pub.pem');
+  fs.writeFileSync(keyFile, keys.publicKey.export({ type: 'spki', format: 'pem' }));
+  const d = await startDaemon(t, ['--control-plane-key-file', keyFile, '--node-id', nodeId, ...extra]);
+  const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const token = (sub: string, teams: string[] = []): string => {
+    const input = `${b64({ alg: 'EdDSA', typ: 'JWT' })}.${b64({ sub, teams, aud: nodeId, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+    return `${input}.${crypto.sign(null, Buffer.from(input), keys.privateKey).toString('base64url')}`;
+  };
+  return { d, token };
+}
+
+export const asUser = (token: string | undefined): grpc.Metadata => {
+  const md = new grpc.Metadata();
+  if (token !== undefined) md.set('authorization', `Bearer ${token}`);
+  return md;
+};
+
+/** StartWorkspace as a user (token) or, without one, as the local operator. */
+export const startAs = (d: Daemon, token: string | undefined, req: StartWorkspaceRequest): Promise<Workspace__Output> =>
+  unaryCall<Workspace__Output>((md, o, cb) => d.clients.workspaces.StartWorkspace(req, md, o, cb), { metadata: asUser(token), deadlineMs: 60_000 });
+
+/** BackupWorkspace as a user, read to its end: the result. */
+export function backupAs(d: Daemon, token: string | undefined, id: string): Promise<BackupResult__Output> {
+  return new Promise((resolve, reject) => {
+    let result: BackupResult__Output | undefined;
+    const call = d.clients.workspaces.BackupWorkspace({ id, includeUpper: false }, asUser(token), { deadline: Date.now() + 60_000 });
+    call.on('data', (m: BackupProgress__Output) => (result = m.result ?? result));
+    call.on('error', reject);
+    call.on('end', () => (result ? resolve(result) : reject(new Error('the stream ended without a result'))));
+  });
+}
+
+/** The gRPC status a promise was refused with ({code: undefined} if it succeeded). */
+export async function refusal(p: Promise<unknown>): Promise<{ code: grpc.status | undefined; details: string }> {
+  try {
+    await p;
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    return { code: e.code, details: e.details };
+  }
+  return { code: undefined, details: 'it succeeded' };
+}
+
+/**
+ * A backup of `dir` written the way Tetrix wrote them before backups recorded their workspace (manifest
+ * version 1, data key wrapped for `backup:<id>` only), into the daemon's own storage and keyring: the
+ * format a node upgraded in place still holds.
+ */
+export async function storeVersion1Backup(d: Daemon, dir: string, uidBase: number): Promise<string> {
+  const id = `bk-20251201T000000Z-${crypto.randomBytes(6).toString('hex')}`;
+  const keyring = KeyRing.open({ dir: path.join(d.stateDir, 'keys') });
+  const storage = new FsObjectStorage({ dir: backupDir(d) });
+  const dataKey = newDataKey();
+  const { keyId, wrapped } = keyring.wrap(dataKey, `backup:${id}`);
+  let files = 0;
+  const tree = new TreeArchiveStream([{ name: 'content', dir }], { uidBase, onProgress: (n) => (files += n) });
+  const stored = await storage.put(`${id}.data`, tree.pipe(createCompressStream()).pipe(new EncryptStream(dataKey)));
+  dataKey.fill(0);
+  const manifest = {
+    format: 'tetrix-backup', version: 1, backupId: id, createdAt: new Date().toISOString(), object: `${id}.data`,
+    size: stored.size, sha256: stored.sha256, keyId, wrappedKey: wrapped.toString('base64'),
+    streamVersion: STREAM_VERSION, segmentSize: DEFAULT_SEGMENT_SIZE, compression: 'zstd', roots: ['content'], files, bytes: 0,
+  };
+  await storage.put(`${id}.manifest`, Readable.from([Buffer.from(JSON.stringify(manifest) + '\n')]));
+  return id;
+}
+
+/** What a failed start must not leave: the workspace's directory, a mount below the daemon's dir, a cgroup. */
+export function leftoversOf(d: Daemon, id: string): string[] {
+  const left: string[] = [];
+  const dir = path.join(d.stateDir, 'workspaces', id);
+  if (fs.existsSync(dir)) left.push(dir);
+  left.push(...mountsUnder(d.dir).filter((m) => m.includes(`/${id}`)));
+  for (const group of cgroupDirsOf(d.cgroupParent)) {
+    const g = path.join(group, id);
+    if (fs.existsSync(g)) left.push(g);
+  }
+  left.push(...findNames(d.stateDir, 'tetrix-restore'));
+  return left;
 }

@@ -14,7 +14,7 @@ import { TreeArchiveStream } from '../../src/content/archive';
 import { BackupLog, BackupStore } from '../../src/content/backups';
 import { fsops } from '../../src/content/fsops-native';
 import { FsObjectStorage } from '../../src/content/storage-fs';
-import { entry, quietLog, snapshot, storeCraftedBackup, UID_BASE } from './backup-suite';
+import { BINDING, entry, quietLog, snapshot, storeCraftedBackup, UID_BASE } from './backup-suite';
 
 const CAP = 'security.capability';
 // struct vfs_cap_data for cap_net_raw (bit 13) permitted + effective.
@@ -120,7 +120,7 @@ t.test('a restored upper layer keeps deletions, opaque and renamed directories, 
   const log: BackupLog = { info: () => undefined, warn: (o) => left.push(`${(o as { path: string }).path}: ${(o as { why: string }).why}`) };
   // Through the archive-runner child, as the daemon does it: the child loads the addon too.
   const store = new BackupStore({ storage: new FsObjectStorage({ dir: path.join(base, 'backups') }), keyring, log });
-  const { backupId } = await store.backup({ content, upper: upperA }, { uidBase: UID_BASE });
+  const { backupId } = await store.backup({ content, upper: upperA }, { uidBase: UID_BASE, binding: BINDING });
   t.same(left.sort(), [
     'foreign-cap: xattr security.capability not kept: it does not apply in the workspace\'s user namespace',
     'nested-whiteout: whiteout (0/0 device) outside the overlay upper layer',
