@@ -55,7 +55,9 @@ t.test("a user restores her own backups; someone else's is refused exactly like 
   t.equal((await refusal(startAs(d, undefined, idle('op-unknown', { restoreFrom: UNKNOWN })))).code, status.NOT_FOUND,
     'an operator is told an unknown id is NOT_FOUND');
 
-  const denials = d.output.filter((l) => l.includes('"component":"audit"') && l.includes('"action":"restore"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  // The audit trail is a file of its own in the state dir (src/api/audit.ts).
+  const denials = fs.readFileSync(path.join(d.stateDir, 'audit.log'), 'utf8').split('\n')
+    .filter((l) => l.includes('"action":"restore"')).map((l) => JSON.parse(l) as Record<string, unknown>);
   t.ok(denials.some((a) => a.who === 'user:alice' && a.decision === 'deny' && a.backup === backupId), 'the refusal is audited with the backup id');
   t.ok(denials.some((a) => a.who === 'user:bob' && a.decision === 'allow' && a.backup === backupId), 'and so is the owner’s restore');
 });

@@ -167,7 +167,7 @@ export async function startUserDaemon(t: Test, extra: string[] = []): Promise<Us
   const d = await startDaemon(t, ['--control-plane-key-file', keyFile, '--node-id', nodeId, ...extra]);
   const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
   const token = (sub: string, teams: string[] = []): string => {
-    const input = `${b64({ alg: 'EdDSA', typ: 'JWT' })}.${b64({ sub, teams, aud: nodeId, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+    const input = `${b64({ alg: 'EdDSA', typ: 'JWT' })}.${b64({ sub, teams, aud: nodeId, iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 3600 })}`;
     return `${input}.${crypto.sign(null, Buffer.from(input), keys.privateKey).toString('base64url')}`;
   };
   return { d, token };

@@ -132,7 +132,7 @@ t.test('a backup still being written counts against its key: retiring that key w
   const backups = new BackupStore({ storage: new HeldStorage({ dir: path.join(dir, 'backups') }), keyring, log: { info: () => undefined, warn: () => undefined }, inProcess: true });
   const rotation = new KeyRotation(keyring, [{ kind: 'backup', usage: () => backups.keyUsage(), rewrap: (k) => backups.rewrap('all', k) }]);
   const oldKey = keyring.current().id;
-  const running = backups.backup({ content: path.join(dir, 'content') }, { uidBase: 0 });
+  const running = backups.backup({ content: path.join(dir, 'content') }, { uidBase: 0, binding: { workspaceId: 'ws-rotation', ownerId: 'alice', teamId: '', kind: 'REGULAR' } });
   await atManifest;
   await t.rejects(rotation.run({ newKey: true, rewrap: true, retire: [oldKey] }), { code: 'FAILED_PRECONDITION', message: /still protects 1 backup;/ },
     'the backup has no manifest yet, and still holds the key');
