@@ -141,6 +141,10 @@ if (require.main === module) {
     process.stdout.write(usage());
     process.exit(0);
   }
+  if (process.argv.includes('--version')) {
+    process.stdout.write(`tetrixd ${version}\n`);
+    process.exit(0);
+  }
   let config: Config;
   try {
     config = loadConfig(process.argv.slice(2));
