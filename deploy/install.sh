@@ -71,8 +71,15 @@ command -v node >/dev/null || { echo "install.sh: Node.js 20 is required" >&2; e
 major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$major" -ge 20 ] || { echo "install.sh: Node.js >= 20 is required (found $(node --version))" >&2; exit 1; }
 
-# npm ci runs the package's install script: node-gyp builds native/ (addon + static init).
-npm ci --no-audit --no-fund
+# npm ci empties node_modules first, following a symlink: a node_modules shared with another checkout
+# would be wiped for every checkout using it. Such a checkout is already installed; only build it.
+if [ -L node_modules ]; then
+  echo "install.sh: node_modules is a symlink to $(readlink node_modules); not running npm ci over it" >&2
+  npm run install
+else
+  # npm ci runs the package's install script: node-gyp builds native/ (addon + static init).
+  npm ci --no-audit --no-fund
+fi
 npm run build
 install_wrappers
 echo "install.sh: done. Start the daemon with: tetrixd   (tetrixd --help, tetrixctl --help)"
