@@ -204,7 +204,6 @@ interface LogLine { stream: string; task: string; time: number; data: string }
 function logs(c: Clients, inv: Invocation, json: boolean): Promise<number> {
   const follow = inv.values.follow === true;
   const tailText = str(inv, 'tail');
-  if (tailText !== undefined && follow) throw new UsageError('logs: --tail works without --follow only (the daemon sends the whole log first)');
   const tail = tailText === undefined ? undefined : integer('--tail', tailText, 0);
   const timestamps = inv.values.timestamps === true;
   const print = (l: LogLine): void => {
@@ -302,7 +301,10 @@ function prepare(inv: Invocation, json: boolean): Action {
         return 0;
       };
     case 'logs': {
-      if (str(inv, 'tail') !== undefined) integer('--tail', str(inv, 'tail')!, 0);
+      if (str(inv, 'tail') !== undefined) {
+        integer('--tail', str(inv, 'tail')!, 0);
+        if (inv.values.follow) throw new UsageError('logs: --tail works without --follow only (the daemon sends the whole log first)');
+      }
       return (c) => logs(c, inv, json);
     }
     case 'watch':
@@ -332,7 +334,7 @@ let commandName = '';
 
 async function main(argv: string[]): Promise<number> {
   const inv = parseCommandLine(argv);
-  commandName = inv.command?.name ?? '';
+  commandName = inv.command?.name === 'help' ? '' : inv.command?.name ?? '';
   if (inv.values.version) {
     process.stdout.write(`tetrixctl ${version()}\n`);
     return 0;
