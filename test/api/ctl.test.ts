@@ -193,7 +193,10 @@ t.test('backup: the first progress carries the total; a terminal shows throughpu
 t.test('the install puts tetrixd and tetrixctl on PATH, usable from any directory', async (t) => {
   const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-bin-'));
   t.teardown(() => fs.rmSync(bin, { recursive: true, force: true }));
-  const install = () => spawnSync('bash', [path.join(repoRoot, 'deploy', 'install.sh'), '--wrappers-only'], { encoding: 'utf8', env: { ...process.env, TETRIX_BIN_DIR: bin } });
+  const script = path.join(repoRoot, 'deploy', 'install.sh');
+  // A script without the flag would run the whole install (npm ci) instead: never run that from a test.
+  if (!fs.readFileSync(script, 'utf8').includes('"--wrappers-only"')) return t.fail('install.sh has no --wrappers-only');
+  const install = () => spawnSync('bash', [script, '--wrappers-only'], { encoding: 'utf8', env: { ...process.env, TETRIX_BIN_DIR: bin } });
   const first = install();
   t.equal(first.status, 0, first.stderr);
   const written = fs.readFileSync(path.join(bin, 'tetrixd'), 'utf8');
