@@ -161,6 +161,10 @@ t.test('each command says what it did, with an exit code a script can rely on', 
   t.match(other.stderr, /ALREADY_EXISTS: workspace "same" exists with a different spec: spec\.resources\.memory_bytes differs/);
   const argv = ctl('start', 'same', '--owner', 'alice', '--', 'sleep', '601');
   t.match(argv.stderr, /spec\.command\[1\] differs/);
+  t.equal(ctl('start', 'secret', '--env', 'TOKEN=first-value', '--', 'sleep', '600').status, 0);
+  const env = ctl('start', 'secret', '--env', 'TOKEN=second-value', '--', 'sleep', '600');
+  t.match(env.stderr, /spec\.env differs/, 'an env difference names only the field');
+  t.notMatch(env.stderr, /value/, 'never a value');
 
   const first = ctl('start', 'broken', '--', '/nonexistent');
   t.equal(first.status, 1, 'a start that fails exits 1');
