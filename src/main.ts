@@ -168,6 +168,10 @@ if (require.main === module) {
     process.stdout.write(usage());
     process.exit(0);
   }
+  if (process.argv.includes('--version')) {
+    process.stdout.write(`tetrixd ${version}\n`);
+    process.exit(0);
+  }
   const args = process.argv.slice(2);
   if (args[0] === 'uninstall') {
     runUninstall(args.slice(1));

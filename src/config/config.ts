@@ -169,7 +169,7 @@ export function usage(): string {
   const flag = (key: string): string => `--${key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())}`;
   const lines = allKeys.map((key) => `  ${flag(key).padEnd(28)} ${envName(key)}`);
   return [
-    'usage: tetrixd [--config FILE] [--SETTING VALUE ...]',
+    'usage: tetrixd [--config FILE] [--SETTING VALUE ...]   (or --version, --help)',
     'Runs the Tetrix node agent. Settings come from the embedded defaults, then FILE (JSON), then the',
     'environment, then flags (--socket is short for --socket-path):',
     ...lines,

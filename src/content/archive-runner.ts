@@ -10,7 +10,7 @@
 // Nothing else is written to stdout.
 import fs from 'node:fs';
 import { DomainError } from '../errors';
-import { ArchiveRoot, TreeExtraction } from './archive';
+import { ArchiveRoot, measureTrees, TreeExtraction } from './archive';
 import { ZstdFrameReader, ZstdFrameWriter } from './compress';
 import { TreeWalk } from './tree-walk';
 
@@ -85,8 +85,9 @@ const WALK_CHUNK = 1 << 20;
 
 /**
  * Archive -> zstd into `sink`, one reused input buffer at a time: the walk (native/archive.c) fills it, zstd's
- * workers compress it beside the next fill. No counting pass first: the totals are reported once known, at
- * the end of the walk.
+ * workers compress it beside the next fill. A metadata-only counting pass goes first so that the first progress
+ * carries a total (an operator's bar otherwise sat at 0% until the end); the walk's own count, sent at its
+ * end, replaces that estimate with the exact figure.
  */
 export async function backupTo(sink: ArchiveSink, job: BackupJob, report: Report): Promise<{ bytes: number; files: number }> {
   // Before the progress timer starts: a bad root name throws here.
@@ -97,6 +98,7 @@ export async function backupTo(sink: ArchiveSink, job: BackupJob, report: Report
   });
   const progress = new ProgressBatch(report);
   try {
+    reportEstimate(job.roots, report);
     const zstd = new ZstdFrameWriter((bytes) => sink.write(bytes));
     const input = Buffer.allocUnsafe(WALK_CHUNK);
     while (!walk.done) {
@@ -111,6 +113,20 @@ export async function backupTo(sink: ArchiveSink, job: BackupJob, report: Report
     progress.stop();
   }
   return { bytes: progress.totalBytes, files: progress.totalFiles };
+}
+
+/**
+ * The trees' size before the walk (readdir and lstat only; it also warms the caches the walk then reads). It
+ * is only an estimate, so a tree it cannot measure is backed up without one rather than refused.
+ */
+function reportEstimate(roots: ArchiveRoot[], report: Report): void {
+  let size: { bytes: number; files: number };
+  try {
+    size = measureTrees(roots.map((r) => r.dir));
+  } catch {
+    return;
+  }
+  report({ type: 'totals', bytes: size.bytes, files: size.files });
 }
 
 /** A sink over a Writable (in-process runs): bytes are copied, and the stream's backpressure respected. */

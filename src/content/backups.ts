@@ -36,7 +36,7 @@ export interface BackupLog {
 export interface BackupProgress {
   bytesDone: number;
   filesDone: number;
-  bytesTotal: number;   // 0 until known: a backup learns it when its walk ends, a restore from the manifest
+  bytesTotal: number;   // 0 until known: a backup's estimate comes before its walk (exact at its end), a restore's from the manifest
   filesTotal: number;
 }
 
@@ -511,9 +511,11 @@ class ProgressReporter {
 
   constructor(public bytesTotal: number, public filesTotal: number, readonly report?: (p: BackupProgress) => void) {}
 
+  /** Sent at once: a client learns the total before the first bytes are done. */
   setTotals(bytes: number, files: number): void {
     this.bytesTotal = bytes;
     this.filesTotal = files;
+    this.flush();
   }
 
   add(bytes: number, files = 1): void {

@@ -120,7 +120,7 @@ export class WorkspaceService {
     const existing = this.records.get(spec.id);
     if (existing) {
       if (this.o.store.digestOf(spec.id) !== digest) {
-        throw new DomainError('ALREADY_EXISTS', `workspace "${spec.id}" exists with a different spec`);
+        throw new DomainError('ALREADY_EXISTS', `workspace "${spec.id}" exists with a different spec: ${specDifference(existing.spec, spec)}`);
       }
       return existing;
     }
@@ -641,6 +641,29 @@ function toStartError(err: unknown): unknown {
 
 export function errText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * The first field, in the wire's names, where a repeated start differs from the workspace that exists:
+ * `spec.resources.memory_bytes differs`. Env values are secrets: a difference there names only `spec.env`.
+ */
+export function specDifference(existing: WorkspaceSpec, requested: WorkspaceSpec): string {
+  const wire = (key: string): string => key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase());
+  const walk = (a: unknown, b: unknown, at: string): string | undefined => {
+    if (at === 'spec.env') return canonicalJson(a) === canonicalJson(b) ? undefined : at;
+    if (a && b && typeof a === 'object' && typeof b === 'object') {
+      const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])];
+      if (Array.isArray(a) && Array.isArray(b) && a.length !== b.length) return at;
+      for (const key of keys) {
+        const found = walk((a as Record<string, unknown>)[key], (b as Record<string, unknown>)[key], Array.isArray(a) ? `${at}[${key}]` : `${at}.${wire(key)}`);
+        if (found) return found;
+      }
+      return undefined;
+    }
+    return canonicalJson(a) === canonicalJson(b) ? undefined : at;
+  };
+  const field = walk(existing, requested, 'spec');
+  return field ? `${field} differs` : 'the spec differs';
 }
 
 function canonicalJson(value: unknown): string {
