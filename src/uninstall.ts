@@ -1,9 +1,11 @@
 // `tetrixd uninstall`: gives the node back as Tetrix found it. It removes only what this daemon's state dir
 // owns (its claimed cgroup parent, bridge and nft tables, its uid-range claims, the state dir itself with
-// its keys and PKI) and refuses while a daemon serves it or a workspace still runs, unless --force.
+// its keys and PKI; for the node's main daemon also install.sh's module file and command wrappers) and
+// refuses while a daemon serves it or a workspace still runs, unless --force. Debian packages and a
+// systemd unit the operator copied stay: docs/operations.md says how to remove them.
 import fs from 'node:fs';
 import path from 'node:path';
-import { defaults, type Config } from './config/config';
+import { defaults, packageRoot, type Config } from './config/config';
 import { DomainError } from './errors';
 import { refuseServedSocket } from './api/server';
 import { removeNodeNetwork } from './network';
@@ -65,7 +67,22 @@ export async function uninstall(config: Config, opts: UninstallOptions): Promise
   removeIfPresent(config.socketPath, opts);
   releaseLock();
   removeIfPresent(config.stateDir, opts);
-  if (path.resolve(config.stateDir) === defaults().stateDir) removeOverlayModuleConfig(opts);
+  if (path.resolve(config.stateDir) === defaults().stateDir) {
+    removeOverlayModuleConfig(opts);
+    removeCommandWrappers(opts);
+  }
+}
+
+/** The tetrixd and tetrixctl wrappers deploy/install.sh wrote for this checkout (TETRIX_BIN_DIR, else
+ *  /usr/local/bin); a file another checkout or someone else wrote there is left alone. */
+function removeCommandWrappers(opts: UninstallOptions): void {
+  const binDir = process.env.TETRIX_BIN_DIR ?? '/usr/local/bin';
+  const mark = `# Written by ${packageRoot}/deploy/install.sh:`;
+  for (const name of ['tetrixd', 'tetrixctl']) {
+    const file = path.join(binDir, name);
+    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    if (text.split('\n')[1]?.startsWith(mark)) removeIfPresent(file, opts);
+  }
 }
 
 function removeIfPresent(target: string, opts: UninstallOptions): void {
