@@ -277,7 +277,8 @@ static void kill_leftovers(void) {
   }
 }
 
-// Waits for the task, forwarding the polite signals to it; *stop is set once one came (no task after it).
+// Waits for the task (or the workload), forwarding the polite signals to it; *stop is set once one came
+// (no task after it).
 static int wait_task(int sfd, pid_t task, bool *stop) {
   int status = 0;
   for (;;) {
@@ -366,19 +367,8 @@ int main(int argc, char **argv) {
   setpgid(workload, workload);  // both sides, so neither races the other
   close(TX_REPORT_FD);
 
-  int status = 0;
-  for (;;) {
-    struct signalfd_siginfo si;
-    ssize_t n = read(sfd, &si, sizeof si);
-    if (n < 0 && errno == EINTR) continue;
-    if (n != (ssize_t)sizeof si) die(STEP_INIT_SIGNALFD, "read signalfd");
-    int sig = (int)si.ssi_signo;
-    if (sig == SIGCHLD) {
-      if (reap(workload, &status)) break;
-    } else if (is_forwarded(sig)) {
-      kill(workload, sig);
-    }
-  }
+  bool stopped = false;  // the workload decides what a forwarded signal means
+  int status = wait_task(sfd, workload, &stopped);
   write_status(status);
   // Our exit kills whatever else is left in the PID namespace.
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

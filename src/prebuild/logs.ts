@@ -617,15 +617,8 @@ async function readHeader(handle: fs.FileHandle, logId: string): Promise<{ keyId
   const { bytesRead } = await handle.read(buf, 0, max, 0);
   const data = buf.subarray(0, bytesRead);
   if (data.length < MAGIC.length || !data.subarray(0, MAGIC.length).equals(MAGIC)) throw dataLoss(logId, 'not a tetrix log (bad magic)');
-  let off = MAGIC.length;
-  const fields: Buffer[] = [];
-  for (let i = 0; i < 3; i++) {
-    if (off + 2 > data.length) throw dataLoss(logId, 'header cut short');
-    const len = data.readUInt16BE(off);
-    if (len > MAX_HEADER_FIELD || off + 2 + len > data.length) throw dataLoss(logId, 'header cut short');
-    fields.push(data.subarray(off + 2, off + 2 + len));
-    off += 2 + len;
-  }
+  const fields = decodeFields(data, MAGIC.length, logId);
+  const off = fields.reduce((end, f) => end + 2 + f.length, MAGIC.length);
   if (fields[2].toString('utf8') !== logId) throw dataLoss(logId, 'header names another log');
   return { keyId: fields[0].toString('utf8'), wrapped: Buffer.from(fields[1]), bytes: Buffer.from(data.subarray(0, off)) };
 }

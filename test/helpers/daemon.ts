@@ -272,3 +272,27 @@ export function isAlive(pid: number): boolean {
 }
 
 export type GrpcError = grpc.ServiceError;
+
+/** The /dev nodes a workspace gets, as on the host (but tty). */
+export const HOST_DEVICES = ['null', 'zero', 'full', 'random', 'urandom'] as const;
+
+/** Opens and writes the host's /dev nodes every 20 ms until the test ends: a workspace watching its own
+ *  must see none of it (issue 13, item 8). */
+export function hostDeviceActivity(t: TapLike): void {
+  const timer = setInterval(() => {
+    for (const d of HOST_DEVICES) {
+      try {
+        const fd = fs.openSync(`/dev/${d}`, 'r+');
+        try {
+          fs.writeSync(fd, 'x');
+        } catch {
+          // /dev/full: ENOSPC, by design; the open and the attempt still happened
+        }
+        fs.closeSync(fd);
+      } catch {
+        // never fail the test over the generator
+      }
+    }
+  }, 20);
+  t.teardown(() => clearInterval(timer));
+}

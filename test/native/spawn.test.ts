@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { native, NativeError } from '../../src/sandbox/native';
+import { hostDeviceActivity } from '../helpers/daemon';
 import { childPids, makeHostDir, makeRootfs, openFds, run, runScript, testIdBase, workspaceOptions } from './fixture';
 
 // Docker's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE
@@ -343,22 +344,7 @@ t.test("inotify on a workspace's /dev nodes sees nothing the host or a neighbour
   // A neighbour and the host keep opening and writing their /dev nodes all along.
   const neighbour = await run(t, workspaceOptions(t, rootfs, ['sh', '-c', 'echo ready; while :; do for d in null zero full random urandom; do echo x > /dev/$d; done 2>/dev/null; sleep 0.1; done']));
   await neighbour.waitForOutput('ready');
-  const timer = setInterval(() => {
-    for (const d of DEVICES.slice(0, 5)) {
-      try {
-        const fd = fs.openSync(`/dev/${d}`, 'r+');
-        try {
-          fs.writeSync(fd, 'x');
-        } catch {
-          // /dev/full: ENOSPC
-        }
-        fs.closeSync(fd);
-      } catch {
-        // keep generating
-      }
-    }
-  }, 20);
-  t.teardown(() => clearInterval(timer));
+  hostDeviceActivity(t);
   const { output } = await runScript(t, rootfs, 'TETRIX_BATTERY_DEV_WATCH_MS=2000 /bin/battery dev_inotify_no_outside_events');
   t.match(output, /^PROBE dev_inotify_no_outside_events blocked /m, output);
 });

@@ -9,7 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { mountsUnder, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
+import { hostDeviceActivity, mountsUnder, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 
 const MIN_PROBES = 40;
@@ -90,27 +90,6 @@ function nodeFacts(): Record<string, string> {
     }).join(','),
     TETRIX_BATTERY_PTY_LIMIT: String(PTY_LIMIT),
   };
-}
-
-/** Opens and writes the host's /dev nodes every few ms until stopped: a workspace watching its own must
- *  see none of it (issue 13, item 8). */
-function hostDeviceActivity(t: Test): void {
-  const timer = setInterval(() => {
-    for (const d of DEVICES) {
-      try {
-        const fd = fs.openSync(`/dev/${d}`, 'r+');
-        try {
-          fs.writeSync(fd, 'x');
-        } catch {
-          // /dev/full: ENOSPC, by design; the open and the attempt still happened
-        }
-        fs.closeSync(fd);
-      } catch {
-        // never fail the test over the generator
-      }
-    }
-  }, 20);
-  t.teardown(() => clearInterval(timer));
 }
 
 const contentFile = (d: Daemon, id: string, file: string): string => path.join(d.stateDir, 'workspaces', id, 'content', file);
