@@ -11,7 +11,7 @@ import { workspaceHandlers } from './api/workspace-api';
 import { nodeHandlers } from './api/node-api';
 import { WorkspaceService } from './workspace/service';
 import { WorkspaceStore } from './workspace/store';
-import { native } from './sandbox/native';
+import { native } from './native';
 import { createSandbox } from './sandbox';
 import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, releaseNodeNames } from './state-dir';
 import { checkHost } from './preflight';

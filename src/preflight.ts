@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Config } from './config/config';
 import { DomainError } from './errors';
-import { native } from './sandbox/native';
+import { native } from './native';
 
 const CGROUP2_SUPER_MAGIC = 0x63677270;
 const CGROUP_SUPER_MAGIC = 0x27e0eb;

@@ -12,7 +12,7 @@ import { removeNodeNetwork } from './network';
 import { detectCgroupDriver } from './sandbox/cgroups';
 import { IdRangeAllocator } from './sandbox/idmap';
 import { mountsUnder } from './sandbox/rootfs';
-import { native } from './sandbox/native';
+import { native } from './native';
 import { acquireStateLock, claimNodeNames, nodeNamesOf, releaseNodeNames } from './state-dir';
 
 export interface UninstallOptions {

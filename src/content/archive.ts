@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import { Writable } from 'node:stream';
 import { DomainError } from '../errors';
 import { checkRootName, DEFAULT_ID_COUNT, IdMapping, openRootDir, OVERLAY_UPPER_ROOT } from './archive-roots';
-import { extract, ExtractResult, NativeExtraction } from './fsops-native';
+import { extract, ExtractResult, NativeExtraction } from '../native';
 import { OVERLAY_METACOPY, xattrsFromArchive } from './xattrs';
 
 export {

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { DomainError } from '../errors';
 import { ArchiveRoot, checkRootName, DEFAULT_ID_COUNT, IdMapping, openRootDir, OVERLAY_UPPER_ROOT } from './archive-roots';
-import { archiveWalk, fsops, NativeArchiveWalk } from './fsops-native';
+import { archiveWalk, fsops, NativeArchiveWalk } from '../native';
 import { BLOCK } from './tar-format';
 import { OVERLAY_METACOPY, xattrsToArchive, XATTRS_LEFT_OUT_QUIETLY } from './xattrs';
 

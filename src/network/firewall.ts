@@ -3,7 +3,7 @@
 // changed. The rules are fixed at install time; workspaces come and go as set elements. docs/network.md
 // explains each rule.
 import { DomainError } from '../errors';
-import { netNative } from './native-net';
+import { netNative } from '../native';
 import type { Lease } from './pool';
 import { hostLinkPrefix } from './links';
 

@@ -7,7 +7,7 @@ import { allSettledOrThrow } from '../promises';
 import { formatIpv4, parseIpv4, parseRange, parseSubnet4, parseSubnet6, contains4, type Subnet4, type Subnet6 } from './cidr';
 import { Firewall, metadataAddresses, type FirewallSpec } from './firewall';
 import { hostLinkName, Links, workspaceMac, type NetnsRef } from './links';
-import { netNative } from './native-net';
+import { netNative } from '../native';
 import { AddressPool, gatewayOffset, type Lease } from './pool';
 
 export { loopbackUp, type NetnsRef } from './links';

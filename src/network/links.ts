@@ -1,8 +1,8 @@
 // Links: the node's bridge and one veth per workspace, made through rtnetlink in the addon.
 import crypto from 'node:crypto';
 import { DomainError } from '../errors';
-import { NativeError } from '../sandbox/native';
-import { netNative, type WorkspaceNetns } from './native-net';
+import { NativeError } from '../native';
+import { netNative, type WorkspaceNetns } from '../native';
 import type { Lease } from './pool';
 
 /** Node-side veths are "twv" + 12 hex digits of the workspace id's hash: 15 characters, IFNAMSIZ-1. */

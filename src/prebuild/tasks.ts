@@ -13,7 +13,7 @@ import type { TaskSpec } from '../workspace/types';
 
 export type TaskEvent = { kind: 'start'; index: number } | { kind: 'end'; index: number; exitCode: number };
 
-/** What the channel needs of the addon (src/sandbox/native.ts). */
+/** What the channel needs of the addon (src/native/channel.ts). */
 export interface TaskChannelNative {
   pipe(): [number, number];
   sendWithFds(socketFd: number, data: Buffer, fds: number[]): void;

@@ -10,7 +10,7 @@ import { capabilityNumbers, DEFAULT_CAPABILITIES } from './capabilities';
 import { boundedLimits, detectCgroupDriver, type CgroupDriver } from './cgroups';
 import { IdRangeAllocator } from './idmap';
 import { ImageStore } from './images';
-import { initBinaryPath } from './native';
+import { initBinaryPath } from '../native';
 import { prepareRootfs, releaseRootfs, unmountRootfs, type ImageOwnership } from './rootfs';
 import { SeccompProfiles } from './seccomp';
 

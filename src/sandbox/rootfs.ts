@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DomainError, invalidArgument } from '../errors';
-import { native, NativeError } from './native';
+import { native, NativeError } from '../native';
 
 export interface WorkspaceLayout {
   wsDir: string;

@@ -10,41 +10,8 @@ import path from 'node:path';
 
 import { DomainError } from '../errors';
 import { DEFAULT_CAPABILITIES, isCapabilityName } from './capabilities';
-import { native, NativeAddon, NativeError } from './native';
+import { NativeError, seccompNative as addon, type CompileArg, type CompileRule, type CompileSpec } from '../native';
 import { argWidths, comparedValue, expandComparisons } from './seccomp-args';
-
-// ---- the addon functions this file uses (native/seccomp.c) --------------------------------------------
-
-interface CompileArg {
-  index: number;
-  op: string;
-  value: number;
-  valueTwo: number;
-}
-
-interface CompileRule {
-  syscall: string;
-  action: string;
-  errno: number;
-  args: CompileArg[];
-}
-
-interface CompileSpec {
-  defaultAction: string;
-  defaultErrno: number;
-  arches: string[];          // libseccomp names: "x86_64", "aarch64"
-  rules: CompileRule[];
-  enosysUnknown: boolean;    // answer syscalls newer than libseccomp knows with ENOSYS
-}
-
-interface SeccompAddon {
-  seccompCompile(spec: CompileSpec): Promise<Buffer>;
-  /** >= 0 the number; -1 unknown to libseccomp; other negatives are libseccomp pseudo numbers. */
-  seccompResolveSyscall(name: string, arch: string): number;
-  seccompNativeArch(): string;
-}
-
-const addon = native as NativeAddon & SeccompAddon;
 
 // ---- the profile format --------------------------------------------------------------------------------
 

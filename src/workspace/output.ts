@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { DomainError } from '../errors';
 import type { LogChunkRecord, LogStore, LogWriter } from '../prebuild/logs';
 import { serveTasks, type TaskEvent } from '../prebuild/tasks';
-import type { NativeAddon } from '../sandbox/native';
+import type { NativeAddon } from '../native';
 import { drainPipe, OUTPUT_PIPE_BYTES, OutputPacer } from './output-drain';
 import type { OpenedOutput, WorkspaceLogs } from './ports';
 import type { WorkspaceSpec } from './types';

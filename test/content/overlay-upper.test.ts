@@ -12,7 +12,7 @@ import { KeyRing } from '../../src/crypto/keys';
 import { mountsUnder } from '../../src/sandbox/rootfs';
 import { TreeArchiveStream } from '../../src/content/archive';
 import { BackupLog, BackupStore } from '../../src/content/backups';
-import { fsops } from '../../src/content/fsops-native';
+import { fsops } from '../../src/native';
 import { FsObjectStorage } from '../../src/content/storage-fs';
 import { BINDING, entry, quietLog, snapshot, storeCraftedBackup, UID_BASE } from './backup-suite';
 

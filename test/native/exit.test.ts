@@ -5,7 +5,7 @@ import t from 'tap';
 import { spawn as spawnChild } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { native, NativeError, type ExitStatus } from '../../src/sandbox/native';
+import { native, NativeError, type ExitStatus } from '../../src/native';
 import { makeHostDir, makeRootfs, openFds, run, runScript, testIdBase, workspaceOptions } from './fixture';
 
 const { SIGKILL, SIGTERM, SIGUSR1 } = native.constants;

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Test } from 'tap';
-import { native, initBinaryPath, type ExitStatus, type SpawnOptions, type SpawnResult } from '../../src/sandbox/native';
+import { native, initBinaryPath, type ExitStatus, type SpawnOptions, type SpawnResult } from '../../src/native';
 
 const APPLETS = [
   'sh', 'id', 'ps', 'ip', 'hostname', 'cat', 'ls', 'sleep', 'echo', 'mkdir', 'touch', 'grep', 'wc', 'head',

@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { native, NativeError, type ExitStatus, type HeldSpawnResult } from '../../src/sandbox/native';
+import { native, NativeError, type ExitStatus, type HeldSpawnResult } from '../../src/native';
 import { childPids, makeHostDir, makeRootfs, openFds, testIdBase, workspaceOptions, type Workspace } from './fixture';
 
 const { SIGKILL } = native.constants;

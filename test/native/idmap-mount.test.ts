@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { native, NativeError } from '../../src/sandbox/native';
+import { native, NativeError } from '../../src/native';
 import { makeHostDir, testIdBase } from './fixture';
 
 const { MNT_DETACH } = native.constants;

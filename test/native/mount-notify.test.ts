@@ -3,7 +3,7 @@ import t from 'tap';
 import { spawn as spawnChild } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { native, NativeError } from '../../src/sandbox/native';
+import { native, NativeError } from '../../src/native';
 import { makeHostDir, uniqueName } from './fixture';
 
 const { MS_NOSUID, MS_NODEV, MS_RDONLY, MS_REMOUNT, MNT_DETACH } = native.constants;

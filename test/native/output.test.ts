@@ -6,7 +6,7 @@ import { spawn as spawnChild } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { native } from '../../src/sandbox/native';
+import { native } from '../../src/native';
 import { makeRootfs, run, workspaceOptions } from './fixture';
 
 const { STDOUT_READ_FD, STDERR_READ_FD } = native.constants;

@@ -4,7 +4,7 @@ import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { native, NativeError } from '../../src/sandbox/native';
+import { native, NativeError } from '../../src/native';
 import { hostDeviceActivity } from '../helpers/daemon';
 import { childPids, makeHostDir, makeRootfs, openFds, run, runScript, testIdBase, workspaceOptions } from './fixture';
 

@@ -2,7 +2,7 @@
 // (src/prebuild/tasks.ts): tasks in order, each with its own env and output pipes, statuses from init's
 // own waitpid, with and without the gate, and what init does when the daemon goes away.
 import t, { type Test } from 'tap';
-import { native, type ExitStatus } from '../../src/sandbox/native';
+import { native, type ExitStatus } from '../../src/native';
 import { serveTasks, type TaskEvent } from '../../src/prebuild/tasks';
 import type { TaskSpec } from '../../src/workspace/types';
 import fs from 'node:fs';

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { Test } from 'tap';
 import { BUILTIN_BUSYBOX, ImageStore } from '../../src/sandbox/images';
-import { native } from '../../src/sandbox/native';
+import { native } from '../../src/native';
 import { mountsUnder, prepareRootfs, releaseRootfs, removeWorkspaceDir, unmountRootfs, workspaceLayout } from '../../src/sandbox/rootfs';
 
 const UID_BASE = 3_000_000 + (process.pid % 1000) * 65536;

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { Test } from 'tap';
 import { capabilityNumbers, DEFAULT_CAPABILITIES } from '../../src/sandbox/capabilities';
-import { initBinaryPath, native } from '../../src/sandbox/native';
+import { initBinaryPath, native } from '../../src/native';
 import { compileProfile, readProfile, SeccompProfiles } from '../../src/sandbox/seccomp';
 import { argWidths, maskedTerms } from '../../src/sandbox/seccomp-args';
 import { kernelArgWidths } from './fixtures/syscall-signatures';

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { KeyRing } from '../../src/crypto/keys';
 import { LogStore, type LogChunkRecord } from '../../src/prebuild/logs';
-import { native } from '../../src/sandbox/native';
+import { native } from '../../src/native';
 import { BYTES_PER_CPU_SECOND, COALESCE_MS, drainPipe, OUTPUT_PIPE_BYTES, OutputPacer } from '../../src/workspace/output-drain';
 
 /** Rounded up to whole ms, so within 1 ms of the exact value. */

@@ -1,9 +1,7 @@
-// The network half of the addon (native/net.c), typed. It is the same .node that src/sandbox/native.ts
-// loads; this file only declares the functions net.c registers on it.
-import { native } from '../sandbox/native';
+// native/net.c: links (rtnetlink) and nftables, each call optionally in the node's network namespace.
+import type { NativePart } from './part';
 
-/** Every call may name the node's network namespace (a path); without it, the process's own. */
-interface InNodeNamespace {
+export interface InNodeNamespace {
   netns?: string;
 }
 
@@ -45,4 +43,10 @@ export interface NetNative {
   nftRelease(opts: InNodeNamespace): Promise<void>;
 }
 
-export const netNative = native as unknown as NetNative;
+export const netPart: NativePart<NetNative> = {
+  file: 'native/net.c',
+  functions: {
+    netEnsureBridge: true, netAttachVeth: true, netDeleteLink: true, netListPorts: true, netLoopbackUp: true,
+    nftRun: true, nftRelease: true,
+  },
+};
