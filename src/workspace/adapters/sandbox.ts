@@ -1,5 +1,5 @@
 // The sandbox as the workspace lifecycle sees it: images, uid ranges, rootfs, cgroups, seccomp and
-// capabilities behind one object (the Sandbox port of src/workspace/ports.ts).
+// capabilities behind one object (the Sandbox port of src/workspace/ports.ts), built from src/sandbox.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
