@@ -12,7 +12,7 @@ import { nodeHandlers } from './api/node-api';
 import { WorkspaceService } from './workspace/service';
 import { WorkspaceStore } from './workspace/store';
 import { native } from './native';
-import { createSandbox } from './sandbox';
+import { createSandbox } from './workspace/adapters/sandbox';
 import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, releaseNodeNames } from './state-dir';
 import { checkHost } from './preflight';
 import { uninstall } from './uninstall';
@@ -25,7 +25,7 @@ import { LogStore } from './prebuild/logs';
 import { BackupStore } from './content/backups';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
-import { provenancePublisher } from './prebuild/publish';
+import { provenancePublisher } from './workspace/adapters/provenance';
 import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from './crypto/secrets';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;

@@ -9,7 +9,14 @@
 // from there only into task i's execve. Nothing of the channel is a path: the daemon never opens anything
 // the workspace can write, and no task can write a status line.
 import net from 'node:net';
-import type { TaskSpec } from '../workspace/types';
+
+/** One prebuild task as the workspace spec names it. */
+export interface TaskSpec {
+  name: string;
+  command: string[];
+  workingDir: string;
+  env: Record<string, string>;
+}
 
 export type TaskEvent = { kind: 'start'; index: number } | { kind: 'end'; index: number; exitCode: number };
 

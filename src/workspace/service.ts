@@ -15,7 +15,7 @@ import { isFinal, newStatus, type Reason, type Resources, type State, type Works
 import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, OpenedOutput, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { readPidStartTime, signalName } from './proc';
 import { allSettledOrThrow } from '../promises';
-import type { ProvenancePublisher } from '../prebuild/publish';
+import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
 
 export interface WorkspaceServiceOptions {

@@ -11,12 +11,9 @@ export interface Resources {
   pids: number;          // 0 as above
 }
 
-export interface TaskSpec {
-  name: string;
-  command: string[];
-  workingDir: string;
-  env: Record<string, string>;
-}
+// A task is the task channel's unit (src/prebuild/tasks.ts); defined there, named here for the spec.
+export type { TaskSpec } from '../prebuild/tasks';
+import type { TaskSpec } from '../prebuild/tasks';
 
 export interface WorkspaceSpec {
   id: string;

@@ -1,9 +1,9 @@
 // After a successful prebuild: its provenance, signed by the node, stored beside the snapshot.
-import type { ObjectStorage } from '../content/storage';
-import type { BackupOutcome } from '../workspace/ports';
-import type { WorkspaceRecord } from '../workspace/types';
-import { publishPrebuildProvenance } from './provenance';
-import type { ProvenanceSigningKey } from './signing-key';
+import type { ObjectStorage } from '../../content/storage';
+import type { BackupOutcome } from '../ports';
+import type { WorkspaceRecord } from '../types';
+import { publishPrebuildProvenance } from '../../prebuild/provenance';
+import type { ProvenanceSigningKey } from '../../prebuild/signing-key';
 
 export interface ProvenancePublisher {
   publish(record: WorkspaceRecord, snapshot: BackupOutcome): Promise<string>;

@@ -1,18 +1,18 @@
 // The sandbox as the workspace lifecycle sees it: images, uid ranges, rootfs, cgroups, seccomp and
-// capabilities behind one object (the Sandbox port of src/workspace/ports.ts).
+// capabilities behind one object (the Sandbox port of src/workspace/ports.ts), built from src/sandbox.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { Config } from '../config/config';
-import type { Sandbox } from '../workspace/ports';
-import type { Resources } from '../workspace/types';
-import { capabilityNumbers, DEFAULT_CAPABILITIES } from './capabilities';
-import { boundedLimits, detectCgroupDriver, type CgroupDriver } from './cgroups';
-import { IdRangeAllocator } from './idmap';
-import { ImageStore } from './images';
-import { initBinaryPath } from '../native';
-import { prepareRootfs, releaseRootfs, unmountRootfs, type ImageOwnership } from './rootfs';
-import { SeccompProfiles } from './seccomp';
+import type { Config } from '../../config/config';
+import type { Sandbox } from '../ports';
+import type { Resources } from '../types';
+import { capabilityNumbers, DEFAULT_CAPABILITIES } from '../../sandbox/capabilities';
+import { boundedLimits, detectCgroupDriver, type CgroupDriver } from '../../sandbox/cgroups';
+import { IdRangeAllocator } from '../../sandbox/idmap';
+import { ImageStore } from '../../sandbox/images';
+import { initBinaryPath } from '../../native';
+import { prepareRootfs, releaseRootfs, unmountRootfs, type ImageOwnership } from '../../sandbox/rootfs';
+import { SeccompProfiles } from '../../sandbox/seccomp';
 
 export interface NodeSandbox extends Sandbox {
   readonly cgroupMode: string;
