@@ -8,6 +8,7 @@ import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
+import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
 import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, InitExitRecord, Launched, OpenedOutput, ProcessExit, Sandbox, WorkloadSignal, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
@@ -509,8 +510,9 @@ export class WorkspaceService {
     if (runtime?.running) runtime.process.signal(sig);
   }
 
+  /** The one place a state changes: the table of src/workspace/states.ts refuses what it does not hold. */
   private transition(record: WorkspaceRecord, state: State): void {
-    record.status.state = state;
+    record.status.state = nextState(record.spec.id, record.status.state, state);
     this.o.store.updateStatus(record.spec.id, record.status);
     this.emit(record);
   }
