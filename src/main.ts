@@ -81,7 +81,6 @@ async function run(config: Config): Promise<void> {
     defaultGraceMs: config.stopGraceMs,
     store,
     sandbox,
-    native,
     log,
     specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
     defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids },

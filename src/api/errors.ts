@@ -4,6 +4,7 @@
 import { status, type ServiceError, Metadata } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { DomainError, type ErrorCode } from '../errors';
+import { NativeError } from '../native';
 
 const statusOf: Record<ErrorCode, status> = {
   INVALID_ARGUMENT: status.INVALID_ARGUMENT,
@@ -22,6 +23,11 @@ const statusOf: Record<ErrorCode, status> = {
 export function toServiceError(err: unknown, log: Logger, method: string): Partial<ServiceError> {
   if (err instanceof DomainError) {
     return { code: statusOf[err.code], details: err.message, metadata: new Metadata() };
+  }
+  // A kernel call that failed outside the start path (which wraps its own): the step and errno, no stack.
+  if (err instanceof NativeError) {
+    log.error({ method, step: err.step, errno: err.errno }, 'native call failed');
+    return { code: status.INTERNAL, details: `${err.step}: ${err.code} (errno ${err.errno})`, metadata: new Metadata() };
   }
   log.error({ method, err: err instanceof Error ? { message: err.message, stack: err.stack } : String(err) }, 'unexpected error');
   return { code: status.UNKNOWN, details: 'internal error', metadata: new Metadata() };

@@ -62,13 +62,12 @@ export class WorkspaceOutput implements WorkspaceLogs {
 
   /** After a daemon restart: init hands back the read ends, and the output goes on into the next segment.
    *  A prebuild's task channel and pipes died with the last daemon (the service ends such a prebuild). */
-  async reattach(spec: WorkspaceSpec, pidfd: number): Promise<void> {
+  async reattach(spec: WorkspaceSpec, takePipes: () => [number, number]): Promise<void> {
     let segment = 1;
     while (segment < MAX_SEGMENTS && (await this.exists(segmentId(spec.id, segment)))) segment++;
-    const { STDOUT_READ_FD, STDERR_READ_FD } = this.native.constants;
     const readFds: number[] = [];
     try {
-      for (const fd of [STDOUT_READ_FD, STDERR_READ_FD]) readFds.push(this.native.takeOutputPipe(pidfd, fd));
+      readFds.push(...takePipes());
       await this.capture(spec, segment, readFds);
     } catch (err) {
       for (const fd of readFds) this.native.closeFd(fd);

@@ -1,17 +1,15 @@
 // What the lifecycle needs from the layers below it. main.ts wires the real implementations
 // (src/sandbox, src/network, src/prebuild); the lifecycle never reaches past these.
 import type { Resources, WorkspaceKind, WorkspaceSpec } from './types';
-import type { CgroupPlacement } from '../sandbox/cgroups';
+import type { InitExitRecord, Launched, LaunchSpec } from '../sandbox/launch';
+
+export type { InitExitRecord, Launched, LaunchSpec, ProcessExit, WorkloadSignal } from '../sandbox/launch';
 
 export interface Sandbox {
-  readonly initPath: string;
-  readonly capabilities: number[];
-  /** Most ptys one workspace may hold (devpts max=; config ptyLimit). */
-  readonly ptyLimit: number;
   /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name. */
   resolveImage(image: string): Promise<{ rootfs: string; digest: string }>;
-  /** The compiled BPF of a profile ('' = default); INVALID_ARGUMENT for an unknown name. */
-  seccompFilter(profile: string): Buffer | undefined;
+  /** INVALID_ARGUMENT for an unknown seccomp profile name ('' = the default). */
+  checkSeccompProfile(profile: string): void;
   allocateIds(workspaceId: string): number;
   releaseIds(base: number): void;
   /** beforeMount runs with the empty upper and content dirs, before the overlay exists (restores). */
@@ -19,10 +17,17 @@ export interface Sandbox {
   unmountRootfs(wsDir: string): Promise<void>;
   /** Unmounts anything left below wsDir, then deletes it. */
   removeWorkspaceDir(wsDir: string): Promise<void>;
-  /** Returns where spawn places the child. */
-  createCgroup(workspaceId: string, resources: Resources): Promise<CgroupPlacement>;
+  /** The group launch() places the workspace's init in. */
+  createCgroup(workspaceId: string, resources: Resources): Promise<void>;
   destroyCgroup(workspaceId: string): Promise<void>;
   oomKillCount(workspaceId: string): number;
+  /** Spawns init in the workspace's rootfs, cgroup and id range (held at its gate if asked). NativeError
+   *  naming the step when it fails; nothing of the process is left then. */
+  launch(spec: LaunchSpec): Promise<Launched>;
+  /** After a restart: the workspace's init, if pid is still the process started at startTime. */
+  adopt(pid: number, startTime: string): Launched | undefined;
+  /** What init recorded of how the workload ended (its exit-status file in wsDir). */
+  initExitRecord(wsDir: string): InitExitRecord;
   /** Removes what no record accounts for (after a crash). */
   sweep(liveIds: Set<string>, stateDir: string): Promise<void>;
 }
@@ -52,8 +57,8 @@ export interface OpenedOutput {
 export interface WorkspaceLogs {
   /** tasksFd: a prebuild's end of the task channel for init (src/prebuild/tasks.ts), one of fds. */
   open(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput>;
-  /** After a daemon restart, for a workspace that still runs (pidfd: its init's). */
-  reattach(spec: WorkspaceSpec, pidfd: number): Promise<void>;
+  /** After a daemon restart, for a workspace that still runs: takePipes hands over init's read ends. */
+  reattach(spec: WorkspaceSpec, takePipes: () => [number, number]): Promise<void>;
   closeWhenDrained(workspaceId: string): Promise<void>;
   remove(workspaceId: string): Promise<void>;
 }

@@ -8,12 +8,10 @@ import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
-import type { ExitStatus, HeldWorkload, NativeAddon } from '../native';
-import { NativeError } from '../native';
+import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, OpenedOutput, Sandbox, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
-import { readPidStartTime, signalName } from './proc';
+import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, InitExitRecord, Launched, OpenedOutput, ProcessExit, Sandbox, WorkloadSignal, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
@@ -23,7 +21,6 @@ export interface WorkspaceServiceOptions {
   defaultGraceMs: number;
   store: WorkspaceStore;
   sandbox: Sandbox;
-  native: NativeAddon;
   log: Logger;
   specKey: Buffer;            // HMAC key: spec digests must not let anyone guess env values
   defaultResources: Resources; // each limit a request leaves at 0; every one > 0, so no workspace is unbounded
@@ -34,15 +31,14 @@ export interface WorkspaceServiceOptions {
 }
 
 interface Runtime {
-  pidfd: number;
+  process: Launched;
+  running: boolean;
   exited: Promise<void>;
   killTimer?: NodeJS.Timeout;
 }
 
-const SIGTERM = 15;
 const START_INTERVAL_MS = 20;
 const RELEASES_AT_ONCE = 4;
-const SIGKILL = 9;
 const PREBUILD_INTERRUPTED = 'prebuild interrupted by a daemon restart: its task channel does not survive one; run it again';
 
 /**
@@ -135,8 +131,8 @@ export class WorkspaceService {
     if (!record.status.stopRequested) {
       record.status.stopRequested = true;
       this.transition(record, 'STOPPING');
-      this.signal(id, SIGTERM);
-      runtime.killTimer = setTimeout(() => this.signal(id, SIGKILL), graceMs || this.o.defaultGraceMs);
+      this.signal(id, 'SIGTERM');
+      runtime.killTimer = setTimeout(() => this.signal(id, 'SIGKILL'), graceMs || this.o.defaultGraceMs);
       crashPoint('mid-stop');
     }
     await runtime.exited;
@@ -207,7 +203,7 @@ export class WorkspaceService {
         uidBase: record.status.uidBase,
         binding: bindingOf(record.spec),
         // A running workload may change its files while they are read; a stopped workspace's must not change.
-        live: (this.runtimes.get(id)?.pidfd ?? -1) >= 0,
+        live: this.runtimes.get(id)?.running ?? false,
         ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
       },
@@ -262,7 +258,7 @@ export class WorkspaceService {
   private async create(spec: WorkspaceSpec, digest: string, authorizeRestore: AuthorizeRestore | undefined): Promise<WorkspaceRecord> {
     // Everything that can refuse the request is checked before anything exists.
     const image = await this.o.sandbox.resolveImage(spec.image);
-    const seccomp = this.o.sandbox.seccompFilter(spec.seccompProfile);
+    this.o.sandbox.checkSeccompProfile(spec.seccompProfile);
     const restoring = spec.restoreFrom ? await this.openBackup(spec.restoreFrom, authorizeRestore) : undefined;
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
       throw new DomainError('FAILED_PRECONDITION', 'kind: prebuilds need logs, backups and provenance on this node');
@@ -282,8 +278,7 @@ export class WorkspaceService {
     this.emit(record);
     const wsDir = this.workspaceDir(spec.id);
     const opened: number[] = [];
-    let spawned: { pidfd: number } | undefined;
-    let held: HeldWorkload | undefined;
+    let launched: Launched | undefined;
     try {
       record.status.uidBase = sandbox.allocateIds(spec.id);
       store.updateStatus(spec.id, record.status);
@@ -298,7 +293,7 @@ export class WorkspaceService {
         : undefined;
       // The cgroup is independent of the rootfs, so the two overlap; the output's FIFOs go into the
       // workspace dir the rootfs makes. Both settle before a failure is cleaned up.
-      const [{ rootfs, contentDir, output }, placement] = await allSettledOrThrow([
+      const [{ rootfs, contentDir, output }] = await allSettledOrThrow([
         sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase, restore).then(async (prepared) => {
           await this.o.network?.prepare(spec, prepared.rootfs);
           const output = await this.openOutput(spec, record.status.uidBase);
@@ -309,54 +304,31 @@ export class WorkspaceService {
       ] as const);
       crashPoint('after-rootfs');
       crashPoint('after-cgroup');
-      const statusFd = fs.openSync(path.join(wsDir, 'exit-status'), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-      opened.push(statusFd);
       const workload = this.workloadOf(spec, contentDir);
-      const result = await this.o.native.spawn({
-        rootfs,
-        initPath: sandbox.initPath,
-        argv: workload.argv,
-        env: Object.entries(workload.env).map(([k, v]) => `${k}=${v}`),
-        cwd: spec.workingDir,
-        hostname: spec.id,
-        uidBase: record.status.uidBase,
-        gidBase: record.status.uidBase,
-        idCount: 65536,
-        ...placement,
-        stdoutFd: output.stdoutFd,
-        stderrFd: output.stderrFd,
-        ...(output.outputReadFds ? { outputReadFds: output.outputReadFds } : {}),
-        statusFd,
-        ...(output.tasksFd !== undefined ? { tasksFd: output.tasksFd } : {}),
-        mounts: workload.mounts,
-        ptyLimit: sandbox.ptyLimit,
-        capabilities: sandbox.capabilities,
-        ...(seccomp ? { seccomp } : {}),
-        // An isolated workload waits at init's gate until its veth is attached. Everything else it needs
-        // (cgroups, lo, its OOM score) is in place before init runs, so the others start at once.
-        holdWorkload: spec.network === 'ISOLATED',
+      // An isolated workload waits at init's gate until its veth is attached. Everything else it needs
+      // (cgroups, lo, its OOM score) is in place before init runs, so the others start at once.
+      const holdAtGate = spec.network === 'ISOLATED';
+      launched = await sandbox.launch({
+        workspaceId: spec.id, wsDir, rootfs, argv: workload.argv, env: workload.env, cwd: spec.workingDir,
+        uidBase: record.status.uidBase, seccompProfile: spec.seccompProfile, mounts: workload.mounts, output, holdAtGate,
       });
-      spawned = result;
-      held = result.held;
       for (const fd of opened.splice(0)) fs.closeSync(fd);
-      Object.assign(record.status, { pid: result.pid, pidStartTime: readPidStartTime(result.pid), startedMs: Date.now() });
+      Object.assign(record.status, { pid: launched.pid, pidStartTime: launched.startTime, startedMs: Date.now() });
       store.updateStatus(spec.id, record.status);
       crashPoint('after-spawn');
-      if (result.held) {
-        if (this.o.network) record.status.ipAddress = await this.o.network.attach(spec, result.pid);
+      if (holdAtGate) {
+        if (this.o.network) record.status.ipAddress = await this.o.network.attach(spec, launched.pid);
         crashPoint('after-network');
-        held = undefined;
-        await this.o.native.releaseWorkload(result.held);
+        await launched.release();
       }
-      this.watch(record, result.pidfd, true);
+      this.watch(record, launched, true);
       this.transition(record, 'RUNNING');
-      this.o.log.info({ workspace: spec.id, hostPid: result.pid, uidBase: record.status.uidBase }, 'workspace running');
+      this.o.log.info({ workspace: spec.id, hostPid: launched.pid, uidBase: record.status.uidBase }, 'workspace running');
       return record;
     } catch (err) {
       for (const fd of opened) fs.closeSync(fd);
-      // Abandoned at the gate: closing it without a byte makes init exit (125) before any workload ran.
-      if (held) for (const fd of [held.gateFd, held.reportFd]) this.o.native.closeFd(fd);
-      if (spawned && !this.runtimes.has(spec.id)) await this.killAndReap(spawned.pidfd);
+      // Abandoned (at the gate, if held there): killed and reaped before anything is released.
+      if (launched && !this.runtimes.has(spec.id)) await launched.kill();
       await this.abortStart(record, err);
       throw toStartError(err);
     }
@@ -392,28 +364,13 @@ export class WorkspaceService {
     this.transition(record, 'FAILED');
   }
 
-  /** A child we gave up on: killed, reaped (no zombie), and its pidfd closed. */
-  private killAndReap(pidfd: number): Promise<void> {
-    return new Promise((resolve) => {
-      this.o.native.watchExit(pidfd, () => {
-        this.o.native.closeFd(pidfd);
-        resolve();
-      });
-      try {
-        this.o.native.pidfdSendSignal(pidfd, SIGKILL);
-      } catch {
-        // already gone: watchExit still reaps it
-      }
-    });
-  }
-
   // --- exit ----------------------------------------------------------------------------------
 
-  private watch(record: WorkspaceRecord, pidfd: number, ourChild: boolean): void {
+  private watch(record: WorkspaceRecord, process: Launched, ourChild: boolean): void {
     let done!: () => void;
     const exited = new Promise<void>((resolve) => (done = resolve));
-    this.runtimes.set(record.spec.id, { pidfd, exited });
-    this.o.native.watchExit(pidfd, (status) => {
+    this.runtimes.set(record.spec.id, { process, running: true, exited });
+    void process.exited.then((status) => {
       // After what is already queued: a workload that exits at once must not hold up its own start's reply.
       setImmediate(() => {
         this.onExit(record, status, ourChild).catch((err) => this.o.log.error({ workspace: record.spec.id, err: errText(err) }, 'exit handling failed')).finally(done);
@@ -421,17 +378,16 @@ export class WorkspaceService {
     });
   }
 
-  private async onExit(record: WorkspaceRecord, exit: ExitStatus, ourChild: boolean): Promise<void> {
+  private async onExit(record: WorkspaceRecord, exit: ProcessExit, ourChild: boolean): Promise<void> {
     const id = record.spec.id;
     const runtime = this.runtimes.get(id);
     if (runtime) {
       clearTimeout(runtime.killTimer);
-      this.o.native.closeFd(runtime.pidfd);
-      runtime.pidfd = -1;
+      runtime.running = false;
     }
     this.o.log.debug({ workspace: id }, 'workload exited');
     const oomKills = this.o.sandbox.oomKillCount(id);
-    Object.assign(record.status, settle(record, this.readStatusFile(id), ourChild ? exit : undefined, oomKills));
+    Object.assign(record.status, settle(record, this.o.sandbox.initExitRecord(this.workspaceDir(id)), ourChild ? exit : undefined, oomKills));
     await this.o.logs?.closeWhenDrained(id);
     this.o.log.debug({ workspace: id }, 'output drained');
     await this.releaseSlots(() => this.releaseRuntime(record));
@@ -464,19 +420,6 @@ export class WorkspaceService {
     }
   }
 
-  /** init (native/init.c) leaves one line: "exited N" or "signaled N". */
-  private readStatusFile(id: string): { exitCode?: number; signal?: number } {
-    let text: string;
-    try {
-      text = fs.readFileSync(path.join(this.workspaceDir(id), 'exit-status'), 'utf8');
-    } catch {
-      return {};
-    }
-    const m = /^(exited|signaled) (\d{1,3})\n?$/.exec(text);
-    if (!m) return {};
-    return m[1] === 'exited' ? { exitCode: Number(m[2]) } : { signal: Number(m[2]) };
-  }
-
   // --- teardown and release -----------------------------------------------------------------
 
   private async destroy(record: WorkspaceRecord): Promise<void> {
@@ -489,7 +432,7 @@ export class WorkspaceService {
     const runtime = this.runtimes.get(id);
     if (runtime) {
       record.status.stopRequested = true;
-      this.signal(id, SIGKILL);
+      this.signal(id, 'SIGKILL');
       await runtime.exited;
     }
     await this.releaseSlots(() => this.releaseAll(record));
@@ -524,34 +467,31 @@ export class WorkspaceService {
 
   private async recoverOne(record: WorkspaceRecord): Promise<void> {
     const { status } = record;
-    const pidfd = status.pid ? this.openIfOurs(status.pid, status.pidStartTime) : -1;
+    const adopted = status.pid ? this.o.sandbox.adopt(status.pid, status.pidStartTime) : undefined;
     if (status.tearingDown) {
-      if (pidfd >= 0) this.watch(record, pidfd, false);
+      if (adopted) this.watch(record, adopted, false);
       return this.exclusive(record.spec.id, () => this.destroy(record));
     }
     if (status.state === 'CREATING') {
-      if (pidfd >= 0) {
-        this.o.native.pidfdSendSignal(pidfd, SIGKILL);
-        this.o.native.closeFd(pidfd);
-      }
+      adopted?.signal('SIGKILL');
       return this.abortStart(record, new Error('start interrupted by a daemon restart'));
     }
     if (isFinal(status.state)) {
       await this.releaseRuntime(record);
       return;
     }
-    if (pidfd < 0) {
+    if (!adopted) {
       // Died while we were away: the status file (if init wrote it) still tells how.
       if (record.spec.kind === 'PREBUILD') record.status.message = PREBUILD_INTERRUPTED;
       return this.onExit(record, { exitCode: null, signal: null, reaped: false }, false);
     }
-    await this.o.logs?.reattach(record.spec, pidfd).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
-    this.watch(record, pidfd, false);
+    await this.o.logs?.reattach(record.spec, () => adopted.takeOutputPipes()).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
+    this.watch(record, adopted, false);
     if (record.spec.kind === 'PREBUILD') return this.endInterruptedPrebuild(record);
     this.o.log.info({ workspace: record.spec.id, hostPid: status.pid }, 'adopted running workspace');
     if (status.state === 'STOPPING') {
       const runtime = this.runtimes.get(record.spec.id);
-      if (runtime) runtime.killTimer = setTimeout(() => this.signal(record.spec.id, SIGKILL), this.o.defaultGraceMs);
+      if (runtime) runtime.killTimer = setTimeout(() => this.signal(record.spec.id, 'SIGKILL'), this.o.defaultGraceMs);
     }
   }
 
@@ -560,36 +500,19 @@ export class WorkspaceService {
   private endInterruptedPrebuild(record: WorkspaceRecord): void {
     record.status.message = PREBUILD_INTERRUPTED;
     this.o.store.updateStatus(record.spec.id, record.status);
-    this.signal(record.spec.id, SIGKILL);
-  }
-
-  /** A pidfd for pid if it is still the process we started (not a recycled pid), else -1. */
-  private openIfOurs(pid: number, startTime: string): number {
-    let pidfd: number;
-    try {
-      pidfd = this.o.native.pidfdOpen(pid);
-    } catch {
-      return -1;
-    }
-    if (readPidStartTime(pid) === startTime && startTime !== '') return pidfd;
-    this.o.native.closeFd(pidfd);
-    return -1;
+    this.signal(record.spec.id, 'SIGKILL');
   }
 
   // --- small pieces --------------------------------------------------------------------------
 
-  private signal(id: string, sig: number): void {
+  private signal(id: string, sig: WorkloadSignal): void {
     const runtime = this.runtimes.get(id);
-    if (!runtime || runtime.pidfd < 0) return;
-    try {
-      this.o.native.pidfdSendSignal(runtime.pidfd, sig);
-    } catch (err) {
-      if (!(err instanceof NativeError && err.code === 'ESRCH')) throw err;
-    }
+    if (runtime?.running) runtime.process.signal(sig);
   }
 
-  private transition(record: WorkspaceRecord, state: WorkspaceRecord['status']['state']): void {
-    record.status.state = state;
+  /** The one place a state changes: the table of src/workspace/states.ts refuses what it does not hold. */
+  private transition(record: WorkspaceRecord, state: State): void {
+    record.status.state = nextState(record.spec.id, record.status.state, state);
     this.o.store.updateStatus(record.spec.id, record.status);
     this.emit(record);
   }
@@ -619,11 +542,11 @@ function bindingOf(spec: WorkspaceSpec): BackupBinding {
 /** How the workload ended, from the best evidence at hand. */
 function settle(
   record: WorkspaceRecord,
-  fromInit: { exitCode?: number; signal?: number },
-  fromWait: ExitStatus | undefined,
+  fromInit: InitExitRecord,
+  fromWait: ProcessExit | undefined,
   oomKills: number,
 ): Partial<WorkspaceRecord['status']> {
-  const signal = fromInit.signal !== undefined ? signalName(fromInit.signal) : fromInit.exitCode === undefined ? fromWait?.signal ?? '' : '';
+  const signal = fromInit.signal !== undefined ? fromInit.signal : fromInit.exitCode === undefined ? fromWait?.signal ?? '' : '';
   const exitCode = fromInit.exitCode ?? (fromWait?.exitCode ?? (signal ? 0 : -1));
   let reason: Reason;
   if (oomKills > 0) reason = 'OOM_KILLED';
@@ -635,7 +558,7 @@ function settle(
 
 function toStartError(err: unknown): unknown {
   if (err instanceof DomainError) return err;
-  if (err instanceof NativeError) return new DomainError('INTERNAL', `sandbox setup failed: ${err.message}`, { cause: err });
+  if (err instanceof Error && err.name === 'NativeError') return new DomainError('INTERNAL', `sandbox setup failed: ${err.message}`, { cause: err });
   return err;
 }
 

@@ -7,10 +7,11 @@ import type { Config } from '../../config/config';
 import type { Sandbox } from '../ports';
 import type { Resources } from '../types';
 import { capabilityNumbers, DEFAULT_CAPABILITIES } from '../../sandbox/capabilities';
-import { boundedLimits, detectCgroupDriver, type CgroupDriver } from '../../sandbox/cgroups';
+import { boundedLimits, detectCgroupDriver, type CgroupDriver, type CgroupPlacement } from '../../sandbox/cgroups';
 import { IdRangeAllocator } from '../../sandbox/idmap';
 import { ImageStore } from '../../sandbox/images';
-import { initBinaryPath } from '../../native';
+import { Launcher, readInitExitRecord } from '../../sandbox/launch';
+import { initBinaryPath, native } from '../../native';
 import { prepareRootfs, releaseRootfs, unmountRootfs, type ImageOwnership } from '../../sandbox/rootfs';
 import { SeccompProfiles } from '../../sandbox/seccomp';
 
@@ -54,6 +55,16 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     }
     return p;
   };
+  // Where each workspace created here goes; a workspace adopted after a restart is never launched again.
+  const placements = new Map<string, CgroupPlacement>();
+  const launcher = new Launcher({
+    native,
+    initPath,
+    capabilities,
+    ptyLimit: config.ptyLimit,
+    seccompFilter: (profile) => profiles.filterFor(profile),
+    placementOf: (workspaceId) => placements.get(workspaceId) ?? cgroups.open(workspaceId).placement(),
+  });
   log.info({ cgroups: cgroups.mode, profiles: profiles.names() }, 'sandbox ready');
   // Which way images reach container root: said on the first start, and again only if it changes.
   let ownershipLogged = '';
@@ -66,11 +77,8 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
 
   return {
     cgroupMode: cgroups.mode,
-    initPath,
-    capabilities,
-    ptyLimit: config.ptyLimit,
     resolveImage,
-    seccompFilter: (profile) => profiles.filterFor(profile),
+    checkSeccompProfile: (profile) => void profiles.filterFor(profile),
     allocateIds: (workspaceId) => ids.allocate({ stateDir: config.stateDir, workspaceId }).base,
     releaseIds: (base) => ids.release(base),
     prepareRootfs: async (wsDir, lowerDir, uidBase, beforeMount) => {
@@ -80,10 +88,16 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     },
     unmountRootfs: (wsDir) => unmountRootfs(wsDir),
     removeWorkspaceDir: (wsDir) => releaseRootfs(wsDir),
-    createCgroup: async (workspaceId, resources: Resources) => (await cgroups.create(workspaceId, boundedLimits(resources))).placement(),
+    createCgroup: async (workspaceId, resources: Resources) => {
+      placements.set(workspaceId, (await cgroups.create(workspaceId, boundedLimits(resources))).placement());
+    },
     destroyCgroup: async (workspaceId) => {
+      placements.delete(workspaceId);
       if (cgroups.list().includes(workspaceId)) await cgroups.open(workspaceId).destroy();
     },
+    launch: (spec) => launcher.launch(spec),
+    adopt: (pid, startTime) => launcher.adopt(pid, startTime),
+    initExitRecord: (wsDir) => readInitExitRecord(wsDir),
     oomKillCount: (workspaceId) => (cgroups.list().includes(workspaceId) ? cgroups.open(workspaceId).oomKillCount() : 0),
     sweep: async (liveIds, stateDir) => {
       for (const name of cgroups.list()) {

@@ -1,4 +1,4 @@
-// Small reads of /proc that the lifecycle relies on.
+// Small reads of /proc that launching and adopting a workspace rely on.
 import fs from 'node:fs';
 import os from 'node:os';
 
