@@ -60,8 +60,7 @@ async function run(config: Config): Promise<void> {
   const network = workspaceNetwork(nodeNetwork);
   const logStore = new LogStore({ dir: path.join(config.stateDir, 'logs'), sealer: keyring, maxBytesPerLog: config.logMaxBytes });
   await logStore.init();
-  const wsDirOf = (id: string): string => path.join(config.stateDir, 'workspaces', id);
-  const output = new WorkspaceOutput(logStore, native, wsDirOf, log);
+  const output = new WorkspaceOutput(logStore, native, log);
   const storage = openBackupStorage(config);
   const backups = new BackupStore({ storage, keyring, log });
   const signingKey = await loadOrCreateSigningKey(config.stateDir);

@@ -9,7 +9,7 @@ import { defaults, packageRoot, type Config } from './config/config';
 import { DomainError } from './errors';
 import { refuseServedSocket } from './api/server';
 import { removeNodeNetwork } from './network';
-import { detectCgroupDriver } from './sandbox/cgroups';
+import { detectCgroupDriver, type CgroupDriver } from './sandbox/cgroups';
 import { IdRangeAllocator } from './sandbox/idmap';
 import { mountsUnder } from './sandbox/rootfs';
 import { native } from './native';
@@ -21,8 +21,7 @@ export interface UninstallOptions {
 }
 
 /** Workspace groups that still hold processes: a workspace running, or a process it left. */
-function liveGroups(config: Config): string[] {
-  const cgroups = detectCgroupDriver(config.cgroupParent, config.cgroupRoot);
+function liveGroups(cgroups: CgroupDriver): string[] {
   return cgroups.list().filter((name) => {
     const group = cgroups.open(name);
     return group.procsFiles().some((file) => fs.readFileSync(file, 'utf8').trim() !== '');
@@ -39,12 +38,12 @@ export async function uninstall(config: Config, opts: UninstallOptions): Promise
   // Refuses (naming the owner) when another state dir owns one of the names: they are not ours to remove.
   claimNodeNames(config.claimsDir, config.stateDir, names);
 
-  const live = liveGroups(config);
+  const cgroups = detectCgroupDriver(config.cgroupParent, config.cgroupRoot);
+  const live = liveGroups(cgroups);
   if (live.length > 0 && !opts.force) {
     releaseLock();
     throw new DomainError('FAILED_PRECONDITION', `${live.length} workspace(s) still run (${live.slice(0, 5).join(', ')}); tear them down first, or pass --force to kill them`);
   }
-  const cgroups = detectCgroupDriver(config.cgroupParent, config.cgroupRoot);
   for (const name of cgroups.list()) {
     await cgroups.open(name).destroy();
     opts.say(`removed cgroup ${config.cgroupParent}/${name}${live.includes(name) ? ' (its processes killed)' : ''}`);

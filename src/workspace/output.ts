@@ -36,7 +36,6 @@ export class WorkspaceOutput implements WorkspaceLogs {
   constructor(
     private readonly store: LogStore,
     private readonly native: NativeAddon,
-    private readonly dirOf: (workspaceId: string) => string,
     private readonly log: Logger,
   ) {}
 

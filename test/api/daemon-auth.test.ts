@@ -20,7 +20,7 @@ import type { TeardownWorkspaceResponse__Output } from '../../src/generated/tetr
 import type { NodeInfo__Output } from '../../src/generated/tetrix/agent/v1/NodeInfo';
 import type { LogChunk__Output } from '../../src/generated/tetrix/agent/v1/LogChunk';
 import type { WorkspaceEvent__Output } from '../../src/generated/tetrix/agent/v1/WorkspaceEvent';
-import { startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
+import { refusal, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
 import { createTestNode, internet, nodeUplink, type TestNode } from '../network/fixture';
 
 const run = promisify(execFile);
@@ -139,16 +139,6 @@ function api(c: Clients, token?: string) {
   };
 }
 
-/** The gRPC status a promise was refused with (fails the test if it succeeded). */
-async function refusal(p: Promise<unknown>): Promise<{ code: grpc.status | undefined; details: string }> {
-  try {
-    await p;
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    return { code: e.code, details: e.details };
-  }
-  return { code: undefined, details: 'it succeeded' };
-}
 
 const busybox = (id: string, ownerId: string, script: string, extra: Partial<StartWorkspaceRequest> = {}): StartWorkspaceRequest => ({
   id,

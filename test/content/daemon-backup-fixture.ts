@@ -13,7 +13,9 @@ import { DEFAULT_SEGMENT_SIZE, EncryptStream, newDataKey, STREAM_VERSION } from 
 import { createCompressStream } from '../../src/content/compress';
 import { FsObjectStorage } from '../../src/content/storage-fs';
 import { TreeArchiveStream } from '../../src/content/tree-walk';
-import { cgroupDirsOf, mountsUnder, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
+import { cgroupDirsOf, mountsUnder, refusal, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
+
+export { refusal };
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { Progress__Output } from '../../src/generated/tetrix/agent/v1/Progress';
@@ -194,16 +196,6 @@ export function backupAs(d: Daemon, token: string | undefined, id: string): Prom
   });
 }
 
-/** The gRPC status a promise was refused with ({code: undefined} if it succeeded). */
-export async function refusal(p: Promise<unknown>): Promise<{ code: grpc.status | undefined; details: string }> {
-  try {
-    await p;
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    return { code: e.code, details: e.details };
-  }
-  return { code: undefined, details: 'it succeeded' };
-}
 
 /**
  * A backup of `dir` written the way Tetrix wrote them before backups recorded their workspace (manifest

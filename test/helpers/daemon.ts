@@ -296,3 +296,14 @@ export function hostDeviceActivity(t: TapLike): void {
   }, 20);
   t.teardown(() => clearInterval(timer));
 }
+
+/** The gRPC status a promise was refused with ({code: undefined} if it succeeded). */
+export async function refusal(p: Promise<unknown>): Promise<{ code: grpc.status | undefined; details: string }> {
+  try {
+    await p;
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    return { code: e.code, details: e.details };
+  }
+  return { code: undefined, details: 'it succeeded' };
+}

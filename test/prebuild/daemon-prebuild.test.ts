@@ -11,6 +11,7 @@ import type { LogChunk__Output } from '../../src/generated/tetrix/agent/v1/LogCh
 import type { WorkspaceEvent__Output } from '../../src/generated/tetrix/agent/v1/WorkspaceEvent';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 import { ctlMain, startDaemon, type Daemon } from '../helpers/daemon';
+import { prebuildRequest } from './daemon-fixtures';
 
 const NODE_ID = 'prebuild-test-node';
 
@@ -45,16 +46,8 @@ function streamLogs(d: Daemon, id: string, md: grpc.Metadata, follow: boolean): 
   });
 }
 
-const prebuild = (id: string, tasks: Array<[string, string]>): StartWorkspaceRequest => ({
-  id,
-  ownerId: 'alice',
-  teamId: 'team-a',
-  kind: 'WORKSPACE_KIND_PREBUILD',
-  image: 'builtin:busybox',
-  source: { repositoryUrl: 'https://git.example.test/acme/app.git', revision: '0123456789abcdef' },
-  tasks: tasks.map(([name, script]) => ({ name, command: ['/bin/sh', '-c', script], workingDir: '/workspace', env: { STAGE: name } })),
-  env: { SECRET_TOKEN: 'prebuild-secret-value' },
-});
+const prebuild = (id: string, tasks: Array<[string, string]>): StartWorkspaceRequest =>
+  prebuildRequest(id, tasks.map(([name, script]) => ({ name, script, env: { STAGE: name } })), { SECRET_TOKEN: 'prebuild-secret-value' });
 
 const ctl = (d: Daemon, ...args: string[]) => spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, ...args], { encoding: 'utf8' });
 
