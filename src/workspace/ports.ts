@@ -6,14 +6,15 @@ import type { InitExitRecord, Launched, LaunchSpec } from '../sandbox/launch';
 export type { InitExitRecord, Launched, LaunchSpec, ProcessExit, WorkloadSignal } from '../sandbox/launch';
 
 export interface Sandbox {
-  /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name. */
-  resolveImage(image: string): Promise<{ rootfs: string; digest: string }>;
+  /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name. An OCI image (src/images) comes
+   *  as its layers' dirs, top first, with the config its workload starts from. */
+  resolveImage(image: string): Promise<{ rootfs: string | string[]; digest: string; config?: ImageRunConfig }>;
   /** INVALID_ARGUMENT for an unknown seccomp profile name ('' = the default). */
   checkSeccompProfile(profile: string): void;
   allocateIds(workspaceId: string): number;
   releaseIds(base: number): void;
   /** beforeMount runs with the empty upper and content dirs, before the overlay exists (restores). */
-  prepareRootfs(wsDir: string, lowerDir: string, uidBase: number, beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>): Promise<{ rootfs: string; contentDir: string }>;
+  prepareRootfs(wsDir: string, lowerDir: string | string[], uidBase: number, beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>): Promise<{ rootfs: string; contentDir: string }>;
   unmountRootfs(wsDir: string): Promise<void>;
   /** Unmounts anything left below wsDir, then deletes it. */
   removeWorkspaceDir(wsDir: string): Promise<void>;
@@ -30,6 +31,15 @@ export interface Sandbox {
   initExitRecord(wsDir: string): InitExitRecord;
   /** Removes what no record accounts for (after a crash). */
   sweep(liveIds: Set<string>, stateDir: string): Promise<void>;
+}
+
+/** What an OCI image's config says about its workload (image-spec config.md); the request overrides it. */
+export interface ImageRunConfig {
+  env: string[];        // KEY=VALUE
+  entrypoint: string[];
+  cmd: string[];
+  workingDir: string;
+  user: string;
 }
 
 export interface WorkspaceNetwork {

@@ -11,7 +11,7 @@ import { DomainError } from '../errors';
 import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, InitExitRecord, Launched, OpenedOutput, ProcessExit, Sandbox, WorkloadSignal, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
+import type { AuthorizeRestore, ImageRunConfig, BackupBinding, BackupOutcome, BackupProgressReport, InitExitRecord, Launched, OpenedOutput, ProcessExit, Sandbox, WorkloadSignal, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
@@ -120,7 +120,8 @@ export class WorkspaceService {
       }
       return existing;
     }
-    return this.exclusive(spec.id, () => this.startSlots(() => this.create(spec, digest, access.authorizeRestore)));
+    // A pull of a missing image happens before a start slot is taken: a long download holds up no other start.
+    return this.exclusive(spec.id, () => this.o.sandbox.resolveImage(spec.image).then(() => this.startSlots(() => this.create(spec, digest, access.authorizeRestore))));
   }
 
   async stop(id: string, graceMs: number): Promise<WorkspaceRecord> {
@@ -258,6 +259,7 @@ export class WorkspaceService {
   private async create(spec: WorkspaceSpec, digest: string, authorizeRestore: AuthorizeRestore | undefined): Promise<WorkspaceRecord> {
     // Everything that can refuse the request is checked before anything exists.
     const image = await this.o.sandbox.resolveImage(spec.image);
+    withImageConfig(spec, image.config); // a workload with nothing to run is refused now
     this.o.sandbox.checkSeccompProfile(spec.seccompProfile);
     const restoring = spec.restoreFrom ? await this.openBackup(spec.restoreFrom, authorizeRestore) : undefined;
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
@@ -304,12 +306,12 @@ export class WorkspaceService {
       ] as const);
       crashPoint('after-rootfs');
       crashPoint('after-cgroup');
-      const workload = this.workloadOf(spec, contentDir);
+      const workload = this.workloadOf(spec, contentDir, image.config);
       // An isolated workload waits at init's gate until its veth is attached. Everything else it needs
       // (cgroups, lo, its OOM score) is in place before init runs, so the others start at once.
       const holdAtGate = spec.network === 'ISOLATED';
       launched = await sandbox.launch({
-        workspaceId: spec.id, wsDir, rootfs, argv: workload.argv, env: workload.env, cwd: spec.workingDir,
+        workspaceId: spec.id, wsDir, rootfs, argv: workload.argv, env: workload.env, cwd: workload.cwd,
         uidBase: record.status.uidBase, seccompProfile: spec.seccompProfile, mounts: workload.mounts, output, holdAtGate,
       });
       for (const fd of opened.splice(0)) fs.closeSync(fd);
@@ -343,9 +345,10 @@ export class WorkspaceService {
 
   /** What runs: the request's command, or for a prebuild nothing but init, which asks for each task over
    *  the task channel (src/prebuild/tasks.ts). */
-  private workloadOf(spec: WorkspaceSpec, contentDir: string): { argv: string[]; env: Record<string, string>; mounts: { source: string; target: string; readonly: boolean }[] } {
+  private workloadOf(spec: WorkspaceSpec, contentDir: string, image: ImageRunConfig | undefined): { argv: string[]; env: Record<string, string>; cwd: string; mounts: { source: string; target: string; readonly: boolean }[] } {
     const mounts = [{ source: contentDir, target: '/workspace', readonly: false }];
-    return { argv: spec.kind === 'PREBUILD' ? [] : spec.command, env: spec.env, mounts };
+    const run = withImageConfig(spec, image);
+    return { argv: spec.kind === 'PREBUILD' ? [] : run.argv, env: run.env, cwd: run.cwd, mounts };
   }
 
   private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput> {
@@ -532,6 +535,23 @@ export class WorkspaceService {
   private digest(spec: WorkspaceSpec): string {
     return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(spec)).digest('hex');
   }
+}
+
+/**
+ * The request over the image's config (as Docker and Kubernetes apply it): a command replaces Entrypoint and
+ * Cmd, request env wins per key over the image's Env, and working_dir over WorkingDir (then /workspace).
+ */
+export function withImageConfig(spec: WorkspaceSpec, image: ImageRunConfig | undefined): { argv: string[]; env: Record<string, string>; cwd: string } {
+  const env: Record<string, string> = {};
+  for (const entry of image?.env ?? []) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  Object.assign(env, spec.env);
+  const argv = spec.command.length > 0 ? spec.command : [...(image?.entrypoint ?? []), ...(image?.cmd ?? [])];
+  if (argv.length === 0 && spec.kind === 'REGULAR') throw new DomainError('INVALID_ARGUMENT', 'command: empty, and the image has no Entrypoint or Cmd');
+  const cwd = spec.workingDir || (image?.workingDir && image.workingDir.startsWith('/') ? image.workingDir : '') || '/workspace';
+  return { argv, env, cwd };
 }
 
 /** What a backup of this workspace records as its origin, and the access rule later judges. */

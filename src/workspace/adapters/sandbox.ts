@@ -14,6 +14,8 @@ import { Launcher, readInitExitRecord } from '../../sandbox/launch';
 import { initBinaryPath, native } from '../../native';
 import { prepareRootfs, releaseRootfs, unmountRootfs, type ImageOwnership } from '../../sandbox/rootfs';
 import { SeccompProfiles } from '../../sandbox/seccomp';
+import { looksLikeReference } from '../../images/reference';
+import type { OciImageStore } from '../../images/store';
 
 export interface NodeSandbox extends Sandbox {
   readonly cgroupMode: string;
@@ -34,7 +36,7 @@ function installInit(stateDir: string): string {
   return target;
 }
 
-export async function createSandbox(config: Config, log: Logger, hooks: { onCleanup?: (kind: string) => void } = {}): Promise<NodeSandbox> {
+export async function createSandbox(config: Config, log: Logger, hooks: { onCleanup?: (kind: string) => void; oci?: OciImageStore } = {}): Promise<NodeSandbox> {
   const cgroups: CgroupDriver = detectCgroupDriver(config.cgroupParent, config.cgroupRoot);
   const cleaned = (kind: string): void => hooks.onCleanup?.(kind);
   const images = new ImageStore({ stateDir: config.stateDir, imagesDir: config.imagesDir });
@@ -45,7 +47,11 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
   const initPath = installInit(config.stateDir);
   // The built-in image never changes while we run: resolve (and digest) it once.
   const builtin = new Map<string, ReturnType<ImageStore['resolve']>>();
-  const resolveImage = (image: string): ReturnType<ImageStore['resolve']> => {
+  const resolveImage = (image: string): ReturnType<NodeSandbox['resolveImage']> => {
+    // Registry references (src/images); names without '/', ':' or '@' stay operator directories.
+    if (looksLikeReference(image) && hooks.oci) {
+      return hooks.oci.resolve(image).then((r) => ({ rootfs: r.lowerDirs, digest: r.digest, config: r.config }));
+    }
     if (!image.startsWith('builtin:')) return images.resolve(image);
     let p = builtin.get(image);
     if (!p) {
