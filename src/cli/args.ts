@@ -43,7 +43,7 @@ const GLOBAL: Record<string, Flag> = {
 };
 
 const START_FLAGS: Record<string, Flag> = {
-  image: { type: 'string', value: 'IMAGE', help: 'builtin:busybox (default), or an image directory name' },
+  image: { type: 'string', value: 'IMAGE', help: 'builtin:busybox (default), an image directory name, or an OCI reference (registry/repo:tag)' },
   owner: { type: 'string', value: 'USER', help: 'the owning user (default $USER)' },
   team: { type: 'string', value: 'TEAM', help: 'the owning team' },
   memory: { type: 'string', value: 'SIZE', help: 'memory limit: bytes or 512M, 1.5G, 2GiB (binary units); default none' },
@@ -102,6 +102,9 @@ export const COMMANDS: Command[] = [
     tail: { type: 'string', value: 'N', help: 'only the last N lines (not with --follow)' },
     timestamps: { type: 'boolean', help: 'start each line with the time it was written (RFC 3339)' },
   } },
+  { name: 'pull', synopsis: 'IMAGE', summary: 'pull an OCI image (progress per layer on a terminal; JSON lines with --output json)', args: { names: ['IMAGE'], required: 1 }, flags: {} },
+  { name: 'images', synopsis: '', summary: 'the OCI images this node holds', args: { names: [], required: 0 }, flags: {} },
+  { name: 'rmi', synopsis: 'IMAGE', summary: 'remove an OCI image (refused while a workspace uses it)', args: { names: ['IMAGE'], required: 1 }, flags: {} },
   { name: 'info', synopsis: '', summary: 'the node: id, version, cgroup mode', args: { names: [], required: 0 }, flags: {} },
   { name: 'help', synopsis: '[COMMAND]', summary: 'this help, or a command\'s', args: { names: ['COMMAND'], required: 0 }, flags: {} },
 ];

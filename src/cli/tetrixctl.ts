@@ -18,6 +18,9 @@ import type { TeardownWorkspaceResponse__Output } from '../generated/tetrix/agen
 import type { ListWorkspacesResponse__Output } from '../generated/tetrix/agent/v1/ListWorkspacesResponse';
 import type { Workspace__Output } from '../generated/tetrix/agent/v1/Workspace';
 import type { StartWorkspaceRequest } from '../generated/tetrix/agent/v1/StartWorkspaceRequest';
+import { pull } from './pull';
+import { images } from './images';
+import { rmi } from './rmi';
 
 const str = (inv: Invocation, name: string): string | undefined => inv.values[name] as string | undefined;
 const list = (inv: Invocation, name: string): string[] => (inv.values[name] as string[] | undefined) ?? [];
@@ -330,6 +333,12 @@ function prepare(inv: Invocation, json: boolean): Action {
     }
     case 'watch':
       return (c) => watch(c, inv, json);
+    case 'pull':
+      return (c) => pull(c, inv.args[0], json);
+    case 'images':
+      return (c) => images(c, json, table);
+    case 'rmi':
+      return (c) => rmi(c, inv.args[0], json);
     default:
       throw new UsageError(`unknown command "${inv.command!.name}"`);
   }

@@ -1,0 +1,113 @@
+// Workspaces started from OCI images through the real daemon: pulled from a TLS registry on first use (one
+// download per layer for four concurrent cold starts), the image's config applied under the request's,
+// the mount points Tetrix provides, the image's files as the layers say, and ImageService / tetrixctl.
+import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import * as grpc from '@grpc/grpc-js';
+import { unaryCall } from '../../src/cli/client';
+import type { LogChunk__Output } from '../../src/generated/tetrix/agent/v1/LogChunk';
+import type { ListImagesResponse__Output } from '../../src/generated/tetrix/agent/v1/ListImagesResponse';
+import { ctlMain, mountsUnder, refusal, startDaemon, type Daemon } from '../helpers/daemon';
+import { buildImages, layerDigests, makeTestCa, startRegistry } from './fixture';
+
+function stdoutOf(d: Daemon, id: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: LogChunk__Output[] = [];
+    const stream = d.clients.workspaces.StreamLogs({ id, follow: false });
+    stream.on('data', (c: LogChunk__Output) => chunks.push(c));
+    stream.on('error', reject);
+    stream.on('end', () => resolve(Buffer.concat(chunks.filter((c) => c.stream === 'stdout').map((c) => c.data)).toString('utf8')));
+  });
+}
+
+const stopped = (w: { state: string }): boolean => w.state === 'WORKSPACE_STATE_STOPPED' || w.state === 'WORKSPACE_STATE_FAILED';
+
+t.test('workspaces from OCI images', async (t) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-images-ws-'));
+  t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
+  const ca = makeTestCa(path.join(work, 'ca'));
+  const registry = await startRegistry(t, ca);
+  const built = buildImages(work, registry, ca, 'tetrix-ws');
+  const d = await startDaemon(t, ['--registry-ca-file', ca.caFile, '--default-registry', registry.host]);
+  t.teardown(() => d.terminate());
+
+  await t.test('four concurrent cold starts download each layer once and run the image\'s Entrypoint + Cmd', async (t) => {
+    const ids = ['cold-1', 'cold-2', 'cold-3', 'cold-4'];
+    const started = await Promise.all(ids.map((id) => d.start({ id, ownerId: 'alice', image: built.refs.app, command: [], env: { BOTH: 'request' } })));
+    for (const w of started) t.not(w.state, 'WORKSPACE_STATE_FAILED', `${w.id} started: ${w.message}`);
+    for (const digest of layerDigests(built.layout, 'app')) t.equal(registry.blobGets(digest), 1, `layer ${digest.slice(0, 19)} downloaded once`);
+    for (const id of ids) {
+      const w = await d.waitFor(id, stopped, 60_000);
+      t.equal(w.exitCode, 0, `${id} exited 0 (${w.message})`);
+      t.equal(await stdoutOf(d, id), 'cmd ran in /srv as 0 with from-image request\n', 'WorkingDir, Env (request wins per key), Entrypoint + Cmd');
+    }
+    const index = JSON.parse(fs.readFileSync(path.join(built.layout, 'index.json'), 'utf8')) as { manifests: { digest: string; annotations: Record<string, string> }[] };
+    const manifestDigest = index.manifests.find((m) => m.annotations['org.opencontainers.image.ref.name'] === 'app')!.digest;
+    t.equal((await d.get('cold-1')).imageDigest, manifestDigest, 'the record carries the manifest digest');
+  });
+
+  await t.test('the rootfs is the image\'s layers, with Tetrix\'s mount points, idmapped into the range', async (t) => {
+    const script = [
+      'for d in /proc/self /dev/null /sys/kernel /tmp /workspace; do test -e $d || echo "missing $d"; done',
+      'test -e /etc/gone && echo "whiteout failed"',
+      'ls /opq',
+      'cat /srv/hardlink',
+      'readlink /srv/to-root',
+      'stat -c "%a %u" /bin/suid',
+      'stat -c "%a %u" /bin/suid-outsider',
+      'echo hello > /etc/written && cat /etc/written',
+      'cd /tmp && pwd',
+    ].join('; ');
+    await d.start({ id: 'inspect', ownerId: 'alice', image: built.refs.app, command: ['/bin/sh', '-c', script] });
+    const w = await d.waitFor('inspect', stopped, 60_000);
+    t.equal(w.exitCode, 0, w.message);
+    t.equal(await stdoutOf(d, 'inspect'), ['fresh', 'hard linked', '/', '4755 0', '755 65534', 'hello', '/tmp', ''].join('\n'));
+    const layersDir = path.join(d.stateDir, 'oci', 'layers');
+    for (const layer of fs.readdirSync(layersDir)) t.notOk(fs.existsSync(path.join(layersDir, layer, 'fs', 'etc', 'written')), 'a write lands in the upper, never in a layer');
+  });
+
+  await t.test('a short name resolves through --default-registry', async (t) => {
+    const w = await d.start({ id: 'short', ownerId: 'alice', image: 'tetrix-ws/base:v1', command: ['/bin/sh', '-c', 'echo short'] });
+    await d.waitFor(w.id, stopped, 60_000);
+    t.equal(await stdoutOf(d, 'short'), 'short\n');
+  });
+
+  await t.test('bad references are refused naming the field, and leave nothing behind', async (t) => {
+    const r = await refusal(d.start({ id: 'bad-ref', ownerId: 'alice', image: `${registry.host}/Upper/Case:v1`, command: ['/bin/true'] }));
+    t.equal(r.code, grpc.status.INVALID_ARGUMENT);
+    t.match(r.details, /^image: /);
+    const missing = await refusal(d.start({ id: 'no-such', ownerId: 'alice', image: `${registry.host}/tetrix-ws/nothing:v1`, command: ['/bin/true'] }));
+    t.equal(missing.code, grpc.status.NOT_FOUND);
+    t.notOk((await d.list()).some((w) => w.id === 'bad-ref' || w.id === 'no-such'), 'no record');
+    const noCmd = await refusal(d.start({ id: 'no-cmd', ownerId: 'alice', image: built.refs.base, command: [] }));
+    t.equal(noCmd.code, grpc.status.INVALID_ARGUMENT);
+    t.match(noCmd.details, /^command: .*Entrypoint or Cmd/);
+  });
+
+  await t.test('ImageService and tetrixctl: list with use counts, remove refused while in use', async (t) => {
+    const listed = await unaryCall<ListImagesResponse__Output>((md, o, cb) => d.clients.images.ListImages({}, md, o, cb));
+    const app = listed.images.find((i) => i.references.includes(built.refs.app))!;
+    t.ok(app, 'app is listed');
+    t.equal(app.inUse, 5, 'four cold starts and the inspection');
+    const inUse = await refusal(unaryCall((md, o, cb) => d.clients.images.RemoveImage({ image: built.refs.app }, md, o, cb)));
+    t.equal(inUse.code, grpc.status.FAILED_PRECONDITION);
+    const pulled = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, '--output', 'json', 'pull', built.refs.other], { encoding: 'utf8' });
+    t.equal(pulled.status, 0, pulled.stderr);
+    const lines = pulled.stdout.trim().split('\n').map((l) => JSON.parse(l) as { layer?: { digest: string; cached: boolean }; image?: { digest: string } });
+    t.ok(lines.slice(0, -1).every((l) => l.layer), 'layer progress first');
+    t.ok(lines.some((l) => l.layer?.cached), 'the shared layer is cached');
+    t.match(lines[lines.length - 1].image?.digest, /^sha256:[a-f0-9]{64}$/, 'the digest last');
+    const table = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, 'images'], { encoding: 'utf8' });
+    t.match(table.stdout, /REFERENCE\s+DIGEST/);
+    const rmi = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, 'rmi', built.refs.other], { encoding: 'utf8' });
+    t.equal(rmi.status, 0, rmi.stderr);
+    t.match(rmi.stdout, /^removed sha256:/);
+    for (const id of ['cold-1', 'cold-2', 'cold-3', 'cold-4', 'inspect', 'short']) await d.teardown(id);
+    const removed = await unaryCall<{ digest: string }>((md, o, cb) => d.clients.images.RemoveImage({ image: built.refs.app }, md, o, cb));
+    t.equal(removed.digest, app.digest, 'removable once no workspace uses it');
+    t.same(mountsUnder(d.stateDir), [], 'nothing mounted');
+  });
+});
