@@ -50,6 +50,7 @@ export async function freePort(): Promise<number> {
 
 export interface Registry {
   host: string;      // 127.0.0.1:PORT
+  dataDir: string;
   log: string[];     // the registry's log lines (access log included)
   /** GETs of each blob digest, from the registry's access log. */
   blobGets(digest: string): number;
@@ -59,15 +60,22 @@ export interface Registry {
 export interface RegistryOptions {
   /** docker-registry's token auth: realm URL, issuer, service and the cert the tokens are signed with. */
   token?: { realm: string; issuer: string; service: string; rootCertBundle: string };
+  /** docker-registry's htpasswd auth (bcrypt lines). */
+  htpasswd?: string;
+  /** Serve this storage directory (another registry's), e.g. to pull with auth what was pushed without. */
+  dataDir?: string;
 }
 
 /** docker-registry serve on 127.0.0.1 with TLS from the test CA; stopped (by pid) at teardown. */
 export async function startRegistry(t: TapLike, ca: TestCa, opts: RegistryOptions = {}): Promise<Registry> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-registry-'));
   const port = await freePort();
-  const auth = opts.token
-    ? `auth:\n  token:\n    realm: ${opts.token.realm}\n    service: ${opts.token.service}\n    issuer: ${opts.token.issuer}\n    rootcertbundle: ${opts.token.rootCertBundle}\n`
-    : '';
+  let auth = '';
+  if (opts.token) auth = `auth:\n  token:\n    realm: ${opts.token.realm}\n    service: ${opts.token.service}\n    issuer: ${opts.token.issuer}\n    rootcertbundle: ${opts.token.rootCertBundle}\n`;
+  if (opts.htpasswd !== undefined) {
+    fs.writeFileSync(path.join(dir, 'htpasswd'), opts.htpasswd);
+    auth = `auth:\n  htpasswd:\n    realm: tetrix-test\n    path: ${dir}/htpasswd\n`;
+  }
   const config = [
     'version: 0.1',
     'log:',
@@ -76,7 +84,7 @@ export async function startRegistry(t: TapLike, ca: TestCa, opts: RegistryOption
     '    disabled: false',
     'storage:',
     '  filesystem:',
-    `    rootdirectory: ${dir}/data`,
+    `    rootdirectory: ${opts.dataDir ?? `${dir}/data`}`,
     '  delete:',
     '    enabled: true',
     'http:',
@@ -108,6 +116,7 @@ export async function startRegistry(t: TapLike, ca: TestCa, opts: RegistryOption
   const host = `127.0.0.1:${port}`;
   return {
     host,
+    dataDir: opts.dataDir ?? `${dir}/data`,
     log,
     process: child,
     blobGets: (digest: string) => log.filter((l) => l.includes(`"GET /v2/`) && l.includes(`/blobs/${digest} `) && / 200 /.test(l)).length,
