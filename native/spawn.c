@@ -152,6 +152,7 @@ typedef struct {
 
   napi_deferred deferred;
   napi_async_work work;
+  char user_arg[24];     // "--user" value "UID:GID" (inside the namespace), "" = root
 } spawn_job;
 
 static void free_strv(char **v) {
@@ -744,6 +745,7 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_EXEC] = "execve",
       [STEP_INIT_HELD] = "init: held",
       [STEP_INIT_GATE] = "init: gate",
+      [STEP_INIT_USER] = "init: switch to the workload's user",
   };
   char buf[PATH_MAX + 64];
   int i = r->index;
@@ -1140,6 +1142,19 @@ static bool get_hold(napi_env env, napi_value obj, spawn_job *job) {
   return true;
 }
 
+// opts.workloadUser {uid, gid}: ids inside the namespace the workload (and each task) runs as; init switches.
+static bool get_workload_user(napi_env env, napi_value obj, spawn_job *job) {
+  napi_value v, uid_v, gid_v;
+  uint32_t uid, gid;
+  job->user_arg[0] = 0;
+  if (!tx_get_prop(env, obj, "workloadUser", &v) || !is_present(env, v)) return true;
+  if (!tx_get_prop(env, v, "uid", &uid_v) || !tx_get_prop(env, v, "gid", &gid_v) ||
+      !tx_get_uint32(env, uid_v, "spawn: opts.workloadUser.uid", &uid) || !tx_get_uint32(env, gid_v, "spawn: opts.workloadUser.gid", &gid))
+    return false;
+  snprintf(job->user_arg, sizeof job->user_arg, "%u:%u", uid, gid);
+  return true;
+}
+
 static bool get_tasks_fd(napi_env env, napi_value obj, spawn_job *job) {
   napi_value v;
   job->tasks_fd = -1;
@@ -1170,12 +1185,16 @@ static bool get_output_read_fds(napi_env env, napi_value obj, spawn_job *job) {
 static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
   uint32_t argc = 0, cgroups = 0;
   int32_t out, err, status;
-  if (!get_hold(env, opts, job) || !get_tasks_fd(env, opts, job)) return false;
-  const char *prefix[4];
+  if (!get_hold(env, opts, job) || !get_tasks_fd(env, opts, job) || !get_workload_user(env, opts, job)) return false;
+  const char *prefix[6];
   size_t prefix_count = 0;
   prefix[prefix_count++] = "init";
   if (job->hold) prefix[prefix_count++] = "--hold";
   if (job->tasks_fd >= 0) prefix[prefix_count++] = "--tasks";
+  if (job->user_arg[0]) {
+    prefix[prefix_count++] = "--user";
+    prefix[prefix_count++] = job->user_arg;
+  }
   prefix[prefix_count++] = "--";
   if (!get_string_prop(env, opts, "rootfs", &job->rootfs) || !get_string_prop(env, opts, "initPath", &job->init_path) ||
       !get_strv_prop(env, opts, "argv", prefix, prefix_count, &job->argv, &argc) ||

@@ -156,7 +156,16 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
     tasks,
     source: { repositoryUrl: req.source?.repositoryUrl ?? '', revision: req.source?.revision ?? '' },
     workingDir: oci && req.workingDir === '' ? '' : dirInside('working_dir', req.workingDir),
+    ...(req.user !== '' ? { user: userField(req.user) } : {}),
   };
+}
+
+const USER_PART = '[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}';
+const USER = new RegExp(`^${USER_PART}(:${USER_PART})?$`);
+
+function userField(value: string): string {
+  if (!USER.test(value)) throw invalidArgument('user', 'must be NAME[:GROUP] or UID[:GID]');
+  return value;
 }
 
 export function gracePeriod(ms: number): number {

@@ -44,6 +44,7 @@ function startRequest(inv: Invocation): StartWorkspaceRequest {
     },
     network: network === undefined ? 'NETWORK_MODE_UNSPECIFIED' : `NETWORK_MODE_${oneOf('--network', network, ['none', 'isolated'] as const).toUpperCase()}` as StartWorkspaceRequest['network'],
     workingDir: str(inv, 'workdir') ?? '',
+    user: str(inv, 'user') ?? '',
     restoreFrom: str(inv, 'restore-from') ?? '',
     seccompProfile: str(inv, 'seccomp-profile') ?? '',
     ports: list(inv, 'port').map((p) => integer('--port', p, 1, 65535)),

@@ -7,6 +7,7 @@ import type { CgroupPlacement } from './cgroups';
 import type { BindMount, HeldWorkload, NativeAddon } from '../native';
 import { NativeError } from '../native';
 import { readPidStartTime, signalName } from './proc';
+import { resolveUser } from './user';
 
 export interface LaunchSpec {
   workspaceId: string;        // also the hostname, and the cgroup the child is placed in
@@ -19,6 +20,8 @@ export interface LaunchSpec {
   seccompProfile: string;
   mounts: BindMount[];
   output: { stdoutFd: number; stderrFd: number; outputReadFds?: [number, number]; tasksFd?: number };
+  /** NAME[:GROUP] or UID[:GID], resolved in the rootfs (src/sandbox/user.ts); '' = root. */
+  user?: string;
   /** Hold the workload at init's gate until release(): nothing of it runs before (an ISOLATED veth). */
   holdAtGate: boolean;
 }
@@ -71,6 +74,8 @@ export class Launcher {
 
   async launch(spec: LaunchSpec): Promise<Launched> {
     const seccomp = this.o.seccompFilter(spec.seccompProfile);
+    const user = spec.user ? await resolveUser(spec.rootfs, spec.user, ID_COUNT) : undefined;
+    const env = user?.home && spec.env.HOME === undefined ? { ...spec.env, HOME: user.home } : spec.env;
     const statusFd = fs.openSync(exitStatusPath(spec.wsDir), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
       const { output } = spec;
@@ -78,7 +83,8 @@ export class Launcher {
         rootfs: spec.rootfs,
         initPath: this.o.initPath,
         argv: spec.argv,
-        env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+        env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        ...(user ? { workloadUser: { uid: user.uid, gid: user.gid } } : {}),
         cwd: spec.cwd,
         hostname: spec.workspaceId,
         uidBase: spec.uidBase,

@@ -313,6 +313,7 @@ export class WorkspaceService {
       launched = await sandbox.launch({
         workspaceId: spec.id, wsDir, rootfs, argv: workload.argv, env: workload.env, cwd: workload.cwd,
         uidBase: record.status.uidBase, seccompProfile: spec.seccompProfile, mounts: workload.mounts, output, holdAtGate,
+        user: spec.user ?? image.config?.user ?? '',
       });
       for (const fd of opened.splice(0)) fs.closeSync(fd);
       Object.assign(record.status, { pid: launched.pid, pidStartTime: launched.startTime, startedMs: Date.now() });

@@ -187,12 +187,13 @@ export function buildImages(workDir: string, registry: Registry, ca: TestCa, rep
   run('umoci', ['raw', 'add-layer', '--image', `${layout}:app`, path.join(workDir, 'opq.tar')]);
   run('umoci', ['config', '--image', `${layout}:app`, '--config.env', 'IMAGE_VAR=from-image', '--config.env', 'BOTH=image',
     '--config.entrypoint', '/bin/sh', '--config.cmd', '-c', '--config.cmd', 'echo "cmd ran in $(pwd) as $(id -u) with $IMAGE_VAR $BOTH"', '--config.workingdir', '/srv']);
+  run('umoci', ['config', '--image', `${layout}:app`, '--tag', 'appuser', '--config.user', 'app']);
   // other: shares base's layer.
   run('umoci', ['unpack', '--image', `${layout}:base`, path.join(workDir, 'other')]);
   fs.writeFileSync(path.join(workDir, 'other/rootfs/etc/other'), 'other image\n');
   run('umoci', ['repack', '--image', `${layout}:other`, path.join(workDir, 'other')]);
   const refs: Record<string, string> = {};
-  for (const name of ['base', 'app', 'other']) {
+  for (const name of ['base', 'app', 'appuser', 'other']) {
     refs[name] = `${registry.host}/${repo}/${name}:v1`;
     run('skopeo', ['copy', '--quiet', '--dest-cert-dir', certDir, `oci:${layout}:${name}`, `docker://${refs[name]}`]);
   }

@@ -69,6 +69,23 @@ t.test('workspaces from OCI images', async (t) => {
     for (const layer of fs.readdirSync(layersDir)) t.notOk(fs.existsSync(path.join(layersDir, layer, 'fs', 'etc', 'written')), 'a write lands in the upper, never in a layer');
   });
 
+  await t.test('the image\'s User applies, the request\'s user wins, and ids stay in the range', async (t) => {
+    await d.start({ id: 'as-app', ownerId: 'alice', image: built.refs.appuser, command: ['/bin/sh', '-c', 'echo $(id -u):$(id -g) $HOME; stat -c %u .; echo x > /srv/mine && echo wrote'] });
+    let w = await d.waitFor('as-app', stopped, 60_000);
+    t.equal(await stdoutOf(d, 'as-app'), '1000:1000 /srv\n0\n', 'User app from /etc/passwd, HOME from its entry, and no root power over root-owned /srv');
+    t.not(w.exitCode, 0, 'the write to root-owned /srv was refused');
+    await d.start({ id: 'as-num', ownerId: 'alice', image: built.refs.appuser, user: '1234:5678', command: ['/bin/sh', '-c', 'echo $(id -u):$(id -g)'] });
+    w = await d.waitFor('as-num', stopped, 60_000);
+    t.equal(await stdoutOf(d, 'as-num'), '1234:5678\n', 'the request overrides the image');
+    const unknown = await refusal(d.start({ id: 'as-unknown', ownerId: 'alice', image: built.refs.appuser, user: 'nosuch', command: ['/bin/true'] }));
+    t.equal(unknown.code, grpc.status.INVALID_ARGUMENT);
+    t.match(unknown.details, /user: "nosuch" is not in the image's \/etc\/passwd/);
+    const outside = await refusal(d.start({ id: 'as-outside', ownerId: 'alice', image: built.refs.appuser, user: '70000', command: ['/bin/true'] }));
+    t.equal(outside.code, grpc.status.INVALID_ARGUMENT);
+    t.match(outside.details, /outside the workspace's range/);
+    for (const id of ['as-app', 'as-num', 'as-unknown', 'as-outside']) await d.teardown(id);
+  });
+
   await t.test('a short name resolves through --default-registry', async (t) => {
     const w = await d.start({ id: 'short', ownerId: 'alice', image: 'tetrix-ws/base:v1', command: ['/bin/sh', '-c', 'echo short'] });
     await d.waitFor(w.id, stopped, 60_000);
