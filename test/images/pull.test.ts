@@ -95,6 +95,29 @@ t.test('images from a TLS registry', async (t) => {
     await t.rejects(store.remove(built.refs.other), { code: 'NOT_FOUND' });
     t.ok(await store.storeBytes() > 1_000_000, 'the store size counts busybox');
   });
+
+  await t.test('GC removes unused images by age and by store size, never one in use', async (t) => {
+    await store.pull(built.refs.base);
+    const age = (ref: string, ms: number): void => {
+      const img = fs.readdirSync(path.join(store.root, 'images')).map((n) => path.join(store.root, 'images', n))
+        .find((f) => (JSON.parse(fs.readFileSync(f, 'utf8')) as { references: string[] }).references.includes(ref))!;
+      const rec = JSON.parse(fs.readFileSync(img, 'utf8')) as { lastUsedMs: number };
+      rec.lastUsedMs = Date.now() - ms;
+      fs.writeFileSync(img, JSON.stringify(rec));
+    };
+    const digestOf = async (ref: string): Promise<string> => (await store.list()).find((i) => i.references.includes(ref))!.digest;
+    const appDigest = await digestOf(built.refs.app);
+    const baseDigest = await digestOf(built.refs.base);
+    age(built.refs.app, 3_600_000);
+    age(built.refs.base, 3_600_000);
+    const guarded = new OciImageStore({ stateDir, registry: { caFile: ca.caFile }, inUse: () => new Map([[appDigest, 1]]) });
+    t.same(await guarded.collect({ maxAgeMs: 60_000, maxBytes: 0 }), [baseDigest], 'the old unused image goes; the one in use stays');
+    t.same((await store.list()).map((i) => i.digest), [appDigest]);
+    t.same(await store.collect({ maxAgeMs: 0, maxBytes: 1_000_000_000 }), [], 'under the size limit nothing goes');
+    t.same(await store.collect({ maxAgeMs: 0, maxBytes: 1 }), [appDigest], 'over it, the least recently used goes');
+    t.same(fs.readdirSync(path.join(store.root, 'layers')), [], 'and its layers with it');
+    t.equal(await store.storeBytes(), 0);
+  });
 });
 
 function xattr(file: string, name: string): string | undefined {
