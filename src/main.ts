@@ -19,7 +19,7 @@ import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
 import { OciImageStore } from './images/store';
 import { imageHandlers } from './api/image-api';
-import { listOf } from './config/config';
+import { listOf, registryMirrorsOf } from './config/config';
 import { openNodeKeyRing } from './crypto/kek-source';
 import { KeyRotation } from './crypto/rotation';
 import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
@@ -68,7 +68,7 @@ async function run(config: Config): Promise<void> {
   const oci = new OciImageStore({
     stateDir: config.stateDir,
     defaultRegistry: config.defaultRegistry,
-    registry: { caFile: config.registryCaFile || undefined, insecureHosts: listOf(config.insecureRegistry), authFile: config.registryAuthFile || undefined },
+    registry: { mirrors: registryMirrorsOf(config.registryMirrors), caFile: config.registryCaFile || undefined, insecureHosts: listOf(config.insecureRegistry), authFile: config.registryAuthFile || undefined },
     inUse: imagesInUse,
   });
   await oci.open();

@@ -61,6 +61,7 @@ export interface Config {
   readonly s3Endpoint: string;
   readonly s3Region: string;
   readonly defaultRegistry: string;   // host[:port] short image names (node:20) resolve through; '' = refuse them
+  readonly registryMirrors: string;   // REGISTRY=MIRROR pairs, comma-separated, tried in order before the registry
   readonly registryCaFile: string;    // PEM trusted for registries beside the system roots
   readonly insecureRegistry: string;  // host:port list spoken to over plain HTTP (Docker's insecure-registries)
   readonly registryAuthFile: string;  // Docker config.json (0600) with registry credentials
@@ -140,6 +141,7 @@ export function defaults(): Config {
     s3Endpoint: '',
     s3Region: 'us-east-1',
     defaultRegistry: '',
+    registryMirrors: '',
     registryCaFile: '',
     insecureRegistry: '',
     registryAuthFile: '',
@@ -162,7 +164,7 @@ const stringKeys = [
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
   'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
-  'defaultRegistry', 'registryCaFile', 'insecureRegistry', 'registryAuthFile',
+  'defaultRegistry', 'registryMirrors', 'registryCaFile', 'insecureRegistry', 'registryAuthFile',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 /** Settings that were replaced: naming them says what to use instead. */
@@ -276,6 +278,7 @@ function validate(c: Config): Config {
     if (c[key] !== '' && !/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/.test(c[key])) throw new ConfigError(`${key}: expected host:port, got "${c[key]}"`);
   }
   if (c.defaultRegistry !== '' && !/^[A-Za-z0-9.-]+(:\d{1,5})?$/.test(c.defaultRegistry)) throw new ConfigError(`defaultRegistry: expected host[:port], got "${c.defaultRegistry}"`);
+  registryMirrorsOf(c.registryMirrors);
   for (const host of listOf(c.insecureRegistry)) {
     if (!/^[A-Za-z0-9.-]+:\d{1,5}$/.test(host)) throw new ConfigError(`insecureRegistry: expected host:port, got "${host}"`);
   }
@@ -378,6 +381,17 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   const out: Record<string, unknown> = { ...base };
   for (const [key, value] of Object.entries(merged)) out[key] = coerce(key, value);
   return Object.freeze(validate(out as unknown as Config));
+}
+
+/** registryMirrors as registry -> mirrors in order ("docker.io=m1:5000,docker.io=m2:5000"). */
+export function registryMirrorsOf(value: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const pair of listOf(value)) {
+    const m = /^([A-Za-z0-9.-]+(?::\d{1,5})?)=([A-Za-z0-9.-]+(?::\d{1,5})?)$/.exec(pair);
+    if (!m) throw new ConfigError(`registryMirrors: expected REGISTRY=MIRROR (host[:port] each), got "${pair}"`);
+    out.set(m[1], [...(out.get(m[1]) ?? []), m[2]]);
+  }
+  return out;
 }
 
 /** A comma-separated config value as a list. */

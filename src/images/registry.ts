@@ -31,6 +31,8 @@ const MAX_REDIRECTS = 5;
 const IDLE_TIMEOUT_MS = 60_000;
 
 export interface RegistryOptions {
+  /** registry -> mirrors tried first, in order (containerd's hosts.toml): pulls only, the registry last. */
+  mirrors?: ReadonlyMap<string, readonly string[]>;
   caFile?: string;         // PEM, trusted beside the system roots
   insecureHosts?: readonly string[]; // host:port spoken to over plain HTTP
   authFile?: string;       // Docker config.json, must be 0600
@@ -88,17 +90,32 @@ export class RegistryClient {
     return `${this.insecure.has(registry) ? 'http' : 'https'}://${host}`;
   }
 
+  /** The mirrors first; one that is down or lacks the object hands over to the next, the registry last.
+   *  Digests are verified whoever served them; a tag is taken from the first host that has it. */
   private async get(ref: ImageReference, tail: string, headers: Record<string, string>): Promise<http.IncomingMessage> {
-    const url = `${this.base(ref.registry)}/v2/${ref.repository}/${tail}`;
-    const what = `${ref.registry}/${ref.repository} ${tail.split('/')[0].replace(/s$/, '')}`;
-    const cached = this.tokens.get(`${ref.registry}|${ref.repository}`);
+    const hosts = [...(this.opts.mirrors?.get(ref.registry) ?? []), ref.registry];
+    for (const [i, host] of hosts.entries()) {
+      try {
+        return await this.getFrom(host, ref, tail, headers);
+      } catch (err) {
+        const passOn = err instanceof DomainError && (err.code === 'UNAVAILABLE' || err.code === 'NOT_FOUND');
+        if (i === hosts.length - 1 || !passOn) throw err;
+      }
+    }
+    throw new DomainError('INTERNAL', 'image: no registry host to ask');
+  }
+
+  private async getFrom(host: string, ref: ImageReference, tail: string, headers: Record<string, string>): Promise<http.IncomingMessage> {
+    const url = `${this.base(host)}/v2/${ref.repository}/${tail}`;
+    const what = `${host}/${ref.repository} ${tail.split('/')[0].replace(/s$/, '')}`;
+    const cached = this.tokens.get(`${host}|${ref.repository}`);
     const auth = cached && cached.until > Date.now() ? cached.header : undefined;
-    let res = await this.request(url, { ...headers, ...(auth ? { authorization: auth } : {}) }, ref.registry);
+    let res = await this.request(url, { ...headers, ...(auth ? { authorization: auth } : {}) }, host);
     if (res.statusCode === 401) {
       const challenge = parseChallenge(res.headers['www-authenticate']);
       res.resume();
-      const header = await this.authorize(ref, challenge);
-      res = await this.request(url, { ...headers, authorization: header }, ref.registry);
+      const header = await this.authorize(host, ref, challenge);
+      res = await this.request(url, { ...headers, authorization: header }, host);
     }
     if (res.statusCode !== 200) {
       res.resume();
@@ -108,33 +125,33 @@ export class RegistryClient {
   }
 
   /** The Authorization header the challenge asks for, from the auth file's credentials for this registry. */
-  private async authorize(ref: ImageReference, challenge: Challenge | undefined): Promise<string> {
-    const creds = this.credentials(ref.registry);
-    if (!challenge) throw new DomainError('UNAUTHENTICATED', `image: ${ref.registry} refused access and sent no usable challenge`);
+  private async authorize(host: string, ref: ImageReference, challenge: Challenge | undefined): Promise<string> {
+    const creds = this.credentials(host);
+    if (!challenge) throw new DomainError('UNAUTHENTICATED', `image: ${host} refused access and sent no usable challenge`);
     let header: string;
     let lifetime = 50_000;
     if (challenge.scheme === 'basic') {
-      if (!creds) throw new DomainError('UNAUTHENTICATED', `image: ${ref.registry} needs credentials; none in the registry auth file`);
+      if (!creds) throw new DomainError('UNAUTHENTICATED', `image: ${host} needs credentials; none in the registry auth file`);
       header = `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
     } else {
-      const token = await this.bearerToken(ref, challenge, creds);
+      const token = await this.bearerToken(host, ref, challenge, creds);
       header = `Bearer ${token.token}`;
       lifetime = Math.max(10, Math.min(token.expiresIn, 3600) - 10) * 1000;
     }
-    this.tokens.set(`${ref.registry}|${ref.repository}`, { header, until: Date.now() + lifetime });
+    this.tokens.set(`${host}|${ref.repository}`, { header, until: Date.now() + lifetime });
     return header;
   }
 
-  private async bearerToken(ref: ImageReference, c: Challenge & { scheme: 'bearer' }, creds: Credentials | undefined): Promise<{ token: string; expiresIn: number }> {
+  private async bearerToken(host: string, ref: ImageReference, c: Challenge & { scheme: 'bearer' }, creds: Credentials | undefined): Promise<{ token: string; expiresIn: number }> {
     let realm: URL;
     try {
       realm = new URL(c.realm);
     } catch {
-      throw new DomainError('UNAUTHENTICATED', `image: ${ref.registry} names a token realm that is not a URL`);
+      throw new DomainError('UNAUTHENTICATED', `image: ${host} names a token realm that is not a URL`);
     }
     // Credentials never travel in clear text: an http realm only for a host listed as insecure.
     if (realm.protocol !== 'https:' && !(realm.protocol === 'http:' && this.insecure.has(realm.host))) {
-      throw new DomainError('UNAUTHENTICATED', `image: ${ref.registry}'s token realm ${realm.origin} is not https`);
+      throw new DomainError('UNAUTHENTICATED', `image: ${host}'s token realm ${realm.origin} is not https`);
     }
     if (c.service) realm.searchParams.set('service', c.service);
     realm.searchParams.set('scope', c.scope || `repository:${ref.repository}:pull`);
@@ -142,17 +159,17 @@ export class RegistryClient {
     const res = await this.request(realm.toString(), headers, realm.host);
     if (res.statusCode !== 200) {
       res.resume();
-      throw new DomainError('UNAUTHENTICATED', `image: the token service of ${ref.registry} answered ${res.statusCode}${creds ? '' : ' (no credentials for it in the registry auth file)'}`);
+      throw new DomainError('UNAUTHENTICATED', `image: the token service of ${host} answered ${res.statusCode}${creds ? '' : ' (no credentials for it in the registry auth file)'}`);
     }
     const body = await readAll(res, 1 << 20, 'token');
     let parsed: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       parsed = JSON.parse(body.toString('utf8')) as typeof parsed;
     } catch {
-      throw new DomainError('UNAUTHENTICATED', `image: the token service of ${ref.registry} sent no JSON`);
+      throw new DomainError('UNAUTHENTICATED', `image: the token service of ${host} sent no JSON`);
     }
     const token = typeof parsed.token === 'string' ? parsed.token : typeof parsed.access_token === 'string' ? parsed.access_token : '';
-    if (!/^[\x21-\x7e]{1,8192}$/.test(token)) throw new DomainError('UNAUTHENTICATED', `image: the token service of ${ref.registry} sent no token`);
+    if (!/^[\x21-\x7e]{1,8192}$/.test(token)) throw new DomainError('UNAUTHENTICATED', `image: the token service of ${host} sent no token`);
     return { token, expiresIn: typeof parsed.expires_in === 'number' ? parsed.expires_in : 60 };
   }
 

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import * as zstd from 'zstd-napi';
 import { DomainError } from '../errors';
-import { extract, type ExtractResult, type NativeExtraction } from '../native';
+import { extract, NativeError, type ExtractResult, type NativeExtraction } from '../native';
 import { capabilityToHost } from '../content/xattrs';
 import { LAYER_MEDIA } from './manifest';
 
@@ -142,6 +142,8 @@ export async function unpackLayer(src: LayerSource, rootDir: string, onBytes: (n
     if (code.startsWith('Z_') || /zstd|incorrect header|unexpected end/i.test((err as Error).message)) {
       throw new DomainError('DATA_LOSS', `image: layer ${src.digest} does not decompress: ${(err as Error).message}`);
     }
-    throw err;
+    if (err instanceof NativeError) throw err; // the file system (ENOSPC...): INTERNAL, naming the step
+    // The connection broke or stalled mid-blob.
+    throw new DomainError('UNAVAILABLE', `image: layer ${src.digest}: download failed: ${(err as Error).message}`, { cause: err });
   }
 }
