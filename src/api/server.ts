@@ -27,7 +27,7 @@ export function loadProto(): { definition: protoLoader.PackageDefinition; proto:
 }
 
 /** What grpc.health.v1 answers for: the whole server ('') and each of Tetrix's services by its full name. */
-export const HEALTH_SERVICES = ['', 'tetrix.agent.v1.WorkspaceService', 'tetrix.agent.v1.NodeService'] as const;
+export const HEALTH_SERVICES = ['', 'tetrix.agent.v1.WorkspaceService', 'tetrix.agent.v1.NodeService', 'tetrix.agent.v1.ImageService'] as const;
 
 export interface ApiServer {
   server: grpc.Server;

@@ -14,7 +14,7 @@ import { makeTestCa, sha256 } from './fixture';
 
 interface Entry {
   name: string;
-  type?: '0' | '2' | '3' | '5';
+  type?: '0' | '1' | '2' | '3' | '5';
   body?: string;
   link?: string;
   mode?: number;
@@ -89,6 +89,9 @@ t.test('a hostile registry cannot get anything into the store or onto the host',
     absolute: image(tarOf([{ name: `${outside}/absolute`, body: 'pwned' }])),
     'symlink-then-write': image(tarOf([{ name: 'evil', type: '2', link: outside }, { name: 'evil/pwned', body: 'pwned' }])),
     'symlink-to-dir-then-dir': image(tarOf([{ name: 'evil', type: '2', link: '/' }, { name: 'evil/tmp/pwned/', type: '5' }])),
+    'hardlink-dot-dot': image(tarOf([{ name: 'h', type: '1', link: '../../../etc/hostname' }])),
+    'hardlink-absolute': image(tarOf([{ name: 'h', type: '1', link: '/etc/hostname' }])),
+    'hardlink-through-symlink': image(tarOf([{ name: 'l', type: '2', link: '/etc' }, { name: 'h', type: '1', link: 'l/hostname' }])),
     device: image(tarOf([{ name: 'dev/', type: '5' }, { name: 'dev/mem-ish', type: '3', devmajor: 1 }, { name: 'ok', body: 'fine' }])),
   };
   const gets: string[] = [];
@@ -125,6 +128,9 @@ t.test('a hostile registry cannot get anything into the store or onto the host',
     ['absolute', /refused: absolute path/],
     ['symlink-then-write', /^image layer: archive entry "evil\/pwned" refused: path goes through "evil", which is not a directory/],
     ['symlink-to-dir-then-dir', /refused: path goes through "evil"/],
+    ['hardlink-dot-dot', /archive entry "h" refused: hard link source outside its root|"\.\." in path/],
+    ['hardlink-absolute', /refused: (hard link source outside its root|absolute path)/],
+    ['hardlink-through-symlink', /archive entry "h" refused: path goes through "l", which is not a directory/],
   ];
   for (const [repo, message] of cases) {
     await t.test(repo, async (t) => {
