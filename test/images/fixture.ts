@@ -64,6 +64,8 @@ export interface RegistryOptions {
   htpasswd?: string;
   /** Serve this storage directory (another registry's), e.g. to pull with auth what was pushed without. */
   dataDir?: string;
+  /** Plain HTTP, no TLS (an "insecure registry"). */
+  plain?: boolean;
 }
 
 /** docker-registry serve on 127.0.0.1 with TLS from the test CA; stopped (by pid) at teardown. */
@@ -89,9 +91,7 @@ export async function startRegistry(t: TapLike, ca: TestCa, opts: RegistryOption
     '    enabled: true',
     'http:',
     `  addr: 127.0.0.1:${port}`,
-    '  tls:',
-    `    certificate: ${ca.certFile}`,
-    `    key: ${ca.keyFile}`,
+    ...(opts.plain ? [] : ['  tls:', `    certificate: ${ca.certFile}`, `    key: ${ca.keyFile}`]),
     auth,
   ].join('\n');
   fs.writeFileSync(path.join(dir, 'config.yml'), config);

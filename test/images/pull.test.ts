@@ -24,11 +24,16 @@ t.test('images from a TLS registry', async (t) => {
     await t.rejects(untrusting.pull(built.refs.base), { code: 'UNAVAILABLE', message: /certificate/ });
   });
 
-  await t.test('plain HTTP is refused unless the host is listed as insecure', async (t) => {
-    const insecure = new OciImageStore({ stateDir: path.join(work, 'state-insecure'), registry: { insecureHosts: [registry.host] } });
+  await t.test('plain HTTP only to a host listed as insecure', async (t) => {
+    const plain = await startRegistry(t, ca, { plain: true, dataDir: registry.dataDir });
+    const ref = built.refs.base.replace(registry.host, plain.host);
+    const strict = new OciImageStore({ stateDir: path.join(work, 'state-strict'), registry: { caFile: ca.caFile } });
+    await strict.open();
+    await t.rejects(strict.pull(ref), { code: 'UNAVAILABLE' }, 'not listed: TLS is spoken, and fails');
+    t.equal(plain.log.filter((l) => l.includes('"GET /v2/')).length, 0, 'nothing was asked in clear text');
+    const insecure = new OciImageStore({ stateDir: path.join(work, 'state-insecure'), registry: { insecureHosts: [plain.host] } });
     await insecure.open();
-    // Listed, it speaks HTTP: the TLS-only registry does not answer that with a manifest.
-    await t.rejects(insecure.pull(built.refs.base));
+    t.match((await insecure.pull(ref)).digest, /^sha256:/, 'listed: pulled over plain HTTP');
   });
 
   await t.test('mirrors are tried first, and a mirror that is down hands over', async (t) => {
