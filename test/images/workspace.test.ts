@@ -11,7 +11,7 @@ import { unaryCall } from '../../src/cli/client';
 import type { LogChunk__Output } from '../../src/generated/tetrix/agent/v1/LogChunk';
 import type { ListImagesResponse__Output } from '../../src/generated/tetrix/agent/v1/ListImagesResponse';
 import { ctlMain, mountsUnder, refusal, startDaemon, type Daemon } from '../helpers/daemon';
-import { buildImages, layerDigests, makeTestCa, startRegistry } from './fixture';
+import { buildImages, freePort, layerDigests, makeTestCa, startRegistry } from './fixture';
 
 function stdoutOf(d: Daemon, id: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -31,10 +31,16 @@ t.test('workspaces from OCI images', async (t) => {
   const ca = makeTestCa(path.join(work, 'ca'));
   const registry = await startRegistry(t, ca);
   const built = buildImages(work, registry, ca, 'tetrix-ws');
-  const d = await startDaemon(t, ['--registry-ca-file', ca.caFile, '--default-registry', registry.host]);
+  const metricsPort = await freePort();
+  const d = await startDaemon(t, ['--registry-ca-file', ca.caFile, '--default-registry', registry.host, '--metrics-listen', `127.0.0.1:${metricsPort}`]);
+  const storeBytes = async (): Promise<number> => {
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    return Number(/^tetrix_image_store_bytes (\d+)$/m.exec(text)?.[1] ?? NaN);
+  };
   t.teardown(() => d.terminate());
 
   await t.test('four concurrent cold starts download each layer once and run the image\'s Entrypoint + Cmd', async (t) => {
+    t.equal(await storeBytes(), 0, 'the store metric starts at 0');
     const ids = ['cold-1', 'cold-2', 'cold-3', 'cold-4'];
     const started = await Promise.all(ids.map((id) => d.start({ id, ownerId: 'alice', image: built.refs.app, command: [], env: { BOTH: 'request' } })));
     for (const w of started) t.not(w.state, 'WORKSPACE_STATE_FAILED', `${w.id} started: ${w.message}`);
@@ -47,6 +53,7 @@ t.test('workspaces from OCI images', async (t) => {
     const index = JSON.parse(fs.readFileSync(path.join(built.layout, 'index.json'), 'utf8')) as { manifests: { digest: string; annotations: Record<string, string> }[] };
     const manifestDigest = index.manifests.find((m) => m.annotations['org.opencontainers.image.ref.name'] === 'app')!.digest;
     t.equal((await d.get('cold-1')).imageDigest, manifestDigest, 'the record carries the manifest digest');
+    t.ok((await storeBytes()) > fs.statSync('/bin/busybox').size, 'tetrix_image_store_bytes counts the unpacked layers');
   });
 
   await t.test('the rootfs is the image\'s layers, with Tetrix\'s mount points, idmapped into the range', async (t) => {
