@@ -69,6 +69,18 @@ export interface LauncherOptions {
 const SIGNALS: Record<WorkloadSignal, number> = { SIGTERM: 15, SIGKILL: 9 };
 const ID_COUNT = 65536;
 
+/**
+ * A workload that runs as a user other than root gets /workspace's top directory, as Gitpod's images expect
+ * (their user owns /workspace): only while it still belongs to the workspace's root, so a restored tree
+ * keeps the owner it had. lchown: the daemon made this directory; it is not followed if it were a link.
+ */
+function giveWorkspaceDir(spec: LaunchSpec, user: { uid: number; gid: number }): void {
+  const content = spec.mounts.find((m) => m.target === '/workspace');
+  if (!content || (user.uid === 0 && user.gid === 0)) return;
+  const st = fs.lstatSync(content.source);
+  if (st.isDirectory() && st.uid === spec.uidBase && st.gid === spec.uidBase) fs.lchownSync(content.source, spec.uidBase + user.uid, spec.uidBase + user.gid);
+}
+
 export class Launcher {
   constructor(private readonly o: LauncherOptions) {}
 
@@ -76,6 +88,7 @@ export class Launcher {
     const seccomp = this.o.seccompFilter(spec.seccompProfile);
     const user = spec.user ? await resolveUser(spec.rootfs, spec.user, ID_COUNT) : undefined;
     const env = user?.home && spec.env.HOME === undefined ? { ...spec.env, HOME: user.home } : spec.env;
+    if (user) giveWorkspaceDir(spec, user);
     const statusFd = fs.openSync(exitStatusPath(spec.wsDir), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
       const { output } = spec;

@@ -11,6 +11,7 @@ import { unaryCall } from '../../src/cli/client';
 import type { LogChunk__Output } from '../../src/generated/tetrix/agent/v1/LogChunk';
 import type { ListImagesResponse__Output } from '../../src/generated/tetrix/agent/v1/ListImagesResponse';
 import { ctlMain, mountsUnder, refusal, startDaemon, type Daemon } from '../helpers/daemon';
+import { prebuildRequest } from '../prebuild/daemon-fixtures';
 import { buildImages, freePort, layerDigests, makeTestCa, startRegistry } from './fixture';
 
 function stdoutOf(d: Daemon, id: string): Promise<string> {
@@ -91,6 +92,22 @@ t.test('workspaces from OCI images', async (t) => {
     t.equal(outside.code, grpc.status.INVALID_ARGUMENT);
     t.match(outside.details, /outside the workspace's range/);
     for (const id of ['as-app', 'as-num', 'as-unknown', 'as-outside']) await d.teardown(id);
+  });
+
+  await t.test('a prebuild from an image: its tasks get the image\'s Env and User, and provenance names the digest', async (t) => {
+    const req = prebuildRequest('pb-image', [{ name: 'build', script: 'echo "$IMAGE_VAR as $(id -u)" > /workspace/built' }]);
+    await d.start({ ...req, image: built.refs.appuser });
+    const done = await d.waitFor('pb-image', (w) => w.state === 'WORKSPACE_STATE_SUCCEEDED' || w.state === 'WORKSPACE_STATE_FAILED', 60_000);
+    t.equal(done.state, 'WORKSPACE_STATE_SUCCEEDED', done.message);
+    const backups = path.join(d.stateDir, 'backups');
+    const verified = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, '--output', 'json', 'verify', done.snapshotId, '--backup-dir', backups], { encoding: 'utf8' });
+    t.equal(verified.status, 0, verified.stderr);
+    const statement = JSON.parse(verified.stdout) as { predicate: { buildDefinition: { resolvedDependencies: Array<{ uri: string; digest: { sha256: string } }> } } };
+    t.same(statement.predicate.buildDefinition.resolvedDependencies[0], { uri: `oci://${built.refs.appuser}`, digest: { sha256: done.imageDigest.slice(7) } }, 'the image by its registry digest');
+    await d.start({ id: 'pb-check', ownerId: 'alice', image: 'builtin:busybox', restoreFrom: done.snapshotId, command: ['/bin/cat', '/workspace/built'] });
+    await d.waitFor('pb-check', stopped, 60_000);
+    t.equal(await stdoutOf(d, 'pb-check'), 'from-image as 1000\n', 'the task ran with the image\'s Env as its User');
+    for (const id of ['pb-image', 'pb-check']) await d.teardown(id);
   });
 
   await t.test('a short name resolves through --default-registry', async (t) => {
