@@ -9,6 +9,7 @@ import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
+import * as zstd from 'zstd-napi';
 import { OciImageStore } from '../../src/images/store';
 import { makeTestCa, sha256 } from './fixture';
 
@@ -54,13 +55,13 @@ interface Served {
 }
 
 /** One image: the layer as given, its config naming the layer's true diff id unless told otherwise. */
-function image(layerTar: Buffer, opts: { serveBlob?: Buffer; manifestSize?: number; lengthHeader?: number | 'none'; diffId?: string } = {}): Served {
-  const layer = zlib.gzipSync(layerTar);
+function image(layerTar: Buffer, opts: { serveBlob?: Buffer; manifestSize?: number; lengthHeader?: number | 'none'; diffId?: string; zstd?: boolean } = {}): Served {
+  const layer = opts.zstd ? Buffer.from(zstd.compress(layerTar)) : zlib.gzipSync(layerTar);
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [opts.diffId ?? sha256(layerTar)] } }));
   const manifest = Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256(layer), size: opts.manifestSize ?? layer.length }],
+    layers: [{ mediaType: `application/vnd.oci.image.layer.v1.tar+${opts.zstd ? 'zstd' : 'gzip'}`, digest: sha256(layer), size: opts.manifestSize ?? layer.length }],
   }));
   return {
     manifest,
@@ -92,6 +93,8 @@ t.test('a hostile registry cannot get anything into the store or onto the host',
     'hardlink-dot-dot': image(tarOf([{ name: 'h', type: '1', link: '../../../etc/hostname' }])),
     'hardlink-absolute': image(tarOf([{ name: 'h', type: '1', link: '/etc/hostname' }])),
     'hardlink-through-symlink': image(tarOf([{ name: 'l', type: '2', link: '/etc' }, { name: 'h', type: '1', link: 'l/hostname' }])),
+    zstd: image(honest, { zstd: true }),
+    'zstd-wrong-diff-id': image(honest, { zstd: true, diffId: sha256('other') }),
     device: image(tarOf([{ name: 'dev/', type: '5' }, { name: 'dev/mem-ish', type: '3', devmajor: 1 }, { name: 'ok', body: 'fine' }])),
   };
   const gets: string[] = [];
@@ -130,6 +133,7 @@ t.test('a hostile registry cannot get anything into the store or onto the host',
     ['symlink-to-dir-then-dir', /refused: path goes through "evil"/],
     ['hardlink-dot-dot', /archive entry "h" refused: hard link source outside its root|"\.\." in path/],
     ['hardlink-absolute', /refused: (hard link source outside its root|absolute path)/],
+    ['zstd-wrong-diff-id', /^image: uncompressed layer sha256:[a-f0-9]{64} has digest/],
     ['hardlink-through-symlink', /archive entry "h" refused: path goes through "l", which is not a directory/],
   ];
   for (const [repo, message] of cases) {
@@ -138,6 +142,13 @@ t.test('a hostile registry cannot get anything into the store or onto the host',
       nothingKept(t);
     });
   }
+
+  await t.test('a zstd layer (Node 20 zlib has none: zstd-napi)', async (t) => {
+    const img = await store.pull(`${host}/zstd:v1`);
+    const [top] = (await store.resolve(`${host}/zstd:v1`)).lowerDirs.slice(1);
+    t.equal(fs.readFileSync(path.join(top, 'bin/true'), 'utf8'), 'x');
+    await store.remove(img.digest);
+  });
 
   await t.test('a device node in a layer is never created', async (t) => {
     const img = await store.pull(`${host}/device:v1`);
