@@ -2,11 +2,11 @@
 // workspace starts, its veth and rules before the workload runs, and nothing left after it stops.
 import fs from 'node:fs';
 import path from 'node:path';
-import { listOf, type Config } from '../config/config';
-import { DomainError } from '../errors';
-import { NodeNetwork } from '../network';
-import type { WorkspaceNetwork } from './ports';
-import type { WorkspaceSpec } from './types';
+import { listOf, type Config } from '../../config/config';
+import { DomainError } from '../../errors';
+import { NodeNetwork } from '../../network';
+import type { WorkspaceNetwork } from '../ports';
+import type { WorkspaceSpec } from '../types';
 
 /**
  * Writes a file into a rootfs that has not started yet. The image is untrusted: /etc must be a real
