@@ -1,9 +1,5 @@
-// A workspace's files on the host, under <stateDir>/workspaces/<id>/:
-//   lower/    the image, bind-mounted read-only with its ids shifted into the workspace's range (idmapped)
-//   upper/    the overlay's writable layer (everything the workspace changes outside /workspace)
-//   work/     overlayfs scratch
-//   rootfs/   the overlay mount: lower/ below, upper/ above; the workspace pivots into it
-//   content/  the /workspace tree, bind-mounted by spawn; the part that is backed up
+// A workspace's rootfs on the host: lower/, upper/, work/, rootfs/ and content/ of its directory (the
+// layout is written once, in src/layout.ts).
 //
 // Ownership: the container's root is host uid uidBase, and image files are owned by host root, which is
 // unmapped inside the user namespace. There they would show as nobody and even container root could
@@ -19,15 +15,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DomainError, invalidArgument } from '../errors';
 import { native, NativeError } from '../native';
-
-export interface WorkspaceLayout {
-  wsDir: string;
-  lower: string;
-  upper: string;
-  work: string;
-  rootfs: string;
-  content: string;
-}
+import { workspaceLayout, type WorkspaceLayout } from '../layout';
 
 export interface PrepareRootfsOptions {
   /** Runs once the (empty) upper and content dirs exist, before anything is mounted. */
@@ -45,18 +33,6 @@ export interface PreparedRootfs {
   rootfs: string;
   contentDir: string;
   ownership: ImageOwnership;
-}
-
-export function workspaceLayout(wsDir: string): WorkspaceLayout {
-  const dir = path.resolve(wsDir);
-  return {
-    wsDir: dir,
-    lower: path.join(dir, 'lower'),
-    upper: path.join(dir, 'upper'),
-    work: path.join(dir, 'work'),
-    rootfs: path.join(dir, 'rootfs'),
-    content: path.join(dir, 'content'),
-  };
 }
 
 // The workspace's ids reach rootfs/ and content/ through wsDir: search permission for "other" lets them
