@@ -188,6 +188,37 @@ async function shiftImageOwnership(lowerDir: string, rootfs: string, uidBase: nu
   await visit('.', false);
 }
 
+/** Writes each file (path relative to the root) into a rootfs that has not started yet. */
+export function writeRootfsFiles(rootfs: string, files: Record<string, string>): void {
+  for (const [relative, content] of Object.entries(files)) writeRootfsFile(rootfs, relative, content);
+}
+
+/**
+ * Writes a file into a rootfs that has not started yet. The image is untrusted: /etc must be a real
+ * directory and the file is created fresh with O_NOFOLLOW, so a symlink planted in the image can
+ * never redirect the write to a host path.
+ */
+function writeRootfsFile(rootfs: string, relative: string, content: string): void {
+  const target = path.join(rootfs, relative);
+  const dir = path.dirname(target);
+  const st = fs.lstatSync(dir, { throwIfNoEntry: false });
+  if (!st) fs.mkdirSync(dir, { mode: 0o755 });
+  else if (!st.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `image: /${path.relative(rootfs, dir)} is not a directory`);
+  const existing = fs.lstatSync(target, { throwIfNoEntry: false });
+  if (existing?.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `image: /${relative} is a directory`);
+  if (existing) fs.unlinkSync(target);
+  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  const fd = fs.openSync(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
+  try {
+    fs.writeSync(fd, content);
+    // Owned like the rootfs's root (the workspace's root), so the workspace may edit its own copy.
+    const owner = fs.statSync(rootfs);
+    fs.fchownSync(fd, owner.uid, owner.gid);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 // --- release ---------------------------------------------------------------------------------------
 
 /** Unmounts everything at or below wsDir and checks mountinfo that it worked. */
