@@ -141,6 +141,12 @@ t.test('workspaces from OCI images', async (t) => {
     t.ok(lines.slice(0, -1).every((l) => l.layer), 'layer progress first');
     t.ok(lines.some((l) => l.layer?.cached), 'the shared layer is cached');
     t.match(lines[lines.length - 1].image?.digest, /^sha256:[a-f0-9]{64}$/, 'the digest last');
+    // On a terminal (script(1) gives it one): a bar per layer.
+    const onTty = spawnSync('script', ['-qec', `${process.execPath} ${ctlMain} --socket ${d.socketPath} pull ${built.refs.other}`, '/dev/null'], { encoding: 'utf8' });
+    t.equal(onTty.status, 0, onTty.stderr);
+    t.match(onTty.stdout, /[0-9a-f]{12} \[#{30}\] cached/, 'a full bar per layer');
+    t.match(onTty.stdout, /\x1b\[2K/, 'redrawn in place');
+    t.match(onTty.stdout, /: sha256:[0-9a-f]{64} \(2 layers/, 'then the digest');
     const table = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, 'images'], { encoding: 'utf8' });
     t.match(table.stdout, /REFERENCE\s+DIGEST/);
     const rmi = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, 'rmi', built.refs.other], { encoding: 'utf8' });
