@@ -97,13 +97,28 @@ t.test('a hostile registry cannot get anything into the store or onto the host',
     'zstd-wrong-diff-id': image(honest, { zstd: true, diffId: sha256('other') }),
     device: image(tarOf([{ name: 'dev/', type: '5' }, { name: 'dev/mem-ish', type: '3', devmajor: 1 }, { name: 'ok', body: 'fine' }])),
   };
+  // A multi-platform index (Docker's manifest list type) whose linux/amd64 entry is the honest image.
+  const amd64 = image(honest);
+  const arm64 = image(tarOf([{ name: 'wrong-platform', body: 'arm' }]));
+  const entry = (m: Buffer, architecture: string) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: sha256(m), size: m.length, platform: { os: 'linux', architecture } });
+  const indexOf = (entries: object[]): Served => ({
+    manifest: Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.docker.distribution.manifest.list.v2+json', manifests: entries })),
+    blobs: new Map([...amd64.blobs, ...arm64.blobs]),
+  });
+  repos['multi-arch'] = indexOf([entry(arm64.manifest, 'arm64'), entry(amd64.manifest, 'amd64')]);
+  repos['arm-only'] = indexOf([entry(arm64.manifest, 'arm64')]);
+  const byDigest = new Map([[sha256(amd64.manifest), amd64.manifest], [sha256(arm64.manifest), arm64.manifest]]);
   const gets: string[] = [];
   const server = https.createServer({ cert: fs.readFileSync(ca.certFile), key: fs.readFileSync(ca.keyFile) }, (req, res) => {
     gets.push(req.url ?? '');
     const m = /^\/v2\/([a-z-]+)\/(manifests|blobs)\/(.+)$/.exec(req.url ?? '');
     const repo = m && repos[m[1]];
     if (!m || !repo) return void res.writeHead(404).end();
-    if (m[2] === 'manifests') return void res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': repo.manifest.length }).end(repo.manifest);
+    if (m[2] === 'manifests') {
+      const body = byDigest.get(m[3]) ?? repo.manifest;
+      const type = body === repo.manifest && repo.manifest.includes('manifests') ? 'application/vnd.docker.distribution.manifest.list.v2+json' : 'application/vnd.oci.image.manifest.v1+json';
+      return void res.writeHead(200, { 'content-type': type, 'content-length': body.length }).end(body);
+    }
     const blob = repo.blobs.get(m[3]);
     if (!blob) return void res.writeHead(404).end();
     const headers: Record<string, string | number> = { 'content-type': 'application/octet-stream' };
@@ -142,6 +157,16 @@ t.test('a hostile registry cannot get anything into the store or onto the host',
       nothingKept(t);
     });
   }
+
+  await t.test('an index resolves to linux/amd64, and one without it is refused', async (t) => {
+    const img = await store.pull(`${host}/multi-arch:v1`);
+    t.equal(img.digest, sha256(repos['multi-arch'].manifest), 'the digest is the index\'s, as the registry names it');
+    t.equal(img.manifestDigest, sha256(amd64.manifest), 'the image is the amd64 one');
+    const [top] = (await store.resolve(`${host}/multi-arch:v1`)).lowerDirs.slice(1);
+    t.ok(fs.existsSync(path.join(top, 'bin/true')) && !fs.existsSync(path.join(top, 'wrong-platform')));
+    await store.remove(img.digest);
+    await t.rejects(store.pull(`${host}/arm-only:v1`), { code: 'NOT_FOUND', message: /no linux\/amd64 manifest/ });
+  });
 
   await t.test('a zstd layer (Node 20 zlib has none: zstd-napi)', async (t) => {
     const img = await store.pull(`${host}/zstd:v1`);
