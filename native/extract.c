@@ -137,6 +137,10 @@ typedef struct {
   // .wh. form become overlayfs's, symlinks may point anywhere (the kernel resolves them inside the
   // workspace's root; this extractor never follows one), devices are skipped. See docs/images.md.
   bool layer;
+  // Layer mode: parents made for an entry without an entry of their own ("a/b" for "a/b/.wh.c"), which
+  // src/images gives the metadata the same directory has in the layers below (as containerd's mkparent).
+  char **implicit;
+  size_t implicit_count, implicit_cap;
 
   parse_state state;
   char block[BLOCK];
@@ -499,6 +503,30 @@ static int open_dir_at(int dir_fd, const char *name) {
   return openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 }
 
+// rel (cut at the component just made) joins the implicit parents.
+static bool note_implicit(extractor *x, const char *rel) {
+  if (x->implicit_count == x->implicit_cap) {
+    size_t cap = x->implicit_cap ? x->implicit_cap * 2 : 16;
+    char **p = realloc(x->implicit, cap * sizeof *p);
+    if (!p) return false;
+    x->implicit = p;
+    x->implicit_cap = cap;
+  }
+  if (!(x->implicit[x->implicit_count] = strdup(rel))) return false;
+  x->implicit_count++;
+  return true;
+}
+
+// A directory entry of its own: no longer an implicit parent.
+static void drop_implicit(extractor *x, const char *rel) {
+  for (size_t i = 0; i < x->implicit_count; i++) {
+    if (strcmp(x->implicit[i], rel) != 0) continue;
+    free(x->implicit[i]);
+    x->implicit[i] = x->implicit[--x->implicit_count];
+    return;
+  }
+}
+
 // The parent directory fd of rel in a written root, opening (and creating, 0755, as tar does) missing
 // parents one component at a time. The chain of open parents is kept between entries. Returns 0 with
 // *dir_fd and *name (pointing into rel), -1 refused, or an errno.
@@ -529,6 +557,10 @@ static int parent_of(extractor *x, size_t root, char *rel, int *dir_fd, const ch
           int err = errno;
           *end = '/';
           return err;
+        }
+        if (x->layer && !note_implicit(x, rel)) {
+          *end = '/';
+          return ENOMEM;
         }
         next = open_dir_at(fd, p);
       }
@@ -745,6 +777,7 @@ static bool record_dir(extractor *x, size_t root, const char *rel, xattr_list *x
 static bool on_directory(extractor *x, size_t root, char *rel, xattr_list *xattrs, sys_error *e) {
   x->files++;
   if (x->roots[root].fd < 0) return true;
+  if (x->layer) drop_implicit(x, rel);
   if (rel[0]) {
     int dir_fd;
     const char *name;
@@ -1238,6 +1271,8 @@ static void extractor_free(extractor *x) {
   free(x->longlink.data);
   free(x->entry_rel);
   free(x->refusal);
+  for (size_t i = 0; i < x->implicit_count; i++) free(x->implicit[i]);
+  free(x->implicit);
   free(x);
 }
 
@@ -1425,6 +1460,22 @@ static void feed_execute(napi_env env, void *data) {
 }
 
 static void close_fds(extractor *x);
+
+// extractImplicitDirs(extractor) -> string[]: layer mode, the parents made without an entry of their own.
+static napi_value js_extract_implicit_dirs(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], list, v;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
+  if (!x) return NULL;
+  if (x->busy) return tx_type_error(env, "extractImplicitDirs: a feed is still running");
+  napi_create_array_with_length(env, x->implicit_count, &list);
+  for (size_t i = 0; i < x->implicit_count; i++) {
+    napi_create_string_utf8(env, x->implicit[i], NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, list, (uint32_t)i, v);
+  }
+  return list;
+}
 
 static void feed_complete(napi_env env, napi_status status, void *data) {
   feed_job *job = data;
@@ -1615,5 +1666,6 @@ void tx_register_extract(napi_env env, napi_value addon) {
   tx_set_function(env, addon, "extractPending", js_extract_pending);
   tx_set_function(env, addon, "extractResume", js_extract_resume);
   tx_set_function(env, addon, "extractFinish", js_extract_finish);
+  tx_set_function(env, addon, "extractImplicitDirs", js_extract_implicit_dirs);
   tx_set_function(env, addon, "extractClose", js_extract_close);
 }

@@ -52,6 +52,16 @@ export interface OciImageStoreOptions {
   inUse?: () => Map<string, number>;
 }
 
+interface LayerMeta {
+  chainId: string;
+  diffId: string;
+  blob: string;
+  mediaType: string;
+  bytes: number;
+  implicitDirs?: string[];
+  parentsFixed?: boolean;
+}
+
 const LAYERS_AT_ONCE = 3;
 // The GC leaves an image alone this long after a start resolved it: the workspace record naming it may not
 // be written yet.
@@ -76,8 +86,6 @@ export class OciImageStore {
   private readonly pullFlights = new Map<string, Promise<StoredImage>>();
   private readonly pinned = new Map<string, number>(); // chain ids a pull in progress will reference
   private refs: Record<string, string> | undefined;     // reference -> manifest digest
-  /** Downloads started per blob digest (for tests and the bench: single-flight shows as 1). */
-  readonly downloads = new Map<string, number>();
 
   constructor(private readonly opts: OciImageStoreOptions) {
     this.root = path.join(opts.stateDir, 'oci');
@@ -112,7 +120,7 @@ export class OciImageStore {
   async resolve(image: string): Promise<ResolvedOciImage> {
     const ref = this.parse(image);
     const stored = (await this.lookup(ref)) ?? (await this.pull(image));
-    const missing = stored.chainIds.find((c) => !fs.existsSync(this.layerFs(c)));
+    const missing = stored.chainIds.find((c) => !this.layerReady(c));
     const img = missing ? await this.pull(image) : stored;
     img.lastUsedMs = Date.now();
     await this.writeImage(img);
@@ -189,6 +197,7 @@ export class OciImageStore {
     for (const c of chains) this.pinned.set(c, (this.pinned.get(c) ?? 0) + 1);
     try {
       await runLimited(layers.map((layer, i) => () => this.ensureLayer(ref, layer, config.diffIds[i], chains[i], i, onProgress)), LAYERS_AT_ONCE);
+      await this.fixImplicitParents(chains);
       const previous = await this.readImage(topDigest);
       const image: StoredImage = {
         digest: topDigest,
@@ -243,22 +252,60 @@ export class OciImageStore {
     try {
       const rootDir = path.join(temp, 'fs');
       await fsp.mkdir(rootDir, { mode: 0o755 });
-      this.downloads.set(layer.digest, (this.downloads.get(layer.digest) ?? 0) + 1);
       const body = await this.client.blob(ref, layer.digest, layer.size);
       let done = 0;
       let last = 0;
       report(0, false);
-      const bytes = await unpackLayer({ body, mediaType: layer.mediaType, digest: layer.digest, size: layer.size, diffId }, rootDir, (n) => {
+      const { bytes, implicitDirs } = await unpackLayer({ body, mediaType: layer.mediaType, digest: layer.digest, size: layer.size, diffId }, rootDir, (n) => {
         done += n;
         if (done - last >= 1 << 20 || done === layer.size) {
           last = done;
           report(done, false);
         }
       });
-      await fsp.writeFile(path.join(temp, 'layer.json'), `${JSON.stringify({ chainId: chain, diffId, blob: layer.digest, mediaType: layer.mediaType, bytes })}\n`, { mode: 0o600 });
+      const meta: LayerMeta = { chainId: chain, diffId, blob: layer.digest, mediaType: layer.mediaType, bytes, implicitDirs, parentsFixed: implicitDirs.length === 0 };
+      await fsp.writeFile(path.join(temp, 'layer.json'), `${JSON.stringify(meta)}\n`, { mode: 0o600 });
       await renameIntoPlace(temp, path.join(this.root, 'layers', hexOf(chain)));
     } finally {
       await fsp.rm(temp, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * A layer's parents that no entry described ("home/app" for "home/app/.wh.cache") were made 0755 root;
+   * as containerd's mkparent, each takes the owner, mode and times the same directory has in the nearest
+   * layer below. Bottom up, once every layer is unpacked (they unpack in parallel); a layer is ready only
+   * after this (layer.json parentsFixed), so a kill -9 in between is finished by the next pull.
+   */
+  private async fixImplicitParents(chains: string[]): Promise<void> {
+    for (const [i, chain] of chains.entries()) {
+      const metaFile = path.join(this.root, 'layers', hexOf(chain), 'layer.json');
+      const meta = await readJson<LayerMeta>(metaFile);
+      if (!meta || meta.parentsFixed !== false) continue;
+      for (const rel of meta.implicitDirs ?? []) {
+        for (let j = i - 1; j >= 0; j--) {
+          const below = await lstatInside(this.layerFs(chains[j]), rel);
+          if (!below) continue;
+          if (below.isDirectory()) {
+            const dir = path.join(this.layerFs(chain), rel);
+            await fsp.lchown(dir, below.uid, below.gid);
+            await fsp.chmod(dir, below.mode & 0o7777);
+            await fsp.utimes(dir, below.atime, below.mtime);
+          }
+          break; // a whiteout or file below: the directory is new here, 0755 root is right
+        }
+      }
+      await writeAtomically(metaFile, `${JSON.stringify({ ...meta, parentsFixed: true })}\n`);
+    }
+  }
+
+  private layerReady(chain: string): boolean {
+    const dir = path.join(this.root, 'layers', hexOf(chain));
+    if (!fs.existsSync(path.join(dir, 'fs'))) return false;
+    try {
+      return (JSON.parse(fs.readFileSync(path.join(dir, 'layer.json'), 'utf8')) as LayerMeta).parentsFixed !== false;
+    } catch {
+      return false;
     }
   }
 
@@ -341,6 +388,20 @@ export class OciImageStore {
     }
     await renameIntoPlace(temp, base);
   }
+}
+
+/** lstat of root/rel where every component but the last must be a real directory (never a symlink: a lower
+ *  layer's `home -> /root` must not make us read the host's /root/...). undefined if not so. */
+async function lstatInside(root: string, rel: string): Promise<fs.Stats | undefined> {
+  let at = root;
+  const parts = rel.split('/');
+  for (const [i, part] of parts.entries()) {
+    at = path.join(at, part);
+    const st = await fsp.lstat(at).catch(() => undefined);
+    if (!st || (i < parts.length - 1 && !st.isDirectory())) return undefined;
+    if (i === parts.length - 1) return st;
+  }
+  return undefined;
 }
 
 async function renameIntoPlace(temp: string, target: string): Promise<void> {

@@ -54,6 +54,7 @@ function decompressor(mediaType: string): Transform | undefined {
 class LayerWriter extends Writable {
   private readonly ex: NativeExtraction;
   bytes = 0; // file bytes extracted
+  implicitDirs: string[] = []; // parents no entry of their own described
 
   constructor(rootDir: string) {
     super({ highWaterMark: 1 << 20 });
@@ -72,6 +73,7 @@ class LayerWriter extends Writable {
   override _final(done: (err?: Error | null) => void): void {
     try {
       check(extract.extractFinish(this.ex));
+      this.implicitDirs = extract.extractImplicitDirs(this.ex);
       done();
     } catch (err) {
       done(err as Error);
@@ -124,9 +126,9 @@ export interface LayerSource {
   diffId: string;          // of the uncompressed tar (the config's rootfs.diff_ids)
 }
 
-/** Unpacks one layer into rootDir (an empty directory); resolves to the file bytes written. Rejects
- *  DATA_LOSS on any mismatch or refusal. */
-export async function unpackLayer(src: LayerSource, rootDir: string, onBytes: (n: number) => void): Promise<number> {
+/** Unpacks one layer into rootDir (an empty directory); resolves to the file bytes written and the parent
+ *  directories it had to make without an entry. Rejects DATA_LOSS on any mismatch or refusal. */
+export async function unpackLayer(src: LayerSource, rootDir: string, onBytes: (n: number) => void): Promise<{ bytes: number; implicitDirs: string[] }> {
   const stages: Array<NodeJS.ReadableStream | NodeJS.WritableStream | Transform> = [src.body, new DigestCheck(src.digest, src.size, 'layer', onBytes)];
   const unzip = decompressor(src.mediaType);
   if (unzip) stages.push(unzip);
@@ -135,7 +137,7 @@ export async function unpackLayer(src: LayerSource, rootDir: string, onBytes: (n
   stages.push(writer);
   try {
     await (pipeline as (...s: unknown[]) => Promise<void>)(...stages);
-    return writer.bytes;
+    return { bytes: writer.bytes, implicitDirs: writer.implicitDirs };
   } catch (err) {
     if (err instanceof DomainError) throw err;
     const code = (err as NodeJS.ErrnoException).code ?? '';

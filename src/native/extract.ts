@@ -40,6 +40,8 @@ export interface ExtractNative {
   extractResume(ex: NativeExtraction, xattrs: [string, Buffer][]): ExtractResult;
   /** After the last chunk: directory metadata, deepest first. 'refused' if the end marker is missing. */
   extractFinish(ex: NativeExtraction): ExtractResult;
+  /** Layer mode, after extractFinish: parents made for entries without a directory entry of their own. */
+  extractImplicitDirs(ex: NativeExtraction): string[];
   /** Closes every fd the extraction holds (after a running feed completes). */
   extractClose(ex: NativeExtraction): void;
 }
@@ -48,6 +50,6 @@ export const extractPart: NativePart<ExtractNative> = {
   file: 'native/extract.c',
   functions: {
     extractStart: true, extractStartLayer: true, extractFeed: true, extractFeedAsync: true, extractPending: true, extractResume: true,
-    extractFinish: true, extractClose: true,
+    extractFinish: true, extractImplicitDirs: true, extractClose: true,
   },
 };

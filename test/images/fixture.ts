@@ -166,6 +166,10 @@ export function buildImages(workDir: string, registry: Registry, ca: TestCa, rep
   fs.writeFileSync(path.join(root, 'etc/gone'), 'deleted in the next layer\n');
   fs.writeFileSync(path.join(root, 'opq/sub/old'), 'hidden by the opaque dir\n');
   fs.writeFileSync(path.join(root, 'opq/kept-not'), 'hidden too\n');
+  fs.mkdirSync(path.join(root, 'home/app'), { recursive: true });
+  fs.writeFileSync(path.join(root, 'home/app/cache'), 'deleted in the next layer, whose tar has no home/app entry\n');
+  fs.chownSync(path.join(root, 'home/app'), 1000, 1000);
+  fs.chmodSync(path.join(root, 'home/app'), 0o700);
   fs.writeFileSync(path.join(root, 'srv/original'), 'hard linked\n');
   fs.linkSync(path.join(root, 'srv/original'), path.join(root, 'srv/hardlink'));
   fs.symlinkSync('/', path.join(root, 'srv/to-root'));
@@ -178,6 +182,7 @@ export function buildImages(workDir: string, registry: Registry, ca: TestCa, rep
   // app: a whiteout (umoci writes .wh.gone), then an opaque dir in a layer made by hand.
   run('umoci', ['unpack', '--image', `${layout}:base`, path.join(workDir, 'app')]);
   fs.rmSync(path.join(workDir, 'app/rootfs/etc/gone'));
+  fs.rmSync(path.join(workDir, 'app/rootfs/home/app/cache'));
   run('umoci', ['repack', '--image', `${layout}:app`, path.join(workDir, 'app')]);
   const opq = path.join(workDir, 'opq-layer');
   fs.mkdirSync(path.join(opq, 'opq'), { recursive: true });

@@ -66,13 +66,14 @@ t.test('workspaces from OCI images', async (t) => {
       'readlink /srv/to-root',
       'stat -c "%a %u" /bin/suid',
       'stat -c "%a %u" /bin/suid-outsider',
+      'stat -c "%a %u:%g" /home/app; test -e /home/app/cache && echo "cache not whited out"',
       'echo hello > /etc/written && cat /etc/written',
       'cd /tmp && pwd',
     ].join('; ');
     await d.start({ id: 'inspect', ownerId: 'alice', image: built.refs.app, command: ['/bin/sh', '-c', script] });
     const w = await d.waitFor('inspect', stopped, 60_000);
     t.equal(w.exitCode, 0, w.message);
-    t.equal(await stdoutOf(d, 'inspect'), ['fresh', 'hard linked', '/', '4755 0', '755 65534', 'hello', '/tmp', ''].join('\n'));
+    t.equal(await stdoutOf(d, 'inspect'), ['fresh', 'hard linked', '/', '4755 0', '755 65534', '700 1000:1000', 'hello', '/tmp', ''].join('\n'));
     const layersDir = path.join(d.stateDir, 'oci', 'layers');
     for (const layer of fs.readdirSync(layersDir)) t.notOk(fs.existsSync(path.join(layersDir, layer, 'fs', 'etc', 'written')), 'a write lands in the upper, never in a layer');
   });
