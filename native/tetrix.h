@@ -7,6 +7,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+// A tar block (POSIX.1-2001 ustar/pax): the one definition for archive.c, extract.c and, through
+// constants.TAR_BLOCK, the TypeScript side.
+#define TAR_BLOCK 512
+
 // Per-env state: the JS NativeError class handed to init().
 typedef struct {
   napi_ref error_class;
@@ -51,7 +55,7 @@ void tx_register_net(napi_env env, napi_value addon);
 void tx_register_seccomp(napi_env env, napi_value addon);
 void tx_register_idmap(napi_env env, napi_value addon);
 void tx_register_fsops(napi_env env, napi_value addon);
-void tx_register_archive(napi_env env, napi_value addon);
+void tx_register_archive(napi_env env, napi_value addon, napi_value constants);
 void tx_register_extract(napi_env env, napi_value addon);
 void tx_register_output(napi_env env, napi_value addon, napi_value constants);
 

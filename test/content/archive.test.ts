@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { measureTrees, symlinkEscapes, TreeArchiveStream, TreeExtraction } from '../../src/content/archive';
-import { applyPax, BLOCK, decodePax, decodeUstar, encodeEntry } from '../../src/content/tar-format';
+import { applyPax, BLOCK, decodePax, decodeUstar, encodeEntry } from '../helpers/tar-oracle';
 import { expectedSnapshot, makeTree, snapshot, tempDir, UID_BASE } from './backup-suite';
 
 async function archiveTo(file: string, dir: string, skipped: string[] = []): Promise<void> {
