@@ -40,21 +40,33 @@ enum tx_step {
   STEP_INIT_READONLY,
   STEP_PROC,
   STEP_DEV,
+  STEP_DEV_STAGE_MKDIR,
+  STEP_DEV_STAGE_OPEN,
   STEP_DEV_STAGE,        // move the daemon-made device tmpfs into the namespace
-  STEP_DEV_NODE,         // index: device table
+  STEP_DEV_STAGE_REOPEN,
+  STEP_DEV_NODE_OPEN,    // index: device table (each dev node step names /dev/<name>)
+  STEP_DEV_NODE_STAT,
+  STEP_DEV_NODE_CHECK,   // the staged node is not the char device the table says: ENODEV
+  STEP_DEV_NODE_CREATE,
+  STEP_DEV_NODE_BIND,
   STEP_DEVPTS,
   STEP_DEV_SHM,
   STEP_DEV_LINK,         // index: link table
   STEP_SYS,
   STEP_SYS_BIND,         // notice (err 0): sysfs refused, host /sys bound read-only instead
+  STEP_FCHDIR_ROOTFS,
   STEP_PIVOT_ROOT,
   STEP_UMOUNT_OLD_ROOT,
   STEP_CHDIR_ROOT,
   STEP_HOSTNAME,
-  STEP_LOOPBACK,         // index: 0 socket, 1 get flags, 2 set flags
+  STEP_LOOPBACK_SOCKET,
+  STEP_LOOPBACK_GET_FLAGS,
+  STEP_LOOPBACK_SET_FLAGS,
+  STEP_MASK_LSTAT,       // index: masked path table
   STEP_MASK,             // index: masked path table
   STEP_BOOT_ID,          // bind the workspace's own boot_id
   STEP_DEV_UNSTAGE,      // detach the device tmpfs once its nodes are bound
+  STEP_DEV_UNSTAGE_RMDIR,
   STEP_READONLY,         // index: read-only path table
   STEP_CHDIR_CWD,
   STEP_CAPBSET,

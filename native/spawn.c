@@ -269,12 +269,12 @@ static void bind_dev_node(child_ctx *c, int dev, int stage, size_t i) {
   char source[32], target[32];
   struct stat st;
   int src = openat(stage, d->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  CHECK(c, src, STEP_DEV_NODE, (int)i);
-  CHECK(c, fstat(src, &st), STEP_DEV_NODE, (int)i);
-  if (!S_ISCHR(st.st_mode) || st.st_rdev != makedev(d->major, d->minor)) child_fail(c, STEP_DEV_NODE, (int)i, ENODEV);
+  CHECK(c, src, STEP_DEV_NODE_OPEN, (int)i);
+  CHECK(c, fstat(src, &st), STEP_DEV_NODE_STAT, (int)i);
+  if (!S_ISCHR(st.st_mode) || st.st_rdev != makedev(d->major, d->minor)) child_fail(c, STEP_DEV_NODE_CHECK, (int)i, ENODEV);
   int dst = openat(dev, d->name, O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-  CHECK(c, dst, STEP_DEV_NODE, (int)i);
-  CHECK(c, mount(fd_path(source, src), fd_path(target, dst), NULL, MS_BIND, NULL), STEP_DEV_NODE, (int)i);
+  CHECK(c, dst, STEP_DEV_NODE_CREATE, (int)i);
+  CHECK(c, mount(fd_path(source, src), fd_path(target, dst), NULL, MS_BIND, NULL), STEP_DEV_NODE_BIND, (int)i);
   close(dst);
   close(src);
 }
@@ -294,15 +294,15 @@ static void mount_dev_fs(child_ctx *c, int dev, const char *name, int step, cons
 // namespace. Returns an O_PATH fd of the staged tmpfs.
 static int stage_devices(child_ctx *c, int dev) {
   const char *name = DEV_STAGE + sizeof "/dev/" - 1;
-  CHECK(c, mkdirat(dev, name, 0700), STEP_DEV_STAGE, 0);
+  CHECK(c, mkdirat(dev, name, 0700), STEP_DEV_STAGE_MKDIR, 0);
   int at = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  CHECK(c, at, STEP_DEV_STAGE, 0);
+  CHECK(c, at, STEP_DEV_STAGE_OPEN, 0);
   CHECK(c, syscall(SYS_move_mount, c->job->devices_fd, "", at, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
         STEP_DEV_STAGE, 0);
   close(at);
   close(c->job->devices_fd);
   int stage = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);  // now the device tmpfs
-  CHECK(c, stage, STEP_DEV_STAGE, 0);
+  CHECK(c, stage, STEP_DEV_STAGE_REOPEN, 0);
   return stage;
 }
 
@@ -352,7 +352,7 @@ static void mount_sys(child_ctx *c, int root) {
 // pivot_root(".", ".") stacks the old root on the new one; detaching "." then drops the old root
 // (bubblewrap and runc do the same), so no path leads back to the host.
 static void enter_rootfs(child_ctx *c, int root) {
-  CHECK(c, fchdir(root), STEP_PIVOT_ROOT, 0);
+  CHECK(c, fchdir(root), STEP_FCHDIR_ROOTFS, 0);
   CHECK(c, syscall(SYS_pivot_root, ".", "."), STEP_PIVOT_ROOT, 0);
   CHECK(c, umount2(".", MNT_DETACH), STEP_UMOUNT_OLD_ROOT, 0);
   CHECK(c, chdir("/"), STEP_CHDIR_ROOT, 0);
@@ -365,7 +365,7 @@ static void mask_paths(child_ctx *c) {
     const char *path = masked_paths[i];
     if (lstat(path, &st) < 0) {
       if (errno == ENOENT) continue;
-      child_fail(c, STEP_MASK, (int)i, errno);
+      child_fail(c, STEP_MASK_LSTAT, (int)i, errno);
     }
     if (S_ISDIR(st.st_mode))
       CHECK(c, mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0"), STEP_MASK, (int)i);
@@ -380,7 +380,7 @@ static void bind_boot_id_and_unstage(child_ctx *c) {
   if (mount(DEV_STAGE "/" BOOT_ID_FILE, BOOT_ID_PATH, NULL, MS_BIND, NULL) < 0 && errno != ENOENT)
     child_fail(c, STEP_BOOT_ID, 0, errno);
   CHECK(c, umount2(DEV_STAGE, MNT_DETACH), STEP_DEV_UNSTAGE, 0);
-  CHECK(c, rmdir(DEV_STAGE), STEP_DEV_UNSTAGE, 0);
+  CHECK(c, rmdir(DEV_STAGE), STEP_DEV_UNSTAGE_RMDIR, 0);
 }
 
 static void make_paths_readonly(child_ctx *c) {
@@ -445,13 +445,13 @@ static void set_up_fds(child_ctx *c) {
 // to itself. Root in the namespace owns its network namespace, so no help from the daemon is needed.
 static void loopback_up(child_ctx *c) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  CHECK(c, s, STEP_LOOPBACK, 0);
+  CHECK(c, s, STEP_LOOPBACK_SOCKET, 0);
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
   memcpy(ifr.ifr_name, "lo", 3);
-  CHECK(c, ioctl(s, SIOCGIFFLAGS, &ifr), STEP_LOOPBACK, 1);
+  CHECK(c, ioctl(s, SIOCGIFFLAGS, &ifr), STEP_LOOPBACK_GET_FLAGS, 0);
   ifr.ifr_flags |= IFF_UP;
-  CHECK(c, ioctl(s, SIOCSIFFLAGS, &ifr), STEP_LOOPBACK, 2);
+  CHECK(c, ioctl(s, SIOCSIFFLAGS, &ifr), STEP_LOOPBACK_SET_FLAGS, 0);
   close(s);
 }
 
@@ -660,17 +660,24 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_INIT_READONLY] = "mount_setattr " INIT_IN_ROOTFS,
       [STEP_PROC] = "mount /proc",
       [STEP_DEV] = "mount /dev",
+      [STEP_DEV_STAGE_MKDIR] = "mkdir " DEV_STAGE,
+      [STEP_DEV_STAGE_OPEN] = "open " DEV_STAGE,
       [STEP_DEV_STAGE] = "move_mount " DEV_STAGE,
+      [STEP_DEV_STAGE_REOPEN] = "open " DEV_STAGE " (moved)",
       [STEP_BOOT_ID] = "bind " BOOT_ID_PATH,
       [STEP_DEV_UNSTAGE] = "umount " DEV_STAGE,
+      [STEP_DEV_UNSTAGE_RMDIR] = "rmdir " DEV_STAGE,
       [STEP_DEVPTS] = "mount /dev/pts",
       [STEP_DEV_SHM] = "mount /dev/shm",
       [STEP_SYS] = "mount /sys",
+      [STEP_FCHDIR_ROOTFS] = "fchdir rootfs",
       [STEP_PIVOT_ROOT] = "pivot_root",
       [STEP_UMOUNT_OLD_ROOT] = "umount old root",
       [STEP_CHDIR_ROOT] = "chdir /",
       [STEP_HOSTNAME] = "sethostname",
-      [STEP_LOOPBACK] = "loopback up",
+      [STEP_LOOPBACK_SOCKET] = "loopback: socket",
+      [STEP_LOOPBACK_GET_FLAGS] = "loopback: ioctl SIOCGIFFLAGS lo",
+      [STEP_LOOPBACK_SET_FLAGS] = "loopback: ioctl SIOCSIFFLAGS lo up",
       [STEP_CAP_AMBIENT] = "clear ambient capabilities",
       [STEP_CAPSET] = "capset",
       [STEP_NO_NEW_PRIVS] = "no_new_privs",
@@ -704,11 +711,22 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       if (i >= 0 && (size_t)i < job->mount_count) snprintf(buf, sizeof buf, "mount_setattr %s", job->mounts[i].target);
       else snprintf(buf, sizeof buf, "mount_setattr");
       break;
-    case STEP_DEV_NODE:
-      snprintf(buf, sizeof buf, "bind /dev/%s", i >= 0 && (size_t)i < COUNT(dev_nodes) ? dev_nodes[i].name : "?");
+    case STEP_DEV_NODE_OPEN:
+    case STEP_DEV_NODE_STAT:
+    case STEP_DEV_NODE_CHECK:
+    case STEP_DEV_NODE_CREATE:
+    case STEP_DEV_NODE_BIND: {
+      static const char *const verbs[] = {"open " DEV_STAGE "/", "fstat " DEV_STAGE "/", "check " DEV_STAGE "/",
+                                           "create /dev/", "bind /dev/"};
+      snprintf(buf, sizeof buf, "%s%s", verbs[r->step - STEP_DEV_NODE_OPEN],
+               i >= 0 && (size_t)i < COUNT(dev_nodes) ? dev_nodes[i].name : "?");
       break;
+    }
     case STEP_DEV_LINK:
       snprintf(buf, sizeof buf, "symlink /dev/%s", i >= 0 && (size_t)i < COUNT(dev_links) ? dev_links[i].name : "?");
+      break;
+    case STEP_MASK_LSTAT:
+      snprintf(buf, sizeof buf, "lstat %s", i >= 0 && (size_t)i < COUNT(masked_paths) ? masked_paths[i] : "?");
       break;
     case STEP_MASK:
       snprintf(buf, sizeof buf, "mask %s", i >= 0 && (size_t)i < COUNT(masked_paths) ? masked_paths[i] : "?");

@@ -23,6 +23,9 @@ const char *tx_errno_name(int err);
 napi_value tx_native_error(napi_env env, const char *step, int err);
 // Throws it; returns NULL so callers can `return tx_throw(...)`.
 napi_value tx_throw(napi_env env, const char *step, int err);
+// The same, naming the path the call was about in the error's own `path` field (NULL: none).
+napi_value tx_native_error_at(napi_env env, const char *step, const char *path, int err);
+napi_value tx_throw_at(napi_env env, const char *step, const char *path, int err);
 // Throws a TypeError for a bad argument; returns NULL.
 napi_value tx_type_error(napi_env env, const char *what);
 
@@ -44,6 +47,9 @@ napi_value tx_undefined(napi_env env);
 typedef int (*tx_work_fn)(void *data, const char **step);
 typedef void (*tx_free_fn)(void *data);
 napi_value tx_run_async(napi_env env, const char *name, tx_work_fn work, void *data, tx_free_fn free_data);
+// The same, with a failure naming path (which lives in data, so until free_data).
+napi_value tx_run_async_at(napi_env env, const char *name, const char *path, tx_work_fn work, void *data,
+                          tx_free_fn free_data);
 
 // Each concern registers its functions on the addon object.
 void tx_register_mount(napi_env env, napi_value addon, napi_value constants);

@@ -1,0 +1,34 @@
+// A native failure names its step, its errno and the path it was about (crun's errors do the same): the
+// path is its own field, so a message a caller matches ("umount: EINVAL") stays as it is.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { native, NativeError } from '../../src/native';
+import { toServiceError } from '../../src/api/errors';
+import { makeHostDir } from './fixture';
+
+t.test('mount.c errors name the target path', async (t) => {
+  const dir = makeHostDir(t, 'errpath');
+  const missing = path.join(dir, 'missing');
+  t.throws(() => native.umount(dir, 0), { name: 'NativeError', step: 'umount', code: 'EINVAL', path: dir });
+  t.throws(() => native.mount('none', dir, 'no-such-fs', 0, ''), { step: 'mount', code: 'ENODEV', path: dir });
+  await t.rejects(native.umountAsync(dir, 0), { name: 'NativeError', step: 'umount', code: 'EINVAL', path: dir });
+  await t.rejects(native.mountAsync('none', dir, 'no-such-fs', 0, ''), { step: 'mount', code: 'ENODEV', path: dir });
+  t.throws(() => native.isMountPoint(missing), { step: 'statx', code: 'ENOENT', path: missing });
+  fs.writeFileSync(path.join(dir, 'taken'), '');
+  t.throws(() => native.mkfifo(path.join(dir, 'taken'), 0o600), { step: 'mkfifo', code: 'EEXIST', path: path.join(dir, 'taken') });
+});
+
+t.test('the API reports the path with the step and errno', async (t) => {
+  const dir = makeHostDir(t, 'errpath-api');
+  let err: unknown;
+  try {
+    native.umount(dir, 0);
+  } catch (e) {
+    err = e;
+  }
+  t.ok(err instanceof NativeError);
+  const log = { error: () => undefined, warn: () => undefined };
+  const out = toServiceError(err, log as never, 'StopWorkspace');
+  t.equal(out.details, `umount ${dir}: EINVAL (errno 22)`);
+});
