@@ -24,6 +24,25 @@ napi_value tx_undefined(napi_env env) {
   return u;
 }
 
+napi_value tx_queue_work(napi_env env, const char *name, napi_async_execute_callback execute,
+                         napi_async_complete_callback complete, void *data, napi_deferred *deferred,
+                         napi_async_work *work) {
+  napi_value promise, resource;
+  napi_create_promise(env, deferred, &promise);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource);
+  napi_create_async_work(env, NULL, resource, execute, complete, data, work);
+  napi_queue_async_work(env, *work);
+  return promise;
+}
+
+bool tx_arg_of_type(napi_env env, napi_callback_info info, napi_valuetype type, const char *what, napi_value *out) {
+  size_t argc = 1;
+  napi_valuetype t;
+  napi_get_cb_info(env, info, &argc, out, NULL, NULL);
+  if (argc < 1 || napi_typeof(env, *out, &t) != napi_ok || t != type) return tx_type_error(env, what), false;
+  return true;
+}
+
 napi_value tx_native_error_at(napi_env env, const char *step, const char *path, int err) {
   tx_state *state = NULL;
   napi_value cls = NULL, argv[4], error;
@@ -186,12 +205,8 @@ static void free_state(napi_env env, void *data, void *hint) {
 
 // init(NativeErrorClass) -> addon object
 static napi_value init_addon(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], addon, constants;
-  napi_valuetype t;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_function)
-    return tx_type_error(env, "init(NativeErrorClass): a class is required");
+  napi_value error_class, addon, constants;
+  if (!tx_arg_of_type(env, info, napi_function, "init(NativeErrorClass): a class is required", &error_class)) return NULL;
 
   tx_state *state = NULL;
   napi_get_instance_data(env, (void **)&state);
@@ -201,7 +216,7 @@ static napi_value init_addon(napi_env env, napi_callback_info info) {
     napi_set_instance_data(env, state, free_state, NULL);
   }
   if (state->error_class) napi_delete_reference(env, state->error_class);
-  napi_create_reference(env, argv[0], 1, &state->error_class);
+  napi_create_reference(env, error_class, 1, &state->error_class);
 
   napi_create_object(env, &addon);
   napi_create_object(env, &constants);

@@ -22,13 +22,17 @@ static void release_execute(napi_env env, void *data) {
   tx_spawn_release(data);
 }
 
+static void set_int32(napi_env env, napi_value obj, const char *name, int32_t value) {
+  napi_value v;
+  napi_create_int32(env, value, &v);
+  napi_set_named_property(env, obj, name, v);
+}
+
 static napi_value held_object(napi_env env, const spawn_job *job) {
-  napi_value held, v;
+  napi_value held;
   napi_create_object(env, &held);
-  napi_create_int32(env, job->gate_fd, &v);
-  napi_set_named_property(env, held, "gateFd", v);
-  napi_create_int32(env, job->report_fd, &v);
-  napi_set_named_property(env, held, "reportFd", v);
+  set_int32(env, held, "gateFd", job->gate_fd);
+  set_int32(env, held, "reportFd", job->report_fd);
   return held;
 }
 
@@ -41,10 +45,8 @@ static void spawn_complete(napi_env env, napi_status status, void *data) {
   } else {
     napi_value result, v;
     napi_create_object(env, &result);
-    napi_create_int32(env, job->pid, &v);
-    napi_set_named_property(env, result, "pid", v);
-    napi_create_int32(env, job->pidfd, &v);
-    napi_set_named_property(env, result, "pidfd", v);
+    set_int32(env, result, "pid", job->pid);
+    set_int32(env, result, "pidfd", job->pidfd);
     napi_create_string_utf8(env, job->sys_bound ? "bind" : "sysfs", NAPI_AUTO_LENGTH, &v);
     napi_set_named_property(env, result, "sysfs", v);
     if (job->hold) napi_set_named_property(env, result, "held", held_object(env, job));
@@ -254,25 +256,16 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
   return true;
 }
 
-
 static napi_value js_spawn(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], promise, name;
-  napi_valuetype t;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object)
-    return tx_type_error(env, "spawn(opts): opts must be an object");
+  napi_value opts;
+  if (!tx_arg_of_type(env, info, napi_object, "spawn(opts): opts must be an object", &opts)) return NULL;
   spawn_job *job = tx_spawn_job_new();
   if (!job) return tx_throw(env, "malloc", ENOMEM);
-  if (!read_options(env, argv[0], job)) {
+  if (!read_options(env, opts, job)) {
     tx_spawn_job_free(job);
     return NULL;
   }
-  napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "tetrix.spawn", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, spawn_execute, spawn_complete, job, &job->work);
-  napi_queue_async_work(env, job->work);
-  return promise;
+  return tx_queue_work(env, "tetrix.spawn", spawn_execute, spawn_complete, job, &job->deferred, &job->work);
 }
 
 // ===================================================================================================
@@ -304,24 +297,17 @@ static bool get_held_fd(napi_env env, napi_value held, const char *name, int *ou
 }
 
 static napi_value js_release_workload(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], promise, name;
-  napi_valuetype t;
+  napi_value held;
   int gate_fd, report_fd;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object)
-    return tx_type_error(env, "releaseWorkload(held): held must be an object");
-  if (!get_held_fd(env, argv[0], "gateFd", &gate_fd) || !get_held_fd(env, argv[0], "reportFd", &report_fd)) return NULL;
+  if (!tx_arg_of_type(env, info, napi_object, "releaseWorkload(held): held must be an object", &held)) return NULL;
+  if (!get_held_fd(env, held, "gateFd", &gate_fd) || !get_held_fd(env, held, "reportFd", &report_fd)) return NULL;
   spawn_job *job = tx_spawn_job_new();
   if (!job) return tx_throw(env, "malloc", ENOMEM);
   job->hold = true;
   job->gate_fd = gate_fd;
   job->report_fd = report_fd;
-  napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "tetrix.releaseWorkload", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, release_execute, release_complete, job, &job->work);
-  napi_queue_async_work(env, job->work);
-  return promise;
+  return tx_queue_work(env, "tetrix.releaseWorkload", release_execute, release_complete, job, &job->deferred,
+                       &job->work);
 }
 
 void tx_register_spawn(napi_env env, napi_value addon, napi_value constants) {

@@ -41,6 +41,14 @@ bool tx_get_prop(napi_env env, napi_value obj, const char *name, napi_value *out
 
 napi_value tx_undefined(napi_env env);
 
+// Queues execute/complete as async work named `name`; returns the promise that complete settles through
+// *deferred (*work is what complete deletes).
+napi_value tx_queue_work(napi_env env, const char *name, napi_async_execute_callback execute,
+                         napi_async_complete_callback complete, void *data, napi_deferred *deferred,
+                         napi_async_work *work);
+// A call's first argument in *out when it has `type`; otherwise a TypeError `what`, and false.
+bool tx_arg_of_type(napi_env env, napi_callback_info info, napi_valuetype type, const char *what, napi_value *out);
+
 // Runs work(data) on a libuv worker and returns a promise for it: undefined, or a NativeError named by the
 // step work sets (or `name`) with the errno it returns. free_data(data) runs afterwards either way, also
 // when the promise cannot be made.

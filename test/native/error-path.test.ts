@@ -7,6 +7,15 @@ import { native, NativeError } from '../../src/native';
 import { toServiceError } from '../../src/api/errors';
 import { makeHostDir } from './fixture';
 
+function thrownBy(call: () => void): unknown {
+  try {
+    call();
+  } catch (e) {
+    return e;
+  }
+  return undefined;
+}
+
 t.test('mount.c errors name the target path', async (t) => {
   const dir = makeHostDir(t, 'errpath');
   const missing = path.join(dir, 'missing');
@@ -21,12 +30,7 @@ t.test('mount.c errors name the target path', async (t) => {
 
 t.test('the API reports the path with the step and errno', async (t) => {
   const dir = makeHostDir(t, 'errpath-api');
-  let err: unknown;
-  try {
-    native.umount(dir, 0);
-  } catch (e) {
-    err = e;
-  }
+  const err = thrownBy(() => native.umount(dir, 0));
   t.ok(err instanceof NativeError);
   const log = { error: () => undefined, warn: () => undefined };
   const out = toServiceError(err, log as never, 'StopWorkspace');
