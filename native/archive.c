@@ -60,7 +60,7 @@ static bool bytes_zeros(bytes *b, size_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Header encoding: the same pax/ustar subset as src/content/tar-format.ts encodeEntry().
+// Header encoding: the pax/ustar subset of docs/backup-format.md (test/helpers/tar-oracle.ts reads it independently).
 
 typedef struct {
   char flag;                 // '0' file, '1' hard link, '2' symlink, '3' char device, '5' directory

@@ -225,7 +225,7 @@ static int refuse_here(extractor *x, const char *fmt, ...) {
 #define REFUSE(x, ...) refuse_here((x), __VA_ARGS__)
 
 // ---------------------------------------------------------------------------------------------------
-// Header decoding (src/content/tar-format.ts decodeUstar, decodePax, applyPax)
+// Header decoding (docs/backup-format.md; test/helpers/tar-oracle.ts writes what the tests feed it)
 
 static size_t field_len(const char *b, size_t off, size_t len) {
   size_t n = 0;
