@@ -248,7 +248,7 @@ static void mount_init(child_ctx *c, int root) {
   struct stat st;
   int fd = open_in_root(root, INIT_IN_ROOTFS, O_PATH | O_NOFOLLOW);
   CHECK(c, fd, STEP_INIT_OPEN, 0);
-  CHECK(c, fstat(fd, &st), STEP_INIT_OPEN, 0);
+  CHECK(c, fstat(fd, &st), STEP_INIT_STAT, 0);
   if (!S_ISREG(st.st_mode)) child_fail(c, STEP_INIT_OPEN, 0, EINVAL);
   CHECK(c, mount(c->job->init_path, fd_path(target, fd), NULL, MS_BIND, NULL), STEP_INIT_BIND, 0);
   close(fd);
@@ -282,9 +282,9 @@ static void bind_dev_node(child_ctx *c, int dev, int stage, size_t i) {
 static void mount_dev_fs(child_ctx *c, int dev, const char *name, int step, const char *fstype,
                          unsigned long flags, const char *data) {
   char target[32];
-  if (mkdirat(dev, name, 0755) < 0 && errno != EEXIST) child_fail(c, step, 0, errno);
+  if (mkdirat(dev, name, 0755) < 0 && errno != EEXIST) child_fail(c, step - 2, 0, errno);  // its _MKDIR
   int fd = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  CHECK(c, fd, step, 0);
+  CHECK(c, fd, step - 1, 0);  // its _OPEN
   CHECK(c, mount(fstype, fd_path(target, fd), fstype, flags, data), step, 0);
   close(fd);
 }
@@ -310,11 +310,11 @@ static int stage_devices(child_ctx *c, int dev) {
 static void mount_dev(child_ctx *c, int root) {
   char target[32];
   int fd = open_in_root(root, "/dev", O_PATH | O_DIRECTORY);
-  CHECK(c, fd, STEP_DEV, 0);
+  CHECK(c, fd, STEP_DEV_OPEN, 0);
   CHECK(c, mount("tmpfs", fd_path(target, fd), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k"), STEP_DEV, 0);
   close(fd);
   int dev = open_in_root(root, "/dev", O_PATH | O_DIRECTORY);  // now the tmpfs
-  CHECK(c, dev, STEP_DEV, 0);
+  CHECK(c, dev, STEP_DEV_REOPEN, 0);
 
   int stage = stage_devices(c, dev);
   for (size_t i = 0; i < COUNT(dev_nodes); i++) bind_dev_node(c, dev, stage, i);
@@ -332,19 +332,19 @@ static void mount_dev(child_ctx *c, int root) {
 static void mount_sys(child_ctx *c, int root) {
   char target[32];
   int fd = open_in_root(root, "/sys", O_PATH | O_DIRECTORY);
-  CHECK(c, fd, STEP_SYS, 0);
+  CHECK(c, fd, STEP_SYS_OPEN, 0);
   if (mount("sysfs", fd_path(target, fd), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0) {
     close(fd);
     return;
   }
   if (errno != EPERM) child_fail(c, STEP_SYS, 0, errno);
-  CHECK(c, mount("/sys", target, NULL, MS_BIND | MS_REC, NULL), STEP_SYS, 0);
+  CHECK(c, mount("/sys", target, NULL, MS_BIND | MS_REC, NULL), STEP_SYS_HOST_BIND, 0);
   close(fd);
   fd = open_in_root(root, "/sys", O_PATH | O_DIRECTORY);
-  CHECK(c, fd, STEP_SYS, 0);
+  CHECK(c, fd, STEP_SYS_REOPEN, 0);
   CHECK(c, set_mount_attr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
                           MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC),
-        STEP_SYS, 0);
+        STEP_SYS_READONLY, 0);
   close(fd);
   child_notice(c, STEP_SYS_BIND);
 }
@@ -388,7 +388,7 @@ static void make_paths_readonly(child_ctx *c) {
     const char *path = readonly_paths[i];
     if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0) {
       if (errno == ENOENT) continue;  // e.g. no /proc/sysrq-trigger on this kernel
-      child_fail(c, STEP_READONLY, (int)i, errno);
+      child_fail(c, STEP_READONLY_BIND, (int)i, errno);
     }
     CHECK(c, set_mount_attr(AT_FDCWD, path, AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV),
           STEP_READONLY, (int)i);
@@ -430,7 +430,7 @@ static void set_up_fds(child_ctx *c) {
   int lifted[TX_FD_COUNT];
   for (int i = 0; i < TX_FD_COUNT; i++) {
     lifted[i] = from[i] < 0 ? -1 : fcntl(from[i], F_DUPFD_CLOEXEC, TX_FD_COUNT);
-    if (from[i] >= 0) CHECK(c, lifted[i], STEP_DUP, i);
+    if (from[i] >= 0) CHECK(c, lifted[i], STEP_DUP_LIFT, i);
   }
   c->report_fd = lifted[TX_REPORT_FD];
   for (int i = 0; i < TX_FD_COUNT; i++) {
@@ -656,10 +656,13 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_BIND_ROOTFS] = "bind rootfs",
       [STEP_OPEN_ROOTFS] = "open rootfs",
       [STEP_INIT_OPEN] = "open " INIT_IN_ROOTFS,
+      [STEP_INIT_STAT] = "fstat " INIT_IN_ROOTFS,
       [STEP_INIT_BIND] = "mount " INIT_IN_ROOTFS,
       [STEP_INIT_READONLY] = "mount_setattr " INIT_IN_ROOTFS,
       [STEP_PROC] = "mount /proc",
+      [STEP_DEV_OPEN] = "open /dev",
       [STEP_DEV] = "mount /dev",
+      [STEP_DEV_REOPEN] = "open /dev (mounted)",
       [STEP_DEV_STAGE_MKDIR] = "mkdir " DEV_STAGE,
       [STEP_DEV_STAGE_OPEN] = "open " DEV_STAGE,
       [STEP_DEV_STAGE] = "move_mount " DEV_STAGE,
@@ -667,9 +670,17 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_BOOT_ID] = "bind " BOOT_ID_PATH,
       [STEP_DEV_UNSTAGE] = "umount " DEV_STAGE,
       [STEP_DEV_UNSTAGE_RMDIR] = "rmdir " DEV_STAGE,
+      [STEP_DEVPTS_MKDIR] = "mkdir /dev/pts",
+      [STEP_DEVPTS_OPEN] = "open /dev/pts",
       [STEP_DEVPTS] = "mount /dev/pts",
+      [STEP_DEV_SHM_MKDIR] = "mkdir /dev/shm",
+      [STEP_DEV_SHM_OPEN] = "open /dev/shm",
       [STEP_DEV_SHM] = "mount /dev/shm",
+      [STEP_SYS_OPEN] = "open /sys",
       [STEP_SYS] = "mount /sys",
+      [STEP_SYS_HOST_BIND] = "bind host /sys",
+      [STEP_SYS_REOPEN] = "open /sys (bound)",
+      [STEP_SYS_READONLY] = "mount_setattr /sys",
       [STEP_FCHDIR_ROOTFS] = "fchdir rootfs",
       [STEP_PIVOT_ROOT] = "pivot_root",
       [STEP_UMOUNT_OLD_ROOT] = "umount old root",
@@ -731,6 +742,9 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
     case STEP_MASK:
       snprintf(buf, sizeof buf, "mask %s", i >= 0 && (size_t)i < COUNT(masked_paths) ? masked_paths[i] : "?");
       break;
+    case STEP_READONLY_BIND:
+      snprintf(buf, sizeof buf, "bind %s", i >= 0 && (size_t)i < COUNT(readonly_paths) ? readonly_paths[i] : "?");
+      break;
     case STEP_READONLY:
       snprintf(buf, sizeof buf, "readonly %s", i >= 0 && (size_t)i < COUNT(readonly_paths) ? readonly_paths[i] : "?");
       break;
@@ -739,6 +753,9 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       break;
     case STEP_CAPBSET:
       snprintf(buf, sizeof buf, "drop capability %d", i);
+      break;
+    case STEP_DUP_LIFT:
+      snprintf(buf, sizeof buf, "fcntl F_DUPFD for fd %d", i);
       break;
     case STEP_DUP:
       snprintf(buf, sizeof buf, "dup fd %d", i);

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { native, NativeError } from '../../src/native';
 import { toServiceError } from '../../src/api/errors';
-import { makeHostDir } from './fixture';
+import { childPids, makeHostDir, makeRootfs, workspaceOptions } from './fixture';
 
 function thrownBy(call: () => void): unknown {
   try {
@@ -35,4 +35,13 @@ t.test('the API reports the path with the step and errno', async (t) => {
   const log = { error: () => undefined, warn: () => undefined };
   const out = toServiceError(err, log as never, 'StopWorkspace');
   t.equal(out.details, `umount ${dir}: EINVAL (errno 22)`);
+});
+
+t.test('a spawn failure names the one syscall that failed, not the group of them', async (t) => {
+  for (const [dir, step] of [['dev', 'open /dev'], ['sys', 'open /sys']] as const) {
+    const ws = workspaceOptions(t, makeRootfs(t, { omit: [dir] }), ['true']);
+    await t.rejects(native.spawn(ws.options), { name: 'NativeError', step, code: 'ENOENT', message: `${step}: ENOENT` }, `no /${dir}`);
+    ws.close();
+  }
+  t.same(childPids(), [], 'every failed child was reaped');
 });
