@@ -63,6 +63,7 @@ interface LayerMeta {
 }
 
 const LAYERS_AT_ONCE = 3;
+const LAST_USED_GRANULARITY_MS = 60_000;
 // The GC leaves an image alone this long after a start resolved it: the workspace record naming it may not
 // be written yet.
 const RECENT_USE_MS = 5 * 60_000;
@@ -85,6 +86,7 @@ export class OciImageStore {
   private readonly layerFlights = new Map<string, Promise<void>>();
   private readonly pullFlights = new Map<string, Promise<StoredImage>>();
   private readonly pinned = new Map<string, number>(); // chain ids a pull in progress will reference
+  private readonly readyLayers = new Set<string>();     // chain ids seen unpacked and fixed up
   private refs: Record<string, string> | undefined;     // reference -> manifest digest
 
   constructor(private readonly opts: OciImageStoreOptions) {
@@ -122,8 +124,11 @@ export class OciImageStore {
     const stored = (await this.lookup(ref)) ?? (await this.pull(image));
     const missing = stored.chainIds.find((c) => !this.layerReady(c));
     const img = missing ? await this.pull(image) : stored;
-    img.lastUsedMs = Date.now();
-    await this.writeImage(img);
+    // The GC reads minutes, not milliseconds: a start writes the record at most once a minute.
+    if (Date.now() - img.lastUsedMs > LAST_USED_GRANULARITY_MS) {
+      img.lastUsedMs = Date.now();
+      await this.writeImage(img);
+    }
     const lowerDirs = [path.join(this.root, 'base'), ...[...img.chainIds].reverse().map((c) => this.layerFs(c))];
     return { digest: img.digest, lowerDirs, config: img.config };
   }
@@ -299,14 +304,18 @@ export class OciImageStore {
     }
   }
 
+  /** Unpacked and fixed up; remembered once seen, forgotten when the layer is removed. */
   private layerReady(chain: string): boolean {
+    if (this.readyLayers.has(chain)) return true;
     const dir = path.join(this.root, 'layers', hexOf(chain));
     if (!fs.existsSync(path.join(dir, 'fs'))) return false;
     try {
-      return (JSON.parse(fs.readFileSync(path.join(dir, 'layer.json'), 'utf8')) as LayerMeta).parentsFixed !== false;
+      if ((JSON.parse(fs.readFileSync(path.join(dir, 'layer.json'), 'utf8')) as LayerMeta).parentsFixed === false) return false;
     } catch {
       return false;
     }
+    this.readyLayers.add(chain);
+    return true;
   }
 
   // --- records -----------------------------------------------------------------------------------
@@ -370,6 +379,7 @@ export class OciImageStore {
     for (const img of await this.list()) for (const c of img.chainIds) kept.add(hexOf(c));
     for (const name of await fsp.readdir(path.join(this.root, 'layers'))) {
       if (kept.has(name) || this.layerFlights.has(`sha256:${name}`)) continue;
+      this.readyLayers.delete(`sha256:${name}`);
       const trash = path.join(this.root, 'tmp', `gone-${name}-${crypto.randomBytes(4).toString('hex')}`);
       await fsp.rename(path.join(this.root, 'layers', name), trash);
       await fsp.rm(trash, { recursive: true, force: true });

@@ -16,6 +16,7 @@ import path from 'node:path';
 import { DomainError, invalidArgument } from '../errors';
 import { native, NativeError } from '../native';
 import { workspaceLayout, type WorkspaceLayout } from '../layout';
+import { allSettledOrThrow } from '../promises';
 
 export interface PrepareRootfsOptions {
   /** Runs once the (empty) upper and content dirs exist, before anything is mounted. */
@@ -77,13 +78,10 @@ async function prepareLayeredRootfs(opts: PrepareRootfsOptions & { lowerDir: str
     await opts.beforeMount?.({ upper: layout.upper, content: layout.content });
     const lowers = opts.lowerDir.map((_, i) => path.join(layout.lower, String(i)));
     await native.makeDirs(lowers.map((p) => ({ path: p, mode: 0o700, uid: 0, gid: 0 })));
-    for (const [i, dir] of opts.lowerDir.entries()) {
-      try {
-        await native.idmapMount(dir, lowers[i], opts.uidBase, opts.uidBase, idCount);
-      } catch (err) {
-        throw new DomainError('FAILED_PRECONDITION', `rootfs: an OCI image needs idmapped mounts: ${(err as Error).message}`, { cause: err });
-      }
-    }
+    // At once, on the addon's worker threads: each is open_tree, mount_setattr and move_mount.
+    await allSettledOrThrow(opts.lowerDir.map((dir, i) => native.idmapMount(dir, lowers[i], opts.uidBase, opts.uidBase, idCount).catch((err: unknown) => {
+      throw new DomainError('FAILED_PRECONDITION', `rootfs: an OCI image needs idmapped mounts: ${(err as Error).message}`, { cause: err });
+    })));
     try {
       await native.overlayMountLayers(layout.rootfs, lowers, layout.upper, layout.work);
     } catch (err) {
