@@ -19,7 +19,7 @@ import { checkHost } from './preflight';
 import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
 import { OciImageStore } from './images/store';
-import { imageHandlers } from './api/image-api';
+import { imageHandlers, imageRegistryCheck } from './api/image-api';
 import { listOf, registryMirrorsOf } from './config/config';
 import { openNodeKeyRing } from './crypto/kek-source';
 import { KeyRotation } from './crypto/rotation';
@@ -115,9 +115,10 @@ async function run(config: Config): Promise<void> {
   const metricsServer = config.metricsListen ? await startMetricsServer(metrics, config.metricsListen) : undefined;
   const limits = { ...config, defaultNetwork: config.defaultNetwork === 'isolated' ? ('ISOLATED' as const) : ('NONE' as const) };
   const audit = createAuditLog(openAuditLogger(config.auditLog, config.stateDir, log, { node: config.nodeId }));
+  const checkImage = imageRegistryCheck(oci, listOf(config.userRegistries), audit);
   const api = createApiServer({
-    workspaces: workspaceHandlers(workspaces, output, limits, audit, log),
-    images: imageHandlers(oci, imagesInUse, audit, log),
+    workspaces: workspaceHandlers(workspaces, output, limits, audit, log, checkImage),
+    images: imageHandlers(oci, imagesInUse, audit, log, checkImage),
     node: nodeHandlers({
       nodeId: config.nodeId,
       version,

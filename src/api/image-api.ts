@@ -6,7 +6,8 @@ import type { PullImageEvent } from '../generated/tetrix/agent/v1/PullImageEvent
 import { invalidArgument } from '../errors';
 import type { OciImageStore, StoredImage } from '../images/store';
 import type { AuditLog } from './audit';
-import { authorizeImageAccess } from './auth';
+import { authorizeImageAccess, authorizeImageRegistry, type Principal } from './auth';
+import { looksLikeReference } from '../images/reference';
 import { serverStream, unary } from './handlers';
 
 function imageField(value: string): string {
@@ -22,12 +23,20 @@ export function imageInfo(img: StoredImage, inUse: number): ImageInfo {
   };
 }
 
-export function imageHandlers(store: OciImageStore, inUse: () => Map<string, number>, audit: AuditLog, log: Logger): ImageServiceHandlers {
+/** The --user-registries check for an image a caller names (PullImage, StartWorkspace). */
+export function imageRegistryCheck(store: OciImageStore, userRegistries: readonly string[], audit: AuditLog): (principal: Principal | undefined, image: string) => void {
+  return (principal, image) => {
+    if (!looksLikeReference(image)) return;
+    authorizeImageRegistry(principal, image, store.parse(image).registry, userRegistries, audit);
+  };
+}
+
+export function imageHandlers(store: OciImageStore, inUse: () => Map<string, number>, audit: AuditLog, log: Logger, checkRegistry: (principal: Principal | undefined, image: string) => void = () => undefined): ImageServiceHandlers {
   return {
     PullImage: serverStream<{ image: string }, PullImageEvent>(log, 'PullImage', async (req, ctx, send) => {
       const image = imageField(req.image);
       authorizeImageAccess(ctx.principal, 'pull', image, audit);
-      store.parse(image); // INVALID_ARGUMENT before anything else
+      checkRegistry(ctx.principal, image); // and INVALID_ARGUMENT for a bad reference, before anything else
       const pending: Promise<void>[] = [];
       const stored = await store.pull(image, (p) => {
         pending.push(send({ layer: { index: p.index, digest: p.digest, bytesDone: String(p.bytesDone), bytesTotal: String(p.bytesTotal), cached: p.cached } }));

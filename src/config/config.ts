@@ -65,6 +65,7 @@ export interface Config {
   readonly registryCaFile: string;    // PEM trusted for registries beside the system roots
   readonly insecureRegistry: string;  // host:port list spoken to over plain HTTP (Docker's insecure-registries)
   readonly registryAuthFile: string;  // Docker config.json (0600) with registry credentials
+  readonly userRegistries: string;    // host[:port] list users may name in an image ('' = any); operators any
   readonly imageGcMaxAgeMs: number;   // unused images older than this are removed (0 = never by age)
   readonly imageStoreMaxBytes: number; // least recently used images go while the layer store is above this (0 = no limit)
   /** kekSource, kmsTokenFile and kmsCaFile, validated as one. */
@@ -145,6 +146,7 @@ export function defaults(): Config {
     registryCaFile: '',
     insecureRegistry: '',
     registryAuthFile: '',
+    userRegistries: '',
     imageGcMaxAgeMs: 30 * 24 * 3600 * 1000,
     imageStoreMaxBytes: 0,
     kek: { kind: 'state-dir' },
@@ -164,7 +166,7 @@ const stringKeys = [
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
   'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
-  'defaultRegistry', 'registryMirrors', 'registryCaFile', 'insecureRegistry', 'registryAuthFile',
+  'defaultRegistry', 'registryMirrors', 'registryCaFile', 'insecureRegistry', 'registryAuthFile', 'userRegistries',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 /** Settings that were replaced: naming them says what to use instead. */
@@ -281,6 +283,9 @@ function validate(c: Config): Config {
   registryMirrorsOf(c.registryMirrors);
   for (const host of listOf(c.insecureRegistry)) {
     if (!/^[A-Za-z0-9.-]+:\d{1,5}$/.test(host)) throw new ConfigError(`insecureRegistry: expected host:port, got "${host}"`);
+  }
+  for (const host of listOf(c.userRegistries)) {
+    if (!/^[A-Za-z0-9.-]+(:\d{1,5})?$/.test(host)) throw new ConfigError(`userRegistries: expected host[:port], got "${host}"`);
   }
   for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile', 'kmsCaFile', 'registryCaFile', 'registryAuthFile'] as const) {
     if (c[key] !== '' && !path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);

@@ -1,6 +1,6 @@
 // Who may use ImageService: operators everything, users pull only, nobody without credentials; audited.
 import t from 'tap';
-import { authorizeImageAccess, decideImageAccess, type Principal } from '../../src/api/auth';
+import { authorizeImageAccess, decideImageAccess, decideImageRegistry, type Principal } from '../../src/api/auth';
 import type { AuditEvent } from '../../src/api/audit';
 
 t.test('the image access rule', async (t) => {
@@ -19,4 +19,13 @@ t.test('the image access rule', async (t) => {
     { who: 'user:alice', action: 'image.remove', image: 'reg.example/app:1', decision: 'deny' },
     { who: 'user:alice', action: 'image.pull', decision: 'allow' },
   ]);
+});
+
+t.test('--user-registries limits the registries users may name', async (t) => {
+  const operator: Principal = { kind: 'operator', name: 'local' };
+  const user: Principal = { kind: 'user', userId: 'alice', teams: [] };
+  t.ok(decideImageRegistry(user, 'anywhere.example', []).allow, 'no list: any');
+  t.ok(decideImageRegistry(user, 'reg.example:5000', ['reg.example:5000']).allow, 'a listed one');
+  t.match(decideImageRegistry(user, '10.0.0.1:443', ['reg.example:5000']), { allow: false, code: 'PERMISSION_DENIED' }, 'an internal host is refused');
+  t.ok(decideImageRegistry(operator, '10.0.0.1:443', ['reg.example:5000']).allow, 'operators may name any');
 });

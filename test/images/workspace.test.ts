@@ -2,6 +2,7 @@
 // download per layer for four concurrent cold starts), the image's config applied under the request's,
 // the mount points Tetrix provides, the image's files as the layers say, and ImageService / tetrixctl.
 import t from 'tap';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +25,26 @@ function stdoutOf(d: Daemon, id: string): Promise<string> {
   });
 }
 
+const NODE_ID = 'images-test-node';
+
+/** User tokens as the control plane signs them (Ed25519), for the access rules. */
+function tokenSigner(dir: string): { keyFile: string; as(sub: string): grpc.Metadata } {
+  const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519');
+  const keyFile = path.join(dir, 'control-plane.pub');
+  fs.writeFileSync(keyFile, publicKey.export({ type: 'spki', format: 'pem' }));
+  const b64 = (o: object): string => Buffer.from(JSON.stringify(o)).toString('base64url');
+  return {
+    keyFile,
+    as: (sub) => {
+      const now = Math.floor(Date.now() / 1000);
+      const signing = `${b64({ alg: 'EdDSA', typ: 'JWT' })}.${b64({ sub, teams: [], aud: NODE_ID, iat: now, exp: now + 300 })}`;
+      const md = new grpc.Metadata();
+      md.set('authorization', `Bearer ${signing}.${crypto.sign(null, Buffer.from(signing), privateKey).toString('base64url')}`);
+      return md;
+    },
+  };
+}
+
 const stopped = (w: { state: string }): boolean => w.state === 'WORKSPACE_STATE_STOPPED' || w.state === 'WORKSPACE_STATE_FAILED';
 
 t.test('workspaces from OCI images', async (t) => {
@@ -33,7 +54,9 @@ t.test('workspaces from OCI images', async (t) => {
   const registry = await startRegistry(t, ca);
   const built = buildImages(work, registry, ca, 'tetrix-ws');
   const metricsPort = await freePort();
-  const d = await startDaemon(t, ['--registry-ca-file', ca.caFile, '--default-registry', registry.host, '--metrics-listen', `127.0.0.1:${metricsPort}`]);
+  const signer = tokenSigner(work);
+  const d = await startDaemon(t, ['--registry-ca-file', ca.caFile, '--default-registry', registry.host, '--metrics-listen', `127.0.0.1:${metricsPort}`,
+    '--control-plane-key-file', signer.keyFile, '--node-id', NODE_ID, '--user-registries', registry.host]);
   const storeBytes = async (): Promise<number> => {
     const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     return Number(/^tetrix_image_store_bytes (\d+)$/m.exec(text)?.[1] ?? NaN);
@@ -127,6 +150,23 @@ t.test('workspaces from OCI images', async (t) => {
     const noCmd = await refusal(d.start({ id: 'no-cmd', ownerId: 'alice', image: built.refs.base, command: [] }));
     t.equal(noCmd.code, grpc.status.INVALID_ARGUMENT);
     t.match(noCmd.details, /^command: .*Entrypoint or Cmd/);
+  });
+
+  await t.test('users: pull from the allowed registries only, no listing or removing', async (t) => {
+    const alice = signer.as('alice');
+    const pulled = await new Promise<string>((resolve, reject) => {
+      let digest = '';
+      const s = d.clients.images.PullImage({ image: built.refs.base }, alice);
+      s.on('data', (ev: { image?: { digest: string } }) => (digest = ev.image?.digest ?? digest)).on('error', reject).on('end', () => resolve(digest));
+    });
+    t.match(pulled, /^sha256:/, 'a user pulls from an allowed registry');
+    const elsewhere = await refusal(unaryCall((md, o, cb) => d.clients.workspaces.StartWorkspace({ id: 'elsewhere', ownerId: 'alice', image: '127.0.0.2:1/internal/probe:1', command: ['/bin/true'] }, md, o, cb), { metadata: alice }));
+    t.equal(elsewhere.code, grpc.status.PERMISSION_DENIED, 'a start naming another registry is refused');
+    t.match(elsewhere.details, /users may not pull from 127\.0\.0\.2:1/);
+    const list = await refusal(unaryCall((md, o, cb) => d.clients.images.ListImages({}, md, o, cb), { metadata: alice }));
+    t.equal(list.code, grpc.status.PERMISSION_DENIED, 'users may not list');
+    const rm = await refusal(unaryCall((md, o, cb) => d.clients.images.RemoveImage({ image: built.refs.base }, md, o, cb), { metadata: alice }));
+    t.equal(rm.code, grpc.status.PERMISSION_DENIED, 'nor remove');
   });
 
   await t.test('ImageService and tetrixctl: list with use counts, remove refused while in use', async (t) => {
