@@ -7,7 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import crypto from 'node:crypto';
-import { startDaemon } from '../helpers/daemon';
+import * as grpc from '@grpc/grpc-js';
+import { refusal, startDaemon } from '../helpers/daemon';
 import { makeTestCa, sha256 } from './fixture';
 
 t.test('kill -9 in the middle of a pull', async (t) => {
@@ -49,6 +50,11 @@ t.test('kill -9 in the middle of a pull', async (t) => {
   const d = await startDaemon(t, ['--registry-ca-file', ca.caFile]);
   t.teardown(() => d.terminate());
   const oci = path.join(d.stateDir, 'oci');
+
+  // (This daemon has no --default-registry.)
+  const short = await refusal(d.start({ id: 'short-name', ownerId: 'alice', image: 'node:20', command: [] }));
+  t.equal(short.code, grpc.status.INVALID_ARGUMENT, 'a short name without a default registry');
+  t.match(short.details, /^image: "node:20" names no registry and this node has no --default-registry/);
 
   const stream = d.clients.images.PullImage({ image: ref });
   stream.on('error', () => undefined);
