@@ -53,21 +53,38 @@ static void drop_output_read_ends(void) {
   close(TX_STDERR_READ_FD);
 }
 
-// --user UID:GID (an OCI image's User, src/sandbox/user.ts): the workload and each task run as it, with no
-// supplementary groups; set in the child, so init itself stays the namespace's root. A non-root uid keeps
-// no capabilities across execve (capabilities(7)), as under Docker.
+// --user UID:GID[:G1,G2...] (an OCI image's User, src/sandbox/user.ts): the workload and each task run as it,
+// with those supplementary groups (the image's /etc/group membership, as Docker sets them); set in the
+// child, so init itself stays the namespace's root. A non-root uid keeps no capabilities across execve
+// (capabilities(7)), as under Docker.
+#define MAX_USER_GROUPS 32
 static bool run_as_user;
 static uid_t user_uid;
 static gid_t user_gid;
+static gid_t user_groups[MAX_USER_GROUPS];
+static size_t user_group_count;
+
+static bool parse_id(const char **p, char stop, unsigned long *out) {
+  char *end;
+  *out = strtoul(*p, &end, 10);
+  if (end == *p || *out > 65535 || (*end != stop && *end != 0)) return false;
+  *p = end;
+  return true;
+}
 
 static bool parse_user(const char *text) {
-  unsigned long uid, gid;
-  char *end;
-  uid = strtoul(text, &end, 10);
-  if (end == text || *end != ':') return false;
-  const char *g = end + 1;
-  gid = strtoul(g, &end, 10);
-  if (end == g || *end || uid > 65535 || gid > 65535) return false;
+  unsigned long uid, gid, g;
+  const char *p = text;
+  if (!parse_id(&p, ':', &uid) || *p != ':') return false;
+  p++;
+  if (!parse_id(&p, ':', &gid)) return false;
+  if (*p == ':') {
+    for (p++; *p;) {
+      if (user_group_count == MAX_USER_GROUPS || !parse_id(&p, ',', &g)) return false;
+      user_groups[user_group_count++] = (gid_t)g;
+      if (*p == ',') p++;
+    }
+  }
   run_as_user = true;
   user_uid = (uid_t)uid;
   user_gid = (gid_t)gid;
@@ -76,7 +93,8 @@ static bool parse_user(const char *text) {
 
 static bool become_user(void) {
   if (!run_as_user) return true;
-  return setgroups(0, NULL) == 0 && setresgid(user_gid, user_gid, user_gid) == 0 && setresuid(user_uid, user_uid, user_uid) == 0;
+  return setgroups(user_group_count, user_groups) == 0 && setresgid(user_gid, user_gid, user_gid) == 0 &&
+         setresuid(user_uid, user_uid, user_uid) == 0;
 }
 
 __attribute__((noreturn)) static void exec_workload(char **argv, const sigset_t *original_mask) {
@@ -376,7 +394,7 @@ int main(int argc, char **argv) {
   if (argc > dashes + 1 && strcmp(argv[dashes], "--user") == 0) {
     if (!parse_user(argv[dashes + 1])) {
       errno = EINVAL;
-      die(STEP_INIT_ARGS, "--user takes UID:GID below 65536");
+      die(STEP_INIT_ARGS, "--user takes UID:GID[:GROUPS] below 65536");
     }
     dashes += 2;
   }

@@ -55,7 +55,7 @@ typedef struct {
 
   napi_deferred deferred;
   napi_async_work work;
-  char user_arg[24];     // init's "--user" value "UID:GID" (inside the namespace), "" = root
+  char user_arg[256];    // init's "--user" value "UID:GID[:G1,G2...]" (inside the namespace), "" = root
 } spawn_job;
 
 spawn_job *tx_spawn_job_new(void);

@@ -46,7 +46,7 @@ export interface SpawnOptions {
   holdWorkload?: boolean;
   /** Ids inside the namespace the workload (and each task) runs as; init switches in the child
    *  (native/init.c --user). Absent: the namespace's root. */
-  workloadUser?: { uid: number; gid: number };
+  workloadUser?: { uid: number; gid: number; groups?: number[] };
   /** A prebuild: init's end of the task channel (a unix socket). init then runs `--tasks` with it as fd 6
    *  and runs the tasks the daemon hands it (native/init.c run_tasks); argv must be empty. */
   tasksFd?: number;

@@ -97,7 +97,7 @@ export class Launcher {
         initPath: this.o.initPath,
         argv: spec.argv,
         env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-        ...(user ? { workloadUser: { uid: user.uid, gid: user.gid } } : {}),
+        ...(user ? { workloadUser: { uid: user.uid, gid: user.gid, groups: user.groups } } : {}),
         cwd: spec.cwd,
         hostname: spec.workspaceId,
         uidBase: spec.uidBase,

@@ -10,8 +10,11 @@ import { DomainError, invalidArgument } from '../errors';
 export interface ResolvedUser {
   uid: number;
   gid: number;
+  groups: number[]; // supplementary: the /etc/group entries naming the user, inside the range (at most 32)
   home?: string;
 }
+
+const MAX_GROUPS = 32;
 
 const MAX_DB_BYTES = 1 << 20;
 const NUMERIC = /^\d{1,10}$/;
@@ -22,17 +25,20 @@ export async function resolveUser(rootfs: string, user: string, idCount: number)
   let uid: number;
   let gid: number;
   let home: string | undefined;
+  let userName: string | undefined;
   if (NUMERIC.test(name)) {
     uid = Number(name);
     const entry = (passwd ?? tryReadDb(rootfs, 'passwd')).find((e) => e[2] === name);
     gid = entry ? Number(entry[3]) : 0;
     home = entry?.[5];
+    userName = entry?.[0];
   } else {
     const entry = passwd!.find((e) => e[0] === name);
     if (!entry) throw invalidArgument('user', `"${name}" is not in the image's /etc/passwd`);
     uid = Number(entry[2]);
     gid = Number(entry[3]);
     home = entry[5];
+    userName = name;
   }
   if (group !== undefined) {
     if (NUMERIC.test(group)) gid = Number(group);
@@ -45,7 +51,13 @@ export async function resolveUser(rootfs: string, user: string, idCount: number)
   for (const [what, id] of [['uid', uid], ['gid', gid]] as const) {
     if (!Number.isSafeInteger(id) || id < 0 || id >= idCount) throw invalidArgument('user', `${what} ${id} is outside the workspace's range 0-${idCount - 1}`);
   }
-  return { uid, gid, ...(home && home.startsWith('/') ? { home } : {}) };
+  // As runc's GetAdditionalGroups: every group that lists the user by name (ids outside the range dropped).
+  const groups = userName === undefined ? [] : tryReadDb(rootfs, 'group')
+    .filter((e) => (e[3] ?? '').split(',').includes(userName!))
+    .map((e) => Number(e[2]))
+    .filter((g, i, all) => Number.isSafeInteger(g) && g >= 0 && g < idCount && g !== gid && all.indexOf(g) === i)
+    .slice(0, MAX_GROUPS);
+  return { uid, gid, groups, ...(home && home.startsWith('/') ? { home } : {}) };
 }
 
 function tryReadDb(rootfs: string, file: 'passwd' | 'group'): string[][] {

@@ -163,6 +163,7 @@ export function buildImages(workDir: string, registry: Registry, ca: TestCa, rep
   fs.chmodSync(path.join(root, 'bin/busybox'), 0o755);
   for (const applet of ['sh', 'cat', 'ls', 'stat', 'id', 'echo', 'test', 'env', 'pwd', 'readlink']) fs.symlinkSync('busybox', path.join(root, 'bin', applet));
   fs.writeFileSync(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/srv:/bin/sh\n');
+  fs.writeFileSync(path.join(root, 'etc/group'), 'root:x:0:\napp:x:1000:\ntools:x:2000:app\n');
   fs.writeFileSync(path.join(root, 'etc/gone'), 'deleted in the next layer\n');
   fs.writeFileSync(path.join(root, 'opq/sub/old'), 'hidden by the opaque dir\n');
   fs.writeFileSync(path.join(root, 'opq/kept-not'), 'hidden too\n');

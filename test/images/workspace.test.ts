@@ -102,9 +102,9 @@ t.test('workspaces from OCI images', async (t) => {
   });
 
   await t.test('the image\'s User applies, the request\'s user wins, and ids stay in the range', async (t) => {
-    await d.start({ id: 'as-app', ownerId: 'alice', image: built.refs.appuser, command: ['/bin/sh', '-c', 'echo $(id -u):$(id -g) $HOME; stat -c %u .; echo x > /srv/mine && echo wrote'] });
+    await d.start({ id: 'as-app', ownerId: 'alice', image: built.refs.appuser, command: ['/bin/sh', '-c', 'echo $(id -u):$(id -g) $HOME; id -G; stat -c %u .; echo x > /srv/mine && echo wrote'] });
     let w = await d.waitFor('as-app', stopped, 60_000);
-    t.equal(await stdoutOf(d, 'as-app'), '1000:1000 /srv\n0\n', 'User app from /etc/passwd, HOME from its entry, and no root power over root-owned /srv');
+    t.equal(await stdoutOf(d, 'as-app'), '1000:1000 /srv\n1000 2000\n0\n', 'User app from /etc/passwd, its /etc/group groups, HOME from its entry, and no root power over root-owned /srv');
     t.not(w.exitCode, 0, 'the write to root-owned /srv was refused');
     await d.start({ id: 'as-num', ownerId: 'alice', image: built.refs.appuser, user: '1234:5678', command: ['/bin/sh', '-c', 'echo $(id -u):$(id -g)'] });
     w = await d.waitFor('as-num', stopped, 60_000);
