@@ -127,6 +127,7 @@ typedef struct {
   uint32_t pty_limit;   // devpts max= of the workspace's own instance
   int tasks_fd;  // -1, or init's end of the prebuild task channel: init runs `--tasks` with it as TX_TASKS_FD
   int output_read_fds[2];  // read ends init keeps for the next daemon (output.c), or -1
+  int session_park_fds[2]; // the pair init holds for terminal sessions' masters (exec.c), or -1
   bind_mount *mounts;
   size_t mount_count;
   uint64_t keep_caps;
@@ -477,15 +478,16 @@ static void drop_capabilities(child_ctx *c) {
 }
 
 // 0 = /dev/null, 1 and 2 = the caller's outputs, 3 = status for init, 4 = this report pipe for init,
-// 5 = the gate when held, 6 and 7 = the output pipes' read ends init keeps (output.c) when given; an
-// absent one's number is closed. Everything else of the host's is closed here, not merely marked
+// 5 = the gate when held, 6 and 7 = the output pipes' read ends init keeps (output.c) when given, 8 = the
+// task channel, 9 and 10 = the session park pair (exec.c) when given; an absent one's number is closed. Everything else of the host's is closed here, not merely marked
 // close-on-exec (CVE-2024-21626).
 static void set_up_fds(child_ctx *c) {
   const spawn_job *job = c->job;
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   CHECK(c, devnull, STEP_OPEN_DEVNULL, 0);
   int from[TX_FD_COUNT] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd, c->gate_fd,
-                           job->output_read_fds[0], job->output_read_fds[1], job->tasks_fd};
+                           job->output_read_fds[0], job->output_read_fds[1], job->tasks_fd,
+                           job->session_park_fds[0], job->session_park_fds[1]};
   // Lift every source above the targets first, so no dup2 clobbers a source still to be copied.
   int lifted[TX_FD_COUNT];
   for (int i = 0; i < TX_FD_COUNT; i++) {
@@ -1149,22 +1151,29 @@ static bool get_tasks_fd(napi_env env, napi_value obj, spawn_job *job) {
   return true;
 }
 
-// opts.outputReadFds: absent, or the two read ends [stdout, stderr] init is to keep.
-static bool get_output_read_fds(napi_env env, napi_value obj, spawn_job *job) {
-  static const char what[] = "spawn: opts.outputReadFds must be two file descriptors";
+// opts.<name>: absent, or two fds init is to keep (outputReadFds: [stdout, stderr] read ends;
+// sessionParkFds: both ends of the session park pair).
+static bool get_fd_pair(napi_env env, napi_value obj, const char *name, int out[2]) {
+  char what[96];
   napi_value arr, item;
   uint32_t len;
   int32_t fd;
-  job->output_read_fds[0] = job->output_read_fds[1] = -1;
-  if (!tx_get_prop(env, obj, "outputReadFds", &arr) || !is_present(env, arr)) return true;
-  if (!get_array_prop(env, obj, "outputReadFds", &arr, &len)) return false;
+  snprintf(what, sizeof what, "spawn: opts.%s must be two file descriptors", name);
+  out[0] = out[1] = -1;
+  if (!tx_get_prop(env, obj, name, &arr) || !is_present(env, arr)) return true;
+  if (!get_array_prop(env, obj, name, &arr, &len)) return false;
   if (len != 2) return tx_type_error(env, what), false;
   for (uint32_t i = 0; i < 2; i++) {
     if (napi_get_element(env, arr, i, &item) != napi_ok || !tx_get_int32(env, item, what, &fd)) return false;
     if (fd < 0) return tx_type_error(env, what), false;
-    job->output_read_fds[i] = fd;
+    out[i] = fd;
   }
   return true;
+}
+
+static bool get_output_read_fds(napi_env env, napi_value obj, spawn_job *job) {
+  return get_fd_pair(env, obj, "outputReadFds", job->output_read_fds) &&
+         get_fd_pair(env, obj, "sessionParkFds", job->session_park_fds);
 }
 
 static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
@@ -1219,7 +1228,7 @@ static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
 static spawn_job *new_job(void) {
   spawn_job *job = calloc(1, sizeof *job);
   if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = job->devices_fd = job->tasks_fd = -1;
-  if (job) job->output_read_fds[0] = job->output_read_fds[1] = -1;
+  if (job) job->output_read_fds[0] = job->output_read_fds[1] = job->session_park_fds[0] = job->session_park_fds[1] = -1;
   return job;
 }
 
