@@ -297,7 +297,7 @@ static int send_fd(int sock, int fd) {
 // Returns the slave; the master has gone to the daemon.
 static int open_pty(child_ctx *c, int sock) {
   int master = open_beneath_root("/dev/pts/ptmx", O_RDWR | O_NOCTTY,
-                                 RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV);
+                                 RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
   CHECK(c, master, X_PTMX, 0);
   struct statfs fs;
   CHECK(c, fstatfs(master, &fs), X_PTMX, 0);

@@ -94,7 +94,10 @@ export function exec(d: Daemon, first: { start: ExecStart } | { attach: ExecAtta
     waitFor: async (text, timeoutMs = 30_000) => {
       const seen = (): boolean => (typeof text === 'string' ? stdout().includes(text) : text.test(stdout().toString('latin1')));
       const end = Date.now() + timeoutMs;
+      let ended: { error?: grpc.ServiceError } | undefined;
+      void done.then((x) => (ended = x));
       while (!seen()) {
+        if (ended) throw new Error(`the call ended (${ended.error?.details ?? 'ok'}) before ${String(text)}; got ${JSON.stringify(stdout().toString('latin1').slice(-400))}`);
         if (Date.now() > end) throw new Error(`timed out waiting for ${String(text)}; got ${JSON.stringify(stdout().toString('latin1').slice(-400))}`);
         await Promise.race([new Promise<void>((r) => waiters.push(r)), new Promise((r) => setTimeout(r, 200)), done]);
       }
