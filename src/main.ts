@@ -11,6 +11,7 @@ import { workspaceHandlers } from './api/workspace-api';
 import { nodeHandlers } from './api/node-api';
 import { execHandlers } from './api/exec-api';
 import { ExecSessions } from './exec/sessions';
+import { createTerminalEndpoint } from './api/terminal-ws';
 import { WorkspaceService } from './workspace/service';
 import { WorkspaceStore } from './workspace/store';
 import { native } from './native';
@@ -124,7 +125,7 @@ async function run(config: Config): Promise<void> {
       const r = workspaces.find(id);
       return r && { ip: r.status.ipAddress, ownerId: r.spec.ownerId, ports: r.status.ports, running: r.status.state === 'RUNNING' };
     },
-  }, audit, log);
+  }, audit, log, createTerminalEndpoint({ sessions, workspaces, audit, nodeDomain: config.nodeDomain, log }));
   api.serving();
   native.sdNotify('READY=1');
   // systemd's watchdog (WatchdogSec=): ping at half the interval; WATCHDOG_PID names the process meant.

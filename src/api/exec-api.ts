@@ -39,7 +39,7 @@ export function terminalSize(field: string, raw: TerminalSize__Output | null | u
   const rows = raw?.rows ?? 0;
   const cols = raw?.cols ?? 0;
   if (rows === 0 && cols === 0) return fallback;
-  if (rows < 1 || cols < 1 || rows > 65535 || cols > 65535) throw invalidArgument(field, 'rows and cols must both be 1..65535');
+  if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows < 1 || cols < 1 || rows > 65535 || cols > 65535) throw invalidArgument(field, 'rows and cols must both be 1..65535');
   return { rows, cols };
 }
 
