@@ -2,9 +2,10 @@
 // The order, as the kernel sees it:
 //   daemon worker thread  opens the workspace's cgroup files, reads init's rlimits and root (through the
 //                         host's /proc, checked against init's pidfd), makes the stdio pipes or the pty
-//                         socket pair, then clone3s the intermediate C1 (CLONE_INTO_CGROUP on v2).
-//   C1 (host pid ns)      not dumpable; oom_score_adj 0; init's rlimits (still host root: may raise a hard
-//                         limit); writes itself into each v1 `tasks` file; setns(init's pidfd, user|mnt|pid|
+//                         socket pair, then starts the intermediate C1 as vfork does (CLONE_VM|CLONE_VFORK:
+//                         no copy of the daemon's page tables; the worker waits until C1 exits).
+//   C1 (host pid ns)      oom_score_adj 0; init's rlimits (still host root: may raise a hard limit); writes
+//                         itself into each v1 `tasks` file (v2: cgroup.procs); setns(init's pidfd, user|mnt|pid|
 //                         net|ipc|uts|cgroup) in one call (kernel >= 5.8): nothing is looked up by a
 //                         /proc/<pid>/ns path the workspace could swap. setns(CLONE_NEWPID) only applies to
 //                         children, so C1 clone3s C2 with CLONE_PARENT (C2 is the daemon's child, reaped
@@ -15,8 +16,10 @@
 //                         the pipes on 0-2; every other fd closed (close_range); cwd resolved inside the root
 //                         (openat2 RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), as the workspace's uid, after
 //                         the close; no_new_privs; the workload's seccomp filter; execve.
-// C1 and C2 stay non-dumpable until C2's execve (CVE-2016-9962: a workspace process ptracing or reading
-// /proc/<pid>/fd of a half-entered exec). Failures travel as tx_report {step, errno} over a close-on-exec
+// C2 is non-dumpable from its first instruction until its execve (CVE-2016-9962: a workspace process
+// ptracing or reading /proc/<pid>/fd of a half-entered exec). C1 shares the daemon's memory, so it cannot
+// be made non-dumpable without the daemon; it lives only in the host's pid namespace, where no workspace
+// process can name it, and runs as host uid 0, which no workspace uid matches. Failures travel as tx_report {step, errno} over a close-on-exec
 // pipe; EOF means C2 exec'd. Like spawn.c, the children do only async-signal-safe work: no malloc, no stdio,
 // raw setxid syscalls. The pty masters of terminal sessions are parked in the workspace's init (see
 // parkSessions below) so they survive a daemon restart.
@@ -40,11 +43,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -148,6 +153,7 @@ typedef struct {
   int last_cap;
   int *cgroup_fds;
   int cgroup_dir_fd;
+  int cgroup_procs_fd;  // v2: <dir>/cgroup.procs
   struct rlimit limits[RLIM_NLIMITS];
   dev_t root_dev;
   ino_t root_ino;
@@ -184,6 +190,7 @@ static void free_job(exec_job *job) {
     for (size_t i = 0; i < job->cgroup_count; i++) close_fd(&job->cgroup_fds[i]);
   free(job->cgroup_fds);
   close_fd(&job->cgroup_dir_fd);
+  close_fd(&job->cgroup_procs_fd);
   for (int i = 0; i < 3; i++) {
     close_fd(&job->child_stdio[i]);
     close_fd(&job->fds[i]);
@@ -372,6 +379,8 @@ static int exec_search(char *const *argv, char *const *envp) {
 
 __attribute__((noreturn)) static void run_session(child_ctx *c, const int stdio[3], int sock) {
   const exec_job *job = c->job;
+  // First: this copy of the mm is ours alone, and we are already visible in the workspace's pid namespace.
+  CHECK(c, prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), X_DUMPABLE, 0);
   CHECK(c, setsid(), X_SETSID, 0);
   CHECK(c, syscall(SYS_setgroups, 0, NULL), X_SETGROUPS, 0);
   CHECK(c, syscall(SYS_setresgid, 0, 0, 0), X_SETRESGID, 0);
@@ -416,10 +425,11 @@ __attribute__((noreturn)) static void run_session(child_ctx *c, const int stdio[
 
 static char oom_zero[] = "0";
 
+// C1 runs in the daemon's memory (CLONE_VM) on a stack of its own, with its own fd table, signal handlers,
+// rlimits and credentials: it writes nothing but its own stack and makes only syscalls.
 __attribute__((noreturn)) static void run_intermediate(child_ctx *c, const int stdio[3], int sock) {
   const exec_job *job = c->job;
-  CHECK(c, prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), X_DUMPABLE, 0);
-  reset_signal_dispositions();  // signals stay blocked until just before execve
+  reset_signal_dispositions();  // its own handler table (no CLONE_SIGHAND); signals stay blocked until execve
   umask(022);
   // The daemon's OOM protection is not the session's (spawn.c configure_child does the same for init).
   int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
@@ -429,6 +439,7 @@ __attribute__((noreturn)) static void run_intermediate(child_ctx *c, const int s
   // Still host root here, so a hard limit above the daemon's can be set.
   for (int r = 0; r < RLIM_NLIMITS; r++) CHECK(c, setrlimit(r, &job->limits[r]), X_RLIMIT, r);
   for (size_t i = 0; i < job->cgroup_count; i++) CHECK(c, write(job->cgroup_fds[i], "0", 1), X_JOIN_CGROUP, (int)i);
+  if (job->cgroup_procs_fd >= 0) CHECK(c, write(job->cgroup_procs_fd, "0", 1), X_JOIN_CGROUP, -1);
   CHECK(c, setns(job->init_pidfd, EXEC_NS_FLAGS), X_SETNS, 0);
   struct clone_args args = {.flags = CLONE_PARENT, .exit_signal = 0};
   long pid = syscall(SYS_clone3, &args, sizeof args);
@@ -497,8 +508,9 @@ static int open_cgroups(exec_job *job) {
   }
   if (job->cgroup_dir[0]) {
     job->cgroup_dir_fd = open(job->cgroup_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (job->cgroup_dir_fd < 0) {
-      snprintf(step, sizeof step, "exec: open %s", job->cgroup_dir);
+    if (job->cgroup_dir_fd >= 0) job->cgroup_procs_fd = openat(job->cgroup_dir_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (job->cgroup_dir_fd < 0 || job->cgroup_procs_fd < 0) {
+      snprintf(step, sizeof step, "exec: open %s/cgroup.procs", job->cgroup_dir);
       return fail(job, step, errno), -1;
     }
   }
@@ -561,6 +573,23 @@ static void kill_and_reap(int pidfd) {
   }
 }
 
+#define C1_STACK (256 * 1024)
+
+typedef struct {
+  const exec_job *job;
+  int report_fd, parent_report_fd;
+} intermediate_args;
+
+static int intermediate_main(void *arg) {
+  const intermediate_args *a = arg;
+  // Its own fd table (no CLONE_FILES): these closes leave the daemon's fds alone.
+  close(a->parent_report_fd);
+  for (int i = 0; i < 3; i++)
+    if (a->job->fds[i] >= 0) close(a->job->fds[i]);
+  child_ctx c = {.job = a->job, .report_fd = a->report_fd};
+  run_intermediate(&c, a->job->child_stdio, a->job->child_sock);
+}
+
 static void exec_execute(napi_env env, void *data) {
   (void)env;
   exec_job *job = data;
@@ -575,24 +604,21 @@ static void exec_execute(napi_env env, void *data) {
   if (read_init_facts(job) < 0 || open_cgroups(job) < 0 || make_stdio(job) < 0) return;
   if (pipe2(report_pipe, O_CLOEXEC) < 0) return fail(job, "exec: pipe", errno);
 
+  void *stack = mmap(NULL, C1_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) {
+    close(report_pipe[0]);
+    close(report_pipe[1]);
+    return fail(job, "exec: mmap stack", errno);
+  }
+  intermediate_args a = {.job = job, .report_fd = report_pipe[1], .parent_report_fd = report_pipe[0]};
   sigset_t all, saved;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &saved);
-  struct clone_args args = {.flags = CLONE_PIDFD, .pidfd = (uint64_t)(uintptr_t)&c1_pidfd, .exit_signal = SIGCHLD};
-  if (job->cgroup_dir_fd >= 0) {  // v2: C1 (and so C2) is born in the workspace's group
-    args.flags |= CLONE_INTO_CGROUP;
-    args.cgroup = (uint64_t)job->cgroup_dir_fd;
-  }
-  long pid = syscall(SYS_clone3, &args, sizeof args);
-  if (pid == 0) {
-    close(report_pipe[0]);
-    for (int i = 0; i < 3; i++)
-      if (job->fds[i] >= 0) close(job->fds[i]);
-    child_ctx c = {.job = job, .report_fd = report_pipe[1]};
-    run_intermediate(&c, job->child_stdio, job->child_sock);
-  }
+  // As posix_spawn: the worker thread sleeps until C1 exits (C1 never execs).
+  int pid = clone(intermediate_main, (char *)stack + C1_STACK, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &a, &c1_pidfd);
   int clone_err = errno;
   pthread_sigmask(SIG_SETMASK, &saved, NULL);
+  munmap(stack, C1_STACK);
   close(report_pipe[1]);
   for (int i = 0; i < 3; i++) close_fd(&job->child_stdio[i]);
   close_fd(&job->child_sock);
@@ -770,7 +796,7 @@ static exec_job *new_job(void) {
   exec_job *job = calloc(1, sizeof *job);
   if (!job) return NULL;
   job->pid = 0;
-  job->pidfd = job->cgroup_dir_fd = job->child_sock = -1;
+  job->pidfd = job->cgroup_dir_fd = job->cgroup_procs_fd = job->child_sock = -1;
   for (int i = 0; i < 3; i++) job->fds[i] = job->child_stdio[i] = -1;
   return job;
 }
@@ -838,6 +864,12 @@ static int receive_parked(int sock, char *meta, size_t cap, size_t *len, int *fd
       if (*fd < 0) *fd = got;
       else close(got);
     }
+  }
+  // Only ever a pty master (devpts' ptmx, 5:2) is taken back: whatever else sat there is dropped.
+  struct stat st;
+  if (*fd >= 0 && (fstat(*fd, &st) < 0 || !S_ISCHR(st.st_mode) || st.st_rdev != makedev(5, 2))) {
+    close(*fd);
+    *fd = -1;
   }
   *len = (size_t)n;
   return 1;
