@@ -464,10 +464,6 @@ export class ExecSessions {
     log.info({ workspace: workspaceId, session: s.id }, 'terminal session taken back from init');
   }
 
-  /** Plain execs of the call's client: hung up and reaped (daemon shutdown leaves sessions running). */
-  async hangUpAll(): Promise<void> {
-    await Promise.all([...this.sessions.values()].filter((s) => !s.kept).map((s) => s.hangUp()));
-  }
 }
 
 function streamsOf(r: ExecResult): { master?: tty.ReadStream; stdin?: net.Socket; stdout?: net.Socket; stderr?: net.Socket } {
