@@ -52,6 +52,21 @@ t.test('exec without a terminal', async (t) => {
     t.equal(r.stdout().toString(), 'bar:/root:/tmp\n');
   });
 
+  await t.test('another uid inside keeps no capability', async (t) => {
+    const r = exec(d, { start: { workspaceId: 'ex-plain', argv: ['/bin/sh', '-c', 'id -u; id -g; grep -E "^Cap(Prm|Eff)" /proc/self/status'], user: '1000:1001' } });
+    await r.done;
+    t.match(r.stdout().toString(), /^1000\n1001\nCapPrm:\s+0+\nCapEff:\s+0+\n$/);
+  });
+
+  await t.test('a working dir behind a workspace symlink stays inside the root; magic links are refused', async (t) => {
+    await exec(d, { start: { workspaceId: 'ex-plain', argv: ['/bin/sh', '-c', 'ln -s ../../../../../.. /workspace/up; ln -s /proc/self/root /workspace/magic'] } }).done;
+    const up = exec(d, { start: { workspaceId: 'ex-plain', argv: ['/bin/sh', '-c', 'pwd; ls /workspace >/dev/null && echo inside'], workingDir: '/workspace/up' } });
+    await up.done;
+    t.equal(up.stdout().toString(), '/\ninside\n', '.. past the root is the root (RESOLVE_IN_ROOT)');
+    const magic = await exec(d, { start: { workspaceId: 'ex-plain', argv: ['/bin/true'], workingDir: '/workspace/magic' } }).done;
+    t.match(magic, { error: { details: /exec: chdir \/workspace\/magic: ELOOP/ } }, 'a /proc magic link is not followed');
+  });
+
   await t.test('the client going away hangs the process group up and reaps it', async (t) => {
     const r = exec(d, { start: { workspaceId: 'ex-plain', argv: ['/bin/sh', '-c', 'sleep 100 & echo "pids $$ $!"; wait'] } });
     await r.waitFor(/pids \d+ \d+\n/);
