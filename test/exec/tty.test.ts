@@ -72,6 +72,17 @@ t.test('terminals', async (t) => {
     t.match(s.output(), /restored/, 'raw mode is undone');
   });
 
+  await t.test('tetrixctl exec -it follows our terminal when it is resized', async (t) => {
+    // A background job resizes the terminal (the kernel then sends SIGWINCH to tetrixctl, the foreground).
+    const sized = `${d.stateDir}/workspaces/ex-tty/content/sized`;
+    const s = script(d, `stty rows 20 cols 30; (trap '' TTOU; until [ -e ${sized} ]; do sleep 0.1; done; stty rows 44 cols 55 </dev/tty; echo resized-here) & ${ctl} exec -it ex-tty -- sh -c 'stty size; touch /workspace/sized; read x; stty size'`);
+    await until('the first size and the resize', () => /20 30[\s\S]*resized-here/.test(s.output()));
+    await new Promise((r) => setTimeout(r, 300));
+    s.write('\r');
+    t.equal(await s.code, 0);
+    t.match(s.output(), /resized-here[\s\S]*44 55/, `the remote pty has the new size: ${JSON.stringify(s.output())}`);
+  });
+
   await t.test('tetrixctl exec -it: Ctrl-C typed on our terminal reaches the remote process', async (t) => {
     const s = script(d, `${ctl} exec -it ex-tty -- sh -c 'trap "echo got-int; exit 9" INT; echo ready; while :; do sleep 1; done'`);
     await until('ready', () => s.output().includes('ready'));
