@@ -345,6 +345,8 @@ export class ExecSessions {
   async start(spec: ExecStartSpec, client: SessionClient): Promise<ExecSession> {
     if (spec.session && !spec.tty) throw new DomainError('INVALID_ARGUMENT', 'session: a session needs a tty');
     const { record, process } = this.o.workspaces.execTarget(spec.workspaceId);
+    // A prebuild's signed provenance says its tasks, and nothing else, made its snapshot (docs/prebuilds.md).
+    if (record.spec.kind === 'PREBUILD') throw new DomainError('FAILED_PRECONDITION', `workspace "${spec.workspaceId}" is a prebuild: only its tasks run in it`);
     const result = await process.exec({
       workspaceId: spec.workspaceId,
       seccompProfile: record.spec.seccompProfile,

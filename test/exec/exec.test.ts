@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { isAlive, refusal } from '../helpers/daemon';
 import { eventually, exec, execDaemon, sleeper } from './fixture';
+import { prebuildRequest } from '../prebuild/daemon-fixtures';
 
 t.test('exec without a terminal', async (t) => {
   const { d, token } = await execDaemon(t);
@@ -85,6 +86,15 @@ t.test('exec without a terminal', async (t) => {
     const { error } = await exec(d, { start: { workspaceId: 'ex-done', argv: ['/bin/true'] } }).done;
     t.equal(error?.code, grpc.status.FAILED_PRECONDITION);
     t.match(error?.details, /not running/);
+  });
+
+  await t.test('no exec into a prebuild: its provenance says only its tasks ran', async (t) => {
+    const w = await d.start(prebuildRequest('ex-prebuild', [{ name: 'wait', script: 'sleep 30' }]));
+    t.equal(w.state, 'WORKSPACE_STATE_RUNNING', w.message);
+    const { error } = await exec(d, { start: { workspaceId: 'ex-prebuild', argv: ['/bin/true'] } }).done;
+    t.equal(error?.code, grpc.status.FAILED_PRECONDITION);
+    t.match(error?.details, /is a prebuild: only its tasks run in it/);
+    await d.teardown('ex-prebuild');
   });
 
   await t.test("someone else's workspace is refused as an unknown one is, and both are audited", async (t) => {
