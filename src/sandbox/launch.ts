@@ -3,11 +3,11 @@
 // The lifecycle drives this and never holds a pidfd; exec sessions use the same surface (exec, and the
 // parked terminal masters), so an exec gets the workload's capabilities, seccomp filter and cgroup from here.
 import fs from 'node:fs';
-import path from 'node:path';
 import type { CgroupPlacement } from './cgroups';
 import type { BindMount, ExecResult, HeldWorkload, NativeAddon, ParkedSession } from '../native';
 import { NativeError } from '../native';
 import { readPidStartTime, signalName } from './proc';
+import { workspaceLayout } from '../layout';
 
 export interface LaunchSpec {
   workspaceId: string;        // also the hostname, and the cgroup the child is placed in
@@ -92,7 +92,7 @@ export class Launcher {
 
   async launch(spec: LaunchSpec): Promise<Launched> {
     const seccomp = this.o.seccompFilter(spec.seccompProfile);
-    const statusFd = fs.openSync(exitStatusPath(spec.wsDir), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    const statusFd = fs.openSync(workspaceLayout(spec.wsDir).exitStatus, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     const parkFds = this.o.native.sessionParkPair();
     try {
       const { output } = spec;
@@ -214,15 +214,11 @@ export class Launcher {
   }
 }
 
-function exitStatusPath(wsDir: string): string {
-  return path.join(wsDir, 'exit-status');
-}
-
 /** What init recorded of the workload's end; {} when it wrote nothing (it died first) or garbage. */
 export function readInitExitRecord(wsDir: string): InitExitRecord {
   let text: string;
   try {
-    text = fs.readFileSync(exitStatusPath(wsDir), 'utf8');
+    text = fs.readFileSync(workspaceLayout(wsDir).exitStatus, 'utf8');
   } catch {
     return {};
   }

@@ -59,7 +59,7 @@ t.test('terminal sessions', async (t) => {
     await s.waitFor('before-detach\r\n');
     s.send({ detach: true });
     t.notOk((await s.done).error, 'detach ends the call cleanly');
-    const child = spawn('script', ['-qefc', `${process.execPath} ${ctlMain} attach ex-sess ${id}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TETRIX_SOCKET: d.socketPath } });
+    const child = spawn('script', ['-qefc', `${process.execPath} ${ctlMain} attach ex-sess ${id}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TETRIX_SOCKET_PATH: d.socketPath } });
     let out = '';
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));
     const code = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));

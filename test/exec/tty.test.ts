@@ -9,7 +9,7 @@ import { eventually, exec, execDaemon, sleeper } from './fixture';
 
 function script(d: Daemon, shell: string): { output: () => string; write(s: string): void; code: Promise<number | null> } {
   // script runs shell on a new pty; -e: its exit code is the shell's.
-  const child = spawn('script', ['-qefc', shell, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TETRIX_SOCKET: d.socketPath, TERM: 'xterm' } });
+  const child = spawn('script', ['-qefc', shell, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TETRIX_SOCKET_PATH: d.socketPath, TERM: 'xterm' } });
   let out = '';
   child.stdout.on('data', (b: Buffer) => (out += b.toString('latin1')));
   child.stderr.on('data', (b: Buffer) => (out += b.toString('latin1')));
