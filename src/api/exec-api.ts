@@ -195,14 +195,14 @@ class ExecCallBridge {
     };
   }
 
-  /** The client went away: a plain exec is hung up and reaped, a session is only detached. */
+  /** The client went away: a plain exec is hung up and reaped, a session is only detached. Either way
+   *  its output is read on (into the ring, or away) so nothing waits on a client that is gone. */
   private clientGone(): void {
-    const wasDone = this.done;
     this.done = true;
     const s = this.session;
     if (!s || !this.client) return;
-    if (s.kept) s.detach(this.client);
-    else if (!wasDone || s.running) void s.hangUp();
+    s.detach(this.client);
+    if (!s.kept) void s.hangUp();
   }
 
   private finish(): void {
@@ -215,8 +215,8 @@ class ExecCallBridge {
     if (this.done) return;
     const s = this.session;
     if (s && this.client) {
-      if (s.kept) s.detach(this.client);
-      else void s.hangUp();
+      s.detach(this.client);
+      if (!s.kept) void s.hangUp();
     }
     this.done = true;
     this.call.emit('error', toServiceError(err, this.log, 'ExecWorkspace'));

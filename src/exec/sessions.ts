@@ -273,14 +273,19 @@ export class ExecSession {
     clearTimeout(this.killTimer);
     this.owner.o.native.closeFd(this.pidfd);
     this.pidfd = -1;
-    // What is still in the pipes or the pty comes out first; background children that keep them open
-    // get drainGraceMs.
+    this.armDrainGrace();
+    this.maybeFinish();
+  }
+
+  /** What is still in the pipes or the pty comes out first. Background children that keep them open get
+   *  drainGraceMs of reading; time the output waits on a slow client does not count. */
+  private armDrainGrace(): void {
     const grace = setTimeout(() => {
+      if (this.finished) return;
+      if (this.paused) return this.armDrainGrace();
       for (const s of this.outputs) s.destroy();
     }, this.owner.drainGraceMs);
     grace.unref();
-    this.resume();
-    this.maybeFinish();
   }
 
   private maybeFinish(): void {
