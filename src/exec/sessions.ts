@@ -82,6 +82,7 @@ export interface ExecSessionsOptions {
 }
 
 const DEFAULT_TERMINAL: TerminalSize = { rows: 24, cols: 80 };
+const DRAIN_LIMIT_MS = 30_000;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const SIGNALS = os.constants.signals as Record<string, number>;
 
@@ -112,6 +113,8 @@ export class ExecSession {
   private exitSeen: ExitStatus | undefined;
   private finished = false;
   private paused = false;
+  private lastOutputAt = 0;
+  private exitedAt = 0;
   readonly ended: Promise<void>;
   private markEnded!: () => void;
 
@@ -165,6 +168,7 @@ export class ExecSession {
   }
 
   private onOutput(name: OutputStream, chunk: Buffer, stream: Readable): void {
+    this.lastOutputAt = Date.now();
     this.ring?.push(chunk);
     if (!this.client) {
       this.armIdle(); // output while detached is activity
@@ -185,6 +189,7 @@ export class ExecSession {
   private resume(): void {
     if (!this.paused) return;
     this.paused = false;
+    this.lastOutputAt = Date.now(); // time spent waiting on the client is not quiet
     for (const s of this.outputs) s.resume();
   }
 
@@ -270,6 +275,7 @@ export class ExecSession {
 
   private onExit(status: ExitStatus): void {
     this.exitSeen = status;
+    this.exitedAt = Date.now();
     clearTimeout(this.killTimer);
     this.owner.o.native.closeFd(this.pidfd);
     this.pidfd = -1;
@@ -277,13 +283,20 @@ export class ExecSession {
     this.maybeFinish();
   }
 
-  /** What is still in the pipes or the pty comes out first. Background children that keep them open get
-   *  drainGraceMs of reading; time the output waits on a slow client does not count. */
+  /** What is still in the pipes or the pty comes out first: they are closed once they have been quiet for
+   *  drainGraceMs (background children holding them), or DRAIN_LIMIT_MS after the exit however chatty.
+   *  Time the output waits on a slow client counts for neither. */
   private armDrainGrace(): void {
     const grace = setTimeout(() => {
       if (this.finished) return;
-      if (this.paused) return this.armDrainGrace();
-      for (const s of this.outputs) s.destroy();
+      const now = Date.now();
+      if (this.paused) this.exitedAt += this.owner.drainGraceMs;
+      const quiet = now - this.lastOutputAt >= this.owner.drainGraceMs;
+      if (!this.paused && (quiet || now - this.exitedAt >= DRAIN_LIMIT_MS)) {
+        for (const s of this.outputs) s.destroy();
+        return;
+      }
+      this.armDrainGrace();
     }, this.owner.drainGraceMs);
     grace.unref();
   }
