@@ -25,7 +25,7 @@ import { openNodeKeyRing } from './crypto/kek-source';
 import { KeyRotation } from './crypto/rotation';
 import { openNodeNetwork, workspaceNetwork } from './workspace/adapters/network';
 import { WorkspaceOutput } from './workspace/adapters/output';
-import { LogStore } from './prebuild/logs';
+import { LogStore } from './logs';
 import { BackupStore } from './content/backups';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { KeyRing } from '../../src/crypto/keys';
-import { LogStore, type LogChunkRecord } from '../../src/prebuild/logs';
+import { LogStore, type LogChunkRecord } from '../../src/logs';
 import { native } from '../../src/native';
 import { BYTES_PER_CPU_SECOND, COALESCE_MS, drainPipe, OUTPUT_PIPE_BYTES, OutputPacer } from '../../src/workspace/adapters/output-drain';
 
