@@ -1037,6 +1037,137 @@ static napi_value js_signal_session(napi_env env, napi_callback_info info) {
   return tx_undefined(env);
 }
 
+// ===================================================================================================
+// Reading a pty master. libuv's stream reader cannot be used for one: on POLLHUP after a short read it
+// reports EOF (right for pipes and sockets), but a master whose slave just closed still holds output, so the
+// end of a session's output was lost (test/exec/sessions.test.ts). This reader polls a dup of the master and
+// reads until EAGAIN; only EIO (no slave left, nothing buffered: n_tty_read) or 0 ends it.
+
+#include <uv.h>
+
+#define PTY_CHUNK (64 * 1024)
+#define PTY_READS_PER_WAKE 16
+
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context async;
+  int fd;
+  bool paused, ended, closing;
+} pty_reader;
+
+static void free_reader(uv_handle_t *handle) {
+  pty_reader *r = handle->data;
+  if (r->fd >= 0) close(r->fd);
+  napi_delete_reference(r->env, r->callback);
+  napi_async_destroy(r->env, r->async);
+  free(r);
+}
+
+// cb(Buffer) for data, cb(null) once at the end.
+static void reader_emit(pty_reader *r, const char *data, ssize_t len) {
+  napi_env env = r->env;
+  napi_handle_scope scope;
+  napi_value cb, recv, arg, ignored;
+  napi_open_handle_scope(env, &scope);
+  napi_get_reference_value(env, r->callback, &cb);
+  napi_get_global(env, &recv);
+  if (data) {
+    void *copy;
+    napi_create_buffer_copy(env, (size_t)len, data, &copy, &arg);
+  } else {
+    napi_get_null(env, &arg);
+  }
+  napi_make_callback(env, r->async, recv, cb, 1, &arg, &ignored);
+  napi_close_handle_scope(env, scope);
+}
+
+static void reader_end(pty_reader *r) {
+  if (r->ended) return;
+  r->ended = true;
+  uv_poll_stop(&r->poll);
+  reader_emit(r, NULL, 0);
+}
+
+static void on_pty_readable(uv_poll_t *handle, int status, int events) {
+  (void)events;
+  pty_reader *r = handle->data;
+  static char buf[PTY_CHUNK];  // the loop's thread only
+  if (status < 0) return reader_end(r);
+  for (int i = 0; i < PTY_READS_PER_WAKE && !r->paused && !r->ended && !r->closing; i++) {
+    ssize_t n = read(r->fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n <= 0) return reader_end(r);  // EIO: no slave left and nothing buffered
+    reader_emit(r, buf, n);            // the callback may pause or close us
+  }
+}
+
+static pty_reader *reader_of(napi_env env, napi_value v) {
+  return tx_get_external(env, v, "ptyReader: not a reader");
+}
+
+// ptyReadStart(masterFd, cb) -> reader. Reads a dup of masterFd (made non-blocking; the caller keeps its fd).
+static napi_value js_pty_read_start(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], name, result;
+  int32_t fd;
+  napi_valuetype t;
+  struct uv_loop_s *loop;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || !tx_get_int32(env, argv[0], "ptyReadStart: fd must be an integer", &fd)) return NULL;
+  if (napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) return tx_type_error(env, "ptyReadStart: callback must be a function");
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return tx_throw(env, "ptyReadStart: event loop", EINVAL);
+  pty_reader *r = calloc(1, sizeof *r);
+  if (!r) return tx_throw(env, "ptyReadStart", ENOMEM);
+  r->env = env;
+  r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r->fd < 0 || fcntl(r->fd, F_SETFL, fcntl(r->fd, F_GETFL) | O_NONBLOCK) < 0) {
+    int err = errno;
+    if (r->fd >= 0) close(r->fd);
+    free(r);
+    return tx_throw(env, "ptyReadStart: dup", err);
+  }
+  r->poll.data = r;
+  int rc = uv_poll_init(loop, &r->poll, r->fd);
+  if (rc != 0) {
+    close(r->fd);
+    free(r);
+    return tx_throw(env, "ptyReadStart: uv_poll_init", -rc);
+  }
+  napi_create_reference(env, argv[1], 1, &r->callback);
+  napi_create_string_utf8(env, "tetrix.ptyReader", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &r->async);
+  uv_poll_start(&r->poll, UV_READABLE, on_pty_readable);
+  napi_create_external(env, r, NULL, NULL, &result);
+  return result;
+}
+
+static napi_value reader_call(napi_env env, napi_callback_info info, int what) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  pty_reader *r = argc < 1 ? NULL : reader_of(env, argv[0]);
+  if (!r) return NULL;
+  if (r->closing) return tx_undefined(env);
+  if (what == 0 && !r->paused) {
+    r->paused = true;
+    if (!r->ended) uv_poll_stop(&r->poll);
+  } else if (what == 1 && r->paused) {
+    r->paused = false;
+    if (!r->ended) uv_poll_start(&r->poll, UV_READABLE, on_pty_readable);
+  } else if (what == 2) {
+    r->closing = true;
+    uv_close((uv_handle_t *)&r->poll, free_reader);
+  }
+  return tx_undefined(env);
+}
+
+static napi_value js_pty_read_pause(napi_env env, napi_callback_info info) { return reader_call(env, info, 0); }
+static napi_value js_pty_read_resume(napi_env env, napi_callback_info info) { return reader_call(env, info, 1); }
+static napi_value js_pty_read_close(napi_env env, napi_callback_info info) { return reader_call(env, info, 2); }
+
 void tx_register_exec(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "execProcess", js_exec_process);
   tx_set_function(env, addon, "takeParkedSessions", js_take_parked);
@@ -1044,5 +1175,9 @@ void tx_register_exec(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "sessionParkPair", js_session_park_pair);
   tx_set_function(env, addon, "ptyResize", js_pty_resize);
   tx_set_function(env, addon, "signalSession", js_signal_session);
+  tx_set_function(env, addon, "ptyReadStart", js_pty_read_start);
+  tx_set_function(env, addon, "ptyReadPause", js_pty_read_pause);
+  tx_set_function(env, addon, "ptyReadResume", js_pty_read_resume);
+  tx_set_function(env, addon, "ptyReadClose", js_pty_read_close);
   tx_set_constant(env, constants, "SESSION_PARK_FD", TX_SESSION_PARK_FD);
 }

@@ -11,7 +11,7 @@ import tty from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
-import type { ExecNative, ExitNative, ExitStatus, ExecResult } from '../native';
+import type { ExecNative, ExitNative, ExitStatus, ExecResult, PtyReader } from '../native';
 import type { Launched } from '../workspace/ports';
 import type { WorkspaceRecord } from '../workspace/types';
 import { readPidStartTime } from '../sandbox/proc';
@@ -71,7 +71,7 @@ export interface ExecTargets {
 
 export interface ExecSessionsOptions {
   workspaces: ExecTargets;
-  native: Pick<ExecNative, 'ptyResize' | 'signalSession'> & Pick<ExitNative, 'watchExit' | 'closeFd' | 'pidfdOpen'>;
+  native: Pick<ExecNative, 'ptyResize' | 'signalSession' | 'ptyReadStart' | 'ptyReadPause' | 'ptyReadResume' | 'ptyReadClose'> & Pick<ExitNative, 'watchExit' | 'closeFd' | 'pidfdOpen'>;
   log: Logger;
   detachedTimeoutMs: number;
   replayBytes?: number;
@@ -107,7 +107,7 @@ export class ExecSession {
   private idle: NodeJS.Timeout | undefined;
   private killTimer: NodeJS.Timeout | undefined;
   private pidfd: number;
-  private readonly outputs: Readable[] = [];
+  private readonly outputs: OutputSource[] = [];
   private input: Writable | undefined;
   private outputsOpen = 0;
   private exitSeen: ExitStatus | undefined;
@@ -145,29 +145,32 @@ export class ExecSession {
   /** Wires the process's stdio and exit; output flows from here on. */
   wire(streams: { master?: tty.ReadStream; stdin?: net.Socket; stdout?: net.Socket; stderr?: net.Socket }): void {
     if (streams.master) {
+      // Written through libuv's tty stream, read by native/exec.c's pty reader (see ptyReadStart).
       this.input = streams.master;
-      this.readFrom(streams.master, 'stdout');
+      streams.master.on('error', () => undefined); // EIO once no slave is left: the reader says the end
+      this.readFrom(ptySource(this.owner.o.native, this.masterFd!), 'stdout');
     } else {
       this.input = streams.stdin;
-      this.readFrom(streams.stdout!, 'stdout');
-      this.readFrom(streams.stderr!, 'stderr');
+      streams.stdin!.on('error', () => undefined); // EPIPE once the process is gone
+      this.readFrom(readableSource(streams.stdout!), 'stdout');
+      this.readFrom(readableSource(streams.stderr!), 'stderr');
     }
     this.owner.o.native.watchExit(this.pidfd, (status) => this.onExit(status));
   }
 
-  private readFrom(stream: Readable, name: OutputStream): void {
-    this.outputs.push(stream);
+  private readFrom(source: OutputSource, name: OutputStream): void {
+    this.outputs.push(source);
     this.outputsOpen++;
-    stream.on('data', (chunk: Buffer) => this.onOutput(name, chunk, stream));
-    // A pty master reads EIO once no process holds the slave: that is its end of file.
-    stream.on('error', () => undefined);
-    stream.once('close', () => {
-      this.outputsOpen--;
-      this.maybeFinish();
-    });
+    source.start(
+      (chunk) => this.onOutput(name, chunk),
+      () => {
+        this.outputsOpen--;
+        this.maybeFinish();
+      },
+    );
   }
 
-  private onOutput(name: OutputStream, chunk: Buffer, stream: Readable): void {
+  private onOutput(name: OutputStream, chunk: Buffer): void {
     this.lastOutputAt = Date.now();
     this.ring?.push(chunk);
     if (!this.client) {
@@ -484,6 +487,48 @@ export class ExecSessions {
     log.info({ workspace: workspaceId, session: s.id }, 'terminal session taken back from init');
   }
 
+}
+
+/** One output of a process: a pipe (a Readable) or a pty master (native/exec.c's reader). */
+interface OutputSource {
+  start(onData: (chunk: Buffer) => void, onEnd: () => void): void;
+  pause(): void;
+  resume(): void;
+  destroy(): void;
+}
+
+function readableSource(stream: Readable): OutputSource {
+  return {
+    start: (onData, onEnd) => {
+      stream.on('data', onData);
+      stream.on('error', () => undefined);
+      stream.once('close', onEnd);
+    },
+    pause: () => stream.pause(),
+    resume: () => stream.resume(),
+    destroy: () => stream.destroy(),
+  };
+}
+
+function ptySource(native: ExecSessionsOptions['native'], masterFd: number): OutputSource {
+  let reader: PtyReader | undefined;
+  let ended: (() => void) | undefined;
+  const finish = (): void => {
+    if (reader) native.ptyReadClose(reader);
+    reader = undefined;
+    const end = ended;
+    ended = undefined;
+    end?.();
+  };
+  return {
+    start: (onData, onEnd) => {
+      ended = onEnd;
+      reader = native.ptyReadStart(masterFd, (chunk) => (chunk ? onData(chunk) : finish()));
+    },
+    pause: () => reader && native.ptyReadPause(reader),
+    resume: () => reader && native.ptyReadResume(reader),
+    destroy: finish,
+  };
 }
 
 function streamsOf(r: ExecResult): { master?: tty.ReadStream; stdin?: net.Socket; stdout?: net.Socket; stderr?: net.Socket } {

@@ -51,10 +51,21 @@ export interface ExecNative {
   ptyResize(masterFd: number, rows: number, cols: number): void;
   /** The signal to the session's process group and its leader, while the pidfd says the leader is ours. */
   signalSession(pidfd: number, pid: number, signal: number): void;
+  /** Reads a pty master (a dup of it) on the event loop: onData(Buffer) per chunk, onData(null) once at the
+   *  end (EIO: no slave left and nothing buffered). libuv's own stream reader loses a master's last output. */
+  ptyReadStart(masterFd: number, onData: (chunk: Buffer | null) => void): PtyReader;
+  ptyReadPause(reader: PtyReader): void;
+  ptyReadResume(reader: PtyReader): void;
+  /** Stops reading and closes the dup; no callback after it. */
+  ptyReadClose(reader: PtyReader): void;
 }
+
+/** An opaque handle of native/exec.c's pty reader. */
+export type PtyReader = { readonly __ptyReader: unique symbol };
 
 export const execPart: NativePart<ExecNative> = {
   file: 'native/exec.c',
-  functions: { execProcess: true, takeParkedSessions: true, parkSessions: true, sessionParkPair: true, ptyResize: true, signalSession: true },
+  functions: { execProcess: true, takeParkedSessions: true, parkSessions: true, sessionParkPair: true, ptyResize: true, signalSession: true,
+    ptyReadStart: true, ptyReadPause: true, ptyReadResume: true, ptyReadClose: true },
   constants: ['SESSION_PARK_FD'],
 };
