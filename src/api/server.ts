@@ -7,7 +7,9 @@ import * as protoLoader from '@grpc/proto-loader';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { packageRoot } from '../config/config';
-import type { ProtoGrpcType } from '../generated/agent';
+import type { ProtoGrpcType as AgentProto } from '../generated/agent';
+import type { ProtoGrpcType as ExecProto } from '../generated/exec';
+import type { ExecServiceHandlers } from '../generated/tetrix/agent/v1/ExecService';
 import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceHandlers } from '../generated/tetrix/agent/v1/NodeService';
 import type { ImageServiceHandlers } from '../generated/tetrix/agent/v1/ImageService';
@@ -17,13 +19,16 @@ import { UndecodableRequest } from './handlers';
 
 export const protoRoot = path.join(packageRoot, 'proto');
 export const protoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'agent.proto');
+export const execProtoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'exec.proto');
 export const imagesProtoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'images.proto');
 
 export const loaderOptions: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
 
-export function loadProto(): { definition: protoLoader.PackageDefinition; proto: ProtoGrpcType & ImagesProtoGrpcType } {
-  const definition = protoLoader.loadSync([protoFile, imagesProtoFile], loaderOptions);
-  return { definition, proto: grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType & ImagesProtoGrpcType };
+type ProtoGrpcType = AgentProto & { tetrix: { agent: { v1: ExecProto['tetrix']['agent']['v1'] & ImagesProtoGrpcType['tetrix']['agent']['v1'] } } };
+
+export function loadProto(): { definition: protoLoader.PackageDefinition; proto: ProtoGrpcType } {
+  const definition = protoLoader.loadSync([protoFile, execProtoFile, imagesProtoFile], loaderOptions);
+  return { definition, proto: grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType };
 }
 
 /** What grpc.health.v1 answers for: the whole server ('') and each of Tetrix's services by its full name. */
@@ -37,7 +42,7 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers; node: NodeServiceHandlers; images?: ImageServiceHandlers }): ApiServer {
+export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers; node: NodeServiceHandlers; exec?: ExecServiceHandlers; images?: ImageServiceHandlers }): ApiServer {
   const { definition, proto } = loadProto();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': 4 << 20,
@@ -47,6 +52,7 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
   });
   server.addService(undecodableAsRequests(proto.tetrix.agent.v1.WorkspaceService.service), handlers.workspaces);
   server.addService(undecodableAsRequests(proto.tetrix.agent.v1.NodeService.service), handlers.node);
+  if (handlers.exec) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.ExecService.service), handlers.exec);
   if (handlers.images) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.ImageService.service), handlers.images);
   const health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((name) => [name, 'NOT_SERVING'])));
   health.addToServer(server);
