@@ -71,6 +71,7 @@ void tx_register_idmap(napi_env env, napi_value addon);
 void tx_register_fsops(napi_env env, napi_value addon);
 void tx_register_archive(napi_env env, napi_value addon, napi_value constants);
 void tx_register_extract(napi_env env, napi_value addon);
+void tx_register_overlay(napi_env env, napi_value addon);
 void tx_register_output(napi_env env, napi_value addon, napi_value constants);
 void tx_register_exec(napi_env env, napi_value addon, napi_value constants);
 

@@ -21,6 +21,9 @@ import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, rele
 import { checkHost } from './preflight';
 import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
+import { OciImageStore } from './images/store';
+import { imageHandlers, imageRegistryCheck } from './api/image-api';
+import { listOf, registryMirrorsOf } from './config/config';
 import { openNodeKeyRing } from './crypto/kek-source';
 import { KeyRotation } from './crypto/rotation';
 import { openNodeNetwork, workspaceNetwork } from './workspace/adapters/network';
@@ -59,7 +62,22 @@ async function run(config: Config): Promise<void> {
     keyIdsIn: sealedKeyIdsIn,
   });
   const metrics = new DaemonMetrics();
-  const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind) });
+  let workspaces: WorkspaceService | undefined;
+  // Workspaces per image digest: RemoveImage and the image GC never take an image in use.
+  const imagesInUse = (): Map<string, number> => {
+    const used = new Map<string, number>();
+    for (const r of workspaces?.list() ?? []) used.set(r.status.imageDigest, (used.get(r.status.imageDigest) ?? 0) + 1);
+    return used;
+  };
+  const oci = new OciImageStore({
+    stateDir: config.stateDir,
+    defaultRegistry: config.defaultRegistry,
+    registry: { mirrors: registryMirrorsOf(config.registryMirrors), caFile: config.registryCaFile || undefined, insecureHosts: listOf(config.insecureRegistry), authFile: config.registryAuthFile || undefined },
+    inUse: imagesInUse,
+  });
+  await oci.open();
+  metrics.imageStoreBytes(() => oci.storeBytes());
+  const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind), oci });
   const nodeNetwork = await openNodeNetwork(config);
   const network = workspaceNetwork(nodeNetwork);
   const logStore = new LogStore({ dir: stateLayout(config.stateDir).logs, sealer: keyring, maxBytesPerLog: config.logMaxBytes });
@@ -79,7 +97,8 @@ async function run(config: Config): Promise<void> {
     return 0;
   });
   if (leftovers > 0) metrics.countCleanup('backup_temporary', leftovers);
-  const workspaces = new WorkspaceService({
+  // eslint-disable-next-line prefer-const
+  workspaces = new WorkspaceService({
     stateDir: config.stateDir,
     defaultGraceMs: config.stopGraceMs,
     store,
@@ -101,8 +120,10 @@ async function run(config: Config): Promise<void> {
   const metricsServer = config.metricsListen ? await startMetricsServer(metrics, config.metricsListen) : undefined;
   const limits = { ...config, defaultNetwork: config.defaultNetwork === 'isolated' ? ('ISOLATED' as const) : ('NONE' as const) };
   const audit = createAuditLog(openAuditLogger(config.auditLog, config.stateDir, log, { node: config.nodeId }));
+  const checkImage = imageRegistryCheck(oci, listOf(config.userRegistries), audit);
   const api = createApiServer({
-    workspaces: workspaceHandlers(workspaces, output, limits, audit, log),
+    workspaces: workspaceHandlers(workspaces, output, limits, audit, log, checkImage),
+    images: imageHandlers(oci, imagesInUse, audit, log, checkImage),
     exec: execHandlers(sessions, workspaces, audit, log),
     node: nodeHandlers({
       nodeId: config.nodeId,
@@ -142,6 +163,13 @@ async function run(config: Config): Promise<void> {
   };
   sweepLogs();
   setInterval(sweepLogs, 3600_000).unref();
+  const collectImages = (): void => {
+    oci.collect({ maxAgeMs: config.imageGcMaxAgeMs, maxBytes: config.imageStoreMaxBytes })
+      .then((removed) => removed.length > 0 && log.info({ removed }, 'unused images removed'))
+      .catch((err: unknown) => log.warn({ err: String(err) }, 'image garbage collection failed'));
+  };
+  collectImages();
+  setInterval(collectImages, 3600_000).unref();
 
   let stopping = false;
   const shutdown = async (signal: string): Promise<void> => {

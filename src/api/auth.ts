@@ -280,6 +280,44 @@ export function authorizeRestore(
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Images (ImageService, docs/images.md)
+
+export type ImageAction = 'pull' | 'list' | 'remove';
+
+/** Operators may do anything. A user may pull: a StartWorkspace naming a reference pulls it anyway, and the
+ *  store's GC bounds what pulls cost. Listing (references may name other teams' images) and removing are
+ *  the operators'. */
+export function decideImageAccess(principal: Principal | undefined, action: ImageAction): AccessDecision {
+  if (!principal) return { allow: false, code: 'UNAUTHENTICATED', reason: 'no credentials' };
+  if (principal.kind === 'operator') return { allow: true, reason: 'node operator' };
+  if (action === 'pull') return { allow: true, reason: 'users may pull' };
+  return { allow: false, code: 'PERMISSION_DENIED', reason: 'node operators only' };
+}
+
+export function authorizeImageAccess(principal: Principal | undefined, action: ImageAction, image: string, audit: AuditLog): void {
+  const d = decideImageAccess(principal, action);
+  audit.record({ who: describePrincipal(principal), action: `image.${action}`, ...(image ? { image } : {}), decision: d.allow ? 'allow' : 'deny', reason: d.reason, via: 'grpc' });
+  if (d.allow) return;
+  throw d.code === 'UNAUTHENTICATED' ? new DomainError('UNAUTHENTICATED', 'credentials required') : new DomainError('PERMISSION_DENIED', `image: ${action}: node operators only`);
+}
+
+/** --user-registries: the registries a user may name in an image (empty: any). Operators may name any. */
+export function decideImageRegistry(principal: Principal | undefined, registry: string, allowed: readonly string[]): AccessDecision {
+  if (!principal) return { allow: false, code: 'UNAUTHENTICATED', reason: 'no credentials' };
+  if (principal.kind === 'operator' || allowed.length === 0) return { allow: true, reason: principal.kind === 'operator' ? 'node operator' : 'any registry' };
+  if (allowed.includes(registry)) return { allow: true, reason: 'an allowed registry' };
+  return { allow: false, code: 'PERMISSION_DENIED', reason: `registry ${registry} is not in --user-registries` };
+}
+
+export function authorizeImageRegistry(principal: Principal | undefined, image: string, registry: string, allowed: readonly string[], audit: AuditLog): void {
+  const d = decideImageRegistry(principal, registry, allowed);
+  if (d.allow && allowed.length === 0) return; // nothing decided: no audit line per start
+  audit.record({ who: describePrincipal(principal), action: 'image.registry', image, decision: d.allow ? 'allow' : 'deny', reason: d.reason, via: 'grpc' });
+  if (d.allow) return;
+  throw d.code === 'UNAUTHENTICATED' ? new DomainError('UNAUTHENTICATED', 'credentials required') : new DomainError('PERMISSION_DENIED', `image: users may not pull from ${registry} on this node`);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // gRPC: one interceptor per port
 
 type AuthContext = ReturnType<grpc.ServerInterceptingCallInterface['getAuthContext']>;

@@ -36,5 +36,6 @@ export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
     seccompProfile: spec.seccompProfile,
     restoredFrom: status.restoredFrom,
     source: spec.source,
+    imageDigest: status.imageDigest,
   };
 }

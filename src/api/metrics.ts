@@ -105,6 +105,16 @@ export class DaemonMetrics {
   }
 
   /** kind names the resource: cgroup, mount, workspace_dir, netns, veth, nft_element, id_range, ... */
+  /** tetrix_image_store_bytes: file bytes in the OCI layer store (src/images), read at each scrape. */
+  imageStoreBytes(read: () => Promise<number>): void {
+    new Gauge({
+      name: 'tetrix_image_store_bytes', help: 'Bytes of file data in the unpacked OCI layer store', registers: [this.registry],
+      async collect() {
+        this.set(await read());
+      },
+    });
+  }
+
   countCleanup(kind: string, count = 1): void {
     this.cleanups.inc({ kind }, count);
   }

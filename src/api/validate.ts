@@ -5,6 +5,7 @@ import { invalidArgument } from '../errors';
 import type { StartWorkspaceRequest__Output } from '../generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { Task__Output } from '../generated/tetrix/agent/v1/Task';
 import type { NetworkMode, Resources, TaskSpec, WorkspaceSpec } from '../workspace/types';
+import { looksLikeReference } from '../images/reference';
 
 export interface Limits {
   maxMemoryBytes: number;
@@ -134,7 +135,9 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
     if (tasks.length > 64) throw invalidArgument('tasks', 'more than 64 tasks');
   }
   if (req.image === '') throw invalidArgument('image', 'is required');
-  if (req.image.length > 256 || req.image.includes('\0')) throw invalidArgument('image', 'is not an image name');
+  if (req.image.length > 512 || req.image.includes('\0')) throw invalidArgument('image', 'is not an image name');
+  // An OCI image may bring its own command (Entrypoint + Cmd) and working directory (WorkingDir).
+  const oci = looksLikeReference(req.image);
   if (req.restoreFrom !== '' && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.restoreFrom)) throw invalidArgument('restore_from', 'is not a backup id');
   if (req.seccompProfile !== '' && !NAME.test(req.seccompProfile)) throw invalidArgument('seccomp_profile', `must match ${NAME.source}`);
   return {
@@ -143,7 +146,7 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
     teamId: principal('team_id', req.teamId, kind === 'PREBUILD'),
     kind,
     image: req.image,
-    command: argv('command', req.command, kind === 'REGULAR'),
+    command: argv('command', req.command, kind === 'REGULAR' && (!oci || req.command.length > 0)),
     env: env('env', req.env),
     resources: resources(req.resources, limits),
     network,
@@ -152,8 +155,17 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
     seccompProfile: req.seccompProfile,
     tasks,
     source: { repositoryUrl: req.source?.repositoryUrl ?? '', revision: req.source?.revision ?? '' },
-    workingDir: dirInside('working_dir', req.workingDir),
+    workingDir: oci && req.workingDir === '' ? '' : dirInside('working_dir', req.workingDir),
+    ...(req.user !== '' ? { user: userField(req.user) } : {}),
   };
+}
+
+const USER_PART = '[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}';
+const USER = new RegExp(`^${USER_PART}(:${USER_PART})?$`);
+
+function userField(value: string): string {
+  if (!USER.test(value)) throw invalidArgument('user', 'must be NAME[:GROUP] or UID[:GID]');
+  return value;
 }
 
 export function gracePeriod(ms: number): number {

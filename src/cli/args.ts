@@ -43,7 +43,7 @@ const GLOBAL: Record<string, Flag> = {
 };
 
 const START_FLAGS: Record<string, Flag> = {
-  image: { type: 'string', value: 'IMAGE', help: 'builtin:busybox (default), or an image directory name' },
+  image: { type: 'string', value: 'IMAGE', help: 'builtin:busybox (default), an image directory name, or an OCI reference (registry/repo:tag)' },
   owner: { type: 'string', value: 'USER', help: 'the owning user (default $USER)' },
   team: { type: 'string', value: 'TEAM', help: 'the owning team' },
   memory: { type: 'string', value: 'SIZE', help: 'memory limit: bytes or 512M, 1.5G, 2GiB (binary units); default none' },
@@ -52,7 +52,8 @@ const START_FLAGS: Record<string, Flag> = {
   pids: { type: 'string', value: 'N', help: 'process limit (default: the node\'s)' },
   env: { type: 'string', multiple: true, value: 'KEY=VALUE', help: 'an environment variable; repeatable' },
   network: { type: 'string', value: 'none|isolated', help: 'no network, or the isolated workspace network (default: the node\'s)' },
-  workdir: { type: 'string', value: 'DIR', help: 'working directory inside (default /workspace)' },
+  workdir: { type: 'string', value: 'DIR', help: 'working directory inside (default: the image\'s WorkingDir, else /workspace)' },
+  user: { type: 'string', value: 'USER', help: 'run as NAME[:GROUP] or UID[:GID] inside (default: the image\'s User, else root)' },
   'restore-from': { type: 'string', value: 'BACKUP', help: 'start from this backup\'s content' },
   'seccomp-profile': { type: 'string', value: 'NAME', help: 'a seccomp profile from the node\'s profiles directory' },
   port: { type: 'string', multiple: true, value: 'N', help: 'a port to expose (isolated network); repeatable' },
@@ -116,6 +117,9 @@ export const COMMANDS: Command[] = [
     tail: { type: 'string', value: 'N', help: 'only the last N lines (not with --follow)' },
     timestamps: { type: 'boolean', help: 'start each line with the time it was written (RFC 3339)' },
   } },
+  { name: 'pull', synopsis: 'IMAGE', summary: 'pull an OCI image (progress per layer on a terminal; JSON lines with --output json)', args: { names: ['IMAGE'], required: 1 }, flags: {} },
+  { name: 'images', synopsis: '', summary: 'the OCI images this node holds', args: { names: [], required: 0 }, flags: {} },
+  { name: 'rmi', synopsis: 'IMAGE', summary: 'remove an OCI image (refused while a workspace uses it)', args: { names: ['IMAGE'], required: 1 }, flags: {} },
   ...EXEC_COMMANDS,
   { name: 'info', synopsis: '', summary: 'the node: id, version, cgroup mode', args: { names: [], required: 0 }, flags: {} },
   { name: 'help', synopsis: '[COMMAND]', summary: 'this help, or a command\'s', args: { names: ['COMMAND'], required: 0 }, flags: {} },

@@ -7,11 +7,13 @@ import { loadProto } from '../api/server';
 import type { WorkspaceServiceClient } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceClient } from '../generated/tetrix/agent/v1/NodeService';
 import type { ExecServiceClient } from '../generated/tetrix/agent/v1/ExecService';
+import type { ImageServiceClient } from '../generated/tetrix/agent/v1/ImageService';
 
 export interface Clients {
   workspaces: WorkspaceServiceClient;
   node: NodeServiceClient;
   exec: ExecServiceClient;
+  images: ImageServiceClient;
   close(): void;
 }
 
@@ -29,10 +31,12 @@ export function connect(opts: ConnectOptions): Clients {
   const workspaces = new v1.WorkspaceService(target, creds);
   const node = new v1.NodeService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
   const exec = new v1.ExecService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
+  const images = new v1.ImageService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
   return {
     workspaces,
     node,
     exec,
+    images,
     close: () => {
       workspaces.close();
     },

@@ -19,6 +19,9 @@ import type { TeardownWorkspaceResponse__Output } from '../generated/tetrix/agen
 import type { ListWorkspacesResponse__Output } from '../generated/tetrix/agent/v1/ListWorkspacesResponse';
 import type { Workspace__Output } from '../generated/tetrix/agent/v1/Workspace';
 import type { StartWorkspaceRequest } from '../generated/tetrix/agent/v1/StartWorkspaceRequest';
+import { pull } from './pull';
+import { images } from './images';
+import { rmi } from './rmi';
 import { socketPathOf } from './socket';
 
 const str = (inv: Invocation, name: string): string | undefined => inv.values[name] as string | undefined;
@@ -43,6 +46,7 @@ function startRequest(inv: Invocation): StartWorkspaceRequest {
     },
     network: network === undefined ? 'NETWORK_MODE_UNSPECIFIED' : `NETWORK_MODE_${oneOf('--network', network, ['none', 'isolated'] as const).toUpperCase()}` as StartWorkspaceRequest['network'],
     workingDir: str(inv, 'workdir') ?? '',
+    user: str(inv, 'user') ?? '',
     restoreFrom: str(inv, 'restore-from') ?? '',
     seccompProfile: str(inv, 'seccomp-profile') ?? '',
     ports: list(inv, 'port').map((p) => integer('--port', p, 1, 65535)),
@@ -332,6 +336,12 @@ function prepare(inv: Invocation, json: boolean): Action {
     }
     case 'watch':
       return (c) => watch(c, inv, json);
+    case 'pull':
+      return (c) => pull(c, inv.args[0], json);
+    case 'images':
+      return (c) => images(c, json, table);
+    case 'rmi':
+      return (c) => rmi(c, inv.args[0], json);
     default:
       return execAction(inv, json) ?? unknownCommand(inv);
   }

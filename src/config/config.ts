@@ -61,6 +61,14 @@ export interface Config {
   readonly s3Prefix: string;        //     credentials come from the AWS SDK's usual chain
   readonly s3Endpoint: string;
   readonly s3Region: string;
+  readonly defaultRegistry: string;   // host[:port] short image names (node:20) resolve through; '' = refuse them
+  readonly registryMirrors: string;   // REGISTRY=MIRROR pairs, comma-separated, tried in order before the registry
+  readonly registryCaFile: string;    // PEM trusted for registries beside the system roots
+  readonly insecureRegistry: string;  // host:port list spoken to over plain HTTP (Docker's insecure-registries)
+  readonly registryAuthFile: string;  // Docker config.json (0600) with registry credentials
+  readonly userRegistries: string;    // host[:port] list users may name in an image ('' = any); operators any
+  readonly imageGcMaxAgeMs: number;   // unused images older than this are removed (0 = never by age)
+  readonly imageStoreMaxBytes: number; // least recently used images go while the layer store is above this (0 = no limit)
   /** kekSource, kmsTokenFile and kmsCaFile, validated as one. */
   readonly kek: KekSource;
 }
@@ -135,6 +143,14 @@ export function defaults(): Config {
     s3Prefix: '',
     s3Endpoint: '',
     s3Region: 'us-east-1',
+    defaultRegistry: '',
+    registryMirrors: '',
+    registryCaFile: '',
+    insecureRegistry: '',
+    registryAuthFile: '',
+    userRegistries: '',
+    imageGcMaxAgeMs: 30 * 24 * 3600 * 1000,
+    imageStoreMaxBytes: 0,
     kek: { kind: 'state-dir' },
   };
 }
@@ -145,13 +161,14 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'imageGcMaxAgeMs', 'imageStoreMaxBytes'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
   'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
+  'defaultRegistry', 'registryMirrors', 'registryCaFile', 'insecureRegistry', 'registryAuthFile', 'userRegistries',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 /** Settings that were replaced: naming them says what to use instead. */
@@ -264,7 +281,15 @@ function validate(c: Config): Config {
   for (const key of ['metricsListen', 'apiListen', 'endpointListen'] as const) {
     if (c[key] !== '' && !/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/.test(c[key])) throw new ConfigError(`${key}: expected host:port, got "${c[key]}"`);
   }
-  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile', 'kmsCaFile'] as const) {
+  if (c.defaultRegistry !== '' && !/^[A-Za-z0-9.-]+(:\d{1,5})?$/.test(c.defaultRegistry)) throw new ConfigError(`defaultRegistry: expected host[:port], got "${c.defaultRegistry}"`);
+  registryMirrorsOf(c.registryMirrors);
+  for (const host of listOf(c.insecureRegistry)) {
+    if (!/^[A-Za-z0-9.-]+:\d{1,5}$/.test(host)) throw new ConfigError(`insecureRegistry: expected host:port, got "${host}"`);
+  }
+  for (const host of listOf(c.userRegistries)) {
+    if (!/^[A-Za-z0-9.-]+(:\d{1,5})?$/.test(host)) throw new ConfigError(`userRegistries: expected host[:port], got "${host}"`);
+  }
+  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile', 'kmsCaFile', 'registryCaFile', 'registryAuthFile'] as const) {
     if (c[key] !== '' && !path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
   }
   if ((c.tlsCertFile === '') !== (c.tlsKeyFile === '') || (c.tlsCertFile !== '' && c.tlsCaFile === '')) {
@@ -364,6 +389,17 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   const out: Record<string, unknown> = { ...base };
   for (const [key, value] of Object.entries(merged)) out[key] = coerce(key, value);
   return Object.freeze(validate(out as unknown as Config));
+}
+
+/** registryMirrors as registry -> mirrors in order ("docker.io=m1:5000,docker.io=m2:5000"). */
+export function registryMirrorsOf(value: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const pair of listOf(value)) {
+    const m = /^([A-Za-z0-9.-]+(?::\d{1,5})?)=([A-Za-z0-9.-]+(?::\d{1,5})?)$/.exec(pair);
+    if (!m) throw new ConfigError(`registryMirrors: expected REGISTRY=MIRROR (host[:port] each), got "${pair}"`);
+    out.set(m[1], [...(out.get(m[1]) ?? []), m[2]]);
+  }
+  return out;
 }
 
 /** A comma-separated config value as a list. */

@@ -16,6 +16,7 @@ import { mountPart, type MountNative } from './mount';
 import { netPart, type NetNative } from './net';
 import { notifyPart, type NotifyNative } from './notify';
 import { outputPart, type OutputNative } from './output';
+import { overlayPart, type OverlayNative } from './overlay';
 import { seccompPart, type SeccompNative } from './seccomp';
 import { spawnPart, type SpawnNative } from './spawn';
 
@@ -31,18 +32,19 @@ export type * from './mount';
 export type * from './net';
 export type * from './notify';
 export type * from './output';
+export type * from './overlay';
 export type * from './seccomp';
 export type * from './spawn';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart, exec: execPart,
+  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older

@@ -82,8 +82,11 @@ export function nodeBuilderId(nodeId: string): string {
   return BUILDER_ID_PREFIX + encodeURIComponent(nodeId);
 }
 
-/** A ResourceURI for an image ref: refs that are URIs already ("builtin:busybox") stay; paths become file URLs. */
+/** A ResourceURI for an image ref: OCI references become oci://REF; refs that are URIs already
+ *  ("builtin:busybox") stay; paths become file URLs. */
 export function imageResourceUri(ref: string): string {
+  // An OCI reference (registry[:port]/repo...) before the scheme rule: "localhost:5000/app" is no URI.
+  if (/^[A-Za-z0-9.-]+(:\d+)?\/[^/]/.test(ref)) return `oci://${ref}`;
   if (/^[a-z][a-z0-9+.-]*:/.test(ref)) return ref;
   if (ref.startsWith('/')) return pathToFileURL(ref).href;
   if (ref === '') throw invalidArgument('image.ref', 'must not be empty');

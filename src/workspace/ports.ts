@@ -11,6 +11,8 @@ export { NativeError } from '../native';
 export interface ImageRef {
   readonly reference: string;
   readonly digest: string;
+  /** An OCI image's config (src/images): what its workload starts from unless the request overrides it. */
+  readonly config?: ImageRunConfig;
 }
 
 /** Files the workspace's /etc needs before it starts (resolv.conf, hosts), relative to its root. */
@@ -28,11 +30,14 @@ export interface WorkloadLaunch {
   output: { stdoutFd: number; stderrFd: number; outputReadFds?: [number, number]; tasksFd?: number };
   /** Hold the workload at init's gate until release(): nothing of it runs before (an ISOLATED veth). */
   holdAtGate: boolean;
+  /** NAME[:GROUP] or UID[:GID] inside the workspace, resolved in its rootfs; '' or absent = root. */
+  user?: string;
 }
 
 /** A workspace's files are named by its id: the sandbox knows where they live (src/layout.ts). */
 export interface Sandbox {
-  /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name. */
+  /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name; an OCI reference is pulled if
+   *  the node does not hold it (src/images). */
   resolveImage(image: string): Promise<ImageRef>;
   /** INVALID_ARGUMENT for an unknown seccomp profile name ('' = the default). */
   checkSeccompProfile(profile: string): void;
@@ -57,6 +62,15 @@ export interface Sandbox {
   initExitRecord(workspaceId: string): InitExitRecord;
   /** Removes what no record accounts for (after a crash). */
   sweep(liveIds: Set<string>): Promise<void>;
+}
+
+/** What an OCI image's config says about its workload (image-spec config.md); the request overrides it. */
+export interface ImageRunConfig {
+  env: string[];        // KEY=VALUE
+  entrypoint: string[];
+  cmd: string[];
+  workingDir: string;
+  user: string;
 }
 
 export interface WorkspaceNetwork {

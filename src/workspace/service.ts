@@ -11,7 +11,7 @@ import { workspaceDir, workspaceLayout } from '../layout';
 import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork } from './ports';
+import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type ImageRunConfig, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
@@ -133,7 +133,8 @@ export class WorkspaceService {
       }
       return existing;
     }
-    return this.exclusive(spec.id, () => this.startSlots(() => this.create(spec, digest, access.authorizeRestore)));
+    // A pull of a missing image happens before a start slot is taken: a long download holds up no other start.
+    return this.exclusive(spec.id, () => this.o.sandbox.resolveImage(spec.image).then(() => this.startSlots(() => this.create(spec, digest, access.authorizeRestore))));
   }
 
   async stop(id: string, graceMs: number): Promise<WorkspaceRecord> {
@@ -308,6 +309,7 @@ export class WorkspaceService {
   /** Everything that can refuse the request, checked before anything exists. */
   private async admit(spec: WorkspaceSpec, authorizeRestore: AuthorizeRestore | undefined): Promise<Pick<Starting, 'image' | 'restoring'>> {
     const image = await this.o.sandbox.resolveImage(spec.image);
+    withImageConfig(spec, image.config); // a workload with nothing to run is refused now
     this.o.sandbox.checkSeccompProfile(spec.seccompProfile);
     const restoring = spec.restoreFrom ? await this.openBackup(spec.restoreFrom, authorizeRestore) : undefined;
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
@@ -367,9 +369,11 @@ export class WorkspaceService {
   /** Init starts (held at its gate for an ISOLATED workload); once spawn returned, our output ends close. */
   private async launchWorkload(start: Starting): Promise<Launched> {
     const { spec, status } = start.record;
+    const run = withImageConfig(spec, start.image.config);
     start.launched = await this.o.sandbox.launch({
-      workspaceId: spec.id, uidBase: status.uidBase, argv: workloadArgv(spec), env: spec.env, cwd: spec.workingDir,
+      workspaceId: spec.id, uidBase: status.uidBase, argv: spec.kind === 'PREBUILD' ? [] : run.argv, env: run.env, cwd: run.cwd,
       seccompProfile: spec.seccompProfile, output: start.output!, holdAtGate: holdsAtGate(spec),
+      user: spec.user ?? start.image.config?.user ?? '',
     });
     for (const fd of start.opened.splice(0)) fs.closeSync(fd);
     Object.assign(status, { pid: start.launched.pid, pidStartTime: start.launched.startTime, startedMs: Date.now() });
@@ -601,10 +605,21 @@ export class WorkspaceService {
   }
 }
 
-/** What runs: the request's command, or for a prebuild nothing but init, which asks for each task over
- *  the task channel (src/prebuild/tasks.ts). */
-function workloadArgv(spec: WorkspaceSpec): string[] {
-  return spec.kind === 'PREBUILD' ? [] : spec.command;
+/**
+ * The request over the image's config (as Docker and Kubernetes apply it): a command replaces Entrypoint and
+ * Cmd, request env wins per key over the image's Env, and working_dir over WorkingDir (then /workspace).
+ */
+export function withImageConfig(spec: WorkspaceSpec, image: ImageRunConfig | undefined): { argv: string[]; env: Record<string, string>; cwd: string } {
+  const env: Record<string, string> = {};
+  for (const entry of image?.env ?? []) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  Object.assign(env, spec.env);
+  const argv = spec.command.length > 0 ? spec.command : [...(image?.entrypoint ?? []), ...(image?.cmd ?? [])];
+  if (argv.length === 0 && spec.kind === 'REGULAR') throw new DomainError('INVALID_ARGUMENT', 'command: empty, and the image has no Entrypoint or Cmd');
+  const cwd = spec.workingDir || (image?.workingDir && image.workingDir.startsWith('/') ? image.workingDir : '') || '/workspace';
+  return { argv, env, cwd };
 }
 
 /** An isolated workload waits at init's gate until its veth is attached. Everything else it needs (cgroups,

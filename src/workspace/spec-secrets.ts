@@ -31,6 +31,7 @@ export const SPEC_SECRETS: Classification<WorkspaceSpec> = {
   tasks: [{ name: 'public', command: 'public', workingDir: 'public', env: 'secret' }],
   source: { repositoryUrl: 'public', revision: 'public' },
   workingDir: 'public',
+  user: 'public',
 };
 
 type Tree = Record<string, unknown>;

@@ -29,6 +29,7 @@ export interface WorkspaceSpec {
   tasks: TaskSpec[];
   source: { repositoryUrl: string; revision: string };
   workingDir: string;
+  user?: string;                 // NAME[:GROUP] or UID[:GID] inside the workspace; absent: the image's User, else root
 }
 
 export interface TaskStatus {

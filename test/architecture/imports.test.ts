@@ -18,6 +18,7 @@ const LAYERS: string[][] = [
   ['exec/'],                                         // exec and terminal sessions in running workspaces
   ['workspace/'],                                    // the lifecycle, its records, ports and their adapters
   ['prebuild/'],                                     // tasks channel, provenance (a service the lifecycle uses)
+  ['images/'],                                       // OCI images: registry client, layer store, pulls
   ['sandbox/', 'network/', 'content/', 'logs/'],     // the mechanisms, independent of each other
   ['crypto/'],                                       // keys, the streaming AEAD, sealing, the PKI
   ['config/', 'state-dir.ts', 'node-flags.ts'],      // one validated config; the state dir's lock and claims

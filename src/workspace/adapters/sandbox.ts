@@ -17,6 +17,8 @@ import { Launcher, readInitExitRecord, type LaunchSpec } from '../../sandbox/lau
 import { initBinaryPath, native } from '../../native';
 import { prepareRootfs, releaseRootfs, unmountRootfs, writeRootfsFiles, type ImageOwnership } from '../../sandbox/rootfs';
 import { SeccompProfiles } from '../../sandbox/seccomp';
+import { looksLikeReference } from '../../images/reference';
+import type { OciImageStore } from '../../images/store';
 
 export interface NodeSandbox extends Sandbox {
   readonly cgroupMode: string;
@@ -36,7 +38,7 @@ function installInit(stateDir: string): string {
   return target;
 }
 
-export async function createSandbox(config: Config, log: Logger, hooks: { onCleanup?: (kind: string) => void } = {}): Promise<NodeSandbox> {
+export async function createSandbox(config: Config, log: Logger, hooks: { onCleanup?: (kind: string) => void; oci?: OciImageStore } = {}): Promise<NodeSandbox> {
   const cgroups: CgroupDriver = detectCgroupDriver(config.cgroupParent, config.cgroupRoot);
   const cleaned = (kind: string): void => hooks.onCleanup?.(kind);
   const images = new ImageStore({ stateDir: config.stateDir, imagesDir: config.imagesDir });
@@ -58,14 +60,22 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     return p;
   };
   // Where each resolved image's tree is: the lifecycle holds the ImageRef, never the path.
-  const imageDirs = new WeakMap<ImageRef, string>();
+  const imageDirs = new WeakMap<ImageRef, string | string[]>();
   const resolveImage = async (image: string): Promise<ImageRef> => {
+    // Registry references (src/images): the layers' dirs, top first; names without '/', ':' or '@' stay
+    // operator directories.
+    if (looksLikeReference(image) && hooks.oci) {
+      const oci = await hooks.oci.resolve(image);
+      const ref: ImageRef = { reference: image, digest: oci.digest, config: oci.config };
+      imageDirs.set(ref, oci.lowerDirs);
+      return ref;
+    }
     const resolved = await resolve(image);
     const ref: ImageRef = { reference: image, digest: resolved.digest };
     imageDirs.set(ref, resolved.rootfs);
     return ref;
   };
-  const imageDirOf = (image: ImageRef): string => {
+  const imageDirOf = (image: ImageRef): string | string[] => {
     const dir = imageDirs.get(image);
     if (dir === undefined) throw new Error(`image ${image.reference}: not resolved by this sandbox`);
     return dir;
