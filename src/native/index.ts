@@ -10,7 +10,9 @@ import { channelPart, type ChannelNative } from './channel';
 import { exitPart, type ExitNative } from './exit';
 import { extractPart, type ExtractNative } from './extract';
 import { fsopsPart, type FsOpsNative } from './fsops';
+import { fscryptPart, type FscryptNative } from './fscrypt';
 import { idmapPart, type IdmapNative } from './idmap';
+import { loopPart, type LoopNative } from './loop';
 import { mountPart, type MountNative } from './mount';
 import { netPart, type NetNative } from './net';
 import { notifyPart, type NotifyNative } from './notify';
@@ -24,7 +26,9 @@ export type * from './channel';
 export type * from './exit';
 export type * from './extract';
 export type * from './fsops';
+export type * from './fscrypt';
 export type * from './idmap';
+export type * from './loop';
 export type * from './mount';
 export type * from './net';
 export type * from './notify';
@@ -33,14 +37,14 @@ export type * from './seccomp';
 export type * from './spawn';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & LoopNative & FscryptNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart,
+  archive: archivePart, extract: extractPart, loop: loopPart, fscrypt: fscryptPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older
@@ -84,3 +88,5 @@ export const archiveWalk: ArchiveWalkNative = native;
 export const extract: ExtractNative = native;
 export const netNative: NetNative = native;
 export const seccompNative: SeccompNative = native;
+export const loopNative: LoopNative = native;
+export const fscryptNative: FscryptNative = native;
