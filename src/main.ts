@@ -27,6 +27,7 @@ import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './workspace/adapters/provenance';
 import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from './crypto/secrets';
+import { defaultDisk, openWorkspaceVolumes } from './storage/open';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -53,6 +54,8 @@ async function run(config: Config): Promise<void> {
     open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),
     reseal: (sealed, aad) => resealSecret(keyring, sealed, aad),
     keyIdsIn: sealedKeyIdsIn,
+    sealBytes: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
+    openBytes: (sealed, aad) => openSecret(keyring, sealed, aad),
   });
   const metrics = new DaemonMetrics();
   const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind) });
@@ -75,6 +78,9 @@ async function run(config: Config): Promise<void> {
     return 0;
   });
   if (leftovers > 0) metrics.countCleanup('backup_temporary', leftovers);
+  const volumes = openWorkspaceVolumes(config, {
+    put: (id, key) => store.putDiskKey(id, key), get: (id) => store.diskKey(id), erase: (id) => store.eraseDiskKey(id),
+  }, log);
   const workspaces = new WorkspaceService({
     stateDir: config.stateDir,
     defaultGraceMs: config.stopGraceMs,
@@ -82,11 +88,12 @@ async function run(config: Config): Promise<void> {
     sandbox,
     log,
     specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
-    defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids },
+    defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids, ...defaultDisk(config) },
     network,
     logs: output,
     backups,
     provenance: provenancePublisher(storage, signingKey, { nodeId: config.nodeId, version }),
+    ...(volumes ? { storage: volumes } : {}),
   });
   output.onTaskEvent = (id, event) => workspaces.onTaskEvent(id, event);
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));
@@ -150,6 +157,7 @@ async function run(config: Config): Promise<void> {
     // Names are held for the workspaces that outlive the daemon; with none left, nothing needs them.
     const holdsWorkspaces = workspaces.list().length > 0;
     workspaces.close();
+    volumes?.stop();
     await nodeNetwork?.close();
     store.close();
     kek.close();

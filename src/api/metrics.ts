@@ -30,6 +30,7 @@ export class DaemonMetrics {
   private readonly oomKills: Counter;
   private readonly cleanups: Counter<'kind'>;
   private readonly byState: Gauge<'state'>;
+  private readonly diskUsed: Gauge<'workspace'>;
   /** The last state seen per workspace, to act on transitions only (a record is announced more than once). */
   private readonly lastState = new Map<string, State>();
   /** When a stop began (STOPPING seen); the record itself keeps no such time. */
@@ -87,6 +88,20 @@ export class DaemonMetrics {
       registers,
       collect: () => this.countByState(),
     });
+    this.diskUsed = new Gauge({
+      name: 'tetrix_workspace_disk_used_bytes',
+      help: 'Bytes in use on each workspace volume (src/storage); its limit is the workspace\'s resources.disk_bytes',
+      labelNames: ['workspace'],
+      registers,
+      collect: () => this.collectDiskUsage(),
+    });
+  }
+
+  private collectDiskUsage(): void {
+    this.diskUsed.reset();
+    for (const record of this.source?.list() ?? []) {
+      if (record.status.disk) this.diskUsed.set({ workspace: record.spec.id }, record.status.disk.usedBytes);
+    }
   }
 
   /** Follows the lifecycle of source from now on (one source; created before it, so the sandbox can count cleanups). */

@@ -11,7 +11,7 @@ import { DomainError } from '../errors';
 import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, InitExitRecord, Launched, OpenedOutput, ProcessExit, Sandbox, WorkloadSignal, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
+import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, InitExitRecord, Launched, OpenedOutput, ProcessExit, Sandbox, WorkloadSignal, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork, WorkspaceStorage } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
@@ -28,6 +28,7 @@ export interface WorkspaceServiceOptions {
   network?: WorkspaceNetwork;
   backups?: WorkspaceBackups;
   provenance?: ProvenancePublisher;
+  storage?: WorkspaceStorage;   // encrypted, size-limited volumes (src/storage); without it, plain dirs
 }
 
 interface Runtime {
@@ -45,7 +46,7 @@ const PREBUILD_INTERRUPTED = 'prebuild interrupted by a daemon restart: its task
  * Where the crash tests kill the daemon (TETRIX_TEST_CRASH_AT=<point>): each is a moment where a
  * half-done operation must be finished or undone by recover(). A no-op unless that variable names it.
  */
-export type CrashPoint = 'after-ids' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown' | 'mid-backup';
+export type CrashPoint = 'after-ids' | 'after-volume' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown' | 'mid-backup' | 'after-key-erase';
 const crashAt = process.env.TETRIX_TEST_CRASH_AT;
 function crashPoint(point: CrashPoint): void {
   if (crashAt === point) process.kill(process.pid, 'SIGKILL');
@@ -60,6 +61,8 @@ function withDefaultResources(spec: WorkspaceSpec, defaults: Resources): Workspa
       memoryBytes: r.memoryBytes || defaults.memoryBytes,
       cpuMillis: r.cpuMillis || defaults.cpuMillis,
       pids: r.pids || defaults.pids,
+      diskBytes: r.diskBytes || defaults.diskBytes,
+      diskInodes: r.diskInodes || defaults.diskInodes,
     },
   };
 }
@@ -88,7 +91,7 @@ export class WorkspaceService {
   get(id: string): WorkspaceRecord {
     const record = this.records.get(id);
     if (!record) throw new DomainError('NOT_FOUND', `workspace "${id}" not found`);
-    return record;
+    return this.withDiskUsage(record);
   }
 
   find(id: string): WorkspaceRecord | undefined {
@@ -96,7 +99,14 @@ export class WorkspaceService {
   }
 
   list(): WorkspaceRecord[] {
-    return [...this.records.values()];
+    return [...this.records.values()].map((r) => this.withDiskUsage(r));
+  }
+
+  /** The volume's usage as of now (statfs, no I/O), or as it was when it closed. */
+  private withDiskUsage(record: WorkspaceRecord): WorkspaceRecord {
+    const disk = this.o.storage?.usage(record.spec.id);
+    if (disk) record.status.disk = disk;
+    return record;
   }
 
   workspaceDir(id: string): string {
@@ -197,7 +207,7 @@ export class WorkspaceService {
     const wsDir = this.workspaceDir(id);
     const began = Date.now();
     if (crashAt === 'mid-backup') setTimeout(() => crashPoint('mid-backup'), 30);
-    const result = await backups.backup(
+    const result = await this.withVolume(id, () => backups.backup(
       { content: path.join(wsDir, 'content'), ...(opts.includeUpper ? { upper: path.join(wsDir, 'upper') } : {}) },
       {
         uidBase: record.status.uidBase,
@@ -207,10 +217,15 @@ export class WorkspaceService {
         ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
       },
-    );
+    ));
     this.events.emit('backup', { workspaceId: id, seconds: (Date.now() - began) / 1000, bytes: result.size });
     this.o.log.info({ workspace: id, backup: result.backupId, size: result.size }, 'backup stored');
     return result;
+  }
+
+  /** A stopped workspace's volume is closed: a backup opens it for as long as it reads. */
+  private withVolume<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.o.storage ? this.o.storage.whileOpen(id, this.workspaceDir(id), fn) : fn();
   }
 
   private holdForBackup<T>(id: string, backup: Promise<T>): Promise<T> {
@@ -245,6 +260,7 @@ export class WorkspaceService {
       }
     }
     await this.o.sandbox.sweep(new Set(this.records.keys()), this.o.stateDir);
+    await this.o.storage?.sweep(new Set(this.records.keys()));
     await this.o.network?.reconcile([...this.records.keys()]);
   }
 
@@ -287,6 +303,7 @@ export class WorkspaceService {
       const restore = restoring
         ? async (dirs: { upper: string; content: string }): Promise<void> => {
             const target = restoring.roots.includes('upper') ? dirs : { content: dirs.content };
+            this.o.storage?.checkFits(spec.id, { bytes: restoring.bytes ?? 0, files: restoring.files ?? 0 });
             await this.needBackups().restore(spec.restoreFrom, target, { uidBase: record.status.uidBase, expectBinding: restoring.binding ?? null });
             record.status.restoredFrom = spec.restoreFrom;
           }
@@ -294,7 +311,7 @@ export class WorkspaceService {
       // The cgroup is independent of the rootfs, so the two overlap; the output's FIFOs go into the
       // workspace dir the rootfs makes. Both settle before a failure is cleaned up.
       const [{ rootfs, contentDir, output }] = await allSettledOrThrow([
-        sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase, restore).then(async (prepared) => {
+        this.createVolume(spec, wsDir).then(() => sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase, restore)).then(async (prepared) => {
           await this.o.network?.prepare(spec, prepared.rootfs);
           const output = await this.openOutput(spec, record.status.uidBase);
           opened.push(...output.fds);
@@ -334,8 +351,13 @@ export class WorkspaceService {
     }
   }
 
+  private async createVolume(spec: WorkspaceSpec, wsDir: string): Promise<void> {
+    await this.o.storage?.create(spec.id, { bytes: spec.resources.diskBytes, inodes: spec.resources.diskInodes }, wsDir);
+    crashPoint('after-volume');
+  }
+
   /** The access decision on restore_from, then the backup's verified manifest. */
-  private openBackup(backupId: string, authorize: AuthorizeRestore | undefined): Promise<{ roots: string[]; binding: BackupBinding | undefined }> {
+  private openBackup(backupId: string, authorize: AuthorizeRestore | undefined): Promise<{ roots: string[]; binding: BackupBinding | undefined; bytes?: number; files?: number }> {
     // No decision, no restore: a caller that forgot it must not restore anyone's backup.
     if (!authorize) throw new DomainError('INTERNAL', 'restore_from: no access decision was made for this restore');
     return this.needBackups().open(backupId, authorize);
@@ -447,6 +469,8 @@ export class WorkspaceService {
   private async releaseRuntime(record: WorkspaceRecord): Promise<void> {
     await this.releaseNetworkAndCgroup(record.spec.id);
     await this.o.sandbox.unmountRootfs(this.workspaceDir(record.spec.id));
+    this.withDiskUsage(record);
+    await this.o.storage?.close(record.spec.id, this.workspaceDir(record.spec.id));
   }
 
   private async releaseNetworkAndCgroup(id: string): Promise<void> {
@@ -457,8 +481,12 @@ export class WorkspaceService {
   /** Everything, files and id range included. */
   private async releaseAll(record: WorkspaceRecord): Promise<void> {
     await this.releaseNetworkAndCgroup(record.spec.id);
+    // Crypto-erase before any file goes: once the key is gone, what is left of the volume opens for no one.
+    await this.o.storage?.eraseKey(record.spec.id);
+    crashPoint('after-key-erase');
     // Unmounts what is left, then deletes: one pass over mountinfo, not one here and one there.
     await this.o.sandbox.removeWorkspaceDir(this.workspaceDir(record.spec.id));
+    await this.o.storage?.destroy(record.spec.id);
     if (record.status.uidBase) this.o.sandbox.releaseIds(record.status.uidBase);
     record.status.uidBase = 0;
   }

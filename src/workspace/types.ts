@@ -1,4 +1,5 @@
 // The workspace as the node keeps it: what was asked (spec) and what is (status).
+import type { DiskUsage } from '../storage/types';
 
 export type WorkspaceKind = 'REGULAR' | 'PREBUILD';
 export type NetworkMode = 'NONE' | 'ISOLATED';
@@ -9,6 +10,8 @@ export interface Resources {
   memoryBytes: number;   // 0 in a request: the node default; a record always holds the limit in force
   cpuMillis: number;     // 1000 = one core; 0 as above
   pids: number;          // 0 as above
+  diskBytes: number;     // the workspace's volume size (src/storage); 0 as above, and 0 in force on a node without volumes
+  diskInodes: number;    // 0 as above (one per 16 KiB of diskBytes)
 }
 
 // A task is the task channel's unit (src/prebuild/tasks.ts); defined there, named here for the spec.
@@ -62,6 +65,7 @@ export interface WorkspaceStatus {
   tasks: TaskStatus[];
   stopRequested: boolean;
   tearingDown: boolean;
+  disk?: DiskUsage;       // the volume's usage, refreshed on each read (src/storage)
 }
 
 export interface WorkspaceRecord {

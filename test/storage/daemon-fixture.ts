@@ -1,0 +1,75 @@
+// Shared by the storage daemon tests: a daemon with encrypted, size-limited volumes, and the counts of
+// what a volume holds on the node (loop devices, mounts, sealed keys) that must all go back to zero.
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import type { Test } from 'tap';
+import { loopsUnder } from '../../src/storage/loops';
+import { mountsUnder, startDaemon, type Daemon, type DaemonOptions } from '../helpers/daemon';
+
+export const MiB = 2 ** 20;
+
+export const STORAGE_ARGS = [
+  '--storage-backend', 'ext4-fscrypt', '--default-disk-bytes', String(64 * MiB), '--max-disk-bytes', String(256 * MiB),
+  '--storage-pool-size', '2',
+];
+
+export const startStorageDaemon = (t: Test, extra: string[] = [], opts: DaemonOptions = {}): Promise<Daemon> =>
+  startDaemon(t, [...STORAGE_ARGS, ...extra], opts);
+
+export const imageOf = (d: Daemon, id: string): string => path.join(d.stateDir, 'storage', 'images', `${id}.img`);
+export const volumeMount = (d: Daemon, id: string): string => path.join(d.stateDir, 'storage', 'mnt', id);
+
+/** The sealed volume key in the state database (null: erased), read as a second reader of the WAL database. */
+export function sealedDiskKey(d: Daemon, id: string): string | null | undefined {
+  const db = new Database(path.join(d.stateDir, 'state.db'), { readonly: true, fileMustExist: true });
+  try {
+    const row = db.prepare('SELECT disk_key_sealed FROM workspaces WHERE id = ?').get(id) as { disk_key_sealed: string | null } | undefined;
+    return row?.disk_key_sealed;
+  } finally {
+    db.close();
+  }
+}
+
+/** Every file under dir, as paths (for searching the node's disk for bytes that must not be there). */
+export function filesUnder(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (p: string): void => {
+    for (const e of fs.readdirSync(p, { withFileTypes: true })) {
+      const q = path.join(p, e.name);
+      if (e.isDirectory()) walk(q);
+      else if (e.isFile()) out.push(q);
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+/** Files under dir holding needle, read whole (test state dirs are small but for sparse images). */
+export function filesHolding(dir: string, needle: string | Buffer): string[] {
+  return filesUnder(dir).filter((f) => fs.readFileSync(f).includes(needle));
+}
+
+/** What volumes hold on the node, for this daemon: all must be zero once its workspaces are gone. */
+export function volumeLeftovers(d: Daemon): { loops: number; mounts: string[]; images: string[]; keys: number } {
+  const images = fs.existsSync(path.join(d.stateDir, 'storage', 'images')) ? fs.readdirSync(path.join(d.stateDir, 'storage', 'images')) : [];
+  const db = new Database(path.join(d.stateDir, 'state.db'), { readonly: true, fileMustExist: true });
+  let keys: number;
+  try {
+    keys = (db.prepare('SELECT COUNT(*) AS n FROM workspaces WHERE disk_key_sealed IS NOT NULL').get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
+  return { loops: loopsUnder(d.stateDir).filter((l) => !l.backingFile.includes('/storage/pool/')).length, mounts: mountsUnder(d.stateDir), images, keys };
+}
+
+/** Waits for the kernel to finish what a lazy unmount began (autoclear runs at the last reference). */
+export async function settled<T>(read: () => T, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let v = read();
+  while (!ok(v) && Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 50));
+    v = read();
+  }
+  return v;
+}
