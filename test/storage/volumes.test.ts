@@ -96,24 +96,31 @@ t.test('closed, the volume holds no plaintext; erased, nothing opens it', async 
   t.same(mountsUnder(root), [], 'closed again after');
   const copy = path.join(root, 'copy.img');
   fs.copyFileSync(image, copy);
+  await volumes.open('secret', wsDir('secret'));
+  const mnt = path.join(root, 'storage', 'mnt', 'secret');
+  const { identifier } = native.fscryptPolicyOf(path.join(mnt, 'ws'))!;
+  t.equal(native.fscryptKeyStatus(mnt, identifier), 'present');
   await volumes.eraseKey('secret');
+  t.equal(native.fscryptKeyStatus(mnt, identifier), 'absent', 'erasing takes the key out of the kernel too, before any unmount');
+  t.throws(() => fs.readFileSync(path.join(wsDir('secret'), 'content', `${marker}.txt`)), 'and the open volume no longer reads');
+  await native.umountAsync(wsDir('secret'), 0);
   await volumes.destroy('secret');
   t.notOk(keys.held.has('secret'), 'the sealed key is gone');
   t.notOk(fs.existsSync(image), 'the image is gone');
   // A copy of the ciphertext taken before teardown: mounted without the key, names and content stay sealed.
-  const mnt = path.join(root, 'peek');
-  fs.mkdirSync(mnt);
-  await native.loopMount(copy, mnt, 'ext4', 0, 'ro', 'tetrix-test', false);
+  const peek = path.join(root, 'peek');
+  fs.mkdirSync(peek);
+  await native.loopMount(copy, peek, 'ext4', 0, 'ro', 'tetrix-test', false);
   try {
-    const [dir, ...others] = fs.readdirSync(path.join(mnt, 'ws'));
+    const [dir, ...others] = fs.readdirSync(path.join(peek, 'ws'));
     t.same(others, []);
     t.not(dir, 'content', 'the directory name is ciphertext');
-    const names = fs.readdirSync(path.join(mnt, 'ws', dir));
+    const names = fs.readdirSync(path.join(peek, 'ws', dir));
     t.equal(names.length, 1);
     t.notOk(names[0].includes(marker), 'the file name is ciphertext');
-    t.throws(() => fs.readFileSync(path.join(mnt, 'ws', dir, names[0])), { errno: -126 }, 'the content does not open (ENOKEY)');
+    t.throws(() => fs.readFileSync(path.join(peek, 'ws', dir, names[0])), { errno: -126 }, 'the content does not open (ENOKEY)');
   } finally {
-    await native.umountAsync(mnt, 0);
+    await native.umountAsync(peek, 0);
   }
   t.same(loopsUnder(root), []);
 });
