@@ -78,7 +78,7 @@ async function run(config: Config): Promise<void> {
     return 0;
   });
   if (leftovers > 0) metrics.countCleanup('backup_temporary', leftovers);
-  const volumes = openWorkspaceVolumes(config, {
+  const volumes = await openWorkspaceVolumes(config, {
     put: (id, key) => store.putDiskKey(id, key), get: (id) => store.diskKey(id), erase: (id) => store.eraseDiskKey(id),
   }, log);
   const workspaces = new WorkspaceService({

@@ -3,6 +3,8 @@
 // element, process, uid claim, state row or directory left; the daemon's fds back to their baseline;
 // its resident memory within 10% of its value after the first 100 cycles. Not a test (bench/soak/run.sh).
 //   --cycles N (TETRIX_SOAK_CYCLES)   --parallel P (TETRIX_SOAK_PARALLEL, default 4)   --keep (keep the temp dir)
+//   --storage: every workspace on an encrypted volume (storageBackend ext4-fscrypt); loop devices and volume
+//   images are then among what must not be left
 import { launchDaemon } from '../lib/launcher';
 import { describeLeaks } from '../lib/leaks';
 import { runChurn } from './churn';
@@ -23,8 +25,10 @@ async function main(): Promise<number> {
   const cycles = option('--cycles', 'TETRIX_SOAK_CYCLES', 1000);
   const parallel = option('--parallel', 'TETRIX_SOAK_PARALLEL', 4);
   const keep = process.argv.includes('--keep');
-  const d = await launchDaemon({ prefix: 'tetrix-soak' });
-  console.log(`soak: daemon pid ${d.pid}, state ${d.stateDir}, ${cycles} cycles, ${parallel} in flight`);
+  const storage = process.argv.includes('--storage');
+  const storageArgs = ['--storage-backend', 'ext4-fscrypt', '--default-disk-bytes', String(64 * MiB), '--storage-pool-size', '4'];
+  const d = await launchDaemon({ prefix: 'tetrix-soak', ...(storage ? { extraArgs: storageArgs } : {}) });
+  console.log(`soak: daemon pid ${d.pid}, state ${d.stateDir}, ${cycles} cycles, ${parallel} in flight${storage ? ', encrypted volumes' : ''}`);
   let failed = true;
   try {
     const r = await runChurn(d, {

@@ -2,11 +2,13 @@
 import path from 'node:path';
 import type { Config } from '../config/config';
 import type { DiskKeyStore, StorageLog } from './types';
+import { checkStorageHost } from './preflight';
 import { WorkspaceVolumes } from './volumes';
 
 /** undefined for storageBackend none: workspaces keep plain directories under the state dir. */
-export function openWorkspaceVolumes(config: Config, keys: DiskKeyStore, log: StorageLog): WorkspaceVolumes | undefined {
+export async function openWorkspaceVolumes(config: Config, keys: DiskKeyStore, log: StorageLog): Promise<WorkspaceVolumes | undefined> {
   if (config.storageBackend === 'none') return undefined;
+  await checkStorageHost();
   const volumes = new WorkspaceVolumes({
     dir: path.join(config.stateDir, 'storage'),
     keys,

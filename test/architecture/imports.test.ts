@@ -17,7 +17,7 @@ const LAYERS: string[][] = [
   ['api/'],                                          // gRPC server, auth, validation, transport
   ['workspace/'],                                    // the lifecycle, its records, ports and their adapters
   ['prebuild/'],                                     // tasks channel, provenance (a service the lifecycle uses)
-  ['sandbox/', 'network/', 'content/', 'logs/'],     // the mechanisms, independent of each other
+  ['sandbox/', 'network/', 'content/', 'logs/', 'storage/'], // the mechanisms, independent of each other
   ['crypto/'],                                       // keys, the streaming AEAD, sealing, the PKI
   ['config/', 'state-dir.ts', 'node-flags.ts'],      // one validated config; the state dir's lock and claims
   ['native/'],                                       // the typed wrapper of the C addon

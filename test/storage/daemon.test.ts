@@ -7,6 +7,9 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import t from 'tap';
 import { native } from '../../src/native';
+import { unaryCall } from '../../src/cli/client';
+import type { RotateKeyRequest } from '../../src/generated/tetrix/agent/v1/RotateKeyRequest';
+import type { RotateKeyResponse__Output } from '../../src/generated/tetrix/agent/v1/RotateKeyResponse';
 import { refusal } from '../helpers/daemon';
 import { backupOf, busybox, contentDir, waitForMarker } from '../content/daemon-backup-fixture';
 import { filesHolding, imageOf, MiB, sealedDiskKey, settled, startStorageDaemon, volumeLeftovers, volumeMount } from './daemon-fixture';
@@ -116,4 +119,23 @@ t.test('a 100% full workspace backs up (running and stopped) and restores; a res
   t.equal(crypto.createHash('sha256').update(fs.readFileSync(restored)).digest('hex'), digest, 'byte for byte');
   await d.teardown('again');
   t.same(volumeLeftovers(d), { loops: 0, mounts: [], images: [], keys: 0 });
+});
+
+t.test('key rotation re-wraps the sealed volume key: the old KEK retires and the volume still opens', async (t) => {
+  const d = await startStorageDaemon(t);
+  await d.start(busybox('rotated', `echo kept > /workspace/note; touch /workspace/done; ${idleScript}`));
+  await waitForMarker(d, 'rotated');
+  const before = sealedDiskKey(d, 'rotated')!;
+  const oldKey = before.split('.')[1];
+  const rotate = (req: RotateKeyRequest) => unaryCall<RotateKeyResponse__Output>((md, o, cb) => d.clients.node.RotateKey(req, md, o, cb));
+  const refused = await refusal(rotate({ retireKeyIds: [oldKey] }));
+  t.equal(refused.code, grpc.status.FAILED_PRECONDITION, 'the old KEK cannot go while the volume key depends on it');
+  const res = await rotate({ rewrapBackups: true, retireKeyIds: [oldKey] });
+  t.same(res.retiredKeyIds, [oldKey]);
+  const after = sealedDiskKey(d, 'rotated')!;
+  t.equal(after.split('.')[1], res.keyId, 're-sealed under the new KEK');
+  await d.stop('rotated');
+  const backup = await backupOf(d, 'rotated');
+  t.ok(backup.result.backupId, 'the stopped volume opens with the re-wrapped key');
+  await d.teardown('rotated');
 });
