@@ -157,7 +157,7 @@ async function run(config: Config): Promise<void> {
     // Names are held for the workspaces that outlive the daemon; with none left, nothing needs them.
     const holdsWorkspaces = workspaces.list().length > 0;
     workspaces.close();
-    volumes?.stop();
+    await volumes?.stop();
     await nodeNetwork?.close();
     store.close();
     kek.close();

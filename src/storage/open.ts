@@ -16,7 +16,7 @@ export async function openWorkspaceVolumes(config: Config, keys: DiskKeyStore, l
     defaults: { bytes: config.defaultDiskBytes, inodes: config.defaultDiskInodes },
     poolSize: config.storagePoolSize,
   });
-  volumes.start();
+  await volumes.start();
   return volumes;
 }
 

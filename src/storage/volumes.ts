@@ -47,19 +47,19 @@ export class WorkspaceVolumes {
 
   constructor(private readonly o: WorkspaceVolumesOptions) {
     const defaults = { bytes: o.defaults.bytes, inodes: inodesFor(o.defaults) };
-    this.pool = new VolumePool(path.join(o.dir, 'pool'), defaults, o.poolSize, o.log);
+    this.pool = new VolumePool(path.join(o.dir, 'pool'), defaults, o.poolSize, (mnt, key) => void encryptedDirOf(mnt, key), o.log);
   }
 
-  /** Makes the directories and starts filling the pool. Call sweep() once records are loaded. */
-  start(): void {
+  /** Makes the directories and (re)starts the pool. Call sweep() once records are loaded. */
+  async start(): Promise<void> {
     for (const sub of ['', 'images', 'mnt']) fs.mkdirSync(path.join(this.o.dir, sub), { recursive: true, mode: 0o700 });
     fs.chmodSync(this.o.dir, 0o700);
-    this.pool.start();
+    await this.pool.start();
   }
 
-  /** Stops the pool's filling (the daemon is going away); volumes stay as they are. */
-  stop(): void {
-    this.pool.close();
+  /** Empties the pool (the daemon is going away); workspaces' volumes stay as they are. */
+  stop(): Promise<void> {
+    return this.pool.close();
   }
 
   poolFilled(): Promise<void> {
@@ -73,6 +73,17 @@ export class WorkspaceVolumes {
    */
   async create(id: string, asked: VolumeLimits, wsDir: string): Promise<void> {
     const limits = { bytes: asked.bytes, inodes: inodesFor(asked) };
+    const pooled = fs.existsSync(this.imageFile(id)) ? undefined : this.pool.take(limits);
+    if (pooled) {
+      try {
+        this.o.keys.put(id, pooled.key);
+      } finally {
+        pooled.key.fill(0);
+      }
+      fs.renameSync(pooled.image, this.imageFile(id)); // the loop device follows the file
+      await this.moveMount(pooled.mnt, this.mntDir(id));
+      return this.bind(id, wsDir);
+    }
     const key = crypto.randomBytes(VOLUME_KEY_BYTES);
     try {
       this.o.keys.put(id, key);
@@ -203,7 +214,7 @@ export class WorkspaceVolumes {
     // A device bound to one of ours but mounted nowhere (AUTOCLEAR makes this rare: an older daemon's, say).
     const mounted = new Set([...liveIds].filter((id) => this.isMounted(id)).map((id) => this.imageFile(id)));
     for (const loop of loopsUnder(this.o.dir)) {
-      if (mounted.has(loop.backingFile)) continue;
+      if (mounted.has(loop.backingFile) || loop.backingFile.startsWith(this.pool.dir + '/')) continue;
       try {
         native.loopClear(loop.minor);
         removed++;
@@ -229,15 +240,10 @@ export class WorkspaceVolumes {
     return isMountPoint(this.mntDir(id));
   }
 
-  /** A pool image of these limits renamed into place, or one made now; kept if a crashed create made it. */
+  /** An image made now (none of these limits in the pool); kept if a crashed create made it already. */
   private async claimImage(id: string, limits: VolumeLimits): Promise<void> {
     const file = this.imageFile(id);
     if (fs.existsSync(file)) return;
-    const pooled = this.pool.take(limits);
-    if (pooled) {
-      fs.renameSync(pooled, file);
-      return;
-    }
     const temporary = `${file}.making`;
     fs.rmSync(temporary, { force: true });
     await makeImage(temporary, limits.bytes, limits.inodes);
@@ -258,17 +264,23 @@ export class WorkspaceVolumes {
         throw new DomainError('INTERNAL', `storage: mount the volume of "${id}": ${(err as Error).message}`, { cause: err });
       }
     }
-    const identifier = native.fscryptAddKey(mnt, key);
-    const dir = path.join(mnt, ENCRYPTED_DIR);
-    const policy = fs.existsSync(dir) ? native.fscryptPolicyOf(dir) : null;
-    if (policy && !policy.identifier.equals(identifier)) {
-      throw new DomainError('DATA_LOSS', `storage: the volume of "${id}" is encrypted under another key`);
+    encryptedDirOf(mnt, key, id);
+  }
+
+  /**
+   * One mount call, where attaching and mounting anew is the slow part of a start. MS_MOVE is refused
+   * (EINVAL) when the mount's parent is shared, as / is under systemd: then a bind, and the pool's mount detached.
+   */
+  private async moveMount(from: string, to: string): Promise<void> {
+    fs.mkdirSync(to, { recursive: true, mode: 0o700 });
+    try {
+      await native.mountAsync(from, to, '', native.constants.MS_MOVE, '');
+    } catch (err) {
+      if (!(err instanceof NativeError && err.code === 'EINVAL')) throw err;
+      await native.mountAsync(from, to, '', native.constants.MS_BIND, '');
+      await native.umountAsync(from, native.constants.MNT_DETACH);
     }
-    if (policy) return;
-    // First open (or a crash between mkdir and the policy): the directory must still be empty.
-    fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
-    if (fs.readdirSync(dir).length > 0) throw new DomainError('DATA_LOSS', `storage: the volume of "${id}" holds unencrypted files`);
-    native.fscryptSetPolicy(dir, identifier);
+    fs.rmdirSync(from);
   }
 
   private async bind(id: string, wsDir: string): Promise<void> {
@@ -289,6 +301,25 @@ export class WorkspaceVolumes {
       throw new DomainError('INTERNAL', `storage: remove the key of "${id}": ${(err as Error).message}`, { cause: err });
     }
   }
+}
+
+/**
+ * Gives the kernel the key and returns the volume's encrypted dir: made under the key on a first open
+ * (or after a crash between the mkdir and the policy, when it must still be empty); on a later open its
+ * policy must name this very key.
+ */
+function encryptedDirOf(mnt: string, key: Buffer, id = 'pool'): string {
+  const identifier = native.fscryptAddKey(mnt, key);
+  const dir = path.join(mnt, ENCRYPTED_DIR);
+  const policy = fs.existsSync(dir) ? native.fscryptPolicyOf(dir) : null;
+  if (policy && !policy.identifier.equals(identifier)) {
+    throw new DomainError('DATA_LOSS', `storage: the volume of "${id}" is encrypted under another key`);
+  }
+  if (policy) return dir;
+  fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
+  if (fs.readdirSync(dir).length > 0) throw new DomainError('DATA_LOSS', `storage: the volume of "${id}" holds unencrypted files`);
+  native.fscryptSetPolicy(dir, identifier);
+  return dir;
 }
 
 function usageOf(mnt: string): DiskUsage {

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { Test } from 'tap';
+import { native } from '../../src/native';
 import { loopsUnder } from '../../src/storage/loops';
 import { mountsUnder, startDaemon, type Daemon, type DaemonOptions } from '../helpers/daemon';
 
@@ -50,8 +51,30 @@ export function filesHolding(dir: string, needle: string | Buffer): string[] {
   return filesUnder(dir).filter((f) => fs.readFileSync(f).includes(needle));
 }
 
+/**
+ * fscrypt keys the kernel holds, by identifier (hex): each added key shows in /proc/keys as the adding
+ * user's claim, ".fscrypt <identifier>.uid.0", until it is removed or its filesystem unmounted.
+ */
+export function kernelFscryptKeys(): string[] {
+  return [...fs.readFileSync('/proc/keys', 'utf8').matchAll(/\.fscrypt\s+([0-9a-f]{32})\.uid\.\d+/g)].map((m) => m[1]);
+}
+
+/** The identifiers of the daemon's pool volumes: keyed, empty and unassigned by design (src/storage/pool.ts). */
+function poolKeys(d: Daemon): string[] {
+  const root = path.join(d.stateDir, 'storage', 'pool', 'mnt');
+  if (!fs.existsSync(root)) return [];
+  return fs.readdirSync(root).flatMap((slot) => {
+    try {
+      const policy = native.fscryptPolicyOf(path.join(root, slot, 'ws'));
+      return policy ? [policy.identifier.toString('hex')] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+
 /** What volumes hold on the node, for this daemon: all must be zero once its workspaces are gone. */
-export function volumeLeftovers(d: Daemon): { loops: number; mounts: string[]; images: string[]; keys: number } {
+export function volumeLeftovers(d: Daemon): { loops: number; mounts: string[]; images: string[]; keys: number; kernelKeys: string[] } {
   const images = fs.existsSync(path.join(d.stateDir, 'storage', 'images')) ? fs.readdirSync(path.join(d.stateDir, 'storage', 'images')) : [];
   const db = new Database(path.join(d.stateDir, 'state.db'), { readonly: true, fileMustExist: true });
   let keys: number;
@@ -60,7 +83,13 @@ export function volumeLeftovers(d: Daemon): { loops: number; mounts: string[]; i
   } finally {
     db.close();
   }
-  return { loops: loopsUnder(d.stateDir).filter((l) => !l.backingFile.includes('/storage/pool/')).length, mounts: mountsUnder(d.stateDir), images, keys };
+  // The pool's formatted volumes are mounted, keyless and empty, by design (src/storage/pool.ts).
+  const pool = path.join(d.stateDir, 'storage', 'pool') + '/';
+  return {
+    loops: loopsUnder(d.stateDir).filter((l) => !l.backingFile.startsWith(pool)).length,
+    mounts: mountsUnder(d.stateDir).filter((m) => !m.startsWith(pool)), images, keys,
+    kernelKeys: kernelFscryptKeys().filter((k) => !poolKeys(d).includes(k)),
+  };
 }
 
 /** Waits for the kernel to finish what a lazy unmount began (autoclear runs at the last reference). */

@@ -12,7 +12,7 @@ import type { RotateKeyRequest } from '../../src/generated/tetrix/agent/v1/Rotat
 import type { RotateKeyResponse__Output } from '../../src/generated/tetrix/agent/v1/RotateKeyResponse';
 import { refusal } from '../helpers/daemon';
 import { backupOf, busybox, contentDir, waitForMarker } from '../content/daemon-backup-fixture';
-import { filesHolding, imageOf, MiB, sealedDiskKey, settled, startStorageDaemon, volumeLeftovers, volumeMount } from './daemon-fixture';
+import { filesHolding, imageOf, kernelFscryptKeys, MiB, sealedDiskKey, settled, startStorageDaemon, volumeLeftovers, volumeMount } from './daemon-fixture';
 
 const idleScript = 'trap "exit 0" TERM; while true; do sleep 0.2; done';
 // Fills /workspace until the volume refuses, says how it was refused, then waits.
@@ -28,7 +28,7 @@ t.test('disk_bytes above the node maximum is INVALID_ARGUMENT naming the field, 
   t.equal(inodes.code, grpc.status.INVALID_ARGUMENT);
   t.match(inodes.details, /resources\.disk_inodes/);
   t.same(await d.list(), []);
-  t.same(volumeLeftovers(d), { loops: 0, mounts: [], images: [], keys: 0 });
+  t.same(volumeLeftovers(d), { loops: 0, mounts: [], images: [], keys: 0, kernelKeys: [] });
 });
 
 t.test('writes past the limit fail with ENOSPC inside; the neighbour and the daemon keep working', async (t) => {
@@ -63,12 +63,14 @@ t.test('after stop, a marker written in /workspace is nowhere in plaintext on th
   t.equal(policy!.contentsMode, 1, 'AES-256-XTS contents');
   t.equal(policy!.filenamesMode, 4, 'AES-256-CTS names');
   t.equal(native.fscryptKeyStatus(mnt, policy!.identifier), 'present', 'the kernel holds the key while it runs');
+  t.ok(kernelFscryptKeys().includes(policy!.identifier.toString('hex')), 'and /proc/keys shows its claim');
   const sealed = sealedDiskKey(d, 'secret');
   t.match(sealed, /^tx1\.kek-[0-9a-f]{16}\./, 'the key is at rest only sealed under the node KEK');
   await d.stop('secret');
   await settled(() => volumeLeftovers(d).loops, (n) => n === 0);
   t.same(volumeLeftovers(d).mounts, [], 'stopped, the volume is unmounted (its key with it)');
   t.equal(volumeLeftovers(d).loops, 0, 'and its loop device detached');
+  t.notOk(kernelFscryptKeys().includes(policy!.identifier.toString('hex')), 'and the kernel holds its key no more');
   t.same(filesHolding(d.stateDir, marker), [], 'the marker is in no file of the state dir, the raw image included');
   t.same(filesHolding(d.stateDir, marker.slice(0, 20)), [], 'nor is the file name');
   const copy = path.join(d.dir, 'stolen.img');
@@ -76,7 +78,7 @@ t.test('after stop, a marker written in /workspace is nowhere in plaintext on th
   await d.teardown('secret');
   t.equal(sealedDiskKey(d, 'secret'), undefined, 'the record and its key are gone');
   t.same(filesHolding(d.stateDir, sealed!.split('.')[2].slice(0, 40)), [], 'the sealed key is in no file of the state dir (WAL included)');
-  t.same(volumeLeftovers(d), { loops: 0, mounts: [], images: [], keys: 0 });
+  t.same(volumeLeftovers(d), { loops: 0, mounts: [], images: [], keys: 0, kernelKeys: [] });
   const peek = path.join(d.dir, 'peek');
   fs.mkdirSync(peek);
   await native.loopMount(copy, peek, 'ext4', 0, 'ro', 'tetrix-test', false);
@@ -118,7 +120,7 @@ t.test('a 100% full workspace backs up (running and stopped) and restores; a res
   const restored = path.join(contentDir(d, 'again'), 'full');
   t.equal(crypto.createHash('sha256').update(fs.readFileSync(restored)).digest('hex'), digest, 'byte for byte');
   await d.teardown('again');
-  t.same(volumeLeftovers(d), { loops: 0, mounts: [], images: [], keys: 0 });
+  t.same(volumeLeftovers(d), { loops: 0, mounts: [], images: [], keys: 0, kernelKeys: [] });
 });
 
 t.test('key rotation re-wraps the sealed volume key: the old KEK retires and the volume still opens', async (t) => {

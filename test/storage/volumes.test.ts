@@ -25,14 +25,13 @@ function keyStore(): DiskKeyStore & { held: Map<string, Buffer> } {
   };
 }
 
-function setup(t: Tap.Test, poolSize = 0) {
+async function setup(t: Tap.Test, poolSize = 0) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-storage-'));
   const keys = keyStore();
   const volumes = new WorkspaceVolumes({ dir: path.join(root, 'storage'), keys, log: silent, defaults: { bytes: 64 * MiB, inodes: 0 }, poolSize });
-  volumes.start();
+  await volumes.start();
   t.teardown(async () => {
-    volumes.stop();
-    await volumes.poolFilled();
+    await volumes.stop();
     for (const m of mountsUnder(root).reverse()) await native.umountAsync(m, native.constants.MNT_DETACH).catch(() => undefined);
     fs.rmSync(root, { recursive: true, force: true });
   });
@@ -40,7 +39,7 @@ function setup(t: Tap.Test, poolSize = 0) {
 }
 
 t.test('a write past the volume limit fails with ENOSPC, and the neighbour keeps writing', async (t) => {
-  const { volumes, wsDir } = setup(t);
+  const { volumes, wsDir } = await setup(t);
   await volumes.create('full', { bytes: 32 * MiB, inodes: 0 }, wsDir('full'));
   await volumes.create('neighbour', { bytes: 32 * MiB, inodes: 0 }, wsDir('neighbour'));
   const chunk = Buffer.alloc(MiB, 1);
@@ -63,7 +62,7 @@ t.test('a write past the volume limit fails with ENOSPC, and the neighbour keeps
 });
 
 t.test('an inode limit stops file creation with ENOSPC', async (t) => {
-  const { volumes, wsDir } = setup(t);
+  const { volumes, wsDir } = await setup(t);
   await volumes.create('files', { bytes: 32 * MiB, inodes: 1024 }, wsDir('files'));
   let err: NodeJS.ErrnoException | undefined;
   for (let i = 0; i < 4096 && !err; i++) {
@@ -79,7 +78,7 @@ t.test('an inode limit stops file creation with ENOSPC', async (t) => {
 });
 
 t.test('closed, the volume holds no plaintext; erased, nothing opens it', async (t) => {
-  const { root, volumes, keys, wsDir } = setup(t);
+  const { root, volumes, keys, wsDir } = await setup(t);
   const marker = `tetrix-marker-${crypto.randomBytes(8).toString('hex')}`;
   await volumes.create('secret', { bytes: 32 * MiB, inodes: 0 }, wsDir('secret'));
   fs.mkdirSync(path.join(wsDir('secret'), 'content'));
@@ -126,21 +125,22 @@ t.test('closed, the volume holds no plaintext; erased, nothing opens it', async 
 });
 
 t.test('a pooled image serves a start of the default size', async (t) => {
-  const { root, volumes, wsDir } = setup(t, 2);
+  const { root, volumes, wsDir } = await setup(t, 2);
   await volumes.poolFilled();
   const pool = path.join(root, 'storage', 'pool');
-  const pooled = fs.readdirSync(pool).map((name) => fs.statSync(path.join(pool, name)).ino);
+  const pooled = fs.readdirSync(pool).filter((n) => n.endsWith('.img')).map((name) => fs.statSync(path.join(pool, name)).ino);
   t.equal(pooled.length, 2);
   await volumes.create('pooled', { bytes: 64 * MiB, inodes: 0 }, wsDir('pooled'));
   t.ok(pooled.includes(fs.statSync(path.join(root, 'storage', 'images', 'pooled.img')).ino), 'the volume is a pool image, renamed');
   t.ok(volumes.usage('pooled')!.limitBytes > 56 * MiB, 'of the default size (less the journal)');
   await volumes.close('pooled', wsDir('pooled'));
   await volumes.poolFilled();
-  t.equal(fs.readdirSync(pool).length, 2, 'refilled');
+  t.equal(fs.readdirSync(pool).filter((n) => n.endsWith('.img')).length, 2, 'refilled');
+  t.equal(fs.readdirSync(path.join(pool, 'mnt')).length, 2, 'each mounted, ready to be moved into place');
 });
 
 t.test('sweep removes volumes, mounts and loop devices no workspace accounts for', async (t) => {
-  const { root, volumes, wsDir } = setup(t);
+  const { root, volumes, wsDir } = await setup(t);
   await volumes.create('orphan', { bytes: 32 * MiB, inodes: 0 }, wsDir('orphan'));
   await volumes.create('kept', { bytes: 32 * MiB, inodes: 0 }, wsDir('kept'));
   await native.umountAsync(wsDir('orphan'), 0);
