@@ -26,7 +26,7 @@ const timed = (work: string): string =>
 const WORKLOADS = {
   'sequential write + fsync': timed(`dd if=/dev/zero of=/workspace/seq bs=1M count=${SEQ_MIB} conv=fsync 2>/dev/null`),
   'sequential write (page cache)': timed(`dd if=/dev/zero of=/workspace/seq bs=1M count=${SEQ_MIB} 2>/dev/null`),
-  'small files + sync': timed(`mkdir /workspace/d; i=0; while [ $i -lt ${FILES} ]; do echo hello > /workspace/d/f$i; i=$((i+1)); done; sync`),
+  'small files + syncfs': timed(`mkdir /workspace/d; i=0; while [ $i -lt ${FILES} ]; do echo hello > /workspace/d/f$i; i=$((i+1)); done; sync -f /workspace/d`),
 } as const;
 
 async function secondsOf(d: BenchDaemon, id: string, script: string): Promise<number> {
