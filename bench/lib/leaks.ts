@@ -143,8 +143,11 @@ function leasesOf(stateDir: string): string[] {
 export function snapshotHost(scope: LeakScope): HostSnapshot {
   const wsRoot = path.join(scope.stateDir, 'workspaces');
   const volumeRoot = path.join(scope.stateDir, 'storage', 'images');
+  // The volume pool's formatted, empty volumes are the daemon's working set (like
+  // its bridge): mounted while it runs, removed at its shutdown (src/storage/pool.ts).
+  const pool = path.join(scope.stateDir, 'storage', 'pool') + '/';
   return {
-    mounts: mountsUnder(scope.dir),
+    mounts: mountsUnder(scope.dir).filter((m) => !m.startsWith(pool)),
     cgroups: cgroupsBelow(scope.cgroupParent),
     netns: namedNetns(),
     links: tetrixLinks(scope.netns),
@@ -153,7 +156,7 @@ export function snapshotHost(scope: LeakScope): HostSnapshot {
     idClaims: idClaimsOf(scope.stateDir, scope.idmapDir ?? '/run/tetrix/idmap'),
     leases: leasesOf(scope.stateDir),
     workspaceDirs: fs.existsSync(wsRoot) ? fs.readdirSync(wsRoot) : [],
-    loops: loopsUnder(scope.dir).map((l) => `loop${l.minor} ${l.backingFile}`),
+    loops: loopsUnder(scope.dir).filter((l) => !l.backingFile.startsWith(pool)).map((l) => `loop${l.minor} ${l.backingFile}`),
     volumes: fs.existsSync(volumeRoot) ? fs.readdirSync(volumeRoot) : [],
   };
 }
