@@ -95,8 +95,10 @@ export class WorkspaceVolumes {
     await this.bind(id, wsDir);
   }
 
-  /** Opens a closed volume again (a backup of a stopped workspace); a no-op when open. */
+  /** Opens a closed volume again (a backup of a stopped workspace); a no-op when open, or when the
+   *  workspace has no volume (started before the node had volumes: its dir is a plain one). */
   async open(id: string, wsDir: string): Promise<void> {
+    if (!fs.existsSync(this.imageFile(id))) return;
     if (!this.isMounted(id)) {
       const key = this.o.keys.get(id);
       if (!key) throw new DomainError('FAILED_PRECONDITION', `storage: workspace "${id}" has no volume key (erased)`);

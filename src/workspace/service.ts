@@ -339,6 +339,7 @@ export class WorkspaceService {
         await launched.release();
       }
       this.watch(record, launched, true);
+      this.withDiskUsage(record);
       this.transition(record, 'RUNNING');
       this.o.log.info({ workspace: spec.id, hostPid: launched.pid, uidBase: record.status.uidBase }, 'workspace running');
       return record;
