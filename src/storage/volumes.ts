@@ -21,6 +21,13 @@ import { VolumePool } from './pool';
 import type { DiskKeyStore, DiskUsage, StorageLog, VolumeLimits } from './types';
 
 export const VOLUME_KEY_BYTES = 32;
+
+/** Where the crash tests kill the daemon inside storage's own steps (TETRIX_TEST_CRASH_AT, as service.ts). */
+export type VolumeCrashPoint = 'volume-key-sealed' | 'volume-mounted' | 'volume-key-removed';
+const crashAt = process.env.TETRIX_TEST_CRASH_AT;
+function crashPoint(point: VolumeCrashPoint): void {
+  if (crashAt === point) process.kill(process.pid, 'SIGKILL');
+}
 const ENCRYPTED_DIR = 'ws';
 
 export interface WorkspaceVolumesOptions {
@@ -80,8 +87,10 @@ export class WorkspaceVolumes {
       } finally {
         pooled.key.fill(0);
       }
+      crashPoint('volume-key-sealed');
       fs.renameSync(pooled.image, this.imageFile(id)); // the loop device follows the file
       await this.moveMount(pooled.mnt, this.mntDir(id));
+      crashPoint('volume-mounted');
       return this.bind(id, wsDir);
     }
     const key = crypto.randomBytes(VOLUME_KEY_BYTES);
@@ -127,6 +136,7 @@ export class WorkspaceVolumes {
     if (!this.isMounted(id)) return;
     this.lastUsage.set(id, usageOf(mnt));
     await this.removeKernelKey(id);
+    crashPoint('volume-key-removed');
     await umount(mnt);
   }
 

@@ -11,7 +11,9 @@ const idleScript = 'trap "exit 0" TERM; while true; do sleep 0.2; done';
 const NOTHING = { loops: 0, mounts: [], images: [], keys: 0, kernelKeys: [] };
 const CHURN = Number(process.env.TETRIX_STORAGE_CHURN ?? 50);
 
-for (const point of ['after-volume', 'after-rootfs', 'after-spawn'] as const) {
+// volume-key-sealed: the key is in the database, the pool volume not yet moved; volume-mounted: moved,
+// not yet bound on the workspace dir; after-volume: bound, the rootfs not begun.
+for (const point of ['volume-key-sealed', 'volume-mounted', 'after-volume', 'after-rootfs', 'after-spawn'] as const) {
   t.test(`killed during a start (${point}): the volume, its loop device and its key are gone after the restart`, async (t) => {
     const d = await startStorageDaemon(t, [], { env: { TETRIX_TEST_CRASH_AT: point } });
     await t.rejects(d.start(busybox('half', idleScript)));
@@ -33,10 +35,12 @@ t.test('killed between the key erase and the files at teardown: the restart fini
   t.same(await settled(() => volumeLeftovers(d), (v) => v.loops === 0), NOTHING);
 });
 
-t.test('killed during a stop and during a backup of the stopped workspace: its volume is closed after each restart', async (t) => {
+t.test('killed during a stop, between the key removal and the unmount, and during a backup of the stopped workspace: its volume is closed after each restart', async (t) => {
   const d = await startStorageDaemon(t, [], { env: { TETRIX_TEST_CRASH_AT: 'mid-stop' } });
   await d.start(busybox('kept', `dd if=/dev/urandom of=/workspace/data bs=1M count=24 2>/dev/null; ${idleScript}`));
   await t.rejects(d.stop('kept', 200));
+  // The restart's recovery finishes the stop and is killed closing the volume: key removed, not unmounted.
+  await d.restart({ TETRIX_TEST_CRASH_AT: 'volume-key-removed' }).catch(() => undefined);
   await d.restart({ TETRIX_TEST_CRASH_AT: 'mid-backup' });
   await d.waitFor('kept', (w) => w.state === 'WORKSPACE_STATE_STOPPED');
   t.same((await settled(() => volumeLeftovers(d), (v) => v.mounts.length === 0 && v.loops === 0)).mounts, [], 'stopped: closed');

@@ -59,13 +59,17 @@ export function kernelFscryptKeys(): string[] {
   return [...fs.readFileSync('/proc/keys', 'utf8').matchAll(/\.fscrypt\s+([0-9a-f]{32})\.uid\.\d+/g)].map((m) => m[1]);
 }
 
-/** The identifiers of the daemon's pool volumes: keyed, empty and unassigned by design (src/storage/pool.ts). */
-function poolKeys(d: Daemon): string[] {
-  const root = path.join(d.stateDir, 'storage', 'pool', 'mnt');
-  if (!fs.existsSync(root)) return [];
-  return fs.readdirSync(root).flatMap((slot) => {
+/**
+ * Keys the test must not blame on d: those of d's pool volumes (keyed, empty, unassigned by design:
+ * src/storage/pool.ts) and those of any other daemon's volumes mounted meanwhile (a soak beside the suite).
+ */
+function othersKeys(d: Daemon): string[] {
+  const pool = path.join(d.stateDir, 'storage', 'pool') + '/';
+  const all = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[4]);
+  const volumes = all.filter((m) => /\/storage\/(pool\/)?mnt\/[^/]+$/.test(m) && (m.startsWith(pool) || !m.startsWith(d.stateDir + '/')));
+  return volumes.flatMap((mnt) => {
     try {
-      const policy = native.fscryptPolicyOf(path.join(root, slot, 'ws'));
+      const policy = native.fscryptPolicyOf(path.join(mnt, 'ws'));
       return policy ? [policy.identifier.toString('hex')] : [];
     } catch {
       return [];
@@ -88,7 +92,7 @@ export function volumeLeftovers(d: Daemon): { loops: number; mounts: string[]; i
   return {
     loops: loopsUnder(d.stateDir).filter((l) => !l.backingFile.startsWith(pool)).length,
     mounts: mountsUnder(d.stateDir).filter((m) => !m.startsWith(pool)), images, keys,
-    kernelKeys: kernelFscryptKeys().filter((k) => !poolKeys(d).includes(k)),
+    kernelKeys: kernelFscryptKeys().filter((k) => !othersKeys(d).includes(k)),
   };
 }
 
