@@ -1,5 +1,5 @@
 // The node's workspace volumes as configured (storageBackend), for main.ts to wire.
-import path from 'node:path';
+import { stateLayout } from '../layout';
 import type { Config } from '../config/config';
 import type { DiskKeyStore, StorageLog } from './types';
 import { checkStorageHost } from './preflight';
@@ -10,7 +10,7 @@ export async function openWorkspaceVolumes(config: Config, keys: DiskKeyStore, l
   if (config.storageBackend === 'none') return undefined;
   await checkStorageHost();
   const volumes = new WorkspaceVolumes({
-    dir: path.join(config.stateDir, 'storage'),
+    dir: stateLayout(config.stateDir).storage,
     keys,
     log,
     defaults: { bytes: config.defaultDiskBytes, inodes: config.defaultDiskInodes },

@@ -6,11 +6,10 @@ export type NetworkMode = 'NONE' | 'ISOLATED';
 export type State = 'CREATING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED' | 'SUCCEEDED';
 export type Reason = 'UNSPECIFIED' | 'EXITED' | 'SIGNALED' | 'OOM_KILLED' | 'STOPPED' | 'SPAWN_FAILED' | 'LOST' | 'TASK_FAILED';
 
-export interface Resources {
-  memoryBytes: number;   // 0 in a request: the node default; a record always holds the limit in force
-  cpuMillis: number;     // 1000 = one core; 0 as above
-  pids: number;          // 0 as above
-  diskBytes: number;     // the workspace's volume size (src/storage); 0 as above, and 0 in force on a node without volumes
+// The cgroup's limits (src/sandbox/cgroups.ts) and the volume's (src/storage), named here for the spec.
+import type { Resources as CgroupLimits } from '../sandbox/cgroups';
+export interface Resources extends CgroupLimits {
+  diskBytes: number;     // the workspace's volume size (src/storage); 0 in a request: the node default; 0 in force on a node without volumes
   diskInodes: number;    // 0 as above (one per 16 KiB of diskBytes)
 }
 
