@@ -3,6 +3,7 @@
 // that teardown erases first, and backups of a full workspace that restore.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import t from 'tap';
@@ -31,8 +32,17 @@ t.test('disk_bytes above the node maximum is INVALID_ARGUMENT naming the field, 
   t.same(volumeLeftovers(d), { loops: 0, mounts: [], images: [], keys: 0, kernelKeys: [] });
 });
 
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
 t.test('writes past the limit fail with ENOSPC inside; the neighbour and the daemon keep working', async (t) => {
-  const d = await startStorageDaemon(t);
+  const port = await freePort();
+  const d = await startStorageDaemon(t, ['--metrics-listen', `127.0.0.1:${port}`]);
   await d.start(busybox('filler', fillScript, { resources: { diskBytes: 48 * MiB } }));
   const neighbour = await d.start(busybox('neighbour', idleScript));
   await waitForMarker(d, 'filler', 'full', 60_000);
@@ -48,6 +58,9 @@ t.test('writes past the limit fail with ENOSPC inside; the neighbour and the dae
   const after = await d.get('neighbour');
   t.equal(after.state, 'WORKSPACE_STATE_RUNNING');
   t.ok(Number(after.diskUsedBytes) >= 8 * MiB, 'its usage counts its own files');
+  const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const used = Number(/^tetrix_workspace_disk_used_bytes\{workspace="filler"\} (\d+)$/m.exec(metrics)?.[1]);
+  t.ok(used > 40 * MiB, `the metric shows the full volume (${used})`);
 });
 
 t.test('after stop, a marker written in /workspace is nowhere in plaintext on the node; after teardown its key is gone and nothing opens the copy', async (t) => {
