@@ -59,8 +59,9 @@ t.test('writes past the limit fail with ENOSPC inside; the neighbour and the dae
   t.equal(after.state, 'WORKSPACE_STATE_RUNNING');
   t.ok(Number(after.diskUsedBytes) >= 8 * MiB, 'its usage counts its own files');
   const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const used = Number(/^tetrix_workspace_disk_used_bytes\{workspace="filler"\} (\d+)$/m.exec(metrics)?.[1]);
-  t.ok(used > 40 * MiB, `the metric shows the full volume (${used})`);
+  const sample = (name: string): number => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(metrics)?.[1]);
+  t.ok(sample('tetrix_workspace_disk_used_bytes') > 48 * MiB, `the metrics count both volumes' usage (${sample('tetrix_workspace_disk_used_bytes')})`);
+  t.equal(sample('tetrix_workspace_disks_full'), 1, 'and one volume full');
 });
 
 t.test('after stop, a marker written in /workspace is nowhere in plaintext on the node; after teardown its key is gone and nothing opens the copy', async (t) => {
