@@ -150,3 +150,30 @@ t.test('sweep removes volumes, mounts and loop devices no workspace accounts for
   t.notOk(fs.existsSync(path.join(root, 'storage', 'images', 'orphan.img')));
   t.ok(fs.existsSync(path.join(root, 'storage', 'images', 'kept.img')));
 });
+
+t.test('under a shared mount (/ is one under systemd), where MS_MOVE is refused, a pool volume still takes its place', async (t) => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-storage-shared-'));
+  await native.mountAsync(root, root, '', native.constants.MS_BIND, '');
+  await native.mountAsync('', root, '', native.constants.MS_SHARED, '');
+  const volumes = new WorkspaceVolumes({ dir: path.join(root, 'storage'), keys: keyStore(), log: silent, defaults: { bytes: 64 * MiB, inodes: 0 }, poolSize: 1 });
+  t.teardown(async () => {
+    await volumes.stop();
+    for (const m of mountsUnder(root).reverse()) await native.umountAsync(m, native.constants.MNT_DETACH).catch(() => undefined);
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+  await volumes.start();
+  await volumes.poolFilled();
+  const pooled = path.join(root, 'storage', 'pool', 'mnt', fs.readdirSync(path.join(root, 'storage', 'pool', 'mnt'))[0]);
+  fs.mkdirSync(path.join(root, 'elsewhere'));
+  await t.rejects(native.mountAsync(pooled, path.join(root, 'elsewhere'), '', native.constants.MS_MOVE, ''), { code: 'EINVAL' }, 'MS_MOVE is refused here');
+  const wsDir = path.join(root, 'workspaces', 'shared');
+  await volumes.create('shared', { bytes: 64 * MiB, inodes: 0 }, wsDir);
+  fs.writeFileSync(path.join(wsDir, 'x'), 'y');
+  t.equal(volumes.usage('shared')?.encrypted, true, 'the volume is in place');
+  t.notOk(mountsUnder(root).includes(pooled), 'and the pool\'s mount of it is gone');
+  await volumes.eraseKey('shared');
+  await native.umountAsync(wsDir, 0);
+  await volumes.destroy('shared');
+  await volumes.stop();
+  t.same(loopsUnder(root), [], 'no loop device left');
+});
