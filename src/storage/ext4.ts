@@ -5,6 +5,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { DomainError } from '../errors';
+import { native, NativeError } from '../native';
 
 const run = promisify(execFile);
 
@@ -39,5 +40,20 @@ export async function makeImage(file: string, bytes: number, inodes: number): Pr
     fs.rmSync(file, { force: true });
     const detail = (err as { stderr?: string }).stderr?.trim() || (err as Error).message;
     throw new DomainError('INTERNAL', `storage: mkfs.ext4 ${file}: ${detail}`, { cause: err });
+  }
+}
+
+/**
+ * Attaches the image to a loop device and mounts it at mnt. Direct I/O, so the host's page cache does not
+ * hold the ciphertext beside ext4's cached plaintext (measured: the same write throughput either way);
+ * buffered where the state dir's filesystem has no O_DIRECT (the kernel refuses LOOP_CONFIGURE: EINVAL).
+ */
+export async function mountImage(image: string, mnt: string, label: string): Promise<void> {
+  const mount = (directIo: boolean) => native.loopMount(image, mnt, 'ext4', native.constants.MS_NODEV, MOUNT_OPTIONS, label, directIo);
+  try {
+    await mount(true);
+  } catch (err) {
+    if (!(err instanceof NativeError && err.step === 'LOOP_CONFIGURE' && err.code === 'EINVAL')) throw err;
+    await mount(false);
   }
 }

@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { native, NativeError } from '../native';
-import { makeImage, MOUNT_OPTIONS } from './ext4';
+import { makeImage, mountImage } from './ext4';
 import type { StorageLog, VolumeLimits } from './types';
 
 const MAKING = '.making-';
@@ -106,7 +106,7 @@ export class VolumePool {
     const mnt = path.join(this.mntRoot, name);
     fs.mkdirSync(mnt, { mode: 0o700 });
     try {
-      await native.loopMount(image, mnt, 'ext4', native.constants.MS_NODEV, MOUNT_OPTIONS, 'tetrix:pool', false);
+      await mountImage(image, mnt, 'tetrix:pool');
     } catch (err) {
       fs.rmdirSync(mnt);
       fs.rmSync(image, { force: true });

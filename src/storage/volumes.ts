@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DomainError } from '../errors';
 import { native, NativeError } from '../native';
-import { inodesFor, makeImage, MOUNT_OPTIONS } from './ext4';
+import { inodesFor, makeImage, mountImage } from './ext4';
 import { loopsUnder } from './loops';
 import { VolumePool } from './pool';
 import type { DiskKeyStore, DiskUsage, StorageLog, VolumeLimits } from './types';
@@ -271,7 +271,7 @@ export class WorkspaceVolumes {
     fs.mkdirSync(mnt, { recursive: true, mode: 0o700 });
     if (!this.isMounted(id)) {
       try {
-        await native.loopMount(this.imageFile(id), mnt, 'ext4', native.constants.MS_NODEV, MOUNT_OPTIONS, `tetrix:${id}`, false);
+        await mountImage(this.imageFile(id), mnt, `tetrix:${id}`);
       } catch (err) {
         throw new DomainError('INTERNAL', `storage: mount the volume of "${id}": ${(err as Error).message}`, { cause: err });
       }
