@@ -619,7 +619,7 @@ export class WorkspaceService {
   }
 
   private digest(spec: WorkspaceSpec): string {
-    return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(spec)).digest('hex');
+    return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(withoutNoDiskLimit(spec))).digest('hex');
   }
 }
 
@@ -633,6 +633,13 @@ function workloadArgv(spec: WorkspaceSpec): string[] {
  *  lo, its OOM score) is in place before init runs, so the others start at once. */
 function holdsAtGate(spec: WorkspaceSpec): boolean {
   return spec.network === 'ISOLATED';
+}
+
+/** A spec with no disk limit digests as it did before Resources had one: a repeated start of a workspace
+ *  recorded by an older daemon is still the same spec. */
+function withoutNoDiskLimit(spec: WorkspaceSpec): unknown {
+  const { diskBytes, diskInodes, ...rest } = spec.resources;
+  return diskBytes || diskInodes ? spec : { ...spec, resources: rest };
 }
 
 /** What a backup of this workspace records as its origin, and the access rule later judges. */
