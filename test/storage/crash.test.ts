@@ -12,17 +12,21 @@ const NOTHING = { loops: 0, mounts: [], images: [], keys: 0, kernelKeys: [] };
 const CHURN = Number(process.env.TETRIX_STORAGE_CHURN ?? 50);
 
 // volume-key-sealed: the key is in the database, the pool volume not yet moved; volume-mounted: moved,
-// not yet bound on the workspace dir; after-volume: bound, the rootfs not begun.
-for (const point of ['volume-key-sealed', 'volume-mounted', 'after-volume', 'after-rootfs', 'after-spawn'] as const) {
-  t.test(`killed during a start (${point}): the volume, its loop device and its key are gone after the restart`, async (t) => {
-    const d = await startStorageDaemon(t, [], { env: { TETRIX_TEST_CRASH_AT: point } });
-    await t.rejects(d.start(busybox('half', idleScript)));
+// not yet bound on the workspace dir; after-volume: bound, the rootfs not begun. One daemon, restarted
+// into each point in turn.
+t.test('killed at each step of a start: the volume, its loop device and its key are gone after the restart', async (t) => {
+  const d = await startStorageDaemon(t);
+  for (const point of ['volume-key-sealed', 'volume-mounted', 'after-volume', 'after-rootfs', 'after-spawn']) {
+    await d.terminate();
+    await d.restart({ TETRIX_TEST_CRASH_AT: point });
+    const id = `half-${point}`;
+    await t.rejects(d.start(busybox(id, idleScript)), `the daemon dies at ${point}`);
     await d.restart({});
-    t.equal((await d.get('half')).state, 'WORKSPACE_STATE_FAILED');
-    t.same(await settled(() => volumeLeftovers(d), (v) => v.loops === 0), NOTHING, 'nothing of the volume is left');
-    await d.teardown('half');
-  });
-}
+    t.equal((await d.get(id)).state, 'WORKSPACE_STATE_FAILED');
+    t.same(await settled(() => volumeLeftovers(d), (v) => v.loops === 0), NOTHING, `${point}: nothing of the volume is left`);
+    await d.teardown(id);
+  }
+});
 
 t.test('killed between the key erase and the files at teardown: the restart finishes the teardown', async (t) => {
   const d = await startStorageDaemon(t, [], { env: { TETRIX_TEST_CRASH_AT: 'after-key-erase' } });
