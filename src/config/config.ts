@@ -31,6 +31,7 @@ export interface Config {
   readonly defaultDiskInodes: number; // 0 = one inode per 16 KiB of the volume
   readonly maxDiskInodes: number;
   readonly storagePoolSize: number; // formatted volumes of the default size kept ready
+  readonly execDetachedTimeoutMs: number; // a terminal session left detached and quiet this long is hung up
   readonly metricsListen: string;   // host:port for Prometheus, '' = off
   readonly apiListen: string;       // host:port of the mutual-TLS gRPC API, '' = unix socket only
   readonly apiAddresses: string;    // extra names/IPs for the generated server certificate, comma-separated
@@ -110,6 +111,7 @@ export function defaults(): Config {
     defaultDiskInodes: 0,
     maxDiskInodes: 2 ** 26,
     storagePoolSize: 4,
+    execDetachedTimeoutMs: 5 * 60_000,
     metricsListen: '',
     apiListen: '0.0.0.0:7443',
     apiAddresses: '',
@@ -155,7 +157,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
@@ -299,6 +301,7 @@ function validate(c: Config): Config {
   for (const id of listOf(c.operatorIdentities)) {
     if (!/^(dns|uri):\S+$/.test(id)) throw new ConfigError(`operatorIdentities: "${id}" needs a name type: dns:NAME or uri:URI (the generated admin certificate is dns:tetrix-admin)`);
   }
+  if (c.execDetachedTimeoutMs < 1000) throw new ConfigError('execDetachedTimeoutMs: must be at least 1000');
   if (c.tokenMaxLifetimeSeconds < 1) throw new ConfigError('tokenMaxLifetimeSeconds: must be at least 1');
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
