@@ -10,6 +10,8 @@
 //     content/         the /workspace tree, bind-mounted by spawn; the part that is backed up
 //     exit-status      what init recorded of the workload's end (native/init.c)
 //   logs/              the sealed log store
+//   storage/           workspace volumes (storageBackend ext4-fscrypt): images/, mnt/, pool/ (docs/storage.md);
+//                      a workspace's dir above is then its volume's encrypted dir, bind-mounted
 //   bin/tetrix-init    the daemon's private copy of init
 //   spec.key           the HMAC key of spec digests
 // A new per-workspace directory goes in WorkspaceLayout, and nowhere else.
@@ -28,6 +30,7 @@ export interface WorkspaceLayout {
 export interface StateLayout {
   workspaces: string;
   logs: string;
+  storage: string;
   initBinary: string;
   specKey: string;
 }
@@ -37,6 +40,7 @@ export function stateLayout(stateDir: string): StateLayout {
   return {
     workspaces: path.join(dir, 'workspaces'),
     logs: path.join(dir, 'logs'),
+    storage: path.join(dir, 'storage'),
     initBinary: path.join(dir, 'bin', 'tetrix-init'),
     specKey: path.join(dir, 'spec.key'),
   };

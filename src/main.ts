@@ -34,6 +34,7 @@ import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './workspace/adapters/provenance';
 import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from './crypto/secrets';
+import { defaultDisk, openWorkspaceVolumes } from './storage/open';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -60,6 +61,8 @@ async function run(config: Config): Promise<void> {
     open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),
     reseal: (sealed, aad) => resealSecret(keyring, sealed, aad),
     keyIdsIn: sealedKeyIdsIn,
+    sealBytes: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
+    openBytes: (sealed, aad) => openSecret(keyring, sealed, aad),
   });
   const metrics = new DaemonMetrics();
   let workspaces: WorkspaceService | undefined;
@@ -97,6 +100,9 @@ async function run(config: Config): Promise<void> {
     return 0;
   });
   if (leftovers > 0) metrics.countCleanup('backup_temporary', leftovers);
+  const volumes = await openWorkspaceVolumes(config, {
+    put: (id, key) => store.putDiskKey(id, key), get: (id) => store.diskKey(id), erase: (id) => store.eraseDiskKey(id),
+  }, log);
   // eslint-disable-next-line prefer-const
   workspaces = new WorkspaceService({
     stateDir: config.stateDir,
@@ -105,11 +111,12 @@ async function run(config: Config): Promise<void> {
     sandbox,
     log,
     specKey: loadOrCreateSecret(stateLayout(config.stateDir).specKey),
-    defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids },
+    defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids, ...defaultDisk(config) },
     network,
     logs: output,
     backups,
     provenance: provenancePublisher(storage, signingKey, { nodeId: config.nodeId, version }),
+    ...(volumes ? { storage: volumes } : {}),
   });
   output.onTaskEvent = (id, event) => workspaces.onTaskEvent(id, event);
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));
@@ -185,6 +192,7 @@ async function run(config: Config): Promise<void> {
     // Names are held for the workspaces that outlive the daemon; with none left, nothing needs them.
     const holdsWorkspaces = workspaces.list().length > 0;
     workspaces.close();
+    await volumes?.stop();
     await nodeNetwork?.close();
     store.close();
     kek.close();

@@ -10,7 +10,10 @@ export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
     kind: `WORKSPACE_KIND_${spec.kind}`,
     image: spec.image,
     command: spec.command,
-    resources: { memoryBytes: spec.resources.memoryBytes, cpuMillis: spec.resources.cpuMillis, pids: spec.resources.pids },
+    resources: {
+      memoryBytes: spec.resources.memoryBytes, cpuMillis: spec.resources.cpuMillis, pids: spec.resources.pids,
+      diskBytes: spec.resources.diskBytes ?? 0, diskInodes: spec.resources.diskInodes ?? 0,
+    },
     network: `NETWORK_MODE_${spec.network}`,
     state: `WORKSPACE_STATE_${status.state}`,
     reason: `STOP_REASON_${status.reason}`,
@@ -37,5 +40,10 @@ export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
     restoredFrom: status.restoredFrom,
     source: spec.source,
     imageDigest: status.imageDigest,
+    diskUsedBytes: status.disk?.usedBytes ?? 0,
+    diskLimitBytes: status.disk?.limitBytes ?? 0,
+    diskUsedInodes: status.disk?.usedInodes ?? 0,
+    diskLimitInodes: status.disk?.limitInodes ?? 0,
+    diskEncrypted: status.disk?.encrypted ?? false,
   };
 }

@@ -2,6 +2,7 @@
 // says why. Nothing below the API layer sees unvalidated input. Messages never echo env values.
 import path from 'node:path';
 import { invalidArgument } from '../errors';
+import { MIN_DISK_BYTES, MIN_DISK_INODES } from '../config/config';
 import type { StartWorkspaceRequest__Output } from '../generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { Task__Output } from '../generated/tetrix/agent/v1/Task';
 import type { NetworkMode, Resources, TaskSpec, WorkspaceSpec } from '../workspace/types';
@@ -12,6 +13,11 @@ export interface Limits {
   maxCpuMillis: number;
   maxPids: number;
   defaultNetwork: NetworkMode;
+  /** 'none': the node has no volumes, so no disk limit can be asked for. */
+  storageBackend: string;
+  defaultDiskBytes: number;
+  maxDiskBytes: number;
+  maxDiskInodes: number;
 }
 
 const ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -75,7 +81,23 @@ function resources(raw: StartWorkspaceRequest__Output['resources'], limits: Limi
   if (cpuMillis !== 0 && cpuMillis < 10) throw invalidArgument('resources.cpu_millis', 'must be 0 (node default) or at least 10');
   const pids = boundedInt('resources.pids', raw?.pids, limits.maxPids);
   if (pids !== 0 && pids < 8) throw invalidArgument('resources.pids', 'must be 0 (node default) or at least 8');
-  return { memoryBytes, cpuMillis, pids };
+  return { memoryBytes, cpuMillis, pids, ...disk(raw, limits) };
+}
+
+/** A volume's size and inode count (src/storage): as asked, 0 for the node default. */
+function disk(raw: StartWorkspaceRequest__Output['resources'], limits: Limits): { diskBytes: number; diskInodes: number } {
+  const none = limits.storageBackend === 'none';
+  const diskBytes = boundedInt('resources.disk_bytes', raw?.diskBytes, none ? Number.MAX_SAFE_INTEGER : limits.maxDiskBytes);
+  const diskInodes = boundedInt('resources.disk_inodes', raw?.diskInodes, none ? Number.MAX_SAFE_INTEGER : limits.maxDiskInodes);
+  if (none && (diskBytes !== 0 || diskInodes !== 0)) {
+    throw invalidArgument(diskBytes !== 0 ? 'resources.disk_bytes' : 'resources.disk_inodes', 'this node has no workspace volumes (storageBackend none), so it cannot hold a disk limit');
+  }
+  if (diskBytes !== 0 && diskBytes < MIN_DISK_BYTES) throw invalidArgument('resources.disk_bytes', `must be 0 (node default) or at least ${MIN_DISK_BYTES}`);
+  if (diskInodes !== 0 && diskInodes < MIN_DISK_INODES) throw invalidArgument('resources.disk_inodes', `must be 0 (one per 16 KiB) or at least ${MIN_DISK_INODES}`);
+  // ext4 needs room for its inode tables (256 bytes each) besides the files: at most one per 2 KiB.
+  const bytes = diskBytes || limits.defaultDiskBytes;
+  if (diskInodes > Math.floor(bytes / 2048)) throw invalidArgument('resources.disk_inodes', `${diskInodes} is more than a volume of ${bytes} bytes holds (one per 2048 bytes)`);
+  return { diskBytes, diskInodes };
 }
 
 export function dirInside(field: string, value: string): string {

@@ -50,6 +50,8 @@ const START_FLAGS: Record<string, Flag> = {
   cpus: { type: 'string', value: 'CORES', help: 'CPU limit in cores, a decimal: 0.5, 2' },
   cpu: { type: 'string', value: 'MILLICORES', help: 'CPU limit in millicores: 500 or 500m (same as --cpus 0.5)' },
   pids: { type: 'string', value: 'N', help: 'process limit (default: the node\'s)' },
+  disk: { type: 'string', value: 'SIZE', help: 'disk limit (the workspace volume): bytes or 512M, 10G (default: the node\'s)' },
+  'disk-inodes': { type: 'string', value: 'N', help: 'how many files the volume holds (default: one per 16 KiB)' },
   env: { type: 'string', multiple: true, value: 'KEY=VALUE', help: 'an environment variable; repeatable' },
   network: { type: 'string', value: 'none|isolated', help: 'no network, or the isolated workspace network (default: the node\'s)' },
   workdir: { type: 'string', value: 'DIR', help: 'working directory inside (default: the image\'s WorkingDir, else /workspace)' },

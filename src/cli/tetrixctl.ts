@@ -43,6 +43,8 @@ function startRequest(inv: Invocation): StartWorkspaceRequest {
       memoryBytes: memory === undefined ? 0 : size('--memory', memory),
       cpuMillis: cpuMillis(str(inv, 'cpus'), str(inv, 'cpu')),
       pids: pids === undefined ? 0 : integer('--pids', pids, 1),
+      diskBytes: str(inv, 'disk') === undefined ? 0 : size('--disk', str(inv, 'disk')!),
+      diskInodes: str(inv, 'disk-inodes') === undefined ? 0 : integer('--disk-inodes', str(inv, 'disk-inodes')!, 1),
     },
     network: network === undefined ? 'NETWORK_MODE_UNSPECIFIED' : `NETWORK_MODE_${oneOf('--network', network, ['none', 'isolated'] as const).toUpperCase()}` as StartWorkspaceRequest['network'],
     workingDir: str(inv, 'workdir') ?? '',

@@ -25,6 +25,12 @@ export interface Config {
   readonly maxCpuMillis: number;
   readonly maxPids: number;
   readonly ptyLimit: number;        // ptys one workspace may hold at once (its devpts max=)
+  readonly storageBackend: 'none' | 'ext4-fscrypt'; // each workspace's content on an encrypted, size-limited volume (docs/storage.md)
+  readonly defaultDiskBytes: number; // ext4-fscrypt: a workspace's volume size when its request names none
+  readonly maxDiskBytes: number;
+  readonly defaultDiskInodes: number; // 0 = one inode per 16 KiB of the volume
+  readonly maxDiskInodes: number;
+  readonly storagePoolSize: number; // formatted volumes of the default size kept ready
   readonly execDetachedTimeoutMs: number; // a terminal session left detached and quiet this long is hung up
   readonly metricsListen: string;   // host:port for Prometheus, '' = off
   readonly apiListen: string;       // host:port of the mutual-TLS gRPC API, '' = unix socket only
@@ -107,6 +113,12 @@ export function defaults(): Config {
     maxPids: 1 << 22,
     // The node's pool for all workspaces is kernel.pty.max - kernel.pty.reserve (3072 by default).
     ptyLimit: 128,
+    storageBackend: 'none',
+    defaultDiskBytes: 10 * 2 ** 30,
+    maxDiskBytes: 2 ** 40,
+    defaultDiskInodes: 0,
+    maxDiskInodes: 2 ** 26,
+    storagePoolSize: 4,
     execDetachedTimeoutMs: 5 * 60_000,
     metricsListen: '',
     apiListen: '0.0.0.0:7443',
@@ -161,13 +173,13 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'imageGcMaxAgeMs', 'imageStoreMaxBytes'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'imageGcMaxAgeMs', 'imageStoreMaxBytes'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
-  'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
+  'networkTable', 'dnsServers', 'storageBackend', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
   'defaultRegistry', 'registryMirrors', 'registryCaFile', 'insecureRegistry', 'registryAuthFile', 'userRegistries',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
@@ -270,6 +282,18 @@ function validateWorkspaceLimits(c: Config): void {
   }
 }
 
+// The smallest volume mkfs.ext4 makes with a journal; validate.ts holds requests to the same.
+export const MIN_DISK_BYTES = 32 * 2 ** 20;
+export const MIN_DISK_INODES = 1024;
+
+function validateStorage(c: Config): void {
+  if (c.storageBackend !== 'none' && c.storageBackend !== 'ext4-fscrypt') throw new ConfigError(`storageBackend: "${c.storageBackend}" is neither none nor ext4-fscrypt`);
+  if (c.defaultDiskBytes < MIN_DISK_BYTES) throw new ConfigError(`defaultDiskBytes: must be at least ${MIN_DISK_BYTES}, got ${c.defaultDiskBytes}`);
+  if (c.defaultDiskBytes > c.maxDiskBytes) throw new ConfigError(`defaultDiskBytes: ${c.defaultDiskBytes} is above maxDiskBytes (${c.maxDiskBytes})`);
+  if (c.defaultDiskInodes !== 0 && c.defaultDiskInodes < MIN_DISK_INODES) throw new ConfigError(`defaultDiskInodes: must be 0 (one per 16 KiB) or at least ${MIN_DISK_INODES}`);
+  if (c.defaultDiskInodes > c.maxDiskInodes) throw new ConfigError(`defaultDiskInodes: ${c.defaultDiskInodes} is above maxDiskInodes (${c.maxDiskInodes})`);
+}
+
 function validate(c: Config): Config {
   validateWorkspaceLimits(c);
   for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir', 'claimsDir', 'cgroupRoot'] as const) {
@@ -306,6 +330,7 @@ function validate(c: Config): Config {
   if (c.tokenMaxLifetimeSeconds < 1) throw new ConfigError('tokenMaxLifetimeSeconds: must be at least 1');
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
+  validateStorage(c);
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);
   if (c.backupStorage === 's3' && c.s3Bucket === '') throw new ConfigError('backupStorage s3 needs s3Bucket');
   if (c.backupDir !== '' && !path.isAbsolute(c.backupDir)) throw new ConfigError(`backupDir: must be an absolute path, got "${c.backupDir}"`);

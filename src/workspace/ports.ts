@@ -2,6 +2,7 @@
 // (src/sandbox, src/network, src/prebuild); the lifecycle never reaches past these.
 import type { Resources, WorkspaceKind, WorkspaceSpec } from './types';
 import type { InitExitRecord, Launched } from '../sandbox/launch';
+import type { DiskUsage } from '../storage/types';
 
 export type { InitExitRecord, Launched, ProcessExit, WorkloadSignal } from '../sandbox/launch';
 // What the Sandbox port rejects with when a kernel step fails: the step and its errno.
@@ -141,5 +142,24 @@ export interface WorkspaceBackups {
    * those authorize lets through), DATA_LOSS when it was altered. roots: "content", and "upper" when it holds
    * the overlay's upper layer.
    */
-  open(backupId: string, authorize: AuthorizeRestore): Promise<{ roots: string[]; binding: BackupBinding | undefined }>;
+  open(backupId: string, authorize: AuthorizeRestore): Promise<{ roots: string[]; binding: BackupBinding | undefined; bytes?: number; files?: number }>;
+}
+
+/**
+ * Each workspace's dir on an encrypted volume of its own, its size the disk limit (src/storage). The
+ * lifecycle's order: create before the rootfs; close after the rootfs is unmounted; at teardown eraseKey
+ * first (crypto-erase), then the workspace dir's removal, then destroy.
+ */
+export interface WorkspaceStorage {
+  /** The volume, open and mounted at wsDir. resources.diskBytes/diskInodes are the limits in force. */
+  create(workspaceId: string, limits: { bytes: number; inodes: number }, wsDir: string): Promise<void>;
+  /** RESOURCE_EXHAUSTED when a backup of this many bytes and files cannot fit in the open volume. */
+  checkFits(workspaceId: string, need: { bytes: number; files: number }): void;
+  /** Unmounts wsDir and the volume and removes its key from the kernel; deferred while a backup holds it. */
+  close(workspaceId: string, wsDir: string): Promise<void>;
+  whileOpen<T>(workspaceId: string, wsDir: string, fn: () => Promise<T>): Promise<T>;
+  eraseKey(workspaceId: string): Promise<void>;
+  destroy(workspaceId: string): Promise<void>;
+  usage(workspaceId: string): DiskUsage | undefined;
+  sweep(liveIds: ReadonlySet<string>): Promise<number>;
 }

@@ -11,7 +11,7 @@ import { workspaceDir, workspaceLayout } from '../layout';
 import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type ImageRunConfig, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork } from './ports';
+import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type ImageRunConfig, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork, type WorkspaceStorage } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
@@ -28,6 +28,7 @@ export interface WorkspaceServiceOptions {
   network?: WorkspaceNetwork;
   backups?: WorkspaceBackups;
   provenance?: ProvenancePublisher;
+  storage?: WorkspaceStorage;   // encrypted, size-limited volumes (src/storage); without it, plain dirs
 }
 
 interface Runtime {
@@ -48,7 +49,7 @@ interface Starting {
   launched?: Launched;
 }
 
-type OpenedBackup = { roots: string[]; binding: BackupBinding | undefined };
+type OpenedBackup = { roots: string[]; binding: BackupBinding | undefined; bytes?: number; files?: number };
 
 const START_INTERVAL_MS = 20;
 const RELEASES_AT_ONCE = 4;
@@ -58,7 +59,7 @@ const PREBUILD_INTERRUPTED = 'prebuild interrupted by a daemon restart: its task
  * Where the crash tests kill the daemon (TETRIX_TEST_CRASH_AT=<point>): each is a moment where a
  * half-done operation must be finished or undone by recover(). A no-op unless that variable names it.
  */
-export type CrashPoint = 'after-ids' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown' | 'mid-backup';
+export type CrashPoint = 'after-ids' | 'after-volume' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown' | 'mid-backup' | 'after-key-erase';
 const crashAt = process.env.TETRIX_TEST_CRASH_AT;
 function crashPoint(point: CrashPoint): void {
   if (crashAt === point) process.kill(process.pid, 'SIGKILL');
@@ -73,6 +74,8 @@ function withDefaultResources(spec: WorkspaceSpec, defaults: Resources): Workspa
       memoryBytes: r.memoryBytes || defaults.memoryBytes,
       cpuMillis: r.cpuMillis || defaults.cpuMillis,
       pids: r.pids || defaults.pids,
+      diskBytes: r.diskBytes || defaults.diskBytes,
+      diskInodes: r.diskInodes || defaults.diskInodes,
     },
   };
 }
@@ -101,7 +104,7 @@ export class WorkspaceService {
   get(id: string): WorkspaceRecord {
     const record = this.records.get(id);
     if (!record) throw new DomainError('NOT_FOUND', `workspace "${id}" not found`);
-    return record;
+    return this.withDiskUsage(record);
   }
 
   find(id: string): WorkspaceRecord | undefined {
@@ -109,7 +112,14 @@ export class WorkspaceService {
   }
 
   list(): WorkspaceRecord[] {
-    return [...this.records.values()];
+    return [...this.records.values()].map((r) => this.withDiskUsage(r));
+  }
+
+  /** The volume's usage as of now (statfs, no I/O), or as it was when it closed. */
+  private withDiskUsage(record: WorkspaceRecord): WorkspaceRecord {
+    const disk = this.o.storage?.usage(record.spec.id);
+    if (disk) record.status.disk = disk;
+    return record;
   }
 
   workspaceDir(id: string): string {
@@ -221,7 +231,7 @@ export class WorkspaceService {
     const layout = workspaceLayout(this.workspaceDir(id));
     const began = Date.now();
     if (crashAt === 'mid-backup') setTimeout(() => crashPoint('mid-backup'), 30);
-    const result = await backups.backup(
+    const result = await this.withVolume(id, () => backups.backup(
       { content: layout.content, ...(opts.includeUpper ? { upper: layout.upper } : {}) },
       {
         uidBase: record.status.uidBase,
@@ -231,10 +241,15 @@ export class WorkspaceService {
         ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
       },
-    );
+    ));
     this.events.emit('backup', { workspaceId: id, seconds: (Date.now() - began) / 1000, bytes: result.size });
     this.o.log.info({ workspace: id, backup: result.backupId, size: result.size }, 'backup stored');
     return result;
+  }
+
+  /** A stopped workspace's volume is closed: a backup opens it for as long as it reads. */
+  private withVolume<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.o.storage ? this.o.storage.whileOpen(id, this.workspaceDir(id), fn) : fn();
   }
 
   private holdForBackup<T>(id: string, backup: Promise<T>): Promise<T> {
@@ -269,6 +284,7 @@ export class WorkspaceService {
       }
     }
     await this.o.sandbox.sweep(new Set(this.records.keys()));
+    await this.o.storage?.sweep(new Set(this.records.keys()));
     await this.o.network?.reconcile([...this.records.keys()]);
   }
 
@@ -288,8 +304,8 @@ export class WorkspaceService {
     try {
       this.allocateIds(start);
       crashPoint('after-ids');
-      // The cgroup is independent of the rootfs, so the two overlap; both settle before a failure is cleaned up.
-      await allSettledOrThrow([this.prepareRootfs(start), this.createCgroup(start)] as const);
+      // The cgroup is independent of the volume and the rootfs, so they overlap; all settle before a failure is cleaned up.
+      await allSettledOrThrow([this.createVolume(start).then(() => this.prepareRootfs(start)), this.createCgroup(start)] as const);
       crashPoint('after-rootfs');
       crashPoint('after-cgroup');
       const launched = await this.launchWorkload(start);
@@ -340,6 +356,13 @@ export class WorkspaceService {
     this.o.store.updateStatus(record.spec.id, record.status);
   }
 
+  /** The workspace dir on its own encrypted, size-limited volume (src/storage), before anything goes in it. */
+  private async createVolume({ record }: Starting): Promise<void> {
+    const { spec } = record;
+    await this.o.storage?.create(spec.id, { bytes: spec.resources.diskBytes, inodes: spec.resources.diskInodes }, this.workspaceDir(spec.id));
+    crashPoint('after-volume');
+  }
+
   /** The network's /etc files and the restore go into the rootfs; then the output, whose ends spawn takes. */
   private async prepareRootfs(start: Starting): Promise<void> {
     const { spec, status } = start.record;
@@ -357,6 +380,8 @@ export class WorkspaceService {
     const { spec } = record;
     return async (dirs) => {
       const target = restoring.roots.includes('upper') ? dirs : { content: dirs.content };
+      // One that cannot fit in the volume is refused before any of it is written.
+      this.o.storage?.checkFits(spec.id, { bytes: restoring.bytes ?? 0, files: restoring.files ?? 0 });
       await this.needBackups().restore(spec.restoreFrom, target, { uidBase: record.status.uidBase, expectBinding: restoring.binding ?? null });
       record.status.restoredFrom = spec.restoreFrom;
     };
@@ -388,6 +413,7 @@ export class WorkspaceService {
 
   private running({ record }: Starting, launched: Launched): WorkspaceRecord {
     this.watch(record, launched, true);
+    this.withDiskUsage(record);
     this.transition(record, 'RUNNING');
     this.o.log.info({ workspace: record.spec.id, hostPid: launched.pid, uidBase: record.status.uidBase }, 'workspace running');
     return record;
@@ -512,6 +538,8 @@ export class WorkspaceService {
   private async releaseRuntime(record: WorkspaceRecord): Promise<void> {
     await this.releaseNetworkAndCgroup(record.spec.id);
     await this.o.sandbox.unmountRootfs(record.spec.id);
+    this.withDiskUsage(record);
+    await this.o.storage?.close(record.spec.id, this.workspaceDir(record.spec.id));
   }
 
   private async releaseNetworkAndCgroup(id: string): Promise<void> {
@@ -522,8 +550,12 @@ export class WorkspaceService {
   /** Everything, files and id range included. */
   private async releaseAll(record: WorkspaceRecord): Promise<void> {
     await this.releaseNetworkAndCgroup(record.spec.id);
+    // Crypto-erase before any file goes: once the key is gone, what is left of the volume opens for no one.
+    await this.o.storage?.eraseKey(record.spec.id);
+    crashPoint('after-key-erase');
     // Unmounts what is left, then deletes: one pass over mountinfo, not one here and one there.
     await this.o.sandbox.removeWorkspaceDir(record.spec.id);
+    await this.o.storage?.destroy(record.spec.id);
     if (record.status.uidBase) this.o.sandbox.releaseIds(record.status.uidBase);
     record.status.uidBase = 0;
   }
@@ -601,7 +633,7 @@ export class WorkspaceService {
   }
 
   private digest(spec: WorkspaceSpec): string {
-    return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(spec)).digest('hex');
+    return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(withoutNoDiskLimit(spec))).digest('hex');
   }
 }
 
@@ -626,6 +658,13 @@ export function withImageConfig(spec: WorkspaceSpec, image: ImageRunConfig | und
  *  lo, its OOM score) is in place before init runs, so the others start at once. */
 function holdsAtGate(spec: WorkspaceSpec): boolean {
   return spec.network === 'ISOLATED';
+}
+
+/** A spec with no disk limit digests as it did before Resources had one: a repeated start of a workspace
+ *  recorded by an older daemon is still the same spec. */
+function withoutNoDiskLimit(spec: WorkspaceSpec): unknown {
+  const { diskBytes, diskInodes, ...rest } = spec.resources;
+  return diskBytes || diskInodes ? spec : { ...spec, resources: rest };
 }
 
 /** What a backup of this workspace records as its origin, and the access rule later judges. */

@@ -23,7 +23,7 @@ export const SPEC_SECRETS: Classification<WorkspaceSpec> = {
   image: 'public',
   command: 'public',
   env: 'secret',
-  resources: { memoryBytes: 'public', cpuMillis: 'public', pids: 'public' },
+  resources: { memoryBytes: 'public', cpuMillis: 'public', pids: 'public', diskBytes: 'public', diskInodes: 'public' },
   network: 'public',
   ports: 'public',
   restoreFrom: 'public',

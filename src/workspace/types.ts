@@ -1,13 +1,17 @@
 // The workspace as the node keeps it: what was asked (spec) and what is (status).
+import type { DiskUsage } from '../storage/types';
 
 export type WorkspaceKind = 'REGULAR' | 'PREBUILD';
 export type NetworkMode = 'NONE' | 'ISOLATED';
 export type State = 'CREATING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED' | 'SUCCEEDED';
 export type Reason = 'UNSPECIFIED' | 'EXITED' | 'SIGNALED' | 'OOM_KILLED' | 'STOPPED' | 'SPAWN_FAILED' | 'LOST' | 'TASK_FAILED';
 
-// The limits are the cgroup's type (src/sandbox/cgroups.ts), named here for the spec.
-export type { Resources } from '../sandbox/cgroups';
-import type { Resources } from '../sandbox/cgroups';
+// The cgroup's limits (src/sandbox/cgroups.ts) and the volume's (src/storage), named here for the spec.
+import type { Resources as CgroupLimits } from '../sandbox/cgroups';
+export interface Resources extends CgroupLimits {
+  diskBytes: number;     // the workspace's volume size (src/storage); 0 in a request: the node default; 0 in force on a node without volumes
+  diskInodes: number;    // 0 as above (one per 16 KiB of diskBytes)
+}
 
 // A task is the task channel's unit (src/prebuild/tasks.ts); defined there, named here for the spec.
 export type { TaskSpec } from '../prebuild/tasks';
@@ -61,6 +65,7 @@ export interface WorkspaceStatus {
   tasks: TaskStatus[];
   stopRequested: boolean;
   tearingDown: boolean;
+  disk?: DiskUsage;       // the volume's usage, refreshed on each read (src/storage)
 }
 
 export interface WorkspaceRecord {

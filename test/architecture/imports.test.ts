@@ -19,7 +19,7 @@ const LAYERS: string[][] = [
   ['workspace/'],                                    // the lifecycle, its records, ports and their adapters
   ['prebuild/'],                                     // tasks channel, provenance (a service the lifecycle uses)
   ['images/'],                                       // OCI images: registry client, layer store, pulls
-  ['sandbox/', 'network/', 'content/', 'logs/'],     // the mechanisms, independent of each other
+  ['sandbox/', 'network/', 'content/', 'logs/', 'storage/'], // the mechanisms, independent of each other
   ['crypto/'],                                       // keys, the streaming AEAD, sealing, the PKI
   ['config/', 'state-dir.ts', 'node-flags.ts'],      // one validated config; the state dir's lock and claims
   ['native/'],                                       // the typed wrapper of the C addon
