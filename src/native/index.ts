@@ -7,6 +7,7 @@ import { NativeError } from './errors';
 import type { NativePart } from './part';
 import { archivePart, type ArchiveWalkNative } from './archive';
 import { channelPart, type ChannelNative } from './channel';
+import { chunkerPart, type ChunkerNative } from './chunker';
 import { exitPart, type ExitNative } from './exit';
 import { extractPart, type ExtractNative } from './extract';
 import { fsopsPart, type FsOpsNative } from './fsops';
@@ -21,6 +22,7 @@ import { spawnPart, type SpawnNative } from './spawn';
 export { NativeError } from './errors';
 export type * from './archive';
 export type * from './channel';
+export type * from './chunker';
 export type * from './exit';
 export type * from './extract';
 export type * from './fsops';
@@ -33,14 +35,14 @@ export type * from './seccomp';
 export type * from './spawn';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ChunkerNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart,
+  archive: archivePart, extract: extractPart, chunker: chunkerPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older
@@ -84,3 +86,4 @@ export const archiveWalk: ArchiveWalkNative = native;
 export const extract: ExtractNative = native;
 export const netNative: NetNative = native;
 export const seccompNative: SeccompNative = native;
+export const chunker: ChunkerNative = native;

@@ -1,0 +1,210 @@
+// What snapshot backups (src/content/repo/) must do on every storage backend; snapshots-fs.test.ts and
+// snapshots-s3.test.ts run it.
+import { Test } from 'tap';
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { KeyRing } from '../../../src/crypto/keys';
+import { SnapshotStore } from '../../../src/content/repo/snapshots';
+import type { ObjectStorage } from '../../../src/content/storage';
+import { DomainError } from '../../../src/errors';
+import { Backend, expectedSnapshot, makeTree, quietLog, readObject, snapshot, tempDir, UID_BASE, writeObject } from '../backup-suite';
+
+const ALICE = { workspaceId: 'ws-a1', ownerId: 'alice', teamId: '', kind: 'REGULAR' } as const;
+const ALICE_2 = { ...ALICE, workspaceId: 'ws-a2' };
+const BOB = { workspaceId: 'ws-b1', ownerId: 'bob', teamId: '', kind: 'REGULAR' } as const;
+const MiB = 1 << 20;
+
+interface Fixture {
+  storage: ObjectStorage;
+  childConfig: object;
+  base: string;
+  keysDir: string;
+  store: SnapshotStore;
+  content: string;
+}
+
+async function fixture(t: Test, makeBackend: (t: Test) => Promise<Backend>, what: string, opts: { inProcess?: boolean } = {}): Promise<Fixture> {
+  const { storage, childConfig } = await makeBackend(t);
+  const base = tempDir(t, `repo-${what}`);
+  const keysDir = path.join(base, 'keys');
+  const store = new SnapshotStore({ storage, keyring: KeyRing.open({ dir: keysDir }), log: quietLog, inProcess: opts.inProcess ?? true });
+  const content = path.join(base, 'content');
+  makeTree(content);
+  return { storage, childConfig, base, keysDir, store, content };
+}
+
+async function expectDataLoss(t: Test, work: Promise<unknown>, pattern: RegExp): Promise<void> {
+  const err = await work.then(() => undefined, (e: unknown) => e);
+  t.ok(err instanceof DomainError && err.code === 'DATA_LOSS', `DATA_LOSS (${(err as Error)?.message})`);
+  t.match((err as Error)?.message ?? '', pattern);
+}
+
+async function restoreInto(f: Fixture, id: string, name: string): Promise<string> {
+  const dir = path.join(f.base, name);
+  await f.store.restore(id, dir, { uidBase: UID_BASE });
+  return dir;
+}
+
+/** A random file owned by the container's uid 1000. */
+function writeRandom(file: string, bytes: number): void {
+  fs.writeFileSync(file, crypto.randomBytes(bytes));
+  fs.chownSync(file, UID_BASE + 1000, UID_BASE + 1000);
+}
+
+export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>): void {
+  t.test('a snapshot restores the tree exactly, through the runner child as the daemon runs it', async (t) => {
+    const f = await fixture(t, makeBackend, 'roundtrip', { inProcess: false });
+    const want = expectedSnapshot(f.content);
+    const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    t.match(a.backupId, /^sn-/);
+    const restored = await restoreInto(f, a.backupId, 'restored');
+    t.same(snapshot(restored), want);
+    const [info] = await f.store.list();
+    t.equal(info.backupId, a.backupId);
+    t.ok(info.bytes > 3 * MiB && info.storedBytes > 0, 'logical size and stored bytes are listed');
+    t.same(info.binding, ALICE);
+  });
+
+  t.test('dedup: an unchanged tree stores almost nothing; a 1 MiB insert in a large file about 1 MiB; across an owner\'s workspaces', async (t) => {
+    const f = await fixture(t, makeBackend, 'dedup');
+    writeRandom(path.join(f.content, 'large.bin'), 24 * MiB);
+    const first = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    t.ok(first.size > 27 * MiB, `the first backup stores the tree (${first.size})`);
+    const second = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    t.ok(second.size < 16 << 10, `an unchanged tree stores ${second.size} bytes the second time`);
+    const other = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE_2 });
+    t.ok(other.size < 16 << 10, `another workspace of the same owner with the same files stores ${other.size} bytes`);
+    const large = fs.readFileSync(path.join(f.content, 'large.bin'));
+    fs.writeFileSync(path.join(f.content, 'large.bin'), Buffer.concat([large.subarray(0, 12 * MiB), crypto.randomBytes(MiB), large.subarray(12 * MiB)]));
+    fs.chownSync(path.join(f.content, 'large.bin'), UID_BASE + 1000, UID_BASE + 1000);
+    const third = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    t.ok(third.size >= MiB && third.size < 6 * MiB, `a 1 MiB insert in the middle of a 24 MiB file stores ${(third.size / MiB).toFixed(2)} MiB`);
+    const bob = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: BOB });
+    t.ok(bob.size > 27 * MiB, 'another owner\'s repository shares nothing with alice\'s');
+    const want = expectedSnapshot(f.content);
+    t.same(snapshot(await restoreInto(f, third.backupId, 'third')), want, 'the incremental snapshot restores whole');
+    fs.rmSync(path.join(f.base, 'third'), { recursive: true });
+    t.equal(fs.readFileSync(path.join(await restoreInto(f, first.backupId, 'first'), 'large.bin')).length, 24 * MiB, 'the first one still restores as it was');
+  });
+
+  t.test('retention and GC: a deleted snapshot\'s unique chunks go, shared ones stay; orphans go', async (t) => {
+    const f = await fixture(t, makeBackend, 'gc');
+    const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    writeRandom(path.join(f.content, 'only-in-b.bin'), 12 * MiB);
+    const b = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    const packBytes = async () => (await f.storage.list('rp-')).filter((o) => o.name.includes('.pack-')).reduce((n, o) => n + o.size, 0);
+    const before = await packBytes();
+    await f.store.delete(b.backupId);
+    const [gc] = await f.store.gcAll();
+    const after = await packBytes();
+    t.ok(before - after >= 12 * MiB, `b's unique 12 MiB went (${((before - after) / MiB).toFixed(1)} MiB freed)`);
+    t.ok(gc.packsDeleted >= 1);
+    t.same(snapshot(await restoreInto(f, a.backupId, 'a')), expectedSnapshot(path.join(f.base, 'a')), 'the snapshot that shared chunks with it still restores');
+    t.equal(fs.readFileSync(path.join(f.base, 'a', 'big.bin')).length, fs.readFileSync(path.join(f.content, 'big.bin')).length);
+    t.same((await f.store.check()).errors, [], 'check finds the repository whole');
+  });
+
+  t.test('the prune race: a backup running while GC runs, both end well', async (t) => {
+    const f = await fixture(t, makeBackend, 'race');
+    const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    writeRandom(path.join(f.content, 'new.bin'), 6 * MiB);
+    // GC is asked for when the backup has read the index (it will reuse a's chunks) and before it wrote anything.
+    await f.store.delete(a.backupId);
+    let gc: Promise<unknown> | undefined;
+    f.store.onBackupHoldsRepo = () => {
+      f.store.onBackupHoldsRepo = undefined;
+      gc = f.store.gcAll();
+    };
+    const b = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    t.ok(gc, 'GC ran while the backup was under way');
+    await gc;
+    t.same((await f.store.list()).map((s) => s.backupId), [b.backupId]);
+    t.same(snapshot(await restoreInto(f, b.backupId, 'b')), expectedSnapshot(f.content), 'the backup reusing the deleted snapshot\'s chunks restores whole');
+    t.same((await f.store.check()).errors, []);
+    // And the other way round: a backup asked for while GC holds the repository waits for it.
+    await f.store.delete(b.backupId);
+    const gc2 = f.store.gcAll();
+    const c = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    await gc2;
+    fs.rmSync(path.join(f.base, 'b'), { recursive: true });
+    t.same(snapshot(await restoreInto(f, c.backupId, 'b')), expectedSnapshot(f.content), 'a backup started during GC restores whole');
+  });
+
+  t.test('a bit flipped in one chunk: DATA_LOSS naming the file, nothing restored; check finds it', async (t) => {
+    const f = await fixture(t, makeBackend, 'flip');
+    writeRandom(path.join(f.content, 'victim.bin'), 5 * MiB);
+    const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    t.same((await f.store.check()).errors, []);
+    // The largest pack holds the victim's chunks; flip one bit in its middle.
+    const packs = (await f.storage.list('rp-')).filter((o) => o.name.includes('.pack-')).sort((x, y) => y.size - x.size);
+    const bytes = await readObject(f.storage, packs[0].name);
+    bytes[bytes.length >> 1] ^= 0x10;
+    await writeObject(f.storage, packs[0].name, bytes);
+    const target = path.join(f.base, 'target');
+    fs.mkdirSync(target);
+    fs.writeFileSync(path.join(target, 'keep-me'), 'old');
+    await expectDataLoss(t, f.store.restore(a.backupId, target, { uidBase: UID_BASE }), /does not authenticate.*affected files: .*(victim\.bin|big\.bin)/);
+    t.same(fs.readdirSync(target), ['keep-me'], 'the target is untouched');
+    t.same(fs.readdirSync(f.base).filter((n) => n.includes('tetrix-restore')), [], 'no staging directory is left');
+    const check = await f.store.check();
+    t.ok(check.errors.some((e) => /does not authenticate/.test(e)), 'check reports the chunk');
+    t.ok(check.errors.some((e) => e.includes(a.backupId) && /affected files: .*bin/.test(e)), 'and the snapshot and file it breaks');
+  });
+
+  t.test('owner binding: a snapshot changed to name another owner, or copied under another id, does not open', async (t) => {
+    const f = await fixture(t, makeBackend, 'bind');
+    const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: BOB });
+    const bobRepo = (await f.store.list()).find((s) => s.binding.ownerId === 'bob')!.repo;
+    const name = `snap-${a.backupId}`;
+    const original = JSON.parse((await readObject(f.storage, name)).toString());
+    const allow = () => undefined;
+    // Claimed for bob: bob's repository is another, so the binding and the repository disagree.
+    await writeObject(f.storage, name, Buffer.from(JSON.stringify({ ...original, ownerId: 'bob', workspaceId: 'ws-b1' })));
+    await expectDataLoss(t, f.store.open(a.backupId, allow), /binding does not match its repository/);
+    // Claimed for bob with bob's repository named: the seal (alice's repository key, her binding bound in) does not open.
+    await writeObject(f.storage, name, Buffer.from(JSON.stringify({ ...original, ownerId: 'bob', workspaceId: 'ws-b1', repo: bobRepo })));
+    await expectDataLoss(t, f.store.open(a.backupId, allow), /does not authenticate/);
+    // Another workspace of alice's named: authenticated facts, so that too.
+    await writeObject(f.storage, name, Buffer.from(JSON.stringify({ ...original, workspaceId: 'ws-a2' })));
+    await expectDataLoss(t, f.store.open(a.backupId, allow), /does not authenticate/);
+    await writeObject(f.storage, name, Buffer.from(JSON.stringify(original)));
+    const claims: unknown[] = [];
+    await f.store.open(a.backupId, (b) => void claims.push(b));
+    t.same(claims, [ALICE], 'the access decision sees the binding before anything is verified');
+  });
+
+  for (const point of ['pack-stored', 'index-stored', 'before-snapshot', 'gc-repacked', 'gc-index-deleted'] as const) {
+    t.test(`kill -9 at ${point}: earlier snapshots restore, no half snapshot is listed, leftovers are collected`, async (t) => {
+      const f = await fixture(t, makeBackend, `kill-${point}`);
+      const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+      writeRandom(path.join(f.content, 'more.bin'), 10 * MiB);
+      const gcRun = point.startsWith('gc-');
+      if (gcRun) {
+        // Something for GC to repack and delete: b's unique chunks, deleted.
+        const b = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+        await f.store.delete(b.backupId);
+      }
+      const tsLoader = process.execArgv.filter((arg) => arg.includes('@tapjs/typescript'));
+      const child = spawn(process.execPath, [...tsLoader, path.join(__dirname, 'snapshot-child.ts'), JSON.stringify({
+        op: gcRun ? 'gc' : 'backup', storage: f.childConfig, keysDir: f.keysDir, content: f.content, uidBase: UID_BASE, binding: ALICE,
+      })], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, TETRIX_TEST_REPO_CRASH_AT: point } });
+      t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+      const signal = await new Promise<string | null>((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
+      t.equal(signal, 'SIGKILL', `the child died at ${point}`);
+      t.same((await f.store.list()).map((s) => s.backupId), [a.backupId], 'only the complete snapshot is listed');
+      t.same(snapshot(await restoreInto(f, a.backupId, 'a')), expectedSnapshot(path.join(f.base, 'a')), 'the earlier snapshot restores');
+      t.same((await f.store.check()).errors, [], 'check finds the repository whole');
+      const c = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+      await f.store.gcAll();
+      const packs = (await f.storage.list('rp-')).filter((o) => o.name.includes('.pack-')).map((o) => o.name);
+      const indexes = new Set((await f.storage.list('rp-')).filter((o) => o.name.includes('.idx-')).map((o) => o.name.replace('.idx-', '.pack-')));
+      t.same(packs.filter((p) => !indexes.has(p)), [], 'after GC no pack without an index is left');
+      fs.rmSync(path.join(f.base, 'a'), { recursive: true });
+      t.same(snapshot(await restoreInto(f, c.backupId, 'a')), expectedSnapshot(f.content), 'a later backup restores whole');
+      t.same((await f.store.check()).errors, []);
+    });
+  }
+}
