@@ -22,7 +22,7 @@ import { KeyRotation } from './crypto/rotation';
 import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
 import { WorkspaceOutput } from './workspace/output';
 import { LogStore } from './prebuild/logs';
-import { BackupStore } from './content/backups';
+import { openBackups } from './content/repo/open-backups';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './workspace/adapters/provenance';
@@ -62,7 +62,7 @@ async function run(config: Config): Promise<void> {
   await logStore.init();
   const output = new WorkspaceOutput(logStore, native, log);
   const storage = openBackupStorage(config);
-  const backups = new BackupStore({ storage, keyring, log });
+  const backups = openBackups(config, storage, keyring, log);
   const signingKey = await loadOrCreateSigningKey(config.stateDir);
   const rotation = new KeyRotation(keyring, [
     { kind: 'backup', usage: () => backups.keyUsage(), rewrap: (keyId) => backups.rewrap('all', keyId) },

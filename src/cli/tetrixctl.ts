@@ -5,6 +5,7 @@ import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FsObjectStorage } from '../content/storage-fs';
+import { storedObjectOf } from '../content/repo/formats';
 import { DomainError } from '../errors';
 import { packageRoot } from '../config/config';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
@@ -342,7 +343,7 @@ async function verify(c: Clients, inv: Invocation, json: boolean): Promise<numbe
     ? fs.readFileSync(keyFile, 'utf8')
     : (await unaryCall<NodeInfo__Output>((md, o, cb) => c.node.GetNodeInfo({}, md, o, cb))).provenancePublicKeyPem;
   const storage = new FsObjectStorage({ dir: str(inv, 'backup-dir') ?? '/var/lib/tetrix/backups' });
-  const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: `${snapshot}.data`, publicKeyPem });
+  const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: storedObjectOf(snapshot), publicKeyPem });
   process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${snapshot} was built by ${statement.predicate.runDetails.builder.id}\n${JSON.stringify(statement, null, 2)}\n`);
   return 0;
 }

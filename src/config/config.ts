@@ -56,6 +56,10 @@ export interface Config {
   readonly logRetentionMs: number;  // logs outlive teardown this long (prebuild logs are read after it)
   readonly backupStorage: 'fs' | 's3';
   readonly backupDir: string;       // fs: where backups live ('' = <stateDir>/backups)
+  readonly backupFormat: 'snapshot' | 'full';  // new backups: deduplicated snapshots, or one archive each (docs/backup-format.md)
+  readonly backupKeepLast: number;  // retention of snapshots per workspace, as restic forget (0 = no such rule;
+  readonly backupKeepDaily: number; //   all three 0: keep every snapshot)
+  readonly backupKeepWeekly: number;
   readonly s3Bucket: string;        // s3: bucket, key prefix (private to this node) and endpoint;
   readonly s3Prefix: string;        //     credentials come from the AWS SDK's usual chain
   readonly s3Endpoint: string;
@@ -129,6 +133,10 @@ export function defaults(): Config {
     logRetentionMs: 7 * 24 * 3600 * 1000,
     backupStorage: 'fs',
     backupDir: '',
+    backupFormat: 'snapshot',
+    backupKeepLast: 0,
+    backupKeepDaily: 0,
+    backupKeepWeekly: 0,
     s3Bucket: '',
     s3Prefix: '',
     s3Endpoint: '',
@@ -143,13 +151,13 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'backupKeepLast', 'backupKeepDaily', 'backupKeepWeekly'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
-  'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
+  'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 'backupFormat', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 /** Settings that were replaced: naming them says what to use instead. */
@@ -279,6 +287,7 @@ function validate(c: Config): Config {
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);
+  if (c.backupFormat !== 'snapshot' && c.backupFormat !== 'full') throw new ConfigError(`backupFormat: "${c.backupFormat}" is neither snapshot nor full`);
   if (c.backupStorage === 's3' && c.s3Bucket === '') throw new ConfigError('backupStorage s3 needs s3Bucket');
   if (c.backupDir !== '' && !path.isAbsolute(c.backupDir)) throw new ConfigError(`backupDir: must be an absolute path, got "${c.backupDir}"`);
   const kek = parseKekSource(c);

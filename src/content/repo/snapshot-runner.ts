@@ -9,6 +9,7 @@
 import crypto from 'node:crypto';
 import * as zstd from 'zstd-napi';
 import type { ArchiveRoot } from '../archive-roots';
+import { measureTrees } from '../archive';
 import { ArchiveSink, errorMessage, fdSink, type RunnerMessage } from '../archive-runner';
 import { TreeWalk } from '../tree-walk';
 import { DATA_CHUNKS, StreamChunker, TREE_CHUNKS } from './chunker';
@@ -95,6 +96,7 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
     pendingBytes = pendingFiles = 0;
   }, PROGRESS_EVERY_MS);
   try {
+    reportEstimate(job.roots, report);
     const input = Buffer.allocUnsafe(WALK_CHUNK);
     while (!walk.done) {
       splitter.push(input.subarray(0, walk.fill(input)));
@@ -104,6 +106,7 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
     tree.flush();
     treeChunker.end();
     await sink.end();
+    report({ type: 'totals', bytes: result.bytes, files: result.files });
   } finally {
     clearInterval(timer);
     walk.close();
@@ -111,6 +114,14 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
   }
   result.tree = Buffer.concat(treeIds);
   return result;
+}
+
+/** The trees' size before the walk, for progress (it also warms the caches the walk reads); only an estimate. */
+function reportEstimate(roots: ArchiveRoot[], report: (m: RunnerMessage) => void): void {
+  try {
+    const size = measureTrees(roots.map((r) => r.dir));
+    report({ type: 'totals', bytes: size.bytes, files: size.files });
+  } catch { /* backed up without an estimate */ }
 }
 
 function send(msg: SnapshotMessage): void {

@@ -147,6 +147,7 @@ export class SnapshotStore {
         gear: repo.keys.gear, idKey: repo.keys.id, known: repo.knownIds(),
       };
       const run = this.#startWalk(job, {
+        onTotals: (bytes, files) => progress.setTotals(bytes, files),
         onProgress: (bytes, files) => progress.add(bytes, files),
         onSkip: (rel, why) => this.#log.warn({ backupId: snapshotId, path: rel, why }, 'backup: entry left out'),
         signal: opts.signal,
@@ -168,9 +169,10 @@ export class SnapshotStore {
     }
   }
 
-  #startWalk(job: SnapshotJob, hooks: { onProgress(b: number, f: number): void; onSkip(p: string, w: string): void; signal?: AbortSignal }): { output: Readable; done: Promise<SnapshotWalkResult>; kill(): void } {
+  #startWalk(job: SnapshotJob, hooks: { onTotals(b: number, f: number): void; onProgress(b: number, f: number): void; onSkip(p: string, w: string): void; signal?: AbortSignal }): { output: Readable; done: Promise<SnapshotWalkResult>; kill(): void } {
     const dispatch = (m: SnapshotMessage): void => {
       if (m.type === 'progress') hooks.onProgress(m.bytes, m.files);
+      else if (m.type === 'totals') hooks.onTotals(m.bytes, m.files);
       else if (m.type === 'skip') hooks.onSkip(m.path, m.why);
     };
     if (this.#inProcess) {
