@@ -23,6 +23,7 @@ import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
 import { WorkspaceOutput } from './workspace/output';
 import { LogStore } from './prebuild/logs';
 import { openBackups } from './content/repo/open-backups';
+import { backupHandlers } from './api/backups-api';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './workspace/adapters/provenance';
@@ -97,6 +98,7 @@ async function run(config: Config): Promise<void> {
   const audit = createAuditLog(openAuditLogger(config.auditLog, config.stateDir, log, { node: config.nodeId }));
   const api = createApiServer({
     workspaces: workspaceHandlers(workspaces, output, limits, audit, log),
+    backups: backupHandlers(backups, audit, log),
     node: nodeHandlers({
       nodeId: config.nodeId,
       version,

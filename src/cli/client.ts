@@ -6,10 +6,12 @@ import { createClientCredentials } from '../api/tls';
 import { loadProto } from '../api/server';
 import type { WorkspaceServiceClient } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceClient } from '../generated/tetrix/agent/v1/NodeService';
+import type { BackupServiceClient } from '../generated/tetrix/agent/v1/BackupService';
 
 export interface Clients {
   workspaces: WorkspaceServiceClient;
   node: NodeServiceClient;
+  backups: BackupServiceClient;
   close(): void;
 }
 
@@ -26,9 +28,11 @@ export function connect(opts: ConnectOptions): Clients {
   const v1 = proto.tetrix.agent.v1;
   const workspaces = new v1.WorkspaceService(target, creds);
   const node = new v1.NodeService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
+  const backups = new v1.BackupService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
   return {
     workspaces,
     node,
+    backups,
     close: () => {
       workspaces.close();
     },

@@ -10,6 +10,10 @@ import { DomainError } from '../errors';
 import { packageRoot } from '../config/config';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
 import { adminCredentials, CliError, connect, unaryCall, type Clients } from './client';
+import { listBackups } from './backups';
+import { backupIds, removeBackups } from './backup-rm';
+import { checkBackups } from './backup-check';
+import { pruneBackups } from './backup-prune';
 import { COMMANDS, cpuMillis, duration, integer, keyValues, oneOf, parseCommandLine, size, usage, UsageError, type Invocation } from './args';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
 import type { LogChunk__Output } from '../generated/tetrix/agent/v1/LogChunk';
@@ -181,6 +185,19 @@ async function keys(c: Clients, inv: Invocation, json: boolean): Promise<number>
   return 0;
 }
 
+/** backup ID, or one of its subcommands (a workspace named rm, check or prune is backed up over the API). */
+function backupAction(inv: Invocation, json: boolean): Action {
+  const [first] = inv.args;
+  if (first === 'rm') {
+    const ids = backupIds(inv);
+    return (c) => removeBackups(c, ids, json);
+  }
+  if (inv.args.length > 1) throw new UsageError(`backup: unexpected argument "${inv.args[1]}"`, 'backup');
+  if (first === 'check') return (c) => checkBackups(c, json);
+  if (first === 'prune') return (c) => pruneBackups(c, inv.values['dry-run'] === true, json);
+  return (c) => backup(c, inv, json);
+}
+
 function backup(c: Clients, inv: Invocation, json: boolean): Promise<number> {
   const tty = process.stderr.isTTY && !json;
   const began = Date.now();
@@ -303,7 +320,9 @@ function prepare(inv: Invocation, json: boolean): Action {
     case 'teardown':
       return (c) => teardown(c, inv, json);
     case 'backup':
-      return (c) => backup(c, inv, json);
+      return backupAction(inv, json);
+    case 'backups':
+      return (c) => listBackups(c, inv, json);
     case 'verify':
       return (c) => verify(c, inv, json);
     case 'keys':
