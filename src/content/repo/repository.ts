@@ -16,6 +16,7 @@ const NONCE = 12;
 const TAG = 16;
 const SMALL_READ = 64 << 10;     // chunks up to this size are read with their neighbours
 const READ_WINDOW = 4 << 20;
+const WINDOWS_KEPT = 4;
 export const ENC_RAW = 0;
 export const ENC_ZSTD = 1;
 const MAX_CHUNK = 8 << 20;
@@ -79,7 +80,8 @@ export class Repository {
   /** id (latin1 of its 32 bytes) -> where it is. */
   readonly index = new Map<string, PackEntry>();
   readonly #packs = new Map<string, PackEntry[]>();
-  #window: { pack: string; offset: number; bytes: Buffer } | undefined;
+  /** Recent range reads (small chunks are read with their neighbours); promises, so reads issued together share one. */
+  #windows: { pack: string; offset: number; length: number; bytes: Promise<Buffer> }[] = [];
 
   constructor(storage: ObjectStorage, name: string, scope: string, keys: RepoKeys, keyId: string) {
     this.#storage = storage;
@@ -100,6 +102,7 @@ export class Repository {
 
   /** Reads the index objects written since the last call, and forgets those removed. */
   async refreshIndex(): Promise<void> {
+    this.dropReadCache();
     const listed = await this.#storage.list(indexPrefix(this.name));
     const names = new Set(listed.map((o) => o.name));
     for (const [pack] of this.#packs) if (!names.has(indexNameOf(pack))) this.#forgetPack(pack);
@@ -113,6 +116,11 @@ export class Repository {
         if (!this.index.has(key)) this.index.set(key, e);
       }
     }
+  }
+
+  /** Forgets the range reads kept for neighbouring chunks: each operation reads storage afresh. */
+  dropReadCache(): void {
+    this.#windows = [];
   }
 
   packs(): Map<string, PackEntry[]> {
@@ -151,7 +159,7 @@ export class Repository {
       if (this.index.get(key)?.pack === pack) this.index.delete(key);
     }
     this.#packs.delete(pack);
-    if (this.#window?.pack === pack) this.#window = undefined;
+    this.#windows = this.#windows.filter((w) => w.pack !== pack);
   }
 
   /** Stores a pack, then its index (that order: an index never names a pack that is not there). */
@@ -191,21 +199,22 @@ export class Repository {
   async readSealed(id: Buffer): Promise<Buffer> {
     const e = this.index.get(id.toString('latin1'));
     if (!e) throw new DomainError('DATA_LOSS', `chunk ${shortId(id)} is missing from the repository`);
-    const w = this.#window;
-    if (w && w.pack === e.pack && e.offset >= w.offset && e.offset + e.length <= w.offset + w.bytes.length) {
-      return w.bytes.subarray(e.offset - w.offset, e.offset - w.offset + e.length);
+    let w = this.#windows.find((x) => x.pack === e.pack && e.offset >= x.offset && e.offset + e.length <= x.offset + x.length);
+    if (!w) {
+      const length = e.length <= SMALL_READ ? Math.max(e.length, READ_WINDOW) : e.length;
+      const bytes = this.#storage.getRange(e.pack, e.offset, length).catch((err: unknown) => {
+        if (err instanceof DomainError && err.code === 'NOT_FOUND') throw new DomainError('DATA_LOSS', `chunk ${shortId(id)}: its pack ${e.pack} is missing`);
+        throw err;
+      });
+      const made = { pack: e.pack, offset: e.offset, length, bytes };
+      bytes.catch(() => { this.#windows = this.#windows.filter((x) => x !== made); }); // a failed read is not kept
+      w = made;
+      if (length > e.length) this.#windows = [w, ...this.#windows].slice(0, WINDOWS_KEPT);
     }
-    const want = e.length <= SMALL_READ ? Math.max(e.length, READ_WINDOW) : e.length;
-    let bytes: Buffer;
-    try {
-      bytes = await this.#storage.getRange(e.pack, e.offset, want);
-    } catch (err) {
-      if (err instanceof DomainError && err.code === 'NOT_FOUND') throw new DomainError('DATA_LOSS', `chunk ${shortId(id)}: its pack ${e.pack} is missing`);
-      throw err;
-    }
-    if (bytes.length < e.length) throw new DomainError('DATA_LOSS', `chunk ${shortId(id)}: its pack ${e.pack} is truncated`);
-    if (want > e.length) this.#window = { pack: e.pack, offset: e.offset, bytes };
-    return bytes.subarray(0, e.length);
+    const bytes = await w.bytes;
+    const start = e.offset - w.offset;
+    if (bytes.length < start + e.length) throw new DomainError('DATA_LOSS', `chunk ${shortId(id)}: its pack ${e.pack} is truncated`);
+    return bytes.subarray(start, start + e.length);
   }
 
   /** A chunk's plaintext, authenticated (AES-GCM under the repository key, its id bound in). DATA_LOSS otherwise. */

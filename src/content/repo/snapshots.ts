@@ -305,6 +305,7 @@ export class SnapshotStore {
       staged.clear();
       this.#log.info({ backupId: snapshotId, files: s.files }, 'snapshot restored');
     } finally {
+      repo.dropReadCache();
       release();
       for (const { staging } of staged.values()) await import('node:fs').then((fs) => fs.promises.rm(staging, { recursive: true, force: true }));
     }
@@ -484,6 +485,7 @@ export class SnapshotStore {
       this.#log.info({ ...result }, 'repository collected');
       return result;
     } finally {
+      repo.dropReadCache();
       release();
     }
   }
@@ -558,6 +560,7 @@ export class SnapshotStore {
           }
         }
       } finally {
+        repo.dropReadCache();
         release();
       }
     }

@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { KeyRing } from '../../../src/crypto/keys';
 import { SnapshotStore } from '../../../src/content/repo/snapshots';
+import { BackupFormats } from '../../../src/content/repo/formats';
+import { BackupStore } from '../../../src/content/backups';
 import type { ObjectStorage } from '../../../src/content/storage';
 import { DomainError } from '../../../src/errors';
 import { Backend, expectedSnapshot, makeTree, quietLog, readObject, snapshot, tempDir, UID_BASE, writeObject } from '../backup-suite';
@@ -107,6 +109,26 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.same(snapshot(await restoreInto(f, a.backupId, 'a')), expectedSnapshot(path.join(f.base, 'a')), 'the snapshot that shared chunks with it still restores');
     t.equal(fs.readFileSync(path.join(f.base, 'a', 'big.bin')).length, fs.readFileSync(path.join(f.content, 'big.bin')).length);
     t.same((await f.store.check()).errors, [], 'check finds the repository whole');
+  });
+
+  t.test('a node policy of keep-last 2: each backup forgets the workspace\'s older snapshots and collects their chunks', async (t) => {
+    const f = await fixture(t, makeBackend, 'retain');
+    const formats = new BackupFormats({
+      full: new BackupStore({ storage: f.storage, keyring: KeyRing.open({ dir: f.keysDir }), log: quietLog }), snapshots: f.store,
+      write: 'snapshot', retention: { keepLast: 2, keepDaily: 0, keepWeekly: 0 }, log: quietLog,
+    });
+    // The tree's chunks come from another workspace of alice's first, so each of ALICE's snapshots adds only its 2 MiB.
+    await formats.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE_2 });
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      writeRandom(path.join(f.content, 'changing.bin'), 2 * MiB);
+      ids.push((await formats.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE })).backupId);
+    }
+    t.same((await f.store.list()).filter((s) => s.binding.workspaceId === ALICE.workspaceId).map((s) => s.backupId), ids.slice(1), 'the oldest is forgotten');
+    t.equal((await f.store.list()).filter((s) => s.binding.workspaceId === ALICE_2.workspaceId).length, 1, 'another workspace keeps its own');
+    const live = (await f.storage.list('rp-')).filter((o) => o.name.includes('.pack-')).reduce((n, o) => n + o.size, 0);
+    t.ok(live < 8 * MiB, `the forgotten snapshot's unique 2 MiB went (${(live / MiB).toFixed(1)} MiB of packs left)`);
+    t.same((await f.store.check()).errors, []);
   });
 
   t.test('the prune race: a backup running while GC runs, both end well', async (t) => {
