@@ -10,13 +10,13 @@ import type { ObjectStorage } from '../storage';
 import { readSmallObject, type RepoKeys } from './repo-keys';
 import { ID_BYTES } from './tree-stream';
 
-export const PACK_TARGET = 8 << 20;
+export const PACK_TARGET = 4 << 20;
 const INDEX_ENTRY = ID_BYTES + 12;
 const NONCE = 12;
 const TAG = 16;
 const SMALL_READ = 64 << 10;     // chunks up to this size are read with their neighbours
-const READ_WINDOW = 4 << 20;
-const WINDOWS_KEPT = 4;
+const READ_WINDOW = 2 << 20;
+const WINDOWS_KEPT = 3;
 export const ENC_RAW = 0;
 export const ENC_ZSTD = 1;
 const MAX_CHUNK = 8 << 20;
@@ -229,12 +229,19 @@ export class Repository {
   }
 }
 
+/** One decompression context for the process: zstd.decompress() would make (and leave to the GC) one per chunk. */
+let decompressor: zstd.Decompressor | undefined;
+
 function decodeChunk(plain: Buffer, rawLength: number, id: Buffer): Buffer {
   let out: Buffer;
   if (plain[0] === ENC_RAW) out = plain.subarray(1);
   else if (plain[0] === ENC_ZSTD && rawLength <= MAX_CHUNK) {
     try {
-      out = zstd.decompress(plain.subarray(1), { windowLogMax: 23 });
+      if (!decompressor) {
+        decompressor = new zstd.Decompressor();
+        decompressor.setParameters({ windowLogMax: 23 });
+      }
+      out = decompressor.decompress(plain.subarray(1));
     } catch {
       throw new DomainError('DATA_LOSS', `chunk ${shortId(id)}: does not decompress`);
     }

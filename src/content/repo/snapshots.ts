@@ -26,8 +26,11 @@ import { ID_BYTES, REC_CHUNK, REC_FILE, REC_LITERAL, TreeReader, type TreeRecord
 export const SNAPSHOT_FORMAT = 'tetrix-snapshot';
 const SNAPSHOT_PREFIX = 'snap-';
 const RUNNER = path.join(__dirname, 'snapshot-runner' + path.extname(__filename));
-const RESTORE_AHEAD_BYTES = 16 << 20;
+const RESTORE_AHEAD_BYTES = 8 << 20;
 const MAX_NAMED_FILES = 20;
+/** A pack's buffer: the target plus the largest sealed chunk (4 MiB of data, its encoding byte, nonce and tag). */
+const PACK_BUFFER = PACK_TARGET + (4 << 20) + 64;
+const MAX_FRAME_PAYLOAD = (4 << 20) + 64;
 
 export interface SnapshotInfo {
   backupId: string;
@@ -568,10 +571,14 @@ export class SnapshotStore {
   }
 }
 
-/** Collects sealed chunks into packs of about PACK_TARGET bytes; one pack is written while the next fills. */
+/**
+ * Collects sealed chunks into packs of about PACK_TARGET bytes; one pack is written while the next fills.
+ * Two pack buffers take turns, so a backup's memory stays at two packs however large the tree.
+ */
 class Packer {
   readonly #repo: Repository;
-  #parts: Buffer[] = [];
+  readonly #buffers = [Buffer.allocUnsafeSlow(PACK_BUFFER), Buffer.allocUnsafeSlow(PACK_BUFFER)];
+  #current = 0;
   #size = 0;
   #entries: (PackEntry & { id: Buffer })[] = [];
   #name: string;
@@ -588,32 +595,33 @@ class Packer {
     const nonce = crypto.randomBytes(12);
     const c = crypto.createCipheriv('aes-256-gcm', this.#repo.keys.seal, nonce);
     c.setAAD(chunkAad(this.#repo.name, id));
-    const parts = [nonce, c.update(Buffer.from([encoding])), c.update(payload), c.final(), c.getAuthTag()];
-    await this.#push(id, rawLength, parts);
+    await this.#push(id, rawLength, [nonce, c.update(Buffer.from([encoding])), c.update(payload), c.final(), c.getAuthTag()]);
   }
 
   async addSealed(id: Buffer, rawLength: number, sealed: Buffer): Promise<void> {
-    await this.#push(id, rawLength, [Buffer.from(sealed)]);
+    await this.#push(id, rawLength, [sealed]);
   }
 
   async #push(id: Buffer, rawLength: number, parts: Buffer[]): Promise<void> {
     const length = parts.reduce((n, p) => n + p.length, 0);
+    if (this.#size + length > PACK_BUFFER) await this.#flush();
+    const buf = this.#buffers[this.#current];
     this.#entries.push({ id, pack: this.#name, offset: this.#size, length, rawLength });
-    this.#parts.push(...parts);
-    this.#size += length;
+    for (const p of parts) this.#size += p.copy(buf, this.#size);
     if (this.#size >= PACK_TARGET) await this.#flush();
   }
 
   async #flush(): Promise<void> {
     if (this.#entries.length === 0) return;
-    const [name, parts, entries] = [this.#name, this.#parts, this.#entries];
+    const [name, body, entries] = [this.#name, this.#buffers[this.#current].subarray(0, this.#size), this.#entries];
     this.storedBytes += this.#size + entries.length * (ID_BYTES + 12) + 28;
-    this.#parts = [];
     this.#entries = [];
     this.#size = 0;
     this.#name = this.#repo.newPackName();
+    // The other buffer is free once its pack is stored.
     await this.#writing;
-    this.#writing = this.#repo.writePack(name, parts, entries);
+    this.#current ^= 1;
+    this.#writing = this.#repo.writePack(name, [body], entries);
     this.#writing.catch(() => undefined);
   }
 
@@ -626,6 +634,8 @@ class Packer {
 /** Parses the child's frames (snapshot-runner.ts) and packs each new chunk. */
 async function ingestFrames(source: Readable, packer: Packer): Promise<void> {
   const head = Buffer.allocUnsafe(FRAME_HEADER);
+  // One payload buffer for every frame: a chunk is sealed (copied) before the next frame is read.
+  const frameBuffer = Buffer.allocUnsafeSlow(MAX_FRAME_PAYLOAD);
   let headFill = 0;
   let payload: Buffer | undefined;
   let payloadFill = 0;
@@ -640,7 +650,9 @@ async function ingestFrames(source: Readable, packer: Packer): Promise<void> {
         off += n;
         if (headFill < FRAME_HEADER) continue;
         if (head[0] !== 1) throw new DomainError('INTERNAL', 'snapshot runner: malformed frame');
-        payload = Buffer.allocUnsafe(head.readUInt32BE(1 + ID_BYTES + 5));
+        const len = head.readUInt32BE(1 + ID_BYTES + 5);
+        if (len > MAX_FRAME_PAYLOAD) throw new DomainError('INTERNAL', 'snapshot runner: frame too large');
+        payload = frameBuffer.subarray(0, len);
         payloadFill = 0;
       }
       const n = Math.min(payload.length - payloadFill, chunk.length - off);

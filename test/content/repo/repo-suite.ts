@@ -131,6 +131,22 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.same((await f.store.check()).errors, []);
   });
 
+  t.test('key rotation: rewrap moves every repository key to the new KEK; old snapshots restore; the old key can go', async (t) => {
+    const f = await fixture(t, makeBackend, 'rotate');
+    const keyring = KeyRing.open({ dir: f.keysDir });
+    const store = new SnapshotStore({ storage: f.storage, keyring, log: quietLog, inProcess: true });
+    const a = await store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    const oldKey = keyring.current().id;
+    t.same([...(await store.keyUsage())], [[oldKey, 1]], 'the repository key names the KEK');
+    const newKey = await keyring.rotateKey();
+    t.equal(await store.rewrap(newKey), 1, 'one repository re-wrapped');
+    t.same([...(await store.keyUsage())], [[newKey, 1]], 'nothing names the old key now');
+    keyring.retire(oldKey);
+    const fresh = new SnapshotStore({ storage: f.storage, keyring: KeyRing.open({ dir: f.keysDir }), log: quietLog, inProcess: true });
+    t.same(snapshot(await (async () => { const dir = path.join(f.base, 'r'); await fresh.restore(a.backupId, dir, { uidBase: UID_BASE }); return dir; })()),
+      expectedSnapshot(f.content), 'the snapshot restores under the new key alone');
+  });
+
   t.test('the prune race: a backup running while GC runs, both end well', async (t) => {
     const f = await fixture(t, makeBackend, 'race');
     const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
