@@ -105,7 +105,7 @@ export class Repository {
     this.dropReadCache();
     const listed = await this.#storage.list(indexPrefix(this.name));
     const names = new Set(listed.map((o) => o.name));
-    for (const [pack] of this.#packs) if (!names.has(indexNameOf(pack))) this.#forgetPack(pack);
+    this.#forgetPacks([...this.#packs.keys()].filter((pack) => !names.has(indexNameOf(pack))));
     for (const o of listed) {
       const pack = packNameOf(o.name);
       if (this.#packs.has(pack)) continue;
@@ -153,13 +153,29 @@ export class Repository {
     return Buffer.from(`tetrix/repo-index/v1\0${this.name}\0${pack}`);
   }
 
-  #forgetPack(pack: string): void {
-    for (const e of this.#packs.get(pack) ?? []) {
-      const key = (e as PackEntry & { id: Buffer }).id.toString('latin1');
-      if (this.index.get(key)?.pack === pack) this.index.delete(key);
+  /** Drops packs from the index; a chunk another pack also holds (a repack's copy, a concurrent backup's)
+   *  is pointed there. */
+  #forgetPacks(packs: string[]): void {
+    if (packs.length === 0) return;
+    const lost = new Set<string>();
+    for (const pack of packs) {
+      for (const e of this.#packs.get(pack) ?? []) {
+        const key = (e as PackEntry & { id: Buffer }).id.toString('latin1');
+        if (this.index.get(key)?.pack === pack) {
+          this.index.delete(key);
+          lost.add(key);
+        }
+      }
+      this.#packs.delete(pack);
     }
-    this.#packs.delete(pack);
-    this.#windows = this.#windows.filter((w) => w.pack !== pack);
+    this.#windows = this.#windows.filter((w) => !packs.includes(w.pack));
+    if (lost.size === 0) return;
+    for (const entries of this.#packs.values()) {
+      for (const e of entries) {
+        const key = (e as PackEntry & { id: Buffer }).id.toString('latin1');
+        if (lost.has(key) && !this.index.has(key)) this.index.set(key, e);
+      }
+    }
   }
 
   /** Stores a pack, then its index (that order: an index never names a pack that is not there). */
@@ -183,12 +199,14 @@ export class Repository {
     }
   }
 
-  /** Deletes a pack: its index first, so no index ever names a missing pack. */
-  async deletePack(pack: string): Promise<void> {
-    this.#forgetPack(pack);
-    await this.#storage.delete(indexNameOf(pack));
-    repoCrashPoint('gc-index-deleted');
-    await this.#storage.delete(pack);
+  /** Deletes packs: each one's index first, so no index ever names a missing pack. */
+  async deletePacks(packs: string[]): Promise<void> {
+    this.#forgetPacks(packs);
+    for (const pack of packs) {
+      await this.#storage.delete(indexNameOf(pack));
+      repoCrashPoint('gc-index-deleted');
+      await this.#storage.delete(pack);
+    }
   }
 
   newPackName(): string {

@@ -28,11 +28,23 @@ export interface SnapshotJob {
   idKey: Uint8Array;
   /** Ids the repository holds, concatenated. */
   known: Uint8Array;
+  /** The workspace's previous snapshot's files, for reuse of unchanged ones. */
+  parent?: ParentFiles;
+}
+
+/** Files of a previous snapshot: file i has identities[i] and counts[i] chunks, taken in order from ids/lengths. */
+export interface ParentFiles {
+  paths: string[];
+  identities: string[];
+  counts: number[];
+  ids: Uint8Array;     // 32 bytes each, concatenated
+  lengths: number[];
 }
 
 export interface SnapshotWalkResult {
   bytes: number;
   files: number;
+  reusedFiles: number;  // unchanged since the parent snapshot: not read
   /** The tree stream's chunk ids, concatenated, in order. */
   tree: Buffer;
   newChunks: number;
@@ -53,7 +65,8 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
   for (let off = 0; off + ID_BYTES <= knownBuf.length; off += ID_BYTES) known.add(knownBuf.toString('latin1', off, off + ID_BYTES));
   const cmp = new zstd.Compressor();
   cmp.setParameters({ compressionLevel: 1, checksumFlag: false });
-  const result: SnapshotWalkResult = { bytes: 0, files: 0, tree: Buffer.alloc(0), newChunks: 0, newBytes: 0 };
+  const result: SnapshotWalkResult = { bytes: 0, files: 0, reusedFiles: 0, tree: Buffer.alloc(0), newChunks: 0, newBytes: 0 };
+  const parent = parentIndex(job.parent);
 
   const emitChunk = (plain: Buffer): Buffer => {
     const id = crypto.createHmac('sha256', idKey).update(plain).digest();
@@ -86,7 +99,7 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
   let pendingBytes = 0;
   let pendingFiles = 0;
   const walk = new TreeWalk(job.roots, {
-    uidBase: job.uidBase, idCount: job.idCount, changes: job.changes,
+    uidBase: job.uidBase, idCount: job.idCount, changes: job.changes, pauseFiles: true,
     onProgress: (files, bytes) => { pendingFiles += files; pendingBytes += bytes; result.files += files; result.bytes += bytes; },
     onSkip: (path, why) => report({ type: 'skip', path, why }),
   });
@@ -100,6 +113,18 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
     const input = Buffer.allocUnsafe(WALK_CHUNK);
     while (!walk.done) {
       splitter.push(input.subarray(0, walk.fill(input)));
+      const identity = walk.pendingFile;
+      if (identity !== undefined) {
+        // The walk stopped between a file's header and its data (read after this fstat identity).
+        tree.identity(identity);
+        const known = parent.get(splitter.currentPath);
+        if (known && known.identity === identity && known.size === splitter.pendingDataSize) {
+          for (const c of known.chunks) tree.chunk(c.id, c.length);
+          splitter.skipData();
+          walk.skipFile();
+          result.reusedFiles++;
+        }
+      }
       await sink.ready();
     }
     splitter.end();
@@ -114,6 +139,25 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
   }
   result.tree = Buffer.concat(treeIds);
   return result;
+}
+
+interface ParentFile {
+  identity: string;
+  size: number;
+  chunks: { id: Buffer; length: number }[];
+}
+
+function parentIndex(p: ParentFiles | undefined): Map<string, ParentFile> {
+  const out = new Map<string, ParentFile>();
+  if (!p) return out;
+  const ids = Buffer.from(p.ids.buffer, p.ids.byteOffset, p.ids.byteLength);
+  let k = 0;
+  p.paths.forEach((path, i) => {
+    const chunks: { id: Buffer; length: number }[] = [];
+    for (let j = 0; j < p.counts[i]; j++, k++) chunks.push({ id: ids.subarray(k * ID_BYTES, (k + 1) * ID_BYTES), length: p.lengths[k] });
+    out.set(path, { identity: p.identities[i], size: chunks.reduce((n, c) => n + c.length, 0), chunks });
+  });
+  return out;
 }
 
 /** The trees' size before the walk, for progress (it also warms the caches the walk reads); only an estimate. */

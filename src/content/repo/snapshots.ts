@@ -20,8 +20,8 @@ import type { ObjectStorage } from '../storage';
 import { openRepoKeys, readSmallObject, repoKeyId, rewrapRepoKey } from './repo-keys';
 import { RepoLock } from './repo-lock';
 import { chunkAad, openWith, PACK_TARGET, repoCrashPoint, repoName, Repository, sealWith, shortId, type PackEntry } from './repository';
-import { FRAME_HEADER, snapshotWalk, type SnapshotJob, type SnapshotMessage, type SnapshotWalkResult } from './snapshot-runner';
-import { ID_BYTES, REC_CHUNK, REC_FILE, REC_LITERAL, TreeReader, type TreeRecord } from './tree-stream';
+import { FRAME_HEADER, snapshotWalk, type ParentFiles, type SnapshotJob, type SnapshotMessage, type SnapshotWalkResult } from './snapshot-runner';
+import { ID_BYTES, REC_CHUNK, REC_FILE, REC_IDENTITY, REC_LITERAL, TreeReader, type TreeRecord } from './tree-stream';
 
 export const SNAPSHOT_FORMAT = 'tetrix-snapshot';
 const SNAPSHOT_PREFIX = 'snap-';
@@ -147,7 +147,7 @@ export class SnapshotStore {
       const progress = new ProgressReporter(0, 0, opts.onProgress);
       const job: SnapshotJob = {
         op: 'snapshot', roots, uidBase: opts.uidBase, idCount: opts.idCount, changes: opts.live ? 'skip' : 'fail',
-        gear: repo.keys.gear, idKey: repo.keys.id, known: repo.knownIds(),
+        gear: repo.keys.gear, idKey: repo.keys.id, known: repo.knownIds(), parent: await this.#parentFiles(repo, opts.binding),
       };
       const run = this.#startWalk(job, {
         onTotals: (bytes, files) => progress.setTotals(bytes, files),
@@ -164,11 +164,58 @@ export class SnapshotStore {
       await packer.finish();
       progress.flush();
       const snap = await this.#writeSnapshot(repo, snapshotId, roots, walked, packer.storedBytes, opts.binding);
-      this.#log.info({ backupId: snapshotId, repo: repo.name, stored: snap.storedBytes, newChunks: walked.newChunks, files: walked.files, workspace: opts.binding.workspaceId }, 'snapshot stored');
+      this.#log.info({ backupId: snapshotId, repo: repo.name, stored: snap.storedBytes, newChunks: walked.newChunks, files: walked.files, reusedFiles: walked.reusedFiles, workspace: opts.binding.workspaceId }, 'snapshot stored');
       return { backupId: snapshotId, size: snap.storedBytes, sha256: snap.sha256, keyId: repo.keyId };
     } finally {
       release();
       this.#active.delete(snapshotId);
+    }
+  }
+
+  /**
+   * The files of the workspace's latest snapshot in this repository, by path, with the identity each had
+   * when read and its chunks: the walk reuses them for a file whose identity is unchanged (restic's parent
+   * snapshot) and reads only the rest. Files with a chunk the repository no longer holds are left out; so is
+   * everything when that snapshot does not verify (the backup then reads every file).
+   */
+  async #parentFiles(repo: Repository, b: BackupBinding): Promise<ParentFiles | undefined> {
+    const candidates = (await this.list()).filter((s) => s.repo === repo.name && s.binding.workspaceId === b.workspaceId && s.binding.ownerId === b.ownerId);
+    const latest = candidates.at(-1);
+    if (!latest) return undefined;
+    try {
+      const { tree } = await this.#verify(parseSnapshot(await this.#readObject(latest.backupId), latest.backupId));
+      const out: ParentFiles & { idList: Buffer[] } = { paths: [], identities: [], counts: [], ids: new Uint8Array(0), idList: [], lengths: [] };
+      let path = '';
+      let identity: string | undefined;
+      let ids: Buffer[] = [];
+      let lengths: number[] = [];
+      let whole = true;
+      const close = (): void => {
+        if (identity !== undefined && whole && ids.length) {
+          out.paths.push(path);
+          out.identities.push(identity);
+          out.counts.push(ids.length);
+          out.idList.push(...ids);
+          out.lengths.push(...lengths);
+        }
+      };
+      for await (const rec of this.#records(repo, tree)) {
+        if (rec.type === REC_FILE) {
+          close();
+          [path, identity, ids, lengths, whole] = [rec.path, undefined, [], [], true];
+        } else if (rec.type === REC_IDENTITY) identity = rec.identity;
+        else if (rec.type === REC_CHUNK) {
+          ids.push(rec.id);
+          lengths.push(rec.length);
+          if (!repo.index.has(rec.id.toString('latin1'))) whole = false;
+        }
+      }
+      close();
+      const { idList, ...files } = out;
+      return { ...files, ids: Buffer.concat(idList) };
+    } catch (err) {
+      this.#log.warn({ backupId: latest.backupId, err: (err as Error).message }, 'parent snapshot unreadable: every file is read');
+      return undefined;
     }
   }
 
@@ -335,7 +382,7 @@ export class SnapshotStore {
       for await (const rec of this.#records(repo, tree)) {
         if (rec.type === REC_FILE) current = rec.path;
         else if (rec.type === REC_LITERAL) ahead.push({ bytes: Promise.resolve(Buffer.from(rec.bytes)), length: 0 });
-        else {
+        else if (rec.type === REC_CHUNK) {
           const { id, length } = rec;
           const file = current;
           const bytes = repo.readChunk(id).then((b) => {
@@ -474,10 +521,8 @@ export class SnapshotStore {
       // New packs (and indexes) before the old ones go: a crash in between leaves duplicates, never a gap.
       await packer.finish();
       repoCrashPoint('gc-repacked');
-      for (const pack of retired) {
-        await repo.deletePack(pack);
-        result.packsDeleted++;
-      }
+      await repo.deletePacks(retired);
+      result.packsDeleted += retired.length;
       const indexed = new Set(repo.packs().keys());
       for (const o of await this.#storage.list(`rp-${repo.name}.pack-`)) {
         if (indexed.has(o.name)) continue;

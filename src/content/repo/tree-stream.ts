@@ -5,18 +5,22 @@
 //   0x01 u32be len, bytes    literal tar bytes (headers, pax records, padding, the end-of-archive marker)
 //   0x02 u32be len, utf8     the path of the file whose chunks follow ("content/src/a.c"), for error reports
 //   0x03 id(32) u32be len    one chunk of that file's data, `len` bytes of plaintext
+//   0x04 u32be len, ascii    that file's identity when it was read (dev:ino:size:mtime:ctime): the next backup
+//                            reuses its chunks without reading it if the identity is unchanged (restic's rule)
 import { DomainError } from '../../errors';
 
 export const REC_LITERAL = 1;
 export const REC_FILE = 2;
 export const REC_CHUNK = 3;
+export const REC_IDENTITY = 4;
 export const ID_BYTES = 32;
 const BLOCK = 512;
 
 export type TreeRecord =
   | { type: typeof REC_LITERAL; bytes: Buffer }
   | { type: typeof REC_FILE; path: string }
-  | { type: typeof REC_CHUNK; id: Buffer; length: number };
+  | { type: typeof REC_CHUNK; id: Buffer; length: number }
+  | { type: typeof REC_IDENTITY; identity: string };
 
 /** Writes records; literal bytes are gathered until a file or chunk record (or the end) needs them out. */
 export class TreeWriter {
@@ -42,6 +46,15 @@ export class TreeWriter {
     head[0] = REC_FILE;
     head.writeUInt32BE(p.length, 1);
     this.#out(Buffer.concat([head, p]));
+  }
+
+  identity(identity: string): void {
+    this.flush();
+    const body = Buffer.from(identity, 'latin1');
+    const head = Buffer.allocUnsafe(5);
+    head[0] = REC_IDENTITY;
+    head.writeUInt32BE(body.length, 1);
+    this.#out(Buffer.concat([head, body]));
   }
 
   chunk(id: Buffer, length: number): void {
@@ -82,14 +95,15 @@ export class TreeReader {
         yield { type, id, length };
         continue;
       }
-      if (type !== REC_LITERAL && type !== REC_FILE) throw new DomainError('DATA_LOSS', `snapshot tree: unknown record type ${type}`);
+      if (type !== REC_LITERAL && type !== REC_FILE && type !== REC_IDENTITY) throw new DomainError('DATA_LOSS', `snapshot tree: unknown record type ${type}`);
       const len = buf.readUInt32BE(off + 1);
       if (len > 64 << 20) throw new DomainError('DATA_LOSS', 'snapshot tree: record too large');
       if (buf.length - off < 5 + len) break;
       const body = buf.subarray(off + 5, off + 5 + len);
       off += 5 + len;
       if (type === REC_LITERAL) yield { type, bytes: body };
-      else yield { type, path: body.toString('utf8') };
+      else if (type === REC_FILE) yield { type, path: body.toString('utf8') };
+      else yield { type, identity: body.toString('latin1') };
     }
     this.#carry = Buffer.from(buf.subarray(off));
   }
@@ -118,6 +132,9 @@ export class TarSplitter {
   #pax: Buffer[] = [];
   #paxPath: string | undefined;
   #paxSize: number | undefined;
+  #size = 0;
+  /** The regular file whose data comes next (or came last). */
+  currentPath = '';
 
   constructor(sink: { literal(b: Buffer): void; fileStart(path: string): void; fileData(b: Buffer): void; fileEnd(): void }) {
     this.#literal = (b) => sink.literal(b);
@@ -176,8 +193,10 @@ export class TarSplitter {
     this.#paxPath = undefined;
     this.#paxSize = undefined;
     if ((flag === '0' || flag === '\0' || flag === '7') && size > 0) {
+      this.currentPath = path;
       this.#fileStart(path);
       this.#enter('data', size);
+      this.#size = size;
     } else this.#enter('skip', size);
   }
 
@@ -206,6 +225,17 @@ export class TarSplitter {
       }
       off += len;
     }
+  }
+
+  /** The size of the file whose data is next, if none of it came yet (else undefined). */
+  get pendingDataSize(): number | undefined {
+    return this.#state === 'data' && this.#remaining === this.#size ? this.#size : undefined;
+  }
+
+  /** The file's data will not come (its chunks are known): what follows is its padding. */
+  skipData(): void {
+    if (this.pendingDataSize === undefined) throw new DomainError('INTERNAL', 'snapshot: no file data to skip');
+    this.#remaining = 0;
   }
 
   /** At the end of the stream: anything but a clean header boundary is a walk that broke off. */

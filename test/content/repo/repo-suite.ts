@@ -94,6 +94,28 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.equal(fs.readFileSync(path.join(await restoreInto(f, first.backupId, 'first'), 'large.bin')).length, 24 * MiB, 'the first one still restores as it was');
   });
 
+  t.test('an incremental backup reads only files whose identity changed, and a file changed under an old mtime is read', async (t) => {
+    const f = await fixture(t, makeBackend, 'parent');
+    const logged: Record<string, unknown>[] = [];
+    const store = new SnapshotStore({ storage: f.storage, keyring: KeyRing.open({ dir: f.keysDir }), inProcess: true,
+      log: { info: (o) => void logged.push(o as Record<string, unknown>), warn: () => undefined } });
+    await store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    const files = logged.at(-1)!.files as number;
+    t.equal(logged.at(-1)!.reusedFiles, 0, 'the first backup reads every file');
+    // Same size, other bytes, and the old mtime put back: only ctime tells (as restic's rule).
+    const victim = path.join(f.content, 'src/lib/m7.ts');
+    const st = fs.statSync(victim);
+    fs.writeFileSync(victim, Buffer.alloc(st.size, 'z'));
+    fs.utimesSync(victim, st.atime, st.mtime);
+    const second = await store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    const regular = snapshot(f.content).filter((r) => (r as { sha?: string }).sha !== undefined && (r as { nlink: number }).nlink >= 1);
+    t.ok((logged.at(-1)!.reusedFiles as number) >= regular.length - 6, `unchanged files are not read again (${logged.at(-1)!.reusedFiles} of ${files} entries reused)`);
+    t.ok(second.size > 0 && second.size < 64 << 10, `and cost ${second.size} bytes`);
+    const dir = await restoreInto(f, second.backupId, 'second');
+    t.equal(fs.readFileSync(path.join(dir, 'src/lib/m7.ts'), 'utf8'), 'z'.repeat(st.size), 'the file changed under its old mtime was read');
+    t.same(snapshot(dir), expectedSnapshot(f.content), 'the snapshot of reused and read files restores whole');
+  });
+
   t.test('retention and GC: a deleted snapshot\'s unique chunks go, shared ones stay; orphans go', async (t) => {
     const f = await fixture(t, makeBackend, 'gc');
     const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
@@ -109,6 +131,25 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.same(snapshot(await restoreInto(f, a.backupId, 'a')), expectedSnapshot(path.join(f.base, 'a')), 'the snapshot that shared chunks with it still restores');
     t.equal(fs.readFileSync(path.join(f.base, 'a', 'big.bin')).length, fs.readFileSync(path.join(f.content, 'big.bin')).length);
     t.same((await f.store.check()).errors, [], 'check finds the repository whole');
+  });
+
+  t.test('GC repacks a mostly dead pack: its live chunk stays findable by the same store', async (t) => {
+    const f = await fixture(t, makeBackend, 'repack');
+    const tree = path.join(f.base, 'small');
+    fs.mkdirSync(tree);
+    fs.chownSync(tree, UID_BASE, UID_BASE);
+    writeRandom(path.join(tree, 'a-drop.bin'), 3 * MiB);
+    writeRandom(path.join(tree, 'b-keep.bin'), MiB);
+    const a = await f.store.backup({ content: tree }, { uidBase: UID_BASE, binding: ALICE });
+    fs.rmSync(path.join(tree, 'a-drop.bin'));
+    const b = await f.store.backup({ content: tree }, { uidBase: UID_BASE, binding: ALICE });
+    await f.store.delete(a.backupId);
+    const [gc] = await f.store.gcAll();
+    t.ok(gc.packsRepacked >= 1, `the pack holding both files was repacked (${JSON.stringify(gc)})`);
+    t.same((await f.store.check()).errors, [], 'check, in the same store, finds every chunk');
+    const dir = await restoreInto(f, b.backupId, 'b');
+    t.same(fs.readdirSync(dir), ['b-keep.bin']);
+    t.equal(fs.readFileSync(path.join(dir, 'b-keep.bin')).length, MiB);
   });
 
   t.test('a node policy of keep-last 2: each backup forgets the workspace\'s older snapshots and collects their chunks', async (t) => {
