@@ -12,6 +12,7 @@ import { nodeHandlers } from './api/node-api';
 import { WorkspaceService } from './workspace/service';
 import { WorkspaceStore } from './workspace/store';
 import { native } from './native';
+import { stateLayout } from './layout';
 import { createSandbox } from './workspace/adapters/sandbox';
 import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, releaseNodeNames } from './state-dir';
 import { checkHost } from './preflight';
@@ -19,9 +20,9 @@ import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
 import { openNodeKeyRing } from './crypto/kek-source';
 import { KeyRotation } from './crypto/rotation';
-import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
-import { WorkspaceOutput } from './workspace/output';
-import { LogStore } from './prebuild/logs';
+import { openNodeNetwork, workspaceNetwork } from './workspace/adapters/network';
+import { WorkspaceOutput } from './workspace/adapters/output';
+import { LogStore } from './logs';
 import { openBackups } from './content/repo/open-backups';
 import { backupHandlers } from './api/backups-api';
 import { openBackupStorage } from './content/open-storage';
@@ -59,7 +60,7 @@ async function run(config: Config): Promise<void> {
   const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind) });
   const nodeNetwork = await openNodeNetwork(config);
   const network = workspaceNetwork(nodeNetwork);
-  const logStore = new LogStore({ dir: path.join(config.stateDir, 'logs'), sealer: keyring, maxBytesPerLog: config.logMaxBytes });
+  const logStore = new LogStore({ dir: stateLayout(config.stateDir).logs, sealer: keyring, maxBytesPerLog: config.logMaxBytes });
   await logStore.init();
   const output = new WorkspaceOutput(logStore, native, log);
   const storage = openBackupStorage(config);
@@ -82,7 +83,7 @@ async function run(config: Config): Promise<void> {
     store,
     sandbox,
     log,
-    specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
+    specKey: loadOrCreateSecret(stateLayout(config.stateDir).specKey),
     defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids },
     network,
     logs: output,

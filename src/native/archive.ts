@@ -43,4 +43,5 @@ export const archivePart: NativePart<ArchiveWalkNative> = {
     archiveWalkStart: true, archiveWalkFill: true, archiveWalkPending: true, archiveWalkResume: true,
     archiveWalkClose: true, archiveWalkPauseFiles: true, archiveWalkSkipFile: true,
   },
+  constants: ['TAR_BLOCK'],
 };

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DomainError, invalidArgument } from '../errors';
-import type { ResourceLimits } from './cgroups';
+import type { Resources } from './cgroups';
 
 const MIB = 1024 * 1024;
 export const MAX_MEMORY_BYTES = 2 ** 50;   // 1 PiB: anything above is a unit mistake
@@ -38,7 +38,7 @@ function checkCount(value: number, field: string, min: number, max: number): voi
 }
 
 /** The API layer validates first; this refuses what no kernel should be handed. */
-export function checkLimits(limits: ResourceLimits): void {
+export function checkLimits(limits: Resources): void {
   checkCount(limits.memoryBytes, 'resources.memory_bytes', MIB, MAX_MEMORY_BYTES);
   checkCount(limits.cpuMillis, 'resources.cpu_millis', 1, MAX_CPU_MILLIS);
   checkCount(limits.pids, 'resources.pids', 1, MAX_PIDS);
@@ -139,6 +139,27 @@ export async function makeGroupDir(dir: string): Promise<boolean> {
     if (errnoOf(err) === 'EEXIST') return false;
     throw cgroupError('mkdir', dir, err);
   }
+}
+
+/** Makes a workspace's group directory, then its limits; a group whose limits fail is removed again. */
+export async function createGroup<G extends { destroy(): Promise<void> }>(
+  dir: string, at: { name: string; parent: string }, group: G, applyLimits: (group: G) => Promise<void>,
+): Promise<G> {
+  if (!(await makeGroupDir(dir))) {
+    throw new DomainError('ALREADY_EXISTS', `cgroup: "${at.name}" already exists under ${at.parent}`);
+  }
+  try {
+    await applyLimits(group);
+  } catch (err) {
+    await group.destroy().catch(() => undefined);
+    throw err;
+  }
+  return group;
+}
+
+/** NOT_FOUND, naming the group, unless its directory exists. */
+export function requireGroup(dir: string, at: { name: string; parent: string }): void {
+  if (!fs.existsSync(dir)) throw new DomainError('NOT_FOUND', `cgroup: "${at.name}" does not exist under ${at.parent}`);
 }
 
 export function subgroupNames(dir: string): string[] {

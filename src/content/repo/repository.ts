@@ -6,14 +6,13 @@ import crypto from 'node:crypto';
 import { Readable } from 'node:stream';
 import * as zstd from 'zstd-napi';
 import { DomainError } from '../../errors';
+import { openBlob, sealBlob } from '../../crypto/aead';
 import type { ObjectStorage } from '../storage';
 import { readSmallObject, type RepoKeys } from './repo-keys';
 import { ID_BYTES } from './tree-stream';
 
 export const PACK_TARGET = 4 << 20;
 const INDEX_ENTRY = ID_BYTES + 12;
-const NONCE = 12;
-const TAG = 16;
 const SMALL_READ = 64 << 10;     // chunks up to this size are read with their neighbours
 const READ_WINDOW = 2 << 20;
 const WINDOWS_KEPT = 3;
@@ -47,28 +46,14 @@ export function chunkAad(repo: string, id: Buffer): Buffer {
   return Buffer.concat([Buffer.from(`tetrix/repo-chunk/v1\0${repo}\0`), id]);
 }
 
+/** nonce || AES-256-GCM || tag with a fresh nonce (crypto/aead.ts, the node's one AES-GCM). */
 export function sealWith(key: Buffer, plaintext: Buffer, aad: Buffer): Buffer {
-  const nonce = crypto.randomBytes(NONCE);
-  const c = crypto.createCipheriv('aes-256-gcm', key, nonce);
-  c.setAAD(aad);
-  const body = c.update(plaintext);
-  const fin = c.final();
-  return Buffer.concat([nonce, body, fin, c.getAuthTag()]);
+  return sealBlob(key, aad, plaintext);
 }
 
 /** null when the bytes do not authenticate. */
 export function openWith(key: Buffer, sealed: Buffer, aad: Buffer): Buffer | null {
-  if (sealed.length < NONCE + TAG) return null;
-  try {
-    const d = crypto.createDecipheriv('aes-256-gcm', key, sealed.subarray(0, NONCE));
-    d.setAAD(aad);
-    d.setAuthTag(sealed.subarray(sealed.length - TAG));
-    const body = d.update(sealed.subarray(NONCE, sealed.length - TAG));
-    d.final();
-    return body;
-  } catch {
-    return null;
-  }
+  return openBlob(key, aad, sealed) ?? null;
 }
 
 export class Repository {

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { DomainError, ErrorCode } from '../../errors';
 import type { KeyRing } from '../../crypto/keys';
+import { GCM_NONCE_BYTES, sealGcm } from '../../crypto/aead';
 import type { ArchiveRoot } from '../archive-roots';
 import { streamSink, type RunnerMessage } from '../archive-runner';
 import {
@@ -637,10 +638,8 @@ class Packer {
 
   /** Seals a chunk's encoded plaintext (encoding byte, then bytes) and adds it. */
   async add(id: Buffer, rawLength: number, encoding: number, payload: Buffer): Promise<void> {
-    const nonce = crypto.randomBytes(12);
-    const c = crypto.createCipheriv('aes-256-gcm', this.#repo.keys.seal, nonce);
-    c.setAAD(chunkAad(this.#repo.name, id));
-    await this.#push(id, rawLength, [nonce, c.update(Buffer.from([encoding])), c.update(payload), c.final(), c.getAuthTag()]);
+    const nonce = crypto.randomBytes(GCM_NONCE_BYTES);
+    await this.#push(id, rawLength, [nonce, sealGcm(this.#repo.keys.seal, nonce, chunkAad(this.#repo.name, id), [Buffer.from([encoding]), payload])]);
   }
 
   async addSealed(id: Buffer, rawLength: number, sealed: Buffer): Promise<void> {

@@ -8,13 +8,14 @@
 //   0x04 u32be len, ascii    that file's identity when it was read (dev:ino:size:mtime:ctime): the next backup
 //                            reuses its chunks without reading it if the identity is unchanged (restic's rule)
 import { DomainError } from '../../errors';
+import { TAR_BLOCK } from '../../native';
 
 export const REC_LITERAL = 1;
 export const REC_FILE = 2;
 export const REC_CHUNK = 3;
 export const REC_IDENTITY = 4;
 export const ID_BYTES = 32;
-const BLOCK = 512;
+const BLOCK = TAR_BLOCK;
 
 export type TreeRecord =
   | { type: typeof REC_LITERAL; bytes: Buffer }
