@@ -15,6 +15,7 @@ import { DATA_CHUNKS, gearTable, tsChunkerCut } from '../../src/content/repo/chu
 import { chunker } from '../../src/native';
 import { FsObjectStorage } from '../../src/content/storage-fs';
 import { generateTree } from './tree';
+import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../src/node-flags';
 
 const MiB = 1 << 20;
 const BINDING = { workspaceId: 'bench', ownerId: 'bench', teamId: '', kind: 'REGULAR' } as const;
@@ -42,7 +43,10 @@ async function childMain([op, storeDir, keysDir, dir, backupId]: string[]): Prom
 
 function runChild(args: string[]): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...process.execArgv, __filename, '--child', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // Started as the daemon is (src/node-flags.ts): its memory is the daemon's.
+    const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, ...process.execArgv, __filename, '--child', ...args], {
+      stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...DAEMON_ENV },
+    });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!)) : reject(new Error(`child exited ${code}`))));

@@ -57,8 +57,12 @@ function writeRandom(file: string, bytes: number): void {
 
 const CRASH_POINTS = ['pack-stored', 'index-stored', 'before-snapshot', 'gc-repacked', 'gc-index-deleted'] as const;
 
-/** crashPoints: which kill -9 points to run (every one by default; S3 runs fewer to keep the suite short). */
-export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, opts: { crashPoints?: readonly (typeof CRASH_POINTS)[number][] } = {}): void {
+/**
+ * crashPoints: which kill -9 points to run (every one by default). storageOnly: only the cases where the
+ * backend matters (objects, range reads, listing, deletes); the rest is the same logic on any backend.
+ */
+export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, opts: { crashPoints?: readonly (typeof CRASH_POINTS)[number][]; storageOnly?: boolean } = {}): void {
+  const logicTest = (name: string, fn: (t: Test) => Promise<void>): void => { if (!opts.storageOnly) t.test(name, fn); };
   t.test('a snapshot restores the tree exactly, through the runner child as the daemon runs it', async (t) => {
     const f = await fixture(t, makeBackend, 'roundtrip', { inProcess: false });
     const want = expectedSnapshot(f.content);
@@ -94,7 +98,7 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.equal(fs.readFileSync(path.join(await restoreInto(f, first.backupId, 'first'), 'large.bin')).length, 24 * MiB, 'the first one still restores as it was');
   });
 
-  t.test('an incremental backup reads only files whose identity changed, and a file changed under an old mtime is read', async (t) => {
+  logicTest('an incremental backup reads only files whose identity changed, and a file changed under an old mtime is read', async (t) => {
     const f = await fixture(t, makeBackend, 'parent');
     const logged: Record<string, unknown>[] = [];
     const store = new SnapshotStore({ storage: f.storage, keyring: KeyRing.open({ dir: f.keysDir }), inProcess: true,
@@ -133,7 +137,7 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.same((await f.store.check()).errors, [], 'check finds the repository whole');
   });
 
-  t.test('GC repacks a mostly dead pack: its live chunk stays findable by the same store', async (t) => {
+  logicTest('GC repacks a mostly dead pack: its live chunk stays findable by the same store', async (t) => {
     const f = await fixture(t, makeBackend, 'repack');
     const tree = path.join(f.base, 'small');
     fs.mkdirSync(tree);
@@ -152,7 +156,7 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.equal(fs.readFileSync(path.join(dir, 'b-keep.bin')).length, MiB);
   });
 
-  t.test('a node policy of keep-last 2: each backup forgets the workspace\'s older snapshots and collects their chunks', async (t) => {
+  logicTest('a node policy of keep-last 2: each backup forgets the workspace\'s older snapshots and collects their chunks', async (t) => {
     const f = await fixture(t, makeBackend, 'retain');
     const formats = new BackupFormats({
       full: new BackupStore({ storage: f.storage, keyring: KeyRing.open({ dir: f.keysDir }), log: quietLog }), snapshots: f.store,
@@ -172,7 +176,7 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.same((await f.store.check()).errors, []);
   });
 
-  t.test('key rotation: rewrap moves every repository key to the new KEK; old snapshots restore; the old key can go', async (t) => {
+  logicTest('key rotation: rewrap moves every repository key to the new KEK; old snapshots restore; the old key can go', async (t) => {
     const f = await fixture(t, makeBackend, 'rotate');
     const keyring = KeyRing.open({ dir: f.keysDir });
     const store = new SnapshotStore({ storage: f.storage, keyring, log: quietLog, inProcess: true });
@@ -188,7 +192,7 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
       expectedSnapshot(f.content), 'the snapshot restores under the new key alone');
   });
 
-  t.test('the prune race: a backup running while GC runs, both end well', async (t) => {
+  logicTest('the prune race: a backup running while GC runs, both end well', async (t) => {
     const f = await fixture(t, makeBackend, 'race');
     const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
     writeRandom(path.join(f.content, 'new.bin'), 6 * MiB);
@@ -235,7 +239,7 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.ok(check.errors.some((e) => e.includes(a.backupId) && /affected files: .*bin/.test(e)), 'and the snapshot and file it breaks');
   });
 
-  t.test('owner binding: a snapshot changed to name another owner, or copied under another id, does not open', async (t) => {
+  logicTest('owner binding: a snapshot changed to name another owner, or copied under another id, does not open', async (t) => {
     const f = await fixture(t, makeBackend, 'bind');
     const a = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
     await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: BOB });
