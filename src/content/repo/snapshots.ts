@@ -29,8 +29,9 @@ const SNAPSHOT_PREFIX = 'snap-';
 const RUNNER = path.join(__dirname, 'snapshot-runner' + path.extname(__filename));
 const RESTORE_AHEAD_BYTES = 8 << 20;
 const MAX_NAMED_FILES = 20;
-/** A pack's buffer: the target plus the largest sealed chunk (4 MiB of data, its encoding byte, nonce and tag). */
-const PACK_BUFFER = PACK_TARGET + (4 << 20) + 64;
+/** A pack's buffer: the largest sealed chunk (4 MiB of data, its encoding byte, nonce and tag); a chunk that
+ *  does not fit in what is left of it ends the pack first. */
+const PACK_BUFFER = Math.max(PACK_TARGET, 4 << 20) + 64;
 const MAX_FRAME_PAYLOAD = (4 << 20) + 64;
 
 export interface SnapshotInfo {

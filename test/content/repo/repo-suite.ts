@@ -142,7 +142,7 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     const tree = path.join(f.base, 'small');
     fs.mkdirSync(tree);
     fs.chownSync(tree, UID_BASE, UID_BASE);
-    writeRandom(path.join(tree, 'a-drop.bin'), 3 * MiB);
+    writeRandom(path.join(tree, 'a-drop.bin'), 2.5 * MiB);
     writeRandom(path.join(tree, 'b-keep.bin'), MiB);
     const a = await f.store.backup({ content: tree }, { uidBase: UID_BASE, binding: ALICE });
     fs.rmSync(path.join(tree, 'a-drop.bin'));
