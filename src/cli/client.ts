@@ -7,11 +7,13 @@ import { loadProto } from '../api/server';
 import type { WorkspaceServiceClient } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceClient } from '../generated/tetrix/agent/v1/NodeService';
 import type { BackupServiceClient } from '../generated/tetrix/agent/v1/BackupService';
+import type { ExecServiceClient } from '../generated/tetrix/agent/v1/ExecService';
 
 export interface Clients {
   workspaces: WorkspaceServiceClient;
   node: NodeServiceClient;
   backups: BackupServiceClient;
+  exec: ExecServiceClient;
   close(): void;
 }
 
@@ -29,10 +31,12 @@ export function connect(opts: ConnectOptions): Clients {
   const workspaces = new v1.WorkspaceService(target, creds);
   const node = new v1.NodeService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
   const backups = new v1.BackupService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
+  const exec = new v1.ExecService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
   return {
     workspaces,
     node,
     backups,
+    exec,
     close: () => {
       workspaces.close();
     },

@@ -8,6 +8,7 @@ import type { NativePart } from './part';
 import { archivePart, type ArchiveWalkNative } from './archive';
 import { channelPart, type ChannelNative } from './channel';
 import { chunkerPart, type ChunkerNative } from './chunker';
+import { execPart, type ExecNative } from './exec';
 import { exitPart, type ExitNative } from './exit';
 import { extractPart, type ExtractNative } from './extract';
 import { fsopsPart, type FsOpsNative } from './fsops';
@@ -23,6 +24,7 @@ export { NativeError } from './errors';
 export type * from './archive';
 export type * from './channel';
 export type * from './chunker';
+export type * from './exec';
 export type * from './exit';
 export type * from './extract';
 export type * from './fsops';
@@ -35,14 +37,14 @@ export type * from './seccomp';
 export type * from './spawn';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ChunkerNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & ChunkerNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart, chunker: chunkerPart,
+  archive: archivePart, extract: extractPart, exec: execPart, chunker: chunkerPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older
