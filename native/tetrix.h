@@ -75,6 +75,7 @@ void tx_register_overlay(napi_env env, napi_value addon);
 void tx_register_output(napi_env env, napi_value addon, napi_value constants);
 void tx_register_loop(napi_env env, napi_value addon);
 void tx_register_fscrypt(napi_env env, napi_value addon);
+void tx_register_chunker(napi_env env, napi_value addon);
 void tx_register_exec(napi_env env, napi_value addon, napi_value constants);
 
 void tx_set_function(napi_env env, napi_value obj, const char *name, napi_callback cb);

@@ -29,7 +29,8 @@ import { KeyRotation } from './crypto/rotation';
 import { openNodeNetwork, workspaceNetwork } from './workspace/adapters/network';
 import { WorkspaceOutput } from './workspace/adapters/output';
 import { LogStore } from './logs';
-import { BackupStore } from './content/backups';
+import { openBackups } from './content/repo/open-backups';
+import { backupHandlers } from './api/backups-api';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './workspace/adapters/provenance';
@@ -87,7 +88,7 @@ async function run(config: Config): Promise<void> {
   await logStore.init();
   const output = new WorkspaceOutput(logStore, native, log);
   const storage = openBackupStorage(config);
-  const backups = new BackupStore({ storage, keyring, log });
+  const backups = openBackups(config, storage, keyring, log);
   const signingKey = await loadOrCreateSigningKey(config.stateDir);
   const rotation = new KeyRotation(keyring, [
     { kind: 'backup', usage: () => backups.keyUsage(), rewrap: (keyId) => backups.rewrap('all', keyId) },
@@ -131,6 +132,7 @@ async function run(config: Config): Promise<void> {
   const api = createApiServer({
     workspaces: workspaceHandlers(workspaces, output, limits, audit, log, checkImage),
     images: imageHandlers(oci, imagesInUse, audit, log, checkImage),
+    backups: backupHandlers(backups, audit, log),
     exec: execHandlers(sessions, workspaces, audit, log),
     node: nodeHandlers({
       nodeId: config.nodeId,

@@ -45,7 +45,7 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
       if (retained) authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: { ownerId: retained.ownerId, teamId: retained.teamId, kind: 'REGULAR' } }, 'manage', audit);
       // restore_from: decided by the same rule on the workspace the backup records (docs/backup-format.md).
       const authorize = (binding: Parameters<typeof authorizeRestore>[1]['binding']): void =>
-        authorizeRestore(ctx.principal, { id: spec.restoreFrom, binding }, audit);
+        authorizeRestore(ctx.principal, { id: spec.restoreFrom, binding }, audit, spec);
       return workspaceMessage(await workspaces.start(spec, { authorizeRestore: authorize }));
     }),
     StopWorkspace: unary(log, 'StopWorkspace', async (req, ctx) => {

@@ -88,8 +88,14 @@ export const COMMANDS: Command[] = [
   { name: 'teardown', synopsis: 'ID [--backup-first]', summary: 'remove the workspace and everything it holds; exit 1 if there is no such workspace', args: ID, flags: {
     'backup-first': { type: 'boolean', help: 'take a final backup first; if it fails, nothing is deleted' },
   } },
-  { name: 'backup', synopsis: 'ID [--include-upper]', summary: 'back up the content (progress on a terminal; JSON lines with --output json)', args: ID, flags: {
-    'include-upper': { type: 'boolean', help: 'also the overlay\'s upper layer (changes to the image)' },
+  { name: 'backup', synopsis: 'ID [--include-upper] | rm BACKUP... | check | prune [--dry-run]', summary: 'back up the content (progress on a terminal; JSON lines with --output json); delete backups, check them, prune by the retention policy (src/cli/backup-*.ts)',
+    args: { names: ['ID|rm|check|prune', 'BACKUP'], required: 1, more: true }, flags: {
+      'include-upper': { type: 'boolean', help: 'also the overlay\'s upper layer (changes to the image)' },
+      'dry-run': { type: 'boolean', help: 'prune: say what would be forgotten, delete nothing' },
+    } },
+  { name: 'backups', synopsis: '[--workspace ID] [--owner USER]', summary: 'the backups you may restore: time, size, what each stored (src/cli/backups.ts)', args: { names: [], required: 0 }, flags: {
+    workspace: { type: 'string', value: 'ID', help: 'only this workspace\'s' },
+    owner: { type: 'string', value: 'USER', help: 'only this user\'s' },
   } },
   { name: 'keys', synopsis: 'rotate [--rewrap] [--retire KEY]... | retire KEY... | status', summary: 'key-encryption keys: a new one, retiring old ones, what depends on each',
     args: { names: ['rotate|retire|status', 'KEY'], required: 1, more: true }, flags: {

@@ -5,10 +5,15 @@ import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FsObjectStorage } from '../content/storage-fs';
+import { storedObjectOf } from '../content/repo/formats';
 import { DomainError } from '../errors';
 import { packageRoot } from '../config/config';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
 import { adminCredentials, CliError, connect, unaryCall, type Clients } from './client';
+import { listBackups } from './backups';
+import { backupIds, removeBackups } from './backup-rm';
+import { checkBackups } from './backup-check';
+import { pruneBackups } from './backup-prune';
 import { execAction } from './exec';
 import { COMMANDS, cpuMillis, duration, integer, keyValues, oneOf, parseCommandLine, size, usage, UsageError, type Invocation } from './args';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
@@ -188,6 +193,19 @@ async function keys(c: Clients, inv: Invocation, json: boolean): Promise<number>
   return 0;
 }
 
+/** backup ID, or one of its subcommands (a workspace named rm, check or prune is backed up over the API). */
+function backupAction(inv: Invocation, json: boolean): Action {
+  const [first] = inv.args;
+  if (first === 'rm') {
+    const ids = backupIds(inv);
+    return (c) => removeBackups(c, ids, json);
+  }
+  if (inv.args.length > 1) throw new UsageError(`backup: unexpected argument "${inv.args[1]}"`, 'backup');
+  if (first === 'check') return (c) => checkBackups(c, json);
+  if (first === 'prune') return (c) => pruneBackups(c, inv.values['dry-run'] === true, json);
+  return (c) => backup(c, inv, json);
+}
+
 function backup(c: Clients, inv: Invocation, json: boolean): Promise<number> {
   const tty = process.stderr.isTTY && !json;
   const began = Date.now();
@@ -310,7 +328,9 @@ function prepare(inv: Invocation, json: boolean): Action {
     case 'teardown':
       return (c) => teardown(c, inv, json);
     case 'backup':
-      return (c) => backup(c, inv, json);
+      return backupAction(inv, json);
+    case 'backups':
+      return (c) => listBackups(c, inv, json);
     case 'verify':
       return (c) => verify(c, inv, json);
     case 'keys':
@@ -360,7 +380,7 @@ async function verify(c: Clients, inv: Invocation, json: boolean): Promise<numbe
     ? fs.readFileSync(keyFile, 'utf8')
     : (await unaryCall<NodeInfo__Output>((md, o, cb) => c.node.GetNodeInfo({}, md, o, cb))).provenancePublicKeyPem;
   const storage = new FsObjectStorage({ dir: str(inv, 'backup-dir') ?? '/var/lib/tetrix/backups' });
-  const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: `${snapshot}.data`, publicKeyPem });
+  const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: storedObjectOf(snapshot), publicKeyPem });
   process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${snapshot} was built by ${statement.predicate.runDetails.builder.id}\n${JSON.stringify(statement, null, 2)}\n`);
   return 0;
 }

@@ -63,6 +63,10 @@ export interface Config {
   readonly logRetentionMs: number;  // logs outlive teardown this long (prebuild logs are read after it)
   readonly backupStorage: 'fs' | 's3';
   readonly backupDir: string;       // fs: where backups live ('' = <stateDir>/backups)
+  readonly backupFormat: 'snapshot' | 'full';  // new backups: deduplicated snapshots, or one archive each (docs/backup-format.md)
+  readonly backupKeepLast: number;  // retention of snapshots per workspace, as restic forget (0 = no such rule;
+  readonly backupKeepDaily: number; //   all three 0: keep every snapshot)
+  readonly backupKeepWeekly: number;
   readonly s3Bucket: string;        // s3: bucket, key prefix (private to this node) and endpoint;
   readonly s3Prefix: string;        //     credentials come from the AWS SDK's usual chain
   readonly s3Endpoint: string;
@@ -151,6 +155,10 @@ export function defaults(): Config {
     logRetentionMs: 7 * 24 * 3600 * 1000,
     backupStorage: 'fs',
     backupDir: '',
+    backupFormat: 'snapshot',
+    backupKeepLast: 0,
+    backupKeepDaily: 0,
+    backupKeepWeekly: 0,
     s3Bucket: '',
     s3Prefix: '',
     s3Endpoint: '',
@@ -173,13 +181,13 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'imageGcMaxAgeMs', 'imageStoreMaxBytes'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'imageGcMaxAgeMs', 'imageStoreMaxBytes', 'backupKeepLast', 'backupKeepDaily', 'backupKeepWeekly'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
-  'networkTable', 'dnsServers', 'storageBackend', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
+  'networkTable', 'dnsServers', 'storageBackend', 'backupStorage', 'backupDir', 'backupFormat', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
   'defaultRegistry', 'registryMirrors', 'registryCaFile', 'insecureRegistry', 'registryAuthFile', 'userRegistries',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
@@ -332,6 +340,7 @@ function validate(c: Config): Config {
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
   validateStorage(c);
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);
+  if (c.backupFormat !== 'snapshot' && c.backupFormat !== 'full') throw new ConfigError(`backupFormat: "${c.backupFormat}" is neither snapshot nor full`);
   if (c.backupStorage === 's3' && c.s3Bucket === '') throw new ConfigError('backupStorage s3 needs s3Bucket');
   if (c.backupDir !== '' && !path.isAbsolute(c.backupDir)) throw new ConfigError(`backupDir: must be an absolute path, got "${c.backupDir}"`);
   const kek = parseKekSource(c);

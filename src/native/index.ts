@@ -7,6 +7,7 @@ import { NativeError } from './errors';
 import type { NativePart } from './part';
 import { archivePart, type ArchiveWalkNative } from './archive';
 import { channelPart, type ChannelNative } from './channel';
+import { chunkerPart, type ChunkerNative } from './chunker';
 import { execPart, type ExecNative } from './exec';
 import { exitPart, type ExitNative } from './exit';
 import { extractPart, type ExtractNative } from './extract';
@@ -25,6 +26,7 @@ import { spawnPart, type SpawnNative } from './spawn';
 export { NativeError } from './errors';
 export type * from './archive';
 export type * from './channel';
+export type * from './chunker';
 export type * from './exec';
 export type * from './exit';
 export type * from './extract';
@@ -41,14 +43,14 @@ export type * from './seccomp';
 export type * from './spawn';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & ChunkerNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart,
+  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart, chunker: chunkerPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older
@@ -96,3 +98,4 @@ export const netNative: NetNative = native;
 export const seccompNative: SeccompNative = native;
 export const loopNative: LoopNative = native;
 export const fscryptNative: FscryptNative = native;
+export const chunker: ChunkerNative = native;

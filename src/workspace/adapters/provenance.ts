@@ -1,5 +1,6 @@
 // After a successful prebuild: its provenance, signed by the node, stored beside the snapshot.
 import type { ObjectStorage } from '../../content/storage';
+import { storedObjectOf } from '../../content/repo/formats';
 import type { BackupOutcome } from '../ports';
 import type { WorkspaceRecord } from '../types';
 import { publishPrebuildProvenance } from '../../prebuild/provenance';
@@ -15,7 +16,7 @@ export function provenancePublisher(storage: ObjectStorage, key: ProvenanceSigni
       const published = await publishPrebuildProvenance(
         storage,
         {
-          snapshot: { name: `${snapshot.backupId}.data`, sha256: snapshot.sha256 },
+          snapshot: { name: storedObjectOf(snapshot.backupId), sha256: snapshot.sha256 },
           source: { repository: spec.source.repositoryUrl, revision: spec.source.revision },
           tasks: spec.tasks.map((t) => ({ name: t.name, command: t.command, workingDir: t.workingDir, env: t.env })),
           image: { ref: spec.image, sha256: status.imageDigest.replace(/^sha256:/, '') },
