@@ -1,6 +1,6 @@
 // Domain records to wire messages. The spec's env never leaves the node.
 import type { Workspace } from '../generated/tetrix/agent/v1/Workspace';
-import type { WorkspaceRecord } from '../workspace/types';
+import { noContentStatus, type WorkspaceRecord } from '../workspace/types';
 
 export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
   return {
@@ -35,6 +35,14 @@ export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
     failedTask: status.failedTask,
     seccompProfile: spec.seccompProfile,
     restoredFrom: status.restoredFrom,
-    source: spec.source,
+    source: { ...spec.source, commit: status.content?.commit ?? '' },
+    content: contentMessage(status.content ?? noContentStatus()),
+  };
+}
+
+function contentMessage(c: NonNullable<WorkspaceRecord['status']['content']>): NonNullable<Workspace['content']> {
+  return {
+    phase: c.phase, objectsReceived: c.objectsReceived, objectsTotal: c.objectsTotal, attempts: c.attempts, failedStep: c.failedStep,
+    prebuildId: c.prebuildId, prebuildSnapshotId: c.prebuildSnapshotId, prebuildVerified: c.prebuildVerified,
   };
 }

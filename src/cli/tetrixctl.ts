@@ -8,6 +8,7 @@ import { FsObjectStorage } from '../content/storage-fs';
 import { DomainError } from '../errors';
 import { packageRoot } from '../config/config';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
+import { contentLines, provenanceSummary } from './source';
 import { adminCredentials, CliError, connect, unaryCall, type Clients } from './client';
 import { COMMANDS, cpuMillis, duration, integer, keyValues, oneOf, parseCommandLine, size, usage, UsageError, type Invocation } from './args';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
@@ -90,6 +91,7 @@ function show(workspaces: Workspace__Output[], json: boolean): void {
   process.stdout.write(table([header, ...workspaces.map(row)]));
   const failed = workspaces.find((w) => w.message);
   if (failed && workspaces.length === 1) process.stdout.write(`message: ${failed.message}\n`);
+  if (workspaces.length === 1) process.stdout.write(contentLines(workspaces[0]!));
 }
 
 const note = (text: string): void => void process.stderr.write(`tetrixctl: ${text}\n`);
@@ -343,7 +345,7 @@ async function verify(c: Clients, inv: Invocation, json: boolean): Promise<numbe
     : (await unaryCall<NodeInfo__Output>((md, o, cb) => c.node.GetNodeInfo({}, md, o, cb))).provenancePublicKeyPem;
   const storage = new FsObjectStorage({ dir: str(inv, 'backup-dir') ?? '/var/lib/tetrix/backups' });
   const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: `${snapshot}.data`, publicKeyPem });
-  process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${snapshot} was built by ${statement.predicate.runDetails.builder.id}\n${JSON.stringify(statement, null, 2)}\n`);
+  process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${snapshot} was built by ${statement.predicate.runDetails.builder.id}\n${provenanceSummary(statement)}${JSON.stringify(statement, null, 2)}\n`);
   return 0;
 }
 

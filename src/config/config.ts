@@ -60,6 +60,10 @@ export interface Config {
   readonly s3Prefix: string;        //     credentials come from the AWS SDK's usual chain
   readonly s3Endpoint: string;
   readonly s3Region: string;
+  readonly sourceAllowedDestinations: string; // host:port a source fetch may reach despite the deny list (tests: loopback servers), comma-separated
+  readonly sourceCaFile: string;    // extra CA bundle for HTTPS remotes; '' = the host's CAs
+  readonly sourceFetchAttempts: number; // tries of a fetch that fails for a transient reason
+  readonly sourceRetryBaseMs: number;   // backoff before the second try, doubled for each next one
   /** kekSource, kmsTokenFile and kmsCaFile, validated as one. */
   readonly kek: KekSource;
 }
@@ -133,6 +137,10 @@ export function defaults(): Config {
     s3Prefix: '',
     s3Endpoint: '',
     s3Region: 'us-east-1',
+    sourceAllowedDestinations: '',
+    sourceCaFile: '',
+    sourceFetchAttempts: 3,
+    sourceRetryBaseMs: 500,
     kek: { kind: 'state-dir' },
   };
 }
@@ -143,13 +151,14 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'sourceFetchAttempts', 'sourceRetryBaseMs'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
   'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
+  'sourceAllowedDestinations', 'sourceCaFile',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 /** Settings that were replaced: naming them says what to use instead. */
@@ -281,6 +290,11 @@ function validate(c: Config): Config {
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);
   if (c.backupStorage === 's3' && c.s3Bucket === '') throw new ConfigError('backupStorage s3 needs s3Bucket');
   if (c.backupDir !== '' && !path.isAbsolute(c.backupDir)) throw new ConfigError(`backupDir: must be an absolute path, got "${c.backupDir}"`);
+  if (c.sourceCaFile !== '' && !path.isAbsolute(c.sourceCaFile)) throw new ConfigError(`sourceCaFile: must be an absolute path, got "${c.sourceCaFile}"`);
+  if (c.sourceFetchAttempts < 1 || c.sourceFetchAttempts > 10) throw new ConfigError(`sourceFetchAttempts: must be 1..10, got ${c.sourceFetchAttempts}`);
+  for (const d of listOf(c.sourceAllowedDestinations)) {
+    if (!/^(\[[0-9a-fA-F:]+\]|[^:\s\[\]]+):\d{1,5}$/.test(d)) throw new ConfigError(`sourceAllowedDestinations: "${d}" is not host:port`);
+  }
   const kek = parseKekSource(c);
   if (c.network === 'off' && c.defaultNetwork === 'isolated') return { ...c, kek, defaultNetwork: 'none' };
   return { ...c, kek };

@@ -17,6 +17,7 @@ import { notifyPart, type NotifyNative } from './notify';
 import { outputPart, type OutputNative } from './output';
 import { seccompPart, type SeccompNative } from './seccomp';
 import { spawnPart, type SpawnNative } from './spawn';
+import { netnsListenPart, type NetnsListenNative } from './netns-listen';
 
 export { NativeError } from './errors';
 export type * from './archive';
@@ -31,16 +32,17 @@ export type * from './notify';
 export type * from './output';
 export type * from './seccomp';
 export type * from './spawn';
+export type * from './netns-listen';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & NetnsListenNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart,
+  archive: archivePart, extract: extractPart, netnsListen: netnsListenPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older

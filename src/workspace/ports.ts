@@ -102,3 +102,11 @@ export interface WorkspaceBackups {
    */
   open(backupId: string, authorize: AuthorizeRestore): Promise<{ roots: string[]; binding: BackupBinding | undefined }>;
 }
+
+/** Content initialization from git (src/source): the checkout, in a sandbox of its own. */
+export type { PopulateJob, PopulateResult, SourceProgress } from '../source/checkout';
+import type { PopulateJob, PopulateResult } from '../source/checkout';
+export interface WorkspaceSource {
+  /** SourceError naming the step when it fails; what it wrote stays in contentDir for the caller to remove. */
+  populate(job: PopulateJob): Promise<PopulateResult>;
+}

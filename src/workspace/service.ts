@@ -15,6 +15,8 @@ import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressRepo
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
+import { ContentInit, isContentFailure } from './content-init';
+import type { WorkspaceSource } from './ports';
 
 export interface WorkspaceServiceOptions {
   stateDir: string;
@@ -28,6 +30,7 @@ export interface WorkspaceServiceOptions {
   network?: WorkspaceNetwork;
   backups?: WorkspaceBackups;
   provenance?: ProvenancePublisher;
+  source?: WorkspaceSource;
 }
 
 interface Runtime {
@@ -81,8 +84,11 @@ export class WorkspaceService {
   // unthrottled finished in 0.9 s but held the event loop for up to 160 ms at a stretch (bench/density).
   private readonly releaseSlots = limitConcurrency(RELEASES_AT_ONCE);
 
+  private readonly content: ContentInit;
+
   constructor(private readonly o: WorkspaceServiceOptions) {
     this.events.setMaxListeners(0);
+    this.content = new ContentInit({ ...o, save: (record) => { o.store.updateStatus(record.spec.id, record.status); this.emit(record); } });
   }
 
   get(id: string): WorkspaceRecord {
@@ -259,7 +265,9 @@ export class WorkspaceService {
     // Everything that can refuse the request is checked before anything exists.
     const image = await this.o.sandbox.resolveImage(spec.image);
     this.o.sandbox.checkSeccompProfile(spec.seccompProfile);
+    this.content.check(spec.content);
     const restoring = spec.restoreFrom ? await this.openBackup(spec.restoreFrom, authorizeRestore) : undefined;
+    const content = await this.content.verifyPrebuild(spec.content);
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
       throw new DomainError('FAILED_PRECONDITION', 'kind: prebuilds need logs, backups and provenance on this node');
     }
@@ -270,6 +278,7 @@ export class WorkspaceService {
         ports: [...spec.ports],
         imageDigest: image.digest,
         tasks: spec.tasks.map((t) => ({ name: t.name, state: 'CREATING', exitCode: 0, startedMs: 0, finishedMs: 0 })),
+        content,
       },
     };
     const { sandbox, store } = this.o;
@@ -304,6 +313,7 @@ export class WorkspaceService {
       ] as const);
       crashPoint('after-rootfs');
       crashPoint('after-cgroup');
+      await this.content.populate(record, wsDir, contentDir);
       const workload = this.workloadOf(spec, contentDir);
       // An isolated workload waits at init's gate until its veth is attached. Everything else it needs
       // (cgroups, lo, its OOM score) is in place before init runs, so the others start at once.
@@ -360,7 +370,8 @@ export class WorkspaceService {
     this.o.log.warn({ workspace: id, err: errText(err) }, 'workspace start failed');
     await this.o.logs?.closeWhenDrained(id);
     await this.releaseAll(record);
-    Object.assign(record.status, { reason: 'SPAWN_FAILED' as Reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
+    const reason: Reason = isContentFailure(err) ? 'CONTENT_FAILED' : 'SPAWN_FAILED';
+    Object.assign(record.status, { reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
     this.transition(record, 'FAILED');
   }
 

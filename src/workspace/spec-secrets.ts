@@ -31,6 +31,13 @@ export const SPEC_SECRETS: Classification<WorkspaceSpec> = {
   tasks: [{ name: 'public', command: 'public', workingDir: 'public', env: 'secret' }],
   source: { repositoryUrl: 'public', revision: 'public' },
   workingDir: 'public',
+  // The git token (issue 17) is the one secret of a content source; the rest is shown by GetWorkspace.
+  content: {
+    kind: 'public',
+    git: { url: 'public', ref: 'public', commit: 'public', depth: 'public', filter: 'public', submodules: 'public', token: 'secret' },
+    prebuildSnapshot: 'public',
+    allowUnverified: 'public',
+  },
 };
 
 type Tree = Record<string, unknown>;

@@ -16,7 +16,7 @@ const LAYERS: string[][] = [
   ['uninstall.ts', 'preflight.ts'],                  // entry-point helpers (tetrixd uninstall, host checks)
   ['api/'],                                          // gRPC server, auth, validation, transport
   ['workspace/'],                                    // the lifecycle, its records, ports and their adapters
-  ['prebuild/'],                                     // tasks channel, provenance (a service the lifecycle uses)
+  ['prebuild/', 'source/'],                          // tasks channel, provenance; git content (services the lifecycle uses)
   ['sandbox/', 'network/', 'content/', 'logs/'],     // the mechanisms, independent of each other
   ['crypto/'],                                       // keys, the streaming AEAD, sealing, the PKI
   ['config/', 'state-dir.ts', 'node-flags.ts'],      // one validated config; the state dir's lock and claims
