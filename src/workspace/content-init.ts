@@ -54,9 +54,11 @@ export class ContentInit {
         workspaceId: record.spec.id, wsDir, contentDir, uidBase: record.status.uidBase, git: content.git,
         update: content.kind === 'prebuild',
         onProgress: (p) => {
+          const phaseChanged = p.phase !== status.phase;
           Object.assign(status, p);
           const now = Date.now();
-          if (now - last < PROGRESS_EVERY_MS && p.phase !== 'ready') return;
+          // Counts at most every PROGRESS_EVERY_MS; a new phase always.
+          if (now - last < PROGRESS_EVERY_MS && !phaseChanged) return;
           last = now;
           this.o.save(record);
         },
