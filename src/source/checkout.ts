@@ -216,6 +216,7 @@ export function classify(r: GitResult, token: string): Failure {
   const message = summary(text) || (r.timedOut ? 'timed out' : r.signal ? `git ended by ${r.signal}` : `git exited ${r.exitCode}`);
   if (r.timedOut) return { code: 'UNAVAILABLE', transient: false, message: `timed out: ${message}` };
   if (r.refused > 0) return { code: 'PERMISSION_DENIED', transient: false, message: `the fetch may not reach that address (docs/source.md): ${message}` };
+  if (r.unreachable && r.exitCode !== 0 && !DENIED.test(text) && !NOT_FOUND.test(text)) return { code: 'UNAVAILABLE', transient: true, message: `the remote did not answer (${r.unreachable}): ${message}` };
   if (FULL.test(text)) return { code: 'RESOURCE_EXHAUSTED', transient: false, message };
   if (DENIED.test(text)) return { code: 'PERMISSION_DENIED', transient: false, message: `the remote refused the credentials: ${message}` };
   if (NOT_FOUND.test(text)) return { code: 'NOT_FOUND', transient: false, message };

@@ -72,11 +72,13 @@ export interface ProxyCounters {
   connections: number;
   refused: number;
   bytesIn: number;
+  /** The last error connecting to an allowed destination (ECONNREFUSED...), '' when none. */
+  unreachable: string;
 }
 
 /** What one sandboxed run may reach: SOCKS5 on one fd, git:// forwarders on others. Closed with close(). */
 export class FetchProxy {
-  readonly counters: ProxyCounters = { connections: 0, refused: 0, bytesIn: 0 };
+  readonly counters: ProxyCounters = { connections: 0, refused: 0, bytesIn: 0, unreachable: '' };
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
 
@@ -149,7 +151,9 @@ export class FetchProxy {
     }
     const upstream = net.connect({ host: target.address, port, family: target.family });
     this.track(upstream);
+    let connected = false;
     upstream.once('connect', () => {
+      connected = true;
       this.counters.connections++;
       this.log.debug({ workspace: this.workspaceId, host, port, address: target.address }, 'source fetch: connected');
       if (socks) client.write(Buffer.from([5, 0, 0, 1, 0, 0, 0, 0, 0, 0]));
@@ -157,8 +161,9 @@ export class FetchProxy {
       upstream.pipe(client);
       client.pipe(upstream);
     });
-    upstream.once('error', () => {
-      if (socks && !upstream.readyState.startsWith('open')) client.end(Buffer.from([5, 5, 0, 1, 0, 0, 0, 0, 0, 0]));
+    upstream.once('error', (err: NodeJS.ErrnoException) => {
+      if (!connected) this.counters.unreachable = `${host}:${port}: ${err.code ?? err.message}`;
+      if (socks && !connected) client.end(Buffer.from([5, 5, 0, 1, 0, 0, 0, 0, 0, 0]));
       else client.destroy();
     });
     upstream.once('close', () => client.destroy());

@@ -43,6 +43,7 @@ export interface GitResult {
   timedOut: boolean;
   bytesIn: number;
   refused: number;
+  unreachable: string;
 }
 
 export const SOCKS_PORT = 1080;
@@ -101,6 +102,7 @@ export class GitSandbox {
         timedOut,
         bytesIn: proxy.counters.bytesIn,
         refused: proxy.counters.refused,
+        unreachable: proxy.counters.unreachable,
       };
     } catch (err) {
       if (launched) await launched.kill();

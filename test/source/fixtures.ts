@@ -2,6 +2,7 @@
 // git, served by `git daemon` and by git's smart HTTP (`git http-backend` as CGI behind an HTTPS server with
 // a test CA and a token check).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
@@ -30,7 +31,7 @@ export interface TestRepo {
 }
 
 /** A repository with `files` files, several commits on main, tag v1.0, branch feature, optionally a submodule. */
-export function makeRepo(root: string, name: string, opts: { files?: number; submoduleUrl?: string } = {}): TestRepo {
+export function makeRepo(root: string, name: string, opts: { files?: number; submoduleUrl?: string; randomBytes?: number } = {}): TestRepo {
   const work = path.join(root, `${name}-work`);
   const bare = path.join(root, `${name}.git`);
   fs.mkdirSync(work, { recursive: true });
@@ -39,7 +40,8 @@ export function makeRepo(root: string, name: string, opts: { files?: number; sub
   for (let i = 0; i < files; i++) {
     const dir = path.join(work, 'src', `d${i % 50}`);
     fs.mkdirSync(dir, { recursive: true });
-    fs.writeFileSync(path.join(dir, `f${i}.txt`), `file ${i}\n`);
+    // Incompressible when asked: a pack big enough to be cut in the middle.
+    fs.writeFileSync(path.join(dir, `f${i}.txt`), opts.randomBytes ? crypto.randomBytes(opts.randomBytes).toString('hex') : `file ${i}\n`);
   }
   fs.writeFileSync(path.join(work, 'README'), 'one\n');
   git(work, 'add', '-A');
@@ -221,4 +223,50 @@ export async function startSmartHttp(base: string, ca: TestCa, token: string): P
       server.close(() => resolve());
     }),
   };
+}
+
+export interface CuttingRelay {
+  port: number;
+  connections: number;
+  close(): Promise<void>;
+}
+
+/**
+ * A TCP relay to 127.0.0.1:target that cuts the first `cut` connections after `afterBytes` bytes from the
+ * server, as a server killed mid-clone would; with `dieAfterCut` it then stops listening (connection refused).
+ */
+export async function startCuttingRelay(target: number, o: { cut: number; afterBytes: number; dieAfterCut?: boolean }): Promise<CuttingRelay> {
+  const sockets = new Set<net.Socket>();
+  const relay: CuttingRelay = { port: 0, connections: 0, close: async () => undefined };
+  const server = net.createServer((client) => {
+    const n = ++relay.connections;
+    const upstream = net.connect(target, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.once('close', () => sockets.delete(s));
+    }
+    let bytes = 0;
+    upstream.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      if (n <= o.cut && bytes > o.afterBytes) {
+        client.resetAndDestroy();
+        upstream.destroy();
+        if (o.dieAfterCut) server.close();
+        return;
+      }
+      client.write(chunk);
+    });
+    client.on('data', (chunk: Buffer) => upstream.write(chunk));
+    upstream.once('end', () => client.end());
+    client.once('end', () => upstream.end());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  relay.port = (server.address() as net.AddressInfo).port;
+  relay.close = () => new Promise<void>((resolve) => {
+    for (const s of sockets) s.destroy();
+    server.close(() => resolve());
+    if (!server.listening) resolve();
+  });
+  return relay;
 }
