@@ -21,6 +21,30 @@ git(repo.work, 'commit', '-q', '-am', 'relative submodule url');
 repo.commits.push(git(repo.work, 'rev-parse', 'HEAD'));
 git(repo.work, 'push', '-q', 'origin', 'main');
 
+// Hostile repositories: a filter driver and hooks in the tree (and in the daemon's own ~/.gitconfig, which
+// the fetch must not read), and one whose .gitmodules names a submodule URL that is an --upload-pack option.
+const marker = path.join(root, `host-marker-${process.pid}`);
+const hostileHome = path.join(root, 'hostile-home');
+fs.mkdirSync(path.join(hostileHome, 'hooks'), { recursive: true });
+fs.writeFileSync(path.join(hostileHome, 'hooks', 'post-checkout'), `#!/bin/sh\ntouch ${marker}-home-hook\n`, { mode: 0o755 });
+fs.writeFileSync(path.join(hostileHome, '.gitconfig'), [
+  '[core]', `\thooksPath = ${hostileHome}/hooks`, `\tfsmonitor = touch ${marker}-home-fsmonitor`,
+  '[filter "evil"]', `\tsmudge = touch ${marker}-home-filter`, '',
+].join('\n'));
+const evil = makeRepo(root, 'evil', { files: 10 });
+fs.writeFileSync(path.join(evil.work, '.gitattributes'), '* filter=evil\n');
+fs.mkdirSync(path.join(evil.work, 'hooks'));
+fs.writeFileSync(path.join(evil.work, 'hooks', 'post-checkout'), `#!/bin/sh\ntouch ${marker}-tree-hook\n`, { mode: 0o755 });
+git(evil.work, 'add', '-A');
+git(evil.work, 'commit', '-q', '-m', 'hostile attributes and hooks');
+git(evil.work, 'push', '-q', 'origin', 'main');
+const evilSub = makeRepo(root, 'evil-sub', { files: 10 });
+fs.writeFileSync(path.join(evilSub.work, '.gitmodules'), `[submodule "x"]\n\tpath = x\n\turl = --upload-pack=touch ${marker}-upload-pack\n`);
+git(evilSub.work, 'update-index', '--add', '--cacheinfo', `160000,${evilSub.commits[0]},x`);
+git(evilSub.work, 'add', '.gitmodules');
+git(evilSub.work, 'commit', '-q', '-m', 'a submodule url that is an option');
+git(evilSub.work, 'push', '-q', 'origin', 'main');
+
 const request = (id: string, gitSource: Record<string, unknown>, command = ['/bin/sh', '-c', 'cat /workspace/README > /workspace/.seen-by-workload; exec sleep 600']): StartWorkspaceRequest => ({
   id, ownerId: 'alice', image: 'builtin:busybox', command,
   content: { git: { url: '', ref: '', commit: '', depth: 0, filter: '', submodules: false, token: '', ...gitSource } },
@@ -29,7 +53,7 @@ const request = (id: string, gitSource: Record<string, unknown>, command = ['/bi
 t.test('git checkouts through the real daemon', async (t) => {
   const server = await startGitDaemon(root);
   t.teardown(() => server.kill());
-  const d = await startDaemon(t, ['--source-allowed-destinations', `127.0.0.1:${server.port}`]);
+  const d = await startDaemon(t, ['--source-allowed-destinations', `127.0.0.1:${server.port}`], { env: { HOME: hostileHome } });
   const content = (id: string): string => path.join(d.stateDir, 'workspaces', id, 'content');
   const head = [...repo.commits].pop()!;
 
@@ -89,6 +113,21 @@ t.test('git checkouts through the real daemon', async (t) => {
     t.equal(w.pid, 0, 'no workload ran');
     t.notOk(fs.existsSync(path.join(d.stateDir, 'workspaces', id)), 'the workspace directory is gone');
     await d.teardown(id);
+  });
+
+  await t.test('hostile repositories run nothing on the host', async (t) => {
+    const id = uniqueName('src-evil');
+    const w = await d.start(request(id, { url: server.url('evil.git'), ref: 'main', submodules: true }));
+    t.equal(w.state, 'WORKSPACE_STATE_RUNNING', w.message);
+    t.ok(fs.existsSync(path.join(content(id), 'hooks', 'post-checkout')), 'the hostile tree is checked out');
+    await d.teardown(id);
+    const id2 = uniqueName('src-evil-sub');
+    const err = await d.start(request(id2, { url: server.url('evil-sub.git'), ref: 'main', submodules: true })).then(() => undefined, (e: Error) => e);
+    t.match(err?.message ?? '', /content: fetch: .*(gitmodulesUrl|disallowed submodule url|fsck)/i, 'the --upload-pack submodule URL is refused when objects are checked');
+    t.equal((await d.get(id2)).content?.failedStep, 'fetch');
+    await d.teardown(id2);
+    const ran = fs.readdirSync(root).filter((f) => f.startsWith(path.basename(marker)));
+    t.same(ran, [], 'no marker: no hook, fsmonitor, filter or upload-pack ran on the host');
   });
 
   await t.test('bad requests name the field and create nothing', async (t) => {

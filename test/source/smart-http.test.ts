@@ -18,7 +18,7 @@ const token = `tok${crypto.randomBytes(16).toString('hex')}`;
 const wrongToken = `bad${crypto.randomBytes(16).toString('hex')}`;
 const needles = [token, wrongToken, Buffer.from(`x-access-token:${token}`).toString('base64'), Buffer.from(`x-access-token:${wrongToken}`).toString('base64')];
 
-const repo = makeRepo(root, 'app', { files: 1500 });
+const repo = makeRepo(root, 'app', { files: 300 });
 const ca = makeTestCa(path.join(root, 'ca'));
 
 const request = (id: string, url: string, tok: string): StartWorkspaceRequest => ({
