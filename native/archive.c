@@ -23,7 +23,6 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#define BLOCK 512
 #define MAX_OCTAL_8 07777777ULL
 #define MAX_OCTAL_12 077777777777ULL
 #define OVERFLOW_ID 65534
@@ -61,7 +60,7 @@ static bool bytes_zeros(bytes *b, size_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Header encoding: the same pax/ustar subset as src/content/tar-format.ts encodeEntry().
+// Header encoding: the pax/ustar subset of docs/backup-format.md (test/helpers/tar-oracle.ts reads it independently).
 
 typedef struct {
   char flag;                 // '0' file, '1' hard link, '2' symlink, '3' char device, '5' directory
@@ -93,7 +92,7 @@ static void write_octal(char *buf, uint64_t value, size_t len) {
 static void ustar_block(char *b, const char *name, size_t name_len, const char *prefix, size_t prefix_len,
                         uint32_t mode, uint64_t uid, uint64_t gid, uint64_t size, uint64_t mtime, char flag,
                         const char *link, size_t link_len) {
-  memset(b, 0, BLOCK);
+  memset(b, 0, TAR_BLOCK);
   memcpy(b, name, name_len > 100 ? 100 : name_len);
   write_octal(b + 100, mode, 8);
   write_octal(b + 108, uid, 8);
@@ -108,7 +107,7 @@ static void ustar_block(char *b, const char *name, size_t name_len, const char *
   memcpy(b + 345, prefix, prefix_len > 155 ? 155 : prefix_len);
   memset(b + 148, ' ', 8);
   unsigned sum = 0;
-  for (int i = 0; i < BLOCK; i++) sum += (unsigned char)b[i];
+  for (int i = 0; i < TAR_BLOCK; i++) sum += (unsigned char)b[i];
   write_octal(b + 148, sum, 8);
 }
 
@@ -207,7 +206,7 @@ static int encode_entry(bytes *out, const entry_header *h, bytes *scratch) {
     return ENOMEM;
   }
 
-  char block[BLOCK];
+  char block[TAR_BLOCK];
   if (pax.len > 0) {
     char pname[100];
     const char *short_name = split ? full + (prefix_len ? prefix_len + 1 : 0) : "entry";
@@ -216,8 +215,8 @@ static int encode_entry(bytes *out, const entry_header *h, bytes *scratch) {
     memcpy(pname, "PaxHeaders/", 11);
     memcpy(pname + 11, short_name, short_len);
     ustar_block(block, pname, 11 + short_len, "", 0, 0644, 0, 0, pax.len, 0, 'x', "", 0);
-    size_t pad = (BLOCK - pax.len % BLOCK) % BLOCK;
-    ok = bytes_append(out, block, BLOCK) && bytes_append(out, pax.data, pax.len) && bytes_zeros(out, pad);
+    size_t pad = (TAR_BLOCK - pax.len % TAR_BLOCK) % TAR_BLOCK;
+    ok = bytes_append(out, block, TAR_BLOCK) && bytes_append(out, pax.data, pax.len) && bytes_zeros(out, pad);
     free(pax.data);
     if (!ok) return ENOMEM;
   }
@@ -238,7 +237,7 @@ static int encode_entry(bytes *out, const entry_header *h, bytes *scratch) {
               h->uid > MAX_OCTAL_8 ? MAX_OCTAL_8 : h->uid, h->gid > MAX_OCTAL_8 ? MAX_OCTAL_8 : h->gid,
               h->size > MAX_OCTAL_12 ? 0 : h->size, secs > MAX_OCTAL_12 ? 0 : secs, h->flag,
               link_in_pax ? "" : h->linkpath, link_in_pax ? 0 : h->link_len);
-  return bytes_append(out, block, BLOCK) ? 0 : ENOMEM;
+  return bytes_append(out, block, TAR_BLOCK) ? 0 : ENOMEM;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -704,7 +703,7 @@ static int copy_file_data(walker *w, char *out, size_t space, size_t *wrote) {
     w->file_fd = -1;
     w->files++;
     w->bytes_done += (double)w->file_size;
-    size_t pad = (BLOCK - w->file_size % BLOCK) % BLOCK;
+    size_t pad = (TAR_BLOCK - w->file_size % TAR_BLOCK) % TAR_BLOCK;
     if (!bytes_zeros(&w->header, pad)) return ENOMEM;
   }
   return 0;
@@ -962,7 +961,8 @@ static napi_value js_walk_close(napi_env env, napi_callback_info info) {
   return tx_undefined(env);
 }
 
-void tx_register_archive(napi_env env, napi_value addon) {
+void tx_register_archive(napi_env env, napi_value addon, napi_value constants) {
+  tx_set_constant(env, constants, "TAR_BLOCK", TAR_BLOCK);
   tx_set_function(env, addon, "archiveWalkStart", js_walk_start);
   tx_set_function(env, addon, "archiveWalkFill", js_walk_fill);
   tx_set_function(env, addon, "archiveWalkPending", js_walk_pending);

@@ -28,7 +28,6 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#define BLOCK 512
 #define MAX_EXTENDED (1 << 20)
 #define OVERFLOW_ID 65534
 #define MAX_SAFE 9007199254740991.0
@@ -128,7 +127,7 @@ typedef struct {
   uint32_t uid_base, id_count;
 
   parse_state state;
-  char block[BLOCK];
+  char block[TAR_BLOCK];
   size_t block_filled;
   int zero_blocks;
 
@@ -226,7 +225,7 @@ static int refuse_here(extractor *x, const char *fmt, ...) {
 #define REFUSE(x, ...) refuse_here((x), __VA_ARGS__)
 
 // ---------------------------------------------------------------------------------------------------
-// Header decoding (src/content/tar-format.ts decodeUstar, decodePax, applyPax)
+// Header decoding (docs/backup-format.md; test/helpers/tar-oracle.ts writes what the tests feed it)
 
 static size_t field_len(const char *b, size_t off, size_t len) {
   size_t n = 0;
@@ -259,7 +258,7 @@ static bool read_number(const char *b, size_t off, size_t len, double *out) {
 }
 
 static bool is_zero_block(const char *b) {
-  for (int i = 0; i < BLOCK; i++)
+  for (int i = 0; i < TAR_BLOCK; i++)
     if (b[i]) return false;
   return true;
 }
@@ -285,7 +284,7 @@ static entry_type type_of(char flag) {
 static bool decode_ustar(extractor *x, const char *b) {
   double stored;
   unsigned sum = 0;
-  for (int i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (unsigned char)b[i];
+  for (int i = 0; i < TAR_BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (unsigned char)b[i];
   if (!read_number(b, 148, 8, &stored) || stored != sum) return refuse_plain(x, "archive: header checksum mismatch"), false;
   header_t *h = &x->h;
   h->path.len = h->linkpath.len = 0;
@@ -693,7 +692,7 @@ static bool on_file(extractor *x, size_t root, char *rel, sys_error *e) {
     x->data_fd = fd;
   }
   x->data_remaining = h->size;
-  x->data_pad = (size_t)((BLOCK - (uint64_t)h->size % BLOCK) % BLOCK);
+  x->data_pad = (size_t)((TAR_BLOCK - (uint64_t)h->size % TAR_BLOCK) % TAR_BLOCK);
   x->in_data = true;
   x->state = S_DATA;
   if (h->size == 0 && x->data_pad == 0) return end_data(x, e);
@@ -964,7 +963,7 @@ static int on_header_block(extractor *x, const char *b, sys_error *e) {
     x->ext_kind = h->type;
     x->ext.len = 0;
     x->ext_size = (size_t)h->size;
-    x->ext_pad = (BLOCK - x->ext_size % BLOCK) % BLOCK;
+    x->ext_pad = (TAR_BLOCK - x->ext_size % TAR_BLOCK) % TAR_BLOCK;
     if (!buf_reserve(&x->ext, x->ext_size + 1)) return sys_fail(e, "malloc", ENOMEM), -1;
     x->state = S_EXTENDED;
     if (x->ext_size == 0) end_extended(x);
@@ -1022,15 +1021,15 @@ static int consume(extractor *x, const char *chunk, size_t len, size_t *off, sys
       }
       case S_HEADER: {
         const char *b;
-        if (x->block_filled == 0 && len - *off >= BLOCK) {
+        if (x->block_filled == 0 && len - *off >= TAR_BLOCK) {
           b = chunk + *off;  // a whole block in the chunk: no copy
-          *off += BLOCK;
+          *off += TAR_BLOCK;
         } else {
-          size_t n = len - *off < BLOCK - x->block_filled ? len - *off : BLOCK - x->block_filled;
+          size_t n = len - *off < TAR_BLOCK - x->block_filled ? len - *off : TAR_BLOCK - x->block_filled;
           memcpy(x->block + x->block_filled, chunk + *off, n);
           x->block_filled += n;
           *off += n;
-          if (x->block_filled < BLOCK) break;
+          if (x->block_filled < TAR_BLOCK) break;
           x->block_filled = 0;
           b = x->block;
         }

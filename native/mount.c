@@ -31,7 +31,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
       tx_get_uint32(env, argv[3], "mount: flags must be an unsigned 32-bit number", &flags) &&
       tx_get_string(env, argv[4], "mount: data must be a string", &data)) {
     if (mount(or_null(source), target, or_null(fstype), flags, or_null(data)) != 0) {
-      tx_throw(env, "mount", errno);
+      tx_throw_at(env, "mount", target, errno);
     } else {
       result = tx_undefined(env);
     }
@@ -54,7 +54,7 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   if (tx_get_string(env, argv[0], "umount: target must be a string", &target) &&
       tx_get_uint32(env, argv[1], "umount: flags must be an unsigned 32-bit number", &flags)) {
     if (umount2(target, (int)flags) != 0) {
-      tx_throw(env, "umount", errno);
+      tx_throw_at(env, "umount", target, errno);
     } else {
       result = tx_undefined(env);
     }
@@ -100,7 +100,7 @@ static napi_value js_mount_async(napi_env env, napi_callback_info info) {
     free_mount_args(a);
     return NULL;
   }
-  return tx_run_async(env, "mount", mount_work, a, free_mount_args);
+  return tx_run_async_at(env, "mount", a->target, mount_work, a, free_mount_args);
 }
 
 // umount2(2) on a libuv worker: a detach waits in the kernel for an RCU grace period (~2 ms), which must
@@ -134,7 +134,7 @@ static napi_value js_umount_async(napi_env env, napi_callback_info info) {
     free_umount_args(a);
     return NULL;
   }
-  return tx_run_async(env, "umount", umount_work, a, free_umount_args);
+  return tx_run_async_at(env, "umount", a->target, umount_work, a, free_umount_args);
 }
 
 // makeDirs([{path, mode, uid, gid}]): mkdir (an existing one is fine), chown and chmod each in order, on a
@@ -222,9 +222,9 @@ static napi_value js_is_mount_point(napi_env env, napi_callback_info info) {
   if (!tx_get_string(env, argv[0], "isMountPoint: path must be a string", &path)) return NULL;
   struct statx stx;
   if (statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &stx) != 0) {
-    tx_throw(env, "statx", errno);
+    tx_throw_at(env, "statx", path, errno);
   } else if (!(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT)) {
-    tx_throw(env, "statx", ENOTSUP);
+    tx_throw_at(env, "statx", path, ENOTSUP);
   } else {
     napi_get_boolean(env, (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0, &result);
   }
@@ -244,7 +244,7 @@ static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
   if (tx_get_string(env, argv[0], "mkfifo: path must be a string", &path) &&
       tx_get_uint32(env, argv[1], "mkfifo: mode must be an unsigned 32-bit number", &mode)) {
     if (mkfifo(path, (mode_t)mode) != 0) {
-      tx_throw(env, "mkfifo", errno);
+      tx_throw_at(env, "mkfifo", path, errno);
     } else {
       result = tx_undefined(env);
     }

@@ -764,15 +764,8 @@ static bool get_cidrs(napi_env env, napi_value obj, const char *key, struct cidr
 }
 
 static napi_value start_op(napi_env env, napi_callback_info info, int kind) {
-  size_t argc = 1;
-  napi_value argv[1], promise, name;
-  napi_valuetype t = napi_undefined;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object) {
-    napi_throw_type_error(env, NULL, "net: an options object is required");
-    return NULL;
-  }
-  napi_value o = argv[0];
+  napi_value o;
+  if (!tx_arg_of_type(env, info, napi_object, "net: an options object is required", &o)) return NULL;
   struct net_op *op = calloc(1, sizeof *op);
   op->kind = kind;
   op->netns = get_str(env, o, "netns");
@@ -807,11 +800,7 @@ static napi_value start_op(napi_env env, napi_callback_info info, int kind) {
     napi_throw_type_error(env, NULL, bad);
     return NULL;
   }
-  napi_create_promise(env, &op->deferred, &promise);
-  napi_create_string_utf8(env, "tetrix-net", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, op_execute, op_complete, op, &op->work);
-  napi_queue_async_work(env, op->work);
-  return promise;
+  return tx_queue_work(env, "tetrix-net", op_execute, op_complete, op, &op->deferred, &op->work);
 }
 
 static napi_value ensure_bridge(napi_env env, napi_callback_info info) { return start_op(env, info, OP_ENSURE_BRIDGE); }

@@ -376,16 +376,12 @@ static void compile_complete(napi_env env, napi_status status, void *data) {
 // Rejects with NativeError whose .rule is the index of the rule that failed (-1: not a rule).
 static napi_value js_compile(napi_env env, napi_callback_info info) {
   size_t argc = 1;
-  napi_value argv[1], promise, name;
+  napi_value argv[1];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 1) return tx_type_error(env, "seccompCompile(spec)");
   compile_job *job = read_spec(env, argv[0]);
   if (!job) return NULL;
-  napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "tetrix.seccompCompile", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, compile_execute, compile_complete, job, &job->work);
-  napi_queue_async_work(env, job->work);
-  return promise;
+  return tx_queue_work(env, "tetrix.seccompCompile", compile_execute, compile_complete, job, &job->deferred, &job->work);
 }
 
 // seccompResolveSyscall(name, arch) -> number. arch is a libseccomp name ("x86_64", "x86", "aarch64").

@@ -36,25 +36,49 @@ enum tx_step {
   STEP_MOUNT_BIND,
   STEP_MOUNT_READONLY,
   STEP_INIT_OPEN,
+  STEP_INIT_STAT,
   STEP_INIT_BIND,
   STEP_INIT_READONLY,
   STEP_PROC,
+  STEP_DEV_OPEN,
   STEP_DEV,
+  STEP_DEV_REOPEN,
+  STEP_DEV_STAGE_MKDIR,
+  STEP_DEV_STAGE_OPEN,
   STEP_DEV_STAGE,        // move the daemon-made device tmpfs into the namespace
-  STEP_DEV_NODE,         // index: device table
+  STEP_DEV_STAGE_REOPEN,
+  STEP_DEV_NODE_OPEN,    // index: device table (each dev node step names /dev/<name>)
+  STEP_DEV_NODE_STAT,
+  STEP_DEV_NODE_CHECK,   // the staged node is not the char device the table says: ENODEV
+  STEP_DEV_NODE_CREATE,
+  STEP_DEV_NODE_BIND,
+  STEP_DEVPTS_MKDIR,     // mkdir, open, mount in this order (mount_dev_fs counts on it)
+  STEP_DEVPTS_OPEN,
   STEP_DEVPTS,
+  STEP_DEV_SHM_MKDIR,    // the same
+  STEP_DEV_SHM_OPEN,
   STEP_DEV_SHM,
   STEP_DEV_LINK,         // index: link table
+  STEP_SYS_OPEN,
   STEP_SYS,
+  STEP_SYS_HOST_BIND,    // sysfs refused: bind the host's /sys
+  STEP_SYS_REOPEN,
+  STEP_SYS_READONLY,
   STEP_SYS_BIND,         // notice (err 0): sysfs refused, host /sys bound read-only instead
+  STEP_FCHDIR_ROOTFS,
   STEP_PIVOT_ROOT,
   STEP_UMOUNT_OLD_ROOT,
   STEP_CHDIR_ROOT,
   STEP_HOSTNAME,
-  STEP_LOOPBACK,         // index: 0 socket, 1 get flags, 2 set flags
+  STEP_LOOPBACK_SOCKET,
+  STEP_LOOPBACK_GET_FLAGS,
+  STEP_LOOPBACK_SET_FLAGS,
+  STEP_MASK_LSTAT,       // index: masked path table
   STEP_MASK,             // index: masked path table
   STEP_BOOT_ID,          // bind the workspace's own boot_id
   STEP_DEV_UNSTAGE,      // detach the device tmpfs once its nodes are bound
+  STEP_DEV_UNSTAGE_RMDIR,
+  STEP_READONLY_BIND,    // index: read-only path table
   STEP_READONLY,         // index: read-only path table
   STEP_CHDIR_CWD,
   STEP_CAPBSET,
@@ -62,6 +86,7 @@ enum tx_step {
   STEP_CAPSET,
   STEP_NO_NEW_PRIVS,
   STEP_OPEN_DEVNULL,
+  STEP_DUP_LIFT,         // index: target fd (F_DUPFD above the targets)
   STEP_DUP,              // index: target fd
   STEP_CLOSE_RANGE,
   STEP_SECCOMP,

@@ -7,7 +7,7 @@
 // With opts.holdWorkload, spawn resolves once init waits at its gate instead, and releaseWorkload (the
 // second half, below) opens the gate and hears the workload's execve (spawn-protocol.h).
 #define _GNU_SOURCE
-#include "tetrix.h"
+#include "spawn.h"
 #include "spawn-protocol.h"
 
 #include <errno.h>
@@ -92,67 +92,7 @@ static const char *const readonly_paths[] = {
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-// Docker's default capability set.
-static const int default_caps[] = {
-    CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FSETID,           CAP_FOWNER,     CAP_MKNOD,
-    CAP_NET_RAW, CAP_SETGID,      CAP_SETUID,           CAP_SETFCAP,    CAP_SETPCAP,
-    CAP_NET_BIND_SERVICE,         CAP_SYS_CHROOT,       CAP_KILL,       CAP_AUDIT_WRITE,
-};
-
 #define INIT_IN_ROOTFS "/.tetrix/init"
-
-// ---------------------------------------------------------------------------------------------------
-// The job: options copied off the JS heap on the JS thread, then used by the worker thread and the child.
-// releaseWorkload reuses it for its own half: the held fds in, a failure out.
-
-typedef struct {
-  char *source;  // host path
-  char *target;  // inside the rootfs
-  bool readonly;
-} bind_mount;
-
-typedef struct {
-  // options
-  char *rootfs;
-  char *init_path;
-  char *cwd;
-  char *hostname;
-  char **argv;  // "init", ["--hold"], ["--tasks"], "--", workload argv..., NULL
-  char **envp;  // NULL-terminated
-  uint32_t uid_base, gid_base, id_count;
-  char **cgroup_tasks;  // v1: one `tasks` file per hierarchy, joined by the child itself
-  size_t cgroup_count;
-  char *cgroup_dir;     // v2: the group the child is cloned into ("" = none)
-  int stdout_fd, stderr_fd, status_fd;
-  uint32_t pty_limit;   // devpts max= of the workspace's own instance
-  int tasks_fd;  // -1, or init's end of the prebuild task channel: init runs `--tasks` with it as TX_TASKS_FD
-  int output_read_fds[2];  // read ends init keeps for the next daemon (output.c), or -1
-  bind_mount *mounts;
-  size_t mount_count;
-  uint64_t keep_caps;
-  struct sock_filter *seccomp;
-  unsigned short seccomp_len;
-  bool hold;  // init waits at the gate; spawn resolves with the held fds
-
-  // prepared by the parent before the clone
-  int last_cap;
-  int *cgroup_fds;      // the opened cgroup_tasks, in order
-  int cgroup_dir_fd;
-  int devices_fd;       // a detached tmpfs holding this workspace's device nodes and boot_id
-  char uid_map[64], gid_map[64];
-  char devpts_data[128];
-
-  // outcome
-  int pid, pidfd;
-  bool sys_bound;
-  bool at_gate;                // init sent STEP_INIT_HELD
-  int gate_fd, report_fd;      // the caller's ends while held; -1 otherwise
-  char *fail_step;
-  int fail_errno;
-
-  napi_deferred deferred;
-  napi_async_work work;
-} spawn_job;
 
 static void free_strv(char **v) {
   if (!v) return;
@@ -160,7 +100,7 @@ static void free_strv(char **v) {
   free(v);
 }
 
-static void free_job(spawn_job *job) {
+void tx_spawn_job_free(spawn_job *job) {
   free(job->rootfs);
   free(job->init_path);
   free(job->cwd);
@@ -308,7 +248,7 @@ static void mount_init(child_ctx *c, int root) {
   struct stat st;
   int fd = open_in_root(root, INIT_IN_ROOTFS, O_PATH | O_NOFOLLOW);
   CHECK(c, fd, STEP_INIT_OPEN, 0);
-  CHECK(c, fstat(fd, &st), STEP_INIT_OPEN, 0);
+  CHECK(c, fstat(fd, &st), STEP_INIT_STAT, 0);
   if (!S_ISREG(st.st_mode)) child_fail(c, STEP_INIT_OPEN, 0, EINVAL);
   CHECK(c, mount(c->job->init_path, fd_path(target, fd), NULL, MS_BIND, NULL), STEP_INIT_BIND, 0);
   close(fd);
@@ -329,12 +269,12 @@ static void bind_dev_node(child_ctx *c, int dev, int stage, size_t i) {
   char source[32], target[32];
   struct stat st;
   int src = openat(stage, d->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  CHECK(c, src, STEP_DEV_NODE, (int)i);
-  CHECK(c, fstat(src, &st), STEP_DEV_NODE, (int)i);
-  if (!S_ISCHR(st.st_mode) || st.st_rdev != makedev(d->major, d->minor)) child_fail(c, STEP_DEV_NODE, (int)i, ENODEV);
+  CHECK(c, src, STEP_DEV_NODE_OPEN, (int)i);
+  CHECK(c, fstat(src, &st), STEP_DEV_NODE_STAT, (int)i);
+  if (!S_ISCHR(st.st_mode) || st.st_rdev != makedev(d->major, d->minor)) child_fail(c, STEP_DEV_NODE_CHECK, (int)i, ENODEV);
   int dst = openat(dev, d->name, O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-  CHECK(c, dst, STEP_DEV_NODE, (int)i);
-  CHECK(c, mount(fd_path(source, src), fd_path(target, dst), NULL, MS_BIND, NULL), STEP_DEV_NODE, (int)i);
+  CHECK(c, dst, STEP_DEV_NODE_CREATE, (int)i);
+  CHECK(c, mount(fd_path(source, src), fd_path(target, dst), NULL, MS_BIND, NULL), STEP_DEV_NODE_BIND, (int)i);
   close(dst);
   close(src);
 }
@@ -342,9 +282,9 @@ static void bind_dev_node(child_ctx *c, int dev, int stage, size_t i) {
 static void mount_dev_fs(child_ctx *c, int dev, const char *name, int step, const char *fstype,
                          unsigned long flags, const char *data) {
   char target[32];
-  if (mkdirat(dev, name, 0755) < 0 && errno != EEXIST) child_fail(c, step, 0, errno);
+  if (mkdirat(dev, name, 0755) < 0 && errno != EEXIST) child_fail(c, step - 2, 0, errno);  // its _MKDIR
   int fd = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  CHECK(c, fd, step, 0);
+  CHECK(c, fd, step - 1, 0);  // its _OPEN
   CHECK(c, mount(fstype, fd_path(target, fd), fstype, flags, data), step, 0);
   close(fd);
 }
@@ -354,15 +294,15 @@ static void mount_dev_fs(child_ctx *c, int dev, const char *name, int step, cons
 // namespace. Returns an O_PATH fd of the staged tmpfs.
 static int stage_devices(child_ctx *c, int dev) {
   const char *name = DEV_STAGE + sizeof "/dev/" - 1;
-  CHECK(c, mkdirat(dev, name, 0700), STEP_DEV_STAGE, 0);
+  CHECK(c, mkdirat(dev, name, 0700), STEP_DEV_STAGE_MKDIR, 0);
   int at = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  CHECK(c, at, STEP_DEV_STAGE, 0);
+  CHECK(c, at, STEP_DEV_STAGE_OPEN, 0);
   CHECK(c, syscall(SYS_move_mount, c->job->devices_fd, "", at, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
         STEP_DEV_STAGE, 0);
   close(at);
   close(c->job->devices_fd);
   int stage = openat(dev, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);  // now the device tmpfs
-  CHECK(c, stage, STEP_DEV_STAGE, 0);
+  CHECK(c, stage, STEP_DEV_STAGE_REOPEN, 0);
   return stage;
 }
 
@@ -370,11 +310,11 @@ static int stage_devices(child_ctx *c, int dev) {
 static void mount_dev(child_ctx *c, int root) {
   char target[32];
   int fd = open_in_root(root, "/dev", O_PATH | O_DIRECTORY);
-  CHECK(c, fd, STEP_DEV, 0);
+  CHECK(c, fd, STEP_DEV_OPEN, 0);
   CHECK(c, mount("tmpfs", fd_path(target, fd), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k"), STEP_DEV, 0);
   close(fd);
   int dev = open_in_root(root, "/dev", O_PATH | O_DIRECTORY);  // now the tmpfs
-  CHECK(c, dev, STEP_DEV, 0);
+  CHECK(c, dev, STEP_DEV_REOPEN, 0);
 
   int stage = stage_devices(c, dev);
   for (size_t i = 0; i < COUNT(dev_nodes); i++) bind_dev_node(c, dev, stage, i);
@@ -392,19 +332,19 @@ static void mount_dev(child_ctx *c, int root) {
 static void mount_sys(child_ctx *c, int root) {
   char target[32];
   int fd = open_in_root(root, "/sys", O_PATH | O_DIRECTORY);
-  CHECK(c, fd, STEP_SYS, 0);
+  CHECK(c, fd, STEP_SYS_OPEN, 0);
   if (mount("sysfs", fd_path(target, fd), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0) {
     close(fd);
     return;
   }
   if (errno != EPERM) child_fail(c, STEP_SYS, 0, errno);
-  CHECK(c, mount("/sys", target, NULL, MS_BIND | MS_REC, NULL), STEP_SYS, 0);
+  CHECK(c, mount("/sys", target, NULL, MS_BIND | MS_REC, NULL), STEP_SYS_HOST_BIND, 0);
   close(fd);
   fd = open_in_root(root, "/sys", O_PATH | O_DIRECTORY);
-  CHECK(c, fd, STEP_SYS, 0);
+  CHECK(c, fd, STEP_SYS_REOPEN, 0);
   CHECK(c, set_mount_attr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
                           MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC),
-        STEP_SYS, 0);
+        STEP_SYS_READONLY, 0);
   close(fd);
   child_notice(c, STEP_SYS_BIND);
 }
@@ -412,7 +352,7 @@ static void mount_sys(child_ctx *c, int root) {
 // pivot_root(".", ".") stacks the old root on the new one; detaching "." then drops the old root
 // (bubblewrap and runc do the same), so no path leads back to the host.
 static void enter_rootfs(child_ctx *c, int root) {
-  CHECK(c, fchdir(root), STEP_PIVOT_ROOT, 0);
+  CHECK(c, fchdir(root), STEP_FCHDIR_ROOTFS, 0);
   CHECK(c, syscall(SYS_pivot_root, ".", "."), STEP_PIVOT_ROOT, 0);
   CHECK(c, umount2(".", MNT_DETACH), STEP_UMOUNT_OLD_ROOT, 0);
   CHECK(c, chdir("/"), STEP_CHDIR_ROOT, 0);
@@ -425,7 +365,7 @@ static void mask_paths(child_ctx *c) {
     const char *path = masked_paths[i];
     if (lstat(path, &st) < 0) {
       if (errno == ENOENT) continue;
-      child_fail(c, STEP_MASK, (int)i, errno);
+      child_fail(c, STEP_MASK_LSTAT, (int)i, errno);
     }
     if (S_ISDIR(st.st_mode))
       CHECK(c, mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0"), STEP_MASK, (int)i);
@@ -440,7 +380,7 @@ static void bind_boot_id_and_unstage(child_ctx *c) {
   if (mount(DEV_STAGE "/" BOOT_ID_FILE, BOOT_ID_PATH, NULL, MS_BIND, NULL) < 0 && errno != ENOENT)
     child_fail(c, STEP_BOOT_ID, 0, errno);
   CHECK(c, umount2(DEV_STAGE, MNT_DETACH), STEP_DEV_UNSTAGE, 0);
-  CHECK(c, rmdir(DEV_STAGE), STEP_DEV_UNSTAGE, 0);
+  CHECK(c, rmdir(DEV_STAGE), STEP_DEV_UNSTAGE_RMDIR, 0);
 }
 
 static void make_paths_readonly(child_ctx *c) {
@@ -448,7 +388,7 @@ static void make_paths_readonly(child_ctx *c) {
     const char *path = readonly_paths[i];
     if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0) {
       if (errno == ENOENT) continue;  // e.g. no /proc/sysrq-trigger on this kernel
-      child_fail(c, STEP_READONLY, (int)i, errno);
+      child_fail(c, STEP_READONLY_BIND, (int)i, errno);
     }
     CHECK(c, set_mount_attr(AT_FDCWD, path, AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV),
           STEP_READONLY, (int)i);
@@ -490,7 +430,7 @@ static void set_up_fds(child_ctx *c) {
   int lifted[TX_FD_COUNT];
   for (int i = 0; i < TX_FD_COUNT; i++) {
     lifted[i] = from[i] < 0 ? -1 : fcntl(from[i], F_DUPFD_CLOEXEC, TX_FD_COUNT);
-    if (from[i] >= 0) CHECK(c, lifted[i], STEP_DUP, i);
+    if (from[i] >= 0) CHECK(c, lifted[i], STEP_DUP_LIFT, i);
   }
   c->report_fd = lifted[TX_REPORT_FD];
   for (int i = 0; i < TX_FD_COUNT; i++) {
@@ -505,13 +445,13 @@ static void set_up_fds(child_ctx *c) {
 // to itself. Root in the namespace owns its network namespace, so no help from the daemon is needed.
 static void loopback_up(child_ctx *c) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  CHECK(c, s, STEP_LOOPBACK, 0);
+  CHECK(c, s, STEP_LOOPBACK_SOCKET, 0);
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
   memcpy(ifr.ifr_name, "lo", 3);
-  CHECK(c, ioctl(s, SIOCGIFFLAGS, &ifr), STEP_LOOPBACK, 1);
+  CHECK(c, ioctl(s, SIOCGIFFLAGS, &ifr), STEP_LOOPBACK_GET_FLAGS, 0);
   ifr.ifr_flags |= IFF_UP;
-  CHECK(c, ioctl(s, SIOCSIFFLAGS, &ifr), STEP_LOOPBACK, 2);
+  CHECK(c, ioctl(s, SIOCSIFFLAGS, &ifr), STEP_LOOPBACK_SET_FLAGS, 0);
   close(s);
 }
 
@@ -577,7 +517,7 @@ __attribute__((noreturn)) static void run_child(const spawn_job *job, int sync_f
 // ===================================================================================================
 // The parent, on a libuv worker thread.
 
-static void fail(spawn_job *job, const char *step, int err) {
+void tx_spawn_fail(spawn_job *job, const char *step, int err) {
   if (job->fail_step) return;  // keep the first failure
   job->fail_step = strdup(step);
   job->fail_errno = err;
@@ -659,11 +599,11 @@ static int random_boot_id(char out[static 38]) {
 
 static int write_boot_id(spawn_job *job) {
   char id[38];
-  if (random_boot_id(id) < 0) return fail(job, "devices: getrandom", errno), -1;
+  if (random_boot_id(id) < 0) return tx_spawn_fail(job, "devices: getrandom", errno), -1;
   int fd = openat(job->devices_fd, BOOT_ID_FILE, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
-  if (fd < 0) return fail(job, "devices: create " BOOT_ID_FILE, errno), -1;
+  if (fd < 0) return tx_spawn_fail(job, "devices: create " BOOT_ID_FILE, errno), -1;
   int r = retry_write(fd, id, strlen(id));
-  if (r < 0) fail(job, "devices: write " BOOT_ID_FILE, errno);
+  if (r < 0) tx_spawn_fail(job, "devices: write " BOOT_ID_FILE, errno);
   close(fd);
   return r;
 }
@@ -674,17 +614,17 @@ static int write_boot_id(spawn_job *job) {
 // the files (stage_devices). Mounted by the initial user namespace, so its nodes open (no SB_I_NODEV).
 static int make_device_tree(spawn_job *job) {
   int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
-  if (fs < 0) return fail(job, "devices: fsopen tmpfs", errno), -1;
+  if (fs < 0) return tx_spawn_fail(job, "devices: fsopen tmpfs", errno), -1;
   if (fsconfig_string(fs, "mode", "0711") < 0 || fsconfig_string(fs, "size", "64k") < 0 ||
       fsconfig_string(fs, "nr_inodes", "32") < 0 || syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
-    fail(job, "devices: fsconfig tmpfs", errno);
+    tx_spawn_fail(job, "devices: fsconfig tmpfs", errno);
     close(fs);
     return -1;
   }
   job->devices_fd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
   int err = errno;
   close(fs);
-  if (job->devices_fd < 0) return fail(job, "devices: fsmount", err), -1;
+  if (job->devices_fd < 0) return tx_spawn_fail(job, "devices: fsmount", err), -1;
   for (size_t i = 0; i < COUNT(dev_nodes); i++) {
     const dev_node *d = &dev_nodes[i];
     // fchmodat after: the process umask (022) applies to mknodat, and everyone may use these.
@@ -692,7 +632,7 @@ static int make_device_tree(spawn_job *job) {
         fchmodat(job->devices_fd, d->name, 0666, 0) < 0) {
       char step[64];
       snprintf(step, sizeof step, "devices: mknod %s", d->name);
-      return fail(job, step, errno), -1;
+      return tx_spawn_fail(job, step, errno), -1;
     }
   }
   return write_boot_id(job);
@@ -716,21 +656,39 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_BIND_ROOTFS] = "bind rootfs",
       [STEP_OPEN_ROOTFS] = "open rootfs",
       [STEP_INIT_OPEN] = "open " INIT_IN_ROOTFS,
+      [STEP_INIT_STAT] = "fstat " INIT_IN_ROOTFS,
       [STEP_INIT_BIND] = "mount " INIT_IN_ROOTFS,
       [STEP_INIT_READONLY] = "mount_setattr " INIT_IN_ROOTFS,
       [STEP_PROC] = "mount /proc",
+      [STEP_DEV_OPEN] = "open /dev",
       [STEP_DEV] = "mount /dev",
+      [STEP_DEV_REOPEN] = "open /dev (mounted)",
+      [STEP_DEV_STAGE_MKDIR] = "mkdir " DEV_STAGE,
+      [STEP_DEV_STAGE_OPEN] = "open " DEV_STAGE,
       [STEP_DEV_STAGE] = "move_mount " DEV_STAGE,
+      [STEP_DEV_STAGE_REOPEN] = "open " DEV_STAGE " (moved)",
       [STEP_BOOT_ID] = "bind " BOOT_ID_PATH,
       [STEP_DEV_UNSTAGE] = "umount " DEV_STAGE,
+      [STEP_DEV_UNSTAGE_RMDIR] = "rmdir " DEV_STAGE,
+      [STEP_DEVPTS_MKDIR] = "mkdir /dev/pts",
+      [STEP_DEVPTS_OPEN] = "open /dev/pts",
       [STEP_DEVPTS] = "mount /dev/pts",
+      [STEP_DEV_SHM_MKDIR] = "mkdir /dev/shm",
+      [STEP_DEV_SHM_OPEN] = "open /dev/shm",
       [STEP_DEV_SHM] = "mount /dev/shm",
+      [STEP_SYS_OPEN] = "open /sys",
       [STEP_SYS] = "mount /sys",
+      [STEP_SYS_HOST_BIND] = "bind host /sys",
+      [STEP_SYS_REOPEN] = "open /sys (bound)",
+      [STEP_SYS_READONLY] = "mount_setattr /sys",
+      [STEP_FCHDIR_ROOTFS] = "fchdir rootfs",
       [STEP_PIVOT_ROOT] = "pivot_root",
       [STEP_UMOUNT_OLD_ROOT] = "umount old root",
       [STEP_CHDIR_ROOT] = "chdir /",
       [STEP_HOSTNAME] = "sethostname",
-      [STEP_LOOPBACK] = "loopback up",
+      [STEP_LOOPBACK_SOCKET] = "loopback: socket",
+      [STEP_LOOPBACK_GET_FLAGS] = "loopback: ioctl SIOCGIFFLAGS lo",
+      [STEP_LOOPBACK_SET_FLAGS] = "loopback: ioctl SIOCSIFFLAGS lo up",
       [STEP_CAP_AMBIENT] = "clear ambient capabilities",
       [STEP_CAPSET] = "capset",
       [STEP_NO_NEW_PRIVS] = "no_new_privs",
@@ -764,14 +722,28 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       if (i >= 0 && (size_t)i < job->mount_count) snprintf(buf, sizeof buf, "mount_setattr %s", job->mounts[i].target);
       else snprintf(buf, sizeof buf, "mount_setattr");
       break;
-    case STEP_DEV_NODE:
-      snprintf(buf, sizeof buf, "bind /dev/%s", i >= 0 && (size_t)i < COUNT(dev_nodes) ? dev_nodes[i].name : "?");
+    case STEP_DEV_NODE_OPEN:
+    case STEP_DEV_NODE_STAT:
+    case STEP_DEV_NODE_CHECK:
+    case STEP_DEV_NODE_CREATE:
+    case STEP_DEV_NODE_BIND: {
+      static const char *const verbs[] = {"open " DEV_STAGE "/", "fstat " DEV_STAGE "/", "check " DEV_STAGE "/",
+                                           "create /dev/", "bind /dev/"};
+      snprintf(buf, sizeof buf, "%s%s", verbs[r->step - STEP_DEV_NODE_OPEN],
+               i >= 0 && (size_t)i < COUNT(dev_nodes) ? dev_nodes[i].name : "?");
       break;
+    }
     case STEP_DEV_LINK:
       snprintf(buf, sizeof buf, "symlink /dev/%s", i >= 0 && (size_t)i < COUNT(dev_links) ? dev_links[i].name : "?");
       break;
+    case STEP_MASK_LSTAT:
+      snprintf(buf, sizeof buf, "lstat %s", i >= 0 && (size_t)i < COUNT(masked_paths) ? masked_paths[i] : "?");
+      break;
     case STEP_MASK:
       snprintf(buf, sizeof buf, "mask %s", i >= 0 && (size_t)i < COUNT(masked_paths) ? masked_paths[i] : "?");
+      break;
+    case STEP_READONLY_BIND:
+      snprintf(buf, sizeof buf, "bind %s", i >= 0 && (size_t)i < COUNT(readonly_paths) ? readonly_paths[i] : "?");
       break;
     case STEP_READONLY:
       snprintf(buf, sizeof buf, "readonly %s", i >= 0 && (size_t)i < COUNT(readonly_paths) ? readonly_paths[i] : "?");
@@ -781,6 +753,9 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       break;
     case STEP_CAPBSET:
       snprintf(buf, sizeof buf, "drop capability %d", i);
+      break;
+    case STEP_DUP_LIFT:
+      snprintf(buf, sizeof buf, "fcntl F_DUPFD for fd %d", i);
       break;
     case STEP_DUP:
       snprintf(buf, sizeof buf, "dup fd %d", i);
@@ -801,7 +776,7 @@ static void collect_reports(spawn_job *job, int report_fd) {
     if (n < 0 && errno == EINTR) continue;
     if (n == 0) return;
     if (n != (ssize_t)sizeof r) {
-      fail(job, "read child report", n < 0 ? errno : EPROTO);
+      tx_spawn_fail(job, "read child report", n < 0 ? errno : EPROTO);
       return;
     }
     if (r.err == 0) {
@@ -826,19 +801,19 @@ static int configure_child(spawn_job *job) {
   // anyway, and the workspace's root may then manage its own groups.
   snprintf(path, sizeof path, "/proc/%d/gid_map", job->pid);
   if (write_file(path, job->gid_map) < 0) {
-    fail(job, "write gid_map", errno);
+    tx_spawn_fail(job, "write gid_map", errno);
     return -1;
   }
   snprintf(path, sizeof path, "/proc/%d/uid_map", job->pid);
   if (write_file(path, job->uid_map) < 0) {
-    fail(job, "write uid_map", errno);
+    tx_spawn_fail(job, "write uid_map", errno);
     return -1;
   }
   // The kernel copies the daemon's OOM protection (OOMScoreAdjust=-999 under systemd) to children. Only a
   // write with CAP_SYS_RESOURCE also resets the floor the workload could lower itself back to.
   snprintf(path, sizeof path, "/proc/%d/oom_score_adj", job->pid);
   if (write_file(path, "0") < 0) {
-    fail(job, "write oom_score_adj", errno);
+    tx_spawn_fail(job, "write oom_score_adj", errno);
     return -1;
   }
   return 0;
@@ -854,13 +829,13 @@ static void hand_over_gate(spawn_job *job, int gate_pipe[2], int report_pipe[2])
 static void fail_path(spawn_job *job, const char *verb, const char *file) {
   char step[PATH_MAX + 16];
   snprintf(step, sizeof step, "%s %s", verb, file);
-  fail(job, step, errno);
+  tx_spawn_fail(job, step, errno);
 }
 
 // The cgroup files and directory are opened here, by host root, so the child needs no path to them.
 static int open_cgroups(spawn_job *job) {
   job->cgroup_fds = calloc(job->cgroup_count ? job->cgroup_count : 1, sizeof(int));
-  if (!job->cgroup_fds) return fail(job, "calloc", ENOMEM), -1;
+  if (!job->cgroup_fds) return tx_spawn_fail(job, "calloc", ENOMEM), -1;
   for (size_t i = 0; i < job->cgroup_count; i++) job->cgroup_fds[i] = -1;
   for (size_t i = 0; i < job->cgroup_count; i++) {
     job->cgroup_fds[i] = open(job->cgroup_tasks[i], O_WRONLY | O_CLOEXEC);
@@ -882,9 +857,7 @@ static void close_cgroups(spawn_job *job) {
   job->cgroup_dir_fd = -1;
 }
 
-static void spawn_execute(napi_env env, void *data) {
-  (void)env;
-  spawn_job *job = data;
+void tx_spawn_run(spawn_job *job) {
   int sync_pipe[2] = {-1, -1}, report_pipe[2] = {-1, -1}, gate_pipe[2] = {-1, -1};
   job->last_cap = read_last_cap();
   if (job->last_cap > 63) job->last_cap = 63;
@@ -892,7 +865,7 @@ static void spawn_execute(napi_env env, void *data) {
   snprintf(job->gid_map, sizeof job->gid_map, "0 %u %u\n", job->gid_base, job->id_count);
 
   if (prepare_init_mountpoint(job->rootfs) < 0) {
-    fail(job, "prepare " INIT_IN_ROOTFS, errno);
+    tx_spawn_fail(job, "prepare " INIT_IN_ROOTFS, errno);
     return;
   }
   if (open_cgroups(job) < 0) goto out;
@@ -901,7 +874,7 @@ static void spawn_execute(napi_env env, void *data) {
   // caller's close of the gate reaches init as EOF.
   if (pipe2(sync_pipe, O_CLOEXEC) < 0 || pipe2(report_pipe, O_CLOEXEC) < 0 ||
       (job->hold && pipe2(gate_pipe, O_CLOEXEC) < 0)) {
-    fail(job, "pipe", errno);
+    tx_spawn_fail(job, "pipe", errno);
     goto out;
   }
 
@@ -928,7 +901,7 @@ static void spawn_execute(napi_env env, void *data) {
   int clone_err = errno;
   pthread_sigmask(SIG_SETMASK, &saved, NULL);
   if (pid < 0) {
-    fail(job, "clone3", clone_err);
+    tx_spawn_fail(job, "clone3", clone_err);
     goto out;
   }
   job->pid = (int)pid;
@@ -941,14 +914,14 @@ static void spawn_execute(napi_env env, void *data) {
   sync_pipe[0] = report_pipe[1] = gate_pipe[0] = -1;
 
   if (configure_child(job) == 0) {
-    if (retry_write(sync_pipe[1], "1", 1) < 0) fail(job, "release child", errno);
+    if (retry_write(sync_pipe[1], "1", 1) < 0) tx_spawn_fail(job, "release child", errno);
   }
   close(sync_pipe[1]);  // EOF releases a child we gave up on into _exit
   sync_pipe[1] = -1;
   collect_reports(job, report_pipe[0]);
   if (job->hold && !job->fail_step) {
     // EOF before the notice: init died without a word (killed from outside).
-    if (!job->at_gate) fail(job, "init: gate", EPIPE);
+    if (!job->at_gate) tx_spawn_fail(job, "init: gate", EPIPE);
     else hand_over_gate(job, gate_pipe, report_pipe);
   }
 
@@ -968,9 +941,9 @@ out:
   }
 }
 
-// What a rejected spawn must not leave behind (only reachable here if the work was cancelled after the
-// fact; spawn_execute cleans up its own failures).
-static void drop_spawned(spawn_job *job) {
+// What a rejected spawn must not leave behind (only reachable if the work was cancelled after the fact;
+// tx_spawn_run cleans up its own failures).
+void tx_spawn_drop(spawn_job *job) {
   if (job->gate_fd >= 0) close(job->gate_fd);
   if (job->report_fd >= 0) close(job->report_fd);
   job->gate_fd = job->report_fd = -1;
@@ -981,332 +954,22 @@ static void drop_spawned(spawn_job *job) {
   }
 }
 
-static napi_value held_object(napi_env env, const spawn_job *job) {
-  napi_value held, v;
-  napi_create_object(env, &held);
-  napi_create_int32(env, job->gate_fd, &v);
-  napi_set_named_property(env, held, "gateFd", v);
-  napi_create_int32(env, job->report_fd, &v);
-  napi_set_named_property(env, held, "reportFd", v);
-  return held;
-}
-
-static void spawn_complete(napi_env env, napi_status status, void *data) {
-  spawn_job *job = data;
-  if (status != napi_ok && !job->fail_step) fail(job, "spawn: async work", ECANCELED);
-  if (job->fail_step) {
-    drop_spawned(job);
-    napi_reject_deferred(env, job->deferred, tx_native_error(env, job->fail_step, job->fail_errno));
-  } else {
-    napi_value result, v;
-    napi_create_object(env, &result);
-    napi_create_int32(env, job->pid, &v);
-    napi_set_named_property(env, result, "pid", v);
-    napi_create_int32(env, job->pidfd, &v);
-    napi_set_named_property(env, result, "pidfd", v);
-    napi_create_string_utf8(env, job->sys_bound ? "bind" : "sysfs", NAPI_AUTO_LENGTH, &v);
-    napi_set_named_property(env, result, "sysfs", v);
-    if (job->hold) napi_set_named_property(env, result, "held", held_object(env, job));
-    napi_resolve_deferred(env, job->deferred, result);
-  }
-  napi_delete_async_work(env, job->work);
-  free_job(job);
-}
-
-// ===================================================================================================
-// Reading SpawnOptions on the JS thread.
-
-static bool get_string_prop(napi_env env, napi_value obj, const char *name, char **out) {
-  napi_value v;
-  char what[96];
-  snprintf(what, sizeof what, "spawn: opts.%s must be a string", name);
-  return tx_get_prop(env, obj, name, &v) && tx_get_string(env, v, what, out);
-}
-
-static bool get_int_prop(napi_env env, napi_value obj, const char *name, int32_t *out) {
-  napi_value v;
-  char what[96];
-  snprintf(what, sizeof what, "spawn: opts.%s must be an integer", name);
-  return tx_get_prop(env, obj, name, &v) && tx_get_int32(env, v, what, out);
-}
-
-static bool get_uint_prop(napi_env env, napi_value obj, const char *name, uint32_t *out) {
-  napi_value v;
-  char what[96];
-  snprintf(what, sizeof what, "spawn: opts.%s must be an unsigned 32-bit integer", name);
-  return tx_get_prop(env, obj, name, &v) && tx_get_uint32(env, v, what, out);
-}
-
-static bool get_array_prop(napi_env env, napi_value obj, const char *name, napi_value *arr, uint32_t *len) {
-  bool is_array = false;
-  char what[96];
-  snprintf(what, sizeof what, "spawn: opts.%s must be an array", name);
-  if (!tx_get_prop(env, obj, name, arr) || napi_is_array(env, *arr, &is_array) != napi_ok || !is_array ||
-      napi_get_array_length(env, *arr, len) != napi_ok) {
-    tx_type_error(env, what);
-    return false;
-  }
-  return true;
-}
-
-// Array of strings -> NULL-terminated vector, with `prefix_count` leading entries from `prefix`.
-static bool get_strv_prop(napi_env env, napi_value obj, const char *name, const char *const *prefix,
-                          size_t prefix_count, char ***out, uint32_t *count) {
-  napi_value arr, item;
-  uint32_t len;
-  char what[96];
-  if (!get_array_prop(env, obj, name, &arr, &len)) return false;
-  char **v = calloc(prefix_count + len + 1, sizeof *v);
-  if (!v) return tx_throw(env, "malloc", ENOMEM), false;
-  *out = v;
-  for (size_t i = 0; i < prefix_count; i++) {
-    if (!(v[i] = strdup(prefix[i]))) return tx_throw(env, "malloc", ENOMEM), false;
-  }
-  snprintf(what, sizeof what, "spawn: opts.%s must hold strings", name);
-  for (uint32_t i = 0; i < len; i++) {
-    if (napi_get_element(env, arr, i, &item) != napi_ok || !tx_get_string(env, item, what, &v[prefix_count + i]))
-      return false;
-  }
-  if (count) *count = len;
-  return true;
-}
-
-static bool get_mounts(napi_env env, napi_value obj, spawn_job *job) {
-  napi_value arr, item, v;
-  uint32_t len;
-  if (!get_array_prop(env, obj, "mounts", &arr, &len)) return false;
-  job->mounts = calloc(len ? len : 1, sizeof *job->mounts);
-  if (!job->mounts) return tx_throw(env, "malloc", ENOMEM), false;
-  for (uint32_t i = 0; i < len; i++) {
-    bind_mount *m = &job->mounts[i];
-    job->mount_count = i + 1;
-    if (napi_get_element(env, arr, i, &item) != napi_ok || !get_string_prop(env, item, "source", &m->source) ||
-        !get_string_prop(env, item, "target", &m->target) || !tx_get_prop(env, item, "readonly", &v))
-      return false;
-    if (napi_get_value_bool(env, v, &m->readonly) != napi_ok)
-      return tx_type_error(env, "spawn: opts.mounts[].readonly must be a boolean"), false;
-  }
-  return true;
-}
-
-static bool is_present(napi_env env, napi_value v) {
-  napi_valuetype t;
-  return napi_typeof(env, v, &t) == napi_ok && t != napi_undefined && t != napi_null;
-}
-
-static bool get_capabilities(napi_env env, napi_value obj, spawn_job *job) {
-  napi_value arr, item;
-  uint32_t len, cap;
-  job->keep_caps = 0;
-  if (!tx_get_prop(env, obj, "capabilities", &arr) || !is_present(env, arr)) {
-    for (size_t i = 0; i < COUNT(default_caps); i++) job->keep_caps |= 1ULL << default_caps[i];
-    return true;
-  }
-  if (!get_array_prop(env, obj, "capabilities", &arr, &len)) return false;
-  for (uint32_t i = 0; i < len; i++) {
-    if (napi_get_element(env, arr, i, &item) != napi_ok ||
-        !tx_get_uint32(env, item, "spawn: opts.capabilities must hold capability numbers", &cap))
-      return false;
-    if (cap > 63) return tx_type_error(env, "spawn: opts.capabilities: capability number out of range"), false;
-    job->keep_caps |= 1ULL << cap;
-  }
-  return true;
-}
-
-static bool get_seccomp(napi_env env, napi_value obj, spawn_job *job) {
-  napi_value buf;
-  bool is_buffer = false;
-  void *data;
-  size_t len;
-  if (!tx_get_prop(env, obj, "seccomp", &buf) || !is_present(env, buf)) return true;
-  if (napi_is_buffer(env, buf, &is_buffer) != napi_ok || !is_buffer ||
-      napi_get_buffer_info(env, buf, &data, &len) != napi_ok)
-    return tx_type_error(env, "spawn: opts.seccomp must be a Buffer"), false;
-  if (len == 0 || len % sizeof(struct sock_filter) != 0 || len / sizeof(struct sock_filter) > BPF_MAXINSNS)
-    return tx_type_error(env, "spawn: opts.seccomp must hold 1..4096 struct sock_filter"), false;
-  job->seccomp = malloc(len);
-  if (!job->seccomp) return tx_throw(env, "malloc", ENOMEM), false;
-  memcpy(job->seccomp, data, len);
-  job->seccomp_len = (unsigned short)(len / sizeof(struct sock_filter));
-  return true;
-}
-
-static bool get_hold(napi_env env, napi_value obj, spawn_job *job) {
-  napi_value v;
-  job->hold = false;
-  if (!tx_get_prop(env, obj, "holdWorkload", &v) || !is_present(env, v)) return true;
-  if (napi_get_value_bool(env, v, &job->hold) != napi_ok)
-    return tx_type_error(env, "spawn: opts.holdWorkload must be a boolean"), false;
-  return true;
-}
-
-static bool get_tasks_fd(napi_env env, napi_value obj, spawn_job *job) {
-  napi_value v;
-  job->tasks_fd = -1;
-  if (!tx_get_prop(env, obj, "tasksFd", &v) || !is_present(env, v)) return true;
-  if (!tx_get_int32(env, v, "spawn: opts.tasksFd must be an fd", &job->tasks_fd)) return false;
-  if (job->tasks_fd < 0) return tx_type_error(env, "spawn: opts.tasksFd must not be negative"), false;
-  return true;
-}
-
-// opts.outputReadFds: absent, or the two read ends [stdout, stderr] init is to keep.
-static bool get_output_read_fds(napi_env env, napi_value obj, spawn_job *job) {
-  static const char what[] = "spawn: opts.outputReadFds must be two file descriptors";
-  napi_value arr, item;
-  uint32_t len;
-  int32_t fd;
-  job->output_read_fds[0] = job->output_read_fds[1] = -1;
-  if (!tx_get_prop(env, obj, "outputReadFds", &arr) || !is_present(env, arr)) return true;
-  if (!get_array_prop(env, obj, "outputReadFds", &arr, &len)) return false;
-  if (len != 2) return tx_type_error(env, what), false;
-  for (uint32_t i = 0; i < 2; i++) {
-    if (napi_get_element(env, arr, i, &item) != napi_ok || !tx_get_int32(env, item, what, &fd)) return false;
-    if (fd < 0) return tx_type_error(env, what), false;
-    job->output_read_fds[i] = fd;
-  }
-  return true;
-}
-
-static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
-  uint32_t argc = 0, cgroups = 0;
-  int32_t out, err, status;
-  if (!get_hold(env, opts, job) || !get_tasks_fd(env, opts, job)) return false;
-  const char *prefix[4];
-  size_t prefix_count = 0;
-  prefix[prefix_count++] = "init";
-  if (job->hold) prefix[prefix_count++] = "--hold";
-  if (job->tasks_fd >= 0) prefix[prefix_count++] = "--tasks";
-  prefix[prefix_count++] = "--";
-  if (!get_string_prop(env, opts, "rootfs", &job->rootfs) || !get_string_prop(env, opts, "initPath", &job->init_path) ||
-      !get_strv_prop(env, opts, "argv", prefix, prefix_count, &job->argv, &argc) ||
-      !get_strv_prop(env, opts, "env", NULL, 0, &job->envp, NULL) || !get_string_prop(env, opts, "cwd", &job->cwd) ||
-      !get_string_prop(env, opts, "hostname", &job->hostname) ||
-      !get_uint_prop(env, opts, "uidBase", &job->uid_base) || !get_uint_prop(env, opts, "gidBase", &job->gid_base) ||
-      !get_uint_prop(env, opts, "idCount", &job->id_count) ||
-      !get_strv_prop(env, opts, "cgroupTasks", NULL, 0, &job->cgroup_tasks, &cgroups) ||
-      !get_string_prop(env, opts, "cgroupDir", &job->cgroup_dir) ||
-      !get_int_prop(env, opts, "stdoutFd", &out) || !get_int_prop(env, opts, "stderrFd", &err) ||
-      !get_int_prop(env, opts, "statusFd", &status) || !get_uint_prop(env, opts, "ptyLimit", &job->pty_limit) ||
-      !get_mounts(env, opts, job) ||
-      !get_capabilities(env, opts, job) || !get_seccomp(env, opts, job) || !get_output_read_fds(env, opts, job))
-    return false;
-  job->cgroup_count = cgroups;
-  job->stdout_fd = out;
-  job->stderr_fd = err;
-  job->status_fd = status;
-
-  if (argc == 0 && job->tasks_fd < 0) return tx_type_error(env, "spawn: opts.argv must not be empty"), false;
-  if (argc > 0 && job->tasks_fd >= 0) return tx_type_error(env, "spawn: opts.argv must be empty with opts.tasksFd"), false;
-  if (job->rootfs[0] != '/') return tx_type_error(env, "spawn: opts.rootfs must be absolute"), false;
-  if (job->cwd[0] != '/') return tx_type_error(env, "spawn: opts.cwd must be absolute"), false;
-  if (strlen(job->hostname) > 64) return tx_type_error(env, "spawn: opts.hostname is longer than 64"), false;
-  // Container root must never be host root (MACHINE-FACTS: sysctl writes check the global euid).
-  if (job->uid_base == 0 || job->gid_base == 0)
-    return tx_type_error(env, "spawn: opts.uidBase and opts.gidBase must not be 0"), false;
-  if (job->id_count == 0 || (uint64_t)job->uid_base + job->id_count > UINT32_MAX ||
-      (uint64_t)job->gid_base + job->id_count > UINT32_MAX)
-    return tx_type_error(env, "spawn: opts.idCount out of range"), false;
-  if (out < 0 || err < 0 || status < 0) return tx_type_error(env, "spawn: fds must not be negative"), false;
-  // devpts refuses a max= above NR_UNIX98_PTY_MAX (1 << MINORBITS).
-  if (job->pty_limit == 0 || job->pty_limit > (1u << 20))
-    return tx_type_error(env, "spawn: opts.ptyLimit must be 1..1048576"), false;
-  // gid=5 is "tty" in most images; only name it when it is mapped. Built here: the child has no snprintf.
-  snprintf(job->devpts_data, sizeof job->devpts_data, "newinstance,ptmxmode=0666,mode=0620%s,max=%u",
-           job->id_count > 5 ? ",gid=5" : "", job->pty_limit);
-  return true;
-}
-
-static spawn_job *new_job(void) {
+spawn_job *tx_spawn_job_new(void) {
   spawn_job *job = calloc(1, sizeof *job);
   if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = job->devices_fd = job->tasks_fd = -1;
   if (job) job->output_read_fds[0] = job->output_read_fds[1] = -1;
   return job;
 }
 
-static napi_value js_spawn(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], promise, name;
-  napi_valuetype t;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object)
-    return tx_type_error(env, "spawn(opts): opts must be an object");
-  spawn_job *job = new_job();
-  if (!job) return tx_throw(env, "malloc", ENOMEM);
-  if (!read_options(env, argv[0], job)) {
-    free_job(job);
-    return NULL;
-  }
-  napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "tetrix.spawn", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, spawn_execute, spawn_complete, job, &job->work);
-  napi_queue_async_work(env, job->work);
-  return promise;
-}
-
-// ===================================================================================================
-// releaseWorkload(held): the second half of a held spawn, on a worker thread. Opens the gate, then reads
-// the report pipe as spawn would have: EOF = the workload exec'd, a record = what failed. Both fds are
-// closed either way.
-
-static void release_execute(napi_env env, void *data) {
-  (void)env;
-  spawn_job *job = data;
+// releaseWorkload(held): the second half of a held spawn. Opens the gate, then reads the report pipe as
+// spawn would have: EOF = the workload exec'd, a record = what failed. Both fds are closed either way.
+void tx_spawn_release(spawn_job *job) {
   // A write that fails (EPIPE: init is gone) says nothing will come on the report pipe, and reading it
   // after, say, EBADF could block on a live init: so read only after the byte went through.
-  if (retry_write(job->gate_fd, "1", 1) < 0) fail(job, "release workload", errno);
+  if (retry_write(job->gate_fd, "1", 1) < 0) tx_spawn_fail(job, "release workload", errno);
   close(job->gate_fd);
   job->gate_fd = -1;
   if (!job->fail_step) collect_reports(job, job->report_fd);
   close(job->report_fd);
   job->report_fd = -1;
-}
-
-static void release_complete(napi_env env, napi_status status, void *data) {
-  spawn_job *job = data;
-  if (status != napi_ok && !job->fail_step) {
-    fail(job, "releaseWorkload: async work", ECANCELED);
-    drop_spawned(job);  // never ran: the fds are still ours to close
-  }
-  if (job->fail_step) napi_reject_deferred(env, job->deferred, tx_native_error(env, job->fail_step, job->fail_errno));
-  else napi_resolve_deferred(env, job->deferred, tx_undefined(env));
-  napi_delete_async_work(env, job->work);
-  free_job(job);
-}
-
-static bool get_held_fd(napi_env env, napi_value held, const char *name, int *out) {
-  napi_value v;
-  char what[96];
-  int32_t fd;
-  snprintf(what, sizeof what, "releaseWorkload: held.%s must be a file descriptor", name);
-  if (!tx_get_prop(env, held, name, &v) || !tx_get_int32(env, v, what, &fd)) return false;
-  if (fd < 0) return tx_type_error(env, what), false;
-  *out = fd;
-  return true;
-}
-
-static napi_value js_release_workload(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], promise, name;
-  napi_valuetype t;
-  int gate_fd, report_fd;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object)
-    return tx_type_error(env, "releaseWorkload(held): held must be an object");
-  if (!get_held_fd(env, argv[0], "gateFd", &gate_fd) || !get_held_fd(env, argv[0], "reportFd", &report_fd)) return NULL;
-  spawn_job *job = new_job();
-  if (!job) return tx_throw(env, "malloc", ENOMEM);
-  job->hold = true;
-  job->gate_fd = gate_fd;
-  job->report_fd = report_fd;
-  napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "tetrix.releaseWorkload", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, release_execute, release_complete, job, &job->work);
-  napi_queue_async_work(env, job->work);
-  return promise;
-}
-
-void tx_register_spawn(napi_env env, napi_value addon, napi_value constants) {
-  tx_set_function(env, addon, "spawn", js_spawn);
-  tx_set_function(env, addon, "releaseWorkload", js_release_workload);
-  tx_set_constant(env, constants, "INIT_EXIT_ABANDONED", TX_INIT_EXIT_ABANDONED);
 }

@@ -12,6 +12,7 @@ import { nodeHandlers } from './api/node-api';
 import { WorkspaceService } from './workspace/service';
 import { WorkspaceStore } from './workspace/store';
 import { native } from './native';
+import { stateLayout } from './layout';
 import { createSandbox } from './workspace/adapters/sandbox';
 import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, releaseNodeNames } from './state-dir';
 import { checkHost } from './preflight';
@@ -19,9 +20,9 @@ import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
 import { openNodeKeyRing } from './crypto/kek-source';
 import { KeyRotation } from './crypto/rotation';
-import { openNodeNetwork, workspaceNetwork } from './workspace/networking';
-import { WorkspaceOutput } from './workspace/output';
-import { LogStore } from './prebuild/logs';
+import { openNodeNetwork, workspaceNetwork } from './workspace/adapters/network';
+import { WorkspaceOutput } from './workspace/adapters/output';
+import { LogStore } from './logs';
 import { BackupStore } from './content/backups';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
@@ -59,7 +60,7 @@ async function run(config: Config): Promise<void> {
   const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind) });
   const nodeNetwork = await openNodeNetwork(config);
   const network = workspaceNetwork(nodeNetwork);
-  const logStore = new LogStore({ dir: path.join(config.stateDir, 'logs'), sealer: keyring, maxBytesPerLog: config.logMaxBytes });
+  const logStore = new LogStore({ dir: stateLayout(config.stateDir).logs, sealer: keyring, maxBytesPerLog: config.logMaxBytes });
   await logStore.init();
   const output = new WorkspaceOutput(logStore, native, log);
   const storage = openBackupStorage(config);
@@ -82,13 +83,13 @@ async function run(config: Config): Promise<void> {
     store,
     sandbox,
     log,
-    specKey: loadOrCreateSecret(path.join(config.stateDir, 'spec.key')),
+    specKey: loadOrCreateSecret(stateLayout(config.stateDir).specKey),
     defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids },
     network,
     logs: output,
     backups,
     provenance: provenancePublisher(storage, signingKey, { nodeId: config.nodeId, version }),
-    source: createSource(config, log, { launch: (spec) => sandbox.launch(spec), listenInNetns: (pid, port) => native.listenInNetns(pid, port) }),
+    source: createSource(config, log, { launch: (spec) => sandbox.launchHelper(spec), listenInNetns: (pid, port) => native.listenInNetns(pid, port) }),
   });
   output.onTaskEvent = (id, event) => workspaces.onTaskEvent(id, event);
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));

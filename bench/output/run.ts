@@ -1,4 +1,4 @@
-// What draining a workspace's output costs the daemon (src/workspace/output-drain.ts). For each workload
+// What draining a workspace's output costs the daemon (src/workspace/adapters/output-drain.ts). For each workload
 // and CPU limit: the daemon's CPU time and the workspace cgroup's over the same window, and the bytes the
 // log grew by. Prints numbers only; asserts nothing (test/workspace/output-cost.test.ts holds the bound).
 import fs from 'node:fs';

@@ -10,7 +10,8 @@ import crypto from 'node:crypto';
 import { errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyOptions } from 'jose';
 import { DomainError } from '../errors';
 import type { AuditLog } from './audit';
-import { DEFAULT_OPERATOR_IDENTITY, operatorNameOf, parseOperatorIdentity, peerIdentityOf, type OperatorIdentity, type PeerVerdict } from './tls';
+import type { OperatorIdentity } from '../crypto/pki';
+import { DEFAULT_OPERATOR_IDENTITY, operatorNameOf, parseOperatorIdentity, peerIdentityOf, type PeerVerdict } from './tls';
 import type { PeerCertificate } from 'node:tls';
 
 export type Principal =

@@ -26,8 +26,9 @@ export function toServiceError(err: unknown, log: Logger, method: string): Parti
   }
   // A kernel call that failed outside the start path (which wraps its own): the step and errno, no stack.
   if (err instanceof NativeError) {
-    log.error({ method, step: err.step, errno: err.errno }, 'native call failed');
-    return { code: status.INTERNAL, details: `${err.step}: ${err.code} (errno ${err.errno})`, metadata: new Metadata() };
+    const where = err.path === undefined ? err.step : `${err.step} ${err.path}`;
+    log.error({ method, step: err.step, path: err.path, errno: err.errno }, 'native call failed');
+    return { code: status.INTERNAL, details: `${where}: ${err.code} (errno ${err.errno})`, metadata: new Metadata() };
   }
   log.error({ method, err: err instanceof Error ? { message: err.message, stack: err.stack } : String(err) }, 'unexpected error');
   return { code: status.UNKNOWN, details: 'internal error', metadata: new Metadata() };

@@ -12,7 +12,8 @@ import { createAuthInterceptor, TokenVerifier } from './auth';
 import { bindUnixSocket } from './server';
 import { EndpointServer } from '../network/endpoints';
 import { createEndpointGuard } from './auth';
-import { ensureNodePki, MtlsServerCredentials, parseOperatorIdentity, secureContextOptions, TlsFileWatcher, type NodePki } from './tls';
+import { ensureNodePki, type NodePki } from '../crypto/pki';
+import { MtlsServerCredentials, parseOperatorIdentity, secureContextOptions, TlsFileWatcher } from './tls';
 
 export interface Transport {
   tcpPort: number | undefined;

@@ -4,7 +4,7 @@ import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/Work
 import type { WorkspaceEvent } from '../generated/tetrix/agent/v1/WorkspaceEvent';
 import type { LogChunk } from '../generated/tetrix/agent/v1/LogChunk';
 import type { BackupProgress } from '../generated/tetrix/agent/v1/BackupProgress';
-import type { WorkspaceOutput } from '../workspace/output';
+import type { WorkspaceOutput } from '../workspace/adapters/output';
 import { DomainError } from '../errors';
 import type { WorkspaceService } from '../workspace/service';
 import type { WorkspaceRecord } from '../workspace/types';

@@ -34,7 +34,7 @@ export interface Command {
 }
 
 const GLOBAL: Record<string, Flag> = {
-  socket: { type: 'string', value: 'PATH', help: "the daemon's unix socket (default $TETRIX_SOCKET or /run/tetrix/tetrixd.sock)" },
+  socket: { type: 'string', value: 'PATH', help: "the daemon's unix socket (default $TETRIX_SOCKET_PATH, as for tetrixd, or /run/tetrix/tetrixd.sock)" },
   address: { type: 'string', value: 'HOST:PORT', help: 'the mutual-TLS API instead, with ca.crt, admin.crt and admin.key from --pki-dir' },
   'pki-dir': { type: 'string', value: 'DIR', help: 'where the admin certificate is (default /var/lib/tetrix/pki, written by tetrixd on first start)' },
   output: { type: 'string', short: 'o', value: 'table|json', help: 'table for people (default) or one JSON object per line' },

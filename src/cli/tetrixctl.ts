@@ -19,6 +19,7 @@ import type { TeardownWorkspaceResponse__Output } from '../generated/tetrix/agen
 import type { ListWorkspacesResponse__Output } from '../generated/tetrix/agent/v1/ListWorkspacesResponse';
 import type { Workspace__Output } from '../generated/tetrix/agent/v1/Workspace';
 import type { StartWorkspaceRequest } from '../generated/tetrix/agent/v1/StartWorkspaceRequest';
+import { socketPathOf } from './socket';
 
 const str = (inv: Invocation, name: string): string | undefined => inv.values[name] as string | undefined;
 const list = (inv: Invocation, name: string): string[] => (inv.values[name] as string[] | undefined) ?? [];
@@ -381,7 +382,7 @@ async function main(argv: string[]): Promise<number> {
     target = address;
     clients = connect({ address, credentials: await adminCredentials(str(inv, 'pki-dir') ?? '/var/lib/tetrix/pki') });
   } else {
-    const socketPath = str(inv, 'socket') ?? process.env.TETRIX_SOCKET ?? '/run/tetrix/tetrixd.sock';
+    const socketPath = socketPathOf(str(inv, 'socket'), process.env, (line) => process.stderr.write(line));
     target = `unix:${socketPath}`;
     clients = connect({ socketPath });
   }

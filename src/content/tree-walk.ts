@@ -6,8 +6,7 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { DomainError } from '../errors';
 import { ArchiveRoot, checkRootName, DEFAULT_ID_COUNT, IdMapping, openRootDir, OVERLAY_UPPER_ROOT } from './archive-roots';
-import { archiveWalk, fsops, NativeArchiveWalk } from '../native';
-import { BLOCK } from './tar-format';
+import { archiveWalk, fsops, NativeArchiveWalk, TAR_BLOCK } from '../native';
 import { OVERLAY_METACOPY, xattrsToArchive, XATTRS_LEFT_OUT_QUIETLY } from './xattrs';
 
 const OUT_CHUNK = 1 << 20;
@@ -39,7 +38,7 @@ export class TreeWalk {
   #upper = false;
   #files = 0;
   #bytes = 0;
-  #trailer = BLOCK * 2; // end-of-archive marker bytes still to write
+  #trailer = TAR_BLOCK * 2; // end-of-archive marker bytes still to write
   #done = false;
 
   constructor(roots: ArchiveRoot[], opts: ArchiveWriteOptions) {

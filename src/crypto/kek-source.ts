@@ -9,12 +9,11 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DomainError } from '../errors';
+import { GCM_NONCE_BYTES, GCM_TAG_BYTES, openBlob, sealBlob } from './aead';
 import type { KekSource, SecretFileRef } from '../config/config';
 import { KeyRing, parseKey, readPrivateFile, type KeyProtector } from './keys';
 import { VaultTransit } from './vault-transit';
 
-const NONCE_BYTES = 12;
-const TAG_BYTES = 16;
 
 /** Opens the node's keyring in <stateDir>/keys with the configured protection. */
 export async function openNodeKeyRing(source: KekSource, stateDir: string, env: NodeJS.ProcessEnv = process.env): Promise<{ keyring: KeyRing; close(): void }> {
@@ -52,23 +51,14 @@ export function rootKeyProtector(rootKey: Buffer): KeyProtector {
   return {
     name: `root-key:${id}`,
     seal: async (_keyId, key, aad) => {
-      const nonce = crypto.randomBytes(NONCE_BYTES);
-      const cipher = crypto.createCipheriv('aes-256-gcm', rootKey, nonce);
-      cipher.setAAD(aad);
-      const body = Buffer.concat([cipher.update(key), cipher.final()]);
-      return Buffer.concat([nonce, body, cipher.getAuthTag()]).toString('base64');
+      return sealBlob(rootKey, aad, key).toString('base64');
     },
     open: async (keyId, sealed, aad) => {
       const blob = Buffer.from(sealed, 'base64');
-      if (blob.length < NONCE_BYTES + TAG_BYTES) throw new DomainError('DATA_LOSS', `sealed key ${keyId}: too short`);
-      const decipher = crypto.createDecipheriv('aes-256-gcm', rootKey, blob.subarray(0, NONCE_BYTES));
-      decipher.setAAD(aad);
-      decipher.setAuthTag(blob.subarray(blob.length - TAG_BYTES));
-      try {
-        return Buffer.concat([decipher.update(blob.subarray(NONCE_BYTES, blob.length - TAG_BYTES)), decipher.final()]);
-      } catch {
-        throw new DomainError('DATA_LOSS', `sealed key ${keyId}: does not authenticate under ${id}`);
-      }
+      if (blob.length < GCM_NONCE_BYTES + GCM_TAG_BYTES) throw new DomainError('DATA_LOSS', `sealed key ${keyId}: too short`);
+      const plain = openBlob(rootKey, aad, blob);
+      if (!plain) throw new DomainError('DATA_LOSS', `sealed key ${keyId}: does not authenticate under ${id}`);
+      return plain;
     },
   };
 }

@@ -10,10 +10,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DomainError } from '../errors';
+import { GCM_NONCE_BYTES, GCM_TAG_BYTES, openBlob, sealBlob } from './aead';
 
 export const KEY_BYTES = 32;
-const NONCE_BYTES = 12;
-const TAG_BYTES = 16;
 const KEY_FILE_SUFFIX = '.key';
 const SEALED_FILE_SUFFIX = '.sealed';
 const CURRENT_FILE = 'kek-current';
@@ -152,25 +151,16 @@ export class KeyRing {
    */
   seal(plaintext: Buffer, aad: Buffer, keyId = this.#currentId): Sealed {
     const key = this.#key(keyId);
-    const nonce = crypto.randomBytes(NONCE_BYTES);
-    const cipher = crypto.createCipheriv('aes-256-gcm', key, nonce);
-    cipher.setAAD(aad);
-    const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
-    return { keyId, blob: Buffer.concat([nonce, body, cipher.getAuthTag()]) };
+    return { keyId, blob: sealBlob(key, aad, plaintext) };
   }
 
   open(sealed: Sealed, aad: Buffer, what = 'sealed value'): Buffer {
     const key = this.#key(sealed.keyId);
     const { blob } = sealed;
-    if (blob.length < NONCE_BYTES + TAG_BYTES) throw new DomainError('DATA_LOSS', `${what}: too short`);
-    const decipher = crypto.createDecipheriv('aes-256-gcm', key, blob.subarray(0, NONCE_BYTES));
-    decipher.setAAD(aad);
-    decipher.setAuthTag(blob.subarray(blob.length - TAG_BYTES));
-    try {
-      return Buffer.concat([decipher.update(blob.subarray(NONCE_BYTES, blob.length - TAG_BYTES)), decipher.final()]);
-    } catch {
-      throw new DomainError('DATA_LOSS', `${what}: does not authenticate under key ${sealed.keyId}`);
-    }
+    if (blob.length < GCM_NONCE_BYTES + GCM_TAG_BYTES) throw new DomainError('DATA_LOSS', `${what}: too short`);
+    const plain = openBlob(key, aad, blob);
+    if (!plain) throw new DomainError('DATA_LOSS', `${what}: does not authenticate under key ${sealed.keyId}`);
+    return plain;
   }
 
   /** Makes a fresh KEK current and returns its id; older keys stay for reading. Plaintext keyrings only. */

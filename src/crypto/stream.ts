@@ -6,12 +6,13 @@
 import crypto from 'node:crypto';
 import { Transform, TransformCallback } from 'node:stream';
 import { DomainError } from '../errors';
+import { GCM_NONCE_BYTES, GCM_TAG_BYTES, openGcm, sealGcm } from './aead';
 import { KEY_BYTES } from './keys';
 
 export const STREAM_MAGIC = Buffer.from('TXBK', 'latin1');
 export const STREAM_VERSION = 1;
 export const HEADER_BYTES = 17;
-export const TAG_BYTES = 16;
+export const TAG_BYTES = GCM_TAG_BYTES;
 export const NONCE_PREFIX_BYTES = 7;
 export const DEFAULT_SEGMENT_SIZE = 1 << 20;
 export const MIN_SEGMENT_SIZE = 1 << 12;
@@ -53,7 +54,7 @@ export function newDataKey(): Buffer {
 
 function segmentNonce(prefix: Buffer, index: number, final: boolean): Buffer {
   if (index > MAX_SEGMENTS) throw new DomainError('RESOURCE_EXHAUSTED', 'encrypted stream: too many segments');
-  const nonce = Buffer.alloc(12);
+  const nonce = Buffer.alloc(GCM_NONCE_BYTES);
   prefix.copy(nonce, 0);
   nonce.writeUInt32BE(index, NONCE_PREFIX_BYTES);
   nonce[11] = final ? 1 : 0;
@@ -122,12 +123,8 @@ export class EncryptStream extends Transform {
   }
 
   #seal(final: boolean): void {
-    const cipher = crypto.createCipheriv('aes-256-gcm', this.#key, segmentNonce(this.#prefix, this.#index++, final));
-    cipher.setAAD(this.#header);
-    const body = cipher.update(this.#segment.subarray(0, this.#filled));
-    cipher.final();
-    this.push(body);
-    this.push(cipher.getAuthTag());
+    const nonce = segmentNonce(this.#prefix, this.#index++, final);
+    this.push(sealGcm(this.#key, nonce, this.#header, [this.#segment.subarray(0, this.#filled)]));
     this.#filled = 0;
   }
 }
@@ -193,13 +190,8 @@ export class DecryptStream extends Transform {
 
   #open(final: boolean): void {
     const sealed = this.#buf.subarray(0, this.#filled);
-    const decipher = crypto.createDecipheriv('aes-256-gcm', this.#key, segmentNonce(this.#prefix, this.#index, final));
-    decipher.setAAD(this.#header!);
-    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
-    const plain = decipher.update(sealed.subarray(0, sealed.length - TAG_BYTES));
-    try {
-      decipher.final();
-    } catch {
+    const plain = openGcm(this.#key, segmentNonce(this.#prefix, this.#index, final), this.#header!, sealed);
+    if (!plain) {
       const where = final ? 'final segment' : `segment ${this.#index}`;
       throw new DomainError('DATA_LOSS', `encrypted stream: ${where} does not authenticate (corrupt, reordered, truncated or wrong key)`);
     }

@@ -37,4 +37,5 @@ export const archivePart: NativePart<ArchiveWalkNative> = {
     archiveWalkStart: true, archiveWalkFill: true, archiveWalkPending: true, archiveWalkResume: true,
     archiveWalkClose: true,
   },
+  constants: ['TAR_BLOCK'],
 };

@@ -36,7 +36,7 @@ export type * from './netns-listen';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
   NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & NetnsListenNative & {
-    constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes
+    constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
@@ -83,6 +83,8 @@ export const initBinaryPath: string = builtFile('tetrix-init');
 // Views of the one addon as a single part, for the modules that use only that part.
 export const fsops: FsOpsNative = native;
 export const archiveWalk: ArchiveWalkNative = native;
+/** The tar block size native/archive.c and native/extract.c write and read (tetrix.h's TAR_BLOCK). */
+export const TAR_BLOCK: number = native.constants.TAR_BLOCK!;
 export const extract: ExtractNative = native;
 export const netNative: NetNative = native;
 export const seccompNative: SeccompNative = native;

@@ -33,8 +33,9 @@ export interface SpawnOptions {
   mounts: BindMount[];       // targets must exist in the rootfs
   /** Most ptys the workspace may hold at once: max= of its own devpts instance (1..1048576). */
   ptyLimit: number;
-  /** Capability numbers kept in the bounding set (see linux/capability.h). Default: Docker's default set. */
-  capabilities?: number[];
+  /** Capability numbers kept in the bounding set (see linux/capability.h). Required: the one default set is
+   *  src/sandbox/capabilities.ts's DEFAULT_CAPABILITIES; the addon has none of its own. */
+  capabilities: number[];
   /** A compiled seccomp filter: raw `struct sock_filter[]` (8 bytes each), installed right before execve. */
   seccomp?: Buffer;
   /** Hold the workload at a gate: spawn resolves once init runs and waits before forking it, with

@@ -10,6 +10,7 @@ import net from 'node:net';
 import type tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import { TLS_MIN_VERSION } from '../crypto/pki';
 import { DomainError } from '../errors';
 
 export interface EndpointTarget {
@@ -37,7 +38,6 @@ export interface EndpointServerOptions<P> {
 }
 
 export const TOKEN_COOKIE = 'tetrix_token';
-const TLS_MIN_VERSION = 'TLSv1.3';
 const WORKSPACE_ID = '[a-z0-9][a-z0-9-]{0,62}'; // as StartWorkspaceRequest.id
 
 // One body for unknown, stopped, not exposed and not yours: the response must not tell them apart.

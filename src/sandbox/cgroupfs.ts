@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DomainError, invalidArgument } from '../errors';
-import type { ResourceLimits } from './cgroups';
+import type { Resources } from './cgroups';
 
 const MIB = 1024 * 1024;
 export const MAX_MEMORY_BYTES = 2 ** 50;   // 1 PiB: anything above is a unit mistake
@@ -38,7 +38,7 @@ function checkCount(value: number, field: string, min: number, max: number): voi
 }
 
 /** The API layer validates first; this refuses what no kernel should be handed. */
-export function checkLimits(limits: ResourceLimits): void {
+export function checkLimits(limits: Resources): void {
   checkCount(limits.memoryBytes, 'resources.memory_bytes', MIB, MAX_MEMORY_BYTES);
   checkCount(limits.cpuMillis, 'resources.cpu_millis', 1, MAX_CPU_MILLIS);
   checkCount(limits.pids, 'resources.pids', 1, MAX_PIDS);

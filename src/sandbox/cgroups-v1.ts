@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DomainError } from '../errors';
-import type { CgroupDriver, CgroupPlacement, ResourceLimits, WorkspaceCgroup } from './cgroups';
+import type { CgroupDriver, CgroupPlacement, Resources, WorkspaceCgroup } from './cgroups';
 import {
   CFS_PERIOD_US, cfsQuotaUs, checkGroupName, checkLimits, controlExists, killPid, listPids, makeGroupDir,
   pollUntil, readControl, readKeyedValue, removeGroupDir, subgroupNames, writeControl,
@@ -47,7 +47,7 @@ export class CgroupV1Driver implements CgroupDriver {
     this.hierarchies = findHierarchies(root);
   }
 
-  async create(name: string, limits: ResourceLimits): Promise<WorkspaceCgroup> {
+  async create(name: string, limits: Resources): Promise<WorkspaceCgroup> {
     checkGroupName(name, 'cgroup name');
     checkLimits(limits);
     await this.ensureParent();
@@ -116,7 +116,7 @@ class V1Group implements WorkspaceCgroup {
   }
 
   /** Called right after the memory dir was made: the other hierarchies, then limits. */
-  async setUp(limits: ResourceLimits): Promise<void> {
+  async setUp(limits: Resources): Promise<void> {
     for (const d of this.dirs) {
       await makeGroupDir(d.dir);
       // A new group inherits notify_on_release from its parent; pin it off (CVE-2022-0492).
@@ -125,7 +125,7 @@ class V1Group implements WorkspaceCgroup {
     await this.writeLimits(limits);
   }
 
-  private async writeLimits(limits: ResourceLimits): Promise<void> {
+  private async writeLimits(limits: Resources): Promise<void> {
     if (limits.memoryBytes > 0) {
       const memory = this.dirOf('memory');
       await writeControl(memory, 'memory.limit_in_bytes', String(limits.memoryBytes));

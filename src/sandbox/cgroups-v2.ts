@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DomainError } from '../errors';
-import type { CgroupDriver, CgroupPlacement, ResourceLimits, WorkspaceCgroup } from './cgroups';
+import type { CgroupDriver, CgroupPlacement, Resources, WorkspaceCgroup } from './cgroups';
 import {
   CFS_PERIOD_US, cfsQuotaUs, checkGroupName, checkLimits, controlExists, errnoOf, killPid, listPids,
   makeGroupDir, pollUntil, readControl, readKeyedValue, removeGroupDir, subgroupNames, writeControl,
@@ -24,7 +24,7 @@ export class CgroupV2Driver implements CgroupDriver {
     this.parentDir = path.join(root, parent);
   }
 
-  async create(name: string, limits: ResourceLimits): Promise<WorkspaceCgroup> {
+  async create(name: string, limits: Resources): Promise<WorkspaceCgroup> {
     checkGroupName(name, 'cgroup name');
     checkLimits(limits);
     await this.ensureParent();
@@ -73,7 +73,7 @@ export class CgroupV2Driver implements CgroupDriver {
   }
 
   /** Without the controller a limit would silently not apply; refuse instead. */
-  private requireControllers(limits: ResourceLimits): void {
+  private requireControllers(limits: Resources): void {
     const needed: Array<[Controller, number]> = [['memory', limits.memoryBytes], ['cpu', limits.cpuMillis], ['pids', limits.pids]];
     const enabled = this.enabledControllers();
     for (const [controller, value] of needed) {
@@ -97,7 +97,7 @@ async function enableControllers(dir: string): Promise<void> {
 class V2Group implements WorkspaceCgroup {
   constructor(readonly name: string, readonly dir: string) {}
 
-  async writeLimits(limits: ResourceLimits): Promise<void> {
+  async writeLimits(limits: Resources): Promise<void> {
     if (limits.memoryBytes > 0) {
       await writeControl(this.dir, 'memory.max', String(limits.memoryBytes));
       // No swapping past the limit, as memsw does on v1.

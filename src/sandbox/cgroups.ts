@@ -9,18 +9,19 @@ import { checkGroupPath } from './cgroupfs';
 import { CgroupV1Driver } from './cgroups-v1';
 import { CgroupV2Driver } from './cgroups-v2';
 
-/** 0 means no limit for each field (a driver writes nothing); cpuMillis: 1000 = one core. A workspace's
- *  group never has a 0: see boundedLimits. */
-export interface ResourceLimits {
+/** A workspace's limits, the one type for the request, the record and the cgroup. 0 in a request: the node
+ *  default (a record always holds the limit in force); to a driver 0 means no limit (it writes nothing),
+ *  but a workspace's group never has a 0: see boundedLimits. */
+export interface Resources {
   memoryBytes: number;
-  cpuMillis: number;
+  cpuMillis: number;     // 1000 = one core
   pids: number;
 }
 
 /** The limits of a workspace's group: every one a real bound. Issue 13: a workspace whose request named
  *  none ran with memory.limit_in_bytes 2^63 and no CPU quota; the lifecycle fills in the node defaults,
  *  and this refuses a 0 that got past it rather than start a workspace without a bound. */
-export function boundedLimits(limits: ResourceLimits): ResourceLimits {
+export function boundedLimits(limits: Resources): Resources {
   for (const [field, value] of [['resources.memory_bytes', limits.memoryBytes], ['resources.cpu_millis', limits.cpuMillis], ['resources.pids', limits.pids]] as const) {
     if (!(value > 0)) throw new DomainError('INVALID_ARGUMENT', `${field}: a workspace's cgroup must have a limit, got ${value}`);
   }
@@ -50,7 +51,7 @@ export interface WorkspaceCgroup {
 export interface CgroupDriver {
   readonly mode: 'v1' | 'v2';
   /** Rejects with ALREADY_EXISTS if the group exists, INVALID_ARGUMENT for bad names or limits. */
-  create(name: string, limits: ResourceLimits): Promise<WorkspaceCgroup>;
+  create(name: string, limits: Resources): Promise<WorkspaceCgroup>;
   /** An existing group (after a daemon restart); NOT_FOUND if it does not exist. */
   open(name: string): WorkspaceCgroup;
   /** Names of the workspace groups under the parent. */

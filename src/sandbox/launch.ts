@@ -2,11 +2,11 @@
 // signalled, released, killed and reaped, or adopted after a daemon restart, all behind `Launched`.
 // The lifecycle drives this and never holds a pidfd; exec sessions are meant to use the same surface.
 import fs from 'node:fs';
-import path from 'node:path';
 import type { CgroupPlacement } from './cgroups';
 import type { BindMount, HeldWorkload, NativeAddon } from '../native';
 import { NativeError } from '../native';
 import { readPidStartTime, signalName } from './proc';
+import { workspaceLayout } from '../layout';
 
 export interface LaunchSpec {
   workspaceId: string;        // also the hostname, and the cgroup the child is placed in
@@ -73,7 +73,7 @@ export class Launcher {
 
   async launch(spec: LaunchSpec): Promise<Launched> {
     const seccomp = this.o.seccompFilter(spec.seccompProfile);
-    const statusFd = fs.openSync(exitStatusPath(spec.wsDir), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    const statusFd = fs.openSync(workspaceLayout(spec.wsDir).exitStatus, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
       const { output } = spec;
       const result = await this.o.native.spawn({
@@ -169,15 +169,11 @@ export class Launcher {
   }
 }
 
-function exitStatusPath(wsDir: string): string {
-  return path.join(wsDir, 'exit-status');
-}
-
 /** What init recorded of the workload's end; {} when it wrote nothing (it died first) or garbage. */
 export function readInitExitRecord(wsDir: string): InitExitRecord {
   let text: string;
   try {
-    text = fs.readFileSync(exitStatusPath(wsDir), 'utf8');
+    text = fs.readFileSync(workspaceLayout(wsDir).exitStatus, 'utf8');
   } catch {
     return {};
   }

@@ -1,9 +1,5 @@
-// A workspace's files on the host, under <stateDir>/workspaces/<id>/:
-//   lower/    the image, bind-mounted read-only with its ids shifted into the workspace's range (idmapped)
-//   upper/    the overlay's writable layer (everything the workspace changes outside /workspace)
-//   work/     overlayfs scratch
-//   rootfs/   the overlay mount: lower/ below, upper/ above; the workspace pivots into it
-//   content/  the /workspace tree, bind-mounted by spawn; the part that is backed up
+// A workspace's rootfs on the host: lower/, upper/, work/, rootfs/ and content/ of its directory (the
+// layout is written once, in src/layout.ts).
 //
 // Ownership: the container's root is host uid uidBase, and image files are owned by host root, which is
 // unmapped inside the user namespace. There they would show as nobody and even container root could
@@ -19,15 +15,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DomainError, invalidArgument } from '../errors';
 import { native, NativeError } from '../native';
-
-export interface WorkspaceLayout {
-  wsDir: string;
-  lower: string;
-  upper: string;
-  work: string;
-  rootfs: string;
-  content: string;
-}
+import { workspaceLayout, type WorkspaceLayout } from '../layout';
 
 export interface PrepareRootfsOptions {
   /** Runs once the (empty) upper and content dirs exist, before anything is mounted. */
@@ -45,18 +33,6 @@ export interface PreparedRootfs {
   rootfs: string;
   contentDir: string;
   ownership: ImageOwnership;
-}
-
-export function workspaceLayout(wsDir: string): WorkspaceLayout {
-  const dir = path.resolve(wsDir);
-  return {
-    wsDir: dir,
-    lower: path.join(dir, 'lower'),
-    upper: path.join(dir, 'upper'),
-    work: path.join(dir, 'work'),
-    rootfs: path.join(dir, 'rootfs'),
-    content: path.join(dir, 'content'),
-  };
 }
 
 // The workspace's ids reach rootfs/ and content/ through wsDir: search permission for "other" lets them
@@ -210,6 +186,37 @@ async function shiftImageOwnership(lowerDir: string, rootfs: string, uidBase: nu
     for (const name of await fsp.readdir(path.join(lowerDir, rel))) await visit(path.join(rel, name), sticky);
   };
   await visit('.', false);
+}
+
+/** Writes each file (path relative to the root) into a rootfs that has not started yet. */
+export function writeRootfsFiles(rootfs: string, files: Record<string, string>): void {
+  for (const [relative, content] of Object.entries(files)) writeRootfsFile(rootfs, relative, content);
+}
+
+/**
+ * Writes a file into a rootfs that has not started yet. The image is untrusted: /etc must be a real
+ * directory and the file is created fresh with O_NOFOLLOW, so a symlink planted in the image can
+ * never redirect the write to a host path.
+ */
+function writeRootfsFile(rootfs: string, relative: string, content: string): void {
+  const target = path.join(rootfs, relative);
+  const dir = path.dirname(target);
+  const st = fs.lstatSync(dir, { throwIfNoEntry: false });
+  if (!st) fs.mkdirSync(dir, { mode: 0o755 });
+  else if (!st.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `image: /${path.relative(rootfs, dir)} is not a directory`);
+  const existing = fs.lstatSync(target, { throwIfNoEntry: false });
+  if (existing?.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `image: /${relative} is a directory`);
+  if (existing) fs.unlinkSync(target);
+  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  const fd = fs.openSync(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
+  try {
+    fs.writeSync(fd, content);
+    // Owned like the rootfs's root (the workspace's root), so the workspace may edit its own copy.
+    const owner = fs.statSync(rootfs);
+    fs.fchownSync(fd, owner.uid, owner.gid);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 // --- release ---------------------------------------------------------------------------------------

@@ -19,8 +19,6 @@ export interface SourceProgress {
 
 export interface PopulateJob {
   workspaceId: string;
-  wsDir: string;
-  contentDir: string;
   uidBase: number;
   git: GitSourceSpec;
   /** The content holds a clone already (a prebuild snapshot): fetch what is new, then check out. */
@@ -46,6 +44,8 @@ export interface CheckoutOptions {
   retryBaseMs: number;       // backoff before the second, doubled after
   hasCaFile: boolean;
   stepTimeoutMs?: number;
+  /** The workspace's directory (src/layout.ts). */
+  workspaceDir(workspaceId: string): string;
 }
 
 const GIT_FORWARD_PORT = 9418;
@@ -124,7 +124,7 @@ export class GitCheckout {
   private run(job: PopulateJob, argv: string[], env: Record<string, string>, network: boolean, onStderr?: (text: string) => void): Promise<GitResult> {
     const forwards = network && job.git.url.startsWith('git:') ? [{ localPort: GIT_FORWARD_PORT, ...remoteEndpoint(job.git.url) }] : [];
     return this.sandbox.run({
-      workspaceId: job.workspaceId, wsDir: job.wsDir, contentDir: job.contentDir, uidBase: job.uidBase, argv, env,
+      workspaceId: job.workspaceId, wsDir: this.o.workspaceDir(job.workspaceId), uidBase: job.uidBase, argv, env,
       ...(network ? { network: { forwards } } : {}),
       ...(onStderr ? { onStderr } : {}),
       timeoutMs: this.o.stepTimeoutMs ?? DEFAULT_STEP_TIMEOUT_MS,

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { LaunchSpec, Launched } from '../sandbox/launch';
+import { workspaceLayout } from '../layout';
 import { FetchProxy, type EgressPolicy } from './fetch-proxy';
 
 export interface SourceSandboxDeps {
@@ -24,7 +25,6 @@ export interface SourceSandboxDeps {
 export interface GitRun {
   workspaceId: string;
   wsDir: string;
-  contentDir: string;
   uidBase: number;
   argv: string[];
   env: Record<string, string>;
@@ -60,7 +60,8 @@ export class GitSandbox {
 
   /** Runs argv in the tool root; resolves with how it ended. Throws only when the sandbox cannot be made. */
   async run(job: GitRun): Promise<GitResult> {
-    const dir = sourceDir(job.wsDir);
+    const layout = workspaceLayout(job.wsDir);
+    const dir = layout.source;
     const root = this.toolRoot(dir);
     const outPath = path.join(dir, 'stdout');
     const errPath = path.join(dir, 'stderr');
@@ -75,7 +76,7 @@ export class GitSandbox {
       const mounts = [
         ...HOST_READONLY.map((p) => ({ source: p, target: p, readonly: true })),
         ...(this.d.caFile ? [{ source: this.d.caFile, target: CA_IN_SANDBOX, readonly: true }] : []),
-        { source: job.contentDir, target: '/workspace', readonly: false },
+        { source: layout.content, target: '/workspace', readonly: false },
       ];
       launched = await this.d.launch({
         workspaceId: job.workspaceId, wsDir: dir, rootfs: root, argv: job.argv, env: job.env, cwd: '/workspace',
@@ -118,11 +119,6 @@ export class GitSandbox {
     }
   }
 
-  /** Removes the tool root and what the runs left (the workspace dir's removal would too). */
-  release(wsDir: string): void {
-    fs.rmSync(sourceDir(wsDir), { recursive: true, force: true });
-  }
-
   /** An empty root: mount points for /usr, /etc/ssl and /workspace, and the /proc, /dev, /sys spawn needs. */
   private toolRoot(dir: string): string {
     const root = path.join(dir, 'root');
@@ -135,10 +131,6 @@ export class GitSandbox {
     fs.mkdirSync(path.join(root, 'workspace'), { mode: 0o755 });
     return root;
   }
-}
-
-export function sourceDir(wsDir: string): string {
-  return path.join(wsDir, 'source');
 }
 
 /** The last MAX_OUTPUT bytes of a file, as text ('' when it is gone). */

@@ -3,6 +3,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/config';
 import { listOf } from '../config/config';
+import { workspaceDir } from '../layout';
 import type { LaunchSpec, Launched } from '../sandbox/launch';
 import { GitCheckout, type PopulateJob, type PopulateResult } from './checkout';
 import { EgressPolicy } from './fetch-proxy';
@@ -21,6 +22,6 @@ export function createSource(config: Config, log: Logger, deps: SourceDeps): { p
     allowed: listOf(config.sourceAllowedDestinations),
   });
   const sandbox = new GitSandbox({ ...deps, policy, log, caFile: config.sourceCaFile });
-  const checkout = new GitCheckout(sandbox, { attempts: config.sourceFetchAttempts, retryBaseMs: config.sourceRetryBaseMs, hasCaFile: config.sourceCaFile !== '' });
+  const checkout = new GitCheckout(sandbox, { attempts: config.sourceFetchAttempts, retryBaseMs: config.sourceRetryBaseMs, hasCaFile: config.sourceCaFile !== '', workspaceDir: (id) => workspaceDir(config.stateDir, id) });
   return { populate: (job) => checkout.populate(job) };
 }

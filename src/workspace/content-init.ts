@@ -42,7 +42,7 @@ export class ContentInit {
   }
 
   /** The checkout (or the update of a restored prebuild checkout); the workload is launched only after. */
-  async populate(record: WorkspaceRecord, wsDir: string, contentDir: string): Promise<void> {
+  async populate(record: WorkspaceRecord): Promise<void> {
     const content = contentOf(record);
     if (content.kind === 'none') return;
     const status = this.status(record);
@@ -51,7 +51,7 @@ export class ContentInit {
     let last = 0;
     try {
       const result = await this.o.source!.populate({
-        workspaceId: record.spec.id, wsDir, contentDir, uidBase: record.status.uidBase, git: content.git,
+        workspaceId: record.spec.id, uidBase: record.status.uidBase, git: content.git,
         update: content.kind === 'prebuild',
         onProgress: (p) => {
           const phaseChanged = p.phase !== status.phase;

@@ -1,40 +1,67 @@
 // What the lifecycle needs from the layers below it. main.ts wires the real implementations
 // (src/sandbox, src/network, src/prebuild); the lifecycle never reaches past these.
 import type { Resources, WorkspaceKind, WorkspaceSpec } from './types';
-import type { InitExitRecord, Launched, LaunchSpec } from '../sandbox/launch';
+import type { InitExitRecord, Launched } from '../sandbox/launch';
 
-export type { InitExitRecord, Launched, LaunchSpec, ProcessExit, WorkloadSignal } from '../sandbox/launch';
+export type { InitExitRecord, Launched, ProcessExit, WorkloadSignal } from '../sandbox/launch';
+// What the Sandbox port rejects with when a kernel step fails: the step and its errno.
+export { NativeError } from '../native';
 
+/** An image the sandbox resolved: its reference and digest; where its tree lives stays in the sandbox. */
+export interface ImageRef {
+  readonly reference: string;
+  readonly digest: string;
+}
+
+/** Files the workspace's /etc needs before it starts (resolv.conf, hosts), relative to its root. */
+export type RootfsFiles = Record<string, string>;
+
+/** What the lifecycle asks to run; the sandbox adds the rootfs, init, capabilities, seccomp filter,
+ *  cgroup placement and the /workspace mount of the workspace it prepared. */
+export interface WorkloadLaunch {
+  workspaceId: string;
+  uidBase: number;
+  argv: string[];             // empty for a prebuild: init then serves the task channel
+  env: Record<string, string>;
+  cwd: string;
+  seccompProfile: string;
+  output: { stdoutFd: number; stderrFd: number; outputReadFds?: [number, number]; tasksFd?: number };
+  /** Hold the workload at init's gate until release(): nothing of it runs before (an ISOLATED veth). */
+  holdAtGate: boolean;
+}
+
+/** A workspace's files are named by its id: the sandbox knows where they live (src/layout.ts). */
 export interface Sandbox {
   /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name. */
-  resolveImage(image: string): Promise<{ rootfs: string; digest: string }>;
+  resolveImage(image: string): Promise<ImageRef>;
   /** INVALID_ARGUMENT for an unknown seccomp profile name ('' = the default). */
   checkSeccompProfile(profile: string): void;
   allocateIds(workspaceId: string): number;
   releaseIds(base: number): void;
-  /** beforeMount runs with the empty upper and content dirs, before the overlay exists (restores). */
-  prepareRootfs(wsDir: string, lowerDir: string, uidBase: number, beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>): Promise<{ rootfs: string; contentDir: string }>;
-  unmountRootfs(wsDir: string): Promise<void>;
-  /** Unmounts anything left below wsDir, then deletes it. */
-  removeWorkspaceDir(wsDir: string): Promise<void>;
+  /** The image as the workspace's root, owned by its id range, with `files` written into it. beforeMount
+   *  runs with the empty upper and content dirs, before the overlay exists (restores). */
+  prepareRootfs(workspaceId: string, image: ImageRef, uidBase: number, opts: { files?: RootfsFiles; beforeMount?: (dirs: { upper: string; content: string }) => Promise<void> }): Promise<void>;
+  unmountRootfs(workspaceId: string): Promise<void>;
+  /** Unmounts anything left below the workspace's directory, then deletes it. */
+  removeWorkspaceDir(workspaceId: string): Promise<void>;
   /** The group launch() places the workspace's init in. */
   createCgroup(workspaceId: string, resources: Resources): Promise<void>;
   destroyCgroup(workspaceId: string): Promise<void>;
   oomKillCount(workspaceId: string): number;
   /** Spawns init in the workspace's rootfs, cgroup and id range (held at its gate if asked). NativeError
    *  naming the step when it fails; nothing of the process is left then. */
-  launch(spec: LaunchSpec): Promise<Launched>;
+  launch(workload: WorkloadLaunch): Promise<Launched>;
   /** After a restart: the workspace's init, if pid is still the process started at startTime. */
   adopt(pid: number, startTime: string): Launched | undefined;
-  /** What init recorded of how the workload ended (its exit-status file in wsDir). */
-  initExitRecord(wsDir: string): InitExitRecord;
+  /** What init recorded of how the workload ended (its exit-status file). */
+  initExitRecord(workspaceId: string): InitExitRecord;
   /** Removes what no record accounts for (after a crash). */
-  sweep(liveIds: Set<string>, stateDir: string): Promise<void>;
+  sweep(liveIds: Set<string>): Promise<void>;
 }
 
 export interface WorkspaceNetwork {
-  /** Writes /etc/resolv.conf and /etc/hosts into the rootfs before the workload starts. */
-  prepare(spec: WorkspaceSpec, rootfs: string): Promise<void>;
+  /** The workspace's address (ISOLATED), and the /etc/resolv.conf and /etc/hosts its rootfs gets. */
+  prepare(spec: WorkspaceSpec): Promise<RootfsFiles>;
   /** Called while init holds an ISOLATED workload at its gate; returns the workspace's address. */
   attach(spec: WorkspaceSpec, pid: number): Promise<string>;
   detach(workspaceId: string): Promise<void>;

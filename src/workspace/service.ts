@@ -4,18 +4,19 @@
 import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
+import { workspaceDir, workspaceLayout } from '../layout';
 import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import type { AuthorizeRestore, BackupBinding, BackupOutcome, BackupProgressReport, InitExitRecord, Launched, OpenedOutput, ProcessExit, Sandbox, WorkloadSignal, WorkspaceBackups, WorkspaceLogs, WorkspaceNetwork } from './ports';
+import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
 import { ContentInit, isContentFailure } from './content-init';
+import type { ContentStatus } from './types';
 import type { WorkspaceSource } from './ports';
 
 export interface WorkspaceServiceOptions {
@@ -39,6 +40,21 @@ interface Runtime {
   exited: Promise<void>;
   killTimer?: NodeJS.Timeout;
 }
+
+/** A start under way: what its steps have acquired so far. */
+interface Starting {
+  record: WorkspaceRecord;
+  image: ImageRef;
+  restoring: OpenedBackup | undefined;
+  /** The content status the record starts with (a prebuild snapshot's verification). */
+  content: ContentStatus;
+  /** Our ends of the output, held until spawn took them. */
+  opened: number[];
+  output?: OpenedOutput;
+  launched?: Launched;
+}
+
+type OpenedBackup = { roots: string[]; binding: BackupBinding | undefined };
 
 const START_INTERVAL_MS = 20;
 const RELEASES_AT_ONCE = 4;
@@ -87,8 +103,8 @@ export class WorkspaceService {
   private readonly content: ContentInit;
 
   constructor(private readonly o: WorkspaceServiceOptions) {
-    this.events.setMaxListeners(0);
     this.content = new ContentInit({ ...o, save: (record) => { o.store.updateStatus(record.spec.id, record.status); this.emit(record); } });
+    this.events.setMaxListeners(0);
   }
 
   get(id: string): WorkspaceRecord {
@@ -106,7 +122,7 @@ export class WorkspaceService {
   }
 
   workspaceDir(id: string): string {
-    return path.join(this.o.stateDir, 'workspaces', id);
+    return workspaceDir(this.o.stateDir, id);
   }
 
   /**
@@ -200,11 +216,11 @@ export class WorkspaceService {
 
   private async runBackup(record: WorkspaceRecord, backups: WorkspaceBackups, opts: { includeUpper?: boolean; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome> {
     const id = record.spec.id;
-    const wsDir = this.workspaceDir(id);
+    const layout = workspaceLayout(this.workspaceDir(id));
     const began = Date.now();
     if (crashAt === 'mid-backup') setTimeout(() => crashPoint('mid-backup'), 30);
     const result = await backups.backup(
-      { content: path.join(wsDir, 'content'), ...(opts.includeUpper ? { upper: path.join(wsDir, 'upper') } : {}) },
+      { content: layout.content, ...(opts.includeUpper ? { upper: layout.upper } : {}) },
       {
         uidBase: record.status.uidBase,
         binding: bindingOf(record.spec),
@@ -250,7 +266,7 @@ export class WorkspaceService {
         this.o.log.error({ workspace: record.spec.id, err: errText(err) }, 'recovery failed');
       }
     }
-    await this.o.sandbox.sweep(new Set(this.records.keys()), this.o.stateDir);
+    await this.o.sandbox.sweep(new Set(this.records.keys()));
     await this.o.network?.reconcile([...this.records.keys()]);
   }
 
@@ -260,17 +276,51 @@ export class WorkspaceService {
   }
 
   // --- start ---------------------------------------------------------------------------------
+  // create() reads as the steps of a start, in order. A new step (a source checkout, a volume) is one
+  // more method here taking the Starting it adds to, and one line in create(); failStart() releases
+  // what the steps acquired.
 
   private async create(spec: WorkspaceSpec, digest: string, authorizeRestore: AuthorizeRestore | undefined): Promise<WorkspaceRecord> {
-    // Everything that can refuse the request is checked before anything exists.
+    const admitted = await this.admit(spec, authorizeRestore);
+    const start: Starting = { ...admitted, record: this.insertRecord(spec, digest, admitted.image, admitted.content), opened: [] };
+    try {
+      this.allocateIds(start);
+      crashPoint('after-ids');
+      // The cgroup is independent of the rootfs, so the two overlap; both settle before a failure is cleaned up.
+      await allSettledOrThrow([this.prepareRootfs(start), this.createCgroup(start)] as const);
+      crashPoint('after-rootfs');
+      crashPoint('after-cgroup');
+      await this.content.populate(start.record);
+      const launched = await this.launchWorkload(start);
+      crashPoint('after-spawn');
+      if (holdsAtGate(spec)) {
+        await this.attachNetwork(start, launched);
+        crashPoint('after-network');
+        await launched.release();
+      }
+      return this.running(start, launched);
+    } catch (err) {
+      await this.failStart(start, err);
+      throw toStartError(err);
+    }
+  }
+
+  /** Everything that can refuse the request, checked before anything exists. */
+  private async admit(spec: WorkspaceSpec, authorizeRestore: AuthorizeRestore | undefined): Promise<Pick<Starting, 'image' | 'restoring' | 'content'>> {
     const image = await this.o.sandbox.resolveImage(spec.image);
     this.o.sandbox.checkSeccompProfile(spec.seccompProfile);
     this.content.check(spec.content);
     const restoring = spec.restoreFrom ? await this.openBackup(spec.restoreFrom, authorizeRestore) : undefined;
+    // After the access decision, before anything exists: a prebuild snapshot must verify (or be allowed not to).
     const content = await this.content.verifyPrebuild(spec.content);
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
       throw new DomainError('FAILED_PRECONDITION', 'kind: prebuilds need logs, backups and provenance on this node');
     }
+    return { image, restoring, content };
+  }
+
+  /** The record, CREATING, persisted and announced. */
+  private insertRecord(spec: WorkspaceSpec, digest: string, image: ImageRef, content: ContentStatus): WorkspaceRecord {
     const record: WorkspaceRecord = {
       spec,
       status: {
@@ -281,81 +331,80 @@ export class WorkspaceService {
         content,
       },
     };
-    const { sandbox, store } = this.o;
-    store.insert(record, digest);
+    this.o.store.insert(record, digest);
     this.records.set(spec.id, record);
     this.emit(record);
-    const wsDir = this.workspaceDir(spec.id);
-    const opened: number[] = [];
-    let launched: Launched | undefined;
-    try {
-      record.status.uidBase = sandbox.allocateIds(spec.id);
-      store.updateStatus(spec.id, record.status);
-      crashPoint('after-ids');
-      // A restore is verified to its last segment before it replaces the (empty) content and upper dirs.
-      const restore = restoring
-        ? async (dirs: { upper: string; content: string }): Promise<void> => {
-            const target = restoring.roots.includes('upper') ? dirs : { content: dirs.content };
-            await this.needBackups().restore(spec.restoreFrom, target, { uidBase: record.status.uidBase, expectBinding: restoring.binding ?? null });
-            record.status.restoredFrom = spec.restoreFrom;
-          }
-        : undefined;
-      // The cgroup is independent of the rootfs, so the two overlap; the output's FIFOs go into the
-      // workspace dir the rootfs makes. Both settle before a failure is cleaned up.
-      const [{ rootfs, contentDir, output }] = await allSettledOrThrow([
-        sandbox.prepareRootfs(wsDir, image.rootfs, record.status.uidBase, restore).then(async (prepared) => {
-          await this.o.network?.prepare(spec, prepared.rootfs);
-          const output = await this.openOutput(spec, record.status.uidBase);
-          opened.push(...output.fds);
-          return { ...prepared, output };
-        }),
-        sandbox.createCgroup(spec.id, spec.resources),
-      ] as const);
-      crashPoint('after-rootfs');
-      crashPoint('after-cgroup');
-      await this.content.populate(record, wsDir, contentDir);
-      const workload = this.workloadOf(spec, contentDir);
-      // An isolated workload waits at init's gate until its veth is attached. Everything else it needs
-      // (cgroups, lo, its OOM score) is in place before init runs, so the others start at once.
-      const holdAtGate = spec.network === 'ISOLATED';
-      launched = await sandbox.launch({
-        workspaceId: spec.id, wsDir, rootfs, argv: workload.argv, env: workload.env, cwd: spec.workingDir,
-        uidBase: record.status.uidBase, seccompProfile: spec.seccompProfile, mounts: workload.mounts, output, holdAtGate,
-      });
-      for (const fd of opened.splice(0)) fs.closeSync(fd);
-      Object.assign(record.status, { pid: launched.pid, pidStartTime: launched.startTime, startedMs: Date.now() });
-      store.updateStatus(spec.id, record.status);
-      crashPoint('after-spawn');
-      if (holdAtGate) {
-        if (this.o.network) record.status.ipAddress = await this.o.network.attach(spec, launched.pid);
-        crashPoint('after-network');
-        await launched.release();
-      }
-      this.watch(record, launched, true);
-      this.transition(record, 'RUNNING');
-      this.o.log.info({ workspace: spec.id, hostPid: launched.pid, uidBase: record.status.uidBase }, 'workspace running');
-      return record;
-    } catch (err) {
-      for (const fd of opened) fs.closeSync(fd);
-      // Abandoned (at the gate, if held there): killed and reaped before anything is released.
-      if (launched && !this.runtimes.has(spec.id)) await launched.kill();
-      await this.abortStart(record, err);
-      throw toStartError(err);
-    }
+    return record;
+  }
+
+  private allocateIds({ record }: Starting): void {
+    record.status.uidBase = this.o.sandbox.allocateIds(record.spec.id);
+    this.o.store.updateStatus(record.spec.id, record.status);
+  }
+
+  /** The network's /etc files and the restore go into the rootfs; then the output, whose ends spawn takes. */
+  private async prepareRootfs(start: Starting): Promise<void> {
+    const { spec, status } = start.record;
+    const files = await this.o.network?.prepare(spec);
+    const beforeMount = this.restoreStep(start);
+    await this.o.sandbox.prepareRootfs(spec.id, start.image, status.uidBase, { ...(files ? { files } : {}), ...(beforeMount ? { beforeMount } : {}) });
+    const output = await this.openOutput(spec, status.uidBase);
+    start.opened.push(...output.fds);
+    start.output = output;
+  }
+
+  /** A restore is verified to its last segment before it replaces the (empty) content and upper dirs. */
+  private restoreStep({ record, restoring }: Starting): ((dirs: { upper: string; content: string }) => Promise<void>) | undefined {
+    if (!restoring) return undefined;
+    const { spec } = record;
+    return async (dirs) => {
+      const target = restoring.roots.includes('upper') ? dirs : { content: dirs.content };
+      await this.needBackups().restore(spec.restoreFrom, target, { uidBase: record.status.uidBase, expectBinding: restoring.binding ?? null });
+      record.status.restoredFrom = spec.restoreFrom;
+    };
+  }
+
+  private createCgroup({ record }: Starting): Promise<void> {
+    return this.o.sandbox.createCgroup(record.spec.id, record.spec.resources);
+  }
+
+  /** Init starts (held at its gate for an ISOLATED workload); once spawn returned, our output ends close. */
+  private async launchWorkload(start: Starting): Promise<Launched> {
+    const { spec, status } = start.record;
+    start.launched = await this.o.sandbox.launch({
+      workspaceId: spec.id, uidBase: status.uidBase, argv: workloadArgv(spec), env: spec.env, cwd: spec.workingDir,
+      seccompProfile: spec.seccompProfile, output: start.output!, holdAtGate: holdsAtGate(spec),
+    });
+    for (const fd of start.opened.splice(0)) fs.closeSync(fd);
+    Object.assign(status, { pid: start.launched.pid, pidStartTime: start.launched.startTime, startedMs: Date.now() });
+    this.o.store.updateStatus(spec.id, status);
+    return start.launched;
+  }
+
+  /** While init holds the workload at its gate: the veth and rules, then the address. */
+  private async attachNetwork({ record }: Starting, launched: Launched): Promise<void> {
+    if (this.o.network) record.status.ipAddress = await this.o.network.attach(record.spec, launched.pid);
+  }
+
+  private running({ record }: Starting, launched: Launched): WorkspaceRecord {
+    this.watch(record, launched, true);
+    this.transition(record, 'RUNNING');
+    this.o.log.info({ workspace: record.spec.id, hostPid: launched.pid, uidBase: record.status.uidBase }, 'workspace running');
+    return record;
+  }
+
+  private async failStart(start: Starting, err: unknown): Promise<void> {
+    for (const fd of start.opened) fs.closeSync(fd);
+    // Abandoned (at the gate, if held there): killed and reaped before anything is released.
+    if (start.launched && !this.runtimes.has(start.record.spec.id)) await start.launched.kill();
+    await this.abortStart(start.record, err);
   }
 
   /** The access decision on restore_from, then the backup's verified manifest. */
-  private openBackup(backupId: string, authorize: AuthorizeRestore | undefined): Promise<{ roots: string[]; binding: BackupBinding | undefined }> {
+  private openBackup(backupId: string, authorize: AuthorizeRestore | undefined): Promise<OpenedBackup> {
     // No decision, no restore: a caller that forgot it must not restore anyone's backup.
     if (!authorize) throw new DomainError('INTERNAL', 'restore_from: no access decision was made for this restore');
     return this.needBackups().open(backupId, authorize);
-  }
-
-  /** What runs: the request's command, or for a prebuild nothing but init, which asks for each task over
-   *  the task channel (src/prebuild/tasks.ts). */
-  private workloadOf(spec: WorkspaceSpec, contentDir: string): { argv: string[]; env: Record<string, string>; mounts: { source: string; target: string; readonly: boolean }[] } {
-    const mounts = [{ source: contentDir, target: '/workspace', readonly: false }];
-    return { argv: spec.kind === 'PREBUILD' ? [] : spec.command, env: spec.env, mounts };
   }
 
   private async openOutput(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput> {
@@ -391,14 +440,7 @@ export class WorkspaceService {
 
   private async onExit(record: WorkspaceRecord, exit: ProcessExit, ourChild: boolean): Promise<void> {
     const id = record.spec.id;
-    const runtime = this.runtimes.get(id);
-    if (runtime) {
-      clearTimeout(runtime.killTimer);
-      runtime.running = false;
-    }
-    this.o.log.debug({ workspace: id }, 'workload exited');
-    const oomKills = this.o.sandbox.oomKillCount(id);
-    Object.assign(record.status, settle(record, this.o.sandbox.initExitRecord(this.workspaceDir(id)), ourChild ? exit : undefined, oomKills));
+    this.recordExit(record, exit, ourChild);
     await this.o.logs?.closeWhenDrained(id);
     this.o.log.debug({ workspace: id }, 'output drained');
     await this.releaseSlots(() => this.releaseRuntime(record));
@@ -408,6 +450,19 @@ export class WorkspaceService {
     this.runtimes.delete(id);
     this.transition(record, final);
     this.o.log.info({ workspace: id, reason: record.status.reason, exitCode: record.status.exitCode, signal: record.status.signal }, 'workspace stopped');
+  }
+
+  /** The workload is gone: no more signals to it, and the status says how it ended. */
+  private recordExit(record: WorkspaceRecord, exit: ProcessExit, ourChild: boolean): void {
+    const id = record.spec.id;
+    const runtime = this.runtimes.get(id);
+    if (runtime) {
+      clearTimeout(runtime.killTimer);
+      runtime.running = false;
+    }
+    this.o.log.debug({ workspace: id }, 'workload exited');
+    const oomKills = this.o.sandbox.oomKillCount(id);
+    Object.assign(record.status, settle(record, this.o.sandbox.initExitRecord(id), ourChild ? exit : undefined, oomKills));
   }
 
   /** Every task passed: snapshot and provenance, SUCCEEDED. Else FAILED naming the task (or STOPPED). */
@@ -457,7 +512,7 @@ export class WorkspaceService {
   /** What a running workspace holds beyond its files: mounts, cgroup, network. */
   private async releaseRuntime(record: WorkspaceRecord): Promise<void> {
     await this.releaseNetworkAndCgroup(record.spec.id);
-    await this.o.sandbox.unmountRootfs(this.workspaceDir(record.spec.id));
+    await this.o.sandbox.unmountRootfs(record.spec.id);
   }
 
   private async releaseNetworkAndCgroup(id: string): Promise<void> {
@@ -469,7 +524,7 @@ export class WorkspaceService {
   private async releaseAll(record: WorkspaceRecord): Promise<void> {
     await this.releaseNetworkAndCgroup(record.spec.id);
     // Unmounts what is left, then deletes: one pass over mountinfo, not one here and one there.
-    await this.o.sandbox.removeWorkspaceDir(this.workspaceDir(record.spec.id));
+    await this.o.sandbox.removeWorkspaceDir(record.spec.id);
     if (record.status.uidBase) this.o.sandbox.releaseIds(record.status.uidBase);
     record.status.uidBase = 0;
   }
@@ -496,13 +551,19 @@ export class WorkspaceService {
       if (record.spec.kind === 'PREBUILD') record.status.message = PREBUILD_INTERRUPTED;
       return this.onExit(record, { exitCode: null, signal: null, reaped: false }, false);
     }
-    await this.o.logs?.reattach(record.spec, () => adopted.takeOutputPipes()).catch((err: unknown) => this.o.log.warn({ workspace: record.spec.id, err: errText(err) }, 'output not reattached'));
+    return this.resumeAdopted(record, adopted);
+  }
+
+  /** Still running after a restart: its output drained again, its exit watched, a stop under way resumed. */
+  private async resumeAdopted(record: WorkspaceRecord, adopted: Launched): Promise<void> {
+    const id = record.spec.id;
+    await this.o.logs?.reattach(record.spec, () => adopted.takeOutputPipes()).catch((err: unknown) => this.o.log.warn({ workspace: id, err: errText(err) }, 'output not reattached'));
     this.watch(record, adopted, false);
     if (record.spec.kind === 'PREBUILD') return this.endInterruptedPrebuild(record);
-    this.o.log.info({ workspace: record.spec.id, hostPid: status.pid }, 'adopted running workspace');
-    if (status.state === 'STOPPING') {
-      const runtime = this.runtimes.get(record.spec.id);
-      if (runtime) runtime.killTimer = setTimeout(() => this.signal(record.spec.id, 'SIGKILL'), this.o.defaultGraceMs);
+    this.o.log.info({ workspace: id, hostPid: record.status.pid }, 'adopted running workspace');
+    if (record.status.state === 'STOPPING') {
+      const runtime = this.runtimes.get(id);
+      if (runtime) runtime.killTimer = setTimeout(() => this.signal(id, 'SIGKILL'), this.o.defaultGraceMs);
     }
   }
 
@@ -545,6 +606,18 @@ export class WorkspaceService {
   }
 }
 
+/** What runs: the request's command, or for a prebuild nothing but init, which asks for each task over
+ *  the task channel (src/prebuild/tasks.ts). */
+function workloadArgv(spec: WorkspaceSpec): string[] {
+  return spec.kind === 'PREBUILD' ? [] : spec.command;
+}
+
+/** An isolated workload waits at init's gate until its veth is attached. Everything else it needs (cgroups,
+ *  lo, its OOM score) is in place before init runs, so the others start at once. */
+function holdsAtGate(spec: WorkspaceSpec): boolean {
+  return spec.network === 'ISOLATED';
+}
+
 /** What a backup of this workspace records as its origin, and the access rule later judges. */
 function bindingOf(spec: WorkspaceSpec): BackupBinding {
   return { workspaceId: spec.id, ownerId: spec.ownerId, teamId: spec.teamId, kind: spec.kind };
@@ -567,9 +640,9 @@ function settle(
   return { exitCode, signal: signal ?? '', reason, pid: record.status.pid };
 }
 
+/** A kernel step of a start that failed is the start's failure: INTERNAL, naming the step and errno. */
 function toStartError(err: unknown): unknown {
-  if (err instanceof DomainError) return err;
-  if (err instanceof Error && err.name === 'NativeError') return new DomainError('INTERNAL', `sandbox setup failed: ${err.message}`, { cause: err });
+  if (err instanceof NativeError) return new DomainError('INTERNAL', `sandbox setup failed: ${err.message}`, { cause: err });
   return err;
 }
 

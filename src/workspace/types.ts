@@ -5,11 +5,9 @@ export type NetworkMode = 'NONE' | 'ISOLATED';
 export type State = 'CREATING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED' | 'SUCCEEDED';
 export type Reason = 'UNSPECIFIED' | 'EXITED' | 'SIGNALED' | 'OOM_KILLED' | 'STOPPED' | 'SPAWN_FAILED' | 'LOST' | 'TASK_FAILED' | 'CONTENT_FAILED';
 
-export interface Resources {
-  memoryBytes: number;   // 0 in a request: the node default; a record always holds the limit in force
-  cpuMillis: number;     // 1000 = one core; 0 as above
-  pids: number;          // 0 as above
-}
+// The limits are the cgroup's type (src/sandbox/cgroups.ts), named here for the spec.
+export type { Resources } from '../sandbox/cgroups';
+import type { Resources } from '../sandbox/cgroups';
 
 // A task is the task channel's unit (src/prebuild/tasks.ts); defined there, named here for the spec.
 export type { TaskSpec } from '../prebuild/tasks';

@@ -24,7 +24,8 @@ import {
   type WorkspaceOwnership,
 } from '../../src/api/auth';
 import { createAuditLog } from '../../src/api/audit';
-import { MtlsServerCredentials, ensureNodePki, issueCertificate, createClientCredentials } from '../../src/api/tls';
+import { ensureNodePki, issueCertificate } from '../../src/crypto/pki';
+import { MtlsServerCredentials, createClientCredentials } from '../../src/api/tls';
 import { DomainError } from '../../src/errors';
 
 const NODE = 'tetrix-node-auth-test';

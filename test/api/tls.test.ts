@@ -11,18 +11,15 @@ import pino from 'pino';
 import { HealthImplementation, service as healthService } from 'grpc-health-check';
 import {
   ADMIN_IDENTITY,
-  MtlsServerCredentials,
   createCertificateAuthority,
-  createClientCredentials,
   createRevocationList,
   ensureNodePki,
   issueCertificate,
   type CertificateAuthority,
   type IssuedCertificate,
-  type MtlsServerOptions,
   type NodePki,
-  parseOperatorIdentity,
-} from '../../src/api/tls';
+} from '../../src/crypto/pki';
+import { MtlsServerCredentials, createClientCredentials, type MtlsServerOptions, parseOperatorIdentity } from '../../src/api/tls';
 import { TokenVerifier, createAuthInterceptor } from '../../src/api/auth';
 import { createAuditLog } from '../../src/api/audit';
 

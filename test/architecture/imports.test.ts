@@ -21,7 +21,7 @@ const LAYERS: string[][] = [
   ['crypto/'],                                       // keys, the streaming AEAD, sealing, the PKI
   ['config/', 'state-dir.ts', 'node-flags.ts'],      // one validated config; the state dir's lock and claims
   ['native/'],                                       // the typed wrapper of the C addon
-  ['errors.ts', 'promises.ts', 'generated/'],        // shared by every layer: DomainError, promise helpers, proto types
+  ['errors.ts', 'promises.ts', 'layout.ts', 'generated/'], // shared by every layer: DomainError, promise helpers, the state dir's layout, proto types
 ];
 
 function moduleOf(rel: string): string {

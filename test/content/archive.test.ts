@@ -8,7 +8,8 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { measureTrees, symlinkEscapes, TreeArchiveStream, TreeExtraction } from '../../src/content/archive';
-import { applyPax, BLOCK, decodePax, decodeUstar, encodeEntry } from '../../src/content/tar-format';
+import { TAR_BLOCK } from '../../src/native';
+import { applyPax, BLOCK, decodePax, decodeUstar, encodeEntry } from '../helpers/tar-oracle';
 import { expectedSnapshot, makeTree, snapshot, tempDir, UID_BASE } from './backup-suite';
 
 async function archiveTo(file: string, dir: string, skipped: string[] = []): Promise<void> {
@@ -16,6 +17,18 @@ async function archiveTo(file: string, dir: string, skipped: string[] = []): Pro
     uidBase: UID_BASE, onSkip: (rel, why) => skipped.push(`${rel}: ${why}`),
   }), fs.createWriteStream(file));
 }
+
+t.test('an archive ends with two zero blocks of the native codec\'s block size, which the oracle shares', async (t) => {
+  t.equal(TAR_BLOCK, 512, 'POSIX tar blocks');
+  t.equal(BLOCK, TAR_BLOCK);
+  const dir = await tempDir(t, 'trailer');
+  fs.writeFileSync(path.join(dir, 'f'), 'x');
+  const file = path.join(await tempDir(t, 'trailer-out'), 'a.tar');
+  await archiveTo(file, dir);
+  const bytes = fs.readFileSync(file);
+  t.equal(bytes.length % TAR_BLOCK, 0);
+  t.ok(bytes.subarray(bytes.length - 2 * TAR_BLOCK).every((b) => b === 0), 'the end-of-archive marker');
+});
 
 t.test('GNU tar reads our archives: same names, modes, owners, link targets', async (t) => {
   const base = tempDir(t, 'archive-gnu');

@@ -12,7 +12,7 @@ import { BackupStore, BackupLog } from '../../src/content/backups';
 import { createCompressStream } from '../../src/content/compress';
 import { ObjectStorage } from '../../src/content/storage';
 import { DomainError } from '../../src/errors';
-import { encodeEntry, EntryHeader, padding } from '../../src/content/tar-format';
+import { encodeEntry, EntryHeader, padding } from '../helpers/tar-oracle';
 
 export const UID_BASE = 300000;
 /** What the suite's backups record as their origin. */

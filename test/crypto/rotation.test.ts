@@ -9,7 +9,7 @@ import { KeyRotation } from '../../src/crypto/rotation';
 import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from '../../src/crypto/secrets';
 import { WorkspaceStore } from '../../src/workspace/store';
 import { newStatus, type WorkspaceSpec } from '../../src/workspace/types';
-import { LogStore } from '../../src/prebuild/logs';
+import { LogStore } from '../../src/logs';
 import { BackupStore } from '../../src/content/backups';
 import { FsObjectStorage } from '../../src/content/storage-fs';
 

@@ -7,7 +7,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { createCertificateAuthority, issueCertificate } from '../../src/api/tls';
+import { createCertificateAuthority, issueCertificate } from '../../src/crypto/pki';
 
 export interface VaultDouble {
   /** https://127.0.0.1:PORT/v1/transit/keys/<name> */

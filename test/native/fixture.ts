@@ -5,6 +5,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Test } from 'tap';
 import { native, initBinaryPath, type ExitStatus, type SpawnOptions, type SpawnResult } from '../../src/native';
+import { capabilityNumbers, DEFAULT_CAPABILITIES } from '../../src/sandbox/capabilities';
 
 const APPLETS = [
   'sh', 'id', 'ps', 'ip', 'hostname', 'cat', 'ls', 'sleep', 'echo', 'mkdir', 'touch', 'grep', 'wc', 'head',
@@ -95,6 +96,7 @@ export function workspaceOptions(t: Test, rootfs: string, argv: string[], extra:
       statusFd: status,
       mounts: [],
       ptyLimit: 64,
+      capabilities: capabilityNumbers(DEFAULT_CAPABILITIES), // the product's set, from its one source
       ...extra,
     },
     output: () => fs.readFileSync(outPath, 'utf8'),

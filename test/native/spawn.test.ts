@@ -4,13 +4,14 @@ import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { native, NativeError } from '../../src/native';
+import { native, NativeError, type SpawnOptions } from '../../src/native';
+import { capabilityNumbers, DEFAULT_CAPABILITIES } from '../../src/sandbox/capabilities';
 import { hostDeviceActivity } from '../helpers/daemon';
 import { childPids, makeHostDir, makeRootfs, openFds, run, runScript, testIdBase, workspaceOptions } from './fixture';
 
-// Docker's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE
-// NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
-const DOCKER_DEFAULT_CAPS = '00000000a80425fb';
+// The product's set, from its one source (src/sandbox/capabilities.ts), as /proc/<pid>/status prints it.
+const DEFAULT_CAPS_HEX = capabilityNumbers(DEFAULT_CAPABILITIES).reduce((mask, n) => mask | (1n << BigInt(n)), 0n)
+  .toString(16).padStart(16, '0');
 
 t.test('init is PID 1, the workload PID 2, and ps sees only the workspace', async (t) => {
   const rootfs = makeRootfs(t);
@@ -52,17 +53,23 @@ t.test('the workload holds only fds 0, 1 and 2', async (t) => {
   t.match(output, /^0 1 2 3 \n\/dev\/null\n$/);
 });
 
-t.test('capabilities: Docker default bounding set, nothing inheritable or ambient, no_new_privs', async (t) => {
+t.test('capabilities: the default bounding set, nothing inheritable or ambient, no_new_privs', async (t) => {
   const rootfs = makeRootfs(t);
   const { output } = await runScript(t, rootfs, 'grep -E "^(Cap|NoNewPrivs)" /proc/self/status');
-  t.match(output, new RegExp(`^CapBnd:\\t${DOCKER_DEFAULT_CAPS}$`, 'm'));
-  t.match(output, new RegExp(`^CapEff:\\t${DOCKER_DEFAULT_CAPS}$`, 'm'));
+  t.match(output, new RegExp(`^CapBnd:\\t${DEFAULT_CAPS_HEX}$`, 'm'));
+  t.match(output, new RegExp(`^CapEff:\\t${DEFAULT_CAPS_HEX}$`, 'm'));
   t.match(output, /^CapInh:\t0000000000000000$/m);
   t.match(output, /^CapAmb:\t0000000000000000$/m);
   t.match(output, /^NoNewPrivs:\t1$/m);
 
   const none = await runScript(t, rootfs, 'grep -E "^CapBnd" /proc/self/status', { capabilities: [] });
   t.match(none.output, /^CapBnd:\t0000000000000000$/m, 'an empty list keeps nothing');
+});
+
+t.test('spawn has no capability set of its own: opts.capabilities is required', async (t) => {
+  const rootfs = makeRootfs(t);
+  const { capabilities: _unused, ...withoutCaps } = workspaceOptions(t, rootfs, ['true']).options;
+  t.throws(() => native.spawn(withoutCaps as unknown as SpawnOptions), { name: 'TypeError', message: /opts\.capabilities/ });
 });
 
 t.test('a minimal /dev, a read-only /sys, masked and read-only /proc paths', async (t) => {

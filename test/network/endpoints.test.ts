@@ -15,7 +15,8 @@ import WebSocket from 'ws';
 import { EndpointServer, TOKEN_COOKIE, parseEndpointHost, type EndpointTarget } from '../../src/network/endpoints';
 import { TokenVerifier, createEndpointGuard } from '../../src/api/auth';
 import { createAuditLog } from '../../src/api/audit';
-import { ensureNodePki, issueCertificate, readTlsMaterial, secureContextOptions } from '../../src/api/tls';
+import { ensureNodePki, issueCertificate } from '../../src/crypto/pki';
+import { readTlsMaterial, secureContextOptions } from '../../src/api/tls';
 
 const DOMAIN = 'ws.tetrix.test';
 const NODE = 'tetrix-node-endpoints-test';

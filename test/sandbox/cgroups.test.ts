@@ -7,13 +7,13 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { Test } from 'tap';
 import { DomainError } from '../../src/errors';
-import { detectCgroupDriver, type CgroupDriver, type ResourceLimits } from '../../src/sandbox/cgroups';
+import { detectCgroupDriver, type CgroupDriver, type Resources } from '../../src/sandbox/cgroups';
 import {
   CGROUP_ROOT, V1_CONTROLLERS, V2_ROOT, exited, isCgroup2, leftovers, procsIn, removeParent, spawnInGroup,
   uniqueParent, waitFor,
 } from './cgroup-helpers';
 
-const NO_LIMITS: ResourceLimits = { memoryBytes: 0, cpuMillis: 0, pids: 0 };
+const NO_LIMITS: Resources = { memoryBytes: 0, cpuMillis: 0, pids: 0 };
 const MIB = 1024 * 1024;
 const hybrid = !isCgroup2(CGROUP_ROOT);
 
@@ -39,7 +39,7 @@ t.test('the host mode is detected: v1 on a hybrid host, v2 on a pure cgroup2 hos
 
 t.test('obviously invalid limits and names are refused before anything exists', async (t) => {
   const { driver, parent } = driverFor(t, 'invalid');
-  const bad: Array<[Partial<ResourceLimits>, string]> = [
+  const bad: Array<[Partial<Resources>, string]> = [
     [{ memoryBytes: -1 }, 'resources.memory_bytes'],
     [{ memoryBytes: 4096 }, 'resources.memory_bytes'],
     [{ memoryBytes: 2 ** 60 }, 'resources.memory_bytes'],

@@ -10,7 +10,8 @@ import path from 'node:path';
 import t, { Test } from 'tap';
 import { BUILTIN_BUSYBOX, ImageStore } from '../../src/sandbox/images';
 import { native } from '../../src/native';
-import { mountsUnder, prepareRootfs, releaseRootfs, removeWorkspaceDir, unmountRootfs, workspaceLayout } from '../../src/sandbox/rootfs';
+import { mountsUnder, prepareRootfs, releaseRootfs, removeWorkspaceDir, unmountRootfs } from '../../src/sandbox/rootfs';
+import { workspaceLayout } from '../../src/layout';
 
 const UID_BASE = 3_000_000 + (process.pid % 1000) * 65536;
 

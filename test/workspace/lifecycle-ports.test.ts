@@ -6,7 +6,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import pino from 'pino';
 import { DomainError } from '../../src/errors';
-import type { BackupOutcome, Launched, LaunchSpec, ProcessExit, Sandbox, WorkloadSignal, WorkspaceBackups } from '../../src/workspace/ports';
+import { NativeError, type BackupOutcome, type Launched, type ProcessExit, type Sandbox, type WorkloadLaunch, type WorkloadSignal, type WorkspaceBackups } from '../../src/workspace/ports';
 import { WorkspaceService } from '../../src/workspace/service';
 import { WorkspaceStore } from '../../src/workspace/store';
 import type { WorkspaceSpec } from '../../src/workspace/types';
@@ -41,24 +41,21 @@ function fakeSandbox(opts: { failLaunch?: string; ignoresTerm?: boolean } = {}):
   return {
     launched,
     cgroups,
-    resolveImage: async () => ({ rootfs: '/nonexistent', digest: 'sha256:00' }),
+    resolveImage: async (image) => ({ reference: image, digest: 'sha256:00' }),
     checkSeccompProfile: (p) => {
       if (p !== '') throw new DomainError('INVALID_ARGUMENT', `seccomp_profile: unknown profile "${p}"`);
     },
     allocateIds: () => 100000,
     releaseIds: () => undefined,
-    prepareRootfs: async (wsDir) => {
-      fs.mkdirSync(wsDir, { recursive: true });
-      return { rootfs: path.join(wsDir, 'rootfs'), contentDir: path.join(wsDir, 'content') };
-    },
+    prepareRootfs: async () => undefined,
     unmountRootfs: async () => undefined,
-    removeWorkspaceDir: async (wsDir) => fs.rmSync(wsDir, { recursive: true, force: true }),
+    removeWorkspaceDir: async () => undefined,
     createCgroup: async (id) => void cgroups.add(id),
     destroyCgroup: async (id) => void cgroups.delete(id),
     oomKillCount: () => 0,
     sweep: async () => undefined,
-    launch: async (spec: LaunchSpec) => {
-      if (opts.failLaunch) throw Object.assign(new Error(opts.failLaunch), { name: 'NativeError' });
+    launch: async (spec: WorkloadLaunch) => {
+      if (opts.failLaunch) throw new NativeError(opts.failLaunch, 22, 'EINVAL');
       const p = new FakeProcess(1000 + launched.length, opts.ignoresTerm);
       launched.push(p);
       void spec;
@@ -127,7 +124,7 @@ t.test('stop sends SIGTERM, then SIGKILL after the grace; the workspace ends STO
 });
 
 t.test('a failed launch ends FAILED with the reason, and holds nothing', async (t) => {
-  const sandbox = fakeSandbox({ failLaunch: 'pivot_root: EINVAL' });
+  const sandbox = fakeSandbox({ failLaunch: 'pivot_root' });
   const svc = service(t, sandbox);
   await t.rejects(svc.start(spec('c')), { code: 'INTERNAL', message: /sandbox setup failed: pivot_root: EINVAL/ });
   const rec = svc.get('c');

@@ -1,4 +1,4 @@
-// Draining an output pipe (src/workspace/output-drain.ts): however many writes the workload makes, the daemon
+// Draining an output pipe (src/workspace/adapters/output-drain.ts): however many writes the workload makes, the daemon
 // reads at most once per COALESCE_MS per stream and seals one record per read; what a workspace may log per
 // second follows its CPU share, and past it the reads are spaced out (the full pipe then holds the writer).
 import t, { type Test } from 'tap';
@@ -7,9 +7,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { KeyRing } from '../../src/crypto/keys';
-import { LogStore, type LogChunkRecord } from '../../src/prebuild/logs';
+import { LogStore, type LogChunkRecord } from '../../src/logs';
 import { native } from '../../src/native';
-import { BYTES_PER_CPU_SECOND, COALESCE_MS, drainPipe, OUTPUT_PIPE_BYTES, OutputPacer } from '../../src/workspace/output-drain';
+import { BYTES_PER_CPU_SECOND, COALESCE_MS, drainPipe, OUTPUT_PIPE_BYTES, OutputPacer } from '../../src/workspace/adapters/output-drain';
 
 /** Rounded up to whole ms, so within 1 ms of the exact value. */
 const near = (t: Test, actual: number, expected: number, what: string): void => {

@@ -1,22 +1,28 @@
 // The sandbox as the workspace lifecycle sees it: images, uid ranges, rootfs, cgroups, seccomp and
 // capabilities behind one object (the Sandbox port of src/workspace/ports.ts), built from src/sandbox.
+// The lifecycle names a workspace by its id and an image by its reference: the image's directory, the
+// workspace's paths (src/layout.ts), init, the seccomp filter and the cgroup placement stay in here.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/config';
-import type { Sandbox } from '../ports';
+import type { ImageRef, Sandbox, WorkloadLaunch } from '../ports';
 import type { Resources } from '../types';
+import { stateLayout, workspaceDir, workspaceLayout } from '../../layout';
 import { capabilityNumbers, DEFAULT_CAPABILITIES } from '../../sandbox/capabilities';
 import { boundedLimits, detectCgroupDriver, type CgroupDriver, type CgroupPlacement } from '../../sandbox/cgroups';
 import { IdRangeAllocator } from '../../sandbox/idmap';
-import { ImageStore } from '../../sandbox/images';
-import { Launcher, readInitExitRecord } from '../../sandbox/launch';
+import { ImageStore, type ResolvedImage } from '../../sandbox/images';
+import { Launcher, readInitExitRecord, type Launched, type LaunchSpec } from '../../sandbox/launch';
 import { initBinaryPath, native } from '../../native';
-import { prepareRootfs, releaseRootfs, unmountRootfs, type ImageOwnership } from '../../sandbox/rootfs';
+import { prepareRootfs, releaseRootfs, unmountRootfs, writeRootfsFiles, type ImageOwnership } from '../../sandbox/rootfs';
 import { SeccompProfiles } from '../../sandbox/seccomp';
 
 export interface NodeSandbox extends Sandbox {
   readonly cgroupMode: string;
+  /** A helper process in the workspace's cgroup and id range, with its own root and mounts (the source
+   *  fetch, src/source/git-sandbox.ts); not part of the lifecycle's port. */
+  launchHelper(spec: LaunchSpec): Promise<Launched>;
 }
 
 /**
@@ -24,9 +30,8 @@ export interface NodeSandbox extends Sandbox {
  * and a rebuild or upgrade of the package never pulls it from under a start.
  */
 function installInit(stateDir: string): string {
-  const dir = path.join(stateDir, 'bin');
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const target = path.join(dir, 'tetrix-init');
+  const target = stateLayout(stateDir).initBinary;
+  fs.mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 });
   const tmp = `${target}.tmp-${process.pid}`;
   fs.copyFileSync(initBinaryPath, tmp);
   fs.chmodSync(tmp, 0o555);
@@ -44,8 +49,8 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
   const capabilities = capabilityNumbers(DEFAULT_CAPABILITIES);
   const initPath = installInit(config.stateDir);
   // The built-in image never changes while we run: resolve (and digest) it once.
-  const builtin = new Map<string, ReturnType<ImageStore['resolve']>>();
-  const resolveImage = (image: string): ReturnType<ImageStore['resolve']> => {
+  const builtin = new Map<string, Promise<ResolvedImage>>();
+  const resolve = (image: string): Promise<ResolvedImage> => {
     if (!image.startsWith('builtin:')) return images.resolve(image);
     let p = builtin.get(image);
     if (!p) {
@@ -54,6 +59,25 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
       p.catch(() => builtin.delete(image));
     }
     return p;
+  };
+  // Where each resolved image's tree is: the lifecycle holds the ImageRef, never the path.
+  const imageDirs = new WeakMap<ImageRef, string>();
+  const resolveImage = async (image: string): Promise<ImageRef> => {
+    const resolved = await resolve(image);
+    const ref: ImageRef = { reference: image, digest: resolved.digest };
+    imageDirs.set(ref, resolved.rootfs);
+    return ref;
+  };
+  const imageDirOf = (image: ImageRef): string => {
+    const dir = imageDirs.get(image);
+    if (dir === undefined) throw new Error(`image ${image.reference}: not resolved by this sandbox`);
+    return dir;
+  };
+  const dirOf = (workspaceId: string): string => workspaceDir(config.stateDir, workspaceId);
+  // The workload as spawn takes it: the workspace's rootfs, exit-status file and /workspace.
+  const launchSpecOf = (w: WorkloadLaunch): LaunchSpec => {
+    const layout = workspaceLayout(dirOf(w.workspaceId));
+    return { ...w, wsDir: layout.wsDir, rootfs: layout.rootfs, mounts: [{ source: layout.content, target: '/workspace', readonly: false }] };
   };
   // Where each workspace created here goes; a workspace adopted after a restart is never launched again.
   const placements = new Map<string, CgroupPlacement>();
@@ -81,13 +105,13 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     checkSeccompProfile: (profile) => void profiles.filterFor(profile),
     allocateIds: (workspaceId) => ids.allocate({ stateDir: config.stateDir, workspaceId }).base,
     releaseIds: (base) => ids.release(base),
-    prepareRootfs: async (wsDir, lowerDir, uidBase, beforeMount) => {
-      const prepared = await prepareRootfs({ wsDir, lowerDir, uidBase, ...(beforeMount ? { beforeMount } : {}) });
+    prepareRootfs: async (workspaceId, image, uidBase, { files, beforeMount }) => {
+      const prepared = await prepareRootfs({ wsDir: dirOf(workspaceId), lowerDir: imageDirOf(image), uidBase, ...(beforeMount ? { beforeMount } : {}) });
       logOwnershipOnce(prepared.ownership);
-      return prepared;
+      if (files) writeRootfsFiles(prepared.rootfs, files);
     },
-    unmountRootfs: (wsDir) => unmountRootfs(wsDir),
-    removeWorkspaceDir: (wsDir) => releaseRootfs(wsDir),
+    unmountRootfs: (workspaceId) => unmountRootfs(dirOf(workspaceId)),
+    removeWorkspaceDir: (workspaceId) => releaseRootfs(dirOf(workspaceId)),
     createCgroup: async (workspaceId, resources: Resources) => {
       placements.set(workspaceId, (await cgroups.create(workspaceId, boundedLimits(resources))).placement());
     },
@@ -95,25 +119,26 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
       placements.delete(workspaceId);
       if (cgroups.list().includes(workspaceId)) await cgroups.open(workspaceId).destroy();
     },
-    launch: (spec) => launcher.launch(spec),
+    launch: (workload) => launcher.launch(launchSpecOf(workload)),
+    launchHelper: (spec) => launcher.launch(spec),
     adopt: (pid, startTime) => launcher.adopt(pid, startTime),
-    initExitRecord: (wsDir) => readInitExitRecord(wsDir),
+    initExitRecord: (workspaceId) => readInitExitRecord(dirOf(workspaceId)),
     oomKillCount: (workspaceId) => (cgroups.list().includes(workspaceId) ? cgroups.open(workspaceId).oomKillCount() : 0),
-    sweep: async (liveIds, stateDir) => {
+    sweep: async (liveIds) => {
       for (const name of cgroups.list()) {
         if (liveIds.has(name)) continue;
         log.warn({ cgroup: name }, 'removing a cgroup no workspace accounts for');
         await cgroups.open(name).destroy();
         cleaned('cgroup');
       }
-      const wsRoot = path.join(stateDir, 'workspaces');
+      const wsRoot = stateLayout(config.stateDir).workspaces;
       for (const id of fs.existsSync(wsRoot) ? fs.readdirSync(wsRoot) : []) {
         if (liveIds.has(id)) continue;
         log.warn({ workspace: id }, 'removing a workspace directory no record accounts for');
-        await releaseRootfs(path.join(wsRoot, id));
+        await releaseRootfs(dirOf(id));
         cleaned('workspace_dir');
       }
-      for (const claim of ids.claimedBy(stateDir)) {
+      for (const claim of ids.claimedBy(config.stateDir)) {
         if (liveIds.has(claim.workspaceId)) continue;
         ids.release(claim.base);
         cleaned('id_range');

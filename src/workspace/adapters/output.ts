@@ -1,5 +1,5 @@
 // A workspace's stdout and stderr: anonymous pipes (native/output.c), drained by the daemon into the
-// sealed log store (src/prebuild/logs.ts) at a cost that follows the workspace's CPU share (./output-drain.ts).
+// sealed log store (src/logs/) at a cost that follows the workspace's CPU share (./output-drain.ts).
 //
 // Why init holds a second read end of each: a pipe whose last reader goes away raises SIGPIPE in the
 // writer. The workspace's init (PID 1, not dumpable) keeps one and never reads it, so a daemon restart,
@@ -10,13 +10,13 @@
 // A prebuild's tasks reach the log through pipes init gets over the task channel (src/prebuild/tasks.ts):
 // the daemon holds their read ends and drains them with the same pacer.
 import type { Logger } from 'pino';
-import { DomainError } from '../errors';
-import type { LogChunkRecord, LogStore, LogWriter } from '../prebuild/logs';
-import { serveTasks, type TaskEvent } from '../prebuild/tasks';
-import type { NativeAddon } from '../native';
+import { DomainError } from '../../errors';
+import type { LogChunkRecord, LogStore, LogWriter } from '../../logs';
+import { serveTasks, type TaskEvent } from '../../prebuild/tasks';
+import type { NativeAddon } from '../../native';
 import { drainPipe, OUTPUT_PIPE_BYTES, OutputPacer } from './output-drain';
-import type { OpenedOutput, WorkspaceLogs } from './ports';
-import type { WorkspaceSpec } from './types';
+import type { OpenedOutput, WorkspaceLogs } from '../ports';
+import type { WorkspaceSpec } from '../types';
 
 const STREAMS = ['stdout', 'stderr'] as const;
 const MAX_SEGMENTS = 1000;

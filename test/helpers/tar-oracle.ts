@@ -1,6 +1,7 @@
-// The pax/ustar subset Tetrix writes and reads (POSIX.1-2001 pax, see docs/backup-format.md).
-// Header encoding and decoding only; no file system access here.
-import { DomainError } from '../errors';
+// A test oracle: an independent TypeScript encoder and decoder of the pax/ustar subset Tetrix writes and
+// reads (POSIX.1-2001 pax, docs/backup-format.md). The product's one tar codec is native/archive.c and
+// native/extract.c; tests use this to build archives the native side must read, and to read what it wrote.
+import { DomainError } from '../../src/errors';
 
 export const BLOCK = 512;
 

@@ -12,7 +12,7 @@
 import { closeSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
-import type { LogStream, LogWriter } from '../prebuild/logs';
+import type { LogStream, LogWriter } from '../../logs';
 
 /** Capacity of each output pipe, and the size of one read. */
 export const OUTPUT_PIPE_BYTES = 256 * 1024;

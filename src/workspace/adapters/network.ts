@@ -1,38 +1,12 @@
-// The lifecycle's view of the node network (src/network): an address and resolver files before the
-// workspace starts, its veth and rules before the workload runs, and nothing left after it stops.
+// The lifecycle's view of the node network (src/network): an address and resolver files (the sandbox
+// writes them into the rootfs) before the workspace starts, its veth and rules before the workload
+// runs, and nothing left after it stops.
 import fs from 'node:fs';
-import path from 'node:path';
-import { listOf, type Config } from '../config/config';
-import { DomainError } from '../errors';
-import { NodeNetwork } from '../network';
-import type { WorkspaceNetwork } from './ports';
-import type { WorkspaceSpec } from './types';
-
-/**
- * Writes a file into a rootfs that has not started yet. The image is untrusted: /etc must be a real
- * directory and the file is created fresh with O_NOFOLLOW, so a symlink planted in the image can
- * never redirect the write to a host path.
- */
-function writeIntoRootfs(rootfs: string, relative: string, content: string): void {
-  const target = path.join(rootfs, relative);
-  const dir = path.dirname(target);
-  const st = fs.lstatSync(dir, { throwIfNoEntry: false });
-  if (!st) fs.mkdirSync(dir, { mode: 0o755 });
-  else if (!st.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `image: /${path.relative(rootfs, dir)} is not a directory`);
-  const existing = fs.lstatSync(target, { throwIfNoEntry: false });
-  if (existing?.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `image: /${relative} is a directory`);
-  if (existing) fs.unlinkSync(target);
-  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
-  const fd = fs.openSync(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
-  try {
-    fs.writeSync(fd, content);
-    // Owned like the rootfs's root (the workspace's root), so the workspace may edit its own copy.
-    const owner = fs.statSync(rootfs);
-    fs.fchownSync(fd, owner.uid, owner.gid);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
+import { listOf, type Config } from '../../config/config';
+import { DomainError } from '../../errors';
+import { NodeNetwork } from '../../network';
+import type { RootfsFiles, WorkspaceNetwork } from '../ports';
+import type { WorkspaceSpec } from '../types';
 
 /** NONE gets loopback only; ISOLATED gets the node network. `net` is undefined when the node has none. */
 export function workspaceNetwork(net: NodeNetwork | undefined): WorkspaceNetwork {
@@ -41,14 +15,10 @@ export function workspaceNetwork(net: NodeNetwork | undefined): WorkspaceNetwork
     return net;
   };
   return {
-    async prepare(spec, rootfs) {
-      if (spec.network !== 'ISOLATED') {
-        writeIntoRootfs(rootfs, 'etc/hosts', `127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t${spec.id}\n`);
-        return;
-      }
+    async prepare(spec): Promise<RootfsFiles> {
+      if (spec.network !== 'ISOLATED') return { 'etc/hosts': `127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t${spec.id}\n` };
       const address = await needNetwork(spec).prepare(spec.id, spec.id, spec.ports);
-      writeIntoRootfs(rootfs, 'etc/resolv.conf', address.resolvConf);
-      writeIntoRootfs(rootfs, 'etc/hosts', address.hosts);
+      return { 'etc/resolv.conf': address.resolvConf, 'etc/hosts': address.hosts };
     },
     async attach(spec, pid) {
       if (spec.network !== 'ISOLATED') return ''; // lo is up already: spawn brings it up

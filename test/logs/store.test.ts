@@ -6,8 +6,8 @@ import path from 'node:path';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { KeyRing } from '../../src/crypto/keys';
-import { CUT_SHORT_MARKER, LogChunkRecord, LogStore, LogStoreOptions } from '../../src/prebuild/logs';
-import { tempDir } from './fixtures';
+import { CUT_SHORT_MARKER, LogChunkRecord, LogStore, LogStoreOptions } from '../../src/logs';
+import { tempDir } from '../prebuild/fixtures';
 
 const MiB = 1024 * 1024;
 

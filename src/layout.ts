@@ -1,0 +1,64 @@
+// Where the daemon keeps a workspace on the host, written once. Every layer (main, the lifecycle, the
+// sandbox and the adapters) asks here rather than joining the names itself:
+//
+// <stateDir>/
+//   workspaces/<id>/   one directory per workspace:
+//     lower/           the image, bind-mounted read-only with its ids shifted into the workspace's range
+//     upper/           the overlay's writable layer (what the workspace changes outside /workspace)
+//     work/            overlayfs scratch
+//     rootfs/          the overlay mount the workspace pivots into
+//     content/         the /workspace tree, bind-mounted by spawn; the part that is backed up
+//     exit-status      what init recorded of the workload's end (native/init.c)
+//     source/          the git fetch's tool root and its output while it runs (src/source/git-sandbox.ts)
+//   logs/              the sealed log store
+//   bin/tetrix-init    the daemon's private copy of init
+//   spec.key           the HMAC key of spec digests
+// A new per-workspace directory goes in WorkspaceLayout, and nowhere else.
+import path from 'node:path';
+
+export interface WorkspaceLayout {
+  wsDir: string;
+  lower: string;
+  upper: string;
+  work: string;
+  rootfs: string;
+  content: string;
+  exitStatus: string;
+  source: string;
+}
+
+export interface StateLayout {
+  workspaces: string;
+  logs: string;
+  initBinary: string;
+  specKey: string;
+}
+
+export function stateLayout(stateDir: string): StateLayout {
+  const dir = path.resolve(stateDir);
+  return {
+    workspaces: path.join(dir, 'workspaces'),
+    logs: path.join(dir, 'logs'),
+    initBinary: path.join(dir, 'bin', 'tetrix-init'),
+    specKey: path.join(dir, 'spec.key'),
+  };
+}
+
+/** <stateDir>/workspaces/<id> */
+export function workspaceDir(stateDir: string, workspaceId: string): string {
+  return path.join(stateLayout(stateDir).workspaces, workspaceId);
+}
+
+export function workspaceLayout(wsDir: string): WorkspaceLayout {
+  const dir = path.resolve(wsDir);
+  return {
+    wsDir: dir,
+    lower: path.join(dir, 'lower'),
+    upper: path.join(dir, 'upper'),
+    work: path.join(dir, 'work'),
+    rootfs: path.join(dir, 'rootfs'),
+    content: path.join(dir, 'content'),
+    exitStatus: path.join(dir, 'exit-status'),
+    source: path.join(dir, 'source'),
+  };
+}
