@@ -58,7 +58,7 @@ export class GitCheckout {
     const g = job.git;
     const progress: SourceProgress = { phase: 'fetching', objectsReceived: 0, objectsTotal: 0, attempts: 0 };
     const report = (): void => job.onProgress({ ...progress });
-    const env = gitEnvironment(g, this.o.hasCaFile);
+    const env = gitEnvironment(g, this.o.hasCaFile, job.update);
     const prepare = job.update
       ? 'git remote set-url origin "$1" 2>/dev/null || git remote add origin "$1"'
       : 'git init -q --template= . && git remote add origin "$1"';
@@ -72,7 +72,7 @@ export class GitCheckout {
     for (let attempt = 1; ; attempt++) {
       progress.attempts = attempt;
       report();
-      const r = await this.run(job, fetchArgs, env, true, (text) => {
+      const r = await this.run(job, 'fetch', fetchArgs, env, true, (text) => {
         const p = parseProgress(text);
         if (p) Object.assign(progress, p);
         report();
@@ -113,7 +113,7 @@ export class GitCheckout {
 
   /** One step that must succeed (no retry). */
   private async step(job: PopulateJob, step: SourceStep, argv: string[], env: Record<string, string>, network: boolean): Promise<GitResult> {
-    const r = await this.run(job, argv, env, network);
+    const r = await this.run(job, step, argv, env, network);
     if (r.exitCode !== 0) {
       const failure = classify(r, job.git.token);
       throw new SourceError(failure.code, step, failure.message);
@@ -121,10 +121,10 @@ export class GitCheckout {
     return r;
   }
 
-  private run(job: PopulateJob, argv: string[], env: Record<string, string>, network: boolean, onStderr?: (text: string) => void): Promise<GitResult> {
+  private run(job: PopulateJob, step: SourceStep, argv: string[], env: Record<string, string>, network: boolean, onStderr?: (text: string) => void): Promise<GitResult> {
     const forwards = network && job.git.url.startsWith('git:') ? [{ localPort: GIT_FORWARD_PORT, ...remoteEndpoint(job.git.url) }] : [];
     return this.sandbox.run({
-      workspaceId: job.workspaceId, wsDir: this.o.workspaceDir(job.workspaceId), uidBase: job.uidBase, argv, env,
+      workspaceId: job.workspaceId, step, wsDir: this.o.workspaceDir(job.workspaceId), uidBase: job.uidBase, argv, env,
       ...(network ? { network: { forwards } } : {}),
       ...(onStderr ? { onStderr } : {}),
       timeoutMs: this.o.stepTimeoutMs ?? DEFAULT_STEP_TIMEOUT_MS,
@@ -136,7 +136,7 @@ export class GitCheckout {
  * git's environment in the sandbox. Settings go through GIT_CONFIG_COUNT/KEY/VALUE (git-config(1),
  * "ENVIRONMENT"): they reach every git process the command starts (submodules too) and no file holds them.
  */
-export function gitEnvironment(g: GitSourceSpec, hasCaFile: boolean): Record<string, string> {
+export function gitEnvironment(g: GitSourceSpec, hasCaFile: boolean, restored = false): Record<string, string> {
   const config: Array<[string, string]> = [
     ['core.hooksPath', '/dev/null'],          // no hook runs, whatever a template or snapshot put in .git/hooks
     ['core.fsmonitor', 'false'],              // CVE-2022-24765 class: a config-named program run by status/checkout
@@ -153,6 +153,9 @@ export function gitEnvironment(g: GitSourceSpec, hasCaFile: boolean): Record<str
     ['advice.detachedHead', 'false'],
   ];
   if (hasCaFile) config.push(['http.sslCAInfo', CA_IN_SANDBOX]);
+  // A restored snapshot's files have new inodes and ctimes: with the full stat check, checkout would
+  // read and hash every file again to learn that none changed (git-config(1), core.checkStat).
+  if (restored) config.push(['core.checkStat', 'minimal'], ['core.trustctime', 'false']);
   const u = new URL(g.url);
   if (u.protocol === 'git:') {
     // git:// knows no proxy: the remote's host is rewritten to the daemon's forwarder on the sandbox loopback.

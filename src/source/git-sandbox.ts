@@ -24,6 +24,7 @@ export interface SourceSandboxDeps {
 
 export interface GitRun {
   workspaceId: string;
+  step: string;               // for the log: prepare, fetch, checkout, submodules
   wsDir: string;
   uidBase: number;
   argv: string[];
@@ -72,6 +73,7 @@ export class GitSandbox {
     let progress: NodeJS.Timeout | undefined;
     let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
+    const began = performance.now();
     try {
       const mounts = [
         ...HOST_READONLY.map((p) => ({ source: p, target: p, readonly: true })),
@@ -95,6 +97,7 @@ export class GitSandbox {
         running.signal('SIGKILL');
       }, job.timeoutMs);
       const exit = await launched.exited;
+      this.d.log.info({ workspace: job.workspaceId, step: job.step, ms: Math.round(performance.now() - began), exitCode: exit.exitCode, bytesIn: proxy.counters.bytesIn }, 'source step done');
       return {
         exitCode: exit.exitCode ?? -1,
         signal: exit.signal ?? '',

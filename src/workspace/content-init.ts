@@ -77,4 +77,5 @@ export class ContentInit {
   }
 }
 
-export const isContentFailure = (err: unknown): boolean => err instanceof SourceError || (err instanceof DomainError && err.message.startsWith('content'));
+/** A start that failed in content initialization (reason CONTENT_FAILED rather than SPAWN_FAILED). */
+export const isContentFailure = (err: unknown): boolean => err instanceof SourceError;
