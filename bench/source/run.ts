@@ -88,7 +88,7 @@ async function main(): Promise<void> {
 
     const port = await freePortIn('');
     const allowed = `127.0.0.1:${port}`;
-    daemon = await launchDaemon({ prefix: 'tetrix-bench-source', extraArgs: ['--source-allowed-destinations', allowed, '--network', 'off'] });
+    daemon = await launchDaemon({ prefix: 'tetrix-bench-source', logLevel: 'info', extraArgs: ['--source-allowed-destinations', allowed, '--network', 'off'] });
     const ns = daemon.netns;
     // A checkout of this size takes longer than the launcher's 60 s deadline on a busy machine.
     const clients = connect({ socketPath: daemon.socketPath });
@@ -156,6 +156,12 @@ async function main(): Promise<void> {
     console.log(`clone ratio tetrix/git: ${(best.tetrix / best.plain).toFixed(2)} (target <= 1.1)`);
     console.log(`prebuild start ratio: ${(best.prebuild / best.tetrix).toFixed(2)} (target <= 0.3)`);
     clients.close();
+    // Where the time of each start went: the fetch sandbox logs every git step with its duration.
+    for (const line of fs.readFileSync(daemon.logFile, 'utf8').split('\n')) {
+      if (!line.includes('source step done')) continue;
+      const e = JSON.parse(line) as { workspace: string; step: string; ms: number; bytesIn: number };
+      console.log(`  ${e.workspace}: ${e.step} ${seconds(e.ms)} s, ${(e.bytesIn / 1e6).toFixed(1)} MB in`);
+    }
   } finally {
     if (server?.pid) {
       try {
