@@ -8,7 +8,7 @@ import { FsObjectStorage } from '../content/storage-fs';
 import { DomainError } from '../errors';
 import { packageRoot } from '../config/config';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
-import { contentLines, provenanceSummary } from './source';
+import { contentLines, contentRequest, provenanceSummary } from './source';
 import { adminCredentials, CliError, connect, unaryCall, type Clients } from './client';
 import { COMMANDS, cpuMillis, duration, integer, keyValues, oneOf, parseCommandLine, size, usage, UsageError, type Invocation } from './args';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
@@ -46,6 +46,7 @@ function startRequest(inv: Invocation): StartWorkspaceRequest {
     restoreFrom: str(inv, 'restore-from') ?? '',
     seccompProfile: str(inv, 'seccomp-profile') ?? '',
     ports: list(inv, 'port').map((p) => integer('--port', p, 1, 65535)),
+    content: contentRequest((name) => inv.values[name] as string | boolean | undefined),
   };
 }
 

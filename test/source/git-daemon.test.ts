@@ -92,10 +92,15 @@ t.test('git checkouts through the real daemon', async (t) => {
     await d.teardown(id2);
   });
 
-  await t.test('a commit that is not a branch tip', async (t) => {
+  await t.test('a commit that is not a branch tip, started with tetrixctl', async (t) => {
     const id = uniqueName('src-commit');
-    const w = await d.start(request(id, { url: server.url('app.git'), commit: repo.commits[0] }));
+    const ctl = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, '--output', 'json', 'start', id, '--git', server.url('app.git'), '--commit', repo.commits[0]!, '--', '/bin/sh', '-c', 'exec sleep 600'], { encoding: 'utf8' });
+    t.equal(ctl.status, 0, ctl.stderr);
+    const w = await d.get(id);
     t.equal(w.source?.commit, repo.commits[0]);
+    const usage = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, 'start', 'x', '--ref', 'main', '--', 'true'], { encoding: 'utf8' });
+    t.equal(usage.status, 2, 'a git flag without --git is a usage error');
+    t.match(usage.stderr, /--ref needs --git URL/);
     t.equal(fs.readFileSync(path.join(content(id), 'README'), 'utf8'), 'one\n');
     await d.teardown(id);
   });
