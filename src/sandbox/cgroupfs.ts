@@ -141,6 +141,27 @@ export async function makeGroupDir(dir: string): Promise<boolean> {
   }
 }
 
+/** Makes a workspace's group directory, then its limits; a group whose limits fail is removed again. */
+export async function createGroup<G extends { destroy(): Promise<void> }>(
+  dir: string, at: { name: string; parent: string }, group: G, applyLimits: (group: G) => Promise<void>,
+): Promise<G> {
+  if (!(await makeGroupDir(dir))) {
+    throw new DomainError('ALREADY_EXISTS', `cgroup: "${at.name}" already exists under ${at.parent}`);
+  }
+  try {
+    await applyLimits(group);
+  } catch (err) {
+    await group.destroy().catch(() => undefined);
+    throw err;
+  }
+  return group;
+}
+
+/** NOT_FOUND, naming the group, unless its directory exists. */
+export function requireGroup(dir: string, at: { name: string; parent: string }): void {
+  if (!fs.existsSync(dir)) throw new DomainError('NOT_FOUND', `cgroup: "${at.name}" does not exist under ${at.parent}`);
+}
+
 export function subgroupNames(dir: string): string[] {
   try {
     return fs.readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name).sort();

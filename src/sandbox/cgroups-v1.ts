@@ -6,7 +6,7 @@ import path from 'node:path';
 import { DomainError } from '../errors';
 import type { CgroupDriver, CgroupPlacement, Resources, WorkspaceCgroup } from './cgroups';
 import {
-  CFS_PERIOD_US, cfsQuotaUs, checkGroupName, checkLimits, controlExists, killPid, listPids, makeGroupDir,
+  CFS_PERIOD_US, cfsQuotaUs, checkGroupName, checkLimits, controlExists, createGroup, killPid, listPids, makeGroupDir, requireGroup,
   pollUntil, readControl, readKeyedValue, removeGroupDir, subgroupNames, writeControl,
 } from './cgroupfs';
 
@@ -52,24 +52,13 @@ export class CgroupV1Driver implements CgroupDriver {
     checkLimits(limits);
     await this.ensureParent();
     const group = this.group(name);
-    if (!(await makeGroupDir(group.dirOf('memory')))) {
-      throw new DomainError('ALREADY_EXISTS', `cgroup: "${name}" already exists under ${this.parent}`);
-    }
-    try {
-      await group.setUp(limits);
-    } catch (err) {
-      await group.destroy().catch(() => undefined);
-      throw err;
-    }
-    return group;
+    return createGroup(group.dirOf('memory'), { name, parent: this.parent }, group, (g) => g.setUp(limits));
   }
 
   open(name: string): WorkspaceCgroup {
     checkGroupName(name, 'cgroup name');
     const group = this.group(name);
-    if (!fs.existsSync(group.dirOf('memory'))) {
-      throw new DomainError('NOT_FOUND', `cgroup: "${name}" does not exist under ${this.parent}`);
-    }
+    requireGroup(group.dirOf('memory'), { name, parent: this.parent });
     return group;
   }
 

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { DomainError } from '../errors';
 import type { CgroupDriver, CgroupPlacement, Resources, WorkspaceCgroup } from './cgroups';
 import {
-  CFS_PERIOD_US, cfsQuotaUs, checkGroupName, checkLimits, controlExists, errnoOf, killPid, listPids,
+  CFS_PERIOD_US, cfsQuotaUs, checkGroupName, checkLimits, controlExists, createGroup, errnoOf, killPid, listPids, requireGroup,
   makeGroupDir, pollUntil, readControl, readKeyedValue, removeGroupDir, subgroupNames, writeControl,
 } from './cgroupfs';
 
@@ -30,22 +30,13 @@ export class CgroupV2Driver implements CgroupDriver {
     await this.ensureParent();
     this.requireControllers(limits);
     const group = new V2Group(name, path.join(this.parentDir, name));
-    if (!(await makeGroupDir(group.dir))) {
-      throw new DomainError('ALREADY_EXISTS', `cgroup: "${name}" already exists under ${this.parent}`);
-    }
-    try {
-      await group.writeLimits(limits);
-    } catch (err) {
-      await group.destroy().catch(() => undefined);
-      throw err;
-    }
-    return group;
+    return createGroup(group.dir, { name, parent: this.parent }, group, (g) => g.writeLimits(limits));
   }
 
   open(name: string): WorkspaceCgroup {
     checkGroupName(name, 'cgroup name');
     const dir = path.join(this.parentDir, name);
-    if (!fs.existsSync(dir)) throw new DomainError('NOT_FOUND', `cgroup: "${name}" does not exist under ${this.parent}`);
+    requireGroup(dir, { name, parent: this.parent });
     return new V2Group(name, dir);
   }
 
