@@ -89,7 +89,7 @@ async function run(config: Config): Promise<void> {
     logs: output,
     backups,
     provenance: provenancePublisher(storage, signingKey, { nodeId: config.nodeId, version }),
-    source: createSource(config, log, { launch: (spec) => sandbox.launchHelper(spec), listenInNetns: (pid, port) => native.listenInNetns(pid, port) }),
+    source: createSource(config, log, { launch: (spec) => sandbox.launchHelper(spec), listenInNetns: (pid, port) => native.listenInNetns(pid, port), outputPipe: (capacity) => native.outputPipe(capacity) }),
   });
   output.onTaskEvent = (id, event) => workspaces.onTaskEvent(id, event);
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));

@@ -210,7 +210,7 @@ interface Failure {
 
 const NOT_FOUND = /couldn't find remote ref|not our ref|unknown revision|remote branch .* not found|does not appear to be a git repository|repository '.*' not found|HTTP 404|not a valid object name|did not match any|reference is not a tree/i;
 const DENIED = /Authentication failed|HTTP 40[13]|could not read Username|could not read Password|terminal prompts disabled|access denied/i;
-const FULL = /No space left on device|Disk quota exceeded|File too large/i;
+const FULL = /No space left on device|Out of diskspace|Disk quota exceeded|File too large/i;
 const TRANSIENT = /Connection refused|Connection reset|Could not resolve|early EOF|unexpected disconnect|hung up unexpectedly|timed out|RPC failed|HTTP 50[0234]|SSL_read|SSL_ERROR|Failed to connect|Empty reply|Recv failure|Send failure|unable to access|invalid index-pack output|protocol error: bad pack header|Can't connect to SOCKS|Connection closed/i;
 
 /** What went wrong, from git's stderr and the proxy's counts; the message carries no token. */

@@ -5,6 +5,7 @@
 // namespace whose loopback holds only the daemon's fetch proxy. What a hostile repository makes git run
 // runs there, and can write nothing but /workspace. docs/source.md says why each part is there.
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { LaunchSpec, Launched } from '../sandbox/launch';
@@ -16,6 +17,8 @@ export interface SourceSandboxDeps {
   launch(spec: LaunchSpec): Promise<Launched>;
   /** native/netns-listen.c */
   listenInNetns(pid: number, port: number): number;
+  /** native/output.c: git's stdout and stderr go to pipes, never to a file on the workspace's (maybe full) disk. */
+  outputPipe(capacity: number): { readFd: number; writeFd: number; keepFd: number };
   policy: EgressPolicy;
   log: Logger;
   /** Host path of an extra CA bundle for HTTPS remotes ('' = none), bound read-only at CA_IN_SANDBOX. */
@@ -64,10 +67,8 @@ export class GitSandbox {
     const layout = workspaceLayout(job.wsDir);
     const dir = layout.source;
     const root = this.toolRoot(dir);
-    const outPath = path.join(dir, 'stdout');
-    const errPath = path.join(dir, 'stderr');
-    const outFd = fs.openSync(outPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-    const errFd = fs.openSync(errPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    const stdout = this.collect();
+    const stderr = this.collect();
     const proxy = new FetchProxy(this.d.policy, this.d.log, job.workspaceId);
     let launched: Launched | undefined;
     let progress: NodeJS.Timeout | undefined;
@@ -82,27 +83,30 @@ export class GitSandbox {
       ];
       launched = await this.d.launch({
         workspaceId: job.workspaceId, wsDir: dir, rootfs: root, argv: job.argv, env: job.env, cwd: '/workspace',
-        uidBase: job.uidBase, seccompProfile: '', mounts, output: { stdoutFd: outFd, stderrFd: errFd },
+        uidBase: job.uidBase, seccompProfile: '', mounts, output: { stdoutFd: stdout.writeFd, stderrFd: stderr.writeFd },
         holdAtGate: true, capabilities: [],
       });
+      stdout.closeWriteEnd();
+      stderr.closeWriteEnd();
       if (job.network) {
         proxy.serveSocks(this.d.listenInNetns(launched.pid, SOCKS_PORT));
         for (const f of job.network.forwards) proxy.serveForward(this.d.listenInNetns(launched.pid, f.localPort), f.host, f.port);
       }
       await launched.release();
       const running = launched;
-      if (job.onStderr) progress = setInterval(() => job.onStderr!(readTail(errPath)), PROGRESS_EVERY_MS);
+      if (job.onStderr) progress = setInterval(() => job.onStderr!(stderr.text()), PROGRESS_EVERY_MS);
       timer = setTimeout(() => {
         timedOut = true;
         running.signal('SIGKILL');
       }, job.timeoutMs);
       const exit = await launched.exited;
+      await Promise.all([stdout.ended, stderr.ended]);
       this.d.log.info({ workspace: job.workspaceId, step: job.step, ms: Math.round(performance.now() - began), exitCode: exit.exitCode, bytesIn: proxy.counters.bytesIn }, 'source step done');
       return {
         exitCode: exit.exitCode ?? -1,
         signal: exit.signal ?? '',
-        stdout: readTail(outPath),
-        stderr: readTail(errPath),
+        stdout: stdout.text(),
+        stderr: stderr.text(),
         timedOut,
         bytesIn: proxy.counters.bytesIn,
         refused: proxy.counters.refused,
@@ -115,11 +119,32 @@ export class GitSandbox {
       clearInterval(progress);
       clearTimeout(timer);
       proxy.close();
-      fs.closeSync(outFd);
-      fs.closeSync(errFd);
-      fs.rmSync(outPath, { force: true });
-      fs.rmSync(errPath, { force: true });
+      stdout.close();
+      stderr.close();
     }
+  }
+
+  /** A pipe for one output stream, read as it comes (a net.Socket: no threadpool thread parked in read(2)),
+   *  keeping its last MAX_OUTPUT bytes. */
+  private collect(): { writeFd: number; text(): string; ended: Promise<void>; closeWriteEnd(): void; close(): void } {
+    const pipe = this.d.outputPipe(0);
+    fs.closeSync(pipe.keepFd);
+    let writeOpen = true;
+    let kept = Buffer.alloc(0);
+    const socket = new net.Socket({ fd: pipe.readFd, readable: true, writable: false });
+    const ended = new Promise<void>((resolve) => {
+      socket.on('data', (chunk: Buffer) => {
+        kept = Buffer.concat([kept, chunk]);
+        if (kept.length > MAX_OUTPUT) kept = kept.subarray(kept.length - MAX_OUTPUT);
+      });
+      socket.once('close', () => resolve());
+      socket.on('error', () => undefined);
+    });
+    const closeWriteEnd = (): void => {
+      if (writeOpen) fs.closeSync(pipe.writeFd);
+      writeOpen = false;
+    };
+    return { writeFd: pipe.writeFd, text: () => kept.toString('utf8'), ended, closeWriteEnd, close: () => { closeWriteEnd(); socket.destroy(); } };
   }
 
   /** An empty root: mount points for /usr, /etc/ssl and /workspace, and the /proc, /dev, /sys spawn needs. */
@@ -136,20 +161,3 @@ export class GitSandbox {
   }
 }
 
-/** The last MAX_OUTPUT bytes of a file, as text ('' when it is gone). */
-function readTail(file: string): string {
-  try {
-    const size = fs.statSync(file).size;
-    const fd = fs.openSync(file, 'r');
-    try {
-      const len = Math.min(size, MAX_OUTPUT);
-      const buf = Buffer.alloc(len);
-      fs.readSync(fd, buf, 0, len, size - len);
-      return buf.toString('utf8');
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return '';
-  }
-}

@@ -14,6 +14,7 @@ export { SourceError } from './checkout';
 export interface SourceDeps {
   launch(spec: LaunchSpec): Promise<Launched>;
   listenInNetns(pid: number, port: number): number;
+  outputPipe(capacity: number): { readFd: number; writeFd: number; keepFd: number };
 }
 
 export function createSource(config: Config, log: Logger, deps: SourceDeps): { populate(job: PopulateJob): Promise<PopulateResult> } {
