@@ -7,7 +7,8 @@
 // the spawn report pipe (spawn-protocol.h): a failed execve of the workload is reported there, so the
 // daemon hears "execve: ENOENT" rather than a silent 127. Fds 6 and 7, when open, are read ends of the
 // workload's stdout and stderr that init only holds, so the pipes outlive a daemon restart
-// (native/output.c). The workload sees only fds 0, 1 and 2.
+// (native/output.c). Fds 9 and 10, when open, park terminal sessions' pty masters across a daemon restart
+// (native/exec.c); init never touches them either. The workload sees only fds 0, 1 and 2.
 // With --hold, init waits at the gate on fd 5 before forking the workload (spawn-protocol.h): the daemon
 // attaches the network first. A gate closed without a byte makes init exit 125 and write no status.
 // With --tasks (prebuilds), init itself runs the tasks the daemon hands it over fd 8 (see run_tasks).
@@ -47,9 +48,13 @@ __attribute__((noreturn)) static void die(int step, const char *what) {
 
 // The output pipes' second read ends (output.c) are init's alone: a workload holding one could read its
 // own output away from the log.
+// So is the session park pair (native/exec.c): a workload holding it could take the terminal sessions'
+// pty masters.
 static void drop_output_read_ends(void) {
   close(TX_STDOUT_READ_FD);
   close(TX_STDERR_READ_FD);
+  close(TX_SESSION_PARK_FD);
+  close(TX_SESSION_PARK_PEER_FD);
 }
 
 __attribute__((noreturn)) static void exec_workload(char **argv, const sigset_t *original_mask) {

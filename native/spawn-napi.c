@@ -189,22 +189,29 @@ static bool get_tasks_fd(napi_env env, napi_value obj, spawn_job *job) {
   return true;
 }
 
-// opts.outputReadFds: absent, or the two read ends [stdout, stderr] init is to keep.
-static bool get_output_read_fds(napi_env env, napi_value obj, spawn_job *job) {
-  static const char what[] = "spawn: opts.outputReadFds must be two file descriptors";
+// opts.<name>: absent, or two fds init is to keep (outputReadFds: [stdout, stderr] read ends;
+// sessionParkFds: both ends of the session park pair, native/exec.c).
+static bool get_fd_pair(napi_env env, napi_value obj, const char *name, int out[2]) {
+  char what[96];
   napi_value arr, item;
   uint32_t len;
   int32_t fd;
-  job->output_read_fds[0] = job->output_read_fds[1] = -1;
-  if (!tx_get_prop(env, obj, "outputReadFds", &arr) || !is_present(env, arr)) return true;
-  if (!get_array_prop(env, obj, "outputReadFds", &arr, &len)) return false;
+  snprintf(what, sizeof what, "spawn: opts.%s must be two file descriptors", name);
+  out[0] = out[1] = -1;
+  if (!tx_get_prop(env, obj, name, &arr) || !is_present(env, arr)) return true;
+  if (!get_array_prop(env, obj, name, &arr, &len)) return false;
   if (len != 2) return tx_type_error(env, what), false;
   for (uint32_t i = 0; i < 2; i++) {
     if (napi_get_element(env, arr, i, &item) != napi_ok || !tx_get_int32(env, item, what, &fd)) return false;
     if (fd < 0) return tx_type_error(env, what), false;
-    job->output_read_fds[i] = fd;
+    out[i] = fd;
   }
   return true;
+}
+
+static bool get_output_read_fds(napi_env env, napi_value obj, spawn_job *job) {
+  return get_fd_pair(env, obj, "outputReadFds", job->output_read_fds) &&
+         get_fd_pair(env, obj, "sessionParkFds", job->session_park_fds);
 }
 
 static bool read_options(napi_env env, napi_value opts, spawn_job *job) {

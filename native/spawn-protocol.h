@@ -110,7 +110,11 @@ enum tx_step {
 #define TX_STDOUT_READ_FD 6
 #define TX_STDERR_READ_FD 7
 #define TX_TASKS_FD 8      // only with --tasks: the prebuild task channel (init.c run_tasks)
-#define TX_FD_COUNT 9      // init's fds are 0..TX_FD_COUNT-1; every fd from here on is closed
+// Both ends of the socket pair that parks terminal sessions' pty masters (native/exec.c parkSessions), only
+// when the daemon passes them: init holds them, never reads them, and closes them in every child.
+#define TX_SESSION_PARK_FD 9
+#define TX_SESSION_PARK_PEER_FD 10
+#define TX_FD_COUNT 11      // init's fds are 0..TX_FD_COUNT-1; every fd from here on is closed
 
 // init's exit code when the gate closed without a byte (Docker's "the runtime itself failed" code;
 // 127 stays init's own failures and a missing program).

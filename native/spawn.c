@@ -417,15 +417,16 @@ static void drop_capabilities(child_ctx *c) {
 }
 
 // 0 = /dev/null, 1 and 2 = the caller's outputs, 3 = status for init, 4 = this report pipe for init,
-// 5 = the gate when held, 6 and 7 = the output pipes' read ends init keeps (output.c) when given; an
-// absent one's number is closed. Everything else of the host's is closed here, not merely marked
+// 5 = the gate when held, 6 and 7 = the output pipes' read ends init keeps (output.c) when given, 8 = the
+// task channel, 9 and 10 = the session park pair (exec.c) when given; an absent one's number is closed. Everything else of the host's is closed here, not merely marked
 // close-on-exec (CVE-2024-21626).
 static void set_up_fds(child_ctx *c) {
   const spawn_job *job = c->job;
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   CHECK(c, devnull, STEP_OPEN_DEVNULL, 0);
   int from[TX_FD_COUNT] = {devnull, job->stdout_fd, job->stderr_fd, job->status_fd, c->report_fd, c->gate_fd,
-                           job->output_read_fds[0], job->output_read_fds[1], job->tasks_fd};
+                           job->output_read_fds[0], job->output_read_fds[1], job->tasks_fd,
+                           job->session_park_fds[0], job->session_park_fds[1]};
   // Lift every source above the targets first, so no dup2 clobbers a source still to be copied.
   int lifted[TX_FD_COUNT];
   for (int i = 0; i < TX_FD_COUNT; i++) {
@@ -957,7 +958,7 @@ void tx_spawn_drop(spawn_job *job) {
 spawn_job *tx_spawn_job_new(void) {
   spawn_job *job = calloc(1, sizeof *job);
   if (job) job->pid = job->pidfd = job->gate_fd = job->report_fd = job->cgroup_dir_fd = job->devices_fd = job->tasks_fd = -1;
-  if (job) job->output_read_fds[0] = job->output_read_fds[1] = -1;
+  if (job) job->output_read_fds[0] = job->output_read_fds[1] = job->session_park_fds[0] = job->session_park_fds[1] = -1;
   return job;
 }
 

@@ -30,6 +30,7 @@ typedef struct {
   uint32_t pty_limit;   // devpts max= of the workspace's own instance
   int tasks_fd;  // -1, or init's end of the prebuild task channel: init runs `--tasks` with it as TX_TASKS_FD
   int output_read_fds[2];  // read ends init keeps for the next daemon (output.c), or -1
+  int session_park_fds[2]; // the pair init holds for terminal sessions' masters (exec.c), or -1
   bind_mount *mounts;
   size_t mount_count;
   uint64_t keep_caps;

@@ -72,6 +72,7 @@ void tx_register_fsops(napi_env env, napi_value addon);
 void tx_register_archive(napi_env env, napi_value addon, napi_value constants);
 void tx_register_extract(napi_env env, napi_value addon);
 void tx_register_output(napi_env env, napi_value addon, napi_value constants);
+void tx_register_exec(napi_env env, napi_value addon, napi_value constants);
 void tx_register_netns_listen(napi_env env, napi_value addon);
 
 void tx_set_function(napi_env env, napi_value obj, const char *name, napi_callback cb);

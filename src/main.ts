@@ -9,6 +9,9 @@ import { bindTransports, startEndpoints } from './api/transport';
 import { createAuditLog, openAuditLogger } from './api/audit';
 import { workspaceHandlers } from './api/workspace-api';
 import { nodeHandlers } from './api/node-api';
+import { execHandlers } from './api/exec-api';
+import { ExecSessions } from './exec/sessions';
+import { createTerminalEndpoint } from './api/terminal-ws';
 import { WorkspaceService } from './workspace/service';
 import { WorkspaceStore } from './workspace/store';
 import { native } from './native';
@@ -95,11 +98,14 @@ async function run(config: Config): Promise<void> {
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));
   metrics.watch(workspaces);
   await workspaces.recover();
+  const sessions = new ExecSessions({ workspaces, native, log, detachedTimeoutMs: config.execDetachedTimeoutMs });
+  sessions.recover();
   const metricsServer = config.metricsListen ? await startMetricsServer(metrics, config.metricsListen) : undefined;
   const limits = { ...config, defaultNetwork: config.defaultNetwork === 'isolated' ? ('ISOLATED' as const) : ('NONE' as const) };
   const audit = createAuditLog(openAuditLogger(config.auditLog, config.stateDir, log, { node: config.nodeId }));
   const api = createApiServer({
     workspaces: workspaceHandlers(workspaces, output, limits, audit, log),
+    exec: execHandlers(sessions, workspaces, audit, log),
     node: nodeHandlers({
       nodeId: config.nodeId,
       version,
@@ -122,7 +128,7 @@ async function run(config: Config): Promise<void> {
       const r = workspaces.find(id);
       return r && { ip: r.status.ipAddress, ownerId: r.spec.ownerId, ports: r.status.ports, running: r.status.state === 'RUNNING' };
     },
-  }, audit, log);
+  }, audit, log, createTerminalEndpoint({ sessions, workspaces, audit, nodeDomain: config.nodeDomain, log }));
   api.serving();
   native.sdNotify('READY=1');
   // systemd's watchdog (WatchdogSec=): ping at half the interval; WATCHDOG_PID names the process meant.

@@ -7,7 +7,9 @@ import * as protoLoader from '@grpc/proto-loader';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { packageRoot } from '../config/config';
-import type { ProtoGrpcType } from '../generated/agent';
+import type { ProtoGrpcType as AgentProto } from '../generated/agent';
+import type { ProtoGrpcType as ExecProto } from '../generated/exec';
+import type { ExecServiceHandlers } from '../generated/tetrix/agent/v1/ExecService';
 import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceHandlers } from '../generated/tetrix/agent/v1/NodeService';
 import { DomainError } from '../errors';
@@ -15,11 +17,14 @@ import { UndecodableRequest } from './handlers';
 
 export const protoRoot = path.join(packageRoot, 'proto');
 export const protoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'agent.proto');
+export const execProtoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'exec.proto');
 
 export const loaderOptions: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
 
+type ProtoGrpcType = AgentProto & { tetrix: { agent: { v1: ExecProto['tetrix']['agent']['v1'] } } };
+
 export function loadProto(): { definition: protoLoader.PackageDefinition; proto: ProtoGrpcType } {
-  const definition = protoLoader.loadSync(protoFile, loaderOptions);
+  const definition = protoLoader.loadSync([protoFile, execProtoFile], loaderOptions);
   return { definition, proto: grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType };
 }
 
@@ -34,7 +39,7 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers; node: NodeServiceHandlers }): ApiServer {
+export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers; node: NodeServiceHandlers; exec?: ExecServiceHandlers }): ApiServer {
   const { definition, proto } = loadProto();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': 4 << 20,
@@ -44,6 +49,7 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
   });
   server.addService(undecodableAsRequests(proto.tetrix.agent.v1.WorkspaceService.service), handlers.workspaces);
   server.addService(undecodableAsRequests(proto.tetrix.agent.v1.NodeService.service), handlers.node);
+  if (handlers.exec) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.ExecService.service), handlers.exec);
   const health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((name) => [name, 'NOT_SERVING'])));
   health.addToServer(server);
   new ReflectionService(definition).addToServer(server);

@@ -10,8 +10,8 @@ import { DomainError } from '../errors';
 import type { AuditLog } from './audit';
 import { createAuthInterceptor, TokenVerifier } from './auth';
 import { bindUnixSocket } from './server';
-import { EndpointServer } from '../network/endpoints';
-import { createEndpointGuard } from './auth';
+import { EndpointServer, type TerminalEndpoint } from '../network/endpoints';
+import { createEndpointGuard, type Principal } from './auth';
 import { ensureNodePki, type NodePki } from '../crypto/pki';
 import { MtlsServerCredentials, parseOperatorIdentity, secureContextOptions, TlsFileWatcher } from './tls';
 
@@ -88,7 +88,7 @@ export interface EndpointRoutes {
  * (<port>-<id>.<nodeDomain>) to the workspace's address, the owner's token checked on every new
  * connection. Off unless endpointListen is set.
  */
-export async function startEndpoints(config: Config, pki: NodePki | undefined, routes: EndpointRoutes, audit: AuditLog, log: Logger): Promise<{ port: number; close(): Promise<void> } | undefined> {
+export async function startEndpoints(config: Config, pki: NodePki | undefined, routes: EndpointRoutes, audit: AuditLog, log: Logger, terminal?: TerminalEndpoint<Principal>): Promise<{ port: number; close(): Promise<void> } | undefined> {
   if (config.endpointListen === '') return undefined;
   const certPath = pki?.endpointCertPath ?? config.tlsCertFile;
   const keyPath = pki?.endpointKeyPath ?? config.tlsKeyFile;
@@ -98,6 +98,7 @@ export async function startEndpoints(config: Config, pki: NodePki | undefined, r
     nodeDomain: config.nodeDomain,
     tls: secureContextOptions(watcher.current),
     guard: createEndpointGuard(loadTokenVerifier(config), audit),
+    ...(terminal ? { terminal } : {}),
     log,
     resolve: async (workspaceId, port) => {
       const r = routes.route(workspaceId);

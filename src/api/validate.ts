@@ -37,7 +37,7 @@ function principal(field: string, value: string, required: boolean): string {
   return value;
 }
 
-function argv(field: string, args: string[], required: boolean): string[] {
+export function argv(field: string, args: string[], required: boolean): string[] {
   if (args.length === 0 && required) throw invalidArgument(field, 'must name a program (argv is empty)');
   if (args.length > MAX_ARGS) throw invalidArgument(field, `has more than ${MAX_ARGS} arguments`);
   args.forEach((arg, i) => {
@@ -48,7 +48,7 @@ function argv(field: string, args: string[], required: boolean): string[] {
   return [...args];
 }
 
-function env(field: string, vars: Record<string, string>): Record<string, string> {
+export function env(field: string, vars: Record<string, string>): Record<string, string> {
   let bytes = 0;
   for (const [key, value] of Object.entries(vars)) {
     if (!ENV_KEY.test(key)) throw invalidArgument(`${field}`, `key "${key.slice(0, 64).replace(/[^\x20-\x7e]/g, '?')}" is not a valid variable name`);
@@ -79,7 +79,7 @@ function resources(raw: StartWorkspaceRequest__Output['resources'], limits: Limi
   return { memoryBytes, cpuMillis, pids };
 }
 
-function dirInside(field: string, value: string): string {
+export function dirInside(field: string, value: string): string {
   if (value === '') return '/workspace';
   if (value.includes('\0')) throw invalidArgument(field, 'contains a NUL byte');
   if (!path.posix.isAbsolute(value)) throw invalidArgument(field, 'must be an absolute path');

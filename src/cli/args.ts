@@ -72,6 +72,20 @@ const START_FLAGS: Record<string, Flag> = {
 
 const ID = { names: ['ID'], required: 1 };
 
+// exec, attach, sessions (implemented in src/cli/exec.ts).
+const EXEC_COMMANDS: Command[] = [
+  { name: 'exec', synopsis: 'ID [-i] [-t] [--session] [flags] -- PROGRAM [ARG...]', summary: 'run a program in a running workspace; its exit code is ours', args: ID, argv: true, flags: {
+    interactive: { type: 'boolean', short: 'i', help: 'send our stdin (EOF at its end)' },
+    tty: { type: 'boolean', short: 't', help: 'a terminal: raw mode and resizes on ours' },
+    session: { type: 'boolean', help: 'a terminal session: it outlives us (tetrixctl attach); needs -t' },
+    env: { type: 'string', multiple: true, value: 'KEY=VALUE', help: 'over the workspace\'s env; repeatable' },
+    workdir: { type: 'string', value: 'DIR', help: 'working directory inside (default: the workspace\'s)' },
+    user: { type: 'string', value: 'UID[:GID]', help: 'numeric ids inside the workspace (default 0)' },
+  } },
+  { name: 'attach', synopsis: 'ID SESSION', summary: 're-attach to a terminal session (its recent output first; Ctrl-P Ctrl-Q detaches)', args: { names: ['ID', 'SESSION'], required: 2 }, flags: {} },
+  { name: 'sessions', synopsis: 'ID', summary: 'a workspace\'s terminal sessions', args: ID, flags: {} },
+];
+
 export const COMMANDS: Command[] = [
   {
     name: 'start', synopsis: 'ID [flags] -- PROGRAM [ARG...]', summary: 'start a workspace (idempotent: an identical repeat changes nothing)',
@@ -114,6 +128,7 @@ export const COMMANDS: Command[] = [
     tail: { type: 'string', value: 'N', help: 'only the last N lines (not with --follow)' },
     timestamps: { type: 'boolean', help: 'start each line with the time it was written (RFC 3339)' },
   } },
+  ...EXEC_COMMANDS,
   { name: 'info', synopsis: '', summary: 'the node: id, version, cgroup mode', args: { names: [], required: 0 }, flags: {} },
   { name: 'help', synopsis: '[COMMAND]', summary: 'this help, or a command\'s', args: { names: ['COMMAND'], required: 0 }, flags: {} },
 ];

@@ -6,10 +6,12 @@ import { createClientCredentials } from '../api/tls';
 import { loadProto } from '../api/server';
 import type { WorkspaceServiceClient } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceClient } from '../generated/tetrix/agent/v1/NodeService';
+import type { ExecServiceClient } from '../generated/tetrix/agent/v1/ExecService';
 
 export interface Clients {
   workspaces: WorkspaceServiceClient;
   node: NodeServiceClient;
+  exec: ExecServiceClient;
   close(): void;
 }
 
@@ -26,9 +28,11 @@ export function connect(opts: ConnectOptions): Clients {
   const v1 = proto.tetrix.agent.v1;
   const workspaces = new v1.WorkspaceService(target, creds);
   const node = new v1.NodeService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
+  const exec = new v1.ExecService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
   return {
     workspaces,
     node,
+    exec,
     close: () => {
       workspaces.close();
     },

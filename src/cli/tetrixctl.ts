@@ -10,6 +10,7 @@ import { packageRoot } from '../config/config';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
 import { contentLines, contentRequest, provenanceSummary } from './source';
 import { adminCredentials, CliError, connect, unaryCall, type Clients } from './client';
+import { execAction } from './exec';
 import { COMMANDS, cpuMillis, duration, integer, keyValues, oneOf, parseCommandLine, size, usage, UsageError, type Invocation } from './args';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
 import type { LogChunk__Output } from '../generated/tetrix/agent/v1/LogChunk';
@@ -335,8 +336,12 @@ function prepare(inv: Invocation, json: boolean): Action {
     case 'watch':
       return (c) => watch(c, inv, json);
     default:
-      throw new UsageError(`unknown command "${inv.command!.name}"`);
+      return execAction(inv, json) ?? unknownCommand(inv);
   }
+}
+
+function unknownCommand(inv: Invocation): never {
+  throw new UsageError(`unknown command "${inv.command!.name}"`);
 }
 
 async function verify(c: Clients, inv: Invocation, json: boolean): Promise<number> {

@@ -25,6 +25,7 @@ export interface Config {
   readonly maxCpuMillis: number;
   readonly maxPids: number;
   readonly ptyLimit: number;        // ptys one workspace may hold at once (its devpts max=)
+  readonly execDetachedTimeoutMs: number; // a terminal session left detached and quiet this long is hung up
   readonly metricsListen: string;   // host:port for Prometheus, '' = off
   readonly apiListen: string;       // host:port of the mutual-TLS gRPC API, '' = unix socket only
   readonly apiAddresses: string;    // extra names/IPs for the generated server certificate, comma-separated
@@ -102,6 +103,7 @@ export function defaults(): Config {
     maxPids: 1 << 22,
     // The node's pool for all workspaces is kernel.pty.max - kernel.pty.reserve (3072 by default).
     ptyLimit: 128,
+    execDetachedTimeoutMs: 5 * 60_000,
     metricsListen: '',
     apiListen: '0.0.0.0:7443',
     apiAddresses: '',
@@ -151,7 +153,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'sourceFetchAttempts', 'sourceRetryBaseMs'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'sourceFetchAttempts', 'sourceRetryBaseMs'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
@@ -284,6 +286,7 @@ function validate(c: Config): Config {
   for (const id of listOf(c.operatorIdentities)) {
     if (!/^(dns|uri):\S+$/.test(id)) throw new ConfigError(`operatorIdentities: "${id}" needs a name type: dns:NAME or uri:URI (the generated admin certificate is dns:tetrix-admin)`);
   }
+  if (c.execDetachedTimeoutMs < 1000) throw new ConfigError('execDetachedTimeoutMs: must be at least 1000');
   if (c.tokenMaxLifetimeSeconds < 1) throw new ConfigError('tokenMaxLifetimeSeconds: must be at least 1');
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);

@@ -7,6 +7,7 @@ import { NativeError } from './errors';
 import type { NativePart } from './part';
 import { archivePart, type ArchiveWalkNative } from './archive';
 import { channelPart, type ChannelNative } from './channel';
+import { execPart, type ExecNative } from './exec';
 import { exitPart, type ExitNative } from './exit';
 import { extractPart, type ExtractNative } from './extract';
 import { fsopsPart, type FsOpsNative } from './fsops';
@@ -22,6 +23,7 @@ import { netnsListenPart, type NetnsListenNative } from './netns-listen';
 export { NativeError } from './errors';
 export type * from './archive';
 export type * from './channel';
+export type * from './exec';
 export type * from './exit';
 export type * from './extract';
 export type * from './fsops';
@@ -35,14 +37,14 @@ export type * from './spawn';
 export type * from './netns-listen';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & NetnsListenNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & NetnsListenNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart, netnsListen: netnsListenPart,
+  archive: archivePart, extract: extractPart, exec: execPart, netnsListen: netnsListenPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older

@@ -30,6 +30,9 @@ export interface SpawnOptions {
   /** Second read ends of the stdout and stderr pipes (outputPipe's keepFd): init holds them at
    *  constants.STDOUT_READ_FD / STDERR_READ_FD, never reads them, and the workload never sees them. */
   outputReadFds?: [number, number];
+  /** Both ends of the session park pair (exec's sessionParkPair): init holds them at constants.SESSION_PARK_FD
+   *  and the next fd, never reads them, and the workload never sees them (native/exec.c parkSessions). */
+  sessionParkFds?: [number, number];
   mounts: BindMount[];       // targets must exist in the rootfs
   /** Most ptys the workspace may hold at once: max= of its own devpts instance (1..1048576). */
   ptyLimit: number;

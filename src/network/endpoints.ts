@@ -29,11 +29,18 @@ export interface EndpointGuard<P> {
   authorize(principal: P, workspaceId: string, port: number, route: EndpointTarget | undefined): void;
 }
 
+/** The workspace's terminal WebSocket (terminal-<workspace-id>.<nodeDomain>, src/api/terminal-ws.ts): it
+ *  decides on the authenticated principal (a DomainError refuses the upgrade), then takes the socket over. */
+export interface TerminalEndpoint<P> {
+  open(principal: P, workspaceId: string, req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void>;
+}
+
 export interface EndpointServerOptions<P> {
   readonly nodeDomain: string;               // endpoints are <port>-<workspace-id>.<nodeDomain>
   readonly tls: tls.SecureContextOptions;     // cert + key for *.<nodeDomain>
   readonly resolve: EndpointResolver;
   readonly guard: EndpointGuard<P>;
+  readonly terminal?: TerminalEndpoint<P>;
   readonly log?: Pick<Logger, 'warn' | 'debug'>;
 }
 
@@ -66,6 +73,12 @@ export function parseEndpointHost(host: string | undefined, nodeDomain: string):
   const port = Number(m[1]);
   if (port < 1 || port > 65535) return undefined;
   return { port, workspaceId: m[2] as string };
+}
+
+/** `terminal-abc.node.example[:443]` -> 'abc' (the workspace's terminal WebSocket); anything else undefined. */
+export function parseTerminalHost(host: string | undefined, nodeDomain: string): string | undefined {
+  const name = (host ?? '').toLowerCase().replace(/:\d+$/, '').replace(/\.$/, '');
+  return new RegExp(`^terminal-(${WORKSPACE_ID})\\.${escapeRegExp(nodeDomain.toLowerCase())}$`).exec(name)?.[1];
 }
 
 export interface FoundToken {
@@ -220,6 +233,17 @@ export class EndpointServer<P> {
     }
   }
 
+  /** The token first, as for a port; then the terminal's own decision. */
+  private async openTerminal(req: http.IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string): Promise<void> {
+    try {
+      const principal = await this.opts.guard.authenticate(findToken(req.headers)?.token, workspaceId);
+      await this.opts.terminal!.open(principal, workspaceId, req, socket, head);
+    } catch (err) {
+      if (!(err instanceof DomainError)) this.opts.log?.warn({ err: (err as Error).message }, 'endpoints: terminal failed');
+      if (!socket.destroyed) refuseUpgrade(socket, refusalFor(err));
+    }
+  }
+
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const admitted = await this.admit(req);
     if ('status' in admitted) return refuseRequest(res, admitted);
@@ -247,6 +271,8 @@ export class EndpointServer<P> {
 
   private async onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on('error', () => socket.destroy());
+    const terminal = this.opts.terminal && parseTerminalHost(req.headers.host, this.opts.nodeDomain);
+    if (terminal) return this.openTerminal(req, socket, head, terminal);
     const admitted = await this.admit(req);
     if ('status' in admitted) return refuseUpgrade(socket, admitted);
     const { target, found } = admitted;

@@ -1,9 +1,10 @@
 // The sandbox's one launch surface: a workspace's init is spawned (optionally held at its gate),
 // signalled, released, killed and reaped, or adopted after a daemon restart, all behind `Launched`.
-// The lifecycle drives this and never holds a pidfd; exec sessions are meant to use the same surface.
+// The lifecycle drives this and never holds a pidfd; exec sessions use the same surface (exec, and the
+// parked terminal masters), so an exec gets the workload's capabilities, seccomp filter and cgroup from here.
 import fs from 'node:fs';
 import type { CgroupPlacement } from './cgroups';
-import type { BindMount, HeldWorkload, NativeAddon } from '../native';
+import type { BindMount, ExecResult, HeldWorkload, NativeAddon, ParkedSession } from '../native';
 import { NativeError } from '../native';
 import { readPidStartTime, signalName } from './proc';
 import { workspaceLayout } from '../layout';
@@ -34,6 +35,20 @@ export interface ProcessExit {
 
 export type WorkloadSignal = 'SIGTERM' | 'SIGKILL';
 
+/** A process to run inside the running workspace, in its workload's sandbox (native/exec.c). */
+export interface ExecSpec {
+  workspaceId: string;        // its cgroup
+  seccompProfile: string;     // the workspace's profile: the workload's filter
+  argv: string[];
+  env: Record<string, string>;
+  cwd: string;
+  uid: number;
+  gid: number;
+  tty?: { rows: number; cols: number };
+  /** Ends with the daemon (PR_SET_PDEATHSIG): what no one could re-attach to after a restart. */
+  dieWithDaemon: boolean;
+}
+
 export interface Launched {
   readonly pid: number;
   /** /proc/<pid>/stat field 22: with pid it names this process for the life of the boot. */
@@ -48,6 +63,12 @@ export interface Launched {
   kill(): Promise<void>;
   /** After a restart: init's second read ends of the output pipes (pidfd_getfd), the caller's to close. */
   takeOutputPipes(): [number, number];
+  /** A process in this workspace's namespaces, cgroup and confinement; the caller owns every fd of it. */
+  exec(spec: ExecSpec): Promise<ExecResult>;
+  /** Terminal masters init holds for the next daemon (native/exec.c): replaced by these. */
+  parkSessions(sessions: ParkedSession[]): void;
+  /** After a restart: the masters init held; it holds none afterwards. */
+  takeParkedSessions(): ParkedSession[];
 }
 
 /** What init (native/init.c) left in the exit-status file: one line, "exited N" or "signaled N". */
@@ -74,6 +95,7 @@ export class Launcher {
   async launch(spec: LaunchSpec): Promise<Launched> {
     const seccomp = this.o.seccompFilter(spec.seccompProfile);
     const statusFd = fs.openSync(workspaceLayout(spec.wsDir).exitStatus, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    const parkFds = this.o.native.sessionParkPair();
     try {
       const { output } = spec;
       const result = await this.o.native.spawn({
@@ -90,6 +112,7 @@ export class Launcher {
         stdoutFd: output.stdoutFd,
         stderrFd: output.stderrFd,
         ...(output.outputReadFds ? { outputReadFds: output.outputReadFds } : {}),
+        sessionParkFds: parkFds,
         statusFd,
         ...(output.tasksFd !== undefined ? { tasksFd: output.tasksFd } : {}),
         mounts: spec.mounts,
@@ -101,6 +124,7 @@ export class Launcher {
       return this.track(result.pidfd, result.pid, readPidStartTime(result.pid), result.held);
     } finally {
       fs.closeSync(statusFd);
+      for (const fd of parkFds) this.o.native.closeFd(fd);
     }
   }
 
@@ -155,6 +179,29 @@ export class Launcher {
         signal('SIGKILL');
         await exited;
       },
+      exec: async (spec) => {
+        if (!open) throw new NativeError('exec: workspace init', 3, 'ESRCH');
+        const seccomp = this.o.seccompFilter(spec.seccompProfile);
+        return native.execProcess({
+          initPidfd: pidfd,
+          initPid: pid,
+          argv: spec.argv,
+          env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+          cwd: spec.cwd,
+          uid: spec.uid,
+          gid: spec.gid,
+          ...this.o.placementOf(spec.workspaceId),
+          capabilities: this.o.capabilities,
+          ...(seccomp ? { seccomp } : {}),
+          tty: spec.tty !== undefined,
+          ...(spec.tty ?? {}),
+          dieWithDaemon: spec.dieWithDaemon,
+        });
+      },
+      parkSessions: (sessions) => {
+        if (open) native.parkSessions(pidfd, sessions);
+      },
+      takeParkedSessions: () => (open ? native.takeParkedSessions(pidfd) : []),
       takeOutputPipes: () => {
         const { STDOUT_READ_FD, STDERR_READ_FD } = native.constants;
         const stdout = native.takeOutputPipe(pidfd, STDOUT_READ_FD);

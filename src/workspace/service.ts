@@ -161,6 +161,16 @@ export class WorkspaceService {
     return record;
   }
 
+  /** A RUNNING workspace's record and init, for an exec into it (src/exec); FAILED_PRECONDITION otherwise. */
+  execTarget(id: string): { record: WorkspaceRecord; process: Launched } {
+    const record = this.get(id);
+    const runtime = this.runtimes.get(id);
+    if (record.status.state !== 'RUNNING' || !runtime?.running) {
+      throw new DomainError('FAILED_PRECONDITION', `workspace "${id}" is not running (${record.status.state})`);
+    }
+    return { record, process: runtime.process };
+  }
+
   /** A prebuild task started or ended (reported by init over the task channel, src/prebuild/tasks.ts). */
   onTaskEvent(id: string, event: TaskEvent): void {
     const record = this.records.get(id);

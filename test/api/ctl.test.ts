@@ -68,7 +68,9 @@ t.test('tetrixctl refuses what it does not understand: exit 2, naming the flag, 
     [['list', '--ownr', 'alice'], /unknown flag --ownr/],
     [['--output', 'yaml', 'list'], /--output: "yaml" is not one of table, json/],
     [['--sockt', d.socketPath, 'list'], /unknown flag --sockt \(did you mean --socket\?\)/],
-    [['exec', 'typo', '--help'], /unknown command "exec"/],
+    [['exex', 'typo', '--help'], /unknown command "exex" \(did you mean exec\?\)/],
+    [['exec', 'typo', '--session', '--', 'sh'], /exec: --session needs -t/],
+    [['exec', 'typo'], /exec needs a program after --/],
     [['frobnicate'], /unknown command "frobnicate"/],
   ];
   for (const [args, message] of refused) {

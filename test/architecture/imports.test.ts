@@ -15,6 +15,7 @@ const LAYERS: string[][] = [
   ['main.ts', 'cli/'],                               // entry points: the daemon and tetrixctl
   ['uninstall.ts', 'preflight.ts'],                  // entry-point helpers (tetrixd uninstall, host checks)
   ['api/'],                                          // gRPC server, auth, validation, transport
+  ['exec/'],                                         // exec and terminal sessions in running workspaces
   ['workspace/'],                                    // the lifecycle, its records, ports and their adapters
   ['prebuild/', 'source/'],                          // tasks channel, provenance; git content (services the lifecycle uses)
   ['sandbox/', 'network/', 'content/', 'logs/'],     // the mechanisms, independent of each other

@@ -1759,6 +1759,75 @@ static result probe_stdio_host_paths(void) {
   return BLOCKED("fds 0-2 and init's %d fds name no host path", listed);
 }
 
+// ---- issue 18 (exec and terminals): `battery --facts` prints what a process sees of its own sandbox ----
+// The exec test (test/exec/battery-exec.test.ts) runs it as the workload and through ExecWorkspace in the
+// same workspace: every FACT line must be the same (nsenter from the host showed CapEff 000001ffffffffff,
+// Seccomp 0 and the host's cgroup).
+
+static void fact_line(const char *name, const char *value) {
+  printf("FACT %s %s\n", name, value);
+}
+
+// A file on one line ('|' for newlines), or its errno.
+static void fact_file(const char *name, const char *path) {
+  static char buf[16384];
+  ssize_t n = read_file(path, buf, sizeof buf);
+  if (n < 0) {
+    fact_line(name, E(errno));
+    return;
+  }
+  for (ssize_t i = 0; i < n; i++)
+    if (buf[i] == '\n') buf[i] = '|';
+  fact_line(name, buf);
+}
+
+// mountinfo is long: its FNV-1a hash and line count say whether two views are the same.
+static void fact_mountinfo(void) {
+  static char buf[262144];
+  ssize_t n = read_file("/proc/self/mountinfo", buf, sizeof buf);
+  if (n < 0) return fact_line("mountinfo", E(errno));
+  uint64_t h = 1469598103934665603ULL;
+  int lines = 0;
+  for (ssize_t i = 0; i < n; i++) {
+    h = (h ^ (unsigned char)buf[i]) * 1099511628211ULL;
+    lines += buf[i] == '\n';
+  }
+  char v[64];
+  snprintf(v, sizeof v, "%d lines fnv1a %016llx", lines, (unsigned long long)h);
+  fact_line("mountinfo", v);
+}
+
+static int print_facts(void) {
+  static const char *const fields[] = {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
+                                       "Seccomp", "Seccomp_filters", "Uid", "Gid", "Groups"};
+  char v[256];
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+    if (!status_field(fields[i], v, sizeof v)) snprintf(v, sizeof v, "absent");
+    fact_line(fields[i], v);
+  }
+  static const char *const types[] = {"cgroup", "ipc", "mnt", "net", "pid", "user", "uts"};
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+    char link[64], name[32];
+    snprintf(link, sizeof link, "/proc/self/ns/%s", types[i]);
+    snprintf(name, sizeof name, "ns_%s", types[i]);
+    ssize_t n = readlink(link, v, sizeof v - 1);
+    v[n > 0 ? n : 0] = '\0';
+    fact_line(name, n > 0 ? v : E(errno));
+  }
+  struct stat st;
+  if (stat("/", &st) == 0) snprintf(v, sizeof v, "%lu:%lu", (unsigned long)st.st_dev, (unsigned long)st.st_ino);
+  else snprintf(v, sizeof v, "%s", E(errno));
+  fact_line("root", v);
+  fact_file("cgroup", "/proc/self/cgroup");
+  fact_file("uid_map", "/proc/self/uid_map");
+  fact_file("gid_map", "/proc/self/gid_map");
+  fact_file("limits", "/proc/self/limits");
+  fact_file("oom_score_adj", "/proc/self/oom_score_adj");
+  fact_file("hostname", "/proc/sys/kernel/hostname");
+  fact_mountinfo();
+  return 0;
+}
+
 // ---- the runner --------------------------------------------------------------------------------------
 
 typedef struct {
@@ -1954,6 +2023,7 @@ static void emit(const char *fmt, ...) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 2 && !strcmp(argv[1], "--facts")) return print_facts();  // issue 18: see print_facts
   snapshot_fds();  // before the battery opens anything of its own
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (env("TETRIX_BATTERY_REPORT")) report_copy = fopen(env("TETRIX_BATTERY_REPORT"), "we");

@@ -33,6 +33,13 @@ class FakeProcess implements Launched {
   takeOutputPipes(): [number, number] {
     throw new Error('no pipes here');
   }
+  exec(): Promise<never> {
+    return Promise.reject(new Error('no exec here'));
+  }
+  parkSessions(): void {}
+  takeParkedSessions(): [] {
+    return [];
+  }
 }
 
 function fakeSandbox(opts: { failLaunch?: string; ignoresTerm?: boolean } = {}): Sandbox & { launched: FakeProcess[]; cgroups: Set<string> } {
