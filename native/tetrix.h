@@ -77,6 +77,7 @@ void tx_register_loop(napi_env env, napi_value addon);
 void tx_register_fscrypt(napi_env env, napi_value addon);
 void tx_register_chunker(napi_env env, napi_value addon);
 void tx_register_exec(napi_env env, napi_value addon, napi_value constants);
+void tx_register_netns_listen(napi_env env, napi_value addon);
 
 void tx_set_function(napi_env env, napi_value obj, const char *name, napi_callback cb);
 void tx_set_constant(napi_env env, napi_value obj, const char *name, int64_t value);

@@ -9,6 +9,7 @@
 //     rootfs/          the overlay mount the workspace pivots into
 //     content/         the /workspace tree, bind-mounted by spawn; the part that is backed up
 //     exit-status      what init recorded of the workload's end (native/init.c)
+//     source/          the git fetch's tool root and its output while it runs (src/source/git-sandbox.ts)
 //   logs/              the sealed log store
 //   storage/           workspace volumes (storageBackend ext4-fscrypt): images/, mnt/, pool/ (docs/storage.md);
 //                      a workspace's dir above is then its volume's encrypted dir, bind-mounted
@@ -25,6 +26,7 @@ export interface WorkspaceLayout {
   rootfs: string;
   content: string;
   exitStatus: string;
+  source: string;
 }
 
 export interface StateLayout {
@@ -61,5 +63,6 @@ export function workspaceLayout(wsDir: string): WorkspaceLayout {
     rootfs: path.join(dir, 'rootfs'),
     content: path.join(dir, 'content'),
     exitStatus: path.join(dir, 'exit-status'),
+    source: path.join(dir, 'source'),
   };
 }

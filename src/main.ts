@@ -36,6 +36,7 @@ import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './workspace/adapters/provenance';
 import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from './crypto/secrets';
 import { defaultDisk, openWorkspaceVolumes } from './storage/open';
+import { createSource } from './source';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -118,6 +119,7 @@ async function run(config: Config): Promise<void> {
     backups,
     provenance: provenancePublisher(storage, signingKey, { nodeId: config.nodeId, version }),
     ...(volumes ? { storage: volumes } : {}),
+    source: createSource(config, log, { launch: (spec) => sandbox.launchHelper(spec), listenInNetns: (pid, port) => native.listenInNetns(pid, port), outputPipe: (capacity) => native.outputPipe(capacity) }),
   });
   output.onTaskEvent = (id, event) => workspaces.onTaskEvent(id, event);
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));

@@ -7,6 +7,8 @@ import type { StartWorkspaceRequest__Output } from '../generated/tetrix/agent/v1
 import type { Task__Output } from '../generated/tetrix/agent/v1/Task';
 import type { NetworkMode, Resources, TaskSpec, WorkspaceSpec } from '../workspace/types';
 import { looksLikeReference } from '../images/reference';
+import { contentSpec } from './content';
+import { askedRevision } from '../source/spec';
 
 export interface Limits {
   maxMemoryBytes: number;
@@ -151,16 +153,26 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
   const tasks = req.tasks.map(task);
   if (kind === 'PREBUILD' && tasks.length === 0) throw invalidArgument('tasks', 'a prebuild needs at least one task');
   if (kind === 'REGULAR' && tasks.length > 0) throw invalidArgument('tasks', 'only prebuilds run tasks');
+  if (req.restoreFrom !== '' && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.restoreFrom)) throw invalidArgument('restore_from', 'is not a backup id');
+  const { content, restoreFrom } = contentSpec(req.content, req.restoreFrom);
+  // A prebuild that fetches its source records what it fetched; `source` is then what was asked, from content.
+  const source = content.kind === 'none'
+    ? { repositoryUrl: req.source?.repositoryUrl ?? '', revision: req.source?.revision ?? '' }
+    : { repositoryUrl: content.git.url, revision: askedRevision(content.git) };
+  if (content.kind !== 'none' && req.source && (req.source.repositoryUrl || req.source.revision)
+    && (req.source.repositoryUrl !== source.repositoryUrl || req.source.revision !== source.revision)) {
+    throw invalidArgument('source', 'differs from content.git (leave source empty: it is taken from the content source)');
+  }
+  if (kind === 'PREBUILD' && content.kind === 'prebuild') throw invalidArgument('content.prebuild', 'a prebuild starts from a fresh checkout');
   if (kind === 'PREBUILD') {
-    if (!/^[\x21-\x7e]{1,2048}$/.test(req.source?.repositoryUrl ?? '')) throw invalidArgument('source.repository_url', 'a prebuild names the repository it builds (printable, at most 2048)');
-    if (!/^[\x21-\x7e]{1,256}$/.test(req.source?.revision ?? '')) throw invalidArgument('source.revision', 'a prebuild names the revision it builds (printable, at most 256)');
+    if (!/^[\x21-\x7e]{1,2048}$/.test(source.repositoryUrl)) throw invalidArgument('source.repository_url', 'a prebuild names the repository it builds (printable, at most 2048)');
+    if (!/^[\x21-\x7e]{1,256}$/.test(source.revision)) throw invalidArgument('source.revision', 'a prebuild names the revision it builds (printable, at most 256)');
     if (tasks.length > 64) throw invalidArgument('tasks', 'more than 64 tasks');
   }
   if (req.image === '') throw invalidArgument('image', 'is required');
   if (req.image.length > 512 || req.image.includes('\0')) throw invalidArgument('image', 'is not an image name');
   // An OCI image may bring its own command (Entrypoint + Cmd) and working directory (WorkingDir).
   const oci = looksLikeReference(req.image);
-  if (req.restoreFrom !== '' && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.restoreFrom)) throw invalidArgument('restore_from', 'is not a backup id');
   if (req.seccompProfile !== '' && !NAME.test(req.seccompProfile)) throw invalidArgument('seccomp_profile', `must match ${NAME.source}`);
   return {
     id: workspaceId('id', req.id),
@@ -173,12 +185,13 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
     resources: resources(req.resources, limits),
     network,
     ports: ports('ports', req.ports, network),
-    restoreFrom: req.restoreFrom,
+    restoreFrom,
     seccompProfile: req.seccompProfile,
     tasks,
-    source: { repositoryUrl: req.source?.repositoryUrl ?? '', revision: req.source?.revision ?? '' },
+    source,
     workingDir: oci && req.workingDir === '' ? '' : dirInside('working_dir', req.workingDir),
     ...(req.user !== '' ? { user: userField(req.user) } : {}),
+    content,
   };
 }
 

@@ -42,6 +42,17 @@ const GLOBAL: Record<string, Flag> = {
   version: { type: 'boolean', help: "tetrixctl's version" },
 };
 
+// /workspace from git (docs/source.md); the token only from a file, never on a command line others can read.
+const SOURCE_FLAGS: Record<string, Flag> = {
+  git: { type: 'string', value: 'URL', help: 'check out this repository into /workspace (https://, http://, git://)' },
+  ref: { type: 'string', value: 'REF', help: 'with --git: the branch or tag (default: the remote\'s HEAD)' },
+  commit: { type: 'string', value: 'SHA', help: 'with --git: a full commit id instead of --ref' },
+  depth: { type: 'string', value: 'N', help: 'with --git: a shallow checkout of N commits' },
+  submodules: { type: 'boolean', help: 'with --git: check out submodules too' },
+  'git-token-file': { type: 'string', value: 'FILE', help: 'with --git (https): a file holding the access token' },
+  'from-prebuild': { type: 'string', value: 'SNAPSHOT', help: 'with --git: start from this prebuild snapshot, then fetch only the new commits' },
+};
+
 const START_FLAGS: Record<string, Flag> = {
   image: { type: 'string', value: 'IMAGE', help: 'builtin:busybox (default), an image directory name, or an OCI reference (registry/repo:tag)' },
   owner: { type: 'string', value: 'USER', help: 'the owning user (default $USER)' },
@@ -59,6 +70,7 @@ const START_FLAGS: Record<string, Flag> = {
   'restore-from': { type: 'string', value: 'BACKUP', help: 'start from this backup\'s content' },
   'seccomp-profile': { type: 'string', value: 'NAME', help: 'a seccomp profile from the node\'s profiles directory' },
   port: { type: 'string', multiple: true, value: 'N', help: 'a port to expose (isolated network); repeatable' },
+  ...SOURCE_FLAGS,
 };
 
 const ID = { names: ['ID'], required: 1 };

@@ -9,6 +9,7 @@ import { storedObjectOf } from '../content/repo/formats';
 import { DomainError } from '../errors';
 import { packageRoot } from '../config/config';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
+import { contentLines, contentRequest, provenanceSummary } from './source';
 import { adminCredentials, CliError, connect, unaryCall, type Clients } from './client';
 import { listBackups } from './backups';
 import { backupIds, removeBackups } from './backup-rm';
@@ -57,6 +58,7 @@ function startRequest(inv: Invocation): StartWorkspaceRequest {
     restoreFrom: str(inv, 'restore-from') ?? '',
     seccompProfile: str(inv, 'seccomp-profile') ?? '',
     ports: list(inv, 'port').map((p) => integer('--port', p, 1, 65535)),
+    content: contentRequest((name) => inv.values[name] as string | boolean | undefined),
   };
 }
 
@@ -103,6 +105,7 @@ function show(workspaces: Workspace__Output[], json: boolean): void {
   process.stdout.write(table([header, ...workspaces.map(row)]));
   const failed = workspaces.find((w) => w.message);
   if (failed && workspaces.length === 1) process.stdout.write(`message: ${failed.message}\n`);
+  if (workspaces.length === 1) process.stdout.write(contentLines(workspaces[0]!));
 }
 
 const note = (text: string): void => void process.stderr.write(`tetrixctl: ${text}\n`);
@@ -381,7 +384,7 @@ async function verify(c: Clients, inv: Invocation, json: boolean): Promise<numbe
     : (await unaryCall<NodeInfo__Output>((md, o, cb) => c.node.GetNodeInfo({}, md, o, cb))).provenancePublicKeyPem;
   const storage = new FsObjectStorage({ dir: str(inv, 'backup-dir') ?? '/var/lib/tetrix/backups' });
   const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: storedObjectOf(snapshot), publicKeyPem });
-  process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${snapshot} was built by ${statement.predicate.runDetails.builder.id}\n${JSON.stringify(statement, null, 2)}\n`);
+  process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${snapshot} was built by ${statement.predicate.runDetails.builder.id}\n${provenanceSummary(statement)}${JSON.stringify(statement, null, 2)}\n`);
   return 0;
 }
 

@@ -79,6 +79,10 @@ export interface Config {
   readonly userRegistries: string;    // host[:port] list users may name in an image ('' = any); operators any
   readonly imageGcMaxAgeMs: number;   // unused images older than this are removed (0 = never by age)
   readonly imageStoreMaxBytes: number; // least recently used images go while the layer store is above this (0 = no limit)
+  readonly sourceAllowedDestinations: string; // host:port a source fetch may reach despite the deny list (tests: loopback servers), comma-separated
+  readonly sourceCaFile: string;    // extra CA bundle for HTTPS remotes; '' = the host's CAs
+  readonly sourceFetchAttempts: number; // tries of a fetch that fails for a transient reason
+  readonly sourceRetryBaseMs: number;   // backoff before the second try, doubled for each next one
   /** kekSource, kmsTokenFile and kmsCaFile, validated as one. */
   readonly kek: KekSource;
 }
@@ -171,6 +175,10 @@ export function defaults(): Config {
     userRegistries: '',
     imageGcMaxAgeMs: 30 * 24 * 3600 * 1000,
     imageStoreMaxBytes: 0,
+    sourceAllowedDestinations: '',
+    sourceCaFile: '',
+    sourceFetchAttempts: 3,
+    sourceRetryBaseMs: 500,
     kek: { kind: 'state-dir' },
   };
 }
@@ -181,7 +189,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'imageGcMaxAgeMs', 'imageStoreMaxBytes', 'backupKeepLast', 'backupKeepDaily', 'backupKeepWeekly'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'imageGcMaxAgeMs', 'imageStoreMaxBytes', 'backupKeepLast', 'backupKeepDaily', 'backupKeepWeekly', 'sourceFetchAttempts', 'sourceRetryBaseMs'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
@@ -189,6 +197,7 @@ const stringKeys = [
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
   'networkTable', 'dnsServers', 'storageBackend', 'backupStorage', 'backupDir', 'backupFormat', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
   'defaultRegistry', 'registryMirrors', 'registryCaFile', 'insecureRegistry', 'registryAuthFile', 'userRegistries',
+  'sourceAllowedDestinations', 'sourceCaFile',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 /** Settings that were replaced: naming them says what to use instead. */
@@ -343,6 +352,11 @@ function validate(c: Config): Config {
   if (c.backupFormat !== 'snapshot' && c.backupFormat !== 'full') throw new ConfigError(`backupFormat: "${c.backupFormat}" is neither snapshot nor full`);
   if (c.backupStorage === 's3' && c.s3Bucket === '') throw new ConfigError('backupStorage s3 needs s3Bucket');
   if (c.backupDir !== '' && !path.isAbsolute(c.backupDir)) throw new ConfigError(`backupDir: must be an absolute path, got "${c.backupDir}"`);
+  if (c.sourceCaFile !== '' && !path.isAbsolute(c.sourceCaFile)) throw new ConfigError(`sourceCaFile: must be an absolute path, got "${c.sourceCaFile}"`);
+  if (c.sourceFetchAttempts < 1 || c.sourceFetchAttempts > 10) throw new ConfigError(`sourceFetchAttempts: must be 1..10, got ${c.sourceFetchAttempts}`);
+  for (const d of listOf(c.sourceAllowedDestinations)) {
+    if (!/^(\[[0-9a-fA-F:]+\]|[^:\s\[\]]+):\d{1,5}$/.test(d)) throw new ConfigError(`sourceAllowedDestinations: "${d}" is not host:port`);
+  }
   const kek = parseKekSource(c);
   if (c.network === 'off' && c.defaultNetwork === 'isolated') return { ...c, kek, defaultNetwork: 'none' };
   return { ...c, kek };

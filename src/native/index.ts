@@ -22,6 +22,7 @@ import { outputPart, type OutputNative } from './output';
 import { overlayPart, type OverlayNative } from './overlay';
 import { seccompPart, type SeccompNative } from './seccomp';
 import { spawnPart, type SpawnNative } from './spawn';
+import { netnsListenPart, type NetnsListenNative } from './netns-listen';
 
 export { NativeError } from './errors';
 export type * from './archive';
@@ -41,16 +42,17 @@ export type * from './output';
 export type * from './overlay';
 export type * from './seccomp';
 export type * from './spawn';
+export type * from './netns-listen';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & ChunkerNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & ChunkerNative & NetnsListenNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart, chunker: chunkerPart,
+  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart, chunker: chunkerPart, netnsListen: netnsListenPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older

@@ -25,6 +25,8 @@ export interface LaunchSpec {
   user?: string;
   /** Hold the workload at init's gate until release(): nothing of it runs before (an ISOLATED veth). */
   holdAtGate: boolean;
+  /** The bounding set, when not the workspace default: a helper such as the source fetch keeps none. */
+  capabilities?: number[];
 }
 
 /** How a process ended, as waitid reports it; reaped is false for one that is not our child (adopted). */
@@ -134,7 +136,7 @@ export class Launcher {
         ...(output.tasksFd !== undefined ? { tasksFd: output.tasksFd } : {}),
         mounts: spec.mounts,
         ptyLimit: this.o.ptyLimit,
-        capabilities: this.o.capabilities,
+        capabilities: spec.capabilities ?? this.o.capabilities,
         ...(seccomp ? { seccomp } : {}),
         holdWorkload: spec.holdAtGate,
       });

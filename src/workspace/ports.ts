@@ -163,3 +163,11 @@ export interface WorkspaceStorage {
   usage(workspaceId: string): DiskUsage | undefined;
   sweep(liveIds: ReadonlySet<string>): Promise<number>;
 }
+
+/** Content initialization from git (src/source): the checkout, in a sandbox of its own. */
+export type { PopulateJob, PopulateResult, SourceProgress } from '../source/checkout';
+import type { PopulateJob, PopulateResult } from '../source/checkout';
+export interface WorkspaceSource {
+  /** SourceError naming the step when it fails; what it wrote stays in contentDir for the caller to remove. */
+  populate(job: PopulateJob): Promise<PopulateResult>;
+}

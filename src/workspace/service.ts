@@ -15,6 +15,9 @@ import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutc
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
+import { ContentInit, isContentFailure } from './content-init';
+import type { ContentStatus } from './types';
+import type { WorkspaceSource } from './ports';
 
 export interface WorkspaceServiceOptions {
   stateDir: string;
@@ -29,6 +32,7 @@ export interface WorkspaceServiceOptions {
   backups?: WorkspaceBackups;
   provenance?: ProvenancePublisher;
   storage?: WorkspaceStorage;   // encrypted, size-limited volumes (src/storage); without it, plain dirs
+  source?: WorkspaceSource;
 }
 
 interface Runtime {
@@ -43,6 +47,8 @@ interface Starting {
   record: WorkspaceRecord;
   image: ImageRef;
   restoring: OpenedBackup | undefined;
+  /** The content status the record starts with (a prebuild snapshot's verification). */
+  content: ContentStatus;
   /** Our ends of the output, held until spawn took them. */
   opened: number[];
   output?: OpenedOutput;
@@ -97,7 +103,10 @@ export class WorkspaceService {
   // unthrottled finished in 0.9 s but held the event loop for up to 160 ms at a stretch (bench/density).
   private readonly releaseSlots = limitConcurrency(RELEASES_AT_ONCE);
 
+  private readonly content: ContentInit;
+
   constructor(private readonly o: WorkspaceServiceOptions) {
+    this.content = new ContentInit({ ...o, save: (record) => { o.store.updateStatus(record.spec.id, record.status); this.emit(record); } });
     this.events.setMaxListeners(0);
   }
 
@@ -300,7 +309,7 @@ export class WorkspaceService {
 
   private async create(spec: WorkspaceSpec, digest: string, authorizeRestore: AuthorizeRestore | undefined): Promise<WorkspaceRecord> {
     const admitted = await this.admit(spec, authorizeRestore);
-    const start: Starting = { ...admitted, record: this.insertRecord(spec, digest, admitted.image), opened: [] };
+    const start: Starting = { ...admitted, record: this.insertRecord(spec, digest, admitted.image, admitted.content), opened: [] };
     try {
       this.allocateIds(start);
       crashPoint('after-ids');
@@ -308,6 +317,7 @@ export class WorkspaceService {
       await allSettledOrThrow([this.createVolume(start).then(() => this.prepareRootfs(start)), this.createCgroup(start)] as const);
       crashPoint('after-rootfs');
       crashPoint('after-cgroup');
+      await this.content.populate(start.record);
       const launched = await this.launchWorkload(start);
       crashPoint('after-spawn');
       if (holdsAtGate(spec)) {
@@ -323,19 +333,22 @@ export class WorkspaceService {
   }
 
   /** Everything that can refuse the request, checked before anything exists. */
-  private async admit(spec: WorkspaceSpec, authorizeRestore: AuthorizeRestore | undefined): Promise<Pick<Starting, 'image' | 'restoring'>> {
+  private async admit(spec: WorkspaceSpec, authorizeRestore: AuthorizeRestore | undefined): Promise<Pick<Starting, 'image' | 'restoring' | 'content'>> {
     const image = await this.o.sandbox.resolveImage(spec.image);
     withImageConfig(spec, image.config); // a workload with nothing to run is refused now
     this.o.sandbox.checkSeccompProfile(spec.seccompProfile);
+    this.content.check(spec.content);
     const restoring = spec.restoreFrom ? await this.openBackup(spec.restoreFrom, authorizeRestore) : undefined;
+    // After the access decision, before anything exists: a prebuild snapshot must verify (or be allowed not to).
+    const content = await this.content.verifyPrebuild(spec.content);
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
       throw new DomainError('FAILED_PRECONDITION', 'kind: prebuilds need logs, backups and provenance on this node');
     }
-    return { image, restoring };
+    return { image, restoring, content };
   }
 
   /** The record, CREATING, persisted and announced. */
-  private insertRecord(spec: WorkspaceSpec, digest: string, image: ImageRef): WorkspaceRecord {
+  private insertRecord(spec: WorkspaceSpec, digest: string, image: ImageRef, content: ContentStatus): WorkspaceRecord {
     const record: WorkspaceRecord = {
       spec,
       status: {
@@ -343,6 +356,7 @@ export class WorkspaceService {
         ports: [...spec.ports],
         imageDigest: image.digest,
         tasks: spec.tasks.map((t) => ({ name: t.name, state: 'CREATING', exitCode: 0, startedMs: 0, finishedMs: 0 })),
+        content,
       },
     };
     this.o.store.insert(record, digest);
@@ -445,7 +459,8 @@ export class WorkspaceService {
     this.o.log.warn({ workspace: id, err: errText(err) }, 'workspace start failed');
     await this.o.logs?.closeWhenDrained(id);
     await this.releaseAll(record);
-    Object.assign(record.status, { reason: 'SPAWN_FAILED' as Reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
+    const reason: Reason = isContentFailure(err) ? 'CONTENT_FAILED' : 'SPAWN_FAILED';
+    Object.assign(record.status, { reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
     this.transition(record, 'FAILED');
   }
 

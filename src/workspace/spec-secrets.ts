@@ -32,6 +32,13 @@ export const SPEC_SECRETS: Classification<WorkspaceSpec> = {
   source: { repositoryUrl: 'public', revision: 'public' },
   workingDir: 'public',
   user: 'public',
+  // The git token (issue 17) is the one secret of a content source; the rest is shown by GetWorkspace.
+  content: {
+    kind: 'public',
+    git: { url: 'public', ref: 'public', commit: 'public', depth: 'public', filter: 'public', submodules: 'public', token: 'secret' },
+    prebuildSnapshot: 'public',
+    allowUnverified: 'public',
+  },
 };
 
 type Tree = Record<string, unknown>;

@@ -17,7 +17,7 @@ const LAYERS: string[][] = [
   ['api/'],                                          // gRPC server, auth, validation, transport
   ['exec/'],                                         // exec and terminal sessions in running workspaces
   ['workspace/'],                                    // the lifecycle, its records, ports and their adapters
-  ['prebuild/'],                                     // tasks channel, provenance (a service the lifecycle uses)
+  ['prebuild/', 'source/'],                          // tasks channel, provenance; git content (services the lifecycle uses)
   ['images/'],                                       // OCI images: registry client, layer store, pulls
   ['sandbox/', 'network/', 'content/', 'logs/', 'storage/'], // the mechanisms, independent of each other
   ['crypto/'],                                       // keys, the streaming AEAD, sealing, the PKI

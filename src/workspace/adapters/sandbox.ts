@@ -13,7 +13,7 @@ import { capabilityNumbers, DEFAULT_CAPABILITIES } from '../../sandbox/capabilit
 import { boundedLimits, detectCgroupDriver, type CgroupDriver, type CgroupPlacement } from '../../sandbox/cgroups';
 import { IdRangeAllocator } from '../../sandbox/idmap';
 import { ImageStore, type ResolvedImage } from '../../sandbox/images';
-import { Launcher, readInitExitRecord, type LaunchSpec } from '../../sandbox/launch';
+import { Launcher, readInitExitRecord, type Launched, type LaunchSpec } from '../../sandbox/launch';
 import { initBinaryPath, native } from '../../native';
 import { prepareRootfs, releaseRootfs, unmountRootfs, writeRootfsFiles, type ImageOwnership } from '../../sandbox/rootfs';
 import { SeccompProfiles } from '../../sandbox/seccomp';
@@ -22,6 +22,9 @@ import type { OciImageStore } from '../../images/store';
 
 export interface NodeSandbox extends Sandbox {
   readonly cgroupMode: string;
+  /** A helper process in the workspace's cgroup and id range, with its own root and mounts (the source
+   *  fetch, src/source/git-sandbox.ts); not part of the lifecycle's port. */
+  launchHelper(spec: LaunchSpec): Promise<Launched>;
 }
 
 /**
@@ -127,6 +130,7 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
       if (cgroups.list().includes(workspaceId)) await cgroups.open(workspaceId).destroy();
     },
     launch: (workload) => launcher.launch(launchSpecOf(workload)),
+    launchHelper: (spec) => launcher.launch(spec),
     adopt: (pid, startTime) => launcher.adopt(pid, startTime),
     initExitRecord: (workspaceId) => readInitExitRecord(dirOf(workspaceId)),
     oomKillCount: (workspaceId) => (cgroups.list().includes(workspaceId) ? cgroups.open(workspaceId).oomKillCount() : 0),
