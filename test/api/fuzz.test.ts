@@ -263,8 +263,9 @@ const rpcs: Rpc[] = [
   // GetNodeInfo takes nothing: whatever decodes is OK.
   { service: 'NodeService', name: 'GetNodeInfo', streaming: false, schema: {}, allowed: [S.OK] },
   // Operators only. Every operator case that decodes is a real rotation (OK, counted below), so few
-  // cases come as the operator: a user gets PERMISSION_DENIED, garbage UNAUTHENTICATED.
-  { service: 'NodeService', name: 'RotateKey', streaming: false, schema: { 1: 'bool' }, allowed: [S.OK, S.PERMISSION_DENIED, S.FAILED_PRECONDITION], operatorShare: 0.05 },
+  // cases come as the operator: a user gets PERMISSION_DENIED, garbage UNAUTHENTICATED. Random bytes can
+  // decode as retire_key_ids (field 2): not a key id is INVALID_ARGUMENT, a key the node lacks NOT_FOUND.
+  { service: 'NodeService', name: 'RotateKey', streaming: false, schema: { 1: 'bool' }, allowed: [S.OK, S.PERMISSION_DENIED, S.FAILED_PRECONDITION, S.INVALID_ARGUMENT, S.NOT_FOUND], operatorShare: 0.05 },
 ];
 
 // ---------------------------------------------------------------------------------------------------------
