@@ -67,7 +67,7 @@ export class BackupFormats {
     return isSnapshotId(backupId) ? this.snapshots.restore(backupId, target, opts) : this.full.restore(backupId, target, opts);
   }
 
-  open(backupId: string, authorize: AuthorizeBackup): Promise<{ roots: string[]; binding: BackupBinding | undefined }> {
+  open(backupId: string, authorize: AuthorizeBackup): Promise<{ roots: string[]; binding: BackupBinding | undefined; bytes: number; files: number }> {
     return isSnapshotId(backupId) ? this.snapshots.open(backupId, authorize) : this.full.open(backupId, authorize);
   }
 

@@ -307,7 +307,7 @@ export class SnapshotStore {
     return { repo, tree: ids };
   }
 
-  async open(snapshotId: string, authorize: AuthorizeBackup): Promise<{ roots: string[]; binding: BackupBinding | undefined }> {
+  async open(snapshotId: string, authorize: AuthorizeBackup): Promise<{ roots: string[]; binding: BackupBinding | undefined; bytes: number; files: number }> {
     checkSnapshotId(snapshotId);
     let raw: Buffer;
     try {
@@ -325,7 +325,8 @@ export class SnapshotStore {
     }
     authorize(bindingOf(s));
     await this.#verify(s);
-    return { roots: s.roots, binding: bindingOf(s) };
+    // bytes and files: what a restore must fit into the workspace's volume (src/storage checkFits).
+    return { roots: s.roots, binding: bindingOf(s), bytes: s.bytes, files: s.files };
   }
 
   async restore(snapshotId: string, target: string | SourceDirs, opts: RestoreOptions): Promise<void> {
