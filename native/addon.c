@@ -232,7 +232,12 @@ static napi_value init_addon(napi_env env, napi_callback_info info) {
   tx_register_archive(env, addon, constants);
   tx_register_extract(env, addon);
   tx_register_output(env, addon, constants);
+  tx_register_overlay(env, addon);
+  tx_register_loop(env, addon);
+  tx_register_fscrypt(env, addon);
+  tx_register_chunker(env, addon);
   tx_register_exec(env, addon, constants);
+  tx_register_netns_listen(env, addon);
   napi_set_named_property(env, addon, "constants", constants);
   return addon;
 }

@@ -333,6 +333,10 @@ typedef struct {
   int file_fd;        // file whose data is being copied, or -1
   uint64_t file_remaining, file_size;
   bool file_shrank;
+  // Snapshots (src/content/repo/): stop before each regular file's data, so the caller may reuse the
+  // chunks of an unchanged file (archiveWalkSkipFile) instead of reading it. file_id is its fstat identity.
+  bool pause_files, file_paused;
+  struct stat file_st;
 
   // An entry stopped for the xattr policy: its fd (owned here), stat and path.
   pending_kind pending;
@@ -498,6 +502,8 @@ static int start_file_data(walker *w, int fd, const struct stat *st, napi_env en
   w->file_fd = fd;
   w->file_size = w->file_remaining = (uint64_t)st->st_size;
   w->file_shrank = false;
+  w->file_paused = w->pause_files && st->st_size > 0;
+  w->file_st = *st;
   w->pending_path_len = w->path.len;
   if (st->st_size == 0) {
     close(fd);
@@ -869,6 +875,18 @@ static napi_value js_walk_fill(napi_env env, napi_callback_info info) {
       if (w->header_off == w->header.len) w->header.len = w->header_off = 0;
       continue;
     }
+    if (w->file_fd >= 0 && w->file_paused) {
+      // The header is out; the data waits for archiveWalkSkipFile or the next fill.
+      w->file_paused = false;
+      napi_value r = fill_result(env, w, pos - offset, "file");
+      // dev:ino:size:mtime:ctime, as restic's file-change test; from the fstat the data will be read after.
+      char id[160];
+      snprintf(id, sizeof id, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)w->file_st.st_dev,
+               (unsigned long long)w->file_st.st_ino, (long long)w->file_st.st_size, (long long)w->file_st.st_mtim.tv_sec,
+               w->file_st.st_mtim.tv_nsec, (long long)w->file_st.st_ctim.tv_sec, w->file_st.st_ctim.tv_nsec);
+      set_string(env, r, "identity", id, NAPI_AUTO_LENGTH);
+      return r;
+    }
     if (w->file_fd >= 0) {
       size_t n = 0;
       if ((err = copy_file_data(w, buf + pos, len - pos, &n))) return throw_walk(env, w, "read", err);
@@ -936,6 +954,36 @@ static napi_value js_walk_resume(napi_env env, napi_callback_info info) {
   return tx_undefined(env);
 }
 
+// archiveWalkPauseFiles(walker): from now on each fill stops with status "file" before a regular file's data.
+static napi_value js_walk_pause_files(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  walker *w = argc ? get_walker(env, argv[0]) : NULL;
+  if (!w) return NULL;
+  w->pause_files = true;
+  return tx_undefined(env);
+}
+
+// archiveWalkSkipFile(walker): after status "file", ends that file without reading its data (the caller
+// supplies it from an earlier snapshot). The archive still gets the padding after the data.
+static napi_value js_walk_skip_file(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  walker *w = argc ? get_walker(env, argv[0]) : NULL;
+  if (!w) return NULL;
+  if (w->file_fd < 0 || w->file_remaining != w->file_size) return tx_type_error(env, "archiveWalkSkipFile: no file waits for its data");
+  close(w->file_fd);
+  w->file_fd = -1;
+  w->files++;
+  w->bytes_done += (double)w->file_size;
+  w->file_remaining = 0;
+  size_t pad = (TAR_BLOCK - w->file_size % TAR_BLOCK) % TAR_BLOCK;
+  if (!bytes_zeros(&w->header, pad)) return tx_throw(env, "archiveWalkSkipFile: malloc", ENOMEM);
+  return tx_undefined(env);
+}
+
 // archiveWalkClose(walker): closes every fd the walk holds; the walker is unusable afterwards.
 static napi_value js_walk_close(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -968,4 +1016,6 @@ void tx_register_archive(napi_env env, napi_value addon, napi_value constants) {
   tx_set_function(env, addon, "archiveWalkPending", js_walk_pending);
   tx_set_function(env, addon, "archiveWalkResume", js_walk_resume);
   tx_set_function(env, addon, "archiveWalkClose", js_walk_close);
+  tx_set_function(env, addon, "archiveWalkPauseFiles", js_walk_pause_files);
+  tx_set_function(env, addon, "archiveWalkSkipFile", js_walk_skip_file);
 }

@@ -14,6 +14,13 @@
 // hands the host values back with extractResume(), or refuses the archive.
 //
 // Refusals come back as { status: 'refused', message } (DATA_LOSS); unexpected errnos are NativeErrors.
+//
+// Layer mode (extractStartLayer, src/images/unpack.ts): the same walk and creation rules for an OCI image
+// layer, whose entry paths have no root name. Differences, each marked `x->layer`: a ".wh.NAME" file becomes
+// a 0/0 character device NAME (overlayfs's whiteout) and ".wh..wh..opq" the trusted.overlay.opaque xattr of
+// its directory; symlink targets are not checked (nothing here follows them); character and block devices
+// are skipped (never created) and FIFOs made; pax global headers are ignored; setuid/setgid bits are
+// dropped from entries whose owner is outside the mapped range.
 #define _GNU_SOURCE
 #include "tetrix.h"
 
@@ -125,6 +132,14 @@ typedef struct {
   root_t *roots;
   size_t root_count;
   uint32_t uid_base, id_count;
+  // An OCI image layer (extractStartLayer): one root, paths without a root name, whiteouts in their
+  // .wh. form become overlayfs's, symlinks may point anywhere (the kernel resolves them inside the
+  // workspace's root; this extractor never follows one), devices are skipped. See docs/images.md.
+  bool layer;
+  // Layer mode: parents made for an entry without an entry of their own ("a/b" for "a/b/.wh.c"), which
+  // src/images gives the metadata the same directory has in the layers below (as containerd's mkparent).
+  char **implicit;
+  size_t implicit_count, implicit_cap;
 
   parse_state state;
   char block[TAR_BLOCK];
@@ -368,6 +383,8 @@ static bool apply_pax(extractor *x) {
       h->has_xattrs = true;
     } else if (key_len == 13 && memcmp(k, "SCHILY.xattr.", 13) == 0) {
       return refuse_plain(x, "archive: pax xattr record without a name"), false;
+    } else if (x->layer && key_len >= 7 && memcmp(k, "TETRIX.", 7) == 0) {
+      return refuse_plain(x, "archive: Tetrix pax records in an image layer"), false;
     } else if (KEY_IS("TETRIX.metacopy.size")) {
       if (!parse_count(v, v_len, &h->metacopy_size)) return refuse_plain(x, "archive: bad pax TETRIX.metacopy.size"), false;
     } else if (key_len >= 7 && memcmp(k, "TETRIX.", 7) == 0) {
@@ -425,6 +442,7 @@ static bool split_entry_path(extractor *x, const char *p, size_t n, entry_path *
   buf_t rel = {0};
   const char *root = NULL;
   size_t root_len = 0;
+  if (x->layer) root = "", root_len = 0;  // every component belongs to the path
   for (size_t i = 0; i < n;) {
     size_t j = i;
     while (j < n && p[j] != '/') j++;
@@ -447,6 +465,11 @@ static bool split_entry_path(extractor *x, const char *p, size_t n, entry_path *
   if (!root) {
     free(rel.data);
     return refuse_entry(x, p, n, "empty path"), false;
+  }
+  if (x->layer) {
+    out->root = 0;
+    out->rel = rel.data ? rel.data : strdup("");
+    return out->rel != NULL;
   }
   for (size_t r = 0; r < x->root_count; r++) {
     if (strlen(x->roots[r].name) == root_len && memcmp(x->roots[r].name, root, root_len) == 0) {
@@ -479,6 +502,30 @@ static int open_dir_at(int dir_fd, const char *name) {
   return openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 }
 
+// rel (cut at the component just made) joins the implicit parents.
+static bool note_implicit(extractor *x, const char *rel) {
+  if (x->implicit_count == x->implicit_cap) {
+    size_t cap = x->implicit_cap ? x->implicit_cap * 2 : 16;
+    char **p = realloc(x->implicit, cap * sizeof *p);
+    if (!p) return false;
+    x->implicit = p;
+    x->implicit_cap = cap;
+  }
+  if (!(x->implicit[x->implicit_count] = strdup(rel))) return false;
+  x->implicit_count++;
+  return true;
+}
+
+// A directory entry of its own: no longer an implicit parent.
+static void drop_implicit(extractor *x, const char *rel) {
+  for (size_t i = 0; i < x->implicit_count; i++) {
+    if (strcmp(x->implicit[i], rel) != 0) continue;
+    free(x->implicit[i]);
+    x->implicit[i] = x->implicit[--x->implicit_count];
+    return;
+  }
+}
+
 // The parent directory fd of rel in a written root, opening (and creating, 0755, as tar does) missing
 // parents one component at a time. The chain of open parents is kept between entries. Returns 0 with
 // *dir_fd and *name (pointing into rel), -1 refused, or an errno.
@@ -509,6 +556,10 @@ static int parent_of(extractor *x, size_t root, char *rel, int *dir_fd, const ch
           int err = errno;
           *end = '/';
           return err;
+        }
+        if (x->layer && !note_implicit(x, rel)) {
+          *end = '/';
+          return ENOMEM;
         }
         next = open_dir_at(fd, p);
       }
@@ -725,6 +776,7 @@ static bool record_dir(extractor *x, size_t root, const char *rel, xattr_list *x
 static bool on_directory(extractor *x, size_t root, char *rel, xattr_list *xattrs, sys_error *e) {
   x->files++;
   if (x->roots[root].fd < 0) return true;
+  if (x->layer) drop_implicit(x, rel);
   if (rel[0]) {
     int dir_fd;
     const char *name;
@@ -786,7 +838,8 @@ static bool on_symlink(extractor *x, size_t root, char *rel, sys_error *e) {
   header_t *h = &x->h;
   if (!no_data(x)) return false;
   if (!rel[0]) return REFUSE(x, "the root must be a directory"), false;
-  if (symlink_escapes(rel, h->linkpath.data ? h->linkpath.data : "", h->linkpath.len)) {
+  if (x->layer && (h->linkpath.len == 0 || strlen(h->linkpath.data) != h->linkpath.len)) return REFUSE(x, "empty or NUL symlink target"), false;
+  if (!x->layer && symlink_escapes(rel, h->linkpath.data ? h->linkpath.data : "", h->linkpath.len)) {
     buf_t q = {0};
     json_quote(&q, h->linkpath.data ? h->linkpath.data : "", h->linkpath.len);
     REFUSE(x, "symlink target %s leaves the root", q.data);
@@ -863,11 +916,105 @@ out_rel:
 static bool on_whiteout(extractor *x, size_t root, char *rel, sys_error *e) {
   header_t *h = &x->h;
   if (!no_data(x)) return false;
+  if (x->layer && (h->dev_major != 0 || h->dev_minor != 0)) return x->files++, true;  // never created
   if (h->dev_major != 0 || h->dev_minor != 0) return REFUSE(x, "device nodes are not restored"), false;
-  if (strcmp(x->roots[root].name, "upper") != 0) return REFUSE(x, "a whiteout (0/0 device) outside the upper root"), false;
+  if (!x->layer && strcmp(x->roots[root].name, "upper") != 0) return REFUSE(x, "a whiteout (0/0 device) outside the upper root"), false;
   if (!rel[0]) return REFUSE(x, "the root must be a directory"), false;
   if (!no_xattrs(x)) return false;
   return make_node(x, root, rel, e, create_whiteout, NULL, "mknodat whiteout");
+}
+
+// --- layer mode: whiteouts, FIFOs ------------------------------------------------------------------
+
+#define WHITEOUT_PREFIX ".wh."
+#define OPAQUE_MARKER ".wh..wh..opq"
+
+static const char *base_name(const char *rel) {
+  const char *slash = strrchr(rel, '/');
+  return slash ? slash + 1 : rel;
+}
+
+// A ".wh." component anywhere but as the last one (aufs's .wh..wh.plnk hard-link dirs, a whiteout
+// "directory") has no overlayfs meaning: refused.
+static bool whiteout_inside(const char *rel) {
+  for (const char *p = rel; *p;) {
+    const char *end = strchrnul(p, '/');
+    if (*end && strncmp(p, WHITEOUT_PREFIX, 4) == 0) return true;
+    p = *end ? end + 1 : end;
+  }
+  return false;
+}
+
+// ".wh..wh..opq": the directory hides every lower layer's entries (trusted.overlay.opaque=y).
+static bool on_opaque_marker(extractor *x, size_t root, char *rel, sys_error *e) {
+  x->files++;
+  int dir_fd;
+  const char *name;
+  int rc = parent_of(x, root, rel, &dir_fd, &name);
+  if (rc < 0) return false;
+  if (rc > 0) return sys_fail(e, "openat parent", rc);
+  if (fsetxattr(dir_fd, "trusted.overlay.opaque", "y", 1, 0) != 0) return sys_fail(e, "fsetxattr trusted.overlay.opaque", errno);
+  return true;
+}
+
+// ".wh.NAME": NAME is deleted in this layer, overlayfs's way (a 0/0 character device, owned by root).
+static bool on_whiteout_file(extractor *x, size_t root, char *rel, sys_error *e) {
+  const char *base = base_name(rel);
+  const char *target = base + strlen(WHITEOUT_PREFIX);
+  if (strncmp(target, WHITEOUT_PREFIX, 4) == 0) return REFUSE(x, "unknown whiteout metadata entry"), false;
+  if (!target[0] || strcmp(target, ".") == 0 || strcmp(target, "..") == 0) return REFUSE(x, "whiteout of no name"), false;
+  if (!no_xattrs(x)) return false;
+  // rel with the ".wh." cut out of its last component.
+  size_t dir_len = (size_t)(base - rel);
+  char *hidden = malloc(dir_len + strlen(target) + 1);
+  if (!hidden) return sys_fail(e, "malloc", ENOMEM);
+  memcpy(hidden, rel, dir_len);
+  strcpy(hidden + dir_len, target);
+  x->h.uid = x->h.gid = 0;
+  bool ok = make_node(x, root, hidden, e, create_whiteout, NULL, "mknodat whiteout");
+  free(hidden);
+  return ok;
+}
+
+static int create_fifo(int dir_fd, const char *name, void *arg) {
+  (void)arg;
+  return mknodat(dir_fd, name, S_IFIFO | 0600, 0);
+}
+
+// The layer-mode entries that differ from a restore's; *handled false: go on as a restore would.
+static bool on_layer_entry(extractor *x, size_t root, char *rel, sys_error *e, bool *handled) {
+  header_t *h = &x->h;
+  *handled = true;
+  if (whiteout_inside(rel)) return REFUSE(x, "a path through a whiteout entry"), false;
+  // Outside the mapped range an owner reads as nobody: its setuid/setgid bits must not make a nobody
+  // program the workspace did not ask for.
+  if (h->uid < 0 || h->uid >= x->id_count) h->mode &= ~04000u;
+  if (h->gid < 0 || h->gid >= x->id_count) h->mode &= ~02000u;
+  const char *base = base_name(rel);
+  if (strncmp(base, WHITEOUT_PREFIX, 4) == 0) {
+    if (h->type != T_FILE) return REFUSE(x, "a whiteout that is not a plain file"), false;
+    if (!no_data(x)) return false;
+    if (strcmp(base, OPAQUE_MARKER) == 0) return on_opaque_marker(x, root, rel, e);
+    return on_whiteout_file(x, root, rel, e);
+  }
+  if (h->type == T_BLOCK) {
+    if (!no_data(x)) return false;
+    x->files++;  // devices are never created from an image
+    return true;
+  }
+  if (h->type == T_FIFO) {
+    if (!no_data(x) || !no_xattrs(x)) return false;
+    if (!rel[0]) return REFUSE(x, "the root must be a directory"), false;
+    if (!make_node(x, root, rel, e, create_fifo, NULL, "mknodat fifo")) return false;
+    int dir_fd;
+    const char *name;
+    int rc = parent_of(x, root, rel, &dir_fd, &name);
+    if (rc != 0) return rc < 0 ? false : sys_fail(e, "openat parent", rc);
+    if (fchmodat(dir_fd, name, h->mode & 0777, AT_SYMLINK_NOFOLLOW) != 0) return sys_fail(e, "fchmodat fifo", errno);
+    return true;
+  }
+  *handled = false;
+  return true;
 }
 
 // The entry after its header (and any xattr decision). false: refused or a system error.
@@ -891,6 +1038,14 @@ static int on_entry(extractor *x, sys_error *e) {
   entry_path p;
   if (!split_entry_path(x, h->path.data ? h->path.data : "", h->path.len, &p, true)) return -1;
   bool ok = true;
+  if (x->layer) {
+    bool handled;
+    ok = on_layer_entry(x, p.root, p.rel, e, &handled);
+    if (handled) {
+      free(p.rel);
+      return ok ? 0 : -1;
+    }
+  }
   switch (h->type) {
     case T_FILE:
       if (!p.rel[0]) {
@@ -935,7 +1090,9 @@ wait:
 // The parser
 
 static void end_extended(extractor *x) {
-  if (x->ext_kind == T_PAX) {
+  if (x->ext_kind == T_PAX_GLOBAL) {
+    // Layer mode: a global header (git archive writes a comment in one) changes nothing we apply.
+  } else if (x->ext_kind == T_PAX) {
     buf_set(&x->pax, x->ext.data ? x->ext.data : "", x->ext.len);
     x->have_pax = true;
   } else {
@@ -958,7 +1115,7 @@ static int on_header_block(extractor *x, const char *b, sys_error *e) {
   if (x->zero_blocks) return refuse_plain(x, "archive: a lone zero block inside the archive"), -1;
   if (!decode_ustar(x, b)) return -1;
   header_t *h = &x->h;
-  if (h->type == T_PAX || h->type == T_LONGNAME || h->type == T_LONGLINK) {
+  if (h->type == T_PAX || h->type == T_LONGNAME || h->type == T_LONGLINK || (x->layer && h->type == T_PAX_GLOBAL)) {
     if (h->size > MAX_EXTENDED) return refuse_plain(x, "archive: extended header too large"), -1;
     x->ext_kind = h->type;
     x->ext.len = 0;
@@ -1113,6 +1270,8 @@ static void extractor_free(extractor *x) {
   free(x->longlink.data);
   free(x->entry_rel);
   free(x->refusal);
+  for (size_t i = 0; i < x->implicit_count; i++) free(x->implicit[i]);
+  free(x->implicit);
   free(x);
 }
 
@@ -1166,6 +1325,40 @@ static napi_value js_extract_start(napi_env env, napi_callback_info info) {
       extractor_free(x);
       return tx_throw(env, "extractStart: dup root fd", err);
     }
+  }
+  napi_create_external(env, x, finalize_extractor, NULL, &result);
+  return result;
+}
+
+// extractStartLayer(rootFd, idCount) -> extractor in layer mode (see the top of this file): one root,
+// owners kept as they are below idCount (the layer store is mounted idmapped later), others 65534.
+static napi_value js_extract_start_layer(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  int32_t root_fd;
+  uint32_t id_count;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return tx_type_error(env, "extractStartLayer(rootFd, idCount)");
+  if (!tx_get_int32(env, argv[0], "extractStartLayer: rootFd", &root_fd) ||
+      !tx_get_uint32(env, argv[1], "extractStartLayer: idCount", &id_count)) {
+    return NULL;
+  }
+  if (root_fd < 0 || id_count == 0) return tx_type_error(env, "extractStartLayer: rootFd must be an fd and idCount positive");
+  extractor *x = calloc(1, sizeof *x);
+  if (!x || !(x->roots = calloc(1, sizeof *x->roots)) || !(x->roots[0].name = strdup(""))) {
+    if (x) free(x->roots);
+    free(x);
+    return tx_throw(env, "malloc", ENOMEM);
+  }
+  x->root_count = 1;
+  x->layer = true;
+  x->data_fd = -1;
+  x->chain_root = (size_t)-1;
+  x->id_count = id_count;
+  if ((x->roots[0].fd = fcntl(root_fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+    int err = errno;
+    extractor_free(x);
+    return tx_throw(env, "extractStartLayer: dup root fd", err);
   }
   napi_create_external(env, x, finalize_extractor, NULL, &result);
   return result;
@@ -1266,6 +1459,22 @@ static void feed_execute(napi_env env, void *data) {
 }
 
 static void close_fds(extractor *x);
+
+// extractImplicitDirs(extractor) -> string[]: layer mode, the parents made without an entry of their own.
+static napi_value js_extract_implicit_dirs(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], list, v;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  extractor *x = argc ? get_extractor(env, argv[0]) : NULL;
+  if (!x) return NULL;
+  if (x->busy) return tx_type_error(env, "extractImplicitDirs: a feed is still running");
+  napi_create_array_with_length(env, x->implicit_count, &list);
+  for (size_t i = 0; i < x->implicit_count; i++) {
+    napi_create_string_utf8(env, x->implicit[i], NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, list, (uint32_t)i, v);
+  }
+  return list;
+}
 
 static void feed_complete(napi_env env, napi_status status, void *data) {
   feed_job *job = data;
@@ -1450,10 +1659,12 @@ static napi_value js_extract_close(napi_env env, napi_callback_info info) {
 
 void tx_register_extract(napi_env env, napi_value addon) {
   tx_set_function(env, addon, "extractStart", js_extract_start);
+  tx_set_function(env, addon, "extractStartLayer", js_extract_start_layer);
   tx_set_function(env, addon, "extractFeed", js_extract_feed);
   tx_set_function(env, addon, "extractFeedAsync", js_extract_feed_async);
   tx_set_function(env, addon, "extractPending", js_extract_pending);
   tx_set_function(env, addon, "extractResume", js_extract_resume);
   tx_set_function(env, addon, "extractFinish", js_extract_finish);
+  tx_set_function(env, addon, "extractImplicitDirs", js_extract_implicit_dirs);
   tx_set_function(env, addon, "extractClose", js_extract_close);
 }

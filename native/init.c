@@ -18,6 +18,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -57,7 +58,52 @@ static void drop_output_read_ends(void) {
   close(TX_SESSION_PARK_PEER_FD);
 }
 
+// --user UID:GID[:G1,G2...] (an OCI image's User, src/sandbox/user.ts): the workload and each task run as it,
+// with those supplementary groups (the image's /etc/group membership, as Docker sets them); set in the
+// child, so init itself stays the namespace's root. A non-root uid keeps no capabilities across execve
+// (capabilities(7)), as under Docker.
+#define MAX_USER_GROUPS 32
+static bool run_as_user;
+static uid_t user_uid;
+static gid_t user_gid;
+static gid_t user_groups[MAX_USER_GROUPS];
+static size_t user_group_count;
+
+static bool parse_id(const char **p, char stop, unsigned long *out) {
+  char *end;
+  *out = strtoul(*p, &end, 10);
+  if (end == *p || *out > 65535 || (*end != stop && *end != 0)) return false;
+  *p = end;
+  return true;
+}
+
+static bool parse_user(const char *text) {
+  unsigned long uid, gid, g;
+  const char *p = text;
+  if (!parse_id(&p, ':', &uid) || *p != ':') return false;
+  p++;
+  if (!parse_id(&p, ':', &gid)) return false;
+  if (*p == ':') {
+    for (p++; *p;) {
+      if (user_group_count == MAX_USER_GROUPS || !parse_id(&p, ',', &g)) return false;
+      user_groups[user_group_count++] = (gid_t)g;
+      if (*p == ',') p++;
+    }
+  }
+  run_as_user = true;
+  user_uid = (uid_t)uid;
+  user_gid = (gid_t)gid;
+  return true;
+}
+
+static bool become_user(void) {
+  if (!run_as_user) return true;
+  return setgroups(user_group_count, user_groups) == 0 && setresgid(user_gid, user_gid, user_gid) == 0 &&
+         setresuid(user_uid, user_uid, user_uid) == 0;
+}
+
 __attribute__((noreturn)) static void exec_workload(char **argv, const sigset_t *original_mask) {
+  if (!become_user()) die(STEP_INIT_USER, "switch to --user");
   setpgid(0, 0);
   close(TX_STATUS_FD);                             // the status fd is init's alone
   drop_output_read_ends();
@@ -263,6 +309,10 @@ __attribute__((noreturn)) static void exec_task(const task_frame *f, int index, 
     dprintf(2, "tetrix-init: task %d: malformed task\n", index);
     _exit(127);
   }
+  if (!become_user()) {
+    dprintf(2, "tetrix-init: task %d: switch to --user: %s\n", index, strerror(errno));
+    _exit(127);
+  }
   if (chdir(cwd) < 0) {
     dprintf(2, "tetrix-init: task %d: chdir %s: %s\n", index, cwd, strerror(errno));
     _exit(127);
@@ -346,9 +396,16 @@ int main(int argc, char **argv) {
   if (hold) dashes++;
   bool tasks = argc > dashes && strcmp(argv[dashes], "--tasks") == 0;
   if (tasks) dashes++;
+  if (argc > dashes + 1 && strcmp(argv[dashes], "--user") == 0) {
+    if (!parse_user(argv[dashes + 1])) {
+      errno = EINVAL;
+      die(STEP_INIT_ARGS, "--user takes UID:GID[:GROUPS] below 65536");
+    }
+    dashes += 2;
+  }
   if (argc < dashes + (tasks ? 1 : 2) || strcmp(argv[dashes], "--") != 0) {
     errno = EINVAL;
-    die(STEP_INIT_ARGS, "usage: init [--hold] [--tasks] -- PROGRAM [ARGS...]");
+    die(STEP_INIT_ARGS, "usage: init [--hold] [--tasks] [--user UID:GID] -- PROGRAM [ARGS...]");
   }
   // Every signal is blocked and read from a signalfd: no handlers, nothing unsafe runs asynchronously.
   // spawn.c already execs us with all signals blocked, so nothing sent before this point is lost.

@@ -180,6 +180,30 @@ static bool get_hold(napi_env env, napi_value obj, spawn_job *job) {
   return true;
 }
 
+// opts.workloadUser {uid, gid, groups?}: ids inside the namespace the workload (and each task) runs as,
+// with up to 32 supplementary groups; init switches (native/init.c --user).
+static bool get_workload_user(napi_env env, napi_value obj, spawn_job *job) {
+  static const char what[] = "spawn: opts.workloadUser: uid, gid and up to 32 groups, each below 65536";
+  napi_value v, uid_v, gid_v, groups, item;
+  uint32_t uid, gid, count = 0, g;
+  job->user_arg[0] = 0;
+  if (!tx_get_prop(env, obj, "workloadUser", &v) || !is_present(env, v)) return true;
+  if (!tx_get_prop(env, v, "uid", &uid_v) || !tx_get_prop(env, v, "gid", &gid_v) ||
+      !tx_get_uint32(env, uid_v, what, &uid) || !tx_get_uint32(env, gid_v, what, &gid))
+    return false;
+  if (uid > 65535 || gid > 65535) return tx_type_error(env, what), false;
+  int n = snprintf(job->user_arg, sizeof job->user_arg, "%u:%u", uid, gid);
+  if (tx_get_prop(env, v, "groups", &groups) && is_present(env, groups)) {
+    if (napi_get_array_length(env, groups, &count) != napi_ok || count > 32) return tx_type_error(env, what), false;
+    for (uint32_t i = 0; i < count; i++) {
+      if (napi_get_element(env, groups, i, &item) != napi_ok || !tx_get_uint32(env, item, what, &g)) return false;
+      if (g > 65535) return tx_type_error(env, what), false;
+      n += snprintf(job->user_arg + n, sizeof job->user_arg - (size_t)n, "%s%u", i == 0 ? ":" : ",", g);
+    }
+  }
+  return true;
+}
+
 static bool get_tasks_fd(napi_env env, napi_value obj, spawn_job *job) {
   napi_value v;
   job->tasks_fd = -1;
@@ -217,12 +241,16 @@ static bool get_output_read_fds(napi_env env, napi_value obj, spawn_job *job) {
 static bool read_options(napi_env env, napi_value opts, spawn_job *job) {
   uint32_t argc = 0, cgroups = 0;
   int32_t out, err, status;
-  if (!get_hold(env, opts, job) || !get_tasks_fd(env, opts, job)) return false;
-  const char *prefix[4];
+  if (!get_hold(env, opts, job) || !get_tasks_fd(env, opts, job) || !get_workload_user(env, opts, job)) return false;
+  const char *prefix[6];
   size_t prefix_count = 0;
   prefix[prefix_count++] = "init";
   if (job->hold) prefix[prefix_count++] = "--hold";
   if (job->tasks_fd >= 0) prefix[prefix_count++] = "--tasks";
+  if (job->user_arg[0]) {
+    prefix[prefix_count++] = "--user";
+    prefix[prefix_count++] = job->user_arg;
+  }
   prefix[prefix_count++] = "--";
   if (!get_string_prop(env, opts, "rootfs", &job->rootfs) || !get_string_prop(env, opts, "initPath", &job->init_path) ||
       !get_strv_prop(env, opts, "argv", prefix, prefix_count, &job->argv, &argc) ||

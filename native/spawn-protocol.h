@@ -98,6 +98,7 @@ enum tx_step {
   STEP_EXEC,             // the workload's execve
   STEP_INIT_HELD,        // notice (err 0): init waits at the gate
   STEP_INIT_GATE,        // init: the gate fd is missing or reading it failed
+  STEP_INIT_USER,        // init: setgroups/setresgid/setresuid to --user (an OCI image's User)
   STEP_COUNT
 };
 

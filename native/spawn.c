@@ -703,6 +703,7 @@ static char *step_name(const spawn_job *job, const tx_report *r) {
       [STEP_EXEC] = "execve",
       [STEP_INIT_HELD] = "init: held",
       [STEP_INIT_GATE] = "init: gate",
+      [STEP_INIT_USER] = "init: switch to the workload's user",
   };
   char buf[PATH_MAX + 64];
   int i = r->index;

@@ -20,7 +20,7 @@ typedef struct {
   char *init_path;
   char *cwd;
   char *hostname;
-  char **argv;  // "init", ["--hold"], ["--tasks"], "--", workload argv..., NULL
+  char **argv;  // "init", ["--hold"], ["--tasks"], ["--user", "UID:GID"], "--", workload argv..., NULL
   char **envp;  // NULL-terminated
   uint32_t uid_base, gid_base, id_count;
   char **cgroup_tasks;  // v1: one `tasks` file per hierarchy, joined by the child itself
@@ -56,6 +56,7 @@ typedef struct {
 
   napi_deferred deferred;
   napi_async_work work;
+  char user_arg[256];    // init's "--user" value "UID:GID[:G1,G2...]" (inside the namespace), "" = root
 } spawn_job;
 
 spawn_job *tx_spawn_job_new(void);

@@ -71,8 +71,13 @@ void tx_register_idmap(napi_env env, napi_value addon);
 void tx_register_fsops(napi_env env, napi_value addon);
 void tx_register_archive(napi_env env, napi_value addon, napi_value constants);
 void tx_register_extract(napi_env env, napi_value addon);
+void tx_register_overlay(napi_env env, napi_value addon);
 void tx_register_output(napi_env env, napi_value addon, napi_value constants);
+void tx_register_loop(napi_env env, napi_value addon);
+void tx_register_fscrypt(napi_env env, napi_value addon);
+void tx_register_chunker(napi_env env, napi_value addon);
 void tx_register_exec(napi_env env, napi_value addon, napi_value constants);
+void tx_register_netns_listen(napi_env env, napi_value addon);
 
 void tx_set_function(napi_env env, napi_value obj, const char *name, napi_callback cb);
 void tx_set_constant(napi_env env, napi_value obj, const char *name, int64_t value);

@@ -9,7 +9,10 @@
 //     rootfs/          the overlay mount the workspace pivots into
 //     content/         the /workspace tree, bind-mounted by spawn; the part that is backed up
 //     exit-status      what init recorded of the workload's end (native/init.c)
+//     source/          the git fetch's tool root and its output while it runs (src/source/git-sandbox.ts)
 //   logs/              the sealed log store
+//   storage/           workspace volumes (storageBackend ext4-fscrypt): images/, mnt/, pool/ (docs/storage.md);
+//                      a workspace's dir above is then its volume's encrypted dir, bind-mounted
 //   bin/tetrix-init    the daemon's private copy of init
 //   spec.key           the HMAC key of spec digests
 // A new per-workspace directory goes in WorkspaceLayout, and nowhere else.
@@ -23,11 +26,13 @@ export interface WorkspaceLayout {
   rootfs: string;
   content: string;
   exitStatus: string;
+  source: string;
 }
 
 export interface StateLayout {
   workspaces: string;
   logs: string;
+  storage: string;
   initBinary: string;
   specKey: string;
 }
@@ -37,6 +42,7 @@ export function stateLayout(stateDir: string): StateLayout {
   return {
     workspaces: path.join(dir, 'workspaces'),
     logs: path.join(dir, 'logs'),
+    storage: path.join(dir, 'storage'),
     initBinary: path.join(dir, 'bin', 'tetrix-init'),
     specKey: path.join(dir, 'spec.key'),
   };
@@ -57,5 +63,6 @@ export function workspaceLayout(wsDir: string): WorkspaceLayout {
     rootfs: path.join(dir, 'rootfs'),
     content: path.join(dir, 'content'),
     exitStatus: path.join(dir, 'exit-status'),
+    source: path.join(dir, 'source'),
   };
 }

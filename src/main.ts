@@ -21,16 +21,22 @@ import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, rele
 import { checkHost } from './preflight';
 import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
+import { OciImageStore } from './images/store';
+import { imageHandlers, imageRegistryCheck } from './api/image-api';
+import { listOf, registryMirrorsOf } from './config/config';
 import { openNodeKeyRing } from './crypto/kek-source';
 import { KeyRotation } from './crypto/rotation';
 import { openNodeNetwork, workspaceNetwork } from './workspace/adapters/network';
 import { WorkspaceOutput } from './workspace/adapters/output';
 import { LogStore } from './logs';
-import { BackupStore } from './content/backups';
+import { openBackups } from './content/repo/open-backups';
+import { backupHandlers } from './api/backups-api';
 import { openBackupStorage } from './content/open-storage';
 import { loadOrCreateSigningKey } from './prebuild/signing-key';
 import { provenancePublisher } from './workspace/adapters/provenance';
 import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from './crypto/secrets';
+import { defaultDisk, openWorkspaceVolumes } from './storage/open';
+import { createSource } from './source';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -57,16 +63,33 @@ async function run(config: Config): Promise<void> {
     open: (sealed, aad) => openSecret(keyring, sealed, aad).toString('utf8'),
     reseal: (sealed, aad) => resealSecret(keyring, sealed, aad),
     keyIdsIn: sealedKeyIdsIn,
+    sealBytes: (plaintext, aad) => sealSecret(keyring, plaintext, aad),
+    openBytes: (sealed, aad) => openSecret(keyring, sealed, aad),
   });
   const metrics = new DaemonMetrics();
-  const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind) });
+  let workspaces: WorkspaceService | undefined;
+  // Workspaces per image digest: RemoveImage and the image GC never take an image in use.
+  const imagesInUse = (): Map<string, number> => {
+    const used = new Map<string, number>();
+    for (const r of workspaces?.list() ?? []) used.set(r.status.imageDigest, (used.get(r.status.imageDigest) ?? 0) + 1);
+    return used;
+  };
+  const oci = new OciImageStore({
+    stateDir: config.stateDir,
+    defaultRegistry: config.defaultRegistry,
+    registry: { mirrors: registryMirrorsOf(config.registryMirrors), caFile: config.registryCaFile || undefined, insecureHosts: listOf(config.insecureRegistry), authFile: config.registryAuthFile || undefined },
+    inUse: imagesInUse,
+  });
+  await oci.open();
+  metrics.imageStoreBytes(() => oci.storeBytes());
+  const sandbox = await createSandbox(config, log, { onCleanup: (kind) => metrics.countCleanup(kind), oci });
   const nodeNetwork = await openNodeNetwork(config);
   const network = workspaceNetwork(nodeNetwork);
   const logStore = new LogStore({ dir: stateLayout(config.stateDir).logs, sealer: keyring, maxBytesPerLog: config.logMaxBytes });
   await logStore.init();
   const output = new WorkspaceOutput(logStore, native, log);
   const storage = openBackupStorage(config);
-  const backups = new BackupStore({ storage, keyring, log });
+  const backups = openBackups(config, storage, keyring, log);
   const signingKey = await loadOrCreateSigningKey(config.stateDir);
   const rotation = new KeyRotation(keyring, [
     { kind: 'backup', usage: () => backups.keyUsage(), rewrap: (keyId) => backups.rewrap('all', keyId) },
@@ -79,18 +102,24 @@ async function run(config: Config): Promise<void> {
     return 0;
   });
   if (leftovers > 0) metrics.countCleanup('backup_temporary', leftovers);
-  const workspaces = new WorkspaceService({
+  const volumes = await openWorkspaceVolumes(config, {
+    put: (id, key) => store.putDiskKey(id, key), get: (id) => store.diskKey(id), erase: (id) => store.eraseDiskKey(id),
+  }, log);
+  // eslint-disable-next-line prefer-const
+  workspaces = new WorkspaceService({
     stateDir: config.stateDir,
     defaultGraceMs: config.stopGraceMs,
     store,
     sandbox,
     log,
     specKey: loadOrCreateSecret(stateLayout(config.stateDir).specKey),
-    defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids },
+    defaultResources: { memoryBytes: config.defaultMemoryBytes, cpuMillis: config.defaultCpuMillis, pids: config.defaultPids, ...defaultDisk(config) },
     network,
     logs: output,
     backups,
     provenance: provenancePublisher(storage, signingKey, { nodeId: config.nodeId, version }),
+    ...(volumes ? { storage: volumes } : {}),
+    source: createSource(config, log, { launch: (spec) => sandbox.launchHelper(spec), listenInNetns: (pid, port) => native.listenInNetns(pid, port), outputPipe: (capacity) => native.outputPipe(capacity) }),
   });
   output.onTaskEvent = (id, event) => workspaces.onTaskEvent(id, event);
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));
@@ -101,8 +130,11 @@ async function run(config: Config): Promise<void> {
   const metricsServer = config.metricsListen ? await startMetricsServer(metrics, config.metricsListen) : undefined;
   const limits = { ...config, defaultNetwork: config.defaultNetwork === 'isolated' ? ('ISOLATED' as const) : ('NONE' as const) };
   const audit = createAuditLog(openAuditLogger(config.auditLog, config.stateDir, log, { node: config.nodeId }));
+  const checkImage = imageRegistryCheck(oci, listOf(config.userRegistries), audit);
   const api = createApiServer({
-    workspaces: workspaceHandlers(workspaces, output, limits, audit, log),
+    workspaces: workspaceHandlers(workspaces, output, limits, audit, log, checkImage),
+    images: imageHandlers(oci, imagesInUse, audit, log, checkImage),
+    backups: backupHandlers(backups, audit, log),
     exec: execHandlers(sessions, workspaces, audit, log),
     node: nodeHandlers({
       nodeId: config.nodeId,
@@ -142,6 +174,13 @@ async function run(config: Config): Promise<void> {
   };
   sweepLogs();
   setInterval(sweepLogs, 3600_000).unref();
+  const collectImages = (): void => {
+    oci.collect({ maxAgeMs: config.imageGcMaxAgeMs, maxBytes: config.imageStoreMaxBytes })
+      .then((removed) => removed.length > 0 && log.info({ removed }, 'unused images removed'))
+      .catch((err: unknown) => log.warn({ err: String(err) }, 'image garbage collection failed'));
+  };
+  collectImages();
+  setInterval(collectImages, 3600_000).unref();
 
   let stopping = false;
   const shutdown = async (signal: string): Promise<void> => {
@@ -157,6 +196,7 @@ async function run(config: Config): Promise<void> {
     // Names are held for the workspaces that outlive the daemon; with none left, nothing needs them.
     const holdsWorkspaces = workspaces.list().length > 0;
     workspaces.close();
+    await volumes?.stop();
     await nodeNetwork?.close();
     store.close();
     kek.close();

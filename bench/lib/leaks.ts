@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { hostLinkName } from '../../src/network/links';
 import { mountsUnder } from '../../src/sandbox/rootfs';
+import { loopsUnder } from '../../src/storage/loops';
 import { cgroupDirsOf } from './launcher';
 
 export interface LeakScope {
@@ -27,6 +28,8 @@ export interface HostSnapshot {
   idClaims: string[];
   leases: string[];
   workspaceDirs: string[];
+  loops: string[];        // loop devices bound to a file of the daemon's (workspace volumes, src/storage)
+  volumes: string[];      // volume images left in <stateDir>/storage/images
 }
 
 export type Leaks = Partial<Record<keyof HostSnapshot, string[]>>;
@@ -139,8 +142,12 @@ function leasesOf(stateDir: string): string[] {
 
 export function snapshotHost(scope: LeakScope): HostSnapshot {
   const wsRoot = path.join(scope.stateDir, 'workspaces');
+  const volumeRoot = path.join(scope.stateDir, 'storage', 'images');
+  // The volume pool's formatted, empty volumes are the daemon's working set (like
+  // its bridge): mounted while it runs, removed at its shutdown (src/storage/pool.ts).
+  const pool = path.join(scope.stateDir, 'storage', 'pool') + '/';
   return {
-    mounts: mountsUnder(scope.dir),
+    mounts: mountsUnder(scope.dir).filter((m) => !m.startsWith(pool)),
     cgroups: cgroupsBelow(scope.cgroupParent),
     netns: namedNetns(),
     links: tetrixLinks(scope.netns),
@@ -149,6 +156,8 @@ export function snapshotHost(scope: LeakScope): HostSnapshot {
     idClaims: idClaimsOf(scope.stateDir, scope.idmapDir ?? '/run/tetrix/idmap'),
     leases: leasesOf(scope.stateDir),
     workspaceDirs: fs.existsSync(wsRoot) ? fs.readdirSync(wsRoot) : [],
+    loops: loopsUnder(scope.dir).filter((l) => !l.backingFile.startsWith(pool)).map((l) => `loop${l.minor} ${l.backingFile}`),
+    volumes: fs.existsSync(volumeRoot) ? fs.readdirSync(volumeRoot) : [],
   };
 }
 

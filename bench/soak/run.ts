@@ -3,6 +3,11 @@
 // element, process, uid claim, state row or directory left; the daemon's fds back to their baseline;
 // its resident memory within 10% of its value after the first 100 cycles. Not a test (bench/soak/run.sh).
 //   --cycles N (TETRIX_SOAK_CYCLES)   --parallel P (TETRIX_SOAK_PARALLEL, default 4)   --keep (keep the temp dir)
+//   --storage: every workspace on an encrypted volume (storageBackend ext4-fscrypt); loop devices and volume
+//   images are then among what must not be left
+import fs from 'node:fs';
+import { mountsUnder } from '../../src/sandbox/rootfs';
+import { loopsUnder } from '../../src/storage/loops';
 import { launchDaemon } from '../lib/launcher';
 import { describeLeaks } from '../lib/leaks';
 import { runChurn } from './churn';
@@ -23,8 +28,10 @@ async function main(): Promise<number> {
   const cycles = option('--cycles', 'TETRIX_SOAK_CYCLES', 1000);
   const parallel = option('--parallel', 'TETRIX_SOAK_PARALLEL', 4);
   const keep = process.argv.includes('--keep');
-  const d = await launchDaemon({ prefix: 'tetrix-soak' });
-  console.log(`soak: daemon pid ${d.pid}, state ${d.stateDir}, ${cycles} cycles, ${parallel} in flight`);
+  const storage = process.argv.includes('--storage');
+  const storageArgs = ['--storage-backend', 'ext4-fscrypt', '--default-disk-bytes', String(64 * MiB), '--storage-pool-size', '4'];
+  const d = await launchDaemon({ prefix: 'tetrix-soak', ...(storage ? { extraArgs: storageArgs } : {}) });
+  console.log(`soak: daemon pid ${d.pid}, state ${d.stateDir}, ${cycles} cycles, ${parallel} in flight${storage ? ', encrypted volumes' : ''}`);
   let failed = true;
   try {
     const r = await runChurn(d, {
@@ -53,7 +60,12 @@ async function main(): Promise<number> {
         `rss after 100 cycles ${rssText}, fds ${r.fdBaseline} -> ${r.fdEnd}, leaks: ${leakText}, ${failed ? 'FAILED' : 'ok'}`,
     );
   } finally {
-    await d.shutdown({ keep: keep || failed });
+    await d.shutdown({ keep: true });
+    // After the daemon: its pool's volumes too must be gone (it unmounts them at shutdown).
+    const after = [...mountsUnder(d.dir), ...loopsUnder(d.dir).map((l) => `loop${l.minor} ${l.backingFile}`)];
+    console.log(`soak: after the daemon's shutdown: ${after.length ? `PROBLEM: left ${after.join(', ')}` : 'no mount or loop device left'}`);
+    failed ||= after.length > 0;
+    if (!(keep || failed)) fs.rmSync(d.dir, { recursive: true, force: true });
     if (keep || failed) console.log(`soak: kept ${d.dir} (daemon log: ${d.logFile})`);
   }
   return failed ? 1 : 0;

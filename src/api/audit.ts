@@ -13,6 +13,7 @@ export interface AuditEvent {
   readonly action: string;     // a workspace action ('endpoint', 'logs', ...) or an RPC path
   readonly workspace?: string; // the workspace asked for, known or not
   readonly backup?: string;    // the backup asked for (restore), known or not
+  readonly image?: string;     // the image reference asked for (ImageService)
   readonly decision: AuditDecision;
   readonly reason: string;     // why, for the operator; never sent to the caller
   readonly via?: 'grpc' | 'endpoint';
@@ -40,6 +41,7 @@ export function createAuditLog(logger: Logger): AuditLog {
           action: clip(e.action),
           ...(e.workspace !== undefined ? { workspace: clip(e.workspace) } : {}),
           ...(e.backup !== undefined ? { backup: clip(e.backup) } : {}),
+          ...(e.image !== undefined ? { image: clip(e.image) } : {}),
           decision: e.decision,
           reason: clip(e.reason),
           ...(e.via ? { via: e.via } : {}),

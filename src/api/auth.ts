@@ -250,6 +250,24 @@ export function authorizeWorkspaceAccess(
     : new DomainError('PERMISSION_DENIED', WORKSPACE_PERMISSION_DENIED);
 }
 
+/**
+ * A snapshot (sn-...) lives in its owner's repository (a prebuild's: its team's), and restores only into a
+ * workspace of that owner (of that team), operators included: one owner's files never land in a workspace
+ * whose backups go to someone else's repository. Full backups keep the rule before snapshots (operators vouch).
+ */
+function restoreDecision(
+  principal: Principal | undefined,
+  backup: { readonly id: string; readonly binding: WorkspaceOwnership | undefined },
+  target: WorkspaceOwnership | undefined,
+): AccessDecision {
+  const d = decideWorkspaceAccess(principal, backup.binding, 'restore');
+  const b = backup.binding;
+  if (!d.allow || !target || !b || !backup.id.startsWith('sn-')) return d;
+  const intoTeam = b.kind === 'PREBUILD' && b.teamId !== '' && target.teamId === b.teamId;
+  if (target.ownerId === b.ownerId || intoTeam) return d;
+  return { allow: false, code: 'PERMISSION_DENIED', reason: 'a snapshot restores only into a workspace of its owner (a prebuild\'s: of its team)' };
+}
+
 // One message for "no such backup" and "not yours": a refusal never tells whether a backup id exists.
 export const RESTORE_PERMISSION_DENIED = 'restore_from: permission denied';
 
@@ -262,8 +280,9 @@ export function authorizeRestore(
   principal: Principal | undefined,
   backup: { readonly id: string; readonly binding: (WorkspaceOwnership & { readonly workspaceId: string }) | undefined },
   audit: AuditLog,
+  target?: WorkspaceOwnership,
 ): void {
-  const d = decideWorkspaceAccess(principal, backup.binding, 'restore');
+  const d = restoreDecision(principal, backup, target);
   audit.record({
     who: describePrincipal(principal),
     action: 'restore',
@@ -277,6 +296,76 @@ export function authorizeRestore(
   throw d.code === 'UNAUTHENTICATED'
     ? new DomainError('UNAUTHENTICATED', 'credentials required')
     : new DomainError('PERMISSION_DENIED', RESTORE_PERMISSION_DENIED);
+}
+
+// One message for "no such backup" and "not yours" on DeleteBackup, as for restores.
+export const BACKUP_PERMISSION_DENIED = 'backup_id: permission denied';
+
+/**
+ * The backup rules (BackupService): a caller sees in ListBackups the backups it may restore; it may delete
+ * those of workspaces it could manage (its own; operators any, a prebuild's team members none); prune and
+ * check are for operators. Deletes, prunes and checks are audited; listing filters and is not.
+ */
+export function mayListBackup(principal: Principal | undefined, binding: (WorkspaceOwnership & { readonly workspaceId: string }) | undefined): boolean {
+  return decideWorkspaceAccess(principal, binding, 'restore').allow;
+}
+
+export function authorizeBackupAction(
+  principal: Principal | undefined,
+  backup: { readonly id: string; readonly binding: (WorkspaceOwnership & { readonly workspaceId: string }) | undefined },
+  action: 'delete-backup' | 'prune-backups' | 'check-backups',
+  audit: AuditLog,
+): void {
+  const d = action === 'delete-backup'
+    ? decideWorkspaceAccess(principal, backup.binding, 'manage')
+    : principal?.kind === 'operator' ? decideWorkspaceAccess(principal, undefined, 'manage')
+      : { allow: false as const, code: principal ? 'PERMISSION_DENIED' as const : 'UNAUTHENTICATED' as const, reason: principal ? 'node operators only' : 'no credentials' };
+  audit.record({
+    who: describePrincipal(principal), action, ...(backup.id ? { backup: backup.id } : {}),
+    ...(backup.binding ? { workspace: backup.binding.workspaceId } : {}),
+    decision: d.allow ? 'allow' : 'deny', reason: d.reason, via: 'grpc',
+  });
+  if (d.allow) return;
+  if (d.code === 'UNAUTHENTICATED') throw new DomainError('UNAUTHENTICATED', 'credentials required');
+  throw new DomainError('PERMISSION_DENIED', action === 'delete-backup' ? BACKUP_PERMISSION_DENIED : `${action}: node operators only`);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Images (ImageService, docs/images.md)
+
+export type ImageAction = 'pull' | 'list' | 'remove';
+
+/** Operators may do anything. A user may pull: a StartWorkspace naming a reference pulls it anyway, and the
+ *  store's GC bounds what pulls cost. Listing (references may name other teams' images) and removing are
+ *  the operators'. */
+export function decideImageAccess(principal: Principal | undefined, action: ImageAction): AccessDecision {
+  if (!principal) return { allow: false, code: 'UNAUTHENTICATED', reason: 'no credentials' };
+  if (principal.kind === 'operator') return { allow: true, reason: 'node operator' };
+  if (action === 'pull') return { allow: true, reason: 'users may pull' };
+  return { allow: false, code: 'PERMISSION_DENIED', reason: 'node operators only' };
+}
+
+export function authorizeImageAccess(principal: Principal | undefined, action: ImageAction, image: string, audit: AuditLog): void {
+  const d = decideImageAccess(principal, action);
+  audit.record({ who: describePrincipal(principal), action: `image.${action}`, ...(image ? { image } : {}), decision: d.allow ? 'allow' : 'deny', reason: d.reason, via: 'grpc' });
+  if (d.allow) return;
+  throw d.code === 'UNAUTHENTICATED' ? new DomainError('UNAUTHENTICATED', 'credentials required') : new DomainError('PERMISSION_DENIED', `image: ${action}: node operators only`);
+}
+
+/** --user-registries: the registries a user may name in an image (empty: any). Operators may name any. */
+export function decideImageRegistry(principal: Principal | undefined, registry: string, allowed: readonly string[]): AccessDecision {
+  if (!principal) return { allow: false, code: 'UNAUTHENTICATED', reason: 'no credentials' };
+  if (principal.kind === 'operator' || allowed.length === 0) return { allow: true, reason: principal.kind === 'operator' ? 'node operator' : 'any registry' };
+  if (allowed.includes(registry)) return { allow: true, reason: 'an allowed registry' };
+  return { allow: false, code: 'PERMISSION_DENIED', reason: `registry ${registry} is not in --user-registries` };
+}
+
+export function authorizeImageRegistry(principal: Principal | undefined, image: string, registry: string, allowed: readonly string[], audit: AuditLog): void {
+  const d = decideImageRegistry(principal, registry, allowed);
+  if (d.allow && allowed.length === 0) return; // nothing decided: no audit line per start
+  audit.record({ who: describePrincipal(principal), action: 'image.registry', image, decision: d.allow ? 'allow' : 'deny', reason: d.reason, via: 'grpc' });
+  if (d.allow) return;
+  throw d.code === 'UNAUTHENTICATED' ? new DomainError('UNAUTHENTICATED', 'credentials required') : new DomainError('PERMISSION_DENIED', `image: users may not pull from ${registry} on this node`);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // Domain records to wire messages. The spec's env never leaves the node.
 import type { Workspace } from '../generated/tetrix/agent/v1/Workspace';
-import type { WorkspaceRecord } from '../workspace/types';
+import { noContentStatus, type WorkspaceRecord } from '../workspace/types';
 
 export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
   return {
@@ -10,7 +10,10 @@ export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
     kind: `WORKSPACE_KIND_${spec.kind}`,
     image: spec.image,
     command: spec.command,
-    resources: { memoryBytes: spec.resources.memoryBytes, cpuMillis: spec.resources.cpuMillis, pids: spec.resources.pids },
+    resources: {
+      memoryBytes: spec.resources.memoryBytes, cpuMillis: spec.resources.cpuMillis, pids: spec.resources.pids,
+      diskBytes: spec.resources.diskBytes ?? 0, diskInodes: spec.resources.diskInodes ?? 0,
+    },
     network: `NETWORK_MODE_${spec.network}`,
     state: `WORKSPACE_STATE_${status.state}`,
     reason: `STOP_REASON_${status.reason}`,
@@ -35,6 +38,20 @@ export function workspaceMessage({ spec, status }: WorkspaceRecord): Workspace {
     failedTask: status.failedTask,
     seccompProfile: spec.seccompProfile,
     restoredFrom: status.restoredFrom,
-    source: spec.source,
+    imageDigest: status.imageDigest,
+    diskUsedBytes: status.disk?.usedBytes ?? 0,
+    diskLimitBytes: status.disk?.limitBytes ?? 0,
+    diskUsedInodes: status.disk?.usedInodes ?? 0,
+    diskLimitInodes: status.disk?.limitInodes ?? 0,
+    diskEncrypted: status.disk?.encrypted ?? false,
+    source: { ...spec.source, commit: status.content?.commit ?? '' },
+    content: contentMessage(status.content ?? noContentStatus()),
+  };
+}
+
+function contentMessage(c: NonNullable<WorkspaceRecord['status']['content']>): NonNullable<Workspace['content']> {
+  return {
+    phase: c.phase, objectsReceived: c.objectsReceived, objectsTotal: c.objectsTotal, attempts: c.attempts, failedStep: c.failedStep,
+    prebuildId: c.prebuildId, prebuildSnapshotId: c.prebuildSnapshotId, prebuildVerified: c.prebuildVerified,
   };
 }

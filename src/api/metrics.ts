@@ -30,6 +30,9 @@ export class DaemonMetrics {
   private readonly oomKills: Counter;
   private readonly cleanups: Counter<'kind'>;
   private readonly byState: Gauge<'state'>;
+  private readonly diskUsed: Gauge;
+  private readonly diskLimit: Gauge;
+  private readonly disksFull: Gauge;
   /** The last state seen per workspace, to act on transitions only (a record is announced more than once). */
   private readonly lastState = new Map<string, State>();
   /** When a stop began (STOPPING seen); the record itself keeps no such time. */
@@ -87,7 +90,41 @@ export class DaemonMetrics {
       registers,
       collect: () => this.countByState(),
     });
+    // Sums and a count, not one series per workspace (ids stay out of labels): GetWorkspace has each one's.
+    this.diskUsed = new Gauge({
+      name: 'tetrix_workspace_disk_used_bytes',
+      help: 'Bytes in use on all workspace volumes (src/storage)',
+      registers,
+      collect: () => this.collectDiskUsage(),
+    });
+    this.diskLimit = new Gauge({
+      name: 'tetrix_workspace_disk_limit_bytes',
+      help: 'What all workspace volumes hold for files, in bytes',
+      registers,
+    });
+    this.disksFull = new Gauge({
+      name: 'tetrix_workspace_disks_full',
+      help: 'Workspace volumes at 95% or more of their bytes or inodes',
+      registers,
+    });
   }
+
+  private collectDiskUsage(): void {
+    let used = 0;
+    let limit = 0;
+    let full = 0;
+    for (const { status } of this.source?.list() ?? []) {
+      const disk = status.disk;
+      if (!disk) continue;
+      used += disk.usedBytes;
+      limit += disk.limitBytes;
+      if (disk.usedBytes >= 0.95 * disk.limitBytes || disk.usedInodes >= 0.95 * disk.limitInodes) full++;
+    }
+    this.diskUsed.set(used);
+    this.diskLimit.set(limit);
+    this.disksFull.set(full);
+  }
+
 
   /** Follows the lifecycle of source from now on (one source; created before it, so the sandbox can count cleanups). */
   watch(source: WorkspaceSource): void {
@@ -105,6 +142,16 @@ export class DaemonMetrics {
   }
 
   /** kind names the resource: cgroup, mount, workspace_dir, netns, veth, nft_element, id_range, ... */
+  /** tetrix_image_store_bytes: file bytes in the OCI layer store (src/images), read at each scrape. */
+  imageStoreBytes(read: () => Promise<number>): void {
+    new Gauge({
+      name: 'tetrix_image_store_bytes', help: 'Bytes of file data in the unpacked OCI layer store', registers: [this.registry],
+      async collect() {
+        this.set(await read());
+      },
+    });
+  }
+
   countCleanup(kind: string, count = 1): void {
     this.cleanups.inc({ kind }, count);
   }

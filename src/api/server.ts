@@ -12,24 +12,30 @@ import type { ProtoGrpcType as ExecProto } from '../generated/exec';
 import type { ExecServiceHandlers } from '../generated/tetrix/agent/v1/ExecService';
 import type { WorkspaceServiceHandlers } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceHandlers } from '../generated/tetrix/agent/v1/NodeService';
+import type { ImageServiceHandlers } from '../generated/tetrix/agent/v1/ImageService';
+import type { ProtoGrpcType as ImagesProtoGrpcType } from '../generated/images';
+import type { ProtoGrpcType as BackupsProto } from '../generated/backups';
+import type { BackupServiceHandlers } from '../generated/tetrix/agent/v1/BackupService';
 import { DomainError } from '../errors';
 import { UndecodableRequest } from './handlers';
 
 export const protoRoot = path.join(packageRoot, 'proto');
 export const protoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'agent.proto');
 export const execProtoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'exec.proto');
+export const backupsProtoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'backups.proto');
+export const imagesProtoFile = path.join(protoRoot, 'tetrix', 'agent', 'v1', 'images.proto');
 
 export const loaderOptions: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
 
-type ProtoGrpcType = AgentProto & { tetrix: { agent: { v1: ExecProto['tetrix']['agent']['v1'] } } };
+type ProtoGrpcType = AgentProto & { tetrix: { agent: { v1: ExecProto['tetrix']['agent']['v1'] & ImagesProtoGrpcType['tetrix']['agent']['v1'] & BackupsProto['tetrix']['agent']['v1'] } } };
 
 export function loadProto(): { definition: protoLoader.PackageDefinition; proto: ProtoGrpcType } {
-  const definition = protoLoader.loadSync([protoFile, execProtoFile], loaderOptions);
+  const definition = protoLoader.loadSync([protoFile, execProtoFile, imagesProtoFile, backupsProtoFile], loaderOptions);
   return { definition, proto: grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType };
 }
 
 /** What grpc.health.v1 answers for: the whole server ('') and each of Tetrix's services by its full name. */
-export const HEALTH_SERVICES = ['', 'tetrix.agent.v1.WorkspaceService', 'tetrix.agent.v1.NodeService'] as const;
+export const HEALTH_SERVICES = ['', 'tetrix.agent.v1.WorkspaceService', 'tetrix.agent.v1.NodeService', 'tetrix.agent.v1.ImageService'] as const;
 
 export interface ApiServer {
   server: grpc.Server;
@@ -39,7 +45,7 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers; node: NodeServiceHandlers; exec?: ExecServiceHandlers }): ApiServer {
+export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers; node: NodeServiceHandlers; exec?: ExecServiceHandlers; images?: ImageServiceHandlers; backups?: BackupServiceHandlers }): ApiServer {
   const { definition, proto } = loadProto();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': 4 << 20,
@@ -50,6 +56,8 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
   server.addService(undecodableAsRequests(proto.tetrix.agent.v1.WorkspaceService.service), handlers.workspaces);
   server.addService(undecodableAsRequests(proto.tetrix.agent.v1.NodeService.service), handlers.node);
   if (handlers.exec) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.ExecService.service), handlers.exec);
+  if (handlers.images) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.ImageService.service), handlers.images);
+  if (handlers.backups) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.BackupService.service), handlers.backups);
   const health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((name) => [name, 'NOT_SERVING'])));
   health.addToServer(server);
   new ReflectionService(definition).addToServer(server);

@@ -2,15 +2,24 @@
 // says why. Nothing below the API layer sees unvalidated input. Messages never echo env values.
 import path from 'node:path';
 import { invalidArgument } from '../errors';
+import { MIN_DISK_BYTES, MIN_DISK_INODES } from '../config/config';
 import type { StartWorkspaceRequest__Output } from '../generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { Task__Output } from '../generated/tetrix/agent/v1/Task';
 import type { NetworkMode, Resources, TaskSpec, WorkspaceSpec } from '../workspace/types';
+import { looksLikeReference } from '../images/reference';
+import { contentSpec } from './content';
+import { askedRevision } from '../source/spec';
 
 export interface Limits {
   maxMemoryBytes: number;
   maxCpuMillis: number;
   maxPids: number;
   defaultNetwork: NetworkMode;
+  /** 'none': the node has no volumes, so no disk limit can be asked for. */
+  storageBackend: string;
+  defaultDiskBytes: number;
+  maxDiskBytes: number;
+  maxDiskInodes: number;
 }
 
 const ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -74,7 +83,23 @@ function resources(raw: StartWorkspaceRequest__Output['resources'], limits: Limi
   if (cpuMillis !== 0 && cpuMillis < 10) throw invalidArgument('resources.cpu_millis', 'must be 0 (node default) or at least 10');
   const pids = boundedInt('resources.pids', raw?.pids, limits.maxPids);
   if (pids !== 0 && pids < 8) throw invalidArgument('resources.pids', 'must be 0 (node default) or at least 8');
-  return { memoryBytes, cpuMillis, pids };
+  return { memoryBytes, cpuMillis, pids, ...disk(raw, limits) };
+}
+
+/** A volume's size and inode count (src/storage): as asked, 0 for the node default. */
+function disk(raw: StartWorkspaceRequest__Output['resources'], limits: Limits): { diskBytes: number; diskInodes: number } {
+  const none = limits.storageBackend === 'none';
+  const diskBytes = boundedInt('resources.disk_bytes', raw?.diskBytes, none ? Number.MAX_SAFE_INTEGER : limits.maxDiskBytes);
+  const diskInodes = boundedInt('resources.disk_inodes', raw?.diskInodes, none ? Number.MAX_SAFE_INTEGER : limits.maxDiskInodes);
+  if (none && (diskBytes !== 0 || diskInodes !== 0)) {
+    throw invalidArgument(diskBytes !== 0 ? 'resources.disk_bytes' : 'resources.disk_inodes', 'this node has no workspace volumes (storageBackend none), so it cannot hold a disk limit');
+  }
+  if (diskBytes !== 0 && diskBytes < MIN_DISK_BYTES) throw invalidArgument('resources.disk_bytes', `must be 0 (node default) or at least ${MIN_DISK_BYTES}`);
+  if (diskInodes !== 0 && diskInodes < MIN_DISK_INODES) throw invalidArgument('resources.disk_inodes', `must be 0 (one per 16 KiB) or at least ${MIN_DISK_INODES}`);
+  // ext4 needs room for its inode tables (256 bytes each) besides the files: at most one per 2 KiB.
+  const bytes = diskBytes || limits.defaultDiskBytes;
+  if (diskInodes > Math.floor(bytes / 2048)) throw invalidArgument('resources.disk_inodes', `${diskInodes} is more than a volume of ${bytes} bytes holds (one per 2048 bytes)`);
+  return { diskBytes, diskInodes };
 }
 
 export function dirInside(field: string, value: string): string {
@@ -128,14 +153,26 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
   const tasks = req.tasks.map(task);
   if (kind === 'PREBUILD' && tasks.length === 0) throw invalidArgument('tasks', 'a prebuild needs at least one task');
   if (kind === 'REGULAR' && tasks.length > 0) throw invalidArgument('tasks', 'only prebuilds run tasks');
+  if (req.restoreFrom !== '' && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.restoreFrom)) throw invalidArgument('restore_from', 'is not a backup id');
+  const { content, restoreFrom } = contentSpec(req.content, req.restoreFrom);
+  // A prebuild that fetches its source records what it fetched; `source` is then what was asked, from content.
+  const source = content.kind === 'none'
+    ? { repositoryUrl: req.source?.repositoryUrl ?? '', revision: req.source?.revision ?? '' }
+    : { repositoryUrl: content.git.url, revision: askedRevision(content.git) };
+  if (content.kind !== 'none' && req.source && (req.source.repositoryUrl || req.source.revision)
+    && (req.source.repositoryUrl !== source.repositoryUrl || req.source.revision !== source.revision)) {
+    throw invalidArgument('source', 'differs from content.git (leave source empty: it is taken from the content source)');
+  }
+  if (kind === 'PREBUILD' && content.kind === 'prebuild') throw invalidArgument('content.prebuild', 'a prebuild starts from a fresh checkout');
   if (kind === 'PREBUILD') {
-    if (!/^[\x21-\x7e]{1,2048}$/.test(req.source?.repositoryUrl ?? '')) throw invalidArgument('source.repository_url', 'a prebuild names the repository it builds (printable, at most 2048)');
-    if (!/^[\x21-\x7e]{1,256}$/.test(req.source?.revision ?? '')) throw invalidArgument('source.revision', 'a prebuild names the revision it builds (printable, at most 256)');
+    if (!/^[\x21-\x7e]{1,2048}$/.test(source.repositoryUrl)) throw invalidArgument('source.repository_url', 'a prebuild names the repository it builds (printable, at most 2048)');
+    if (!/^[\x21-\x7e]{1,256}$/.test(source.revision)) throw invalidArgument('source.revision', 'a prebuild names the revision it builds (printable, at most 256)');
     if (tasks.length > 64) throw invalidArgument('tasks', 'more than 64 tasks');
   }
   if (req.image === '') throw invalidArgument('image', 'is required');
-  if (req.image.length > 256 || req.image.includes('\0')) throw invalidArgument('image', 'is not an image name');
-  if (req.restoreFrom !== '' && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.restoreFrom)) throw invalidArgument('restore_from', 'is not a backup id');
+  if (req.image.length > 512 || req.image.includes('\0')) throw invalidArgument('image', 'is not an image name');
+  // An OCI image may bring its own command (Entrypoint + Cmd) and working directory (WorkingDir).
+  const oci = looksLikeReference(req.image);
   if (req.seccompProfile !== '' && !NAME.test(req.seccompProfile)) throw invalidArgument('seccomp_profile', `must match ${NAME.source}`);
   return {
     id: workspaceId('id', req.id),
@@ -143,17 +180,27 @@ export function startSpec(req: StartWorkspaceRequest__Output, limits: Limits): W
     teamId: principal('team_id', req.teamId, kind === 'PREBUILD'),
     kind,
     image: req.image,
-    command: argv('command', req.command, kind === 'REGULAR'),
+    command: argv('command', req.command, kind === 'REGULAR' && (!oci || req.command.length > 0)),
     env: env('env', req.env),
     resources: resources(req.resources, limits),
     network,
     ports: ports('ports', req.ports, network),
-    restoreFrom: req.restoreFrom,
+    restoreFrom,
     seccompProfile: req.seccompProfile,
     tasks,
-    source: { repositoryUrl: req.source?.repositoryUrl ?? '', revision: req.source?.revision ?? '' },
-    workingDir: dirInside('working_dir', req.workingDir),
+    source,
+    workingDir: oci && req.workingDir === '' ? '' : dirInside('working_dir', req.workingDir),
+    ...(req.user !== '' ? { user: userField(req.user) } : {}),
+    content,
   };
+}
+
+const USER_PART = '[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}';
+const USER = new RegExp(`^${USER_PART}(:${USER_PART})?$`);
+
+function userField(value: string): string {
+  if (!USER.test(value)) throw invalidArgument('user', 'must be NAME[:GROUP] or UID[:GID]');
+  return value;
 }
 
 export function gracePeriod(ms: number): number {

@@ -10,7 +10,7 @@ import type { WorkspaceService } from '../workspace/service';
 import type { WorkspaceRecord } from '../workspace/types';
 import { workspaceMessage } from './convert';
 import type { AuditLog } from './audit';
-import { authorizeRestore, authorizeWorkspaceAccess, type WorkspaceAction } from './auth';
+import { authorizeRestore, authorizeWorkspaceAccess, type Principal, type WorkspaceAction } from './auth';
 import { serverStream, unary, type CallContext } from './handlers';
 import { gracePeriod, portList, startSpec, workspaceId, type Limits } from './validate';
 import { turnGate } from '../promises';
@@ -19,7 +19,7 @@ import { turnGate } from '../promises';
 // one socket read in one turn of the event loop, so each such call waits for a turn of its own first.
 const LIFECYCLE_CALLS_PER_TURN = 8;
 
-export function workspaceHandlers(workspaces: WorkspaceService, output: WorkspaceOutput, limits: Limits, audit: AuditLog, log: Logger): WorkspaceServiceHandlers {
+export function workspaceHandlers(workspaces: WorkspaceService, output: WorkspaceOutput, limits: Limits, audit: AuditLog, log: Logger, checkImage: (principal: Principal | undefined, image: string) => void = () => undefined): WorkspaceServiceHandlers {
   /** Validates the id and applies the access rule; returns the id. */
   const allowed = (ctx: CallContext, rawId: string, action: WorkspaceAction): string => {
     const id = workspaceId('id', rawId);
@@ -36,6 +36,7 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
       const spec = startSpec(req, limits);
       // A user may create only workspaces they own, and learns nothing about someone else's id.
       authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: spec }, 'manage', audit);
+      checkImage(ctx.principal, spec.image); // --user-registries (src/api/image-api.ts)
       const existing = workspaces.find(spec.id);
       if (existing) authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: existing.spec }, 'manage', audit);
       // A torn-down workspace's log outlives it, and a start under its id begins a fresh history (wiping
@@ -44,7 +45,7 @@ export function workspaceHandlers(workspaces: WorkspaceService, output: Workspac
       if (retained) authorizeWorkspaceAccess(ctx.principal, { id: spec.id, record: { ownerId: retained.ownerId, teamId: retained.teamId, kind: 'REGULAR' } }, 'manage', audit);
       // restore_from: decided by the same rule on the workspace the backup records (docs/backup-format.md).
       const authorize = (binding: Parameters<typeof authorizeRestore>[1]['binding']): void =>
-        authorizeRestore(ctx.principal, { id: spec.restoreFrom, binding }, audit);
+        authorizeRestore(ctx.principal, { id: spec.restoreFrom, binding }, audit, spec);
       return workspaceMessage(await workspaces.start(spec, { authorizeRestore: authorize }));
     }),
     StopWorkspace: unary(log, 'StopWorkspace', async (req, ctx) => {

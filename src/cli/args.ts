@@ -42,20 +42,35 @@ const GLOBAL: Record<string, Flag> = {
   version: { type: 'boolean', help: "tetrixctl's version" },
 };
 
+// /workspace from git (docs/source.md); the token only from a file, never on a command line others can read.
+const SOURCE_FLAGS: Record<string, Flag> = {
+  git: { type: 'string', value: 'URL', help: 'check out this repository into /workspace (https://, http://, git://)' },
+  ref: { type: 'string', value: 'REF', help: 'with --git: the branch or tag (default: the remote\'s HEAD)' },
+  commit: { type: 'string', value: 'SHA', help: 'with --git: a full commit id instead of --ref' },
+  depth: { type: 'string', value: 'N', help: 'with --git: a shallow checkout of N commits' },
+  submodules: { type: 'boolean', help: 'with --git: check out submodules too' },
+  'git-token-file': { type: 'string', value: 'FILE', help: 'with --git (https): a file holding the access token' },
+  'from-prebuild': { type: 'string', value: 'SNAPSHOT', help: 'with --git: start from this prebuild snapshot, then fetch only the new commits' },
+};
+
 const START_FLAGS: Record<string, Flag> = {
-  image: { type: 'string', value: 'IMAGE', help: 'builtin:busybox (default), or an image directory name' },
+  image: { type: 'string', value: 'IMAGE', help: 'builtin:busybox (default), an image directory name, or an OCI reference (registry/repo:tag)' },
   owner: { type: 'string', value: 'USER', help: 'the owning user (default $USER)' },
   team: { type: 'string', value: 'TEAM', help: 'the owning team' },
   memory: { type: 'string', value: 'SIZE', help: 'memory limit: bytes or 512M, 1.5G, 2GiB (binary units); default none' },
   cpus: { type: 'string', value: 'CORES', help: 'CPU limit in cores, a decimal: 0.5, 2' },
   cpu: { type: 'string', value: 'MILLICORES', help: 'CPU limit in millicores: 500 or 500m (same as --cpus 0.5)' },
   pids: { type: 'string', value: 'N', help: 'process limit (default: the node\'s)' },
+  disk: { type: 'string', value: 'SIZE', help: 'disk limit (the workspace volume): bytes or 512M, 10G (default: the node\'s)' },
+  'disk-inodes': { type: 'string', value: 'N', help: 'how many files the volume holds (default: one per 16 KiB)' },
   env: { type: 'string', multiple: true, value: 'KEY=VALUE', help: 'an environment variable; repeatable' },
   network: { type: 'string', value: 'none|isolated', help: 'no network, or the isolated workspace network (default: the node\'s)' },
-  workdir: { type: 'string', value: 'DIR', help: 'working directory inside (default /workspace)' },
+  workdir: { type: 'string', value: 'DIR', help: 'working directory inside (default: the image\'s WorkingDir, else /workspace)' },
+  user: { type: 'string', value: 'USER', help: 'run as NAME[:GROUP] or UID[:GID] inside (default: the image\'s User, else root)' },
   'restore-from': { type: 'string', value: 'BACKUP', help: 'start from this backup\'s content' },
   'seccomp-profile': { type: 'string', value: 'NAME', help: 'a seccomp profile from the node\'s profiles directory' },
   port: { type: 'string', multiple: true, value: 'N', help: 'a port to expose (isolated network); repeatable' },
+  ...SOURCE_FLAGS,
 };
 
 const ID = { names: ['ID'], required: 1 };
@@ -85,8 +100,14 @@ export const COMMANDS: Command[] = [
   { name: 'teardown', synopsis: 'ID [--backup-first]', summary: 'remove the workspace and everything it holds; exit 1 if there is no such workspace', args: ID, flags: {
     'backup-first': { type: 'boolean', help: 'take a final backup first; if it fails, nothing is deleted' },
   } },
-  { name: 'backup', synopsis: 'ID [--include-upper]', summary: 'back up the content (progress on a terminal; JSON lines with --output json)', args: ID, flags: {
-    'include-upper': { type: 'boolean', help: 'also the overlay\'s upper layer (changes to the image)' },
+  { name: 'backup', synopsis: 'ID [--include-upper] | rm BACKUP... | check | prune [--dry-run]', summary: 'back up the content (progress on a terminal; JSON lines with --output json); delete backups, check them, prune by the retention policy (src/cli/backup-*.ts)',
+    args: { names: ['ID|rm|check|prune', 'BACKUP'], required: 1, more: true }, flags: {
+      'include-upper': { type: 'boolean', help: 'also the overlay\'s upper layer (changes to the image)' },
+      'dry-run': { type: 'boolean', help: 'prune: say what would be forgotten, delete nothing' },
+    } },
+  { name: 'backups', synopsis: '[--workspace ID] [--owner USER]', summary: 'the backups you may restore: time, size, what each stored (src/cli/backups.ts)', args: { names: [], required: 0 }, flags: {
+    workspace: { type: 'string', value: 'ID', help: 'only this workspace\'s' },
+    owner: { type: 'string', value: 'USER', help: 'only this user\'s' },
   } },
   { name: 'keys', synopsis: 'rotate [--rewrap] [--retire KEY]... | retire KEY... | status', summary: 'key-encryption keys: a new one, retiring old ones, what depends on each',
     args: { names: ['rotate|retire|status', 'KEY'], required: 1, more: true }, flags: {
@@ -116,6 +137,9 @@ export const COMMANDS: Command[] = [
     tail: { type: 'string', value: 'N', help: 'only the last N lines (not with --follow)' },
     timestamps: { type: 'boolean', help: 'start each line with the time it was written (RFC 3339)' },
   } },
+  { name: 'pull', synopsis: 'IMAGE', summary: 'pull an OCI image (progress per layer on a terminal; JSON lines with --output json)', args: { names: ['IMAGE'], required: 1 }, flags: {} },
+  { name: 'images', synopsis: '', summary: 'the OCI images this node holds', args: { names: [], required: 0 }, flags: {} },
+  { name: 'rmi', synopsis: 'IMAGE', summary: 'remove an OCI image (refused while a workspace uses it)', args: { names: ['IMAGE'], required: 1 }, flags: {} },
   ...EXEC_COMMANDS,
   { name: 'info', synopsis: '', summary: 'the node: id, version, cgroup mode', args: { names: [], required: 0 }, flags: {} },
   { name: 'help', synopsis: '[COMMAND]', summary: 'this help, or a command\'s', args: { names: ['COMMAND'], required: 0 }, flags: {} },

@@ -6,12 +6,16 @@ import { createClientCredentials } from '../api/tls';
 import { loadProto } from '../api/server';
 import type { WorkspaceServiceClient } from '../generated/tetrix/agent/v1/WorkspaceService';
 import type { NodeServiceClient } from '../generated/tetrix/agent/v1/NodeService';
+import type { BackupServiceClient } from '../generated/tetrix/agent/v1/BackupService';
 import type { ExecServiceClient } from '../generated/tetrix/agent/v1/ExecService';
+import type { ImageServiceClient } from '../generated/tetrix/agent/v1/ImageService';
 
 export interface Clients {
   workspaces: WorkspaceServiceClient;
   node: NodeServiceClient;
+  backups: BackupServiceClient;
   exec: ExecServiceClient;
+  images: ImageServiceClient;
   close(): void;
 }
 
@@ -28,11 +32,15 @@ export function connect(opts: ConnectOptions): Clients {
   const v1 = proto.tetrix.agent.v1;
   const workspaces = new v1.WorkspaceService(target, creds);
   const node = new v1.NodeService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
+  const backups = new v1.BackupService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
   const exec = new v1.ExecService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
+  const images = new v1.ImageService(target, creds, { channelOverride: workspaces.getChannel() } as grpc.ClientOptions);
   return {
     workspaces,
     node,
+    backups,
     exec,
+    images,
     close: () => {
       workspaces.close();
     },

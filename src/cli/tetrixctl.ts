@@ -5,10 +5,16 @@ import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FsObjectStorage } from '../content/storage-fs';
+import { storedObjectOf } from '../content/repo/formats';
 import { DomainError } from '../errors';
 import { packageRoot } from '../config/config';
 import { verifyStoredSnapshotProvenance } from '../prebuild/verify';
+import { contentLines, contentRequest, provenanceSummary } from './source';
 import { adminCredentials, CliError, connect, unaryCall, type Clients } from './client';
+import { listBackups } from './backups';
+import { backupIds, removeBackups } from './backup-rm';
+import { checkBackups } from './backup-check';
+import { pruneBackups } from './backup-prune';
 import { execAction } from './exec';
 import { COMMANDS, cpuMillis, duration, integer, keyValues, oneOf, parseCommandLine, size, usage, UsageError, type Invocation } from './args';
 import type { NodeInfo__Output } from '../generated/tetrix/agent/v1/NodeInfo';
@@ -19,6 +25,9 @@ import type { TeardownWorkspaceResponse__Output } from '../generated/tetrix/agen
 import type { ListWorkspacesResponse__Output } from '../generated/tetrix/agent/v1/ListWorkspacesResponse';
 import type { Workspace__Output } from '../generated/tetrix/agent/v1/Workspace';
 import type { StartWorkspaceRequest } from '../generated/tetrix/agent/v1/StartWorkspaceRequest';
+import { pull } from './pull';
+import { images } from './images';
+import { rmi } from './rmi';
 import { socketPathOf } from './socket';
 
 const str = (inv: Invocation, name: string): string | undefined => inv.values[name] as string | undefined;
@@ -40,12 +49,16 @@ function startRequest(inv: Invocation): StartWorkspaceRequest {
       memoryBytes: memory === undefined ? 0 : size('--memory', memory),
       cpuMillis: cpuMillis(str(inv, 'cpus'), str(inv, 'cpu')),
       pids: pids === undefined ? 0 : integer('--pids', pids, 1),
+      diskBytes: str(inv, 'disk') === undefined ? 0 : size('--disk', str(inv, 'disk')!),
+      diskInodes: str(inv, 'disk-inodes') === undefined ? 0 : integer('--disk-inodes', str(inv, 'disk-inodes')!, 1),
     },
     network: network === undefined ? 'NETWORK_MODE_UNSPECIFIED' : `NETWORK_MODE_${oneOf('--network', network, ['none', 'isolated'] as const).toUpperCase()}` as StartWorkspaceRequest['network'],
     workingDir: str(inv, 'workdir') ?? '',
+    user: str(inv, 'user') ?? '',
     restoreFrom: str(inv, 'restore-from') ?? '',
     seccompProfile: str(inv, 'seccomp-profile') ?? '',
     ports: list(inv, 'port').map((p) => integer('--port', p, 1, 65535)),
+    content: contentRequest((name) => inv.values[name] as string | boolean | undefined),
   };
 }
 
@@ -92,6 +105,7 @@ function show(workspaces: Workspace__Output[], json: boolean): void {
   process.stdout.write(table([header, ...workspaces.map(row)]));
   const failed = workspaces.find((w) => w.message);
   if (failed && workspaces.length === 1) process.stdout.write(`message: ${failed.message}\n`);
+  if (workspaces.length === 1) process.stdout.write(contentLines(workspaces[0]!));
 }
 
 const note = (text: string): void => void process.stderr.write(`tetrixctl: ${text}\n`);
@@ -180,6 +194,19 @@ async function keys(c: Clients, inv: Invocation, json: boolean): Promise<number>
   }
   process.stdout.write(lines.join('\n') + '\n');
   return 0;
+}
+
+/** backup ID, or one of its subcommands (a workspace named rm, check or prune is backed up over the API). */
+function backupAction(inv: Invocation, json: boolean): Action {
+  const [first] = inv.args;
+  if (first === 'rm') {
+    const ids = backupIds(inv);
+    return (c) => removeBackups(c, ids, json);
+  }
+  if (inv.args.length > 1) throw new UsageError(`backup: unexpected argument "${inv.args[1]}"`, 'backup');
+  if (first === 'check') return (c) => checkBackups(c, json);
+  if (first === 'prune') return (c) => pruneBackups(c, inv.values['dry-run'] === true, json);
+  return (c) => backup(c, inv, json);
 }
 
 function backup(c: Clients, inv: Invocation, json: boolean): Promise<number> {
@@ -304,7 +331,9 @@ function prepare(inv: Invocation, json: boolean): Action {
     case 'teardown':
       return (c) => teardown(c, inv, json);
     case 'backup':
-      return (c) => backup(c, inv, json);
+      return backupAction(inv, json);
+    case 'backups':
+      return (c) => listBackups(c, inv, json);
     case 'verify':
       return (c) => verify(c, inv, json);
     case 'keys':
@@ -332,6 +361,12 @@ function prepare(inv: Invocation, json: boolean): Action {
     }
     case 'watch':
       return (c) => watch(c, inv, json);
+    case 'pull':
+      return (c) => pull(c, inv.args[0], json);
+    case 'images':
+      return (c) => images(c, json, table);
+    case 'rmi':
+      return (c) => rmi(c, inv.args[0], json);
     default:
       return execAction(inv, json) ?? unknownCommand(inv);
   }
@@ -348,8 +383,8 @@ async function verify(c: Clients, inv: Invocation, json: boolean): Promise<numbe
     ? fs.readFileSync(keyFile, 'utf8')
     : (await unaryCall<NodeInfo__Output>((md, o, cb) => c.node.GetNodeInfo({}, md, o, cb))).provenancePublicKeyPem;
   const storage = new FsObjectStorage({ dir: str(inv, 'backup-dir') ?? '/var/lib/tetrix/backups' });
-  const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: `${snapshot}.data`, publicKeyPem });
-  process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${snapshot} was built by ${statement.predicate.runDetails.builder.id}\n${JSON.stringify(statement, null, 2)}\n`);
+  const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: storedObjectOf(snapshot), publicKeyPem });
+  process.stdout.write(json ? JSON.stringify(statement) + '\n' : `verified: ${snapshot} was built by ${statement.predicate.runDetails.builder.id}\n${provenanceSummary(statement)}${JSON.stringify(statement, null, 2)}\n`);
   return 0;
 }
 

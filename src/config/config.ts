@@ -25,6 +25,12 @@ export interface Config {
   readonly maxCpuMillis: number;
   readonly maxPids: number;
   readonly ptyLimit: number;        // ptys one workspace may hold at once (its devpts max=)
+  readonly storageBackend: 'none' | 'ext4-fscrypt'; // each workspace's content on an encrypted, size-limited volume (docs/storage.md)
+  readonly defaultDiskBytes: number; // ext4-fscrypt: a workspace's volume size when its request names none
+  readonly maxDiskBytes: number;
+  readonly defaultDiskInodes: number; // 0 = one inode per 16 KiB of the volume
+  readonly maxDiskInodes: number;
+  readonly storagePoolSize: number; // formatted volumes of the default size kept ready
   readonly execDetachedTimeoutMs: number; // a terminal session left detached and quiet this long is hung up
   readonly metricsListen: string;   // host:port for Prometheus, '' = off
   readonly apiListen: string;       // host:port of the mutual-TLS gRPC API, '' = unix socket only
@@ -57,10 +63,26 @@ export interface Config {
   readonly logRetentionMs: number;  // logs outlive teardown this long (prebuild logs are read after it)
   readonly backupStorage: 'fs' | 's3';
   readonly backupDir: string;       // fs: where backups live ('' = <stateDir>/backups)
+  readonly backupFormat: 'snapshot' | 'full';  // new backups: deduplicated snapshots, or one archive each (docs/backup-format.md)
+  readonly backupKeepLast: number;  // retention of snapshots per workspace, as restic forget (0 = no such rule;
+  readonly backupKeepDaily: number; //   all three 0: keep every snapshot)
+  readonly backupKeepWeekly: number;
   readonly s3Bucket: string;        // s3: bucket, key prefix (private to this node) and endpoint;
   readonly s3Prefix: string;        //     credentials come from the AWS SDK's usual chain
   readonly s3Endpoint: string;
   readonly s3Region: string;
+  readonly defaultRegistry: string;   // host[:port] short image names (node:20) resolve through; '' = refuse them
+  readonly registryMirrors: string;   // REGISTRY=MIRROR pairs, comma-separated, tried in order before the registry
+  readonly registryCaFile: string;    // PEM trusted for registries beside the system roots
+  readonly insecureRegistry: string;  // host:port list spoken to over plain HTTP (Docker's insecure-registries)
+  readonly registryAuthFile: string;  // Docker config.json (0600) with registry credentials
+  readonly userRegistries: string;    // host[:port] list users may name in an image ('' = any); operators any
+  readonly imageGcMaxAgeMs: number;   // unused images older than this are removed (0 = never by age)
+  readonly imageStoreMaxBytes: number; // least recently used images go while the layer store is above this (0 = no limit)
+  readonly sourceAllowedDestinations: string; // host:port a source fetch may reach despite the deny list (tests: loopback servers), comma-separated
+  readonly sourceCaFile: string;    // extra CA bundle for HTTPS remotes; '' = the host's CAs
+  readonly sourceFetchAttempts: number; // tries of a fetch that fails for a transient reason
+  readonly sourceRetryBaseMs: number;   // backoff before the second try, doubled for each next one
   /** kekSource, kmsTokenFile and kmsCaFile, validated as one. */
   readonly kek: KekSource;
 }
@@ -99,6 +121,12 @@ export function defaults(): Config {
     maxPids: 1 << 22,
     // The node's pool for all workspaces is kernel.pty.max - kernel.pty.reserve (3072 by default).
     ptyLimit: 128,
+    storageBackend: 'none',
+    defaultDiskBytes: 10 * 2 ** 30,
+    maxDiskBytes: 2 ** 40,
+    defaultDiskInodes: 0,
+    maxDiskInodes: 2 ** 26,
+    storagePoolSize: 4,
     execDetachedTimeoutMs: 5 * 60_000,
     metricsListen: '',
     apiListen: '0.0.0.0:7443',
@@ -131,10 +159,26 @@ export function defaults(): Config {
     logRetentionMs: 7 * 24 * 3600 * 1000,
     backupStorage: 'fs',
     backupDir: '',
+    backupFormat: 'snapshot',
+    backupKeepLast: 0,
+    backupKeepDaily: 0,
+    backupKeepWeekly: 0,
     s3Bucket: '',
     s3Prefix: '',
     s3Endpoint: '',
     s3Region: 'us-east-1',
+    defaultRegistry: '',
+    registryMirrors: '',
+    registryCaFile: '',
+    insecureRegistry: '',
+    registryAuthFile: '',
+    userRegistries: '',
+    imageGcMaxAgeMs: 30 * 24 * 3600 * 1000,
+    imageStoreMaxBytes: 0,
+    sourceAllowedDestinations: '',
+    sourceCaFile: '',
+    sourceFetchAttempts: 3,
+    sourceRetryBaseMs: 500,
     kek: { kind: 'state-dir' },
   };
 }
@@ -145,13 +189,15 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'imageGcMaxAgeMs', 'imageStoreMaxBytes', 'backupKeepLast', 'backupKeepDaily', 'backupKeepWeekly', 'sourceFetchAttempts', 'sourceRetryBaseMs'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',
   'operatorIdentities', 'controlPlaneKeyFile', 'nodeDomain', 'endpointListen', 'kekSource', 'kmsTokenFile', 'kmsCaFile',
   'network', 'defaultNetwork', 'networkBridge', 'networkSubnet', 'networkSubnet6', 'networkUplink', 'networkDenied',
-  'networkTable', 'dnsServers', 'backupStorage', 'backupDir', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
+  'networkTable', 'dnsServers', 'storageBackend', 'backupStorage', 'backupDir', 'backupFormat', 's3Bucket', 's3Prefix', 's3Endpoint', 's3Region',
+  'defaultRegistry', 'registryMirrors', 'registryCaFile', 'insecureRegistry', 'registryAuthFile', 'userRegistries',
+  'sourceAllowedDestinations', 'sourceCaFile',
 ] as const;
 const allKeys: readonly string[] = [...numericKeys, ...stringKeys];
 /** Settings that were replaced: naming them says what to use instead. */
@@ -253,6 +299,18 @@ function validateWorkspaceLimits(c: Config): void {
   }
 }
 
+// The smallest volume mkfs.ext4 makes with a journal; validate.ts holds requests to the same.
+export const MIN_DISK_BYTES = 32 * 2 ** 20;
+export const MIN_DISK_INODES = 1024;
+
+function validateStorage(c: Config): void {
+  if (c.storageBackend !== 'none' && c.storageBackend !== 'ext4-fscrypt') throw new ConfigError(`storageBackend: "${c.storageBackend}" is neither none nor ext4-fscrypt`);
+  if (c.defaultDiskBytes < MIN_DISK_BYTES) throw new ConfigError(`defaultDiskBytes: must be at least ${MIN_DISK_BYTES}, got ${c.defaultDiskBytes}`);
+  if (c.defaultDiskBytes > c.maxDiskBytes) throw new ConfigError(`defaultDiskBytes: ${c.defaultDiskBytes} is above maxDiskBytes (${c.maxDiskBytes})`);
+  if (c.defaultDiskInodes !== 0 && c.defaultDiskInodes < MIN_DISK_INODES) throw new ConfigError(`defaultDiskInodes: must be 0 (one per 16 KiB) or at least ${MIN_DISK_INODES}`);
+  if (c.defaultDiskInodes > c.maxDiskInodes) throw new ConfigError(`defaultDiskInodes: ${c.defaultDiskInodes} is above maxDiskInodes (${c.maxDiskInodes})`);
+}
+
 function validate(c: Config): Config {
   validateWorkspaceLimits(c);
   for (const key of ['stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'idmapDir', 'claimsDir', 'cgroupRoot'] as const) {
@@ -264,7 +322,15 @@ function validate(c: Config): Config {
   for (const key of ['metricsListen', 'apiListen', 'endpointListen'] as const) {
     if (c[key] !== '' && !/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/.test(c[key])) throw new ConfigError(`${key}: expected host:port, got "${c[key]}"`);
   }
-  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile', 'kmsCaFile'] as const) {
+  if (c.defaultRegistry !== '' && !/^[A-Za-z0-9.-]+(:\d{1,5})?$/.test(c.defaultRegistry)) throw new ConfigError(`defaultRegistry: expected host[:port], got "${c.defaultRegistry}"`);
+  registryMirrorsOf(c.registryMirrors);
+  for (const host of listOf(c.insecureRegistry)) {
+    if (!/^[A-Za-z0-9.-]+:\d{1,5}$/.test(host)) throw new ConfigError(`insecureRegistry: expected host:port, got "${host}"`);
+  }
+  for (const host of listOf(c.userRegistries)) {
+    if (!/^[A-Za-z0-9.-]+(:\d{1,5})?$/.test(host)) throw new ConfigError(`userRegistries: expected host[:port], got "${host}"`);
+  }
+  for (const key of ['tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'controlPlaneKeyFile', 'kmsCaFile', 'registryCaFile', 'registryAuthFile'] as const) {
     if (c[key] !== '' && !path.isAbsolute(c[key])) throw new ConfigError(`${key}: must be an absolute path, got "${c[key]}"`);
   }
   if ((c.tlsCertFile === '') !== (c.tlsKeyFile === '') || (c.tlsCertFile !== '' && c.tlsCaFile === '')) {
@@ -281,9 +347,16 @@ function validate(c: Config): Config {
   if (c.tokenMaxLifetimeSeconds < 1) throw new ConfigError('tokenMaxLifetimeSeconds: must be at least 1');
   if (c.network !== 'on' && c.network !== 'off') throw new ConfigError(`network: "${c.network}" is neither on nor off`);
   if (c.defaultNetwork !== 'none' && c.defaultNetwork !== 'isolated') throw new ConfigError(`defaultNetwork: "${c.defaultNetwork}" is neither none nor isolated`);
+  validateStorage(c);
   if (c.backupStorage !== 'fs' && c.backupStorage !== 's3') throw new ConfigError(`backupStorage: "${c.backupStorage}" is neither fs nor s3`);
+  if (c.backupFormat !== 'snapshot' && c.backupFormat !== 'full') throw new ConfigError(`backupFormat: "${c.backupFormat}" is neither snapshot nor full`);
   if (c.backupStorage === 's3' && c.s3Bucket === '') throw new ConfigError('backupStorage s3 needs s3Bucket');
   if (c.backupDir !== '' && !path.isAbsolute(c.backupDir)) throw new ConfigError(`backupDir: must be an absolute path, got "${c.backupDir}"`);
+  if (c.sourceCaFile !== '' && !path.isAbsolute(c.sourceCaFile)) throw new ConfigError(`sourceCaFile: must be an absolute path, got "${c.sourceCaFile}"`);
+  if (c.sourceFetchAttempts < 1 || c.sourceFetchAttempts > 10) throw new ConfigError(`sourceFetchAttempts: must be 1..10, got ${c.sourceFetchAttempts}`);
+  for (const d of listOf(c.sourceAllowedDestinations)) {
+    if (!/^(\[[0-9a-fA-F:]+\]|[^:\s\[\]]+):\d{1,5}$/.test(d)) throw new ConfigError(`sourceAllowedDestinations: "${d}" is not host:port`);
+  }
   const kek = parseKekSource(c);
   if (c.network === 'off' && c.defaultNetwork === 'isolated') return { ...c, kek, defaultNetwork: 'none' };
   return { ...c, kek };
@@ -364,6 +437,17 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   const out: Record<string, unknown> = { ...base };
   for (const [key, value] of Object.entries(merged)) out[key] = coerce(key, value);
   return Object.freeze(validate(out as unknown as Config));
+}
+
+/** registryMirrors as registry -> mirrors in order ("docker.io=m1:5000,docker.io=m2:5000"). */
+export function registryMirrorsOf(value: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const pair of listOf(value)) {
+    const m = /^([A-Za-z0-9.-]+(?::\d{1,5})?)=([A-Za-z0-9.-]+(?::\d{1,5})?)$/.exec(pair);
+    if (!m) throw new ConfigError(`registryMirrors: expected REGISTRY=MIRROR (host[:port] each), got "${pair}"`);
+    out.set(m[1], [...(out.get(m[1]) ?? []), m[2]]);
+  }
+  return out;
 }
 
 /** A comma-separated config value as a list. */

@@ -28,6 +28,8 @@ export interface RestoreJob {
   roots: Record<string, string | null>;
   uidBase: number;
   idCount?: number;
+  /** The input is the tar itself, not zstd of it (a snapshot's chunks arrive decompressed: repo/). */
+  plain?: boolean;
 }
 
 export type RunnerJob = BackupJob | RestoreJob;
@@ -222,6 +224,22 @@ export async function restoreFrom(input: AsyncIterable<Buffer>, job: RestoreJob,
     filled = 0;
   };
   try {
+    if (job.plain) {
+      for await (const chunk of input) {
+        let rest = chunk as Buffer;
+        while (rest.length > 0) {
+          const n = Math.min(EXTRACT_CHUNK - filled, rest.length);
+          rest.copy(buffers[current], filled, 0, n);
+          filled += n;
+          rest = rest.subarray(n);
+          if (filled === EXTRACT_CHUNK) await handOff();
+        }
+      }
+      if (filled > 0) await handOff();
+      await extracting;
+      tree.finish();
+      return { bytes: progress.totalBytes, files: progress.totalFiles };
+    }
     const zstd = new ZstdFrameReader();
     for await (const chunk of input) {
       let rest = chunk as Buffer;

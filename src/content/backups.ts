@@ -446,7 +446,7 @@ function boundFacts(m: Manifest): WrapFacts {
 }
 
 /** JSON with object keys sorted, so a manifest's digest does not depend on how it was spelled. */
-function canonicalJson(value: unknown): string {
+export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
   if (value && typeof value === 'object') {
     const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : 1));
@@ -481,7 +481,7 @@ function legacyWrapContext(backupId: string): string {
   return `backup:${backupId}`;
 }
 
-async function makeStagingDir(target: string): Promise<string> {
+export async function makeStagingDir(target: string): Promise<string> {
   const parent = path.dirname(target);
   const st = await fs.promises.stat(parent).catch(() => undefined);
   if (!st?.isDirectory()) throw new DomainError('FAILED_PRECONDITION', `restore target's parent ${parent} does not exist`);
@@ -491,7 +491,7 @@ async function makeStagingDir(target: string): Promise<string> {
 }
 
 /** Staging replaces target: move the old one aside, move staging in, then delete the old one. */
-async function swapIntoPlace(staging: string, target: string): Promise<void> {
+export async function swapIntoPlace(staging: string, target: string): Promise<void> {
   const old = `${path.dirname(target)}/.${path.basename(target)}.tetrix-old-${crypto.randomBytes(6).toString('hex')}`;
   const hadTarget = await fs.promises.lstat(target).then(() => true, () => false);
   if (hadTarget) await fs.promises.rename(target, old);
@@ -504,7 +504,7 @@ async function swapIntoPlace(staging: string, target: string): Promise<void> {
   if (hadTarget) await fs.promises.rm(old, { recursive: true, force: true });
 }
 
-class ProgressReporter {
+export class ProgressReporter {
   bytesDone = 0;
   filesDone = 0;
   #last = 0;

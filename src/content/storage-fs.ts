@@ -54,6 +54,29 @@ export class FsObjectStorage implements ObjectStorage {
     return handle.createReadStream({ highWaterMark: 1 << 20 });
   }
 
+  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+    checkObjectName(name);
+    let handle: fs.promises.FileHandle;
+    try {
+      handle = await fs.promises.open(path.join(this.#root, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new DomainError('NOT_FOUND', `object ${name} not found`);
+      throw err;
+    }
+    try {
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await handle.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return buf.subarray(0, got);
+    } finally {
+      await handle.close();
+    }
+  }
+
   async stat(name: string): Promise<ObjectInfo | undefined> {
     checkObjectName(name);
     try {

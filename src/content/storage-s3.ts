@@ -116,6 +116,22 @@ export class S3ObjectStorage implements ObjectStorage {
     }
   }
 
+  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+    checkObjectName(name);
+    if (length === 0) return Buffer.alloc(0);
+    try {
+      const r = await this.#s3.send(new GetObjectCommand({
+        Bucket: this.#bucket, Key: this.#prefix + name, Range: `bytes=${offset}-${offset + length - 1}`,
+      }));
+      const parts: Buffer[] = [];
+      for await (const c of r.Body as Readable) parts.push(c as Buffer);
+      return Buffer.concat(parts);
+    } catch (err) {
+      if (isNotFound(err)) throw new DomainError('NOT_FOUND', `object ${name} not found`);
+      throw new DomainError('UNAVAILABLE', `object storage: get ${name}: ${(err as Error).name}`, { cause: err });
+    }
+  }
+
   async stat(name: string): Promise<ObjectInfo | undefined> {
     checkObjectName(name);
     try {

@@ -28,6 +28,8 @@ export interface ObjectStorage {
   put(name: string, body: Readable, opts?: { signal?: AbortSignal }): Promise<PutResult>;
   /** The object's bytes. NOT_FOUND when there is none. */
   get(name: string): Promise<Readable>;
+  /** `length` bytes of the object from `offset` (fewer only at its end). NOT_FOUND when there is none. */
+  getRange(name: string, offset: number, length: number): Promise<Buffer>;
   /** Size and time of a committed object, or undefined. */
   stat(name: string): Promise<ObjectInfo | undefined>;
   /** sha256 (hex) of a committed object, by reading it. NOT_FOUND when there is none. */

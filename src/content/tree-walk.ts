@@ -22,6 +22,9 @@ export interface ArchiveWriteOptions extends IdMapping {
    * it. 'skip' leaves it out and reports it: a running workspace's own writes race any walk of it.
    */
   changes?: 'fail' | 'skip';
+  /** Stop fill() before each regular file's data (pendingFile says which), so a snapshot can reuse an
+   *  unchanged file's chunks (skipFile) instead of reading it. */
+  pauseFiles?: boolean;
 }
 
 // What native/archive.c reports for an entry that changed under the walk (see skip() there).
@@ -38,6 +41,7 @@ export class TreeWalk {
   #upper = false;
   #files = 0;
   #bytes = 0;
+  #pendingFile: string | undefined;
   #trailer = TAR_BLOCK * 2; // end-of-archive marker bytes still to write
   #done = false;
 
@@ -52,9 +56,24 @@ export class TreeWalk {
     return this.#done;
   }
 
-  /** Writes archive bytes into buf[offset..]; returns how many. Less than the space left only when done. */
+  /** With pauseFiles: the identity (dev:ino:size:mtime:ctime) of the file whose header the last fill ended with
+   *  and whose data is next, until the next fill or skipFile. */
+  get pendingFile(): string | undefined {
+    return this.#pendingFile;
+  }
+
+  /** Ends the pending file without reading its data. */
+  skipFile(): void {
+    if (this.#pendingFile === undefined) throw new DomainError('INTERNAL', 'tree walk: no file waits');
+    this.#pendingFile = undefined;
+    archiveWalk.archiveWalkSkipFile(this.#walk!);
+  }
+
+  /** Writes archive bytes into buf[offset..]; returns how many. Less than the space left only when done, or
+   *  (pauseFiles) when a file's data is next. */
   fill(buf: Buffer, offset = 0): number {
     let pos = offset;
+    this.#pendingFile = undefined;
     while (pos < buf.length && !this.#done) {
       if (!this.#walk && !this.#nextRoot()) {
         const n = Math.min(this.#trailer, buf.length - pos);
@@ -68,6 +87,10 @@ export class TreeWalk {
       pos += r.length;
       for (const [rel, why] of r.skips ?? []) this.#skipped(rel, why);
       this.#progress(r.files, r.bytes);
+      if (r.status === 'file') {
+        this.#pendingFile = r.identity;
+        return pos - offset;
+      }
       if (r.status === 'xattrs') this.#resolveXattrs();
       else if (r.status === 'refused') throw new DomainError('FAILED_PRECONDITION', r.message ?? 'symlink leaves the root');
       else if (r.status === 'done') this.#endRoot();
@@ -97,6 +120,7 @@ export class TreeWalk {
     this.#upper = root.name === OVERLAY_UPPER_ROOT;
     this.#walk = archiveWalk.archiveWalkStart(this.#rootFd, root.name, this.#opts.uidBase, this.#idCount, this.#upper,
       XATTRS_LEFT_OUT_QUIETLY);
+    if (this.#opts.pauseFiles) archiveWalk.archiveWalkPauseFiles(this.#walk);
     this.#files = 0;
     this.#bytes = 0;
     return true;

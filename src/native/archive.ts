@@ -7,8 +7,10 @@ export type NativeArchiveWalk = { readonly __brand: 'NativeArchiveWalk' };
 export interface ArchiveWalkFill {
   length: number;   // bytes written at the offset
   /** full: the buffer is full; done: the tree is archived; xattrs: an entry waits for archiveWalkResume;
-   *  refused: a symlink leaves the root (message says which). */
-  status: 'full' | 'done' | 'xattrs' | 'refused';
+   *  refused: a symlink leaves the root (message says which); file (after archiveWalkPauseFiles): a regular
+   *  file's header is out and its data waits (identity: dev:ino:size:mtime:ctime of the fstat it is read after). */
+  status: 'full' | 'done' | 'xattrs' | 'refused' | 'file';
+  identity?: string;
   files: number;    // entries archived so far (cumulative)
   bytes: number;    // file bytes archived so far (cumulative)
   skips?: [rel: string, why: string][];
@@ -29,13 +31,17 @@ export interface ArchiveWalkNative {
   archiveWalkResume(walk: NativeArchiveWalk, xattrs: [string, Buffer][] | null, metacopy: boolean): void;
   /** Closes every fd the walk holds. */
   archiveWalkClose(walk: NativeArchiveWalk): void;
+  /** Each later fill stops with status 'file' before a regular file's data. */
+  archiveWalkPauseFiles(walk: NativeArchiveWalk): void;
+  /** After status 'file': ends that file without reading it (its padding still follows). */
+  archiveWalkSkipFile(walk: NativeArchiveWalk): void;
 }
 
 export const archivePart: NativePart<ArchiveWalkNative> = {
   file: 'native/archive.c',
   functions: {
     archiveWalkStart: true, archiveWalkFill: true, archiveWalkPending: true, archiveWalkResume: true,
-    archiveWalkClose: true,
+    archiveWalkClose: true, archiveWalkPauseFiles: true, archiveWalkSkipFile: true,
   },
   constants: ['TAR_BLOCK'],
 };

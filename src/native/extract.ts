@@ -26,6 +26,9 @@ export interface ExtractPending {
 export interface ExtractNative {
   /** Starts extracting into the root fds (duplicated; -1: check the root's entries but write nothing). */
   extractStart(rootNames: string[], rootFds: number[], uidBase: number, idCount: number): NativeExtraction;
+  /** An OCI image layer into rootFd (duplicated), in layer mode: paths without a root name, .wh. whiteouts
+   *  and opaque markers made overlayfs's, devices skipped (native/extract.c, docs/images.md). */
+  extractStartLayer(rootFd: number, idCount: number): NativeExtraction;
   /** Parses and extracts chunk[offset..]. NativeError(`extract <step> <path>`...) on an unexpected errno. */
   extractFeed(ex: NativeExtraction, chunk: Buffer, offset: number): ExtractResult;
   /** extractFeed on a libuv worker thread. The chunk must stay unchanged, and the extraction otherwise
@@ -37,6 +40,8 @@ export interface ExtractNative {
   extractResume(ex: NativeExtraction, xattrs: [string, Buffer][]): ExtractResult;
   /** After the last chunk: directory metadata, deepest first. 'refused' if the end marker is missing. */
   extractFinish(ex: NativeExtraction): ExtractResult;
+  /** Layer mode, after extractFinish: parents made for entries without a directory entry of their own. */
+  extractImplicitDirs(ex: NativeExtraction): string[];
   /** Closes every fd the extraction holds (after a running feed completes). */
   extractClose(ex: NativeExtraction): void;
 }
@@ -44,7 +49,7 @@ export interface ExtractNative {
 export const extractPart: NativePart<ExtractNative> = {
   file: 'native/extract.c',
   functions: {
-    extractStart: true, extractFeed: true, extractFeedAsync: true, extractPending: true, extractResume: true,
-    extractFinish: true, extractClose: true,
+    extractStart: true, extractStartLayer: true, extractFeed: true, extractFeedAsync: true, extractPending: true, extractResume: true,
+    extractFinish: true, extractImplicitDirs: true, extractClose: true,
   },
 };

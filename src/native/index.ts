@@ -7,42 +7,52 @@ import { NativeError } from './errors';
 import type { NativePart } from './part';
 import { archivePart, type ArchiveWalkNative } from './archive';
 import { channelPart, type ChannelNative } from './channel';
+import { chunkerPart, type ChunkerNative } from './chunker';
 import { execPart, type ExecNative } from './exec';
 import { exitPart, type ExitNative } from './exit';
 import { extractPart, type ExtractNative } from './extract';
 import { fsopsPart, type FsOpsNative } from './fsops';
+import { fscryptPart, type FscryptNative } from './fscrypt';
 import { idmapPart, type IdmapNative } from './idmap';
+import { loopPart, type LoopNative } from './loop';
 import { mountPart, type MountNative } from './mount';
 import { netPart, type NetNative } from './net';
 import { notifyPart, type NotifyNative } from './notify';
 import { outputPart, type OutputNative } from './output';
+import { overlayPart, type OverlayNative } from './overlay';
 import { seccompPart, type SeccompNative } from './seccomp';
 import { spawnPart, type SpawnNative } from './spawn';
+import { netnsListenPart, type NetnsListenNative } from './netns-listen';
 
 export { NativeError } from './errors';
 export type * from './archive';
 export type * from './channel';
+export type * from './chunker';
 export type * from './exec';
 export type * from './exit';
 export type * from './extract';
 export type * from './fsops';
+export type * from './fscrypt';
 export type * from './idmap';
+export type * from './loop';
 export type * from './mount';
 export type * from './net';
 export type * from './notify';
 export type * from './output';
+export type * from './overlay';
 export type * from './seccomp';
 export type * from './spawn';
+export type * from './netns-listen';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & ChunkerNative & NetnsListenNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart, exec: execPart,
+  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart, chunker: chunkerPart, netnsListen: netnsListenPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older
@@ -88,3 +98,6 @@ export const TAR_BLOCK: number = native.constants.TAR_BLOCK!;
 export const extract: ExtractNative = native;
 export const netNative: NetNative = native;
 export const seccompNative: SeccompNative = native;
+export const loopNative: LoopNative = native;
+export const fscryptNative: FscryptNative = native;
+export const chunker: ChunkerNative = native;

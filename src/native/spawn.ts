@@ -47,6 +47,9 @@ export interface SpawnOptions {
    *  both held fds, and reap with `watchExit`. Init exits `constants.INIT_EXIT_ABANDONED` (125) with an
    *  empty status fd when the gate closes without release. Default false: resolve after the workload's exec. */
   holdWorkload?: boolean;
+  /** Ids inside the namespace the workload (and each task) runs as; init switches in the child
+   *  (native/init.c --user). Absent: the namespace's root. */
+  workloadUser?: { uid: number; gid: number; groups?: number[] };
   /** A prebuild: init's end of the task channel (a unix socket). init then runs `--tasks` with it as fd 6
    *  and runs the tasks the daemon hands it (native/init.c run_tasks); argv must be empty. */
   tasksFd?: number;

@@ -62,7 +62,11 @@ export interface PrebuildTaskInput {
 export interface PrebuildProvenanceInput {
   /** The snapshot object: its object name in storage, and the sha256 of its stored bytes (ObjectStorage.put's PutResult.sha256). */
   snapshot: { name: string; sha256: string };
+  /** What was asked (externalParameters). */
   source: { repository: string; revision: string };
+  /** What the node fetched itself (issue 17): the repository and the commit it resolved the revision to. Absent
+   *  when the prebuild fetched nothing; then no repository is listed among resolvedDependencies. */
+  fetchedSource?: { url: string; ref: string; commit: string };
   tasks: readonly PrebuildTaskInput[];
   /** The image the workspace ran: its ref as given in StartWorkspace and the sha256 the node resolved it to. */
   image: { ref: string; sha256: string };
@@ -82,8 +86,11 @@ export function nodeBuilderId(nodeId: string): string {
   return BUILDER_ID_PREFIX + encodeURIComponent(nodeId);
 }
 
-/** A ResourceURI for an image ref: refs that are URIs already ("builtin:busybox") stay; paths become file URLs. */
+/** A ResourceURI for an image ref: OCI references become oci://REF; refs that are URIs already
+ *  ("builtin:busybox") stay; paths become file URLs. */
 export function imageResourceUri(ref: string): string {
+  // An OCI reference (registry[:port]/repo...) before the scheme rule: "localhost:5000/app" is no URI.
+  if (/^[A-Za-z0-9.-]+(:\d+)?\/[^/]/.test(ref)) return `oci://${ref}`;
   if (/^[a-z][a-z0-9+.-]*:/.test(ref)) return ref;
   if (ref.startsWith('/')) return pathToFileURL(ref).href;
   if (ref === '') throw invalidArgument('image.ref', 'must not be empty');
@@ -111,7 +118,10 @@ export function buildPrebuildStatement(input: PrebuildProvenanceInput): SlsaProv
           image: input.image.ref,
         },
         internalParameters: { nodeId: input.nodeId, ...input.nodeFacts },
-        resolvedDependencies: [{ uri: imageResourceUri(input.image.ref), digest: { sha256: input.image.sha256 } }],
+        resolvedDependencies: [
+          ...(input.fetchedSource ? [repositoryDescriptor(input.fetchedSource)] : []),
+          { uri: imageResourceUri(input.image.ref), digest: { sha256: input.image.sha256 } },
+        ],
       },
       runDetails: {
         builder: { id: nodeBuilderId(input.nodeId), version: { tetrix: input.tetrixVersion } },
@@ -125,12 +135,19 @@ export function buildPrebuildStatement(input: PrebuildProvenanceInput): SlsaProv
   };
 }
 
+/** SLSA's convention for a git dependency: uri git+<url>[@<ref>], digest gitCommit (digest_set.md). */
+export function repositoryDescriptor(f: { url: string; ref: string; commit: string }): ResourceDescriptor {
+  const base = f.url.startsWith('git:') ? f.url : `git+${f.url}`;
+  return { uri: f.ref ? `${base}@${f.ref}` : base, digest: { gitCommit: f.commit }, name: 'source' };
+}
+
 function checkInput(input: PrebuildProvenanceInput): void {
   if (input.snapshot.name === '') throw invalidArgument('snapshot.name', 'must not be empty');
   if (!SHA256_HEX.test(input.snapshot.sha256)) throw invalidArgument('snapshot.sha256', 'must be 64 lowercase hex digits');
   if (!SHA256_HEX.test(input.image.sha256)) throw invalidArgument('image.sha256', 'must be 64 lowercase hex digits');
   if (input.source.repository === '') throw invalidArgument('source.repository', 'must not be empty');
   if (input.source.revision === '') throw invalidArgument('source.revision', 'must not be empty');
+  if (input.fetchedSource && !/^([0-9a-f]{40}|[0-9a-f]{64})$/.test(input.fetchedSource.commit)) throw invalidArgument('fetchedSource.commit', 'must be a full commit id');
   if (input.tasks.length === 0) throw invalidArgument('tasks', 'a prebuild has at least one task');
   input.tasks.forEach((t, i) => {
     if (t.name === '') throw invalidArgument(`tasks[${i}].name`, 'must not be empty');

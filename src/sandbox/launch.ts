@@ -7,6 +7,7 @@ import type { CgroupPlacement } from './cgroups';
 import type { BindMount, ExecResult, HeldWorkload, NativeAddon, ParkedSession } from '../native';
 import { NativeError } from '../native';
 import { readPidStartTime, signalName } from './proc';
+import { resolveUser } from './user';
 import { workspaceLayout } from '../layout';
 
 export interface LaunchSpec {
@@ -20,8 +21,12 @@ export interface LaunchSpec {
   seccompProfile: string;
   mounts: BindMount[];
   output: { stdoutFd: number; stderrFd: number; outputReadFds?: [number, number]; tasksFd?: number };
+  /** NAME[:GROUP] or UID[:GID], resolved in the rootfs (src/sandbox/user.ts); '' = root. */
+  user?: string;
   /** Hold the workload at init's gate until release(): nothing of it runs before (an ISOLATED veth). */
   holdAtGate: boolean;
+  /** The bounding set, when not the workspace default: a helper such as the source fetch keeps none. */
+  capabilities?: number[];
 }
 
 /** How a process ended, as waitid reports it; reaped is false for one that is not our child (adopted). */
@@ -87,11 +92,26 @@ export interface LauncherOptions {
 const SIGNALS: Record<WorkloadSignal, number> = { SIGTERM: 15, SIGKILL: 9 };
 const ID_COUNT = 65536;
 
+/**
+ * A workload that runs as a user other than root gets /workspace's top directory, as Gitpod's images expect
+ * (their user owns /workspace): only while it still belongs to the workspace's root, so a restored tree
+ * keeps the owner it had. lchown: the daemon made this directory; it is not followed if it were a link.
+ */
+function giveWorkspaceDir(spec: LaunchSpec, user: { uid: number; gid: number }): void {
+  const content = spec.mounts.find((m) => m.target === '/workspace');
+  if (!content || (user.uid === 0 && user.gid === 0)) return;
+  const st = fs.lstatSync(content.source);
+  if (st.isDirectory() && st.uid === spec.uidBase && st.gid === spec.uidBase) fs.lchownSync(content.source, spec.uidBase + user.uid, spec.uidBase + user.gid);
+}
+
 export class Launcher {
   constructor(private readonly o: LauncherOptions) {}
 
   async launch(spec: LaunchSpec): Promise<Launched> {
     const seccomp = this.o.seccompFilter(spec.seccompProfile);
+    const user = spec.user ? await resolveUser(spec.rootfs, spec.user, ID_COUNT) : undefined;
+    const env = user?.home && spec.env.HOME === undefined ? { ...spec.env, HOME: user.home } : spec.env;
+    if (user) giveWorkspaceDir(spec, user);
     const statusFd = fs.openSync(workspaceLayout(spec.wsDir).exitStatus, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     const parkFds = this.o.native.sessionParkPair();
     try {
@@ -100,7 +120,8 @@ export class Launcher {
         rootfs: spec.rootfs,
         initPath: this.o.initPath,
         argv: spec.argv,
-        env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+        env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        ...(user ? { workloadUser: { uid: user.uid, gid: user.gid, groups: user.groups } } : {}),
         cwd: spec.cwd,
         hostname: spec.workspaceId,
         uidBase: spec.uidBase,
@@ -115,7 +136,7 @@ export class Launcher {
         ...(output.tasksFd !== undefined ? { tasksFd: output.tasksFd } : {}),
         mounts: spec.mounts,
         ptyLimit: this.o.ptyLimit,
-        capabilities: this.o.capabilities,
+        capabilities: spec.capabilities ?? this.o.capabilities,
         ...(seccomp ? { seccomp } : {}),
         holdWorkload: spec.holdAtGate,
       });

@@ -16,12 +16,13 @@ import path from 'node:path';
 import { DomainError, invalidArgument } from '../errors';
 import { native, NativeError } from '../native';
 import { workspaceLayout, type WorkspaceLayout } from '../layout';
+import { allSettledOrThrow } from '../promises';
 
 export interface PrepareRootfsOptions {
   /** Runs once the (empty) upper and content dirs exist, before anything is mounted. */
   beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>;
   wsDir: string;
-  lowerDir: string; // the image directory (ImageStore.resolve().rootfs)
+  lowerDir: string | string[]; // the image directory (ImageStore.resolve().rootfs), or an OCI image's layers, top first
   uidBase: number;  // host id of container root; gids use the same base
   idCount?: number; // size of the mapped range, default 65536
 }
@@ -47,6 +48,7 @@ export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<Prepare
   const idCount = opts.idCount ?? 65536;
   checkIds(opts.uidBase, idCount);
   const layout = workspaceLayout(opts.wsDir);
+  if (Array.isArray(opts.lowerDir)) return prepareLayeredRootfs({ ...opts, lowerDir: opts.lowerDir }, layout, idCount);
   const lowerDir = path.resolve(opts.lowerDir);
   for (const p of [lowerDir, layout.lower, layout.upper, layout.work]) checkOverlayPath(p);
   if (!(await fsp.stat(lowerDir).catch(() => undefined))?.isDirectory()) {
@@ -58,6 +60,34 @@ export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<Prepare
     await opts.beforeMount?.({ upper: layout.upper, content: layout.content });
     const ownership = await mountShiftedImage(lowerDir, layout, opts.uidBase, idCount);
     return { rootfs: layout.rootfs, contentDir: layout.content, ownership };
+  } catch (err) {
+    await unmountRootfs(layout.wsDir);
+    throw err;
+  }
+}
+
+/**
+ * An OCI image: each layer idmapped at lower/<i>, then one overlay of them all through fsconfig's
+ * "lowerdir+" (native/overlay.c), so any number of layers fits and nothing is walked or copied per start.
+ * There is no chown fallback: an image of many layers needs idmapped mounts (Linux >= 5.19).
+ */
+async function prepareLayeredRootfs(opts: PrepareRootfsOptions & { lowerDir: string[] }, layout: WorkspaceLayout, idCount: number): Promise<PreparedRootfs> {
+  if (opts.lowerDir.length === 0) throw invalidArgument('image', 'has no layers');
+  await makeLayout(layout, opts.uidBase);
+  try {
+    await opts.beforeMount?.({ upper: layout.upper, content: layout.content });
+    const lowers = opts.lowerDir.map((_, i) => path.join(layout.lower, String(i)));
+    await native.makeDirs(lowers.map((p) => ({ path: p, mode: 0o700, uid: 0, gid: 0 })));
+    // At once, on the addon's worker threads: each is open_tree, mount_setattr and move_mount.
+    await allSettledOrThrow(opts.lowerDir.map((dir, i) => native.idmapMount(dir, lowers[i], opts.uidBase, opts.uidBase, idCount).catch((err: unknown) => {
+      throw new DomainError('FAILED_PRECONDITION', `rootfs: an OCI image needs idmapped mounts: ${(err as Error).message}`, { cause: err });
+    })));
+    try {
+      await native.overlayMountLayers(layout.rootfs, lowers, layout.upper, layout.work);
+    } catch (err) {
+      throw mountError(layout.rootfs, err);
+    }
+    return { rootfs: layout.rootfs, contentDir: layout.content, ownership: { how: 'idmapped' } };
   } catch (err) {
     await unmountRootfs(layout.wsDir);
     throw err;

@@ -2,6 +2,7 @@
 // (src/sandbox, src/network, src/prebuild); the lifecycle never reaches past these.
 import type { Resources, WorkspaceKind, WorkspaceSpec } from './types';
 import type { InitExitRecord, Launched } from '../sandbox/launch';
+import type { DiskUsage } from '../storage/types';
 
 export type { InitExitRecord, Launched, ProcessExit, WorkloadSignal } from '../sandbox/launch';
 // What the Sandbox port rejects with when a kernel step fails: the step and its errno.
@@ -11,6 +12,8 @@ export { NativeError } from '../native';
 export interface ImageRef {
   readonly reference: string;
   readonly digest: string;
+  /** An OCI image's config (src/images): what its workload starts from unless the request overrides it. */
+  readonly config?: ImageRunConfig;
 }
 
 /** Files the workspace's /etc needs before it starts (resolv.conf, hosts), relative to its root. */
@@ -28,11 +31,14 @@ export interface WorkloadLaunch {
   output: { stdoutFd: number; stderrFd: number; outputReadFds?: [number, number]; tasksFd?: number };
   /** Hold the workload at init's gate until release(): nothing of it runs before (an ISOLATED veth). */
   holdAtGate: boolean;
+  /** NAME[:GROUP] or UID[:GID] inside the workspace, resolved in its rootfs; '' or absent = root. */
+  user?: string;
 }
 
 /** A workspace's files are named by its id: the sandbox knows where they live (src/layout.ts). */
 export interface Sandbox {
-  /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name. */
+  /** NOT_FOUND for an unknown image, INVALID_ARGUMENT for a malformed name; an OCI reference is pulled if
+   *  the node does not hold it (src/images). */
   resolveImage(image: string): Promise<ImageRef>;
   /** INVALID_ARGUMENT for an unknown seccomp profile name ('' = the default). */
   checkSeccompProfile(profile: string): void;
@@ -57,6 +63,15 @@ export interface Sandbox {
   initExitRecord(workspaceId: string): InitExitRecord;
   /** Removes what no record accounts for (after a crash). */
   sweep(liveIds: Set<string>): Promise<void>;
+}
+
+/** What an OCI image's config says about its workload (image-spec config.md); the request overrides it. */
+export interface ImageRunConfig {
+  env: string[];        // KEY=VALUE
+  entrypoint: string[];
+  cmd: string[];
+  workingDir: string;
+  user: string;
 }
 
 export interface WorkspaceNetwork {
@@ -127,5 +142,32 @@ export interface WorkspaceBackups {
    * those authorize lets through), DATA_LOSS when it was altered. roots: "content", and "upper" when it holds
    * the overlay's upper layer.
    */
-  open(backupId: string, authorize: AuthorizeRestore): Promise<{ roots: string[]; binding: BackupBinding | undefined }>;
+  open(backupId: string, authorize: AuthorizeRestore): Promise<{ roots: string[]; binding: BackupBinding | undefined; bytes?: number; files?: number }>;
+}
+
+/**
+ * Each workspace's dir on an encrypted volume of its own, its size the disk limit (src/storage). The
+ * lifecycle's order: create before the rootfs; close after the rootfs is unmounted; at teardown eraseKey
+ * first (crypto-erase), then the workspace dir's removal, then destroy.
+ */
+export interface WorkspaceStorage {
+  /** The volume, open and mounted at wsDir. resources.diskBytes/diskInodes are the limits in force. */
+  create(workspaceId: string, limits: { bytes: number; inodes: number }, wsDir: string): Promise<void>;
+  /** RESOURCE_EXHAUSTED when a backup of this many bytes and files cannot fit in the open volume. */
+  checkFits(workspaceId: string, need: { bytes: number; files: number }): void;
+  /** Unmounts wsDir and the volume and removes its key from the kernel; deferred while a backup holds it. */
+  close(workspaceId: string, wsDir: string): Promise<void>;
+  whileOpen<T>(workspaceId: string, wsDir: string, fn: () => Promise<T>): Promise<T>;
+  eraseKey(workspaceId: string): Promise<void>;
+  destroy(workspaceId: string): Promise<void>;
+  usage(workspaceId: string): DiskUsage | undefined;
+  sweep(liveIds: ReadonlySet<string>): Promise<number>;
+}
+
+/** Content initialization from git (src/source): the checkout, in a sandbox of its own. */
+export type { PopulateJob, PopulateResult, SourceProgress } from '../source/checkout';
+import type { PopulateJob, PopulateResult } from '../source/checkout';
+export interface WorkspaceSource {
+  /** SourceError naming the step when it fails; what it wrote stays in contentDir for the caller to remove. */
+  populate(job: PopulateJob): Promise<PopulateResult>;
 }

@@ -11,10 +11,13 @@ import { workspaceDir, workspaceLayout } from '../layout';
 import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork } from './ports';
+import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type ImageRunConfig, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork, type WorkspaceStorage } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
+import { ContentInit, isContentFailure } from './content-init';
+import type { ContentStatus } from './types';
+import type { WorkspaceSource } from './ports';
 
 export interface WorkspaceServiceOptions {
   stateDir: string;
@@ -28,6 +31,8 @@ export interface WorkspaceServiceOptions {
   network?: WorkspaceNetwork;
   backups?: WorkspaceBackups;
   provenance?: ProvenancePublisher;
+  storage?: WorkspaceStorage;   // encrypted, size-limited volumes (src/storage); without it, plain dirs
+  source?: WorkspaceSource;
 }
 
 interface Runtime {
@@ -42,13 +47,15 @@ interface Starting {
   record: WorkspaceRecord;
   image: ImageRef;
   restoring: OpenedBackup | undefined;
+  /** The content status the record starts with (a prebuild snapshot's verification). */
+  content: ContentStatus;
   /** Our ends of the output, held until spawn took them. */
   opened: number[];
   output?: OpenedOutput;
   launched?: Launched;
 }
 
-type OpenedBackup = { roots: string[]; binding: BackupBinding | undefined };
+type OpenedBackup = { roots: string[]; binding: BackupBinding | undefined; bytes?: number; files?: number };
 
 const START_INTERVAL_MS = 20;
 const RELEASES_AT_ONCE = 4;
@@ -58,7 +65,7 @@ const PREBUILD_INTERRUPTED = 'prebuild interrupted by a daemon restart: its task
  * Where the crash tests kill the daemon (TETRIX_TEST_CRASH_AT=<point>): each is a moment where a
  * half-done operation must be finished or undone by recover(). A no-op unless that variable names it.
  */
-export type CrashPoint = 'after-ids' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown' | 'mid-backup';
+export type CrashPoint = 'after-ids' | 'after-volume' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown' | 'mid-backup' | 'after-key-erase';
 const crashAt = process.env.TETRIX_TEST_CRASH_AT;
 function crashPoint(point: CrashPoint): void {
   if (crashAt === point) process.kill(process.pid, 'SIGKILL');
@@ -73,6 +80,8 @@ function withDefaultResources(spec: WorkspaceSpec, defaults: Resources): Workspa
       memoryBytes: r.memoryBytes || defaults.memoryBytes,
       cpuMillis: r.cpuMillis || defaults.cpuMillis,
       pids: r.pids || defaults.pids,
+      diskBytes: r.diskBytes || defaults.diskBytes,
+      diskInodes: r.diskInodes || defaults.diskInodes,
     },
   };
 }
@@ -94,14 +103,17 @@ export class WorkspaceService {
   // unthrottled finished in 0.9 s but held the event loop for up to 160 ms at a stretch (bench/density).
   private readonly releaseSlots = limitConcurrency(RELEASES_AT_ONCE);
 
+  private readonly content: ContentInit;
+
   constructor(private readonly o: WorkspaceServiceOptions) {
+    this.content = new ContentInit({ ...o, save: (record) => { o.store.updateStatus(record.spec.id, record.status); this.emit(record); } });
     this.events.setMaxListeners(0);
   }
 
   get(id: string): WorkspaceRecord {
     const record = this.records.get(id);
     if (!record) throw new DomainError('NOT_FOUND', `workspace "${id}" not found`);
-    return record;
+    return this.withDiskUsage(record);
   }
 
   find(id: string): WorkspaceRecord | undefined {
@@ -109,7 +121,14 @@ export class WorkspaceService {
   }
 
   list(): WorkspaceRecord[] {
-    return [...this.records.values()];
+    return [...this.records.values()].map((r) => this.withDiskUsage(r));
+  }
+
+  /** The volume's usage as of now (statfs, no I/O), or as it was when it closed. */
+  private withDiskUsage(record: WorkspaceRecord): WorkspaceRecord {
+    const disk = this.o.storage?.usage(record.spec.id);
+    if (disk) record.status.disk = disk;
+    return record;
   }
 
   workspaceDir(id: string): string {
@@ -133,7 +152,8 @@ export class WorkspaceService {
       }
       return existing;
     }
-    return this.exclusive(spec.id, () => this.startSlots(() => this.create(spec, digest, access.authorizeRestore)));
+    // A pull of a missing image happens before a start slot is taken: a long download holds up no other start.
+    return this.exclusive(spec.id, () => this.o.sandbox.resolveImage(spec.image).then(() => this.startSlots(() => this.create(spec, digest, access.authorizeRestore))));
   }
 
   async stop(id: string, graceMs: number): Promise<WorkspaceRecord> {
@@ -220,7 +240,7 @@ export class WorkspaceService {
     const layout = workspaceLayout(this.workspaceDir(id));
     const began = Date.now();
     if (crashAt === 'mid-backup') setTimeout(() => crashPoint('mid-backup'), 30);
-    const result = await backups.backup(
+    const result = await this.withVolume(id, () => backups.backup(
       { content: layout.content, ...(opts.includeUpper ? { upper: layout.upper } : {}) },
       {
         uidBase: record.status.uidBase,
@@ -230,10 +250,15 @@ export class WorkspaceService {
         ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
       },
-    );
+    ));
     this.events.emit('backup', { workspaceId: id, seconds: (Date.now() - began) / 1000, bytes: result.size });
     this.o.log.info({ workspace: id, backup: result.backupId, size: result.size }, 'backup stored');
     return result;
+  }
+
+  /** A stopped workspace's volume is closed: a backup opens it for as long as it reads. */
+  private withVolume<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.o.storage ? this.o.storage.whileOpen(id, this.workspaceDir(id), fn) : fn();
   }
 
   private holdForBackup<T>(id: string, backup: Promise<T>): Promise<T> {
@@ -268,6 +293,7 @@ export class WorkspaceService {
       }
     }
     await this.o.sandbox.sweep(new Set(this.records.keys()));
+    await this.o.storage?.sweep(new Set(this.records.keys()));
     await this.o.network?.reconcile([...this.records.keys()]);
   }
 
@@ -283,14 +309,15 @@ export class WorkspaceService {
 
   private async create(spec: WorkspaceSpec, digest: string, authorizeRestore: AuthorizeRestore | undefined): Promise<WorkspaceRecord> {
     const admitted = await this.admit(spec, authorizeRestore);
-    const start: Starting = { ...admitted, record: this.insertRecord(spec, digest, admitted.image), opened: [] };
+    const start: Starting = { ...admitted, record: this.insertRecord(spec, digest, admitted.image, admitted.content), opened: [] };
     try {
       this.allocateIds(start);
       crashPoint('after-ids');
-      // The cgroup is independent of the rootfs, so the two overlap; both settle before a failure is cleaned up.
-      await allSettledOrThrow([this.prepareRootfs(start), this.createCgroup(start)] as const);
+      // The cgroup is independent of the volume and the rootfs, so they overlap; all settle before a failure is cleaned up.
+      await allSettledOrThrow([this.createVolume(start).then(() => this.prepareRootfs(start)), this.createCgroup(start)] as const);
       crashPoint('after-rootfs');
       crashPoint('after-cgroup');
+      await this.content.populate(start.record);
       const launched = await this.launchWorkload(start);
       crashPoint('after-spawn');
       if (holdsAtGate(spec)) {
@@ -306,18 +333,22 @@ export class WorkspaceService {
   }
 
   /** Everything that can refuse the request, checked before anything exists. */
-  private async admit(spec: WorkspaceSpec, authorizeRestore: AuthorizeRestore | undefined): Promise<Pick<Starting, 'image' | 'restoring'>> {
+  private async admit(spec: WorkspaceSpec, authorizeRestore: AuthorizeRestore | undefined): Promise<Pick<Starting, 'image' | 'restoring' | 'content'>> {
     const image = await this.o.sandbox.resolveImage(spec.image);
+    withImageConfig(spec, image.config); // a workload with nothing to run is refused now
     this.o.sandbox.checkSeccompProfile(spec.seccompProfile);
+    this.content.check(spec.content);
     const restoring = spec.restoreFrom ? await this.openBackup(spec.restoreFrom, authorizeRestore) : undefined;
+    // After the access decision, before anything exists: a prebuild snapshot must verify (or be allowed not to).
+    const content = await this.content.verifyPrebuild(spec.content);
     if (spec.kind === 'PREBUILD' && !(this.o.logs && this.o.backups && this.o.provenance)) {
       throw new DomainError('FAILED_PRECONDITION', 'kind: prebuilds need logs, backups and provenance on this node');
     }
-    return { image, restoring };
+    return { image, restoring, content };
   }
 
   /** The record, CREATING, persisted and announced. */
-  private insertRecord(spec: WorkspaceSpec, digest: string, image: ImageRef): WorkspaceRecord {
+  private insertRecord(spec: WorkspaceSpec, digest: string, image: ImageRef, content: ContentStatus): WorkspaceRecord {
     const record: WorkspaceRecord = {
       spec,
       status: {
@@ -325,6 +356,7 @@ export class WorkspaceService {
         ports: [...spec.ports],
         imageDigest: image.digest,
         tasks: spec.tasks.map((t) => ({ name: t.name, state: 'CREATING', exitCode: 0, startedMs: 0, finishedMs: 0 })),
+        content,
       },
     };
     this.o.store.insert(record, digest);
@@ -336,6 +368,13 @@ export class WorkspaceService {
   private allocateIds({ record }: Starting): void {
     record.status.uidBase = this.o.sandbox.allocateIds(record.spec.id);
     this.o.store.updateStatus(record.spec.id, record.status);
+  }
+
+  /** The workspace dir on its own encrypted, size-limited volume (src/storage), before anything goes in it. */
+  private async createVolume({ record }: Starting): Promise<void> {
+    const { spec } = record;
+    await this.o.storage?.create(spec.id, { bytes: spec.resources.diskBytes, inodes: spec.resources.diskInodes }, this.workspaceDir(spec.id));
+    crashPoint('after-volume');
   }
 
   /** The network's /etc files and the restore go into the rootfs; then the output, whose ends spawn takes. */
@@ -355,6 +394,8 @@ export class WorkspaceService {
     const { spec } = record;
     return async (dirs) => {
       const target = restoring.roots.includes('upper') ? dirs : { content: dirs.content };
+      // One that cannot fit in the volume is refused before any of it is written.
+      this.o.storage?.checkFits(spec.id, { bytes: restoring.bytes ?? 0, files: restoring.files ?? 0 });
       await this.needBackups().restore(spec.restoreFrom, target, { uidBase: record.status.uidBase, expectBinding: restoring.binding ?? null });
       record.status.restoredFrom = spec.restoreFrom;
     };
@@ -367,9 +408,11 @@ export class WorkspaceService {
   /** Init starts (held at its gate for an ISOLATED workload); once spawn returned, our output ends close. */
   private async launchWorkload(start: Starting): Promise<Launched> {
     const { spec, status } = start.record;
+    const run = withImageConfig(spec, start.image.config);
     start.launched = await this.o.sandbox.launch({
-      workspaceId: spec.id, uidBase: status.uidBase, argv: workloadArgv(spec), env: spec.env, cwd: spec.workingDir,
+      workspaceId: spec.id, uidBase: status.uidBase, argv: spec.kind === 'PREBUILD' ? [] : run.argv, env: run.env, cwd: run.cwd,
       seccompProfile: spec.seccompProfile, output: start.output!, holdAtGate: holdsAtGate(spec),
+      user: spec.user ?? start.image.config?.user ?? '',
     });
     for (const fd of start.opened.splice(0)) fs.closeSync(fd);
     Object.assign(status, { pid: start.launched.pid, pidStartTime: start.launched.startTime, startedMs: Date.now() });
@@ -384,6 +427,7 @@ export class WorkspaceService {
 
   private running({ record }: Starting, launched: Launched): WorkspaceRecord {
     this.watch(record, launched, true);
+    this.withDiskUsage(record);
     this.transition(record, 'RUNNING');
     this.o.log.info({ workspace: record.spec.id, hostPid: launched.pid, uidBase: record.status.uidBase }, 'workspace running');
     return record;
@@ -415,7 +459,8 @@ export class WorkspaceService {
     this.o.log.warn({ workspace: id, err: errText(err) }, 'workspace start failed');
     await this.o.logs?.closeWhenDrained(id);
     await this.releaseAll(record);
-    Object.assign(record.status, { reason: 'SPAWN_FAILED' as Reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
+    const reason: Reason = isContentFailure(err) ? 'CONTENT_FAILED' : 'SPAWN_FAILED';
+    Object.assign(record.status, { reason, message: errText(err), finishedMs: Date.now(), pid: 0 });
     this.transition(record, 'FAILED');
   }
 
@@ -508,6 +553,8 @@ export class WorkspaceService {
   private async releaseRuntime(record: WorkspaceRecord): Promise<void> {
     await this.releaseNetworkAndCgroup(record.spec.id);
     await this.o.sandbox.unmountRootfs(record.spec.id);
+    this.withDiskUsage(record);
+    await this.o.storage?.close(record.spec.id, this.workspaceDir(record.spec.id));
   }
 
   private async releaseNetworkAndCgroup(id: string): Promise<void> {
@@ -518,8 +565,12 @@ export class WorkspaceService {
   /** Everything, files and id range included. */
   private async releaseAll(record: WorkspaceRecord): Promise<void> {
     await this.releaseNetworkAndCgroup(record.spec.id);
+    // Crypto-erase before any file goes: once the key is gone, what is left of the volume opens for no one.
+    await this.o.storage?.eraseKey(record.spec.id);
+    crashPoint('after-key-erase');
     // Unmounts what is left, then deletes: one pass over mountinfo, not one here and one there.
     await this.o.sandbox.removeWorkspaceDir(record.spec.id);
+    await this.o.storage?.destroy(record.spec.id);
     if (record.status.uidBase) this.o.sandbox.releaseIds(record.status.uidBase);
     record.status.uidBase = 0;
   }
@@ -597,20 +648,38 @@ export class WorkspaceService {
   }
 
   private digest(spec: WorkspaceSpec): string {
-    return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(spec)).digest('hex');
+    return crypto.createHmac('sha256', this.o.specKey).update(canonicalJson(withoutNoDiskLimit(spec))).digest('hex');
   }
 }
 
-/** What runs: the request's command, or for a prebuild nothing but init, which asks for each task over
- *  the task channel (src/prebuild/tasks.ts). */
-function workloadArgv(spec: WorkspaceSpec): string[] {
-  return spec.kind === 'PREBUILD' ? [] : spec.command;
+/**
+ * The request over the image's config (as Docker and Kubernetes apply it): a command replaces Entrypoint and
+ * Cmd, request env wins per key over the image's Env, and working_dir over WorkingDir (then /workspace).
+ */
+export function withImageConfig(spec: WorkspaceSpec, image: ImageRunConfig | undefined): { argv: string[]; env: Record<string, string>; cwd: string } {
+  const env: Record<string, string> = {};
+  for (const entry of image?.env ?? []) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  Object.assign(env, spec.env);
+  const argv = spec.command.length > 0 ? spec.command : [...(image?.entrypoint ?? []), ...(image?.cmd ?? [])];
+  if (argv.length === 0 && spec.kind === 'REGULAR') throw new DomainError('INVALID_ARGUMENT', 'command: empty, and the image has no Entrypoint or Cmd');
+  const cwd = spec.workingDir || (image?.workingDir && image.workingDir.startsWith('/') ? image.workingDir : '') || '/workspace';
+  return { argv, env, cwd };
 }
 
 /** An isolated workload waits at init's gate until its veth is attached. Everything else it needs (cgroups,
  *  lo, its OOM score) is in place before init runs, so the others start at once. */
 function holdsAtGate(spec: WorkspaceSpec): boolean {
   return spec.network === 'ISOLATED';
+}
+
+/** A spec with no disk limit digests as it did before Resources had one: a repeated start of a workspace
+ *  recorded by an older daemon is still the same spec. */
+function withoutNoDiskLimit(spec: WorkspaceSpec): unknown {
+  const { diskBytes, diskInodes, ...rest } = spec.resources;
+  return diskBytes || diskInodes ? spec : { ...spec, resources: rest };
 }
 
 /** What a backup of this workspace records as its origin, and the access rule later judges. */

@@ -23,7 +23,7 @@ export const SPEC_SECRETS: Classification<WorkspaceSpec> = {
   image: 'public',
   command: 'public',
   env: 'secret',
-  resources: { memoryBytes: 'public', cpuMillis: 'public', pids: 'public' },
+  resources: { memoryBytes: 'public', cpuMillis: 'public', pids: 'public', diskBytes: 'public', diskInodes: 'public' },
   network: 'public',
   ports: 'public',
   restoreFrom: 'public',
@@ -31,6 +31,14 @@ export const SPEC_SECRETS: Classification<WorkspaceSpec> = {
   tasks: [{ name: 'public', command: 'public', workingDir: 'public', env: 'secret' }],
   source: { repositoryUrl: 'public', revision: 'public' },
   workingDir: 'public',
+  user: 'public',
+  // The git token (issue 17) is the one secret of a content source; the rest is shown by GetWorkspace.
+  content: {
+    kind: 'public',
+    git: { url: 'public', ref: 'public', commit: 'public', depth: 'public', filter: 'public', submodules: 'public', token: 'secret' },
+    prebuildSnapshot: 'public',
+    allowUnverified: 'public',
+  },
 };
 
 type Tree = Record<string, unknown>;

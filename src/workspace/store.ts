@@ -17,6 +17,9 @@ export interface SecretSealer {
   reseal?(sealed: string, aad: string): string;
   /** Key ids of every sealed value in a text: the census of what depends on which key. */
   keyIdsIn?(text: string): string[];
+  /** Binary secrets (volume keys): sealed from and opened to a Buffer, never a string. */
+  sealBytes?(plaintext: Buffer, aad: string): string;
+  openBytes?(sealed: string, aad: string): Buffer;
 }
 
 /** Every secret field of a spec, sealed together under this aad (src/workspace/spec-secrets.ts). */
@@ -31,7 +34,11 @@ const SEALED_COLUMNS = [
   { column: 'secrets_sealed', aad: (id: string): string => secretsAad(id) },
   // Records from before every secret field was sealed together: read once, then rewritten.
   { column: 'env_sealed', aad: (id: string): string => `workspace-env:${id}` },
+  // The key of the workspace's encrypted volume (src/storage): never stored in the clear.
+  { column: 'disk_key_sealed', aad: (id: string): string => diskKeyAad(id) },
 ] as const;
+
+const diskKeyAad = (id: string): string => `workspace-disk-key:${id}`;
 
 interface Row {
   id: string;
@@ -45,7 +52,7 @@ interface Row {
 export class WorkspaceStore {
   private readonly db: Database.Database;
   // Compiled once: a start writes its record four times.
-  private readonly statements: Record<'insert' | 'updateStatus' | 'rewriteSpec' | 'delete' | 'digestOf', Database.Statement>;
+  private readonly statements: Record<'insert' | 'updateStatus' | 'rewriteSpec' | 'delete' | 'digestOf' | 'setDiskKey' | 'diskKey', Database.Statement>;
 
   constructor(stateDir: string, private readonly sealer?: SecretSealer) {
     this.db = new Database(path.join(stateDir, 'state.db'));
@@ -61,12 +68,15 @@ export class WorkspaceStore {
     )`);
     const columns = this.db.prepare('PRAGMA table_info(workspaces)').all() as Array<{ name: string }>;
     if (!columns.some((c) => c.name === 'secrets_sealed')) this.db.exec('ALTER TABLE workspaces ADD COLUMN secrets_sealed TEXT');
+    if (!columns.some((c) => c.name === 'disk_key_sealed')) this.db.exec('ALTER TABLE workspaces ADD COLUMN disk_key_sealed TEXT');
     this.statements = {
       insert: this.db.prepare('INSERT INTO workspaces (id, spec, secrets_sealed, spec_digest, status) VALUES (?, ?, ?, ?, ?)'),
       rewriteSpec: this.db.prepare('UPDATE workspaces SET spec = ?, secrets_sealed = ?, env_sealed = NULL WHERE id = ?'),
       updateStatus: this.db.prepare('UPDATE workspaces SET status = ? WHERE id = ?'),
       delete: this.db.prepare('DELETE FROM workspaces WHERE id = ?'),
       digestOf: this.db.prepare('SELECT spec_digest FROM workspaces WHERE id = ?'),
+      setDiskKey: this.db.prepare('UPDATE workspaces SET disk_key_sealed = ? WHERE id = ?'),
+      diskKey: this.db.prepare('SELECT disk_key_sealed FROM workspaces WHERE id = ?'),
     };
   }
 
@@ -81,6 +91,28 @@ export class WorkspaceStore {
 
   delete(id: string): void {
     this.statements.delete.run(id);
+  }
+
+  /** Seals the volume key into the workspace's row (which must exist); durable on return. */
+  putDiskKey(id: string, key: Buffer): void {
+    if (!this.sealer?.sealBytes) throw new Error('store: volume keys need a sealer');
+    const changed = this.statements.setDiskKey.run(this.sealer.sealBytes(key, diskKeyAad(id)), id).changes;
+    if (changed !== 1) throw new Error(`store: no record for workspace ${id}`);
+  }
+
+  diskKey(id: string): Buffer | undefined {
+    const row = this.statements.diskKey.get(id) as { disk_key_sealed: string | null } | undefined;
+    if (!row?.disk_key_sealed || !this.sealer?.openBytes) return undefined;
+    return this.sealer.openBytes(row.disk_key_sealed, diskKeyAad(id));
+  }
+
+  /**
+   * Crypto-erase of a volume: the sealed key is overwritten (secure_delete zeroes the freed bytes) and
+   * the write-ahead log, which still holds the page as it was, is checkpointed and truncated.
+   */
+  eraseDiskKey(id: string): void {
+    this.statements.setDiskKey.run(null, id);
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
   }
 
   digestOf(id: string): string | undefined {

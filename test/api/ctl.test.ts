@@ -109,7 +109,8 @@ t.test('flags that take values are honoured: sizes, cores, millicores, grace 0, 
     '--', 'sh', '-c', 'trap "" TERM; while :; do sleep 1; done');
   t.equal(started.status, 0, started.stderr);
   const w = JSON.parse(started.stdout) as { resources: { memoryBytes: string; cpuMillis: string; pids: string }; network: string };
-  t.same(w.resources, { memoryBytes: String(64 << 20), cpuMillis: '500', pids: '100' }, '--memory 64M, --cpus 0.5, --pids 100');
+  // disk_bytes 0: this node has no volumes (storageBackend none), so no disk limit is in force.
+  t.same(w.resources, { memoryBytes: String(64 << 20), cpuMillis: '500', pids: '100', diskBytes: '0', diskInodes: '0' }, '--memory 64M, --cpus 0.5, --pids 100');
   t.equal(w.network, 'NETWORK_MODE_NONE');
   const milli = ctl('--output', 'json', 'start', 'milli', '--cpu', '250m', '--memory', '1.5G', '--', 'true');
   t.equal(milli.status, 0, milli.stderr);

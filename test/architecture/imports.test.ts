@@ -17,8 +17,9 @@ const LAYERS: string[][] = [
   ['api/'],                                          // gRPC server, auth, validation, transport
   ['exec/'],                                         // exec and terminal sessions in running workspaces
   ['workspace/'],                                    // the lifecycle, its records, ports and their adapters
-  ['prebuild/'],                                     // tasks channel, provenance (a service the lifecycle uses)
-  ['sandbox/', 'network/', 'content/', 'logs/'],     // the mechanisms, independent of each other
+  ['prebuild/', 'source/'],                          // tasks channel, provenance; git content (services the lifecycle uses)
+  ['images/'],                                       // OCI images: registry client, layer store, pulls
+  ['sandbox/', 'network/', 'content/', 'logs/', 'storage/'], // the mechanisms, independent of each other
   ['crypto/'],                                       // keys, the streaming AEAD, sealing, the PKI
   ['config/', 'state-dir.ts', 'node-flags.ts'],      // one validated config; the state dir's lock and claims
   ['native/'],                                       // the typed wrapper of the C addon

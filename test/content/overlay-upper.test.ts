@@ -12,6 +12,7 @@ import { KeyRing } from '../../src/crypto/keys';
 import { mountsUnder } from '../../src/sandbox/rootfs';
 import { TreeArchiveStream } from '../../src/content/archive';
 import { BackupLog, BackupStore } from '../../src/content/backups';
+import { SnapshotStore } from '../../src/content/repo/snapshots';
 import { fsops } from '../../src/native';
 import { FsObjectStorage } from '../../src/content/storage-fs';
 import { BINDING, entry, quietLog, snapshot, storeCraftedBackup, UID_BASE } from './backup-suite';
@@ -87,7 +88,8 @@ function names(dir: string): string[] {
   return fs.readdirSync(dir).sort();
 }
 
-t.test('a restored upper layer keeps deletions, opaque and renamed directories, metadata-only copies and capabilities', async (t) => {
+// Both formats: a snapshot (src/content/repo/) rebuilds the same archive from its chunks.
+for (const format of ['full', 'snapshot'] as const) t.test(`${format}: a restored upper layer keeps deletions, opaque and renamed directories, metadata-only copies and capabilities`, async (t) => {
   const base = overlayBase(t);
   makeLower(path.join(base, 'lower'));
   const upperA = path.join(base, 'a-upper');
@@ -119,7 +121,8 @@ t.test('a restored upper layer keeps deletions, opaque and renamed directories, 
   const left: string[] = [];
   const log: BackupLog = { info: () => undefined, warn: (o) => left.push(`${(o as { path: string }).path}: ${(o as { why: string }).why}`) };
   // Through the archive-runner child, as the daemon does it: the child loads the addon too.
-  const store = new BackupStore({ storage: new FsObjectStorage({ dir: path.join(base, 'backups') }), keyring, log });
+  const opts = { storage: new FsObjectStorage({ dir: path.join(base, 'backups') }), keyring, log };
+  const store = format === 'full' ? new BackupStore(opts) : new SnapshotStore(opts);
   const { backupId } = await store.backup({ content, upper: upperA }, { uidBase: UID_BASE, binding: BINDING });
   t.same(left.sort(), [
     'foreign-cap: xattr security.capability not kept: it does not apply in the workspace\'s user namespace',

@@ -77,7 +77,9 @@ export async function startDaemon(t: TapLike, extraArgs: string[] = [], opts: Da
   const cgroupParent = opts.derivedCgroupParent ? cgroupParentFor(stateDir) : uniqueName('tetrix-test');
   const output: string[] = [];
   const parentArgs = opts.derivedCgroupParent ? [] : ['--cgroup-parent', cgroupParent];
-  const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, ...parentArgs, '--log-level', 'debug', '--api-listen', '127.0.0.1:0', '--network', 'off', ...extraArgs];
+  // The daemon tests that look at backup objects look at the full format's; snapshot tests ask for theirs.
+  const formatArgs = extraArgs.includes('--backup-format') || opts.env?.TETRIX_BACKUP_FORMAT ? [] : ['--backup-format', 'full'];
+  const args = [daemonMain, '--state-dir', stateDir, '--socket', socketPath, ...parentArgs, '--log-level', 'debug', '--api-listen', '127.0.0.1:0', '--network', 'off', ...formatArgs, ...extraArgs];
 
   let extraEnv = opts.env ?? {};
   const launch = async (): Promise<ChildProcess> => {

@@ -47,6 +47,8 @@ t.test('image refs become resource URIs', async (t) => {
   t.equal(imageResourceUri('builtin:busybox'), 'builtin:busybox');
   t.equal(imageResourceUri('/var/lib/tetrix/images/my img'), 'file:///var/lib/tetrix/images/my%20img');
   t.equal(imageResourceUri('node20'), 'pkg:generic/node20');
+  t.equal(imageResourceUri('localhost:5000/team/app:1'), 'oci://localhost:5000/team/app:1', 'an OCI reference with a port is no URI scheme');
+  t.equal(imageResourceUri('registry.example/app@sha256:' + 'a'.repeat(64)), `oci://registry.example/app@sha256:${'a'.repeat(64)}`);
 });
 
 t.test('the validator names each departure from the SLSA v1 and in-toto v1 field names and types', async (t) => {

@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
+#include <linux/fscrypt.h>
 #include <linux/keyctl.h>
 #include <linux/perf_event.h>
 #include <linux/reboot.h>
@@ -1759,6 +1760,50 @@ static result probe_stdio_host_paths(void) {
   return BLOCKED("fds 0-2 and init's %d fds name no host path", listed);
 }
 
+// ---- issue 19: the workspace's volume key (src/storage, docs/storage.md) ------------------------------
+// With storageBackend ext4-fscrypt, /workspace is an fscrypt directory whose key the daemon added as host
+// root. The workload must not be able to take that key out of the kernel (locking the node out of its
+// backups, or hiding its files from them): removing it for all users needs CAP_SYS_ADMIN in the initial
+// user namespace, and the workload never held a claim of its own. On a node without volumes there is
+// nothing to probe.
+
+static result probe_volume_key_removal(void) {
+  int fd = open("/workspace", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return UNKNOWN("open /workspace: %s", E(errno));
+  struct fscrypt_get_policy_ex_arg pol;
+  memset(&pol, 0, sizeof pol);
+  pol.policy_size = sizeof pol.policy;
+  if (ioctl(fd, FS_IOC_GET_ENCRYPTION_POLICY_EX, &pol) != 0) {
+    int err = errno;
+    close(fd);
+    if (err == ENODATA || err == ENOTTY || err == EOPNOTSUPP) return BLOCKED("/workspace is not on an encrypted volume here (%s)", E(err));
+    return BLOCKED("FS_IOC_GET_ENCRYPTION_POLICY_EX: %s", E(err));
+  }
+  if (pol.policy.version != FSCRYPT_POLICY_V2) {
+    close(fd);
+    return UNKNOWN("/workspace has a v%d policy", pol.policy.version);
+  }
+  struct fscrypt_remove_key_arg rm;
+  memset(&rm, 0, sizeof rm);
+  rm.key_spec.type = FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER;
+  memcpy(rm.key_spec.u.identifier, pol.policy.v2.master_key_identifier, FSCRYPT_KEY_IDENTIFIER_SIZE);
+  int all = ioctl(fd, FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS, &rm) == 0 ? 0 : errno;
+  int own = ioctl(fd, FS_IOC_REMOVE_ENCRYPTION_KEY, &rm) == 0 ? 0 : errno;
+  struct fscrypt_get_key_status_arg st;
+  memset(&st, 0, sizeof st);
+  st.key_spec = rm.key_spec;
+  int rc = ioctl(fd, FS_IOC_GET_ENCRYPTION_KEY_STATUS, &st);
+  int status_err = errno;
+  close(fd);
+  if (rc != 0) return UNKNOWN("FS_IOC_GET_ENCRYPTION_KEY_STATUS: %s", E(status_err));
+  if (st.status != FSCRYPT_KEY_STATUS_PRESENT) return ESCAPED("the volume's key is gone from the kernel (status %u)", st.status);
+  int probe = open("/workspace/.volume-key-probe", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (probe < 0) return ESCAPED("the key is listed but /workspace no longer takes a file: %s", E(errno));
+  close(probe);
+  unlink("/workspace/.volume-key-probe");
+  return BLOCKED("remove for all users: %s, for itself: %s; the key stays present", all ? E(all) : "0 (?)", own ? E(own) : "0");
+}
+
 // ---- issue 18 (exec and terminals): `battery --facts` prints what a process sees of its own sandbox ----
 // The exec test (test/exec/battery-exec.test.ts) runs it as the workload and through ExecWorkspace in the
 // same workspace: every FACT line must be the same (nsenter from the host showed CapEff 000001ffffffffff,
@@ -1976,6 +2021,8 @@ static const probe PROBES[] = {
     {"pty_limit", probe_pty_limit},
     // December 2026 review, item 8: host paths behind stdio
     {"stdio_host_paths", probe_stdio_host_paths},
+    // issue 19: the workspace's volume key stays in the kernel whatever the workload does
+    {"volume_key_removal", probe_volume_key_removal},
 };
 
 // Each probe runs in its own child: side effects stay there, and a probe the filter kills (SIGSYS) is

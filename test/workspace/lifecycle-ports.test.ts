@@ -1,5 +1,6 @@
 // The lifecycle without a kernel: WorkspaceService driven through in-memory Sandbox ports. What a user
 // sees (states, reasons, refusals) must hold whatever the sandbox underneath.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -195,4 +196,28 @@ t.test('an illegal transition is refused: a workspace that stopped does not run 
   const transition = (svc as unknown as { transition(r: typeof rec, s: string): void }).transition.bind(svc);
   t.throws(() => transition(rec, 'RUNNING'), { code: 'INTERNAL', message: /STOPPED to RUNNING/ });
   t.equal(svc.get('g').status.state, 'STOPPED', 'unchanged');
+});
+
+t.test('a workspace recorded before Resources had disk limits is still the same spec on a repeated start', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-lifecycle-ports-'));
+  const store = new WorkspaceStore(stateDir);
+  const specKey = Buffer.alloc(32, 1);
+  const options = {
+    stateDir, defaultGraceMs: 200, store, sandbox: fakeSandbox(), log: pino({ level: 'silent' }), specKey,
+    defaultResources: { memoryBytes: 1 << 28, cpuMillis: 1000, pids: 64, diskBytes: 0, diskInodes: 0 },
+  };
+  const svc = new WorkspaceService(options);
+  t.teardown(() => {
+    svc.close();
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+  const first = await svc.start(spec('old'));
+  // What an older daemon stored: the HMAC of the spec's canonical JSON, its resources without disk fields.
+  const canonical = (v: unknown): string => Array.isArray(v) ? `[${v.map(canonical).join(',')}]`
+    : v && typeof v === 'object' ? `{${Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, x]) => `${JSON.stringify(k)}:${canonical(x)}`).join(',')}}`
+    : JSON.stringify(v);
+  const { diskBytes: _b, diskInodes: _i, ...older } = first.spec.resources;
+  const oldDigest = crypto.createHmac('sha256', specKey).update(canonical({ ...first.spec, resources: older })).digest('hex');
+  t.equal(store.digestOf('old'), oldDigest, 'a spec with no disk limit digests as before');
+  t.equal(await svc.start(spec('old')), first, 'and a repeated start returns the workspace');
 });

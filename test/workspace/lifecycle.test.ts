@@ -174,8 +174,8 @@ t.test('a workspace started without resources gets the node default memory, CPU 
   delete req.resources;
   const started = await d.start(req);
   const memoryDefault = String(Math.min(1 << 30, os.totalmem()));
-  t.same(started.resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '4096' }, 'StartWorkspace answers with the effective limits');
-  t.same((await d.get('unlimited')).resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '4096' }, 'and GetWorkspace shows them');
+  t.same(started.resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '4096', diskBytes: '0', diskInodes: '0' }, 'StartWorkspace answers with the effective limits');
+  t.same((await d.get('unlimited')).resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '4096', diskBytes: '0', diskInodes: '0' }, 'and GetWorkspace shows them');
   const read = cgroupReader(cgroupDirsOf(path.join(d.cgroupParent, 'unlimited')));
   const v2 = read('memory.max') !== undefined;
   t.equal(v2 ? read('memory.max') : read('memory.limit_in_bytes'), memoryDefault, 'the cgroup has the default memory limit');
@@ -185,7 +185,7 @@ t.test('a workspace started without resources gets the node default memory, CPU 
 
   // A request naming only some limits gets the defaults for the others.
   await d.start(busybox('partly', 'exec sleep 600', { resources: { pids: 64 } }));
-  t.same((await d.get('partly')).resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '64' }, 'named limits are kept, the rest are the defaults');
+  t.same((await d.get('partly')).resources, { memoryBytes: memoryDefault, cpuMillis: '300', pids: '64', diskBytes: '0', diskInodes: '0' }, 'named limits are kept, the rest are the defaults');
   const partly = cgroupReader(cgroupDirsOf(path.join(d.cgroupParent, 'partly')));
   t.equal(v2 ? partly('memory.max') : partly('memory.limit_in_bytes'), memoryDefault, 'with the default memory limit in its cgroup');
   t.equal(partly('pids.max'), '64', 'and its own pids limit');

@@ -22,12 +22,16 @@ const spec = (): WorkspaceSpec => ({
   ],
   source: { repositoryUrl: 'https://git.example.test/a.git', revision: 'abc' },
   workingDir: '/workspace',
+  content: {
+    kind: 'git', prebuildSnapshot: '', allowUnverified: false,
+    git: { url: 'https://git.example.test/a.git', ref: 'main', commit: '', depth: 0, filter: '', submodules: false, token: 'gittoken-z' },
+  },
 });
 
 t.test('the secret fields are declared once; the review tests cover each of them', async (t) => {
-  // test/workspace/secrets.test.ts puts markers in exactly these: a new secret field fails here until
-  // it does too.
-  t.same(secretFieldPaths(SPEC_SECRETS), ['env', 'tasks[].env']);
+  // test/workspace/secrets.test.ts puts markers in the env fields, test/source/smart-http.test.ts in the
+  // git token: a new secret field fails here until a test does the same for it.
+  t.same(secretFieldPaths(SPEC_SECRETS), ['env', 'tasks[].env', 'content.git.token']);
 });
 
 t.test('a spec goes to disk with every secret field sealed and comes back whole', async (t) => {
@@ -42,13 +46,14 @@ t.test('a spec goes to disk with every secret field sealed and comes back whole'
   t.same(loaded.map((r) => r.spec), [spec()], 'every field comes back');
   for (const file of fs.readdirSync(dir).filter((f) => f.startsWith('state.db'))) {
     const bytes = fs.readFileSync(path.join(dir, file));
-    for (const needle of ['TOPNAME_M', 'topvalue-m', 'TASKNAME_A', 'taskvalue-a', 'TASKNAME_B', 'taskvalue-b']) {
+    for (const needle of ['TOPNAME_M', 'topvalue-m', 'TASKNAME_A', 'taskvalue-a', 'TASKNAME_B', 'taskvalue-b', 'gittoken-z']) {
       t.notOk(bytes.includes(Buffer.from(needle)), `${file} does not hold ${needle}`);
     }
   }
 
   const unsealed = new WorkspaceStore(dir);
   t.same(unsealed.loadAll().map((r) => r.spec.tasks.map((x) => x.env)), [[{}, {}]], 'a store without a sealer opens no secret');
+  t.same(unsealed.loadAll().map((r) => r.spec.content?.git.token), [''], 'nor the git token');
   unsealed.close();
 });
 

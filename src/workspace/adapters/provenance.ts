@@ -1,22 +1,40 @@
-// After a successful prebuild: its provenance, signed by the node, stored beside the snapshot.
+// After a successful prebuild: its provenance, signed by the node, stored beside the snapshot. Before a
+// workspace starts from a prebuild's snapshot: that provenance, verified with the node's key.
 import type { ObjectStorage } from '../../content/storage';
+import { storedObjectOf } from '../../content/repo/formats';
 import type { BackupOutcome } from '../ports';
 import type { WorkspaceRecord } from '../types';
 import { publishPrebuildProvenance } from '../../prebuild/provenance';
 import type { ProvenanceSigningKey } from '../../prebuild/signing-key';
+import { verifyStoredSnapshotProvenance } from '../../prebuild/verify';
+
+/** What a verified snapshot's provenance says about where it came from. */
+export interface VerifiedSnapshot {
+  invocationId: string;
+  builderId: string;
+  /** The repository's gitCommit in resolvedDependencies ('' when the prebuild fetched none). */
+  commit: string;
+}
 
 export interface ProvenancePublisher {
   publish(record: WorkspaceRecord, snapshot: BackupOutcome): Promise<string>;
+  /** DATA_LOSS naming the failed check (unsigned, tampered, another key), NOT_FOUND without an envelope. */
+  verify(snapshotId: string): Promise<VerifiedSnapshot>;
 }
 
 export function provenancePublisher(storage: ObjectStorage, key: ProvenanceSigningKey, node: { nodeId: string; version: string }): ProvenancePublisher {
   return {
     async publish({ spec, status }, snapshot) {
+      const content = spec.content;
+      const fetched = content && content.kind === 'git' && status.content?.commit
+        ? { url: content.git.url, commit: status.content.commit, ref: content.git.ref }
+        : undefined;
       const published = await publishPrebuildProvenance(
         storage,
         {
-          snapshot: { name: `${snapshot.backupId}.data`, sha256: snapshot.sha256 },
+          snapshot: { name: storedObjectOf(snapshot.backupId), sha256: snapshot.sha256 },
           source: { repository: spec.source.repositoryUrl, revision: spec.source.revision },
+          ...(fetched ? { fetchedSource: fetched } : {}),
           tasks: spec.tasks.map((t) => ({ name: t.name, command: t.command, workingDir: t.workingDir, env: t.env })),
           image: { ref: spec.image, sha256: status.imageDigest.replace(/^sha256:/, '') },
           nodeId: node.nodeId,
@@ -29,6 +47,15 @@ export function provenancePublisher(storage: ObjectStorage, key: ProvenanceSigni
         key,
       );
       return published.objectName;
+    },
+    async verify(snapshotId) {
+      const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: `${snapshotId}.data`, publicKeyPem: key.publicKeyPem });
+      const repo = statement.predicate.buildDefinition.resolvedDependencies?.find((d) => d.digest?.gitCommit);
+      return {
+        invocationId: statement.predicate.runDetails.metadata?.invocationId ?? '',
+        builderId: statement.predicate.runDetails.builder.id,
+        commit: repo?.digest?.gitCommit ?? '',
+      };
     },
   };
 }

@@ -13,13 +13,18 @@ import { capabilityNumbers, DEFAULT_CAPABILITIES } from '../../sandbox/capabilit
 import { boundedLimits, detectCgroupDriver, type CgroupDriver, type CgroupPlacement } from '../../sandbox/cgroups';
 import { IdRangeAllocator } from '../../sandbox/idmap';
 import { ImageStore, type ResolvedImage } from '../../sandbox/images';
-import { Launcher, readInitExitRecord, type LaunchSpec } from '../../sandbox/launch';
+import { Launcher, readInitExitRecord, type Launched, type LaunchSpec } from '../../sandbox/launch';
 import { initBinaryPath, native } from '../../native';
 import { prepareRootfs, releaseRootfs, unmountRootfs, writeRootfsFiles, type ImageOwnership } from '../../sandbox/rootfs';
 import { SeccompProfiles } from '../../sandbox/seccomp';
+import { looksLikeReference } from '../../images/reference';
+import type { OciImageStore } from '../../images/store';
 
 export interface NodeSandbox extends Sandbox {
   readonly cgroupMode: string;
+  /** A helper process in the workspace's cgroup and id range, with its own root and mounts (the source
+   *  fetch, src/source/git-sandbox.ts); not part of the lifecycle's port. */
+  launchHelper(spec: LaunchSpec): Promise<Launched>;
 }
 
 /**
@@ -36,7 +41,7 @@ function installInit(stateDir: string): string {
   return target;
 }
 
-export async function createSandbox(config: Config, log: Logger, hooks: { onCleanup?: (kind: string) => void } = {}): Promise<NodeSandbox> {
+export async function createSandbox(config: Config, log: Logger, hooks: { onCleanup?: (kind: string) => void; oci?: OciImageStore } = {}): Promise<NodeSandbox> {
   const cgroups: CgroupDriver = detectCgroupDriver(config.cgroupParent, config.cgroupRoot);
   const cleaned = (kind: string): void => hooks.onCleanup?.(kind);
   const images = new ImageStore({ stateDir: config.stateDir, imagesDir: config.imagesDir });
@@ -58,14 +63,22 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     return p;
   };
   // Where each resolved image's tree is: the lifecycle holds the ImageRef, never the path.
-  const imageDirs = new WeakMap<ImageRef, string>();
+  const imageDirs = new WeakMap<ImageRef, string | string[]>();
   const resolveImage = async (image: string): Promise<ImageRef> => {
+    // Registry references (src/images): the layers' dirs, top first; names without '/', ':' or '@' stay
+    // operator directories.
+    if (looksLikeReference(image) && hooks.oci) {
+      const oci = await hooks.oci.resolve(image);
+      const ref: ImageRef = { reference: image, digest: oci.digest, config: oci.config };
+      imageDirs.set(ref, oci.lowerDirs);
+      return ref;
+    }
     const resolved = await resolve(image);
     const ref: ImageRef = { reference: image, digest: resolved.digest };
     imageDirs.set(ref, resolved.rootfs);
     return ref;
   };
-  const imageDirOf = (image: ImageRef): string => {
+  const imageDirOf = (image: ImageRef): string | string[] => {
     const dir = imageDirs.get(image);
     if (dir === undefined) throw new Error(`image ${image.reference}: not resolved by this sandbox`);
     return dir;
@@ -117,6 +130,7 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
       if (cgroups.list().includes(workspaceId)) await cgroups.open(workspaceId).destroy();
     },
     launch: (workload) => launcher.launch(launchSpecOf(workload)),
+    launchHelper: (spec) => launcher.launch(spec),
     adopt: (pid, startTime) => launcher.adopt(pid, startTime),
     initExitRecord: (workspaceId) => readInitExitRecord(dirOf(workspaceId)),
     oomKillCount: (workspaceId) => (cgroups.list().includes(workspaceId) ? cgroups.open(workspaceId).oomKillCount() : 0),
