@@ -10,6 +10,7 @@
 // than those the policy drops quietly, the walk stops with status "xattrs" and the entry's fd; the caller
 // decides what the archive keeps and hands the records back with archiveWalkResume().
 #define _GNU_SOURCE
+#include "bytes.h"
 #include "tetrix.h"
 
 #include <dirent.h>
@@ -28,36 +29,6 @@
 #define OVERFLOW_ID 65534
 #define DENTS_BUF (64 * 1024)
 #define XATTR_LIST_MAX_BYTES 65536
-
-typedef struct {
-  char *data;
-  size_t len, cap;
-} bytes;
-
-static bool bytes_reserve(bytes *b, size_t more) {
-  if (b->len + more <= b->cap) return true;
-  size_t cap = b->cap ? b->cap : 4096;
-  while (cap < b->len + more) cap *= 2;
-  char *p = realloc(b->data, cap);
-  if (!p) return false;
-  b->data = p;
-  b->cap = cap;
-  return true;
-}
-
-static bool bytes_append(bytes *b, const void *p, size_t n) {
-  if (!bytes_reserve(b, n)) return false;
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  return true;
-}
-
-static bool bytes_zeros(bytes *b, size_t n) {
-  if (!bytes_reserve(b, n)) return false;
-  memset(b->data + b->len, 0, n);
-  b->len += n;
-  return true;
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Header encoding: the pax/ustar subset of docs/backup-format.md (test/helpers/tar-oracle.ts reads it independently).
@@ -112,7 +83,7 @@ static void ustar_block(char *b, const char *name, size_t name_len, const char *
 }
 
 // "<len> <key>=<value>\n", len counting every byte of the record, its own digits included.
-static bool pax_record(bytes *out, const char *key, size_t key_len, const char *key2, size_t key2_len,
+static bool pax_record(tx_bytes *out, const char *key, size_t key_len, const char *key2, size_t key2_len,
                        const void *value, size_t value_len) {
   size_t rest = 1 + key_len + key2_len + 1 + value_len + 1;
   size_t len = rest + 1;
@@ -122,14 +93,14 @@ static bool pax_record(bytes *out, const char *key, size_t key_len, const char *
     if ((size_t)d + rest == len) break;
     len = (size_t)d + rest;
   }
-  if (!bytes_reserve(out, len)) return false;
-  bytes_append(out, digits, strlen(digits));
-  bytes_append(out, " ", 1);
-  bytes_append(out, key, key_len);
-  bytes_append(out, key2, key2_len);
-  bytes_append(out, "=", 1);
-  bytes_append(out, value, value_len);
-  bytes_append(out, "\n", 1);
+  if (!tx_bytes_reserve(out, len)) return false;
+  tx_bytes_append(out, digits, strlen(digits));
+  tx_bytes_append(out, " ", 1);
+  tx_bytes_append(out, key, key_len);
+  tx_bytes_append(out, key2, key2_len);
+  tx_bytes_append(out, "=", 1);
+  tx_bytes_append(out, value, value_len);
+  tx_bytes_append(out, "\n", 1);
   return true;
 }
 
@@ -152,16 +123,16 @@ static bool split_ustar_name(const char *name, size_t n, size_t *prefix_len) {
 }
 
 // Appends the entry's header blocks (a pax extended header first when needed) to out. errno on failure.
-static int encode_entry(bytes *out, const entry_header *h, bytes *scratch) {
+static int encode_entry(tx_bytes *out, const entry_header *h, tx_bytes *scratch) {
   // The full name, with the trailing slash directories carry, built in the scratch buffer.
   scratch->len = 0;
-  if (!bytes_reserve(scratch, h->path_len + 2)) return ENOMEM;
-  bytes_append(scratch, h->path, h->path_len);
-  if (h->flag == '5' && (h->path_len == 0 || h->path[h->path_len - 1] != '/')) bytes_append(scratch, "/", 1);
+  if (!tx_bytes_reserve(scratch, h->path_len + 2)) return ENOMEM;
+  tx_bytes_append(scratch, h->path, h->path_len);
+  if (h->flag == '5' && (h->path_len == 0 || h->path[h->path_len - 1] != '/')) tx_bytes_append(scratch, "/", 1);
   char *full = scratch->data;
   size_t n = scratch->len;
 
-  bytes pax = {0};
+  tx_bytes pax = {0};
   size_t prefix_len = 0;
   bool split = split_ustar_name(full, n, &prefix_len);
   bool ok = true;
@@ -216,7 +187,7 @@ static int encode_entry(bytes *out, const entry_header *h, bytes *scratch) {
     memcpy(pname + 11, short_name, short_len);
     ustar_block(block, pname, 11 + short_len, "", 0, 0644, 0, 0, pax.len, 0, 'x', "", 0);
     size_t pad = (TAR_BLOCK - pax.len % TAR_BLOCK) % TAR_BLOCK;
-    ok = bytes_append(out, block, TAR_BLOCK) && bytes_append(out, pax.data, pax.len) && bytes_zeros(out, pad);
+    ok = tx_bytes_append(out, block, TAR_BLOCK) && tx_bytes_append(out, pax.data, pax.len) && tx_bytes_zeros(out, pad);
     free(pax.data);
     if (!ok) return ENOMEM;
   }
@@ -237,7 +208,7 @@ static int encode_entry(bytes *out, const entry_header *h, bytes *scratch) {
               h->uid > MAX_OCTAL_8 ? MAX_OCTAL_8 : h->uid, h->gid > MAX_OCTAL_8 ? MAX_OCTAL_8 : h->gid,
               h->size > MAX_OCTAL_12 ? 0 : h->size, secs > MAX_OCTAL_12 ? 0 : secs, h->flag,
               link_in_pax ? "" : h->linkpath, link_in_pax ? 0 : h->link_len);
-  return bytes_append(out, block, TAR_BLOCK) ? 0 : ENOMEM;
+  return tx_bytes_append(out, block, TAR_BLOCK) ? 0 : ENOMEM;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -325,10 +296,10 @@ typedef struct {
 
   dir_frame *stack;
   size_t depth, stack_cap;
-  bytes path;         // archive path of the entry at hand: "<root>/<rel>"
-  bytes header;       // header and padding bytes not yet copied out
+  tx_bytes path;         // archive path of the entry at hand: "<root>/<rel>"
+  tx_bytes header;       // header and padding bytes not yet copied out
   size_t header_off;
-  bytes scratch;
+  tx_bytes scratch;
 
   int file_fd;        // file whose data is being copied, or -1
   uint64_t file_remaining, file_size;
@@ -347,7 +318,7 @@ typedef struct {
   link_table links;
   bool started, done;
   double files, bytes_done;
-  bytes skips;        // "<rel>\0<why>\0" pairs, drained by each fill
+  tx_bytes skips;        // "<rel>\0<why>\0" pairs, drained by each fill
 } walker;
 
 static void frame_free(dir_frame *f) {
@@ -393,8 +364,8 @@ static void skip(walker *w, size_t path_len, const char *why) {
   size_t rel_len;
   const char *rel = rel_of(w, path_len, &rel_len);
   // Out of memory loses the report, not the backup.
-  (void)(bytes_append(&w->skips, rel, rel_len) && bytes_append(&w->skips, "", 1) &&
-         bytes_append(&w->skips, why, strlen(why) + 1));
+  (void)(tx_bytes_append(&w->skips, rel, rel_len) && tx_bytes_append(&w->skips, "", 1) &&
+         tx_bytes_append(&w->skips, why, strlen(why) + 1));
 }
 
 static int cmp_entries(const void *a, const void *b, void *names) {
@@ -404,7 +375,7 @@ static int cmp_entries(const void *a, const void *b, void *names) {
 // Reads and sorts a directory's entries (getdents64: one call per 64 KiB of names).
 static int read_entries(dir_frame *f) {
   char *buf = malloc(DENTS_BUF);
-  bytes names = {0};
+  tx_bytes names = {0};
   size_t cap = 0;
   int err = 0;
   if (!buf) return ENOMEM;
@@ -430,7 +401,7 @@ static int read_entries(dir_frame *f) {
       }
       f->entries[f->count].name = (uint32_t)names.len;
       f->entries[f->count].type = d->d_type;
-      if (!bytes_append(&names, d->d_name, strlen(d->d_name) + 1)) {
+      if (!tx_bytes_append(&names, d->d_name, strlen(d->d_name) + 1)) {
         err = ENOMEM;
         goto out;
       }
@@ -447,7 +418,7 @@ out:
 static bool path_push(walker *w, size_t parent_len, const char *name) {
   w->path.len = parent_len;
   size_t n = strlen(name);
-  return bytes_append(&w->path, "/", 1) && bytes_append(&w->path, name, n);
+  return tx_bytes_append(&w->path, "/", 1) && tx_bytes_append(&w->path, name, n);
 }
 
 static int emit(walker *w, char flag, const struct stat *st, uint64_t size, const char *link, size_t link_len,
@@ -710,7 +681,7 @@ static int copy_file_data(walker *w, char *out, size_t space, size_t *wrote) {
     w->files++;
     w->bytes_done += (double)w->file_size;
     size_t pad = (TAR_BLOCK - w->file_size % TAR_BLOCK) % TAR_BLOCK;
-    if (!bytes_zeros(&w->header, pad)) return ENOMEM;
+    if (!tx_bytes_zeros(&w->header, pad)) return ENOMEM;
   }
   return 0;
 }
@@ -775,7 +746,7 @@ static napi_value js_walk_start(napi_env env, napi_callback_info info) {
     walker_free(w);
     return tx_throw(env, "archiveWalkStart: dup root fd", err);
   }
-  if (!bytes_append(&w->path, w->root_name, strlen(w->root_name))) {
+  if (!tx_bytes_append(&w->path, w->root_name, strlen(w->root_name))) {
     close(fd);
     walker_free(w);
     return tx_throw(env, "malloc", ENOMEM);
@@ -980,7 +951,7 @@ static napi_value js_walk_skip_file(napi_env env, napi_callback_info info) {
   w->bytes_done += (double)w->file_size;
   w->file_remaining = 0;
   size_t pad = (TAR_BLOCK - w->file_size % TAR_BLOCK) % TAR_BLOCK;
-  if (!bytes_zeros(&w->header, pad)) return tx_throw(env, "archiveWalkSkipFile: malloc", ENOMEM);
+  if (!tx_bytes_zeros(&w->header, pad)) return tx_throw(env, "archiveWalkSkipFile: malloc", ENOMEM);
   return tx_undefined(env);
 }
 

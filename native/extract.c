@@ -22,6 +22,7 @@
 // are skipped (never created) and FIFOs made; pax global headers are ignored; setuid/setgid bits are
 // dropped from entries whose owner is outside the mapped range.
 #define _GNU_SOURCE
+#include "bytes.h"
 #include "tetrix.h"
 
 #include <errno.h>
@@ -38,35 +39,6 @@
 #define MAX_EXTENDED (1 << 20)
 #define OVERFLOW_ID 65534
 #define MAX_SAFE 9007199254740991.0
-
-typedef struct {
-  char *data;
-  size_t len, cap;
-} buf_t;
-
-static bool buf_reserve(buf_t *b, size_t more) {
-  if (b->len + more <= b->cap) return true;
-  size_t cap = b->cap ? b->cap : 256;
-  while (cap < b->len + more) cap *= 2;
-  char *p = realloc(b->data, cap);
-  if (!p) return false;
-  b->data = p;
-  b->cap = cap;
-  return true;
-}
-
-static bool buf_put(buf_t *b, const void *p, size_t n) {
-  if (!buf_reserve(b, n + 1)) return false;
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = 0;  // always a C string as well
-  return true;
-}
-
-static bool buf_set(buf_t *b, const void *p, size_t n) {
-  b->len = 0;
-  return buf_put(b, p, n);
-}
 
 // An xattr as it is set on the host: name and value (already checked and translated by xattrs.ts).
 typedef struct {
@@ -93,7 +65,7 @@ static void xattrs_free(xattr_list *l) {
 typedef enum { T_FILE, T_HARDLINK, T_SYMLINK, T_CHAR, T_BLOCK, T_DIR, T_FIFO, T_PAX, T_PAX_GLOBAL, T_LONGNAME, T_LONGLINK, T_OTHER } entry_type;
 
 typedef struct {
-  buf_t path, linkpath;
+  tx_bytes path, linkpath;
   entry_type type;
   uint32_t mode;
   double uid, gid;
@@ -103,7 +75,7 @@ typedef struct {
   double dev_major, dev_minor;
   double metacopy_size;  // -1: none
   bool has_xattrs;
-  buf_t xattr_raw;       // "<name>\0" <u32 len> <value>... of the pax SCHILY.xattr records
+  tx_bytes xattr_raw;       // "<name>\0" <u32 len> <value>... of the pax SCHILY.xattr records
   size_t xattr_count;
 } header_t;
 
@@ -147,11 +119,11 @@ typedef struct {
   int zero_blocks;
 
   entry_type ext_kind;
-  buf_t ext;
+  tx_bytes ext;
   size_t ext_size, ext_pad;
   // Overrides for the next entry, from a pax header or GNU long name/link.
   bool have_pax, have_longname, have_longlink;
-  buf_t pax, longname, longlink;
+  tx_bytes pax, longname, longlink;
 
   header_t h;
   // The entry waiting for the xattr policy.
@@ -182,23 +154,23 @@ typedef struct {
 // ---------------------------------------------------------------------------------------------------
 // Refusals: "archive entry "<path>" refused: <why>", with the path quoted as JSON.stringify does.
 
-static void json_quote(buf_t *out, const char *s, size_t n) {
-  buf_put(out, "\"", 1);
+static void json_quote(tx_bytes *out, const char *s, size_t n) {
+  tx_bytes_append(out, "\"", 1);
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
     char esc[8];
     if (c == '"' || c == '\\') {
       esc[0] = '\\', esc[1] = (char)c;
-      buf_put(out, esc, 2);
+      tx_bytes_append(out, esc, 2);
     } else if (c < 0x20) {
       const char *named = c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b" : c == '\f' ? "\\f" : NULL;
-      if (named) buf_put(out, named, 2);
-      else buf_put(out, esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", c));
+      if (named) tx_bytes_append(out, named, 2);
+      else tx_bytes_append(out, esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", c));
     } else {
-      buf_put(out, (const char *)&c, 1);
+      tx_bytes_append(out, (const char *)&c, 1);
     }
   }
-  buf_put(out, "\"", 1);
+  tx_bytes_append(out, "\"", 1);
 }
 
 static void refuse_plain(extractor *x, const char *msg) {
@@ -211,16 +183,16 @@ static void refuse_entry(extractor *x, const char *entry, size_t entry_len, cons
 
 static void refuse_entry(extractor *x, const char *entry, size_t entry_len, const char *fmt, ...) {
   if (x->refusal) return;
-  buf_t msg = {0};
+  tx_bytes msg = {0};
   char why[1024];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(why, sizeof why, fmt, ap);
   va_end(ap);
-  buf_put(&msg, "archive entry ", 14);
+  tx_bytes_append(&msg, "archive entry ", 14);
   json_quote(&msg, entry, entry_len);
-  buf_put(&msg, " refused: ", 10);
-  buf_put(&msg, why, strlen(why));
+  tx_bytes_append(&msg, " refused: ", 10);
+  tx_bytes_append(&msg, why, strlen(why));
   x->refusal = msg.data;
 }
 
@@ -305,13 +277,13 @@ static bool decode_ustar(extractor *x, const char *b) {
   h->path.len = h->linkpath.len = 0;
   bool ustar = memcmp(b + 257, "ustar", 5) == 0;
   size_t prefix = ustar ? field_len(b, 345, 155) : 0;
-  if (!buf_reserve(&h->path, 300)) return refuse_plain(x, "archive: out of memory"), false;
+  if (!tx_bytes_reserve(&h->path, 300)) return refuse_plain(x, "archive: out of memory"), false;
   if (prefix) {
-    buf_put(&h->path, b + 345, prefix);
-    buf_put(&h->path, "/", 1);
+    tx_bytes_append(&h->path, b + 345, prefix);
+    tx_bytes_append(&h->path, "/", 1);
   }
-  buf_put(&h->path, b, field_len(b, 0, 100));
-  buf_set(&h->linkpath, b + 157, field_len(b, 157, 100));
+  tx_bytes_append(&h->path, b, field_len(b, 0, 100));
+  tx_bytes_set(&h->linkpath, b + 157, field_len(b, 157, 100));
   h->type = type_of(b[156]);
   double mode, mtime;
   if (!read_number(b, 100, 8, &mode) || !read_number(b, 108, 8, &h->uid) || !read_number(b, 116, 8, &h->gid) ||
@@ -375,8 +347,8 @@ static bool apply_pax(extractor *x) {
 #define KEY_IS(s) (key_len == sizeof(s) - 1 && memcmp(k, s, sizeof(s) - 1) == 0)
     if (key_len > 13 && memcmp(k, "SCHILY.xattr.", 13) == 0) {
       uint32_t vl = (uint32_t)v_len;
-      if (!buf_put(&h->xattr_raw, k + 13, key_len - 13) || !buf_put(&h->xattr_raw, "", 1) ||
-          !buf_put(&h->xattr_raw, &vl, sizeof vl) || !buf_put(&h->xattr_raw, v, v_len)) {
+      if (!tx_bytes_append(&h->xattr_raw, k + 13, key_len - 13) || !tx_bytes_append(&h->xattr_raw, "", 1) ||
+          !tx_bytes_append(&h->xattr_raw, &vl, sizeof vl) || !tx_bytes_append(&h->xattr_raw, v, v_len)) {
         return refuse_plain(x, "archive: out of memory"), false;
       }
       h->xattr_count++;
@@ -388,15 +360,15 @@ static bool apply_pax(extractor *x) {
     } else if (KEY_IS("TETRIX.metacopy.size")) {
       if (!parse_count(v, v_len, &h->metacopy_size)) return refuse_plain(x, "archive: bad pax TETRIX.metacopy.size"), false;
     } else if (key_len >= 7 && memcmp(k, "TETRIX.", 7) == 0) {
-      buf_t msg = {0};
-      buf_put(&msg, "archive: unknown pax record ", 28);
+      tx_bytes msg = {0};
+      tx_bytes_append(&msg, "archive: unknown pax record ", 28);
       json_quote(&msg, k, key_len);
       x->refusal = msg.data;
       return false;
     } else if (KEY_IS("path")) {
-      buf_set(&h->path, v, v_len);
+      tx_bytes_set(&h->path, v, v_len);
     } else if (KEY_IS("linkpath")) {
-      buf_set(&h->linkpath, v, v_len);
+      tx_bytes_set(&h->linkpath, v, v_len);
     } else if (KEY_IS("size") || KEY_IS("uid") || KEY_IS("gid")) {
       double value;
       if (!parse_count(v, v_len, &value)) {
@@ -439,7 +411,7 @@ typedef struct {
 static bool split_entry_path(extractor *x, const char *p, size_t n, entry_path *out, bool unknown_root_refused) {
   if (n > 0 && p[0] == '/') return refuse_entry(x, p, n, "absolute path"), false;
   if (strlen(p) != n) return refuse_entry(x, p, n, "NUL in path"), false;
-  buf_t rel = {0};
+  tx_bytes rel = {0};
   const char *root = NULL;
   size_t root_len = 0;
   if (x->layer) root = "", root_len = 0;  // every component belongs to the path
@@ -456,8 +428,8 @@ static bool split_entry_path(extractor *x, const char *p, size_t n, entry_path *
         root = p + i;
         root_len = len;
       } else {
-        if (rel.len) buf_put(&rel, "/", 1);
-        buf_put(&rel, p + i, len);
+        if (rel.len) tx_bytes_append(&rel, "/", 1);
+        tx_bytes_append(&rel, p + i, len);
       }
     }
     i = j + 1;
@@ -840,7 +812,7 @@ static bool on_symlink(extractor *x, size_t root, char *rel, sys_error *e) {
   if (!rel[0]) return REFUSE(x, "the root must be a directory"), false;
   if (x->layer && (h->linkpath.len == 0 || strlen(h->linkpath.data) != h->linkpath.len)) return REFUSE(x, "empty or NUL symlink target"), false;
   if (!x->layer && symlink_escapes(rel, h->linkpath.data ? h->linkpath.data : "", h->linkpath.len)) {
-    buf_t q = {0};
+    tx_bytes q = {0};
     json_quote(&q, h->linkpath.data ? h->linkpath.data : "", h->linkpath.len);
     REFUSE(x, "symlink target %s leaves the root", q.data);
     free(q.data);
@@ -1093,12 +1065,12 @@ static void end_extended(extractor *x) {
   if (x->ext_kind == T_PAX_GLOBAL) {
     // Layer mode: a global header (git archive writes a comment in one) changes nothing we apply.
   } else if (x->ext_kind == T_PAX) {
-    buf_set(&x->pax, x->ext.data ? x->ext.data : "", x->ext.len);
+    tx_bytes_set(&x->pax, x->ext.data ? x->ext.data : "", x->ext.len);
     x->have_pax = true;
   } else {
     size_t n = strnlen(x->ext.data ? x->ext.data : "", x->ext.len);
-    buf_t *dst = x->ext_kind == T_LONGNAME ? &x->longname : &x->longlink;
-    buf_set(dst, x->ext.data ? x->ext.data : "", n);
+    tx_bytes *dst = x->ext_kind == T_LONGNAME ? &x->longname : &x->longlink;
+    tx_bytes_set(dst, x->ext.data ? x->ext.data : "", n);
     if (x->ext_kind == T_LONGNAME) x->have_longname = true;
     else x->have_longlink = true;
   }
@@ -1121,15 +1093,15 @@ static int on_header_block(extractor *x, const char *b, sys_error *e) {
     x->ext.len = 0;
     x->ext_size = (size_t)h->size;
     x->ext_pad = (TAR_BLOCK - x->ext_size % TAR_BLOCK) % TAR_BLOCK;
-    if (!buf_reserve(&x->ext, x->ext_size + 1)) return sys_fail(e, "malloc", ENOMEM), -1;
+    if (!tx_bytes_reserve(&x->ext, x->ext_size + 1)) return sys_fail(e, "malloc", ENOMEM), -1;
     x->state = S_EXTENDED;
     if (x->ext_size == 0) end_extended(x);
     return 0;
   }
   if (h->type == T_PAX_GLOBAL) return refuse_plain(x, "archive: pax global headers are not used by Tetrix"), -1;
   if (x->have_pax && !apply_pax(x)) return -1;
-  if (x->have_longname) buf_set(&h->path, x->longname.data, x->longname.len);
-  if (x->have_longlink) buf_set(&h->linkpath, x->longlink.data, x->longlink.len);
+  if (x->have_longname) tx_bytes_set(&h->path, x->longname.data, x->longname.len);
+  if (x->have_longlink) tx_bytes_set(&h->linkpath, x->longlink.data, x->longlink.len);
   x->have_pax = x->have_longname = x->have_longlink = false;
   return on_entry(x, e);
 }
@@ -1165,7 +1137,7 @@ static int consume(extractor *x, const char *chunk, size_t len, size_t *off, sys
       case S_EXTENDED: {
         if (x->ext.len < x->ext_size) {
           size_t n = len - *off < x->ext_size - x->ext.len ? len - *off : x->ext_size - x->ext.len;
-          buf_put(&x->ext, chunk + *off, n);
+          tx_bytes_append(&x->ext, chunk + *off, n);
           *off += n;
           if (x->ext.len == x->ext_size && x->ext_pad == 0) end_extended(x);
         } else {

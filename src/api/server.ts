@@ -35,12 +35,12 @@ export function loadProto(): { definition: protoLoader.PackageDefinition; proto:
 }
 
 /** What grpc.health.v1 answers for: the whole server ('') and each of Tetrix's services by its full name. */
-export const HEALTH_SERVICES = ['', 'tetrix.agent.v1.WorkspaceService', 'tetrix.agent.v1.NodeService', 'tetrix.agent.v1.ImageService'] as const;
+export const HEALTH_SERVICES = ['', ...['WorkspaceService', 'NodeService', 'ExecService', 'ImageService', 'BackupService'].map((s) => `tetrix.agent.v1.${s}`)];
 
 export interface ApiServer {
   server: grpc.Server;
   health: HealthImplementation;
-  /** Every service in HEALTH_SERVICES answers SERVING from now on. */
+  /** Every service this server was given (and '') answers SERVING from now on. */
   serving(): void;
   close(): Promise<void>;
 }
@@ -58,12 +58,15 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
   if (handlers.exec) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.ExecService.service), handlers.exec);
   if (handlers.images) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.ImageService.service), handlers.images);
   if (handlers.backups) server.addService(undecodableAsRequests(proto.tetrix.agent.v1.BackupService.service), handlers.backups);
-  const health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((name) => [name, 'NOT_SERVING'])));
+  // Health names only what this server serves: a probe of a service left out must not read SERVING.
+  const given: Record<string, unknown> = { WorkspaceService: true, NodeService: true, ExecService: handlers.exec, ImageService: handlers.images, BackupService: handlers.backups };
+  const served = HEALTH_SERVICES.filter((name) => name === '' || given[name.slice('tetrix.agent.v1.'.length)] !== undefined);
+  const health = new HealthImplementation(Object.fromEntries(served.map((name) => [name, 'NOT_SERVING'])));
   health.addToServer(server);
   new ReflectionService(definition).addToServer(server);
   const close = (): Promise<void> =>
     new Promise((resolve) => {
-      for (const name of HEALTH_SERVICES) health.setStatus(name, 'NOT_SERVING');
+      for (const name of served) health.setStatus(name, 'NOT_SERVING');
       server.tryShutdown(() => resolve());
       // Streams such as WatchWorkspaces never end by themselves.
       setTimeout(() => {
@@ -72,7 +75,7 @@ export function createApiServer(handlers: { workspaces: WorkspaceServiceHandlers
       }, 2000).unref();
     });
   const serving = (): void => {
-    for (const name of HEALTH_SERVICES) health.setStatus(name, 'SERVING');
+    for (const name of served) health.setStatus(name, 'SERVING');
   };
   return { server, health, serving, close };
 }

@@ -96,7 +96,7 @@ t.test('grpc.health.v1 answers for the server and for each service by name', asy
   t.teardown(() => client.close());
   const check = (service: string): Promise<string> =>
     new Promise((resolve) => client.check({ service }, (err, res) => resolve(err ? `error ${err.code}` : res!.status)));
-  for (const service of ['', 'tetrix.agent.v1.WorkspaceService', 'tetrix.agent.v1.NodeService']) {
+  for (const service of ['', ...['WorkspaceService', 'NodeService', 'ExecService', 'ImageService', 'BackupService'].map((s) => `tetrix.agent.v1.${s}`)]) {
     t.equal(await check(service), 'SERVING', `"${service}" is SERVING`);
   }
   t.equal(await check('tetrix.agent.v1.NoSuchService'), `error ${grpc.status.NOT_FOUND}`, 'an unknown service is NOT_FOUND');
