@@ -263,13 +263,26 @@ export class BackupStore {
     return count;
   }
 
-  /** How many backups (complete, or being written) each key id wraps a data key of. */
+  /**
+   * How many backups (complete, or being written) each key id wraps a data key of. Not list(), which skips
+   * what it cannot read: a manifest this node cannot parse (a newer format) counts under the key id it
+   * names, and one the storage fails to hand over fails the census, so no key is retired on a guess.
+   */
   async keyUsage(): Promise<Map<string, number>> {
     const counts = new Map<string, number>();
     const add = (keyId: string): void => void counts.set(keyId, (counts.get(keyId) ?? 0) + 1);
-    const listed = await this.list();
-    for (const b of listed) add(b.keyId);
-    const seen = new Set(listed.map((b) => b.backupId));
+    const seen = new Set<string>();
+    for (const o of await this.#storage.list()) {
+      const id = o.name.slice(0, -MANIFEST_SUFFIX.length);
+      if (!o.name.endsWith(MANIFEST_SUFFIX) || !isBackupId(id)) continue;
+      const keyId = await this.#readManifestBytes(id).then(claimedKeyId, (err: unknown) => {
+        if (err instanceof DomainError && err.code === 'NOT_FOUND') return undefined; // deleted meanwhile
+        throw err;
+      });
+      seen.add(id);
+      if (keyId) add(keyId);
+      else this.#log.warn({ object: o.name }, 'backup manifest names no key: nothing can open it');
+    }
     for (const [id, keyId] of this.#active) if (!seen.has(id)) add(keyId);
     return counts;
   }
@@ -389,6 +402,16 @@ function claimedBinding(raw: Buffer): BackupBinding | undefined {
   try {
     const m = JSON.parse(raw.toString('utf8')) as Manifest;
     return m && typeof m === 'object' && m.version === MANIFEST_VERSION && isBinding(m) ? bindingOf(m) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The key id a manifest names, even one this node cannot parse as a whole. */
+function claimedKeyId(raw: Buffer): string | undefined {
+  try {
+    const keyId = (JSON.parse(raw.toString('utf8')) as Partial<Manifest> | null)?.keyId;
+    return typeof keyId === 'string' && isKeyId(keyId) ? keyId : undefined;
   } catch {
     return undefined;
   }

@@ -143,3 +143,55 @@ t.test('a backup still being written counts against its key: retiring that key w
   t.same(res.retired, [oldKey], 'once it is stored, a re-wrap frees the key');
   t.same(res.rewrapped.backup, 1);
 });
+
+t.test('a backup whose manifest cannot be read or parsed still holds its key: no retire on a guess', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tetrix-rotation-${process.pid}-`));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(dir, 'content'));
+  fs.writeFileSync(path.join(dir, 'content', 'file'), 'data');
+  // Real storage that fails to hand over one manifest while `failing` names it (an S3 hiccup, a bad sector).
+  let failing = '';
+  class FlakyStorage extends FsObjectStorage {
+    override async get(...args: Parameters<FsObjectStorage['get']>): ReturnType<FsObjectStorage['get']> {
+      if (args[0] === failing) throw Object.assign(new Error('read failed'), { code: 'EIO' });
+      return super.get(...args);
+    }
+  }
+  const keyring = KeyRing.open({ dir: path.join(dir, 'keys') });
+  const warnings: string[] = [];
+  const backups = new BackupStore({
+    storage: new FlakyStorage({ dir: path.join(dir, 'backups') }), keyring, inProcess: true,
+    log: { info: () => undefined, warn: (_o: unknown, msg: string) => void warnings.push(msg) },
+  });
+  const rotation = new KeyRotation(keyring, [{ kind: 'backup', usage: () => backups.keyUsage(), rewrap: (k) => backups.rewrap('all', k) }]);
+  const oldKey = keyring.current().id;
+  const binding = { workspaceId: 'ws-census', ownerId: 'alice', teamId: '', kind: 'REGULAR' as const };
+  const made = await backups.backup({ content: path.join(dir, 'content') }, { uidBase: 0, binding });
+  const manifest = path.join(dir, 'backups', `${made.backupId}.manifest`);
+  t.ok(fs.existsSync(manifest), 'the manifest is where the test edits it');
+  await rotation.run({ newKey: true, rewrap: false, retire: [] });
+
+  // A manifest of a format this node does not know (a newer daemon's, after a downgrade): listing skips it,
+  // so the re-wrap cannot move it, and its key must stay.
+  const original = fs.readFileSync(manifest);
+  fs.writeFileSync(manifest, JSON.stringify({ ...JSON.parse(original.toString('utf8')), version: 99 }));
+  await t.rejects(rotation.run({ newKey: false, rewrap: true, retire: [oldKey] }), { code: 'FAILED_PRECONDITION', message: /still protects 1 backup;/ },
+    'an unknown manifest format counts under the key it names');
+  t.ok(keyring.has(oldKey), 'the key stays');
+
+  // The storage failing to hand a manifest over: the census fails, and nothing is retired.
+  fs.writeFileSync(manifest, original);
+  failing = `${made.backupId}.manifest`;
+  await t.rejects(rotation.run({ newKey: false, rewrap: true, retire: [oldKey] }), { message: /read failed/ }, 'a manifest that cannot be read fails the census');
+  t.ok(keyring.has(oldKey), 'the key stays');
+
+  failing = '';
+  const res = await rotation.run({ newKey: false, rewrap: true, retire: [oldKey] });
+  t.same(res.retired, [oldKey], 'once the manifest reads, the re-wrap frees the key');
+  t.equal((await backups.open(made.backupId, () => undefined)).keyId, res.keyId, 'and the backup opens under the new key');
+
+  // Nothing any key could open (the manifest is not JSON) blocks nothing, and says so.
+  fs.writeFileSync(manifest, 'not json');
+  t.same([...(await backups.keyUsage()).keys()], [], 'a manifest naming no key counts against none');
+  t.ok(warnings.includes('backup manifest names no key: nothing can open it'), 'and is logged');
+});
