@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
 import tty from 'node:tty';
-import type { Readable, Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors';
 import type { ExecNative, ExitNative, ExitStatus, ExecResult, PtyReader } from '../native';
@@ -16,6 +16,7 @@ import type { Launched } from '../workspace/ports';
 import type { WorkspaceRecord } from '../workspace/types';
 import { readPidStartTime } from '../sandbox/proc';
 import { ReplayBuffer, DEFAULT_REPLAY_BYTES } from './replay';
+import { COALESCE_MS, OutputPacer, readBuffer } from '../workspace/adapters/output-drain';
 
 export type OutputStream = 'stdout' | 'stderr';
 
@@ -142,18 +143,18 @@ export class ExecSession {
     return this.exitSeen === undefined;
   }
 
-  /** Wires the process's stdio and exit; output flows from here on. */
-  wire(streams: { master?: tty.ReadStream; stdin?: net.Socket; stdout?: net.Socket; stderr?: net.Socket }): void {
+  /** Wires the process's stdio and exit; output flows from here on, read as fast as `pacer` allows. */
+  wire(streams: ExecStreams, pacer: OutputPacer): void {
     if (streams.master) {
       // Written through libuv's tty stream, read by native/exec.c's pty reader (see ptyReadStart).
       this.input = streams.master;
       streams.master.on('error', () => undefined); // EIO once no slave is left: the reader says the end
-      this.readFrom(ptySource(this.owner.o.native, this.masterFd!), 'stdout');
+      this.readFrom(paced(ptySource(this.owner.o.native, this.masterFd!), pacer), 'stdout');
     } else {
       this.input = streams.stdin;
       streams.stdin!.on('error', () => undefined); // EPIPE once the process is gone
-      this.readFrom(readableSource(streams.stdout!), 'stdout');
-      this.readFrom(readableSource(streams.stderr!), 'stderr');
+      this.readFrom(paced(pipeSource(streams.stdoutFd!), pacer), 'stdout');
+      this.readFrom(paced(pipeSource(streams.stderrFd!), pacer), 'stderr');
     }
     this.owner.o.native.watchExit(this.pidfd, (status) => this.onExit(status));
   }
@@ -383,7 +384,7 @@ export class ExecSessions {
       readPidStartTime(result.pid), result.pidfd, result.masterFd, spec.tty);
     this.sessions.set(session.id, session);
     session.attach(client, undefined);
-    session.wire(streamsOf(result));
+    session.wire(streamsOf(result), OutputPacer.forCpu(record.spec.resources.cpuMillis, Date.now()));
     this.o.log.info({ workspace: spec.workspaceId, session: session.id, tty: spec.tty !== undefined, kept: spec.session }, 'exec started');
     if (spec.session) this.park(spec.workspaceId);
     return session;
@@ -452,13 +453,14 @@ export class ExecSessions {
         this.o.log.warn({ workspace: record.spec.id, err: (err as Error).message }, 'no parked sessions to take back');
         continue;
       }
-      for (const p of parked) this.adopt(record.spec.id, p.meta, p.fd);
+      for (const p of parked) this.adopt(record, p.meta, p.fd);
       this.park(record.spec.id);
     }
   }
 
-  private adopt(workspaceId: string, metaText: string, fd: number): void {
+  private adopt(record: WorkspaceRecord, metaText: string, fd: number): void {
     const { native, log } = this.o;
+    const workspaceId = record.spec.id;
     let meta: ParkedMeta;
     try {
       meta = JSON.parse(metaText) as ParkedMeta;
@@ -482,14 +484,15 @@ export class ExecSessions {
     const s = new ExecSession(this, workspaceId, meta.argv, true, meta.createdMs, meta.pid, meta.startTime, pidfd, fd,
       { rows: meta.rows, cols: meta.cols }, meta.id);
     this.sessions.set(s.id, s);
-    s.wire({ master: new tty.ReadStream(fd) });
+    s.wire({ master: new tty.ReadStream(fd) }, OutputPacer.forCpu(record.spec.resources.cpuMillis, Date.now()));
     s.startDetached();
     log.info({ workspace: workspaceId, session: s.id }, 'terminal session taken back from init');
   }
 
 }
 
-/** One output of a process: a pipe (a Readable) or a pty master (native/exec.c's reader). */
+/** One output of a process: a pipe or a pty master (native/exec.c's reader). pause() takes effect before
+ *  the next read, even when called from onData. */
 interface OutputSource {
   start(onData: (chunk: Buffer) => void, onEnd: () => void): void;
   pause(): void;
@@ -497,16 +500,82 @@ interface OutputSource {
   destroy(): void;
 }
 
-function readableSource(stream: Readable): OutputSource {
+/** A read at least this large is bulk output, not a trickle: the next read waits only for the budget. A pty
+ *  hands over at most 4095 bytes per read (n_tty's buffer), so resting after each would cap it at 160 KiB/s.
+ *  A trickle still rests: the read right after a bulk one finds little and waits. */
+const BULK_READ_BYTES = 2048;
+
+/**
+ * An output read no more often than the workspace's pacer allows (December 2026 review, item 7: the cost of
+ * draining follows the workspace's CPU share, as for its log in src/workspace/adapters/output-drain.ts).
+ * After each chunk the source rests (a small one for COALESCE_MS, so a trickle of writes piles up into one
+ * read); it reads again once the rest is over and nobody paused it meanwhile.
+ */
+function paced(source: OutputSource, pacer: OutputPacer): OutputSource {
+  let held = false;
+  let resting: NodeJS.Timeout | undefined;
+  return {
+    start: (onData, onEnd) => source.start((chunk) => {
+      source.pause();
+      clearTimeout(resting);
+      resting = setTimeout(() => {
+        resting = undefined;
+        if (!held) source.resume();
+      }, pacer.delayAfter(chunk.length, Date.now(), chunk.length >= BULK_READ_BYTES ? 0 : COALESCE_MS));
+      onData(chunk);
+    }, () => {
+      clearTimeout(resting);
+      onEnd();
+    }),
+    pause: () => {
+      held = true;
+      source.pause();
+    },
+    resume: () => {
+      held = false;
+      if (!resting) source.resume();
+    },
+    destroy: () => {
+      clearTimeout(resting);
+      source.destroy();
+    },
+  };
+}
+
+/** A pipe read with onread, so that a pause stops libuv reading at once (a paused Readable reads on until
+ *  its buffer is full: one read per write of a one-byte writer). */
+function pipeSource(fd: number): OutputSource {
+  let socket: net.Socket | undefined;
+  let stopped = false;
   return {
     start: (onData, onEnd) => {
-      stream.on('data', onData);
-      stream.on('error', () => undefined);
-      stream.once('close', onEnd);
+      // (Node's Socket constructor takes onread as connect() does; @types/node declares it for connect only.)
+      const options: net.SocketConstructorOpts & net.ConnectOpts = {
+        fd,
+        readable: true,
+        writable: false,
+        onread: {
+          buffer: readBuffer(),
+          callback: (n: number, buf: Uint8Array): boolean => {
+            onData(Buffer.from(buf.subarray(0, n)));
+            return !stopped;
+          },
+        },
+      };
+      socket = new net.Socket(options);
+      socket.on('error', () => undefined);
+      socket.once('end', () => socket?.destroy());
+      socket.once('close', onEnd);
     },
-    pause: () => stream.pause(),
-    resume: () => stream.resume(),
-    destroy: () => stream.destroy(),
+    pause: () => {
+      stopped = true;
+    },
+    resume: () => {
+      if (!stopped) return;
+      stopped = false;
+      socket?.resume();
+    },
+    destroy: () => socket?.destroy(),
   };
 }
 
@@ -531,13 +600,16 @@ function ptySource(native: ExecSessionsOptions['native'], masterFd: number): Out
   };
 }
 
-function streamsOf(r: ExecResult): { master?: tty.ReadStream; stdin?: net.Socket; stdout?: net.Socket; stderr?: net.Socket } {
+interface ExecStreams {
+  master?: tty.ReadStream;
+  stdin?: net.Socket;
+  stdoutFd?: number;
+  stderrFd?: number;
+}
+
+function streamsOf(r: ExecResult): ExecStreams {
   if (r.masterFd !== undefined) return { master: new tty.ReadStream(r.masterFd) };
-  return {
-    stdin: new net.Socket({ fd: r.stdinFd!, readable: false, writable: true }),
-    stdout: new net.Socket({ fd: r.stdoutFd!, readable: true, writable: false }),
-    stderr: new net.Socket({ fd: r.stderrFd!, readable: true, writable: false }),
-  };
+  return { stdin: new net.Socket({ fd: r.stdinFd!, readable: false, writable: true }), stdoutFd: r.stdoutFd!, stderrFd: r.stderrFd! };
 }
 
 /** A login-like base, the workspace's own env over it, the request's over that (as `docker exec -e`). */

@@ -399,6 +399,9 @@ t.test('operator certificates: only the configured SAN type and value make an op
   t.match(await as(defaultPort, { commonName: 'someone', emails: ['tetrix-admin'] }), notOperator, 'an email SAN tetrix-admin is not an operator');
   t.match(await as(defaultPort, { commonName: 'someone', uris: ['tetrix-admin'] }), notOperator, 'a URI SAN tetrix-admin is not an operator');
   t.match(await as(defaultPort, { commonName: 'someone', dnsNames: ['tetrix-admin.example'] }), notOperator, 'a DNS SAN that merely starts with tetrix-admin is not');
+  // Node prints SANs as one "DNS:a, URI:b" string: a value that spells another entry must stay one value.
+  t.match(await as(defaultPort, { commonName: 'someone', uris: ['urn:x, DNS:tetrix-admin'] }), notOperator, 'a URI SAN spelling ", DNS:tetrix-admin" is not an operator');
+  t.match(await as(defaultPort, { commonName: 'someone', emails: ['a@b, DNS:tetrix-admin'] }), notOperator, 'nor an email SAN spelling it');
 
   // Configured as a URI SAN (SPIFFE id): only that URI, exactly.
   t.match(await as(uriPort, { commonName: 'someone', uris: [spiffe] }), { ok: true, value: { who: `operator:${spiffe}` } }, 'the configured URI SAN is an operator');

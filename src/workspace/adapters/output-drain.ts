@@ -42,20 +42,21 @@ export class OutputPacer {
     return new OutputPacer(rate, Math.max(rate * BURST_SECONDS, OUTPUT_PIPE_BYTES), nowMs);
   }
 
-  /** After a read of `bytes` at nowMs: how long the pipe rests before the next read. */
-  delayAfter(bytes: number, nowMs: number): number {
+  /** After a read of `bytes` at nowMs: how long the pipe rests before the next read (at least restMs). */
+  delayAfter(bytes: number, nowMs: number, restMs = COALESCE_MS): number {
     const elapsed = Math.max(0, nowMs - this.lastMs);
     this.lastMs = nowMs;
     this.tokens = Math.min(this.burstBytes, this.tokens + (elapsed * this.bytesPerSecond) / 1000) - bytes;
     const owedMs = this.tokens < 0 ? (-this.tokens * 1000) / this.bytesPerSecond : 0;
-    return Math.max(COALESCE_MS, Math.ceil(owedMs));
+    return Math.max(restMs, Math.ceil(owedMs));
   }
 }
 
-// One read buffer for every pipe of every workspace, not 256 KiB each: libuv fills it and runs the callback
-// synchronously, on the one loop thread, before any other read, and the callback copies the bytes out.
+// One read buffer for every pipe of every workspace (and exec), not 256 KiB each: libuv fills it and runs the
+// onread callback synchronously, on the one loop thread, before any other read, and the callback copies the
+// bytes out.
 let sharedReadBuffer: Buffer | undefined;
-const readBuffer = (): Buffer => (sharedReadBuffer ??= Buffer.allocUnsafe(OUTPUT_PIPE_BYTES));
+export const readBuffer = (): Buffer => (sharedReadBuffer ??= Buffer.allocUnsafe(OUTPUT_PIPE_BYTES));
 
 /**
  * Copies one output pipe into the log until EOF (every write end closed: the workspace is gone). Owns fd and
