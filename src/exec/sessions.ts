@@ -16,7 +16,7 @@ import type { Launched } from '../workspace/ports';
 import type { WorkspaceRecord } from '../workspace/types';
 import { readPidStartTime } from '../sandbox/proc';
 import { ReplayBuffer, DEFAULT_REPLAY_BYTES } from './replay';
-import { COALESCE_MS, OutputPacer, readBuffer } from '../workspace/adapters/output-drain';
+import { COALESCE_MS, onreadPipe, OutputPacer } from '../workspace/adapters/output-drain';
 
 export type OutputStream = 'stdout' | 'stderr';
 
@@ -542,27 +542,16 @@ function paced(source: OutputSource, pacer: OutputPacer): OutputSource {
   };
 }
 
-/** A pipe read with onread, so that a pause stops libuv reading at once (a paused Readable reads on until
- *  its buffer is full: one read per write of a one-byte writer). */
+/** A pipe whose pause stops libuv reading at once (see onreadPipe). */
 function pipeSource(fd: number): OutputSource {
   let socket: net.Socket | undefined;
   let stopped = false;
   return {
     start: (onData, onEnd) => {
-      // (Node's Socket constructor takes onread as connect() does; @types/node declares it for connect only.)
-      const options: net.SocketConstructorOpts & net.ConnectOpts = {
-        fd,
-        readable: true,
-        writable: false,
-        onread: {
-          buffer: readBuffer(),
-          callback: (n: number, buf: Uint8Array): boolean => {
-            onData(Buffer.from(buf.subarray(0, n)));
-            return !stopped;
-          },
-        },
-      };
-      socket = new net.Socket(options);
+      socket = onreadPipe(fd, (data) => {
+        onData(data);
+        return !stopped;
+      });
       socket.on('error', () => undefined);
       socket.once('end', () => socket?.destroy());
       socket.once('close', onEnd);

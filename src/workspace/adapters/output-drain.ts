@@ -56,7 +56,23 @@ export class OutputPacer {
 // onread callback synchronously, on the one loop thread, before any other read, and the callback copies the
 // bytes out.
 let sharedReadBuffer: Buffer | undefined;
-export const readBuffer = (): Buffer => (sharedReadBuffer ??= Buffer.allocUnsafe(OUTPUT_PIPE_BYTES));
+const readBuffer = (): Buffer => (sharedReadBuffer ??= Buffer.allocUnsafe(OUTPUT_PIPE_BYTES));
+
+/**
+ * A socket over a pipe's read end, read with onread: libuv reads into the shared buffer, and onChunk's false
+ * stops reading (readStop) until socket.resume(), so a paused pipe costs no wakeup at all, however often
+ * the workload writes (a paused Readable would read on until its buffer is full).
+ */
+export function onreadPipe(fd: number, onChunk: (data: Buffer) => boolean): net.Socket {
+  // (Node's Socket constructor takes onread as connect() does; @types/node declares it for connect only.)
+  const options: net.SocketConstructorOpts & net.ConnectOpts = {
+    fd,
+    readable: true,
+    writable: false,
+    onread: { buffer: readBuffer(), callback: (n: number, buf: Uint8Array): boolean => onChunk(Buffer.from(buf.subarray(0, n))) },
+  };
+  return new net.Socket(options);
+}
 
 /**
  * Copies one output pipe into the log until EOF (every write end closed: the workspace is gone). Owns fd and
@@ -87,24 +103,12 @@ export function drainPipe(fd: number, writer: LogWriter, origin: { stream: LogSt
       if (room) resumeAfter(ms);
       else void writer.drained().then(() => resumeAfter(ms), () => resumeAfter(ms));
     };
-    // onread: libuv reads into the shared buffer and the callback's false stops reading (readStop) until
-    // resume(), so a paused pipe costs no wakeup at all, however often the workload writes.
-    // (Node's Socket constructor takes onread as connect() does; @types/node declares it for connect only.)
-    const options: net.SocketConstructorOpts & net.ConnectOpts = {
-      fd,
-      readable: true,
-      writable: false,
-      onread: {
-        buffer: readBuffer(),
-        callback: (n: number, buf: Uint8Array): boolean => {
-          onRead(Buffer.from(buf.subarray(0, n)));
-          return false;
-        },
-      },
-    };
     let socket: net.Socket;
     try {
-      socket = new net.Socket(options);
+      socket = onreadPipe(fd, (data) => {
+        onRead(data);
+        return false;
+      });
     } catch (err) {
       closeSync(fd);
       throw err;
