@@ -349,3 +349,31 @@ t.test('a CPU spinner is held to its quota while the neighbour keeps working', a
   await checkNeighbourAndDaemon(t, d, vitals);
   await tearDownAll(t, d, ['spinner', NEIGHBOUR]);
 });
+
+// Issue 13, item 7: a request that named no resources got no memory or CPU limit at all (memory.limit_in_bytes
+// 2^63), so one workspace could take the node. The same two attacks, with nothing requested: the node's
+// defaults hold them, counted by the kernel.
+t.test('a workspace that names no limits is held by the node defaults: its memory hog is OOM-killed, its spinner throttled', async (t) => {
+  const DEFAULT_MEMORY = 32 * MIB;
+  const DEFAULT_CPU_MILLIS = 200;
+  const d = await startDaemon(t, ['--default-memory-bytes', String(DEFAULT_MEMORY), '--default-cpu-millis', String(DEFAULT_CPU_MILLIS)]);
+  const hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived > /workspace/survived";
+  const memory = watchMemory(d, 'hog-default');
+  await d.start(busybox('hog-default', hog, undefined));
+  const ended = await d.waitFor('hog-default', (w) => w.state === 'WORKSPACE_STATE_STOPPED');
+  memory.stop();
+  t.equal(ended.reason, 'STOP_REASON_OOM_KILLED', `the hog was OOM-killed (cgroup files last read: ${JSON.stringify(memory.last)})`);
+  t.ok(peakMemory(memory.last) <= DEFAULT_MEMORY, `it never held more than the default ${DEFAULT_MEMORY} bytes (peak ${peakMemory(memory.last)})`);
+  t.equal(readContent(d, 'hog-default', 'survived'), '', 'the hog did not get its memory');
+
+  await d.start(busybox('spinner-default', 'touch /workspace/started; while :; do :; done & while :; do :; done', undefined));
+  await waitForFile(d, 'spinner-default', 'started');
+  await waitUntil('the spinner to be throttled', () => cpuCounters(d, 'spinner-default').throttled > 0);
+  const before = cpuCounters(d, 'spinner-default');
+  await sleep(2000);
+  const after = cpuCounters(d, 'spinner-default');
+  const periods = after.periods - before.periods;
+  const byPeriods = (DEFAULT_CPU_MILLIS / 1000 / 10) * (periods + 1) * 1.5;
+  t.ok(after.usageS - before.usageS <= byPeriods, `two spinning loops used ${(after.usageS - before.usageS).toFixed(3)} CPU-s over ${periods} CFS periods, within 1.5 x the default quota (${byPeriods.toFixed(3)})`);
+  await tearDownAll(t, d, ['hog-default', 'spinner-default']);
+});
