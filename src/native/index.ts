@@ -24,7 +24,7 @@ import { seccompPart, type SeccompNative } from './seccomp';
 import { spawnPart, type SpawnNative } from './spawn';
 import { netnsListenPart, type NetnsListenNative } from './netns-listen';
 
-export { NativeError } from './errors';
+export { NativeError, isProgramFault } from './errors';
 export type * from './archive';
 export type * from './channel';
 export type * from './chunker';

@@ -6,7 +6,7 @@ import type { DiskUsage } from '../storage/types';
 
 export type { InitExitRecord, Launched, ProcessExit, WorkloadSignal } from '../sandbox/launch';
 // What the Sandbox port rejects with when a kernel step fails: the step and its errno.
-export { NativeError } from '../native';
+export { NativeError, isProgramFault } from '../native';
 
 /** An image the sandbox resolved: its reference and digest; where its tree lives stays in the sandbox. */
 export interface ImageRef {

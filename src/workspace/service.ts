@@ -11,7 +11,7 @@ import { workspaceDir, workspaceLayout } from '../layout';
 import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type ImageRunConfig, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork, type WorkspaceStorage } from './ports';
+import { NativeError, isProgramFault, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type ImageRunConfig, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork, type WorkspaceStorage } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
@@ -328,7 +328,7 @@ export class WorkspaceService {
       return this.running(start, launched);
     } catch (err) {
       await this.failStart(start, err);
-      throw toStartError(err);
+      throw toStartError(err, spec.command[0]);
     }
   }
 
@@ -704,8 +704,12 @@ function settle(
   return { exitCode, signal: signal ?? '', reason, pid: record.status.pid };
 }
 
-/** A kernel step of a start that failed is the start's failure: INTERNAL, naming the step and errno. */
-function toStartError(err: unknown): unknown {
+/**
+ * A kernel step of a start that failed is the start's failure: INTERNAL, naming the step and errno. A
+ * program the image cannot run is the request's: FAILED_PRECONDITION naming the field.
+ */
+function toStartError(err: unknown, program = ''): unknown {
+  if (isProgramFault(err)) return new DomainError('FAILED_PRECONDITION', `command: ${program || 'the image\'s entrypoint'} cannot run in the image (execve: ${(err as NativeError).code})`, { cause: err });
   if (err instanceof NativeError) return new DomainError('INTERNAL', `sandbox setup failed: ${err.message}`, { cause: err });
   return err;
 }

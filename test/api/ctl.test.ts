@@ -171,6 +171,7 @@ t.test('each command says what it did, with an exit code a script can rely on', 
 
   const first = ctl('start', 'broken', '--', '/nonexistent');
   t.equal(first.status, 1, 'a start that fails exits 1');
+  t.match(first.stderr, /FAILED_PRECONDITION: command: \/nonexistent cannot run in the image \(execve: ENOENT\)/, 'a missing program is the request\'s fault, named');
   const repeat = ctl('start', 'broken', '--', '/nonexistent');
   t.equal(repeat.status, 1, 'so does its repeat, which returns the FAILED workspace');
   t.match(repeat.stdout, /broken\s+FAILED/);
