@@ -9,7 +9,8 @@ import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { DomainError, ErrorCode } from '../../errors';
 import type { KeyRing } from '../../crypto/keys';
-import { GCM_NONCE_BYTES, sealGcm } from '../../crypto/aead';
+import { GCM_NONCE_BYTES, GCM_TAG_BYTES } from '../../crypto/aead';
+import { aeadNative } from '../../native';
 import type { ArchiveRoot } from '../archive-roots';
 import { streamSink, type RunnerMessage } from '../archive-runner';
 import {
@@ -626,6 +627,7 @@ export class SnapshotStore {
 class Packer {
   readonly #repo: Repository;
   readonly #buffers = [Buffer.allocUnsafeSlow(PACK_BUFFER), Buffer.allocUnsafeSlow(PACK_BUFFER)];
+  readonly #encoding = Buffer.alloc(1);
   #current = 0;
   #size = 0;
   #entries: (PackEntry & { id: Buffer })[] = [];
@@ -638,10 +640,19 @@ class Packer {
     this.#name = repo.newPackName();
   }
 
-  /** Seals a chunk's encoded plaintext (encoding byte, then bytes) and adds it. */
+  /**
+   * Seals a chunk's encoded plaintext (encoding byte, then bytes) straight into the pack buffer: nonce,
+   * ciphertext, tag, as sealWith() writes them. No sealed copy per chunk is left for V8 to collect.
+   */
   async add(id: Buffer, rawLength: number, encoding: number, payload: Buffer): Promise<void> {
-    const nonce = crypto.randomBytes(GCM_NONCE_BYTES);
-    await this.#push(id, rawLength, [nonce, sealGcm(this.#repo.keys.seal, nonce, chunkAad(this.#repo.name, id), [Buffer.from([encoding]), payload])]);
+    const length = GCM_NONCE_BYTES + 1 + payload.length + GCM_TAG_BYTES;
+    await this.#reserve(length);
+    const buf = this.#buffers[this.#current];
+    const nonce = buf.subarray(this.#size, this.#size + GCM_NONCE_BYTES);
+    crypto.randomFillSync(nonce);
+    this.#encoding[0] = encoding;
+    aeadNative.gcmSealInto(this.#repo.keys.seal, nonce, chunkAad(this.#repo.name, id), [this.#encoding, payload], buf, this.#size + GCM_NONCE_BYTES);
+    await this.#added(id, rawLength, length);
   }
 
   async addSealed(id: Buffer, rawLength: number, sealed: Buffer): Promise<void> {
@@ -650,10 +661,22 @@ class Packer {
 
   async #push(id: Buffer, rawLength: number, parts: Buffer[]): Promise<void> {
     const length = parts.reduce((n, p) => n + p.length, 0);
-    if (this.#size + length > PACK_BUFFER) await this.#flush();
+    await this.#reserve(length);
     const buf = this.#buffers[this.#current];
+    let at = this.#size;
+    for (const p of parts) at += p.copy(buf, at);
+    await this.#added(id, rawLength, length);
+  }
+
+  /** Room for length more bytes in the current pack (a full one is written first). */
+  async #reserve(length: number): Promise<void> {
+    if (this.#size + length > PACK_BUFFER) await this.#flush();
+  }
+
+  /** The length bytes at #size are in the buffer: record the entry; a pack at its target is written. */
+  async #added(id: Buffer, rawLength: number, length: number): Promise<void> {
     this.#entries.push({ id, pack: this.#name, offset: this.#size, length, rawLength });
-    for (const p of parts) this.#size += p.copy(buf, this.#size);
+    this.#size += length;
     if (this.#size >= PACK_TARGET) await this.#flush();
   }
 
