@@ -101,6 +101,9 @@ export interface WorkspaceLogs {
   open(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput>;
   /** After a daemon restart, for a workspace that still runs: takePipes hands over init's read ends. */
   reattach(spec: WorkspaceSpec, takePipes: () => [number, number]): Promise<void>;
+  /** Once the workload's output is all in the log and readers see it whole (before its fsync). */
+  endWhenDrained(workspaceId: string): Promise<void>;
+  /** endWhenDrained, then the log durable and closed. */
   closeWhenDrained(workspaceId: string): Promise<void>;
   remove(workspaceId: string): Promise<void>;
 }
