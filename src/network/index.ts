@@ -6,7 +6,7 @@ import { DomainError, invalidArgument } from '../errors';
 import { allSettledOrThrow } from '../promises';
 import { formatIpv4, parseIpv4, parseRange, parseSubnet4, parseSubnet6, contains4, type Subnet4, type Subnet6 } from './cidr';
 import { Firewall, metadataAddresses, type FirewallSpec } from './firewall';
-import { hostLinkName, Links, workspaceMac, type NetnsRef } from './links';
+import { Links, workspaceMac, type NetnsRef } from './links';
 import { netNative } from '../native';
 import { AddressPool, gatewayOffset, type Lease } from './pool';
 
@@ -143,6 +143,8 @@ export class NodeNetwork {
           await this.firewall.removeWorkspace(lease);
         }
         if (!samePorts(lease.ports, wanted) || lease.hostname !== hostname) lease = this.pool.update(workspaceId, { ports: wanted, hostname });
+        // A lease from before the per-bridge veth names takes the current one with its new veth.
+        if (lease.hostLink !== this.links.hostLinkOf(workspaceId)) lease = this.pool.update(workspaceId, { hostLink: this.links.hostLinkOf(workspaceId) });
       }
       // The lease write, the links and the rules are independent: all three at once, all awaited.
       try {
@@ -176,8 +178,10 @@ export class NodeNetwork {
   detach(workspaceId: string): Promise<void> {
     return this.perWorkspace(workspaceId, async () => {
       const lease = this.pool.get(workspaceId);
-      if (lease) await this.teardown(lease);
-      else await this.links.remove(hostLinkName(workspaceId));
+      if (lease) return this.teardown(lease);
+      // No lease (an attach cut short): only a veth on our own bridge is ours to delete.
+      const name = this.links.hostLinkOf(workspaceId);
+      if ((await this.links.workspacePorts()).includes(name)) await this.links.remove(name);
     });
   }
 
@@ -208,7 +212,7 @@ export class NodeNetwork {
   }
 
   private acquire(workspaceId: string, hostname: string, ports: number[]): { lease: Lease; existed: boolean } {
-    return this.pool.acquire(workspaceId, ({ ip }) => ({ hostLink: hostLinkName(workspaceId), mac: workspaceMac(ip), hostname, ports }));
+    return this.pool.acquire(workspaceId, ({ ip }) => ({ hostLink: this.links.hostLinkOf(workspaceId), mac: workspaceMac(ip), hostname, ports }));
   }
 
   // Kernel objects first, the lease last: the address is free only once nothing uses it.
