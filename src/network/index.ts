@@ -1,6 +1,7 @@
 // The node's workspace network: one bridge, an address per workspace, isolation and NAT. The
 // lifecycle calls prepare/attach/setPorts/detach per workspace and reconcile once after a restart.
 // docs/network.md describes the topology and every rule.
+import os from 'node:os';
 import { recordForwardingBefore, restoreForwarding } from './forwarding';
 import { DomainError, invalidArgument } from '../errors';
 import { allSettledOrThrow } from '../promises';
@@ -81,6 +82,7 @@ export class NodeNetwork {
     }
     const denied = splitFamilies('deniedRanges', opts.deniedRanges ?? [], { single: false });
 
+    if (!opts.netns) refuseSubnetInUse(subnet, bridge);
     const pool = await AddressPool.open(opts.stateDir, subnet, subnet6);
     const gw = pool.gateway;
     const links = new Links(opts.netns, {
@@ -292,6 +294,25 @@ function splitFamilies(field: string, items: readonly string[], o: { single: boo
     (r.family === 4 ? out.v4 : out.v6).push(r.text);
   }
   return out;
+}
+
+/**
+ * A subnet another link already has an address in (another daemon's bridge, a VPN) would share its route
+ * with ours: replies to one network's workspaces would leave by the other's link. Read in the process's
+ * own namespace, where a daemon's node network lives.
+ */
+function refuseSubnetInUse(subnet: Subnet4, bridge: string): void {
+  for (const [link, addrs] of Object.entries(os.networkInterfaces())) {
+    if (link === bridge) continue;
+    for (const a of addrs ?? []) {
+      if (a.family !== 'IPv4' || !a.cidr) continue;
+      const size = 2 ** (32 - Number(a.cidr.split('/')[1]));
+      const network = Math.floor((parseIpv4(a.address) ?? 0) / size) * size;
+      if (network < subnet.network + subnet.size && subnet.network < network + size) {
+        throw new DomainError('FAILED_PRECONDITION', `network: subnet ${subnet.text} overlaps ${a.cidr} on ${link} (another daemon's bridge?); give this daemon its own --network-subnet`);
+      }
+    }
+  }
 }
 
 /**
