@@ -99,6 +99,12 @@ t.test('per-command help prints that command\'s usage and exits 0; tetrixd --ver
     t.match(r.stdout, /--grace DURATION/);
     t.notMatch(r.stdout, /^commands:/m, 'not the general help');
   }
+  // exec's own flags come before the program, so its --help is exec's, not the general help.
+  const exec = run(['exec', '--help']);
+  t.equal(exec.status, 0, 'exec --help: exit 0');
+  t.match(exec.stdout, /^usage: tetrixctl \[global flags\] exec ID/, "exec's usage");
+  t.match(exec.stdout, /--interactive/);
+  t.notMatch(exec.stdout, /^commands:/m, 'not the general help');
   const general = run(['--help']);
   t.equal(general.status, 0);
   t.match(general.stdout, /^commands:/m);
