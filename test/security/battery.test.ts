@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { hostDeviceActivity, mountsUnder, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
+import { exec } from '../exec/fixture';
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 
 const MIN_PROBES = 40;
@@ -216,6 +217,20 @@ t.test('with the daemon on a pseudo-terminal, a workspace cannot reach that term
   const { probes: lines } = parseReport(report);
   t.same(lines.map((p) => p.name).sort(), [...probes].sort(), 'every terminal probe ran');
   for (const p of lines) t.equal(p.outcome, 'blocked', `${p.name}: ${p.detail}`);
+
+  // Every exec session too: ExecWorkspace forks from this daemon, so it starts in the daemon's session.
+  const viaExec = exec(d, { start: { workspaceId: 'battery-pty', argv: ['/battery', ...probes] } });
+  const { exit } = await viaExec.done;
+  const execReport = parseReport(viaExec.stdout().toString());
+  t.same(execReport.probes.map((p) => p.name).sort(), [...probes].sort(), 'every terminal probe ran through exec');
+  for (const p of execReport.probes) t.equal(p.outcome, 'blocked', `exec: ${p.name}: ${p.detail}`);
+  t.equal(exit?.exitCode, 0, 'the battery through exec exits 0');
+  // With a tty, the exec's controlling terminal is its own pty of the workspace's devpts, in a session
+  // it leads (getsid 0 would mean a leader outside the workspace: the daemon).
+  const withTty = exec(d, { start: { workspaceId: 'battery-pty', argv: ['/bin/sh', '-c', 'echo "sid=$(cut -d" " -f6 /proc/self/stat) pid=$$"'], tty: true } });
+  await withTty.done;
+  const m = /sid=(\d+) pid=(\d+)/.exec(withTty.stdout().toString());
+  t.ok(m && m[1] === m[2], `a tty exec leads a session of its own in the workspace (${m?.[0]})`);
 });
 
 t.test('an image with a symlink pointing at the host cannot make the runtime touch the host', async (t) => {
