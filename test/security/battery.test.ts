@@ -1,7 +1,9 @@
 // The escape battery (battery.c) inside a real workspace started through the real daemon, as its root,
 // with the default seccomp profile and capabilities. Any ESCAPED or UNKNOWN probe fails the run, and so
-// does a battery with fewer than 40 probes. A second test gives the daemon an image whose /proc, /dev,
-// /sys, /etc, /workspace and /.tetrix are symlinks pointing at the host, and checks the host is untouched.
+// does a battery with fewer than 40 probes. It runs again as a prebuild task (init holds the task
+// channel), and its terminal probes with the daemon on a pseudo-terminal, as the workload and through
+// exec. A last test gives the daemon an image whose /proc, /dev, /sys, /etc, /workspace and /.tetrix are
+// symlinks pointing at the host, and checks the host is untouched.
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -176,6 +178,47 @@ t.test('a hostile workspace root cannot get out: the escape battery', async (t) 
   t.equal(fs.readFileSync(bait.env.TETRIX_BATTERY_MARKER, 'utf8'), bait.token, "the host's marker is unchanged");
   const n = await d.get('battery-neighbour');
   t.equal(n.state, 'WORKSPACE_STATE_RUNNING', 'the neighbour is still running');
+});
+
+t.test('as a prebuild task, next to init holding the task channel, the battery gets nowhere', async (t) => {
+  // Issue 13, items 2 and 6: in a prebuild, init holds the daemon's task channel (fd 8), on which the
+  // next task's env arrives, and every task runs as the same uid. Who reads another task's env or forges
+  // a status is test/prebuild/task-isolation.test.ts; here the battery runs where a task runs.
+  const battery = buildBattery(t);
+  const imagesDir = tempDir(t, 'battery-task-images');
+  makeImage(imagesDir, 'battery', battery);
+  const d = await startDaemon(t, ['--images-dir', imagesDir, '--pty-limit', String(PTY_LIMIT)]);
+  const bait = await hostBait(t);
+  hostDeviceActivity(t);
+  const w = await d.start({
+    id: 'battery-task',
+    ownerId: 'mallory',
+    teamId: 'team-m',
+    kind: 'WORKSPACE_KIND_PREBUILD',
+    image: 'battery',
+    source: { repositoryUrl: 'https://git.example.test/acme/app.git', revision: '0123456789abcdef' },
+    env: {
+      ...bait.env, ...nodeFacts(),
+      TETRIX_BATTERY_NEIGHBOUR: '/workspace/no-neighbour-here',
+      TETRIX_BATTERY_DAEMON_SOCKET: d.socketPath,
+      TETRIX_BATTERY_STATE_DIR: d.stateDir,
+    },
+    tasks: [
+      { name: 'battery', command: ['/battery'], workingDir: '/workspace', env: { TETRIX_BATTERY_REPORT: '/workspace/battery.report' } },
+      // A next task, so init asks the daemon for a frame after the battery.
+      { name: 'after', command: ['/bin/sh', '-c', 'echo after-ran'], workingDir: '/workspace', env: {} },
+    ],
+    resources: { memoryBytes: 256 << 20, cpuMillis: 1000, pids: 256 },
+  });
+  t.not(w.state, 'WORKSPACE_STATE_FAILED', `the prebuild starts (${w.message})`);
+  const done = await d.waitFor('battery-task', finished, 180_000);
+  const report = fs.readFileSync(contentFile(d, 'battery-task', 'battery.report'), 'utf8');
+  t.comment(`battery as a prebuild task (${done.state} ${done.message}):\n${report}`);
+  const { probes, total } = parseReport(report);
+  t.ok(probes.length >= MIN_PROBES, `${probes.length} probes (at least ${MIN_PROBES})`);
+  for (const p of probes.filter((x) => x.outcome !== 'blocked')) t.fail(`${p.name} ${p.outcome}: ${p.detail}`);
+  t.equal(total, `battery: ${probes.length} probes, 0 escapes, 0 unknown`);
+  t.same(done.tasks.map((x) => [x.name, x.state]), [['battery', 'WORKSPACE_STATE_SUCCEEDED'], ['after', 'WORKSPACE_STATE_SUCCEEDED']], 'both tasks ran, as init saw them');
 });
 
 /** Fields 6 (session) and 7 (tty_nr) of /proc/<pid>/stat, as the host sees them. */
