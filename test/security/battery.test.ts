@@ -125,14 +125,19 @@ function parseReport(report: string): { probes: ProbeLine[]; total: string | und
 const finished = (w: Workspace__Output): boolean =>
   ['WORKSPACE_STATE_STOPPED', 'WORKSPACE_STATE_FAILED', 'WORKSPACE_STATE_SUCCEEDED'].includes(w.state);
 
-t.test('a hostile workspace root cannot get out: the escape battery', async (t) => {
-  const battery = buildBattery(t);
-  const imagesDir = tempDir(t, 'battery-images');
-  makeImage(imagesDir, 'battery', battery);
+/** A daemon with the battery image, the host's bait, and the host's /dev kept busy meanwhile. */
+async function batteryDaemon(t: Test, what: string): Promise<{ d: Daemon; bait: Awaited<ReturnType<typeof hostBait>> }> {
+  const imagesDir = tempDir(t, what);
+  makeImage(imagesDir, 'battery', buildBattery(t));
   const d = await startDaemon(t, ['--images-dir', imagesDir, '--pty-limit', String(PTY_LIMIT)]);
   const bait = await hostBait(t);
-  const hostname = os.hostname();
   hostDeviceActivity(t);
+  return { d, bait };
+}
+
+t.test('a hostile workspace root cannot get out: the escape battery', async (t) => {
+  const hostname = os.hostname();
+  const { d, bait } = await batteryDaemon(t, 'battery-images');
 
   // A neighbour holding a secret in its own /workspace: the battery looks for it through /proc/<pid>/root.
   const neighbour = await d.start({
@@ -184,12 +189,7 @@ t.test('as a prebuild task, next to init holding the task channel, the battery g
   // Issue 13, items 2 and 6: in a prebuild, init holds the daemon's task channel (fd 8), on which the
   // next task's env arrives, and every task runs as the same uid. Who reads another task's env or forges
   // a status is test/prebuild/task-isolation.test.ts; here the battery runs where a task runs.
-  const battery = buildBattery(t);
-  const imagesDir = tempDir(t, 'battery-task-images');
-  makeImage(imagesDir, 'battery', battery);
-  const d = await startDaemon(t, ['--images-dir', imagesDir, '--pty-limit', String(PTY_LIMIT)]);
-  const bait = await hostBait(t);
-  hostDeviceActivity(t);
+  const { d, bait } = await batteryDaemon(t, 'battery-task-images');
   const w = await d.start({
     id: 'battery-task',
     ownerId: 'mallory',
