@@ -2,7 +2,7 @@
 // tetrixd: wires the parts by hand, in the order requests flow (api -> workspace -> sandbox).
 import fs from 'node:fs';
 import path from 'node:path';
-import pino from 'pino';
+import pino, { type Logger } from 'pino';
 import { loadConfig, ConfigError, packageRoot, usage, type Config } from './config/config';
 import { createApiServer, refuseServedSocket } from './api/server';
 import { bindTransports, startEndpoints } from './api/transport';
@@ -17,7 +17,7 @@ import { WorkspaceStore } from './workspace/store';
 import { native } from './native';
 import { stateLayout } from './layout';
 import { createSandbox } from './workspace/adapters/sandbox';
-import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, releaseNodeNames } from './state-dir';
+import { acquireStateLock, claimNodeNames, loadOrCreateSecret, nodeNamesOf, releaseNodeNames, type NodeName } from './state-dir';
 import { checkHost } from './preflight';
 import { uninstall } from './uninstall';
 import { DaemonMetrics, startMetricsServer } from './api/metrics';
@@ -49,7 +49,19 @@ async function run(config: Config): Promise<void> {
   // Before anything is adopted or cleaned up: a second daemon must harm neither another's socket nor its names.
   refuseServedSocket(config.socketPath, (p) => native.unixSocketPeerPid(p));
   const nodeNames = nodeNamesOf(config);
-  claimNodeNames(config.claimsDir, config.stateDir, nodeNames);
+  const claimed = claimNodeNames(config.claimsDir, config.stateDir, nodeNames);
+  try {
+    await serve(config, log, nodeNames, releaseLock);
+  } catch (err) {
+    // A start that fails gives back the names it claimed just now (held before, they stay: workspaces
+    // outlive a daemon), so a refused start leaves nothing in claimsDir.
+    releaseNodeNames(config.claimsDir, config.stateDir, claimed);
+    releaseLock();
+    throw err;
+  }
+}
+
+async function serve(config: Config, log: Logger, nodeNames: readonly NodeName[], releaseLock: () => void): Promise<void> {
   const kek = await openNodeKeyRing(config.kek, config.stateDir);
   const { keyring } = kek;
   log.info({ keyId: keyring.current().id, protection: keyring.protection }, 'keyring open');

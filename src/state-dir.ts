@@ -84,26 +84,28 @@ function writeClaim(file: string, record: ClaimRecord): void {
 }
 
 /**
- * Claims each name for this state dir, host-wide. A daemon cleans up everything under the names it owns
+ * Claims each name for this state dir, host-wide, and returns those it held no claim to before. A daemon cleans up everything under the names it owns
  * (a cgroup no record accounts for is a crash's leftover), so two state dirs must never share one: a name
  * recorded for another state dir that still exists is refused, whether or not its daemon runs now (its
  * workspaces outlive it). A claim whose state dir is gone is taken over. Claims live in /run, so they end
  * with the boot, as the cgroups and links they name do.
  */
-export function claimNodeNames(claimsDir: string, stateDir: string, names: readonly NodeName[]): void {
+export function claimNodeNames(claimsDir: string, stateDir: string, names: readonly NodeName[]): NodeName[] {
   fs.mkdirSync(claimsDir, { recursive: true, mode: 0o700 });
   const own = path.resolve(stateDir);
-  for (const n of names) {
-    const file = claimFile(claimsDir, n);
-    const holder = readClaim(file);
+  const holders = names.map((n) => readClaim(claimFile(claimsDir, n)));
+  // Every name checked before any is written: a refusal claims nothing.
+  names.forEach((n, i) => {
+    const holder = holders[i];
     if (holder && holder.stateDir !== own && fs.existsSync(holder.stateDir)) {
       throw new DomainError(
         'FAILED_PRECONDITION',
-        `${n.kind} "${n.name}" belongs to the tetrixd of state dir ${holder.stateDir} (claimed in ${file}); give this daemon its own ${n.flag}`,
+        `${n.kind} "${n.name}" belongs to the tetrixd of state dir ${holder.stateDir} (claimed in ${claimFile(claimsDir, n)}); give this daemon its own ${n.flag}`,
       );
     }
-    writeClaim(file, { stateDir: own, pid: process.pid });
-  }
+  });
+  for (const n of names) writeClaim(claimFile(claimsDir, n), { stateDir: own, pid: process.pid });
+  return names.filter((_, i) => holders[i]?.stateDir !== own);
 }
 
 /** Gives back this state dir's claims (a daemon that holds no workspace any more, or an uninstall). */

@@ -20,16 +20,36 @@ import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../src/node-flags';
 const MiB = 1 << 20;
 const BINDING = { workspaceId: 'bench', ownerId: 'bench', teamId: '', kind: 'REGULAR' } as const;
 
-interface ChildResult { seconds: number; rssBefore: number; rssPeak: number; size?: number; backupId?: string }
+interface ChildResult {
+  seconds: number; rssBefore: number; rssPeak: number; size?: number; backupId?: string;
+  /** The same process had already run a small backup (modules loaded, code compiled), as a daemon has. */
+  warm: boolean; heapPeak: number; externalPeak: number;
+}
+
+/** A daemon that has served for a while has loaded and compiled the backup code: one small backup does that. */
+async function warmUp(keysDir: string, scratch: string): Promise<void> {
+  const dir = path.join(scratch, 'tree');
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'f'), crypto.randomBytes(3 * MiB));
+  const store = new SnapshotStore({ storage: new FsObjectStorage({ dir: path.join(scratch, 'store') }), keyring: KeyRing.open({ dir: keysDir }), log: { info() {}, warn() {} } });
+  const r = await store.backup({ content: dir }, { uidBase: 0, binding: { ...BINDING, workspaceId: 'warm-up' } });
+  await store.restore(r.backupId, path.join(scratch, 'restored'), { uidBase: 0 });
+  fs.rmSync(scratch, { recursive: true, force: true });
+}
 
 async function childMain([op, storeDir, keysDir, dir, backupId]: string[]): Promise<void> {
+  const warm = process.env.TETRIX_BENCH_WARM === '1';
+  if (warm) await warmUp(keysDir, fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-bench-warm-')));
   const store = new SnapshotStore({ storage: new FsObjectStorage({ dir: storeDir }), keyring: KeyRing.open({ dir: keysDir }), log: { info() {}, warn() {} } });
   global.gc?.();
   const rssBefore = process.memoryUsage.rss();
-  let rssPeak = rssBefore;
-  const timer = setInterval(() => { rssPeak = Math.max(rssPeak, process.memoryUsage.rss()); }, 20);
+  let [rssPeak, heapPeak, externalPeak] = [rssBefore, 0, 0];
+  const timer = setInterval(() => {
+    const m = process.memoryUsage();
+    [rssPeak, heapPeak, externalPeak] = [Math.max(rssPeak, m.rss), Math.max(heapPeak, m.heapUsed), Math.max(externalPeak, m.external)];
+  }, 20);
   const t0 = process.hrtime.bigint();
-  const out: ChildResult = { seconds: 0, rssBefore, rssPeak };
+  const out: ChildResult = { seconds: 0, rssBefore, rssPeak, warm, heapPeak: 0, externalPeak: 0 };
   if (op === 'backup') {
     const r = await store.backup({ content: dir }, { uidBase: 0, binding: BINDING });
     out.size = r.size;
@@ -37,15 +57,15 @@ async function childMain([op, storeDir, keysDir, dir, backupId]: string[]): Prom
   } else await store.restore(backupId, dir, { uidBase: 0 });
   out.seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   clearInterval(timer);
-  out.rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
+  Object.assign(out, { rssPeak: Math.max(rssPeak, process.memoryUsage.rss()), heapPeak, externalPeak });
   process.stdout.write(JSON.stringify(out) + '\n');
 }
 
-function runChild(args: string[]): Promise<ChildResult> {
+function runChild(args: string[], warm = true): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
     // Started as the daemon is (src/node-flags.ts): its memory is the daemon's.
     const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, ...process.execArgv, __filename, '--child', ...args], {
-      stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...DAEMON_ENV },
+      stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...DAEMON_ENV, TETRIX_BENCH_WARM: warm ? '1' : '0' },
     });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
@@ -164,8 +184,13 @@ async function main(): Promise<void> {
     console.log(`restore ratio tetrix/restic: ${(rRestore / tRestore.seconds).toFixed(2)}`);
     console.log(`incremental stored: tetrix ${(tStored / MiB).toFixed(2)} MiB (${(100 * tStored / treeBytes).toFixed(2)}% of the tree), restic ${(rStored / MiB).toFixed(2)} MiB`);
     console.log(`first backup stored: tetrix ${(tStore1 / MiB).toFixed(0)} MiB, restic ${(rRepo1 / MiB).toFixed(0)} MiB`);
-    console.log(`tetrix backup RSS growth: first ${((tFirst.rssPeak - tFirst.rssBefore) / MiB).toFixed(1)} MiB, incremental ${((tIncr.rssPeak - tIncr.rssBefore) / MiB).toFixed(1)} MiB (limit 64)`);
-    console.log(`tetrix restore RSS growth: ${((tRestore.rssPeak - tRestore.rssBefore) / MiB).toFixed(1)} MiB`);
+    // A fresh process also pays for loading and compiling the backup code: the cold line shows that.
+    const cold = await runChild(['backup', path.join(base, 'store-cold'), keysDir, tree], false);
+    const growth = (r: ChildResult): string => `${((r.rssPeak - r.rssBefore) / MiB).toFixed(1)} MiB`;
+    const parts = (r: ChildResult): string => `heap peak ${(r.heapPeak / MiB).toFixed(1)} MiB, external peak ${(r.externalPeak / MiB).toFixed(1)} MiB`;
+    console.log(`tetrix backup RSS growth in a fresh process (cold): ${growth(cold)} (${parts(cold)})`);
+    console.log(`tetrix restore RSS growth: ${growth(tRestore)} (${parts(tRestore)})`);
+    console.log(`tetrix backup RSS growth, warm as a daemon is: first ${growth(tFirst)} (${parts(tFirst)}), incremental ${growth(tIncr)} (${parts(tIncr)}) (limit 64)`);
   } finally {
     if (process.env.TETRIX_BENCH_KEEP !== '1') fs.rmSync(base, { recursive: true, force: true });
     else console.log(`kept ${base}`);

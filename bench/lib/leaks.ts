@@ -4,7 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { hostLinkName } from '../../src/network/links';
+import { hostLinkIdPart } from '../../src/network/links';
 import { mountsUnder } from '../../src/sandbox/rootfs';
 import { loopsUnder } from '../../src/storage/loops';
 import { cgroupDirsOf } from './launcher';
@@ -58,12 +58,12 @@ function namedNetns(): string[] {
   }
 }
 
-/** Links Tetrix names: workspace veths (twv…) and anything called tetrix. */
+/** Links Tetrix names: workspace veths (tw + 13 hex digits, or the older twv…) and anything called tetrix. */
 function tetrixLinks(netns: string | undefined): string[] {
   try {
     const argv = [...(netns ? ['-n', netns] : []), '-j', 'link', 'show'];
     const links = JSON.parse(execFileSync('ip', argv, { encoding: 'utf8' })) as Array<{ ifname: string }>;
-    return links.map((l) => l.ifname).filter((n) => n.startsWith('twv') || n.includes('tetrix'));
+    return links.map((l) => l.ifname).filter((n) => /^tw[0-9a-fv][0-9a-f]{12}$/.test(n) || n.includes('tetrix'));
   } catch {
     return ['(ip link failed)'];
   }
@@ -168,7 +168,7 @@ export function snapshotHost(scope: LeakScope): HostSnapshot {
  */
 export function leaksSince(before: HostSnapshot, after: HostSnapshot, opts: { workspaceIds: Iterable<string>; privateNetns: boolean }): Leaks {
   const names: string[] = [];
-  for (const id of opts.workspaceIds) names.push(id, hostLinkName(id));
+  for (const id of opts.workspaceIds) names.push(id, hostLinkIdPart(id)); // a veth's name ends with this, on any bridge
   const hostWide: ReadonlyArray<keyof HostSnapshot> = opts.privateNetns ? ['netns'] : ['netns', 'links', 'nft'];
   const ours = (key: keyof HostSnapshot, item: string): boolean => !hostWide.includes(key) || names.some((n) => item.includes(n));
   const leaks: Leaks = {};

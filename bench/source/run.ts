@@ -157,10 +157,19 @@ async function main(): Promise<void> {
     console.log(`prebuild start ratio: ${(best.prebuild / best.tetrix).toFixed(2)} (target <= 0.3)`);
     clients.close();
     // Where the time of each start went: the fetch sandbox logs every git step with its duration.
-    for (const line of fs.readFileSync(daemon.logFile, 'utf8').split('\n')) {
+    const lines = fs.readFileSync(daemon.logFile, 'utf8').split('\n').filter((l) => l.startsWith('{'));
+    for (const line of lines) {
       if (!line.includes('source step done')) continue;
       const e = JSON.parse(line) as { workspace: string; step: string; ms: number; bytesIn: number };
       console.log(`  ${e.workspace}: ${e.step} ${seconds(e.ms)} s, ${(e.bytesIn / 1e6).toFixed(1)} MB in`);
+    }
+    // And the last start from a prebuild, line by line: what happened before and after its git steps.
+    const events = lines.map((l) => JSON.parse(l) as { time: number; msg: string; workspace?: string; backupId?: string });
+    const lastPb = events.filter((e) => e.workspace?.startsWith('from-pb')).at(-1)?.workspace;
+    let prev: number | undefined;
+    for (const e of events.filter((e) => e.workspace === lastPb)) {
+      console.log(`  ${lastPb} +${seconds(prev === undefined ? 0 : e.time - prev)} s: ${e.msg}`);
+      prev = e.time;
     }
   } finally {
     if (server?.pid) {

@@ -4,7 +4,7 @@
 import { status, type ServiceError, Metadata } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { DomainError, type ErrorCode } from '../errors';
-import { NativeError } from '../native';
+import { NativeError, isProgramFault } from '../native';
 
 const statusOf: Record<ErrorCode, status> = {
   INVALID_ARGUMENT: status.INVALID_ARGUMENT,
@@ -27,6 +27,8 @@ export function toServiceError(err: unknown, log: Logger, method: string): Parti
   // A kernel call that failed outside the start path (which wraps its own): the step and errno, no stack.
   if (err instanceof NativeError) {
     const where = err.path === undefined ? err.step : `${err.step} ${err.path}`;
+    // A program that cannot run is the request's fault (exec's argv): named, and not logged as ours.
+    if (isProgramFault(err)) return { code: status.FAILED_PRECONDITION, details: `argv[0]: ${where}: ${err.code}`, metadata: new Metadata() };
     log.error({ method, step: err.step, path: err.path, errno: err.errno }, 'native call failed');
     return { code: status.INTERNAL, details: `${where}: ${err.code} (errno ${err.errno})`, metadata: new Metadata() };
   }

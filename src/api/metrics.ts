@@ -59,7 +59,7 @@ export class DaemonMetrics {
     });
     this.stopSeconds = new Histogram({
       name: 'tetrix_workspace_stop_seconds',
-      help: 'Time from a stop request to the workspace stopped and its runtime resources released',
+      help: 'Time from a stop request to the workspace recorded STOPPED (its exit and its whole log; the release of mounts and cgroups follows)',
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers,
     });

@@ -57,7 +57,7 @@ const START_FLAGS: Record<string, Flag> = {
   image: { type: 'string', value: 'IMAGE', help: 'builtin:busybox (default), an image directory name, or an OCI reference (registry/repo:tag)' },
   owner: { type: 'string', value: 'USER', help: 'the owning user (default $USER)' },
   team: { type: 'string', value: 'TEAM', help: 'the owning team' },
-  memory: { type: 'string', value: 'SIZE', help: 'memory limit: bytes or 512M, 1.5G, 2GiB (binary units); default none' },
+  memory: { type: 'string', value: 'SIZE', help: 'memory limit: bytes or 512M, 1.5G, 2GiB (binary units); default: the node\'s' },
   cpus: { type: 'string', value: 'CORES', help: 'CPU limit in cores, a decimal: 0.5, 2' },
   cpu: { type: 'string', value: 'MILLICORES', help: 'CPU limit in millicores: 500 or 500m (same as --cpus 0.5)' },
   pids: { type: 'string', value: 'N', help: 'process limit (default: the node\'s)' },
@@ -269,6 +269,7 @@ const BINARY_UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g:
 export function size(flag: string, text: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?$/i.exec(text.trim());
   if (!m) throw new UsageError(`${flag}: "${text}" is not a size (bytes, or a number with K, M, G or T, as in 512M or 1.5G)`);
+  if (!m[2] && m[1].includes('.')) throw new UsageError(`${flag}: "${text}" is not a whole number of bytes (a fraction needs a unit, as in 1.5G)`);
   const bytes = Number(m[1]) * BINARY_UNITS[(m[2] ?? '').toLowerCase()];
   if (!Number.isSafeInteger(Math.round(bytes))) throw new UsageError(`${flag}: ${text} is too large`);
   return Math.round(bytes);

@@ -136,6 +136,17 @@ async function start(c: Clients, req: StartWorkspaceRequest, json: boolean): Pro
   return 0;
 }
 
+/** StopWorkspace returns a workspace that had already ended as it is; the CLI says that nothing was done. */
+async function stop(c: Clients, id: string, gracePeriodMs: number, json: boolean): Promise<number> {
+  const ws = c.workspaces;
+  const before = await unaryCall<Workspace__Output>((md, o, cb) => ws.GetWorkspace({ id }, md, o, cb)).catch(() => undefined);
+  const w = await unaryCall<Workspace__Output>((md, o, cb) => ws.StopWorkspace({ id, gracePeriodMs }, md, o, cb));
+  show([w], json);
+  const was = before && short(before.state, 'WORKSPACE_STATE_');
+  if (was === 'STOPPED' || was === 'FAILED' || was === 'SUCCEEDED') note(`workspace ${id} was already ${was}; nothing was stopped`);
+  return 0;
+}
+
 async function teardown(c: Clients, inv: Invocation, json: boolean): Promise<number> {
   const id = inv.args[0];
   const res = await unaryCall<TeardownWorkspaceResponse__Output>((md, o, cb) => c.workspaces.TeardownWorkspace({ id, backupFirst: inv.values['backup-first'] === true }, md, o, cb));
@@ -199,6 +210,12 @@ async function keys(c: Clients, inv: Invocation, json: boolean): Promise<number>
 /** backup ID, or one of its subcommands (a workspace named rm, check or prune is backed up over the API). */
 function backupAction(inv: Invocation, json: boolean): Action {
   const [first] = inv.args;
+  // Each switch belongs to one form: `backup ID --dry-run` would otherwise store a real backup.
+  const form = first === 'rm' || first === 'check' || first === 'prune' ? first : 'ID';
+  const owner: Record<string, string> = { 'include-upper': 'ID', 'dry-run': 'prune' };
+  for (const [flag, wants] of Object.entries(owner)) {
+    if (inv.values[flag] === true && form !== wants) throw new UsageError(`backup ${form}: --${flag} goes with backup ${wants}`, 'backup');
+  }
   if (first === 'rm') {
     const ids = backupIds(inv);
     return (c) => removeBackups(c, ids, json);
@@ -326,7 +343,7 @@ function prepare(inv: Invocation, json: boolean): Action {
     }
     case 'stop': {
       const gracePeriodMs = graceMs(inv);
-      return async (c) => (show([await unaryCall<Workspace__Output>((md, o, cb) => c.workspaces.StopWorkspace({ id, gracePeriodMs }, md, o, cb))], json), 0);
+      return (c) => stop(c, id, gracePeriodMs, json);
     }
     case 'teardown':
       return (c) => teardown(c, inv, json);
@@ -390,6 +407,14 @@ async function verify(c: Clients, inv: Invocation, json: boolean): Promise<numbe
 
 const version = (): string => (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
+/** One door per call: the unix socket, or TCP with the admin certificate. A flag for the other door would be
+ *  silently unused. */
+function refuseMixedDoors(inv: Invocation): void {
+  const address = str(inv, 'address') !== undefined;
+  if (address && str(inv, 'socket') !== undefined) throw new UsageError('--socket and --address name two ways to the daemon: give one of them');
+  if (!address && str(inv, 'pki-dir') !== undefined) throw new UsageError('--pki-dir goes with --address (the unix socket needs no certificate)');
+}
+
 /** Where the daemon is and what was asked, for error messages. */
 let target = '';
 let commandName = '';
@@ -414,6 +439,7 @@ async function main(argv: string[]): Promise<number> {
   const output = oneOf('--output', str(inv, 'output') ?? 'table', ['table', 'json'] as const);
   const action = prepare(inv, output === 'json');
   const address = str(inv, 'address');
+  refuseMixedDoors(inv);
   let clients: Clients;
   if (address !== undefined) {
     if (!/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/.test(address)) throw new UsageError(`--address: "${address}" is not HOST:PORT`);

@@ -232,15 +232,17 @@ export function parseFlags(argv: readonly string[]): { raw: Raw; configFile?: st
     const arg = argv[i];
     const m = /^--([a-z][a-z0-9-]*)(?:=(.*))?$/.exec(arg);
     if (!m) throw new ConfigError(`unexpected argument "${arg}" (flags look like --state-dir DIR)`);
+    // Which flag before what it takes: a misspelt flag is named as unknown, not as one that lacks a value.
+    const key = m[1] === 'config' ? '' : flagKey(m[1]);
+    if (replacedKeys[key]) throw new ConfigError(replacedKeys[key]);
+    if (key && !allKeys.includes(key)) throw new ConfigError(`unknown flag --${m[1]}`);
     const value = m[2] ?? argv[++i];
-    if (value === undefined) throw new ConfigError(`--${m[1]} needs a value`);
-    if (m[1] === 'config') configFile = value;
-    else {
-      const key = flagKey(m[1]);
-      if (replacedKeys[key]) throw new ConfigError(replacedKeys[key]);
-      if (!allKeys.includes(key)) throw new ConfigError(`unknown flag --${m[1]}`);
-      raw[key] = value;
+    // `--socket --state-dir D` forgot the socket's value; it would otherwise become "--state-dir".
+    if (value === undefined || (m[2] === undefined && value.startsWith('--'))) {
+      throw new ConfigError(`--${m[1]} needs a value${value === undefined ? '' : ` (one that starts with '-' is written --${m[1]}=VALUE)`}`);
     }
+    if (key) raw[key] = value;
+    else configFile = value;
   }
   return { raw, configFile };
 }

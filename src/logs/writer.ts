@@ -16,6 +16,7 @@ export class LogWriter {
   private queue: Buffer[] = [];
   private queuedBytes = 0;
   private writing = false;
+  private ending: Promise<void> | undefined;
   private closing: Promise<LogWriterStats> | undefined;
   private failure: unknown;
   private ended = false;
@@ -54,7 +55,7 @@ export class LogWriter {
   }
 
   get closed(): boolean {
-    return this.closing !== undefined;
+    return this.ending !== undefined;
   }
 
   stats(): LogWriterStats {
@@ -66,7 +67,7 @@ export class LogWriter {
    * its bound, and the caller should await drained() before appending more. Past the cap it only counts.
    */
   append(chunk: LogChunkRecord): boolean {
-    if (this.closing) throw new DomainError('FAILED_PRECONDITION', `log ${this.logId}: closed`);
+    if (this.ending) throw new DomainError('FAILED_PRECONDITION', `log ${this.logId}: closed`);
     let data = chunk.data;
     if (this.truncated || this.failure !== undefined) {
       this.bytesDropped += data.length;
@@ -108,7 +109,7 @@ export class LogWriter {
     try {
       for await (const raw of readable) {
         const data = Buffer.isBuffer(raw) ? raw : Buffer.from(raw);
-        if (this.closing) continue; // keep draining: a closed log must not block the workload
+        if (this.ending) continue; // keep draining: a closed log must not block the workload
         if (!this.append({ timeMs: Date.now(), stream: origin.stream, task: origin.task, data })) await this.drained();
       }
     } catch (err) {
@@ -119,8 +120,17 @@ export class LogWriter {
   }
 
   /**
-   * Writes a CLOSE record, flushes, fsyncs and closes the file, and wipes the data key. Followers end after
-   * CLOSE. Rejects (INTERNAL) if a write failed earlier; the log then ends where the failure happened.
+   * Writes the CLOSE record and resolves once the file holds it: from then on readers see the whole log, and
+   * nothing more is appended. The fsync is close()'s. Never rejects; close() reports a failed write.
+   */
+  end(): Promise<void> {
+    this.ending ??= this.writeClose();
+    return this.ending;
+  }
+
+  /**
+   * end(), then fsyncs and closes the file and wipes the data key. Followers end after CLOSE. Rejects
+   * (INTERNAL) if a write failed earlier; the log then ends where the failure happened.
    */
   close(): Promise<LogWriterStats> {
     this.closing ??= this.finish();
@@ -143,13 +153,18 @@ export class LogWriter {
     }
   }
 
-  private async finish(): Promise<LogWriterStats> {
-    const stats = this.stats();
+  private async writeClose(): Promise<void> {
     if (this.failure === undefined) {
+      const stats = this.stats();
       this.enqueue(this.seal(RecordType.Close, Date.now(), [u64(stats.bytesLogged), u64(stats.bytesDropped)]));
       this.kick();
     }
     while (this.writing) await once(this.events, 'progress');
+  }
+
+  private async finish(): Promise<LogWriterStats> {
+    await this.end();
+    const stats = this.stats();
     try {
       if (this.failure === undefined) await this.handle?.sync();
     } finally {

@@ -9,3 +9,9 @@ export class NativeError extends Error {
     this.name = 'NativeError';
   }
 }
+
+/** The program itself could not be run (missing, not executable, not a program): the caller's to fix, not ours. */
+const PROGRAM_FAULTS = new Set(['ENOENT', 'EACCES', 'ENOEXEC', 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG']);
+
+export const isProgramFault = (err: unknown): boolean =>
+  err instanceof NativeError && /^execve( |$)/.test(err.step) && PROGRAM_FAULTS.has(err.code);

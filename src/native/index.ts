@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { NativeError } from './errors';
 import type { NativePart } from './part';
+import { aeadPart, type AeadNative } from './aead';
 import { archivePart, type ArchiveWalkNative } from './archive';
 import { channelPart, type ChannelNative } from './channel';
 import { chunkerPart, type ChunkerNative } from './chunker';
@@ -24,7 +25,8 @@ import { seccompPart, type SeccompNative } from './seccomp';
 import { spawnPart, type SpawnNative } from './spawn';
 import { netnsListenPart, type NetnsListenNative } from './netns-listen';
 
-export { NativeError } from './errors';
+export { NativeError, isProgramFault } from './errors';
+export type * from './aead';
 export type * from './archive';
 export type * from './channel';
 export type * from './chunker';
@@ -45,14 +47,14 @@ export type * from './spawn';
 export type * from './netns-listen';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & ChunkerNative & NetnsListenNative & {
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & ChunkerNative & NetnsListenNative & AeadNative & {
     constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart, chunker: chunkerPart, netnsListen: netnsListenPart,
+  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart, chunker: chunkerPart, netnsListen: netnsListenPart, aead: aeadPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older
@@ -101,3 +103,4 @@ export const seccompNative: SeccompNative = native;
 export const loopNative: LoopNative = native;
 export const fscryptNative: FscryptNative = native;
 export const chunker: ChunkerNative = native;
+export const aeadNative: AeadNative = native;

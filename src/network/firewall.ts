@@ -29,6 +29,7 @@ const elements = (items: string[]): string => (items.length ? ` elements = ${set
 /** Both tables, replaced in one transaction with the elements of the given leases. */
 export function tablesScript(spec: FirewallSpec, leases: readonly Lease[]): string {
   const br = q(spec.bridge);
+  const legacy = leases.map((l) => l.hostLink).filter((name) => !name.startsWith(hostLinkPrefix(spec.bridge))).map(q);
   const v6 = Boolean(spec.subnet6);
   const egress = spec.uplink ? `oifname != ${q(spec.uplink)} reject with icmpx admin-prohibited` : '';
   const masquerade = [
@@ -97,7 +98,12 @@ export function tablesScript(spec: FirewallSpec, leases: readonly Lease[]): stri
     `  set ws_mac { type ifname . ether_addr;${elements(leases.map(macElement))} }`,
     `  set ws_src4 { type ifname . ether_addr . ipv4_addr;${elements(leases.map(src4Element))} }`,
     `  set ws_src6 { type ifname . ether_addr . ipv6_addr;${elements(leases.filter((l) => l.ip6).map(src6Element))} }`,
-    `  chain prerouting { type filter hook prerouting priority filter; policy accept; iifname "${hostLinkPrefix}*" jump from_workspace_port; }`,
+    // Only this network's ports: the hook sees every bridge in the namespace, and another network's ports
+    // are not in this table's sets. Leases from before the per-bridge prefix are named one by one.
+    `  chain prerouting { type filter hook prerouting priority filter; policy accept;`,
+    `    iifname "${hostLinkPrefix(spec.bridge)}*" jump from_workspace_port`,
+    legacy.length ? `    iifname { ${legacy.join(', ')} } jump from_workspace_port` : '',
+    `  }`,
     // A workspace is root in its namespace and can change its addresses; only its own pass the port,
     // so it can neither take another's address (ARP included) nor poison the bridge's MAC table.
     `  chain from_workspace_port {`,

@@ -1,12 +1,13 @@
 // The node's workspace network: one bridge, an address per workspace, isolation and NAT. The
 // lifecycle calls prepare/attach/setPorts/detach per workspace and reconcile once after a restart.
 // docs/network.md describes the topology and every rule.
+import os from 'node:os';
 import { recordForwardingBefore, restoreForwarding } from './forwarding';
 import { DomainError, invalidArgument } from '../errors';
 import { allSettledOrThrow } from '../promises';
 import { formatIpv4, parseIpv4, parseRange, parseSubnet4, parseSubnet6, contains4, type Subnet4, type Subnet6 } from './cidr';
 import { Firewall, metadataAddresses, type FirewallSpec } from './firewall';
-import { hostLinkName, Links, workspaceMac, type NetnsRef } from './links';
+import { Links, workspaceMac, type NetnsRef } from './links';
 import { netNative } from '../native';
 import { AddressPool, gatewayOffset, type Lease } from './pool';
 
@@ -81,6 +82,7 @@ export class NodeNetwork {
     }
     const denied = splitFamilies('deniedRanges', opts.deniedRanges ?? [], { single: false });
 
+    if (!opts.netns) refuseSubnetInUse(subnet, bridge);
     const pool = await AddressPool.open(opts.stateDir, subnet, subnet6);
     const gw = pool.gateway;
     const links = new Links(opts.netns, {
@@ -143,6 +145,8 @@ export class NodeNetwork {
           await this.firewall.removeWorkspace(lease);
         }
         if (!samePorts(lease.ports, wanted) || lease.hostname !== hostname) lease = this.pool.update(workspaceId, { ports: wanted, hostname });
+        // A lease from before the per-bridge veth names takes the current one with its new veth.
+        if (lease.hostLink !== this.links.hostLinkOf(workspaceId)) lease = this.pool.update(workspaceId, { hostLink: this.links.hostLinkOf(workspaceId) });
       }
       // The lease write, the links and the rules are independent: all three at once, all awaited.
       try {
@@ -176,8 +180,10 @@ export class NodeNetwork {
   detach(workspaceId: string): Promise<void> {
     return this.perWorkspace(workspaceId, async () => {
       const lease = this.pool.get(workspaceId);
-      if (lease) await this.teardown(lease);
-      else await this.links.remove(hostLinkName(workspaceId));
+      if (lease) return this.teardown(lease);
+      // No lease (an attach cut short): only a veth on our own bridge is ours to delete.
+      const name = this.links.hostLinkOf(workspaceId);
+      if ((await this.links.workspacePorts()).includes(name)) await this.links.remove(name);
     });
   }
 
@@ -208,7 +214,7 @@ export class NodeNetwork {
   }
 
   private acquire(workspaceId: string, hostname: string, ports: number[]): { lease: Lease; existed: boolean } {
-    return this.pool.acquire(workspaceId, ({ ip }) => ({ hostLink: hostLinkName(workspaceId), mac: workspaceMac(ip), hostname, ports }));
+    return this.pool.acquire(workspaceId, ({ ip }) => ({ hostLink: this.links.hostLinkOf(workspaceId), mac: workspaceMac(ip), hostname, ports }));
   }
 
   // Kernel objects first, the lease last: the address is free only once nothing uses it.
@@ -288,6 +294,25 @@ function splitFamilies(field: string, items: readonly string[], o: { single: boo
     (r.family === 4 ? out.v4 : out.v6).push(r.text);
   }
   return out;
+}
+
+/**
+ * A subnet another link already has an address in (another daemon's bridge, a VPN) would share its route
+ * with ours: replies to one network's workspaces would leave by the other's link. Read in the process's
+ * own namespace, where a daemon's node network lives.
+ */
+function refuseSubnetInUse(subnet: Subnet4, bridge: string): void {
+  for (const [link, addrs] of Object.entries(os.networkInterfaces())) {
+    if (link === bridge) continue;
+    for (const a of addrs ?? []) {
+      if (a.family !== 'IPv4' || !a.cidr) continue;
+      const size = 2 ** (32 - Number(a.cidr.split('/')[1]));
+      const network = Math.floor((parseIpv4(a.address) ?? 0) / size) * size;
+      if (network < subnet.network + subnet.size && subnet.network < network + size) {
+        throw new DomainError('FAILED_PRECONDITION', `network: subnet ${subnet.text} overlaps ${a.cidr} on ${link} (another daemon's bridge?); give this daemon its own --network-subnet`);
+      }
+    }
+  }
 }
 
 /**

@@ -5,13 +5,28 @@ import { NativeError } from '../native';
 import { netNative, type WorkspaceNetns } from '../native';
 import type { Lease } from './pool';
 
-/** Node-side veths are "twv" + 12 hex digits of the workspace id's hash: 15 characters, IFNAMSIZ-1. */
-export const hostLinkPrefix = 'twv';
+const sha256Hex = (text: string): string => crypto.createHash('sha256').update(text).digest('hex');
+
+/**
+ * Node-side veths are "tw" + 5 hex digits of the bridge's name + 8 of the workspace id's (sha256): 15
+ * characters, IFNAMSIZ-1. The bridge part makes each node network's ports its own, so that two of them in
+ * one namespace (daemons side by side, each with its bridge) never make or delete each other's veths, and
+ * each one's bridge rules match only its own ports (this kernel has no nft `meta ibrname` to tell bridges
+ * apart). Before, every veth was "twv" + 12 hex digits of the id: leases made then keep that name.
+ */
+export const hostLinkPrefix = (bridge: string): string => 'tw' + sha256Hex(bridge).slice(0, 5);
+export const legacyHostLinkPrefix = 'twv';
 export const workspaceLinkName = 'eth0';
 
-export function hostLinkName(workspaceId: string): string {
-  return hostLinkPrefix + crypto.createHash('sha256').update(workspaceId).digest('hex').slice(0, 12);
+/** The part of a node-side veth's name that comes from the workspace id. */
+export const hostLinkIdPart = (workspaceId: string): string => sha256Hex(workspaceId).slice(0, 8);
+
+export function hostLinkName(bridge: string, workspaceId: string): string {
+  return hostLinkPrefix(bridge) + hostLinkIdPart(workspaceId);
 }
+
+/** A workspace veth of the network on this bridge: its prefix, or the old one of a lease from before. */
+export const isHostLinkOf = (bridge: string, name: string): boolean => name.startsWith(hostLinkPrefix(bridge)) || name.startsWith(legacyHostLinkPrefix);
 
 /** Locally administered, derived from the address: unique on the bridge while the lease is. */
 export function workspaceMac(ip: string): string {
@@ -75,6 +90,11 @@ export class Links {
     }));
   }
 
+  /** The node-side veth name of a workspace on this bridge. */
+  hostLinkOf(workspaceId: string): string {
+    return hostLinkName(this.bridge.name, workspaceId);
+  }
+
   /** Deletes a node-side veth (its peer goes with it); false when it was already gone. */
   remove(hostLink: string): Promise<boolean> {
     return call('delete the veth', netNative.netDeleteLink({ ...this.ns(), name: hostLink }));
@@ -83,7 +103,7 @@ export class Links {
   /** The workspace veths on the bridge now. */
   async workspacePorts(): Promise<string[]> {
     const ports = await call('list bridge ports', netNative.netListPorts({ ...this.ns(), bridge: this.bridge.name }));
-    return ports.filter((name) => name.startsWith(hostLinkPrefix));
+    return ports.filter((name) => isHostLinkOf(this.bridge.name, name));
   }
 
   private ns(): { netns?: string } {

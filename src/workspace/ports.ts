@@ -6,7 +6,7 @@ import type { DiskUsage } from '../storage/types';
 
 export type { InitExitRecord, Launched, ProcessExit, WorkloadSignal } from '../sandbox/launch';
 // What the Sandbox port rejects with when a kernel step fails: the step and its errno.
-export { NativeError } from '../native';
+export { NativeError, isProgramFault } from '../native';
 
 /** An image the sandbox resolved: its reference and digest; where its tree lives stays in the sandbox. */
 export interface ImageRef {
@@ -101,6 +101,9 @@ export interface WorkspaceLogs {
   open(spec: WorkspaceSpec, uidBase: number): Promise<OpenedOutput>;
   /** After a daemon restart, for a workspace that still runs: takePipes hands over init's read ends. */
   reattach(spec: WorkspaceSpec, takePipes: () => [number, number]): Promise<void>;
+  /** Once the workload's output is all in the log and readers see it whole (before its fsync). */
+  endWhenDrained(workspaceId: string): Promise<void>;
+  /** endWhenDrained, then the log durable and closed. */
   closeWhenDrained(workspaceId: string): Promise<void>;
   remove(workspaceId: string): Promise<void>;
 }

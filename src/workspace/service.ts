@@ -11,7 +11,7 @@ import { workspaceDir, workspaceLayout } from '../layout';
 import { nextState } from './states';
 import type { WorkspaceStore } from './store';
 import { isFinal, newStatus, type Reason, type Resources, type State, type WorkspaceRecord, type WorkspaceSpec } from './types';
-import { NativeError, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type ImageRunConfig, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork, type WorkspaceStorage } from './ports';
+import { NativeError, isProgramFault, type AuthorizeRestore, type BackupBinding, type BackupOutcome, type BackupProgressReport, type ImageRef, type ImageRunConfig, type InitExitRecord, type Launched, type OpenedOutput, type ProcessExit, type Sandbox, type WorkloadSignal, type WorkspaceBackups, type WorkspaceLogs, type WorkspaceNetwork, type WorkspaceStorage } from './ports';
 import { allSettledOrThrow } from '../promises';
 import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
@@ -65,7 +65,7 @@ const PREBUILD_INTERRUPTED = 'prebuild interrupted by a daemon restart: its task
  * Where the crash tests kill the daemon (TETRIX_TEST_CRASH_AT=<point>): each is a moment where a
  * half-done operation must be finished or undone by recover(). A no-op unless that variable names it.
  */
-export type CrashPoint = 'after-ids' | 'after-volume' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'mid-teardown' | 'mid-backup' | 'after-key-erase';
+export type CrashPoint = 'after-ids' | 'after-volume' | 'after-rootfs' | 'after-cgroup' | 'after-spawn' | 'after-network' | 'mid-stop' | 'after-stopped' | 'mid-teardown' | 'mid-backup' | 'after-key-erase';
 const crashAt = process.env.TETRIX_TEST_CRASH_AT;
 function crashPoint(point: CrashPoint): void {
   if (crashAt === point) process.kill(process.pid, 'SIGKILL');
@@ -160,14 +160,15 @@ export class WorkspaceService {
     await this.inFlight.get(id)?.catch(() => undefined);
     const record = this.get(id);
     const runtime = this.runtimes.get(id);
-    if (isFinal(record.status.state) || !runtime) return record;
-    if (!record.status.stopRequested) {
+    if (!runtime) return record;
+    if (!isFinal(record.status.state) && !record.status.stopRequested) {
       record.status.stopRequested = true;
       this.transition(record, 'STOPPING');
       this.signal(id, 'SIGTERM');
       runtime.killTimer = setTimeout(() => this.signal(id, 'SIGKILL'), graceMs || this.o.defaultGraceMs);
       crashPoint('mid-stop');
     }
+    // Also once STOPPED: the reply comes after the release of its mounts and cgroup.
     await runtime.exited;
     return record;
   }
@@ -227,6 +228,9 @@ export class WorkspaceService {
    */
   async backup(id: string, opts: { includeUpper?: boolean; onProgress?(p: BackupProgressReport): void; signal?: AbortSignal }): Promise<BackupOutcome> {
     await this.inFlight.get(id)?.catch(() => undefined);
+    // STOPPED, its release still under way: the volume is being closed, so it opens after that, not during.
+    const releasing = this.runtimes.get(id);
+    if (releasing && isFinal(this.get(id).status.state)) await releasing.exited;
     const record = this.get(id);
     const backups = this.needBackups();
     if (record.status.tearingDown) throw new DomainError('FAILED_PRECONDITION', `workspace "${id}" is being torn down`);
@@ -328,7 +332,7 @@ export class WorkspaceService {
       return this.running(start, launched);
     } catch (err) {
       await this.failStart(start, err);
-      throw toStartError(err);
+      throw toStartError(err, spec.command[0]);
     }
   }
 
@@ -481,15 +485,36 @@ export class WorkspaceService {
   private async onExit(record: WorkspaceRecord, exit: ProcessExit, ourChild: boolean): Promise<void> {
     const id = record.spec.id;
     this.recordExit(record, exit, ourChild);
-    await this.o.logs?.closeWhenDrained(id);
+    // The log is whole (its readers see the end) before the state says the workload ended.
+    await this.o.logs?.endWhenDrained(id);
     this.o.log.debug({ workspace: id }, 'output drained');
-    await this.releaseSlots(() => this.releaseRuntime(record));
-    record.status.finishedMs = Date.now();
-    const final = record.spec.kind === 'PREBUILD' ? await this.finishPrebuild(record) : 'STOPPED';
+    if (record.spec.kind === 'PREBUILD') {
+      // Its final state is the snapshot's outcome, taken once the workspace is released.
+      await this.releaseAfterExit(record);
+      this.settleExit(record, await this.finishPrebuild(record));
+    } else {
+      // STOPPED first, then the release: its unmounts and cgroup removal wait out the kernel's RCU grace
+      // periods (5-50 ms a start on a busy node, bench/start). Stop and teardown still wait for the release
+      // (runtime.exited), and recover() releases what a crash left half released.
+      this.settleExit(record, 'STOPPED');
+      crashPoint('after-stopped');
+      await this.releaseAfterExit(record);
+    }
     // Only now: stop and teardown wait on runtime.exited, so they never race this release.
     this.runtimes.delete(id);
+  }
+
+  /** The log made durable, then what the workspace held at run time (its files stay until teardown). */
+  private async releaseAfterExit(record: WorkspaceRecord): Promise<void> {
+    await this.o.logs?.closeWhenDrained(record.spec.id);
+    await this.releaseSlots(() => this.releaseRuntime(record));
+  }
+
+  private settleExit(record: WorkspaceRecord, final: State): void {
+    record.status.finishedMs = Date.now();
+    this.withDiskUsage(record);
     this.transition(record, final);
-    this.o.log.info({ workspace: id, reason: record.status.reason, exitCode: record.status.exitCode, signal: record.status.signal }, 'workspace stopped');
+    this.o.log.info({ workspace: record.spec.id, reason: record.status.reason, exitCode: record.status.exitCode, signal: record.status.signal }, 'workspace stopped');
   }
 
   /** The workload is gone: no more signals to it, and the status says how it ended. */
@@ -704,8 +729,12 @@ function settle(
   return { exitCode, signal: signal ?? '', reason, pid: record.status.pid };
 }
 
-/** A kernel step of a start that failed is the start's failure: INTERNAL, naming the step and errno. */
-function toStartError(err: unknown): unknown {
+/**
+ * A kernel step of a start that failed is the start's failure: INTERNAL, naming the step and errno. A
+ * program the image cannot run is the request's: FAILED_PRECONDITION naming the field.
+ */
+function toStartError(err: unknown, program = ''): unknown {
+  if (isProgramFault(err)) return new DomainError('FAILED_PRECONDITION', `command: ${program || 'the image\'s entrypoint'} cannot run in the image (execve: ${(err as NativeError).code})`, { cause: err });
   if (err instanceof NativeError) return new DomainError('INTERNAL', `sandbox setup failed: ${err.message}`, { cause: err });
   return err;
 }

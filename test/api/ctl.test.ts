@@ -72,6 +72,14 @@ t.test('tetrixctl refuses what it does not understand: exit 2, naming the flag, 
     [['exec', 'typo', '--session', '--', 'sh'], /exec: --session needs -t/],
     [['exec', 'typo'], /exec needs a program after --/],
     [['frobnicate'], /unknown command "frobnicate"/],
+    [['start', 'typo', '--memory', '1.5', '--', 'true'], /--memory: "1\.5" is not a whole number of bytes/],
+    // A switch of another form of the command: `backup ID --dry-run` stored a real backup.
+    [['backup', 'typo', '--dry-run'], /backup ID: --dry-run goes with backup prune/],
+    [['backup', 'prune', '--include-upper'], /backup prune: --include-upper goes with backup ID/],
+    [['backup', 'check', '--dry-run'], /backup check: --dry-run goes with backup prune/],
+    // A flag for the other door would be unused: the socket was asked, not the certificate's TCP port.
+    [['--pki-dir', '/nowhere', 'list'], /--pki-dir goes with --address/],
+    [['--address', '127.0.0.1:7443', 'list'], /--socket and --address name two ways to the daemon/],
   ];
   for (const [args, message] of refused) {
     const r = run([...viaSocket(d), ...args]);
@@ -91,6 +99,12 @@ t.test('per-command help prints that command\'s usage and exits 0; tetrixd --ver
     t.match(r.stdout, /--grace DURATION/);
     t.notMatch(r.stdout, /^commands:/m, 'not the general help');
   }
+  // exec's own flags come before the program, so its --help is exec's, not the general help.
+  const exec = run(['exec', '--help']);
+  t.equal(exec.status, 0, 'exec --help: exit 0');
+  t.match(exec.stdout, /^usage: tetrixctl \[global flags\] exec ID/, "exec's usage");
+  t.match(exec.stdout, /--interactive/);
+  t.notMatch(exec.stdout, /^commands:/m, 'not the general help');
   const general = run(['--help']);
   t.equal(general.status, 0);
   t.match(general.stdout, /^commands:/m);
@@ -150,6 +164,14 @@ t.test('output written to a pipe is complete when tetrixctl exits', async (t) =>
 t.test('each command says what it did, with an exit code a script can rely on', async (t) => {
   const d = await startDaemon(t);
   const ctl = (...args: string[]) => run([...viaSocket(d), ...args]);
+  t.equal(ctl('start', 'ended', '--', 'true').status, 0);
+  await d.waitFor('ended', (x) => x.state === 'WORKSPACE_STATE_STOPPED');
+  const stopAgain = ctl('stop', 'ended');
+  t.equal(stopAgain.status, 0, 'stopping a workspace that already ended succeeds');
+  t.match(stopAgain.stderr, /workspace ended was already STOPPED; nothing was stopped/, 'and says nothing was done');
+  t.match(stopAgain.stdout, /ended\s+STOPPED/);
+  t.equal(ctl('stop', 'nosuch').status, 1, 'stop of an unknown id exits 1');
+
   const gone = ctl('teardown', 'nosuch');
   t.equal(gone.status, 1, 'teardown of an unknown id exits 1, as docker rm does');
   t.match(gone.stderr, /no such workspace: nosuch/);
@@ -171,6 +193,7 @@ t.test('each command says what it did, with an exit code a script can rely on', 
 
   const first = ctl('start', 'broken', '--', '/nonexistent');
   t.equal(first.status, 1, 'a start that fails exits 1');
+  t.match(first.stderr, /FAILED_PRECONDITION: command: \/nonexistent cannot run in the image \(execve: ENOENT\)/, 'a missing program is the request\'s fault, named');
   const repeat = ctl('start', 'broken', '--', '/nonexistent');
   t.equal(repeat.status, 1, 'so does its repeat, which returns the FAILED workspace');
   t.match(repeat.stdout, /broken\s+FAILED/);

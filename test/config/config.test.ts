@@ -50,6 +50,10 @@ t.test('bad settings are refused with a message naming the setting', async (t) =
     [['--network', 'maybe'], /^network:/],
     [['--backup-storage', 's3'], /s3Bucket/],
     [['--socket'], /--socket needs a value/],
+    // A misspelt flag is named as unknown, even when nothing follows it (it said "needs a value").
+    [['--bogus'], /^unknown flag --bogus$/],
+    [['--socket', '--state-dir', '/tmp/x'], /^--socket needs a value \(one that starts with '-' is written --socket=VALUE\)/],
+    [['--config'], /--config needs a value/],
     // Issue 13, item 11: operator identities are typed SAN names; a token lifetime bound is positive.
     [['--operator-identities', 'tetrix-admin'], /^operatorIdentities: "tetrix-admin" needs a name type/],
     [['--operator-identities', 'dns:tetrix-admin,cn:tetrix-admin'], /^operatorIdentities: "cn:tetrix-admin" needs a name type/],

@@ -95,6 +95,13 @@ t.test("a prebuild's snapshot: restored by its team's members and operators, ref
   t.equal(outsider.code, status.PERMISSION_DENIED, 'someone outside team-a is refused');
   t.same(outsider, await refusal(startAs(d, dave, idle('dave-ws', { ownerId: 'dave', restoreFrom: UNKNOWN }))), 'with the answer for an unknown id');
   await gone(t, d, 'dave-ws', "dave's refused start");
+  // The other way to start from a prebuild (content.prebuild, issue 17) names the snapshot too.
+  const fromPrebuild = (snapshotId: string): StartWorkspaceRequest =>
+    idle('dave-pb', { ownerId: 'dave', content: { prebuild: { snapshotId, git: { url: 'https://git.example.test/team-a/app.git', ref: 'main' } } } });
+  const viaContent = await refusal(startAs(d, dave, fromPrebuild(snapshot)));
+  t.equal(viaContent.code, status.PERMISSION_DENIED, `content.prebuild: someone outside team-a is refused (${viaContent.details})`);
+  t.same(viaContent, await refusal(startAs(d, dave, fromPrebuild(UNKNOWN))), 'content.prebuild: with the answer for an unknown id');
+  await gone(t, d, 'dave-pb', "dave's refused content.prebuild start");
 
   // The team may restore the prebuild's snapshot; a backup of carol's own workspace stays hers.
   const { backupId: carols } = await backupAs(d, carol, 'carol-ws');

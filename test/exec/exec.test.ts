@@ -40,11 +40,11 @@ t.test('exec without a terminal', async (t) => {
     t.match(exit, { exitCode: -1, signal: 'SIGTERM' });
   });
 
-  await t.test('a program that does not exist: the step and errno, nothing left', async (t) => {
+  await t.test('a program that does not exist: FAILED_PRECONDITION naming argv[0], the step and errno, nothing left', async (t) => {
     const r = exec(d, { start: { workspaceId: 'ex-plain', argv: ['no-such-program'] } });
     const { error } = await r.done;
-    t.equal(error?.code, grpc.status.INTERNAL);
-    t.match(error?.details, /execve no-such-program: ENOENT/);
+    t.equal(error?.code, grpc.status.FAILED_PRECONDITION);
+    t.match(error?.details, /^argv\[0\]: execve no-such-program: ENOENT/);
   });
 
   await t.test('the env is the workspace\'s, the request\'s over it; the cwd resolves inside', async (t) => {

@@ -80,6 +80,24 @@ t.test('follow tails a running log live and ends when it closes', async (t) => {
   t.same(text(await collect(store.read('pb-follow', { follow: true }))), 'one\ntwo\nthree\n', 'follow on a closed log just reads it');
 });
 
+t.test('end() makes the log whole for readers before close(): a follower ends, and nothing more is appended', async (t) => {
+  const { store } = await newStore(t);
+  const w = await store.create('ws-ended');
+  const seen: string[] = [];
+  const follower = (async () => {
+    for await (const c of store.read('ws-ended', { follow: true })) seen.push(c.data.toString());
+  })();
+  w.append({ timeMs: 1, stream: 'stdout', task: '', data: Buffer.from('last words\n') });
+  await w.end();
+  await follower;
+  t.same(seen, ['last words\n'], 'the follower read everything and ended at CLOSE, the file still open');
+  t.equal(store.isOpen('ws-ended'), true, 'the writer still has it (its fsync is close()\'s)');
+  t.same(text(await collect(store.read('ws-ended'))), 'last words\n', 'a new reader sees it whole, without the cut-short marker');
+  t.throws(() => w.append({ timeMs: 2, stream: 'stdout', task: '', data: Buffer.from('late') }), { code: 'FAILED_PRECONDITION' });
+  t.match(await w.close(), { bytesLogged: 11, bytesDropped: 0 });
+  t.equal(store.isOpen('ws-ended'), false);
+});
+
 t.test('a follower stops when its signal aborts (the client went away)', async (t) => {
   const { store } = await newStore(t);
   const w = await store.create('pb-abort');

@@ -187,10 +187,13 @@ export async function workspaceElements(node: TestNode): Promise<string[]> {
   return out;
 }
 
+/** "tw" + 13 hex digits (src/network/links.ts), or the older "twv" + 12. */
+export const WORKSPACE_VETH = /^tw[0-9a-fv][0-9a-f]{12}$/;
+
 /** Names of the workspace veths in the node's namespace. */
 export async function workspaceLinks(node: TestNode): Promise<string[]> {
   const out = await ip('-n', node.name, '-o', 'link', 'show');
-  return out.split('\n').map((l) => l.split(': ')[1]?.split('@')[0] ?? '').filter((n) => n.startsWith('twv'));
+  return out.split('\n').map((l) => l.split(': ')[1]?.split('@')[0] ?? '').filter((n) => WORKSPACE_VETH.test(n));
 }
 
 export function leasesOnFile(node: TestNode): Record<string, { ip: string }> {

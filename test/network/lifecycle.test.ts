@@ -22,10 +22,10 @@ t.test('detach leaves no veth, lease or rule, and can be repeated', async (t) =>
   t.equal((await workspaceElements(node)).filter((e) => e.includes(a.ip)).length, 3, 'ws-a: one source element, two ports');
 
   await net.detach('ws-a');
-  t.same(await workspaceLinks(node), [hostLinkName('ws-b')], 'only ws-b keeps a veth');
+  t.same(await workspaceLinks(node), [hostLinkName(node.bridge, 'ws-b')], 'only ws-b keeps a veth');
   t.same(Object.keys(leasesOnFile(node)), ['ws-b']);
   const left = await workspaceElements(node);
-  t.same(left.filter((e) => e.includes(a.ip) || e.includes(hostLinkName('ws-a'))), []);
+  t.same(left.filter((e) => e.includes(a.ip) || e.includes(hostLinkName(node.bridge, 'ws-a'))), []);
   t.ok(left.length > 0, "ws-b's elements stay");
   t.notMatch(await ip('-n', path.basename(wsA), 'link'), /eth0/, 'the workspace lost its eth0');
   t.notMatch(await ip('-n', node.name, 'route'), new RegExp(a.ip.replace(/\./g, '\\.')), 'no route names it');
@@ -61,7 +61,7 @@ t.test('attaching again keeps the address and replaces the old veth and ports', 
   const first = await net.attach('ws-a', ws, [80]);
   const second = await net.attach('ws-a', ws, [81]);
   t.equal(second.ip, first.ip);
-  t.same(await workspaceLinks(node), [hostLinkName('ws-a')]);
+  t.same(await workspaceLinks(node), [hostLinkName(node.bridge, 'ws-a')]);
   const ports = (await workspaceElements(node)).filter((e) => e.startsWith('ports4'));
   t.equal(ports.length, 1);
   t.match(ports[0], /81/);
@@ -110,7 +110,7 @@ t.test('after a restart, a live workspace keeps its address and network; the dea
   await second.reconcile(['ws-a']);
   t.same(second.address('ws-a')?.ip, a.ip, 'the adopted workspace keeps its address');
   t.same(second.address('ws-b'), undefined);
-  t.same(await workspaceLinks(node), [hostLinkName('ws-a')]);
+  t.same(await workspaceLinks(node), [hostLinkName(node.bridge, 'ws-a')]);
   t.same(Object.keys(leasesOnFile(node)), ['ws-a']);
   t.match(await probe(wsA, ['http', `http://${internet.ip}/`]), { ok: true }, 'egress still works');
   t.match(await probe(node.netns, ['tcp', a.ip, '8080']), { ok: true }, 'its port is still exposed');

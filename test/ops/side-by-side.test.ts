@@ -9,12 +9,15 @@ import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { daemonMain, isAlive, startDaemon, type Daemon } from '../helpers/daemon';
 import { DAEMON_NODE_FLAGS } from '../../src/node-flags';
+import { createTestNode } from '../network/fixture';
 
 const sleeper = (id: string) => ({ id, ownerId: 'alice', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exec sleep 600'] });
 
 /** Runs a daemon that is expected to refuse to start: its exit code and what it said. */
-async function refusedDaemon(args: string[]): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, daemonMain, '--log-level', 'debug', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function refusedDaemon(args: string[], netns?: string): Promise<{ code: number | null; stderr: string }> {
+  const argv = [process.execPath, ...DAEMON_NODE_FLAGS, daemonMain, '--log-level', 'debug', ...args];
+  const [cmd, ...rest] = netns ? ['nsenter', `--net=${netns}`, ...argv] : argv;
+  const child = spawn(cmd!, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
   child.stdout.resume();
@@ -23,6 +26,16 @@ async function refusedDaemon(args: string[]): Promise<{ code: number | null; std
   clearTimeout(timer);
   return { code, stderr };
 }
+
+/** The claims in /run/tetrix/owners held for a state dir. */
+const claimsOf = (stateDir: string): string[] =>
+  fs.readdirSync('/run/tetrix/owners').filter((f) => {
+    try {
+      return (JSON.parse(fs.readFileSync(path.join('/run/tetrix/owners', f), 'utf8')) as { stateDir?: string }).stateDir === stateDir;
+    } catch {
+      return false;
+    }
+  });
 
 async function runningPids(d: Daemon, ids: string[]): Promise<number[]> {
   const pids: number[] = [];
@@ -70,6 +83,7 @@ t.test('a daemon given the cgroup parent of another state dir refuses to start, 
   t.equal(r.code, 1, 'the second daemon exits 1');
   t.match(r.stderr, `cgroup-parent "${a.cgroupParent}" belongs to the tetrixd of state dir ${a.stateDir}`, 'and names the owner');
   t.match(r.stderr, '--cgroup-parent', 'and the flag that picks another');
+  t.same(claimsOf(path.join(dir, 'state')), [], 'it claimed nothing');
   t.same(await runningPids(a, ['side-owner']), [pid], 'the owner\'s workspace runs on');
   t.ok(isAlive(pid));
   await a.teardown('side-owner');
@@ -100,4 +114,24 @@ t.test('grpc.health.v1 answers for the server and for each service by name', asy
     t.equal(await check(service), 'SERVING', `"${service}" is SERVING`);
   }
   t.equal(await check('tetrix.agent.v1.NoSuchService'), `error ${grpc.status.NOT_FOUND}`, 'an unknown service is NOT_FOUND');
+});
+
+t.test('a second daemon with the network on in the same namespace refuses a subnet the first one uses', async (t) => {
+  const node = await createTestNode(t);
+  const network = ['--network', 'on', '--network-subnet', '10.88.0.0/16', '--dns-servers', '192.0.2.1'];
+  const a = await startDaemon(t, [...network, '--network-bridge', node.bridge, '--network-table', node.table], { netns: node.netns });
+  await a.start({ ...sleeper('side-net'), network: 'NETWORK_MODE_ISOLATED' });
+  const [pid] = await runningPids(a, ['side-net']);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // Its own bridge and tables, but the first one's subnet: both bridges would carry the subnet's route.
+  const r = await refusedDaemon(['--state-dir', path.join(dir, 'state'), '--socket', path.join(dir, 's.sock'), '--cgroup-parent', `${a.cgroupParent}-b`,
+    ...network, '--network-bridge', `${node.bridge.slice(0, 13)}b2`, '--network-table', `${node.table}_b`], node.netns);
+  t.equal(r.code, 1, 'the second daemon exits 1');
+  t.match(r.stderr, `subnet 10.88.0.0/16 overlaps 10.88.0.1/16 on ${node.bridge}`, 'naming the link that has it');
+  t.match(r.stderr, '--network-subnet', 'and the flag that picks another');
+  t.notOk((await node.sh('ip -o link show')).includes(`${node.bridge.slice(0, 13)}b2`), 'it made no bridge');
+  t.same(claimsOf(path.join(dir, 'state')), [], 'and gave back the names it had claimed');
+  t.same(await runningPids(a, ['side-net']), [pid], "the first daemon's workspace runs on");
+  await a.teardown('side-net');
 });

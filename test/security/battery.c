@@ -767,15 +767,36 @@ static result probe_init_memory(void) {
   return BLOCKED("/proc/1/mem: %s", E(errno));
 }
 
-// Stealing init's host exit-status fd with pidfd_getfd.
+// Stealing any of init's fds with pidfd_getfd: the host exit-status fd (3), its output read ends, and in
+// a prebuild the task channel (8), on which the next task's secrets arrive.
 static result probe_pidfd_getfd_init(void) {
   long pidfd = syscall(SYS_pidfd_open, 1, 0);
   if (pidfd < 0) return BLOCKED("pidfd_open(1): %s", E(errno));
-  long fd = syscall(SYS_pidfd_getfd, pidfd, 3, 0);
-  int err = errno;
+  result r = BLOCKED("pidfd_getfd(init, 0..63): EPERM");
+  for (int target = 0; target < 64; target++) {
+    long fd = syscall(SYS_pidfd_getfd, pidfd, target, 0);
+    int err = errno;
+    if (fd >= 0) close((int)fd);
+    if (fd >= 0 || err != EPERM) {
+      char what[40];
+      snprintf(what, sizeof what, "pidfd_getfd(init, %d)", target);
+      r = refused(what, fd, err, EPERM_ONLY);
+      break;
+    }
+  }
   close((int)pidfd);
-  if (fd >= 0) close((int)fd);
-  return refused("pidfd_getfd(init, 3)", fd, err, EPERM_ONLY);
+  return r;
+}
+
+// What init was started with, and in a prebuild what passes through it: its environ and memory maps.
+static result probe_init_environ(void) {
+  static const char *paths[] = {"/proc/1/environ", "/proc/1/maps", "/proc/1/auxv", "/proc/1/syscall"};
+  for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+    char buf[64];
+    ssize_t n = read_file(paths[i], buf, sizeof buf);
+    if (n > 0) return ESCAPED("%s reads %zd bytes", paths[i], n);
+  }
+  return BLOCKED("/proc/1/environ, maps, auxv, syscall: nothing readable (init is not dumpable)");
 }
 
 static result probe_ptrace_init(void) {
@@ -1928,6 +1949,7 @@ static const probe PROBES[] = {
     {"init_remount_rw", probe_init_remount_rw},
     {"init_memory_write", probe_init_memory},
     {"pidfd_getfd_init", probe_pidfd_getfd_init},
+    {"init_environ_unreadable", probe_init_environ},
     {"ptrace_init", probe_ptrace_init},
     {"process_vm_readv_init", probe_process_vm_readv_init},
     // mounts

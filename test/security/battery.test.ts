@@ -1,7 +1,9 @@
 // The escape battery (battery.c) inside a real workspace started through the real daemon, as its root,
 // with the default seccomp profile and capabilities. Any ESCAPED or UNKNOWN probe fails the run, and so
-// does a battery with fewer than 40 probes. A second test gives the daemon an image whose /proc, /dev,
-// /sys, /etc, /workspace and /.tetrix are symlinks pointing at the host, and checks the host is untouched.
+// does a battery with fewer than 40 probes. It runs again as a prebuild task (init holds the task
+// channel), and its terminal probes with the daemon on a pseudo-terminal, as the workload and through
+// exec. A last test gives the daemon an image whose /proc, /dev, /sys, /etc, /workspace and /.tetrix are
+// symlinks pointing at the host, and checks the host is untouched.
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -10,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { hostDeviceActivity, mountsUnder, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
+import { exec } from '../exec/fixture';
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 
 const MIN_PROBES = 40;
@@ -122,14 +125,19 @@ function parseReport(report: string): { probes: ProbeLine[]; total: string | und
 const finished = (w: Workspace__Output): boolean =>
   ['WORKSPACE_STATE_STOPPED', 'WORKSPACE_STATE_FAILED', 'WORKSPACE_STATE_SUCCEEDED'].includes(w.state);
 
-t.test('a hostile workspace root cannot get out: the escape battery', async (t) => {
-  const battery = buildBattery(t);
-  const imagesDir = tempDir(t, 'battery-images');
-  makeImage(imagesDir, 'battery', battery);
+/** A daemon with the battery image, the host's bait, and the host's /dev kept busy meanwhile. */
+async function batteryDaemon(t: Test, what: string): Promise<{ d: Daemon; bait: Awaited<ReturnType<typeof hostBait>> }> {
+  const imagesDir = tempDir(t, what);
+  makeImage(imagesDir, 'battery', buildBattery(t));
   const d = await startDaemon(t, ['--images-dir', imagesDir, '--pty-limit', String(PTY_LIMIT)]);
   const bait = await hostBait(t);
-  const hostname = os.hostname();
   hostDeviceActivity(t);
+  return { d, bait };
+}
+
+t.test('a hostile workspace root cannot get out: the escape battery', async (t) => {
+  const hostname = os.hostname();
+  const { d, bait } = await batteryDaemon(t, 'battery-images');
 
   // A neighbour holding a secret in its own /workspace: the battery looks for it through /proc/<pid>/root.
   const neighbour = await d.start({
@@ -177,6 +185,42 @@ t.test('a hostile workspace root cannot get out: the escape battery', async (t) 
   t.equal(n.state, 'WORKSPACE_STATE_RUNNING', 'the neighbour is still running');
 });
 
+t.test('as a prebuild task, next to init holding the task channel, the battery gets nowhere', async (t) => {
+  // Issue 13, items 2 and 6: in a prebuild, init holds the daemon's task channel (fd 8), on which the
+  // next task's env arrives, and every task runs as the same uid. Who reads another task's env or forges
+  // a status is test/prebuild/task-isolation.test.ts; here the battery runs where a task runs.
+  const { d, bait } = await batteryDaemon(t, 'battery-task-images');
+  const w = await d.start({
+    id: 'battery-task',
+    ownerId: 'mallory',
+    teamId: 'team-m',
+    kind: 'WORKSPACE_KIND_PREBUILD',
+    image: 'battery',
+    source: { repositoryUrl: 'https://git.example.test/acme/app.git', revision: '0123456789abcdef' },
+    env: {
+      ...bait.env, ...nodeFacts(),
+      TETRIX_BATTERY_NEIGHBOUR: '/workspace/no-neighbour-here',
+      TETRIX_BATTERY_DAEMON_SOCKET: d.socketPath,
+      TETRIX_BATTERY_STATE_DIR: d.stateDir,
+    },
+    tasks: [
+      { name: 'battery', command: ['/battery'], workingDir: '/workspace', env: { TETRIX_BATTERY_REPORT: '/workspace/battery.report' } },
+      // A next task, so init asks the daemon for a frame after the battery.
+      { name: 'after', command: ['/bin/sh', '-c', 'echo after-ran'], workingDir: '/workspace', env: {} },
+    ],
+    resources: { memoryBytes: 256 << 20, cpuMillis: 1000, pids: 256 },
+  });
+  t.not(w.state, 'WORKSPACE_STATE_FAILED', `the prebuild starts (${w.message})`);
+  const done = await d.waitFor('battery-task', finished, 180_000);
+  const report = fs.readFileSync(contentFile(d, 'battery-task', 'battery.report'), 'utf8');
+  t.comment(`battery as a prebuild task (${done.state} ${done.message}):\n${report}`);
+  const { probes, total } = parseReport(report);
+  t.ok(probes.length >= MIN_PROBES, `${probes.length} probes (at least ${MIN_PROBES})`);
+  for (const p of probes.filter((x) => x.outcome !== 'blocked')) t.fail(`${p.name} ${p.outcome}: ${p.detail}`);
+  t.equal(total, `battery: ${probes.length} probes, 0 escapes, 0 unknown`);
+  t.same(done.tasks.map((x) => [x.name, x.state]), [['battery', 'WORKSPACE_STATE_SUCCEEDED'], ['after', 'WORKSPACE_STATE_SUCCEEDED']], 'both tasks ran, as init saw them');
+});
+
 /** Fields 6 (session) and 7 (tty_nr) of /proc/<pid>/stat, as the host sees them. */
 function sessionOf(pid: number): { session: number; ttyNr: number } {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -216,6 +260,20 @@ t.test('with the daemon on a pseudo-terminal, a workspace cannot reach that term
   const { probes: lines } = parseReport(report);
   t.same(lines.map((p) => p.name).sort(), [...probes].sort(), 'every terminal probe ran');
   for (const p of lines) t.equal(p.outcome, 'blocked', `${p.name}: ${p.detail}`);
+
+  // Every exec session too: ExecWorkspace forks from this daemon, so it starts in the daemon's session.
+  const viaExec = exec(d, { start: { workspaceId: 'battery-pty', argv: ['/battery', ...probes] } });
+  const { exit } = await viaExec.done;
+  const execReport = parseReport(viaExec.stdout().toString());
+  t.same(execReport.probes.map((p) => p.name).sort(), [...probes].sort(), 'every terminal probe ran through exec');
+  for (const p of execReport.probes) t.equal(p.outcome, 'blocked', `exec: ${p.name}: ${p.detail}`);
+  t.equal(exit?.exitCode, 0, 'the battery through exec exits 0');
+  // With a tty, the exec's controlling terminal is its own pty of the workspace's devpts, in a session
+  // it leads (getsid 0 would mean a leader outside the workspace: the daemon).
+  const withTty = exec(d, { start: { workspaceId: 'battery-pty', argv: ['/bin/sh', '-c', 'echo "sid=$(cut -d" " -f6 /proc/self/stat) pid=$$"'], tty: true } });
+  await withTty.done;
+  const m = /sid=(\d+) pid=(\d+)/.exec(withTty.stdout().toString());
+  t.ok(m && m[1] === m[2], `a tty exec leads a session of its own in the workspace (${m?.[0]})`);
 });
 
 t.test('an image with a symlink pointing at the host cannot make the runtime touch the host', async (t) => {

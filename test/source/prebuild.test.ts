@@ -143,3 +143,25 @@ t.test('prebuild -> snapshot -> new commit -> workspace from the prebuild', asyn
     await d.teardown(id);
   });
 });
+
+t.test('in the snapshot format (the daemon\'s default) the prebuild\'s provenance is found and verified too', async (t) => {
+  // Before, verify looked for the full format's `<id>.data` envelope: every start from a snapshot-format
+  // prebuild was refused as unverified.
+  const server = await startGitDaemon(root);
+  t.teardown(() => server.kill());
+  const d = await startDaemon(t, ['--source-allowed-destinations', `127.0.0.1:${server.port}`, '--backup-format', 'snapshot']);
+  const url = server.url('app.git');
+  const pid = uniqueName('src-pb-snap');
+  const snapshot = await runPrebuild(d, prebuildRequest(pid, url, 'cat README > built.txt'));
+  t.match(snapshot, /^sn-/, 'a snapshot of the repository format');
+  const newer = pushCommit('NEWER', 'after the snapshot-format prebuild\n');
+  const id = uniqueName('src-from-snap');
+  const w = await d.start(fromPrebuild(id, snapshot, url));
+  t.equal(w.state, 'WORKSPACE_STATE_RUNNING', w.message);
+  t.equal(w.content?.prebuildVerified, true, 'the provenance verified');
+  t.equal(w.source?.commit, newer);
+  t.equal(fs.readFileSync(path.join(d.stateDir, 'workspaces', id, 'content', 'built.txt'), 'utf8'), fs.readFileSync(path.join(repo.work, 'README'), 'utf8'), 'the prebuild\'s output is there');
+  const verify = spawnSync(process.execPath, [ctlMain, '--socket', d.socketPath, 'verify', snapshot, '--backup-dir', path.join(d.stateDir, 'backups')], { encoding: 'utf8' });
+  t.equal(verify.status, 0, verify.stderr);
+  await d.teardown(id);
+});

@@ -53,7 +53,26 @@ t.test('killed during a stop: the stop is finished after the restart', async (t)
   const done = await d.waitFor('stopping', (x) => x.state === 'WORKSPACE_STATE_STOPPED');
   t.equal(done.reason, 'STOP_REASON_STOPPED');
   t.notOk(isAlive(w.pid), 'the workload is gone');
+  await d.stop('stopping', 200); // returns once the release that follows STOPPED is done
   assertNoRuntime(t, d, 'stopping');
+});
+
+t.test('killed after STOPPED was recorded, before the release: the restart releases mounts and cgroup', async (t) => {
+  const d = await startDaemon(t, [], { env: { TETRIX_TEST_CRASH_AT: 'after-stopped' } });
+  const w = await d.start({ ...spec('ended'), command: ['/bin/sh', '-c', 'while [ ! -e /workspace/go ]; do sleep 0.05; done; exit 3'] });
+  const daemonGone = new Promise((resolve) => d.process.once('exit', resolve));
+  fs.writeFileSync(path.join(d.stateDir, 'workspaces', 'ended', 'content', 'go'), '');
+  await daemonGone;
+  t.notOk(isAlive(w.pid), 'the workload is gone');
+  t.ok(mountsUnder(path.join(d.stateDir, 'workspaces', 'ended')).length > 0, 'the crash left its rootfs mounted');
+  await d.restart({});
+  const ended = await d.get('ended');
+  t.equal(ended.state, 'WORKSPACE_STATE_STOPPED', 'still STOPPED');
+  t.equal(ended.exitCode, 3, 'with its exit code');
+  assertNoRuntime(t, d, 'ended');
+  t.ok(fs.existsSync(path.join(d.stateDir, 'workspaces', 'ended', 'content')), 'its content stays until teardown');
+  await d.teardown('ended');
+  t.same(claimsOf(d.stateDir), [], 'its uid range is released by the teardown');
 });
 
 t.test('killed during a teardown: the teardown is finished after the restart', async (t) => {

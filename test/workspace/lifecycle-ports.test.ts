@@ -43,7 +43,7 @@ class FakeProcess implements Launched {
   }
 }
 
-function fakeSandbox(opts: { failLaunch?: string; ignoresTerm?: boolean } = {}): Sandbox & { launched: FakeProcess[]; cgroups: Set<string> } {
+function fakeSandbox(opts: { failLaunch?: string; ignoresTerm?: boolean; unmount?: () => Promise<void> } = {}): Sandbox & { launched: FakeProcess[]; cgroups: Set<string> } {
   const launched: FakeProcess[] = [];
   const cgroups = new Set<string>();
   return {
@@ -56,7 +56,7 @@ function fakeSandbox(opts: { failLaunch?: string; ignoresTerm?: boolean } = {}):
     allocateIds: () => 100000,
     releaseIds: () => undefined,
     prepareRootfs: async () => undefined,
-    unmountRootfs: async () => undefined,
+    unmountRootfs: opts.unmount ?? (async () => undefined),
     removeWorkspaceDir: async () => undefined,
     createCgroup: async (id) => void cgroups.add(id),
     destroyCgroup: async (id) => void cgroups.delete(id),
@@ -118,7 +118,41 @@ t.test('start -> RUNNING; the workload exits -> STOPPED with its exit code; the 
   t.equal(svc.get('a').status.state, 'STOPPED');
   t.equal(svc.get('a').status.exitCode, 3);
   t.equal(svc.get('a').status.reason, 'EXITED');
-  t.notOk(sandbox.cgroups.has('a'));
+  await svc.stop('a', 0);
+  t.notOk(sandbox.cgroups.has('a'), 'once StopWorkspace returns, the cgroup is gone');
+});
+
+t.test('STOPPED is announced before the release ends; stop and a backup wait for the release', async (t) => {
+  let unmounted!: () => void;
+  const unmounting = new Promise<void>((resolve) => (unmounted = resolve));
+  let released = false;
+  const sandbox = fakeSandbox({ unmount: () => unmounting.then(() => void (released = true)) });
+  const backedUp: string[] = [];
+  const backups: WorkspaceBackups = {
+    backup: async () => {
+      backedUp.push(released ? 'after the release' : 'before the release');
+      return { backupId: 'b-h', size: 1, sha256: '', keyId: 'k' };
+    },
+    restore: async () => undefined,
+    open: async () => ({ roots: ['content'], binding: undefined }),
+  };
+  const svc = service(t, sandbox, backups);
+  const states: string[] = [];
+  svc.events.on('changed', (r: { spec: { id: string }; status: { state: string } }) => r.spec.id === 'h' && states.push(r.status.state));
+  await svc.start(spec('h'));
+  sandbox.launched[0]!.exit({ exitCode: 0, signal: null, reaped: true });
+  await settled(svc, 'h');
+  t.same(states, ['CREATING', 'RUNNING', 'STOPPED'], 'STOPPED while the rootfs is still being unmounted');
+  let stopReturned = false;
+  const stop = svc.stop('h', 0).then(() => (stopReturned = true));
+  const backup = svc.backup('h', {});
+  await new Promise((resolve) => setImmediate(resolve));
+  t.notOk(stopReturned, 'stop waits for the release');
+  t.same(backedUp, [], 'the backup waits for the release');
+  unmounted();
+  await Promise.all([stop, backup]);
+  t.same(backedUp, ['after the release'], 'the backup ran on the released workspace');
+  t.notOk(sandbox.cgroups.has('h'), 'the cgroup is gone');
 });
 
 t.test('stop sends SIGTERM, then SIGKILL after the grace; the workspace ends STOPPED', async (t) => {

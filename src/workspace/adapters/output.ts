@@ -74,12 +74,21 @@ export class WorkspaceOutput implements WorkspaceLogs {
     }
   }
 
-  /** After the workload exits: everything it wrote is in the log, which is then closed. */
-  async closeWhenDrained(workspaceId: string): Promise<void> {
+  /** After the workload exits: everything it wrote and the CLOSE record are in the log, which readers now
+   *  see whole. The fsync waits for closeWhenDrained. */
+  async endWhenDrained(workspaceId: string): Promise<void> {
     const capture = this.captures.get(workspaceId);
     if (!capture) return;
     // The pipes end by themselves once the last write end (the workspace's) closes.
     await capture.done;
+    await capture.writer.end();
+  }
+
+  /** endWhenDrained, then the log fsynced and closed. */
+  async closeWhenDrained(workspaceId: string): Promise<void> {
+    const capture = this.captures.get(workspaceId);
+    if (!capture) return;
+    await this.endWhenDrained(workspaceId);
     await capture.writer.close();
     this.captures.delete(workspaceId);
   }

@@ -49,7 +49,7 @@ export function provenancePublisher(storage: ObjectStorage, key: ProvenanceSigni
       return published.objectName;
     },
     async verify(snapshotId) {
-      const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: `${snapshotId}.data`, publicKeyPem: key.publicKeyPem });
+      const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: storedObjectOf(snapshotId), publicKeyPem: key.publicKeyPem });
       const repo = statement.predicate.buildDefinition.resolvedDependencies?.find((d) => d.digest?.gitCommit);
       return {
         invocationId: statement.predicate.runDetails.metadata?.invocationId ?? '',
