@@ -187,7 +187,7 @@ export async function* fdSource(fd: number): AsyncGenerator<Buffer> {
 
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
-function writeFully(fd: number, bytes: Buffer): void {
+export function writeFully(fd: number, bytes: Uint8Array): void {
   let off = 0;
   while (off < bytes.length) {
     try {

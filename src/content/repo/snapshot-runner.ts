@@ -5,18 +5,15 @@
 // packs them. The child holds the two secrets chunking needs, the gear table and the id key: with them one
 // can tell where chunks end and whether a guessed chunk is in the repository, never read one.
 //
-// Frame on stdout: 0x01, id(32), u32be plaintext length, u8 encoding (0 raw, 1 zstd), u32be length, bytes.
+// The frames on stdout: src/content/repo/chunk-frames.ts.
 import crypto from 'node:crypto';
-import * as zstd from 'zstd-napi';
 import type { ArchiveRoot } from '../archive-roots';
 import { measureTrees } from '../archive';
-import { ArchiveSink, errorMessage, fdSink, type RunnerMessage } from '../archive-runner';
+import { errorMessage, type RunnerMessage } from '../archive-runner';
 import { TreeWalk } from '../tree-walk';
 import { DATA_CHUNKS, StreamChunker, TREE_CHUNKS } from './chunker';
-import { ENC_RAW, ENC_ZSTD } from './repository';
+import { workerChunkOutput, type ChunkOutput } from './chunk-frames';
 import { ID_BYTES, TarSplitter, TreeWriter } from './tree-stream';
-
-export const FRAME_HEADER = 1 + ID_BYTES + 4 + 1 + 4;
 
 export interface SnapshotJob {
   op: 'snapshot';
@@ -56,15 +53,13 @@ export type SnapshotMessage = RunnerMessage | { type: 'snapshot-done'; result: S
 const WALK_CHUNK = 1 << 20;
 const PROGRESS_EVERY_MS = 100;
 
-/** Walk, split, chunk and frame the new chunks into `sink`. */
-export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: (m: RunnerMessage) => void): Promise<SnapshotWalkResult> {
+/** Walk, split, chunk and hand the new chunks to `out`. */
+export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, report: (m: RunnerMessage) => void): Promise<SnapshotWalkResult> {
   const gear = Buffer.from(job.gear);
   const idKey = Buffer.from(job.idKey);
   const known = new Set<string>();
   const knownBuf = Buffer.from(job.known);
   for (let off = 0; off + ID_BYTES <= knownBuf.length; off += ID_BYTES) known.add(knownBuf.toString('latin1', off, off + ID_BYTES));
-  const cmp = new zstd.Compressor();
-  cmp.setParameters({ compressionLevel: 1, checksumFlag: false });
   const result: SnapshotWalkResult = { bytes: 0, files: 0, reusedFiles: 0, tree: Buffer.alloc(0), newChunks: 0, newBytes: 0 };
   const parent = parentIndex(job.parent);
 
@@ -73,17 +68,7 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
     const key = id.toString('latin1');
     if (known.has(key)) return id;
     known.add(key);
-    const packed = cmp.compress(plain);
-    const raw = packed.length >= plain.length - (plain.length >> 5);  // saves under 3%: not worth a decode
-    const payload = raw ? plain : packed;
-    const head = Buffer.allocUnsafe(FRAME_HEADER);
-    head[0] = 1;
-    id.copy(head, 1);
-    head.writeUInt32BE(plain.length, 1 + ID_BYTES);
-    head[1 + ID_BYTES + 4] = raw ? ENC_RAW : ENC_ZSTD;
-    head.writeUInt32BE(payload.length, 1 + ID_BYTES + 5);
-    sink.write(head);
-    sink.write(payload);
+    out.put(id, plain);
     result.newChunks++;
     result.newBytes += plain.length;
     return id;
@@ -125,12 +110,12 @@ export async function snapshotWalk(sink: ArchiveSink, job: SnapshotJob, report: 
           result.reusedFiles++;
         }
       }
-      await sink.ready();
+      await out.ready();
     }
     splitter.end();
     tree.flush();
     treeChunker.end();
-    await sink.end();
+    await out.end();
     report({ type: 'totals', bytes: result.bytes, files: result.files });
   } finally {
     clearInterval(timer);
@@ -181,7 +166,7 @@ if (require.main === module) {
   }
   process.on('disconnect', () => process.exit(finished ? 0 : 1));
   process.once('message', (job: SnapshotJob) => {
-    snapshotWalk(fdSink(1), job, send).then(
+    snapshotWalk(workerChunkOutput(1), job, send).then(
       (result) => send({ type: 'snapshot-done', result }),
       (err: unknown) => send(errorMessage(err)),
     ).finally(() => {

@@ -5,12 +5,14 @@
 // needs, so a snapshot is listed only once complete. The API matches BackupStore (the full format).
 import { ChildProcess, fork } from 'node:child_process';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { DomainError, ErrorCode } from '../../errors';
 import type { KeyRing } from '../../crypto/keys';
 import { GCM_NONCE_BYTES, GCM_TAG_BYTES } from '../../crypto/aead';
-import { aeadNative } from '../../native';
+import { aeadNative, native } from '../../native';
 import type { ArchiveRoot } from '../archive-roots';
 import { streamSink, type RunnerMessage } from '../archive-runner';
 import {
@@ -22,13 +24,16 @@ import type { ObjectStorage } from '../storage';
 import { openRepoKeys, readSmallObject, repoKeyId, rewrapRepoKey } from './repo-keys';
 import { RepoLock } from './repo-lock';
 import { chunkAad, openWith, PACK_TARGET, repoCrashPoint, repoName, Repository, sealWith, shortId, type PackEntry } from './repository';
-import { FRAME_HEADER, snapshotWalk, type ParentFiles, type SnapshotJob, type SnapshotMessage, type SnapshotWalkResult } from './snapshot-runner';
+import { FRAME_HEADER, inlineChunkOutput } from './chunk-frames';
+import { snapshotWalk, type ParentFiles, type SnapshotJob, type SnapshotMessage, type SnapshotWalkResult } from './snapshot-runner';
 import { ID_BYTES, REC_CHUNK, REC_FILE, REC_IDENTITY, REC_LITERAL, TreeReader, type TreeRecord } from './tree-stream';
 
 export const SNAPSHOT_FORMAT = 'tetrix-snapshot';
 const SNAPSHOT_PREFIX = 'snap-';
 const RUNNER = path.join(__dirname, 'snapshot-runner' + path.extname(__filename));
 const RESTORE_AHEAD_BYTES = 8 << 20;
+// The runner's output pipe holds about one data chunk (F_SETPIPE_SZ; 1 MiB is pipe-max-size by default).
+const RUNNER_PIPE_BYTES = 1 << 20;
 const MAX_NAMED_FILES = 20;
 /** A pack's buffer: the largest sealed chunk (4 MiB of data, its encoding byte, nonce and tag); a chunk that
  *  does not fit in what is left of it ends the pack first. */
@@ -230,17 +235,30 @@ export class SnapshotStore {
     };
     if (this.#inProcess) {
       const out = new PassThrough({ highWaterMark: 4 << 20 });
-      const done = snapshotWalk(streamSink(out), job, dispatch).catch((err) => {
+      const done = snapshotWalk(inlineChunkOutput(streamSink(out)), job, dispatch).catch((err) => {
         out.destroy();
         throw err;
       });
       done.catch(() => undefined);
       return { output: out, done, kill: () => out.destroy(new DomainError('ABORTED', 'cancelled')) };
     }
-    const child: ChildProcess = fork(RUNNER, [], {
-      stdio: ['ignore', 'pipe', 'inherit', 'ipc'], serialization: 'advanced',
-      execArgv: process.execArgv.filter((a) => !a.startsWith('--inspect')),
-    });
+    // A pipe, not the socket pair Node would make: the runner's writes block (on its compression worker)
+    // instead of polling on EAGAIN, and a capacity of a whole chunk lets it write one without waiting.
+    const pipe = native.outputPipe(RUNNER_PIPE_BYTES);
+    fs.closeSync(pipe.keepFd);
+    let child: ChildProcess;
+    try {
+      child = fork(RUNNER, [], {
+        stdio: ['ignore', pipe.writeFd, 'inherit', 'ipc'], serialization: 'advanced',
+        execArgv: process.execArgv.filter((a) => !a.startsWith('--inspect')),
+      });
+    } catch (err) {
+      fs.closeSync(pipe.readFd);
+      throw err;
+    } finally {
+      fs.closeSync(pipe.writeFd);
+    }
+    const output = new net.Socket({ fd: pipe.readFd, readable: true, writable: false });
     const done = new Promise<SnapshotWalkResult>((resolve, reject) => {
       let last: SnapshotMessage | undefined;
       child.on('message', (m: SnapshotMessage) => {
@@ -260,7 +278,7 @@ export class SnapshotStore {
     hooks.signal?.addEventListener('abort', onAbort, { once: true });
     child.once('exit', () => hooks.signal?.removeEventListener('abort', onAbort));
     child.send(job);
-    return { output: child.stdout!, done, kill: onAbort };
+    return { output, done, kill: onAbort };
   }
 
   async #writeSnapshot(repo: Repository, snapshotId: string, roots: ArchiveRoot[], walked: SnapshotWalkResult, packBytes: number, b: BackupBinding): Promise<{ storedBytes: number; sha256: string }> {
