@@ -381,15 +381,19 @@ export class WorkspaceService {
     crashPoint('after-volume');
   }
 
-  /** The network's /etc files and the restore go into the rootfs; then the output, whose ends spawn takes. */
+  /** The network's /etc files and the restore go into the rootfs; beside it the output opens, whose ends spawn takes. */
   private async prepareRootfs(start: Starting): Promise<void> {
     const { spec, status } = start.record;
-    const files = await this.o.network?.prepare(spec);
-    const beforeMount = this.restoreStep(start);
-    await this.o.sandbox.prepareRootfs(spec.id, start.image, status.uidBase, { ...(files ? { files } : {}), ...(beforeMount ? { beforeMount } : {}) });
-    const output = await this.openOutput(spec, status.uidBase);
-    start.opened.push(...output.fds);
-    start.output = output;
+    const opening = this.openOutput(spec, status.uidBase).then((output) => {
+      start.opened.push(...output.fds);
+      start.output = output;
+    });
+    const mounting = (async () => {
+      const files = await this.o.network?.prepare(spec);
+      const beforeMount = this.restoreStep(start);
+      await this.o.sandbox.prepareRootfs(spec.id, start.image, status.uidBase, { ...(files ? { files } : {}), ...(beforeMount ? { beforeMount } : {}) });
+    })();
+    await allSettledOrThrow([opening, mounting] as const);
   }
 
   /** A restore is verified to its last segment before it replaces the (empty) content and upper dirs. */
