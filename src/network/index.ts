@@ -5,7 +5,7 @@ import os from 'node:os';
 import { recordForwardingBefore, restoreForwarding } from './forwarding';
 import { DomainError, invalidArgument } from '../errors';
 import { allSettledOrThrow } from '../promises';
-import { formatIpv4, parseIpv4, parseRange, parseSubnet4, parseSubnet6, contains4, type Subnet4, type Subnet6 } from './cidr';
+import { formatIpv4, parseIpv4, parseIpv6, parseRange, parseSubnet4, parseSubnet6, contains4, type Subnet4, type Subnet6 } from './cidr';
 import { Firewall, metadataAddresses, type FirewallSpec } from './firewall';
 import { Links, workspaceMac, type NetnsRef } from './links';
 import { netNative } from '../native';
@@ -82,7 +82,7 @@ export class NodeNetwork {
     }
     const denied = splitFamilies('deniedRanges', opts.deniedRanges ?? [], { single: false });
 
-    if (!opts.netns) refuseSubnetInUse(subnet, bridge);
+    if (!opts.netns) refuseSubnetInUse(subnet, subnet6, bridge);
     const pool = await AddressPool.open(opts.stateDir, subnet, subnet6);
     const gw = pool.gateway;
     const links = new Links(opts.netns, {
@@ -301,18 +301,32 @@ function splitFamilies(field: string, items: readonly string[], o: { single: boo
  * with ours: replies to one network's workspaces would leave by the other's link. Read in the process's
  * own namespace, where a daemon's node network lives.
  */
-function refuseSubnetInUse(subnet: Subnet4, bridge: string): void {
+function refuseSubnetInUse(subnet: Subnet4, subnet6: Subnet6 | undefined, bridge: string): void {
   for (const [link, addrs] of Object.entries(os.networkInterfaces())) {
     if (link === bridge) continue;
     for (const a of addrs ?? []) {
-      if (a.family !== 'IPv4' || !a.cidr) continue;
-      const size = 2 ** (32 - Number(a.cidr.split('/')[1]));
-      const network = Math.floor((parseIpv4(a.address) ?? 0) / size) * size;
-      if (network < subnet.network + subnet.size && subnet.network < network + size) {
-        throw new DomainError('FAILED_PRECONDITION', `network: subnet ${subnet.text} overlaps ${a.cidr} on ${link} (another daemon's bridge?); give this daemon its own --network-subnet`);
+      if (!a.cidr) continue;
+      const prefix = Number(a.cidr.split('/')[1]);
+      if (a.family === 'IPv4') {
+        const size = 2 ** (32 - prefix);
+        const network = Math.floor((parseIpv4(a.address) ?? 0) / size) * size;
+        if (network < subnet.network + subnet.size && subnet.network < network + size) refuseOverlap(subnet.text, a.cidr, link, '--network-subnet');
+      } else if (subnet6 && overlaps6(subnet6, parseIpv6(a.address.split('%')[0]), prefix)) {
+        refuseOverlap(subnet6.text, a.cidr, link, '--network-subnet6');
       }
     }
   }
+}
+
+function overlaps6(subnet: Subnet6, address: bigint | undefined, prefix: number): boolean {
+  if (address === undefined) return false;
+  // Two prefixes overlap exactly when they agree on the shorter one's bits.
+  const common = BigInt(128 - Math.min(prefix, subnet.prefix));
+  return address >> common === subnet.network >> common;
+}
+
+function refuseOverlap(ours: string, theirs: string, link: string, flag: string): never {
+  throw new DomainError('FAILED_PRECONDITION', `network: subnet ${ours} overlaps ${theirs} on ${link} (another daemon's bridge?); give this daemon its own ${flag}`);
 }
 
 /**

@@ -101,6 +101,27 @@ t.test('a daemon given the socket of a live daemon refuses, naming its pid, and 
   t.same(await a.list(), [], 'and the first daemon still answers on it');
 });
 
+t.test('a second daemon refuses an IPv6 subnet the first one uses, even with an IPv4 subnet of its own', async (t) => {
+  const node = await createTestNode(t);
+  const a = await startDaemon(t, ['--network', 'on', '--network-subnet', '10.89.0.0/16', '--network-subnet6', 'fd00:7e7a:89::/64', '--dns-servers', '192.0.2.1',
+    '--network-bridge', node.bridge, '--network-table', node.table], { netns: node.netns });
+  await a.start({ ...sleeper('side-net6'), network: 'NETWORK_MODE_ISOLATED' });
+  const [pid] = await runningPids(a, ['side-net6']);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // A /56 that holds the first daemon's /64: the routes would overlap as well.
+  const r = await refusedDaemon(['--state-dir', path.join(dir, 'state'), '--socket', path.join(dir, 's.sock'), '--cgroup-parent', `${a.cgroupParent}-b`,
+    '--network', 'on', '--network-subnet', '10.90.0.0/16', '--network-subnet6', 'fd00:7e7a:89::/56', '--dns-servers', '192.0.2.1',
+    '--network-bridge', `${node.bridge.slice(0, 13)}b2`, '--network-table', `${node.table}_b`], node.netns);
+  t.equal(r.code, 1, 'the second daemon exits 1');
+  t.match(r.stderr, `subnet fd00:7e7a:89::/56 overlaps fd00:7e7a:89::1/64 on ${node.bridge}`, 'naming the link and address that has it');
+  t.match(r.stderr, '--network-subnet6', 'and the flag that picks another');
+  t.notOk((await node.sh('ip -o link show')).includes(`${node.bridge.slice(0, 13)}b2`), 'it made no bridge');
+  t.same(claimsOf(path.join(dir, 'state')), [], 'and gave back the names it had claimed');
+  t.same(await runningPids(a, ['side-net6']), [pid], "the first daemon's workspace runs on");
+  await a.teardown('side-net6');
+});
+
 t.test('grpc.health.v1 answers for the server and for each service by name', async (t) => {
   const d = await startDaemon(t);
   const Health = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
