@@ -36,6 +36,8 @@ export interface ParentFiles {
   counts: number[];
   ids: Uint8Array;     // 32 bytes each, concatenated
   lengths: number[];
+  /** The parent's whole size: the progress estimate, since a workspace changes little between backups. */
+  totals: { bytes: number; files: number };
 }
 
 export interface SnapshotWalkResult {
@@ -94,7 +96,8 @@ export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, report: (
     pendingBytes = pendingFiles = 0;
   }, PROGRESS_EVERY_MS);
   try {
-    reportEstimate(job.roots, report);
+    if (job.parent) report({ type: 'totals', ...job.parent.totals });
+    else reportEstimate(job.roots, report);
     const input = Buffer.allocUnsafe(WALK_CHUNK);
     while (!walk.done) {
       splitter.push(input.subarray(0, walk.fill(input)));

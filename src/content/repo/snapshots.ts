@@ -195,7 +195,7 @@ export class SnapshotStore {
     if (!latest) return undefined;
     try {
       const { tree } = await this.#verify(parseSnapshot(await this.#readObject(latest.backupId), latest.backupId));
-      const out: ParentFiles & { idList: Buffer[] } = { paths: [], identities: [], counts: [], ids: new Uint8Array(0), idList: [], lengths: [] };
+      const out: Omit<ParentFiles, 'totals'> & { idList: Buffer[] } = { paths: [], identities: [], counts: [], ids: new Uint8Array(0), idList: [], lengths: [] };
       let path = '';
       let identity: string | undefined;
       let ids: Buffer[] = [];
@@ -223,7 +223,7 @@ export class SnapshotStore {
       }
       close();
       const { idList, ...files } = out;
-      return { ...files, ids: Buffer.concat(idList) };
+      return { ...files, ids: Buffer.concat(idList), totals: { bytes: latest.bytes, files: latest.files } };
     } catch (err) {
       this.#log.warn({ backupId: latest.backupId, err: (err as Error).message }, 'parent snapshot unreadable: every file is read');
       return undefined;

@@ -76,6 +76,22 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     t.same(info.binding, ALICE);
   });
 
+  logicTest('progress: the first backup sends the measured total first; an incremental one its parent\'s size, then the exact total', async (t) => {
+    const f = await fixture(t, makeBackend, 'progress', { inProcess: false });
+    const seen = (): { bytesTotal: number; bytesDone: number; filesTotal: number; filesDone: number }[] => [];
+    const first = seen();
+    await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE, onProgress: (p) => first.push({ ...p }) });
+    const [infoA] = await f.store.list();
+    t.ok(first[0].bytesTotal >= infoA.bytes && first[0].bytesDone === 0, `the first report has the measured total (${first[0].bytesTotal}) before any byte`);
+    writeRandom(path.join(f.content, 'grown.bin'), 2 * MiB);
+    const second = seen();
+    const b = await f.store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE, onProgress: (p) => second.push({ ...p }) });
+    t.equal(second[0].bytesTotal, infoA.bytes, 'the incremental one starts from the parent\'s size as its estimate');
+    t.equal(second[0].bytesDone, 0, 'before any byte');
+    const infoB = (await f.store.list()).find((s) => s.backupId === b.backupId)!;
+    t.match(second.at(-1), { bytesTotal: infoB.bytes, bytesDone: infoB.bytes }, 'and ends at the exact total');
+  });
+
   t.test('dedup: an unchanged tree stores almost nothing; a 1 MiB insert in a large file about 1 MiB; across an owner\'s workspaces', async (t) => {
     const f = await fixture(t, makeBackend, 'dedup');
     writeRandom(path.join(f.content, 'large.bin'), 24 * MiB);
