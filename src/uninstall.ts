@@ -66,16 +66,16 @@ export async function uninstall(config: Config, opts: UninstallOptions): Promise
   removeIfPresent(config.socketPath, opts);
   releaseLock();
   removeIfPresent(config.stateDir, opts);
-  if (path.resolve(config.stateDir) === defaults().stateDir) {
-    removeOverlayModuleConfig(opts);
-    removeCommandWrappers(opts);
-  }
+  const mainDaemon = path.resolve(config.stateDir) === defaults().stateDir;
+  if (mainDaemon) removeOverlayModuleConfig(opts);
+  // The wrappers run the main daemon; a TETRIX_BIN_DIR given (as to install.sh) names wrappers to remove.
+  const binDir = process.env.TETRIX_BIN_DIR;
+  if (mainDaemon || binDir) removeCommandWrappers(binDir ?? '/usr/local/bin', opts);
 }
 
-/** The tetrixd and tetrixctl wrappers deploy/install.sh wrote for this checkout (TETRIX_BIN_DIR, else
- *  /usr/local/bin); a file another checkout or someone else wrote there is left alone. */
-function removeCommandWrappers(opts: UninstallOptions): void {
-  const binDir = process.env.TETRIX_BIN_DIR ?? '/usr/local/bin';
+/** The tetrixd and tetrixctl wrappers deploy/install.sh wrote for this checkout into binDir; a file another
+ *  checkout or someone else wrote there is left alone. */
+function removeCommandWrappers(binDir: string, opts: UninstallOptions): void {
   const mark = `# Written by ${packageRoot}/deploy/install.sh:`;
   for (const name of ['tetrixd', 'tetrixctl']) {
     const file = path.join(binDir, name);

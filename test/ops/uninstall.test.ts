@@ -4,8 +4,10 @@
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { promisify } from 'node:util';
-import { cgroupDirsOf, daemonMain, isAlive, mountsUnder, startDaemon, type Daemon } from '../helpers/daemon';
+import { cgroupDirsOf, daemonMain, isAlive, mountsUnder, repoRoot, startDaemon, type Daemon } from '../helpers/daemon';
 import { createTestNode, listTables, type TestNode } from '../network/fixture';
 import { DAEMON_NODE_FLAGS } from '../../src/node-flags';
 
@@ -27,9 +29,9 @@ function daemonArgs(d: Daemon, node: TestNode): string[] {
   ];
 }
 
-async function uninstall(node: TestNode, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function uninstall(node: TestNode, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const r = await run('nsenter', [`--net=${node.netns}`, process.execPath, ...DAEMON_NODE_FLAGS, daemonMain, 'uninstall', ...args], { timeout: 60_000 });
+    const r = await run('nsenter', [`--net=${node.netns}`, process.execPath, ...DAEMON_NODE_FLAGS, daemonMain, 'uninstall', ...args], { timeout: 60_000, env: { ...process.env, ...env } });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -90,4 +92,24 @@ t.test('uninstall refuses while its daemon runs, naming the pid', async (t) => {
   t.match(r.stderr, `(pid ${d.process.pid})`, 'naming the daemon that serves');
   t.ok(fs.existsSync(d.stateDir), 'and removed nothing');
   t.same(await d.list(), [], 'the daemon still answers');
+});
+
+t.test('uninstall removes the command wrappers install.sh wrote for this checkout, and nothing else in that directory', async (t) => {
+  const node = await createTestNode(t);
+  const binDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-test-bin-'));
+  t.teardown(() => fs.rmSync(binDir, { recursive: true, force: true }));
+  await run('bash', [path.join(repoRoot, 'deploy', 'install.sh'), '--wrappers-only'], { env: { ...process.env, TETRIX_BIN_DIR: binDir } });
+  t.match(fs.readFileSync(path.join(binDir, 'tetrixctl'), 'utf8'), `# Written by ${repoRoot}/deploy/install.sh:`, 'install.sh wrote the wrappers');
+  const foreign = '#!/bin/sh\n# Written by /opt/other-checkout/deploy/install.sh: another checkout\nexit 0\n';
+  fs.writeFileSync(path.join(binDir, 'tetrixd'), foreign, { mode: 0o755 });
+  fs.writeFileSync(path.join(binDir, 'unrelated'), 'someone else\n');
+  const d = await startDaemon(t, [], { netns: node.netns });
+  await d.terminate();
+  const r = await uninstall(node, ['--state-dir', d.stateDir, '--socket', d.socketPath, '--cgroup-parent', d.cgroupParent, '--network', 'off'], { TETRIX_BIN_DIR: binDir });
+  t.equal(r.code, 0, `uninstall succeeds: ${r.stderr}`);
+  t.match(r.stdout, `removed ${path.join(binDir, 'tetrixctl')}`, 'it says it removed the wrapper');
+  t.notOk(fs.existsSync(path.join(binDir, 'tetrixctl')), "this checkout's tetrixctl wrapper is gone");
+  t.equal(fs.readFileSync(path.join(binDir, 'tetrixd'), 'utf8'), foreign, "another checkout's tetrixd is left as it was");
+  t.equal(fs.readFileSync(path.join(binDir, 'unrelated'), 'utf8'), 'someone else\n', 'and so is any other file');
+  t.notOk(fs.existsSync(d.stateDir), 'the state dir is gone');
 });
