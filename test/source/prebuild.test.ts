@@ -84,6 +84,7 @@ t.test('prebuild -> snapshot -> new commit -> workspace from the prebuild', asyn
     t.equal(w.source?.commit, newer, 'checked out at the new commit');
     t.equal(w.content?.prebuildVerified, true, 'the provenance verified');
     t.equal(w.content?.prebuildSnapshotId, snapshot);
+    t.equal(w.content?.prebuildTree, 'unpacked', 'a full-format snapshot goes through the tree cache too');
     t.match(w.content?.prebuildId ?? '', new RegExp(`^${pid}-`), 'the prebuild it came from is recorded');
     const fetched = Number(w.content?.objectsTotal);
     t.ok(fetched > 0 && fetched <= 10, `only the new objects were fetched (${fetched}, the prebuild fetched ${firstFetch})`);
