@@ -15,6 +15,7 @@ import { unaryCall } from '../../src/cli/client';
 import { isFinalState } from '../prebuild/daemon-fixtures';
 import { backupAs, refusal, startAs, startUserDaemon } from '../content/daemon-backup-fixture';
 import { git, makeRepo, startGitDaemon } from './fixtures';
+import { startStorageDaemon } from '../storage/daemon-fixture';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
 
@@ -266,4 +267,29 @@ t.test('concurrent starts from one prebuild share one unpack', async (t: Test) =
   t.same(fs.readdirSync(path.join(d.stateDir, 'prebuild-trees')), [done.snapshotId], 'one entry, no staging dir left');
   for (const id of ids) await d.teardown(id);
   t.notOk(mountinfo().includes(d.stateDir), 'nothing of the daemon is mounted after the teardowns');
+});
+
+t.test('with encrypted workspace storage the node keeps no tree cache: a start from a prebuild restores', async (t: Test) => {
+  const server = await startGitDaemon(root);
+  t.teardown(() => server.kill());
+  const d = await startStorageDaemon(t, ['--source-allowed-destinations', `127.0.0.1:${server.port}`, '--backup-format', 'snapshot']);
+  const url = server.url('app.git');
+  const pid = uniqueName('pbc-enc');
+  await d.start({
+    id: pid, ownerId: 'pat', teamId: 'team-a', kind: 'WORKSPACE_KIND_PREBUILD', image: 'builtin:busybox',
+    content: { git: { url, ref: 'main' } }, tasks: [{ name: 'build', command: ['/bin/sh', '-c', 'echo built > built.txt'], workingDir: '/workspace' }],
+  });
+  const done = await d.waitFor(pid, (w) => isFinalState(w.state), 60_000);
+  t.equal(done.state, 'WORKSPACE_STATE_SUCCEEDED', done.message);
+  const id = uniqueName('pbc-enc-ws');
+  const w = await d.start({
+    id, ownerId: 'pat', teamId: 'team-a', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exec sleep 600'],
+    content: { prebuild: { snapshotId: done.snapshotId, git: { url, ref: 'main' }, allowUnverified: false } },
+  });
+  t.equal(w.state, 'WORKSPACE_STATE_RUNNING', w.message);
+  t.equal(w.content?.prebuildTree, 'restored', 'restored into the workspace\'s encrypted volume');
+  t.equal(w.content?.prebuildVerified, true);
+  t.equal(fs.readFileSync(path.join(wsDir(d, id), 'content', 'built.txt'), 'utf8'), 'built\n');
+  t.notOk(fs.existsSync(path.join(d.stateDir, 'prebuild-trees')), 'no plaintext tree in the state dir');
+  await d.teardown(id);
 });
