@@ -14,7 +14,7 @@ import { uniqueName, type Daemon } from '../helpers/daemon';
 import { unaryCall } from '../../src/cli/client';
 import { isFinalState } from '../prebuild/daemon-fixtures';
 import { backupAs, refusal, startAs, startUserDaemon } from '../content/daemon-backup-fixture';
-import { git, makeRepo, startGitDaemon } from './fixtures';
+import { git, makeRepo, pushCommit, startGitDaemon } from './fixtures';
 import { startStorageDaemon } from '../storage/daemon-fixture';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 import type { Workspace__Output } from '../../src/generated/tetrix/agent/v1/Workspace';
@@ -40,14 +40,6 @@ function hashTree(dir: string): string {
   };
   walk('.');
   return h.digest('hex');
-}
-
-function pushCommit(file: string, text: string): string {
-  fs.writeFileSync(path.join(repo.work, file), text);
-  git(repo.work, 'add', file);
-  git(repo.work, 'commit', '-q', '-m', `change ${file}`);
-  git(repo.work, 'push', '-q', 'origin', 'main');
-  return git(repo.work, 'rev-parse', 'HEAD');
 }
 
 /** Log lines of the daemon with this message (and this field value, if given). */
@@ -85,7 +77,7 @@ t.test('starts from a cached prebuild tree', async (t) => {
   const done = await d.waitFor(pid, (w) => isFinalState(w.state), 60_000);
   t.equal(done.state, 'WORKSPACE_STATE_SUCCEEDED', done.message);
   const snapshot = done.snapshotId;
-  const newer = pushCommit('NEW', 'new since the prebuild\n');
+  const newer = pushCommit(repo, 'NEW', 'new since the prebuild\n');
 
   // The workload reads what it got, then writes: a new file, an edit of a tree file, a deletion.
   const script = [
