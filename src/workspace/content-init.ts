@@ -14,8 +14,8 @@ const PROGRESS_EVERY_MS = 250;
 export const contentOf = (record: WorkspaceRecord): ContentSpec => record.spec.content ?? NO_CONTENT;
 
 export class ContentInit {
-  /** The stored object each snapshot's provenance verified against, as of its last verification. */
-  private readonly verifiedObjects = new Map<string, string>();
+  /** Per start (its record's content status): the stored object its snapshot's provenance verified against. */
+  private readonly verifiedObjects = new WeakMap<ContentStatus, string>();
 
   constructor(private readonly o: {
     source?: WorkspaceSource; provenance?: ProvenancePublisher; backups?: WorkspaceBackups; prebuildTrees?: WorkspacePrebuildTrees;
@@ -39,7 +39,7 @@ export class ContentInit {
     try {
       const verified = await this.o.provenance!.verify(content.prebuildSnapshot);
       Object.assign(status, { prebuildId: verified.invocationId, prebuildVerified: true });
-      this.verifiedObjects.set(content.prebuildSnapshot, verified.objectSha256);
+      this.verifiedObjects.set(status, verified.objectSha256);
     } catch (err) {
       if (!content.allowUnverified) {
         const why = err instanceof Error ? err.message : String(err);
@@ -60,7 +60,7 @@ export class ContentInit {
     if (content.kind !== 'prebuild') return undefined;
     const status = this.status(record);
     const snapshotId = content.prebuildSnapshot;
-    const objectSha256 = this.verifiedObjects.get(snapshotId) ?? '';
+    const objectSha256 = this.verifiedObjects.get(status) ?? '';
     status.prebuildTree = 'restored';
     if (!this.o.prebuildTrees || !this.o.backups || !status.prebuildVerified || opened.roots.join() !== 'content') return undefined;
     const backups = this.o.backups;

@@ -193,7 +193,11 @@ t.test('starts from a cached prebuild tree', async (t) => {
 
   await t.test('a daemon killed under a cache-backed workspace adopts it; teardown leaves no mount', async (t) => {
     await d.kill9();
+    // As an unpack cut by the kill would leave it.
+    const staging = path.join(d.stateDir, 'prebuild-trees', '.staging-0123456789ab');
+    fs.mkdirSync(path.join(staging, 'tree'), { recursive: true });
     await d.restart();
+    t.notOk(fs.existsSync(staging), 'the restarted daemon removed an interrupted unpack');
     const adopted = await d.get(second);
     t.equal(adopted.state, 'WORKSPACE_STATE_RUNNING', 'adopted');
     t.equal(adopted.pid, w2.pid, 'the same workload');
