@@ -289,3 +289,51 @@ t.test('with encrypted workspace storage the node keeps no tree cache: a start f
   t.notOk(fs.existsSync(path.join(d.stateDir, 'prebuild-trees')), 'no plaintext tree in the state dir');
   await d.teardown(id);
 });
+
+t.test('over prebuildCacheMaxBytes the least recently used unheld tree goes; a snapshot larger than it is restored', async (t: Test) => {
+  const server = await startGitDaemon(root);
+  t.teardown(() => server.kill());
+  const { d } = await startUserDaemon(t, ['--source-allowed-destinations', `127.0.0.1:${server.port}`, '--backup-format', 'snapshot']);
+  const url = server.url('app.git');
+  const prebuild = async (name: string): Promise<string> => {
+    const id = uniqueName(name);
+    await startAs(d, undefined, {
+      id, ownerId: 'pat', teamId: 'team-a', kind: 'WORKSPACE_KIND_PREBUILD', image: 'builtin:busybox',
+      content: { git: { url, ref: 'main' } }, tasks: [{ name: 'build', command: ['/bin/sh', '-c', `echo ${name} > built.txt`], workingDir: '/workspace' }],
+    });
+    const done = await d.waitFor(id, (w) => isFinalState(w.state), 60_000);
+    if (done.state !== 'WORKSPACE_STATE_SUCCEEDED') throw new Error(`${id}: ${done.message}`);
+    return done.snapshotId;
+  };
+  const a = await prebuild('pbc-lru-a');
+  const b = await prebuild('pbc-lru-b');
+  const fromSnapshot = (id: string, snapshotId: string): Promise<Workspace__Output> => startAs(d, undefined, {
+    id, ownerId: 'pat', teamId: 'team-a', image: 'builtin:busybox', command: ['/bin/sh', '-c', 'exec sleep 600'],
+    content: { prebuild: { snapshotId, git: { url, ref: 'main' }, allowUnverified: false } },
+  });
+  const entries = (): string[] => fs.readdirSync(path.join(d.stateDir, 'prebuild-trees')).sort();
+
+  const wa = uniqueName('pbc-lru-wa');
+  t.equal((await fromSnapshot(wa, a)).content?.prebuildTree, 'unpacked');
+  const bytesA = (JSON.parse(fs.readFileSync(path.join(d.stateDir, 'prebuild-trees', a, 'meta.json'), 'utf8')) as { bytes: number }).bytes;
+  await d.teardown(wa);
+  // Room for one of the two (same repository, about the same size), not both.
+  await d.terminate();
+  await d.restart({ TETRIX_PREBUILD_CACHE_MAX_BYTES: String(Math.floor(bytesA * 1.5)) });
+  const wb = uniqueName('pbc-lru-wb');
+  t.equal((await fromSnapshot(wb, b)).content?.prebuildTree, 'unpacked');
+  const end = Date.now() + 10_000;
+  while (entries().includes(a) && Date.now() < end) await new Promise((r) => setTimeout(r, 25));
+  t.same(entries(), [b], 'the older, unheld tree went; the one in use stayed');
+  const wa2 = uniqueName('pbc-lru-wa2');
+  t.equal((await fromSnapshot(wa2, a)).content?.prebuildTree, 'unpacked', 'unpacked again when asked for again');
+  t.same(entries(), [a, b].sort(), 'both held now: over the size, but neither goes while a workspace holds it');
+  for (const id of [wb, wa2]) await d.teardown(id);
+
+  await d.terminate();
+  await d.restart({ TETRIX_PREBUILD_CACHE_MAX_BYTES: '1' });
+  const small = uniqueName('pbc-lru-small');
+  const w = await fromSnapshot(small, a);
+  t.equal(w.content?.prebuildTree, 'restored', 'a snapshot larger than the cache is restored into the workspace');
+  await d.teardown(small);
+});
