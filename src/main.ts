@@ -37,6 +37,7 @@ import { provenancePublisher } from './workspace/adapters/provenance';
 import { openSecret, resealSecret, sealedKeyIdsIn, sealSecret } from './crypto/secrets';
 import { defaultDisk, openWorkspaceVolumes } from './storage/open';
 import { createSource } from './source';
+import { PrebuildTrees } from './prebuild/trees';
 
 export const version: string = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -117,6 +118,17 @@ async function serve(config: Config, log: Logger, nodeNames: readonly NodeName[]
   const volumes = await openWorkspaceVolumes(config, {
     put: (id, key) => store.putDiskKey(id, key), get: (id) => store.diskKey(id), erase: (id) => store.eraseDiskKey(id),
   }, log);
+  // Verified prebuild trees unpacked on the node, the lower layer of /workspace (docs/source.md). Not beside
+  // encrypted volumes: a plaintext copy of what they hold would undo their encryption.
+  const prebuildTrees = volumes || config.prebuildCacheMaxBytes === 0 ? undefined : new PrebuildTrees({
+    dir: stateLayout(config.stateDir).prebuildTrees,
+    maxBytes: config.prebuildCacheMaxBytes,
+    inUse: (snapshotId) => (workspaces?.list() ?? []).some((r) => r.status.uidBase !== 0 && r.status.content?.prebuildSnapshotId === snapshotId
+      && (r.status.content.prebuildTree === 'cached' || r.status.content.prebuildTree === 'unpacked')),
+    log,
+  });
+  await prebuildTrees?.open();
+  if (prebuildTrees) backups.onDeleted = (backupId) => prebuildTrees.forget(backupId);
   // eslint-disable-next-line prefer-const
   workspaces = new WorkspaceService({
     stateDir: config.stateDir,
@@ -132,11 +144,15 @@ async function serve(config: Config, log: Logger, nodeNames: readonly NodeName[]
     provenance: provenancePublisher(storage, signingKey, { nodeId: config.nodeId, version }),
     ...(volumes ? { storage: volumes } : {}),
     source: createSource(config, log, { launch: (spec) => sandbox.launchHelper(spec), listenInNetns: (pid, port) => native.listenInNetns(pid, port), outputPipe: (capacity) => native.outputPipe(capacity) }),
+    ...(prebuildTrees ? { prebuildTrees } : {}),
   });
+  // A tree whose last workspace went (its snapshot deleted, or the cache over its size) goes after it.
+  if (prebuildTrees) workspaces.events.on('removed', () => void prebuildTrees.collect().catch(() => undefined));
   output.onTaskEvent = (id, event) => workspaces.onTaskEvent(id, event);
   workspaces.events.on('backup', (b: { seconds: number; bytes: number }) => metrics.observeBackup(b.seconds, b.bytes));
   metrics.watch(workspaces);
   await workspaces.recover();
+  await prebuildTrees?.collect();
   const sessions = new ExecSessions({ workspaces, native, log, detachedTimeoutMs: config.execDetachedTimeoutMs });
   sessions.recover();
   const metricsServer = config.metricsListen ? await startMetricsServer(metrics, config.metricsListen) : undefined;

@@ -53,5 +53,6 @@ function contentMessage(c: NonNullable<WorkspaceRecord['status']['content']>): N
   return {
     phase: c.phase, objectsReceived: c.objectsReceived, objectsTotal: c.objectsTotal, attempts: c.attempts, failedStep: c.failedStep,
     prebuildId: c.prebuildId, prebuildSnapshotId: c.prebuildSnapshotId, prebuildVerified: c.prebuildVerified,
+    prebuildTree: c.prebuildTree ?? '', // absent in records from before the tree cache
   };
 }

@@ -12,7 +12,7 @@ export function contentLines(w: Workspace__Output): string {
   const lines = [`source: ${w.source?.repositoryUrl ?? ''} ${w.source?.revision ?? ''}`.trimEnd()];
   if (w.source?.commit) lines.push(`source.commit: ${w.source.commit}`);
   lines.push(`content: ${c.phase}, objects ${c.objectsReceived}/${c.objectsTotal}, attempts ${c.attempts}${c.failedStep ? `, failed at ${c.failedStep}` : ''}`);
-  if (c.prebuildSnapshotId) lines.push(`prebuild: ${c.prebuildId || '(unknown)'} snapshot ${c.prebuildSnapshotId} ${c.prebuildVerified ? 'verified' : 'NOT verified'}`);
+  if (c.prebuildSnapshotId) lines.push(`prebuild: ${c.prebuildId || '(unknown)'} snapshot ${c.prebuildSnapshotId} ${c.prebuildVerified ? 'verified' : 'NOT verified'}${c.prebuildTree ? `, tree ${c.prebuildTree}` : ''}`);
   return lines.map((l) => l + '\n').join('');
 }
 

@@ -83,6 +83,7 @@ export interface Config {
   readonly sourceCaFile: string;    // extra CA bundle for HTTPS remotes; '' = the host's CAs
   readonly sourceFetchAttempts: number; // tries of a fetch that fails for a transient reason
   readonly sourceRetryBaseMs: number;   // backoff before the second try, doubled for each next one
+  readonly prebuildCacheMaxBytes: number; // verified prebuild trees kept unpacked on the node, least recently used out (0 = none: restore each start)
   /** kekSource, kmsTokenFile and kmsCaFile, validated as one. */
   readonly kek: KekSource;
 }
@@ -179,6 +180,7 @@ export function defaults(): Config {
     sourceCaFile: '',
     sourceFetchAttempts: 3,
     sourceRetryBaseMs: 500,
+    prebuildCacheMaxBytes: 16 * 1024 ** 3,
     kek: { kind: 'state-dir' },
   };
 }
@@ -189,7 +191,7 @@ export class ConfigError extends Error {
 
 type Raw = Record<string, unknown>;
 
-const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'imageGcMaxAgeMs', 'imageStoreMaxBytes', 'backupKeepLast', 'backupKeepDaily', 'backupKeepWeekly', 'sourceFetchAttempts', 'sourceRetryBaseMs'] as const;
+const numericKeys = ['stopGraceMs', 'defaultMemoryBytes', 'defaultCpuMillis', 'defaultPids', 'maxMemoryBytes', 'maxCpuMillis', 'maxPids', 'ptyLimit', 'execDetachedTimeoutMs', 'tlsReloadMs', 'logMaxBytes', 'logRetentionMs', 'tokenMaxLifetimeSeconds', 'defaultDiskBytes', 'maxDiskBytes', 'defaultDiskInodes', 'maxDiskInodes', 'storagePoolSize', 'imageGcMaxAgeMs', 'imageStoreMaxBytes', 'backupKeepLast', 'backupKeepDaily', 'backupKeepWeekly', 'sourceFetchAttempts', 'sourceRetryBaseMs', 'prebuildCacheMaxBytes'] as const;
 const stringKeys = [
   'stateDir', 'socketPath', 'imagesDir', 'profilesDir', 'cgroupParent', 'cgroupRoot', 'idmapDir', 'claimsDir', 'auditLog', 'nodeId', 'logLevel', 'metricsListen',
   'apiListen', 'apiAddresses', 'tlsCertFile', 'tlsKeyFile', 'tlsCaFile', 'tlsCrlFile', 'tlsDenyListFile', 'tlsAllow',

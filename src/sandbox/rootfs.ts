@@ -10,6 +10,13 @@
 // If the kernel or the image's filesystem refuses idmapping, the old way is the fallback: overlay the
 // image directly and chown every entry through the overlay to uidBase+N (with metacopy=on a metadata-only
 // copy-up, about a millisecond each: fine for busybox, ~30 s for a 30k-file image).
+//
+// /workspace from a cached prebuild tree (src/prebuild/trees.ts) is the same idea one level down: content/
+// is an overlay whose lower is the tree idmapped into the workspace's range (content-lower/), with its own
+// upper and work dirs, so a start copies nothing of it and the tree is never written. Everything that
+// reads or writes the workspace's files (spawn's /workspace bind, the git fetch, backups, exec) names
+// content/ and sees the merged view. That overlay stays mounted until the workspace's files go (teardown),
+// not only while it runs: a stopped workspace is still backed up from it.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -25,6 +32,8 @@ export interface PrepareRootfsOptions {
   lowerDir: string | string[]; // the image directory (ImageStore.resolve().rootfs), or an OCI image's layers, top first
   uidBase: number;  // host id of container root; gids use the same base
   idCount?: number; // size of the mapped range, default 65536
+  /** A tree with unshifted ids (as an image's) that /workspace becomes an overlay over, instead of a plain dir. */
+  contentLower?: string;
 }
 
 /** How the image came to belong to container root: an idmapped lower layer, or the chown fallback. */
@@ -55,10 +64,11 @@ export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<Prepare
   if (!statOrUndefined(lowerDir)?.isDirectory()) {
     throw new DomainError('NOT_FOUND', `rootfs: image directory ${lowerDir} does not exist`);
   }
-  await makeLayout(layout, opts.uidBase);
+  await makeLayout(layout, opts.uidBase, opts.contentLower !== undefined);
   try {
     // E.g. a restore of the upper layer and content, which must land before the overlay is mounted.
     await opts.beforeMount?.({ upper: layout.upper, content: layout.content });
+    if (opts.contentLower !== undefined) await mountContentOverlay(opts.contentLower, layout, opts.uidBase, idCount);
     const ownership = await mountShiftedImage(lowerDir, layout, opts.uidBase, idCount);
     return { rootfs: layout.rootfs, contentDir: layout.content, ownership };
   } catch (err) {
@@ -74,9 +84,10 @@ export async function prepareRootfs(opts: PrepareRootfsOptions): Promise<Prepare
  */
 async function prepareLayeredRootfs(opts: PrepareRootfsOptions & { lowerDir: string[] }, layout: WorkspaceLayout, idCount: number): Promise<PreparedRootfs> {
   if (opts.lowerDir.length === 0) throw invalidArgument('image', 'has no layers');
-  await makeLayout(layout, opts.uidBase);
+  await makeLayout(layout, opts.uidBase, opts.contentLower !== undefined);
   try {
     await opts.beforeMount?.({ upper: layout.upper, content: layout.content });
+    if (opts.contentLower !== undefined) await mountContentOverlay(opts.contentLower, layout, opts.uidBase, idCount);
     const lowers = opts.lowerDir.map((_, i) => path.join(layout.lower, String(i)));
     await native.makeDirs(lowers.map((p) => ({ path: p, mode: 0o700, uid: 0, gid: 0 })));
     // At once, on the addon's worker threads: each is open_tree, mount_setattr and move_mount.
@@ -141,12 +152,12 @@ function checkOverlayPath(p: string): void {
   if (/[,:\\\n]/.test(p)) throw invalidArgument('rootfs', `path ${JSON.stringify(p)} contains a character overlayfs options cannot carry`);
 }
 
-async function makeLayout(layout: WorkspaceLayout, uidBase: number): Promise<void> {
+async function makeLayout(layout: WorkspaceLayout, uidBase: number, contentOverlay: boolean): Promise<void> {
   fs.mkdirSync(layout.wsDir, { recursive: true, mode: TRAVERSE_ONLY });
   fs.chmodSync(layout.wsDir, TRAVERSE_ONLY);
   // Only the daemon mounts below a workspace dir (lower and rootfs), so those two say whether a previous
   // rootfs is still there, without reading mountinfo.
-  if (isMountPoint(layout.rootfs) || isMountPoint(layout.lower) || nonEmpty(layout.upper)) {
+  if (isMountPoint(layout.rootfs) || isMountPoint(layout.lower) || isMountPoint(layout.content) || nonEmpty(layout.upper)) {
     throw new DomainError('FAILED_PRECONDITION', `rootfs: ${layout.wsDir} still holds a previous rootfs; release it first`);
   }
   // One worker round trip for all five (native/mount.c makeDirs says why).
@@ -158,6 +169,11 @@ async function makeLayout(layout: WorkspaceLayout, uidBase: number): Promise<voi
       dir(layout.work, 0o700, 0),
       dir(layout.rootfs, 0o755, 0),
       dir(layout.content, 0o755, uidBase),
+      ...(contentOverlay ? [
+        dir(layout.contentLower, 0o700, 0),
+        dir(layout.contentUpper, 0o755, uidBase), // the merged root's owner and mode are the upper's
+        dir(layout.contentWork, 0o700, 0),
+      ] : []),
     ]);
   } catch (err) {
     throw new DomainError('INTERNAL', `rootfs: ${(err as Error).message}`, { cause: err });
@@ -197,6 +213,49 @@ async function mountOverlay(lowerDir: string, layout: WorkspaceLayout): Promise<
       throw mountError(layout.rootfs, again);
     }
   }
+}
+
+/**
+ * content/ as an overlay over a prebuild tree: content-lower/ the tree idmapped into the workspace's range
+ * (read-only, nodev, nosuid), upper and work in the workspace's own dir. redirect_dir=off, as Docker's
+ * overlay2 runs: a rename(2) of a directory that came from the tree fails with EXDEV (mv copies instead),
+ * and the upper holds no redirect xattrs pointing into the lower. index=off: the tree is mounted afresh on
+ * each mount (after a reboot too), so there is no origin for an index to check. The tree's path is written
+ * first, so a crash after the mount still tells remountContent and the sweep what is mounted.
+ */
+async function mountContentOverlay(tree: string, layout: WorkspaceLayout, uidBase: number, idCount: number): Promise<void> {
+  for (const p of [tree, layout.contentLower, layout.contentUpper, layout.contentWork]) checkOverlayPath(p);
+  fs.writeFileSync(layout.contentTree, tree, { mode: 0o600 });
+  if (!isMountPoint(layout.contentLower)) {
+    try {
+      await native.idmapMount(tree, layout.contentLower, uidBase, uidBase, idCount);
+    } catch (err) {
+      throw new DomainError('FAILED_PRECONDITION', `rootfs: /workspace over a prebuild tree needs idmapped mounts: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const options = `lowerdir=${layout.contentLower},upperdir=${layout.contentUpper},workdir=${layout.contentWork},redirect_dir=off,index=off`;
+  try {
+    await native.mountAsync('overlay', layout.content, 'overlay', native.constants.MS_NODEV, options);
+  } catch (err) {
+    throw mountError(layout.content, err);
+  }
+}
+
+/**
+ * After a reboot (mounts outlive a daemon restart, not the node's): /workspace's overlay over its prebuild
+ * tree, mounted again if the workspace has one and it is not mounted. A no-op for every other workspace.
+ */
+export async function remountContent(wsDir: string, uidBase: number, idCount = 65536): Promise<void> {
+  const layout = workspaceLayout(wsDir);
+  let tree: string;
+  try {
+    tree = fs.readFileSync(layout.contentTree, 'utf8');
+  } catch {
+    return;
+  }
+  if (isMountPoint(layout.content)) return;
+  checkIds(uidBase, idCount);
+  await mountContentOverlay(tree, layout, uidBase, idCount);
 }
 
 function mountError(target: string, err: unknown): DomainError {
@@ -260,22 +319,28 @@ function writeRootfsFile(rootfs: string, relative: string, content: string): voi
 
 // --- release ---------------------------------------------------------------------------------------
 
-/** Unmounts everything at or below wsDir and checks mountinfo that it worked. */
-export async function unmountRootfs(wsDir: string): Promise<void> {
+/**
+ * Unmounts everything at or below wsDir and checks mountinfo that it worked. keepContent: except /workspace's
+ * overlay over a prebuild tree (content/ and content-lower/), which is the workspace's files, not its runtime.
+ */
+export async function unmountRootfs(wsDir: string, opts: { keepContent?: boolean } = {}): Promise<void> {
   const dir = realDir(wsDir);
   if (dir === undefined) return;
   // The daemon's own mounts, the overlay first: a detach takes whatever was mounted below it along.
   const layout = workspaceLayout(dir);
-  for (const target of [layout.rootfs, layout.lower]) {
+  const contentMounts = opts.keepContent ? [] : [layout.content, layout.contentLower];
+  for (const target of [layout.rootfs, layout.lower, ...contentMounts]) {
     for (let layer = 0; layer < 16 && isMountPoint(target); layer++) await umountDetached(target);
   }
+  const kept = opts.keepContent ? [layout.content, layout.contentLower] : [];
+  const remaining = async (): Promise<string[]> => (await mountsUnderAsync(dir)).filter((m) => !kept.some((k) => m === k || m.startsWith(`${k}/`)));
   // Anything else (stacked or foreign mounts) shows in mountinfo. One read: usually nothing is left.
   for (let round = 0; round < 16; round++) {
-    const mounts = await mountsUnderAsync(dir);
+    const mounts = await remaining();
     if (mounts.length === 0) return;
     for (const target of mounts.reverse()) await umountDetached(target);
   }
-  const left = await mountsUnderAsync(dir);
+  const left = await remaining();
   if (left.length > 0) throw new DomainError('INTERNAL', `rootfs: still mounted after unmounting: ${left.join(', ')}`);
 }
 

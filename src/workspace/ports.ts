@@ -45,9 +45,13 @@ export interface Sandbox {
   allocateIds(workspaceId: string): number;
   releaseIds(base: number): void;
   /** The image as the workspace's root, owned by its id range, with `files` written into it. beforeMount
-   *  runs with the empty upper and content dirs, before the overlay exists (restores). */
-  prepareRootfs(workspaceId: string, image: ImageRef, uidBase: number, opts: { files?: RootfsFiles; beforeMount?: (dirs: { upper: string; content: string }) => Promise<void> }): Promise<void>;
+   *  runs with the empty upper and content dirs, before the overlay exists (restores). contentLower: a
+   *  prebuild tree (WorkspacePrebuildTrees) /workspace is an overlay over, instead of an empty dir. */
+  prepareRootfs(workspaceId: string, image: ImageRef, uidBase: number, opts: { files?: RootfsFiles; beforeMount?: (dirs: { upper: string; content: string }) => Promise<void>; contentLower?: string }): Promise<void>;
+  /** What the workspace holds only while it runs; its files (/workspace's overlay included) stay. */
   unmountRootfs(workspaceId: string): Promise<void>;
+  /** After a restart: /workspace's overlay over its prebuild tree mounted again if a reboot took it. */
+  remountContent(workspaceId: string, uidBase: number): Promise<void>;
   /** Unmounts anything left below the workspace's directory, then deletes it. */
   removeWorkspaceDir(workspaceId: string): Promise<void>;
   /** The group launch() places the workspace's init in. */
@@ -165,6 +169,21 @@ export interface WorkspaceStorage {
   destroy(workspaceId: string): Promise<void>;
   usage(workspaceId: string): DiskUsage | undefined;
   sweep(liveIds: ReadonlySet<string>): Promise<number>;
+}
+
+/**
+ * Verified prebuild snapshots unpacked once on the node (src/prebuild/trees.ts), each the read-only lower of
+ * the /workspace of every workspace started from it. Absent on a node whose workspaces are on encrypted
+ * volumes: a plaintext tree beside them would undo that.
+ */
+export interface WorkspacePrebuildTrees {
+  /**
+   * The tree of the snapshot (its stored object's sha256 as verified just now), unpacked with `unpack` into an
+   * empty dir if the node has none. `hold` is called at once with how it was had, before anything could
+   * remove the tree; from then on the caller's record holds it (inUse). undefined: not cacheable (too large,
+   * or an entry that does not match the object), restore instead.
+   */
+  acquire(snapshot: { snapshotId: string; objectSha256: string; bytes: number }, unpack: (dir: string) => Promise<void>, hold: (how: 'cached' | 'unpacked') => void): Promise<string | undefined>;
 }
 
 /** Content initialization from git (src/source): the checkout, in a sandbox of its own. */

@@ -17,7 +17,7 @@ import type { ProvenancePublisher } from './adapters/provenance';
 import type { TaskEvent } from '../prebuild/tasks';
 import { ContentInit, isContentFailure } from './content-init';
 import type { ContentStatus } from './types';
-import type { WorkspaceSource } from './ports';
+import type { WorkspacePrebuildTrees, WorkspaceSource } from './ports';
 
 export interface WorkspaceServiceOptions {
   stateDir: string;
@@ -33,6 +33,7 @@ export interface WorkspaceServiceOptions {
   provenance?: ProvenancePublisher;
   storage?: WorkspaceStorage;   // encrypted, size-limited volumes (src/storage); without it, plain dirs
   source?: WorkspaceSource;
+  prebuildTrees?: WorkspacePrebuildTrees; // absent: a start from a prebuild restores its snapshot
 }
 
 interface Runtime {
@@ -383,7 +384,8 @@ export class WorkspaceService {
     crashPoint('after-volume');
   }
 
-  /** The network's /etc files and the restore go into the rootfs; beside it the output opens, whose ends spawn takes. */
+  /** The network's /etc files and the restore (or the prebuild tree /workspace lies over) go into the rootfs;
+   *  beside it the output opens, whose ends spawn takes. */
   private async prepareRootfs(start: Starting): Promise<void> {
     const { spec, status } = start.record;
     const opening = this.openOutput(spec, status.uidBase).then((output) => {
@@ -392,8 +394,10 @@ export class WorkspaceService {
     });
     const mounting = (async () => {
       const files = await this.o.network?.prepare(spec);
-      const beforeMount = this.restoreStep(start);
-      await this.o.sandbox.prepareRootfs(spec.id, start.image, status.uidBase, { ...(files ? { files } : {}), ...(beforeMount ? { beforeMount } : {}) });
+      const contentLower = start.restoring && await this.content.prebuildTree(start.record, start.restoring);
+      const beforeMount = contentLower ? undefined : this.restoreStep(start);
+      await this.o.sandbox.prepareRootfs(spec.id, start.image, status.uidBase, { ...(files ? { files } : {}), ...(beforeMount ? { beforeMount } : {}), ...(contentLower ? { contentLower } : {}) });
+      if (contentLower) status.restoredFrom = spec.restoreFrom;
     })();
     await allSettledOrThrow([opening, mounting] as const);
   }
@@ -610,6 +614,10 @@ export class WorkspaceService {
 
   private async recoverOne(record: WorkspaceRecord): Promise<void> {
     const { status } = record;
+    // A reboot took /workspace's overlay over a prebuild tree with it: its files must be whole again.
+    if (!status.tearingDown && status.uidBase) {
+      await this.o.sandbox.remountContent(record.spec.id, status.uidBase).catch((err: unknown) => this.o.log.error({ workspace: record.spec.id, err: errText(err) }, '/workspace over its prebuild tree not mounted again'));
+    }
     const adopted = status.pid ? this.o.sandbox.adopt(status.pid, status.pidStartTime) : undefined;
     if (status.tearingDown) {
       if (adopted) this.watch(record, adopted, false);

@@ -52,10 +52,13 @@ export interface ContentStatus {
   prebuildId: string;
   prebuildSnapshotId: string;
   prebuildVerified: boolean;
+  /** How /workspace was made from the snapshot: over the node's cached tree ('cached'), over a tree unpacked
+   *  for this start ('unpacked'), or restored into the workspace ('restored'); '' for other content. */
+  prebuildTree: '' | 'cached' | 'unpacked' | 'restored';
 }
 
 export const noContentStatus = (): ContentStatus => ({
-  phase: '', objectsReceived: 0, objectsTotal: 0, attempts: 0, failedStep: '', commit: '', prebuildId: '', prebuildSnapshotId: '', prebuildVerified: false,
+  phase: '', objectsReceived: 0, objectsTotal: 0, attempts: 0, failedStep: '', commit: '', prebuildId: '', prebuildSnapshotId: '', prebuildVerified: false, prebuildTree: '',
 });
 
 export interface TaskStatus {

@@ -69,6 +69,15 @@ export function makeRepo(root: string, name: string, opts: { files?: number; sub
   return { bare, work, commits, tagCommit, featureCommit };
 }
 
+/** A new commit on main that writes `file`, pushed to the served repository; returns its id. */
+export function pushCommit(repo: TestRepo, file: string, text: string): string {
+  fs.writeFileSync(path.join(repo.work, file), text);
+  git(repo.work, 'add', file);
+  git(repo.work, 'commit', '-q', '-m', `change ${file}`);
+  git(repo.work, 'push', '-q', 'origin', 'main');
+  return git(repo.work, 'rev-parse', 'HEAD');
+}
+
 /** A small repository to serve as a submodule. */
 export function makeSubRepo(root: string, name: string): string {
   const work = path.join(root, `${name}-work`);

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { ctlMain, startDaemon, uniqueName, type Daemon } from '../helpers/daemon';
 import { isFinalState } from '../prebuild/daemon-fixtures';
-import { git, makeRepo, startGitDaemon } from './fixtures';
+import { git, makeRepo, pushCommit, startGitDaemon } from './fixtures';
 import type { StartWorkspaceRequest } from '../../src/generated/tetrix/agent/v1/StartWorkspaceRequest';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tetrix-source-prebuild-'));
@@ -34,14 +34,6 @@ async function runPrebuild(d: Daemon, req: StartWorkspaceRequest): Promise<strin
   const done = await d.waitFor(req.id!, (w) => isFinalState(w.state), 60_000);
   if (done.state !== 'WORKSPACE_STATE_SUCCEEDED') throw new Error(`prebuild ${req.id}: ${done.state} ${done.message}`);
   return done.snapshotId;
-}
-
-function pushCommit(file: string, text: string): string {
-  fs.writeFileSync(path.join(repo.work, file), text);
-  git(repo.work, 'add', file);
-  git(repo.work, 'commit', '-q', '-m', `change ${file}`);
-  git(repo.work, 'push', '-q', 'origin', 'main');
-  return git(repo.work, 'rev-parse', 'HEAD');
 }
 
 t.test('prebuild -> snapshot -> new commit -> workspace from the prebuild', async (t) => {
@@ -75,7 +67,7 @@ t.test('prebuild -> snapshot -> new commit -> workspace from the prebuild', asyn
     t.match(text.stdout, /asked: \{"repository":"git:\/\/127\.0\.0\.1:\d+\/app\.git","revision":"main"\}/);
   });
 
-  const newer = pushCommit('NEW', 'new since the prebuild\n');
+  const newer = pushCommit(repo, 'NEW', 'new since the prebuild\n');
 
   await t.test('a workspace from the verified snapshot fetches only the new commit', async (t) => {
     const id = uniqueName('src-from-pb');
@@ -84,6 +76,7 @@ t.test('prebuild -> snapshot -> new commit -> workspace from the prebuild', asyn
     t.equal(w.source?.commit, newer, 'checked out at the new commit');
     t.equal(w.content?.prebuildVerified, true, 'the provenance verified');
     t.equal(w.content?.prebuildSnapshotId, snapshot);
+    t.equal(w.content?.prebuildTree, 'unpacked', 'a full-format snapshot goes through the tree cache too');
     t.match(w.content?.prebuildId ?? '', new RegExp(`^${pid}-`), 'the prebuild it came from is recorded');
     const fetched = Number(w.content?.objectsTotal);
     t.ok(fetched > 0 && fetched <= 10, `only the new objects were fetched (${fetched}, the prebuild fetched ${firstFetch})`);
@@ -127,7 +120,7 @@ t.test('prebuild -> snapshot -> new commit -> workspace from the prebuild', asyn
     ].join(' && ');
     const hid = uniqueName('src-pb-hostile');
     const hsnap = await runPrebuild(d, prebuildRequest(hid, url, hostile));
-    pushCommit('README', 'four\n');
+    pushCommit(repo, 'README', 'four\n');
     const id = uniqueName('src-from-hostile');
     const w = await d.start(fromPrebuild(id, hsnap, url));
     t.equal(w.state, 'WORKSPACE_STATE_RUNNING', w.message);
@@ -154,7 +147,7 @@ t.test('in the snapshot format (the daemon\'s default) the prebuild\'s provenanc
   const pid = uniqueName('src-pb-snap');
   const snapshot = await runPrebuild(d, prebuildRequest(pid, url, 'cat README > built.txt'));
   t.match(snapshot, /^sn-/, 'a snapshot of the repository format');
-  const newer = pushCommit('NEWER', 'after the snapshot-format prebuild\n');
+  const newer = pushCommit(repo, 'NEWER', 'after the snapshot-format prebuild\n');
   const id = uniqueName('src-from-snap');
   const w = await d.start(fromPrebuild(id, snapshot, url));
   t.equal(w.state, 'WORKSPACE_STATE_RUNNING', w.message);

@@ -57,6 +57,7 @@ function fakeSandbox(opts: { failLaunch?: string; ignoresTerm?: boolean; unmount
     releaseIds: () => undefined,
     prepareRootfs: async () => undefined,
     unmountRootfs: opts.unmount ?? (async () => undefined),
+    remountContent: async () => undefined,
     removeWorkspaceDir: async () => undefined,
     createCgroup: async (id) => void cgroups.add(id),
     destroyCgroup: async (id) => void cgroups.delete(id),

@@ -33,6 +33,8 @@ export class BackupFormats {
   readonly #write: BackupFormat;
   readonly #retention: RetentionPolicy;
   readonly #log: BackupLog;
+  /** Told of every backup deleted (DeleteBackup, retention, prune): the prebuild tree cache drops its tree. */
+  onDeleted: (backupId: string) => void = () => undefined;
 
   constructor(opts: { full: BackupStore; snapshots: SnapshotStore; write: BackupFormat; retention?: RetentionPolicy; log: BackupLog }) {
     this.#log = opts.log;
@@ -56,7 +58,10 @@ export class BackupFormats {
   async #applyRetention(binding: BackupBinding): Promise<void> {
     const mine = (await this.snapshots.list()).filter((s) => s.binding.workspaceId === binding.workspaceId && s.binding.ownerId === binding.ownerId);
     const forget = toForget(mine, this.#retention);
-    for (const id of forget) await this.snapshots.delete(id);
+    for (const id of forget) {
+      await this.snapshots.delete(id);
+      this.onDeleted(id);
+    }
     if (forget.length) {
       this.#log.info({ workspace: binding.workspaceId, forgotten: forget }, 'snapshots forgotten by the retention policy');
       await this.snapshots.gc(repoName(scopeOf(binding)));
@@ -92,8 +97,9 @@ export class BackupFormats {
   }
 
   /** Deletes a backup. A snapshot's chunks go at the next prune, unless another snapshot needs them. */
-  delete(backupId: string): Promise<void> {
-    return isSnapshotId(backupId) ? this.snapshots.delete(backupId) : this.full.delete(backupId);
+  async delete(backupId: string): Promise<void> {
+    await (isSnapshotId(backupId) ? this.snapshots.delete(backupId) : this.full.delete(backupId));
+    this.onDeleted(backupId);
   }
 
   /** The node's retention policy over snapshots (full backups are left as they are), then GC of the
@@ -107,6 +113,7 @@ export class BackupFormats {
       const s = snaps.find((x) => x.backupId === id)!;
       touched.add(repoName(scopeOf(s.binding)));
       await this.snapshots.delete(id);
+      this.onDeleted(id);
     }
     const gc = opts.all || retentionIsOff(this.#retention)
       ? await this.snapshots.gcAll()

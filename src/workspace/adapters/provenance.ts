@@ -14,6 +14,8 @@ export interface VerifiedSnapshot {
   builderId: string;
   /** The repository's gitCommit in resolvedDependencies ('' when the prebuild fetched none). */
   commit: string;
+  /** sha256 of the stored snapshot object the provenance verified against (what a cached tree must match). */
+  objectSha256: string;
 }
 
 export interface ProvenancePublisher {
@@ -49,12 +51,15 @@ export function provenancePublisher(storage: ObjectStorage, key: ProvenanceSigni
       return published.objectName;
     },
     async verify(snapshotId) {
-      const statement = await verifyStoredSnapshotProvenance({ storage, snapshotObject: storedObjectOf(snapshotId), publicKeyPem: key.publicKeyPem });
+      let objectSha256 = '';
+      const hashing = { get: storage.get.bind(storage), sha256: async (name: string) => (objectSha256 = await storage.sha256(name)) };
+      const statement = await verifyStoredSnapshotProvenance({ storage: hashing, snapshotObject: storedObjectOf(snapshotId), publicKeyPem: key.publicKeyPem });
       const repo = statement.predicate.buildDefinition.resolvedDependencies?.find((d) => d.digest?.gitCommit);
       return {
         invocationId: statement.predicate.runDetails.metadata?.invocationId ?? '',
         builderId: statement.predicate.runDetails.builder.id,
         commit: repo?.digest?.gitCommit ?? '',
+        objectSha256,
       };
     },
   };

@@ -15,7 +15,7 @@ import { IdRangeAllocator } from '../../sandbox/idmap';
 import { ImageStore, type ResolvedImage } from '../../sandbox/images';
 import { Launcher, readInitExitRecord, type Launched, type LaunchSpec } from '../../sandbox/launch';
 import { initBinaryPath, native } from '../../native';
-import { prepareRootfs, releaseRootfs, unmountRootfs, writeRootfsFiles, type ImageOwnership } from '../../sandbox/rootfs';
+import { prepareRootfs, releaseRootfs, remountContent, unmountRootfs, writeRootfsFiles, type ImageOwnership } from '../../sandbox/rootfs';
 import { SeccompProfiles } from '../../sandbox/seccomp';
 import { looksLikeReference } from '../../images/reference';
 import type { OciImageStore } from '../../images/store';
@@ -115,12 +115,14 @@ export async function createSandbox(config: Config, log: Logger, hooks: { onClea
     checkSeccompProfile: (profile) => void profiles.filterFor(profile),
     allocateIds: (workspaceId) => ids.allocate({ stateDir: config.stateDir, workspaceId }).base,
     releaseIds: (base) => ids.release(base),
-    prepareRootfs: async (workspaceId, image, uidBase, { files, beforeMount }) => {
-      const prepared = await prepareRootfs({ wsDir: dirOf(workspaceId), lowerDir: imageDirOf(image), uidBase, ...(beforeMount ? { beforeMount } : {}) });
+    prepareRootfs: async (workspaceId, image, uidBase, { files, beforeMount, contentLower }) => {
+      const prepared = await prepareRootfs({ wsDir: dirOf(workspaceId), lowerDir: imageDirOf(image), uidBase, ...(beforeMount ? { beforeMount } : {}), ...(contentLower ? { contentLower } : {}) });
       logOwnershipOnce(prepared.ownership);
       if (files) writeRootfsFiles(prepared.rootfs, files);
     },
-    unmountRootfs: (workspaceId) => unmountRootfs(dirOf(workspaceId)),
+    // Its files stay until teardown: /workspace over a prebuild tree stays mounted (src/sandbox/rootfs.ts).
+    unmountRootfs: (workspaceId) => unmountRootfs(dirOf(workspaceId), { keepContent: true }),
+    remountContent: (workspaceId, uidBase) => remountContent(dirOf(workspaceId), uidBase),
     removeWorkspaceDir: (workspaceId) => releaseRootfs(dirOf(workspaceId)),
     createCgroup: async (workspaceId, resources: Resources) => {
       placements.set(workspaceId, (await cgroups.create(workspaceId, boundedLimits(resources))).placement());
