@@ -152,16 +152,33 @@ export function streamSink(out: NodeJS.WritableStream & { writableNeedDrain?: bo
  */
 export function fdSink(fd: number): ArchiveSink {
   let sinceYield = 0;
+  const out = blockingDescription(fd, fs.constants.O_WRONLY);
   return {
-    write: (bytes) => writeFully(fd, bytes),
+    write: (bytes) => writeFully(out, bytes),
     ready: async () => {
       // Let timers (progress) and the IPC channel (a disconnect means stop) run now and then.
       if (++sinceYield < 8) return;
       sinceYield = 0;
       await new Promise<void>((resolve) => setImmediate(resolve));
     },
-    end: async () => { fs.closeSync(fd); },
+    end: async () => {
+      if (out !== fd) fs.closeSync(out);
+      fs.closeSync(fd);
+    },
   };
+}
+
+/**
+ * A blocking open file description of the pipe at `fd` (through /proc/self/fd), else `fd` itself: Node may
+ * have made the runner's stdio non-blocking, and a read or write that meets EAGAIN then sleeps in 1 ms steps
+ * (on a busy node, most of a backup's time: docs/backup-format.md, "Benchmark").
+ */
+export function blockingDescription(fd: number, flags: number): number {
+  try {
+    return fs.openSync(`/proc/self/fd/${fd}`, flags); // libuv opens close-on-exec
+  } catch {
+    return fd; // not a pipe (a socket cannot be reopened): poll as before
+  }
 }
 
 /**
@@ -169,19 +186,24 @@ export function fdSink(fd: number): ArchiveSink {
  * before the next is asked for. Fresh 64 KiB buffers per read, as process.stdin makes, cost a page fault
  * per 4 KiB on a gigabyte restore.
  */
-export async function* fdSource(fd: number): AsyncGenerator<Buffer> {
+export async function* fdSource(stdinFd: number): AsyncGenerator<Buffer> {
   const buf = Buffer.allocUnsafe(1 << 20);
-  for (;;) {
-    let n: number;
-    try {
-      n = fs.readSync(fd, buf, 0, buf.length, null);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
-      await new Promise<void>((resolve) => setTimeout(resolve, 1)); // a non-blocking fd after all
-      continue;
+  const fd = blockingDescription(stdinFd, fs.constants.O_RDONLY);
+  try {
+    for (;;) {
+      let n: number;
+      try {
+        n = fs.readSync(fd, buf, 0, buf.length, null);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        await new Promise<void>((resolve) => setTimeout(resolve, 1)); // a non-blocking fd after all
+        continue;
+      }
+      if (n === 0) return;
+      yield buf.subarray(0, n);
     }
-    if (n === 0) return;
-    yield buf.subarray(0, n);
+  } finally {
+    if (fd !== stdinFd) fs.closeSync(fd);
   }
 }
 

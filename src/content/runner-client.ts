@@ -2,7 +2,10 @@
 // or into (restore) it, and turn its last message into a result or a DomainError. `inProcess` runs the
 // same pipeline in this process instead (tools and tests that do many small restores).
 import { ChildProcess, fork } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
+import { native } from '../native';
 import { addAbortSignal, PassThrough, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DomainError, ErrorCode } from '../errors';
@@ -59,12 +62,37 @@ function toError(msg: RunnerMessage | undefined, exit: string): DomainError {
   return new DomainError('INTERNAL', `archive runner ended without a result (${exit})`);
 }
 
-function startChild(job: RunnerJob, hooks: RunnerHooks): { child: ChildProcess; result: Promise<RunnerStats> } {
-  const child = fork(RUNNER, [], {
-    stdio: ['pipe', 'pipe', 'inherit', 'ipc'],
-    serialization: 'advanced',
-    execArgv: process.execArgv.filter((a) => !a.startsWith('--inspect')),
-  });
+// A runner's stdin or stdout pipe holds about one 1 MiB chunk (F_SETPIPE_SZ; 1 MiB is pipe-max-size by default).
+const RUNNER_PIPE_BYTES = 1 << 20;
+
+/**
+ * A runner child (archive-runner.ts, snapshot-runner.ts) forked with a pipe of RUNNER_PIPE_BYTES as its
+ * stdin (`in`) or stdout (`out`), and the daemon's end of it as a stream. Not the socket pair Node would
+ * make: the runner reopens a pipe as a blocking description (blockingDescription), so neither side polls
+ * on EAGAIN, and a whole chunk fits without a wake-up per 64 KiB.
+ */
+export function forkRunner(runner: string, io: 'in' | 'out'): { child: ChildProcess; stream: net.Socket } {
+  const pipe = native.outputPipe(RUNNER_PIPE_BYTES);
+  fs.closeSync(pipe.keepFd);
+  const [childEnd, ourEnd] = io === 'in' ? [pipe.readFd, pipe.writeFd] : [pipe.writeFd, pipe.readFd];
+  let child: ChildProcess;
+  try {
+    child = fork(runner, [], {
+      stdio: io === 'in' ? [childEnd, 'ignore', 'inherit', 'ipc'] : ['ignore', childEnd, 'inherit', 'ipc'],
+      serialization: 'advanced',
+      execArgv: process.execArgv.filter((a) => !a.startsWith('--inspect')),
+    });
+  } catch (err) {
+    fs.closeSync(ourEnd);
+    throw err;
+  } finally {
+    fs.closeSync(childEnd);
+  }
+  return { child, stream: new net.Socket({ fd: ourEnd, readable: io === 'out', writable: io === 'in' }) };
+}
+
+function startChild(job: RunnerJob, hooks: RunnerHooks): { child: ChildProcess; stream: net.Socket; result: Promise<RunnerStats> } {
+  const { child, stream } = forkRunner(RUNNER, job.op === 'backup' ? 'out' : 'in');
   const result = new Promise<RunnerStats>((resolve, reject) => {
     let last: RunnerMessage | undefined;
     child.on('message', (msg: RunnerMessage) => {
@@ -86,7 +114,7 @@ function startChild(job: RunnerJob, hooks: RunnerHooks): { child: ChildProcess; 
   child.once('exit', () => hooks.signal?.removeEventListener('abort', onAbort));
   if (hooks.signal?.aborted) onAbort();
   child.send(job);
-  return { child, result };
+  return { child, stream, result };
 }
 
 function gate(source: Readable, result: Promise<RunnerStats>): Readable {
@@ -110,9 +138,8 @@ export function runBackup(job: BackupJob, hooks: RunnerHooks): BackupRun {
     const object = gate(out, result);
     return { object, done: result, kill: () => out.destroy(new DomainError('ABORTED', 'cancelled')) };
   }
-  const { child, result } = startChild(job, hooks);
-  child.stdin!.end();
-  return { object: gate(child.stdout!, result), done: result, kill: () => child.kill('SIGKILL') };
+  const { child, stream, result } = startChild(job, hooks);
+  return { object: gate(stream, result), done: result, kill: () => child.kill('SIGKILL') };
 }
 
 /**
@@ -125,18 +152,17 @@ export async function runRestore(job: RestoreJob, object: Readable, hooks: Runne
     if (hooks.signal) addAbortSignal(hooks.signal, object);
     return restoreFrom(object, job, (m) => dispatch(hooks, m)).catch((err) => { throw toError(errorMessage(err), ''); });
   }
-  const { child, result } = startChild(job, hooks);
-  child.stdout!.resume();
+  const { child, stream: stdin, result } = startChild(job, hooks);
   // An error of `object` itself (DATA_LOSS from decryption) wins. One that pipeline() passes back after the
   // child's stdin broke or closed (EPIPE, premature close: the child ended early) does not: the child's own
   // report says why.
   let inputError: Error | undefined;
   let stdinGone = false;
   const gone = () => { stdinGone = true; };
-  child.stdin!.once('error', gone).once('close', gone);
+  stdin.once('error', gone).once('close', gone);
   child.once('exit', gone);
   object.once('error', (err) => { if (!stdinGone) inputError = err; });
-  const feeding = pipeline(object, new PassThrough({ highWaterMark: RESTORE_READ_AHEAD }), child.stdin!).catch((err: NodeJS.ErrnoException) => {
+  const feeding = pipeline(object, new PassThrough({ highWaterMark: RESTORE_READ_AHEAD }), stdin).catch((err: NodeJS.ErrnoException) => {
     if (inputError) child.kill('SIGKILL');
     return err;
   });

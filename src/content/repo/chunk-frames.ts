@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import * as zstd from 'zstd-napi';
 import type { ArchiveSink } from '../archive-runner';
-import { writeFully } from '../archive-runner';
+import { blockingDescription, writeFully } from '../archive-runner';
 import { ENC_RAW, ENC_ZSTD } from './repository';
 import { ID_BYTES } from './tree-stream';
 
@@ -115,12 +115,11 @@ export function workerChunkOutput(fd: number): ChunkOutput {
 function runWorker(fd: number): void {
   const cmp = compressor();
   const port = parentPort!;
-  // A blocking description of the same pipe: Node may have made fd 1 non-blocking, and a write then polls.
-  const out = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_WRONLY);
+  const out = blockingDescription(fd, fs.constants.O_WRONLY);
   port.on('message', (m: ToWorker) => {
     try {
       if (m.type === 'end') {
-        fs.closeSync(out);
+        if (out !== fd) fs.closeSync(out);
         port.postMessage({ type: 'ended' } satisfies FromWorker);
         return;
       }

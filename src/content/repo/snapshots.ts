@@ -3,23 +3,20 @@
 // sizes, time) and its tree stream's chunk ids sealed under the repository key with every clear fact as
 // associated data, so a changed fact does not open. It is written after every pack and pack index it
 // needs, so a snapshot is listed only once complete. The API matches BackupStore (the full format).
-import { ChildProcess, fork } from 'node:child_process';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { DomainError, ErrorCode } from '../../errors';
 import type { KeyRing } from '../../crypto/keys';
 import { GCM_NONCE_BYTES, GCM_TAG_BYTES } from '../../crypto/aead';
-import { aeadNative, native } from '../../native';
+import { aeadNative } from '../../native';
 import type { ArchiveRoot } from '../archive-roots';
 import { streamSink, type RunnerMessage } from '../archive-runner';
 import {
   canonicalJson, makeStagingDir, ProgressReporter, swapIntoPlace,
   type AuthorizeBackup, type BackupBinding, type BackupLog, type BackupOptions, type BackupResult, type RestoreOptions, type SourceDirs,
 } from '../backups';
-import { runRestore } from '../runner-client';
+import { forkRunner, runRestore } from '../runner-client';
 import type { ObjectStorage } from '../storage';
 import { openRepoKeys, readSmallObject, repoKeyId, rewrapRepoKey } from './repo-keys';
 import { RepoLock } from './repo-lock';
@@ -32,8 +29,6 @@ export const SNAPSHOT_FORMAT = 'tetrix-snapshot';
 const SNAPSHOT_PREFIX = 'snap-';
 const RUNNER = path.join(__dirname, 'snapshot-runner' + path.extname(__filename));
 const RESTORE_AHEAD_BYTES = 8 << 20;
-// The runner's output pipe holds about one data chunk (F_SETPIPE_SZ; 1 MiB is pipe-max-size by default).
-const RUNNER_PIPE_BYTES = 1 << 20;
 const MAX_NAMED_FILES = 20;
 /** A pack's buffer: the largest sealed chunk (4 MiB of data, its encoding byte, nonce and tag); a chunk that
  *  does not fit in what is left of it ends the pack first. */
@@ -245,23 +240,7 @@ export class SnapshotStore {
       done.catch(() => undefined);
       return { output: out, done, kill: () => out.destroy(new DomainError('ABORTED', 'cancelled')) };
     }
-    // A pipe, not the socket pair Node would make: the runner's writes block (on its compression worker)
-    // instead of polling on EAGAIN, and a capacity of a whole chunk lets it write one without waiting.
-    const pipe = native.outputPipe(RUNNER_PIPE_BYTES);
-    fs.closeSync(pipe.keepFd);
-    let child: ChildProcess;
-    try {
-      child = fork(RUNNER, [], {
-        stdio: ['ignore', pipe.writeFd, 'inherit', 'ipc'], serialization: 'advanced',
-        execArgv: process.execArgv.filter((a) => !a.startsWith('--inspect')),
-      });
-    } catch (err) {
-      fs.closeSync(pipe.readFd);
-      throw err;
-    } finally {
-      fs.closeSync(pipe.writeFd);
-    }
-    const output = new net.Socket({ fd: pipe.readFd, readable: true, writable: false });
+    const { child, stream: output } = forkRunner(RUNNER, 'out');
     let jobFailed: unknown;
     const done = new Promise<SnapshotWalkResult>((resolve, reject) => {
       let last: SnapshotMessage | undefined;
