@@ -6,7 +6,9 @@
 # restores of the same tree take 3 s or 17 s. Needs root, mkfs.ext4 and losetup. Same variables as run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-size_gib=$(( ( ${TETRIX_BENCH_BYTES:-1073741824} * 8 / 1073741824 ) + 2 ))
+# Room for every round of run.sh without the busy ones and with them (restored trees stay until the end);
+# the image is sparse.
+size_gib=$(( ( ${TETRIX_BENCH_BYTES:-1073741824} * 16 / 1073741824 ) + 2 ))
 work=$(mktemp -d "/var/tmp/tetrix-benchfs-$$-XXXXXX")
 image="$work/fs.img"
 mnt="$work/mnt"

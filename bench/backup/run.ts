@@ -3,7 +3,9 @@
 // over one generated workspace-shaped tree, plus the resident memory growth of the process doing a
 // Tetrix backup. Not a test: run by hand (bench/backup/run.sh). TETRIX_BENCH_BYTES sets the tree size
 // (default 1 GiB); TETRIX_BENCH_ROUNDS (default 2) how many alternating rounds, best of each kept;
-// TETRIX_BENCH_KEEP=1 keeps the temp dir.
+// TETRIX_BENCH_KEEP=1 keeps the temp dir. After the quiet rounds the same rounds run again beside
+// TETRIX_BENCH_HOGS spinning processes (default one per core; 0 skips them), as on a busy node, and the
+// "busy" ratios follow.
 import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -85,6 +87,83 @@ function duBytes(dir: string): number {
   return Number(execFileSync('du', ['-sb', dir]).toString().split('\t')[0]);
 }
 
+interface Measured { pipeBackup: number; pipeRestore: number; pipeSize: number; tb: ChildResult; tr: ChildResult }
+
+/** Alternate the contenders and keep each one's best round: the machine is shared and noisy. */
+async function measure(o: { base: string; tree: string; passFile: string; enc: string; storeDir: string; keysDir: string; label: string }): Promise<Measured> {
+  const rounds = Number(process.env.TETRIX_BENCH_ROUNDS ?? 2);
+  let pipeBackup = Infinity;
+  let pipeRestore = Infinity;
+  let tb: ChildResult = { seconds: Infinity, rssBefore: 0, rssPeak: 0 };
+  let tr: ChildResult = { seconds: Infinity, rssBefore: 0, rssPeak: 0 };
+  let pipeSize = 0;
+  // Each timed step starts after `sync`, so neither contender pays for write-back of what the one before
+  // it left dirty (the pipeline does not fsync; Tetrix does). Restored trees are deleted only at the end:
+  // ext4 without a journal (this machine's) skips inodes freed in the last seconds (minutes while their
+  // inode table block is dirty) when allocating, so a restore right after a large delete pays for it.
+  // Odd rounds run Tetrix first, so neither side always inherits the other's page cache and inode state.
+  for (let round = 0; round < rounds; round++) {
+    let backupId = '';
+    const pipelineBackup = async () => {
+      fs.rmSync(o.enc, { force: true });
+      settle();
+      const s = timeShell(
+        `tar -cf - -C '${o.tree}' . | zstd -1 -T0 -q | openssl enc -aes-256-ctr -pbkdf2 -pass file:'${o.passFile}' -out '${o.enc}'`);
+      console.log(`${o.label} round ${round}: pipeline backup ${s.toFixed(2)} s`);
+      pipeBackup = Math.min(pipeBackup, s);
+      pipeSize = fs.statSync(o.enc).size;
+    };
+    const tetrixBackup = async () => {
+      settle();
+      const b = await runChild(['backup', o.storeDir, o.keysDir, o.tree]);
+      console.log(`${o.label} round ${round}: tetrix backup ${b.seconds.toFixed(2)} s`);
+      if (b.seconds < tb.seconds) tb = b;
+      backupId = fs.readFileSync(path.join(o.base, 'last-backup-id'), 'utf8');
+    };
+    const pipelineRestore = async () => {
+      const pipeOut = path.join(o.base, `restore-pipeline-${o.label}-${round}`);
+      fs.mkdirSync(pipeOut);
+      settle();
+      const s = timeShell(
+        `openssl enc -d -aes-256-ctr -pbkdf2 -pass file:'${o.passFile}' -in '${o.enc}' | zstd -d -q | tar -xf - -C '${pipeOut}'`);
+      console.log(`${o.label} round ${round}: pipeline restore ${s.toFixed(2)} s`);
+      pipeRestore = Math.min(pipeRestore, s);
+    };
+    const tetrixRestore = async () => {
+      settle();
+      const r = await runChild(['restore', o.storeDir, o.keysDir, path.join(o.base, `restore-tetrix-${o.label}-${round}`), backupId]);
+      console.log(`${o.label} round ${round}: tetrix restore ${r.seconds.toFixed(2)} s`);
+      if (r.seconds < tr.seconds) tr = r;
+    };
+    const order = round % 2 === 0
+      ? [pipelineBackup, tetrixBackup, pipelineRestore, tetrixRestore]
+      : [tetrixBackup, pipelineBackup, tetrixRestore, pipelineRestore];
+    for (const step of order) await step();
+  }
+
+  return { pipeBackup, pipeRestore, pipeSize, tb, tr };
+}
+
+function report(m: Measured, treeBytes: number, prefix: string): void {
+  const mbps = (s: number) => (treeBytes / MiB / s).toFixed(0);
+  console.log('');
+  console.log(`                 backup              restore             stored size`);
+  console.log(`pipeline   ${m.pipeBackup.toFixed(2).padStart(7)} s ${mbps(m.pipeBackup).padStart(6)} MiB/s  ${m.pipeRestore.toFixed(2).padStart(7)} s ${mbps(m.pipeRestore).padStart(6)} MiB/s  ${(m.pipeSize / MiB).toFixed(0)} MiB`);
+  console.log(`tetrix     ${m.tb.seconds.toFixed(2).padStart(7)} s ${mbps(m.tb.seconds).padStart(6)} MiB/s  ${m.tr.seconds.toFixed(2).padStart(7)} s ${mbps(m.tr.seconds).padStart(6)} MiB/s  ${((m.tb.size ?? 0) / MiB).toFixed(0)} MiB`);
+  console.log(`${prefix}backup ratio tetrix/pipeline: ${(m.pipeBackup / m.tb.seconds).toFixed(2)}`);
+  console.log(`${prefix}restore ratio tetrix/pipeline: ${(m.pipeRestore / m.tr.seconds).toFixed(2)}`);
+  console.log(`${prefix}tetrix backup RSS growth: ${((m.tb.rssPeak - m.tb.rssBefore) / MiB).toFixed(1)} MiB (limit 64)`);
+  console.log(`${prefix}tetrix restore RSS growth: ${((m.tr.rssPeak - m.tr.rssBefore) / MiB).toFixed(1)} MiB`);
+}
+
+/** n spinning shells, ended by their pids (and with this process: they are its children in its group). */
+function startCpuHogs(n: number): () => void {
+  const hogs = Array.from({ length: n }, () => spawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' }));
+  const stop = (): void => { for (const h of hogs) if (h.exitCode === null) h.kill('SIGKILL'); };
+  process.once('exit', stop);
+  return stop;
+}
+
 async function main(): Promise<void> {
   const total = Number(process.env.TETRIX_BENCH_BYTES ?? 1024 * MiB);
   const base = fs.mkdtempSync(path.join(os.tmpdir(), `tetrix-bench-backup-${process.pid}-`));
@@ -102,67 +181,23 @@ async function main(): Promise<void> {
     const enc = path.join(base, 'pipeline.tar.zst.enc');
     const storeDir = path.join(base, 'store');
     const keysDir = path.join(base, 'keys');
-    // Alternate the contenders and keep each one's best round: the machine is shared and noisy.
-    const rounds = Number(process.env.TETRIX_BENCH_ROUNDS ?? 2);
-    let pipeBackup = Infinity;
-    let pipeRestore = Infinity;
-    let tb: ChildResult = { seconds: Infinity, rssBefore: 0, rssPeak: 0 };
-    let tr: ChildResult = { seconds: Infinity, rssBefore: 0, rssPeak: 0 };
-    let pipeSize = 0;
-    // Each timed step starts after `sync`, so neither contender pays for write-back of what the one before
-    // it left dirty (the pipeline does not fsync; Tetrix does). Restored trees are deleted only at the end:
-    // ext4 without a journal (this machine's) skips inodes freed in the last seconds (minutes while their
-    // inode table block is dirty) when allocating, so a restore right after a large delete pays for it.
-    // Odd rounds run Tetrix first, so neither side always inherits the other's page cache and inode state.
-    for (let round = 0; round < rounds; round++) {
-      let backupId = '';
-      const pipelineBackup = async () => {
-        fs.rmSync(enc, { force: true });
-        settle();
-        const s = timeShell(
-          `tar -cf - -C '${tree}' . | zstd -1 -T0 -q | openssl enc -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -out '${enc}'`);
-        console.log(`round ${round}: pipeline backup ${s.toFixed(2)} s`);
-        pipeBackup = Math.min(pipeBackup, s);
-        pipeSize = fs.statSync(enc).size;
-      };
-      const tetrixBackup = async () => {
-        settle();
-        const b = await runChild(['backup', storeDir, keysDir, tree]);
-        console.log(`round ${round}: tetrix backup ${b.seconds.toFixed(2)} s`);
-        if (b.seconds < tb.seconds) tb = b;
-        backupId = fs.readFileSync(path.join(base, 'last-backup-id'), 'utf8');
-      };
-      const pipelineRestore = async () => {
-        const pipeOut = path.join(base, `restore-pipeline-${round}`);
-        fs.mkdirSync(pipeOut);
-        settle();
-        const s = timeShell(
-          `openssl enc -d -aes-256-ctr -pbkdf2 -pass file:'${passFile}' -in '${enc}' | zstd -d -q | tar -xf - -C '${pipeOut}'`);
-        console.log(`round ${round}: pipeline restore ${s.toFixed(2)} s`);
-        pipeRestore = Math.min(pipeRestore, s);
-      };
-      const tetrixRestore = async () => {
-        settle();
-        const r = await runChild(['restore', storeDir, keysDir, path.join(base, `restore-tetrix-${round}`), backupId]);
-        console.log(`round ${round}: tetrix restore ${r.seconds.toFixed(2)} s`);
-        if (r.seconds < tr.seconds) tr = r;
-      };
-      const order = round % 2 === 0
-        ? [pipelineBackup, tetrixBackup, pipelineRestore, tetrixRestore]
-        : [tetrixBackup, pipelineBackup, tetrixRestore, pipelineRestore];
-      for (const step of order) await step();
+    const load = (): string => os.loadavg().map((l) => l.toFixed(1)).join(' ');
+    console.log(`without hogs: load average ${load()} at the start (other work on the machine counts against both)`);
+    const plain = await measure({ base, tree, passFile, enc, storeDir, keysDir, label: 'plain' });
+    report(plain, treeBytes, '');
+    const hogs = Number(process.env.TETRIX_BENCH_HOGS ?? os.cpus().length);
+    if (hogs > 0) {
+      // A busy node: one spinning process per core beside both contenders, at the same priority.
+      const stop = startCpuHogs(hogs);
+      try {
+        const busy = await measure({ base, tree, passFile, enc, storeDir, keysDir, label: 'busy' });
+        console.log(`\nbusy: ${hogs} CPU hog(s) beside both contenders, load average ${load()} at the end`);
+        report(busy, treeBytes, 'busy ');
+      } finally {
+        stop();
+      }
     }
-
-    const mbps = (s: number) => (treeBytes / MiB / s).toFixed(0);
-    console.log('');
-    console.log(`                 backup              restore             stored size`);
-    console.log(`pipeline   ${pipeBackup.toFixed(2).padStart(7)} s ${mbps(pipeBackup).padStart(6)} MiB/s  ${pipeRestore.toFixed(2).padStart(7)} s ${mbps(pipeRestore).padStart(6)} MiB/s  ${(pipeSize / MiB).toFixed(0)} MiB`);
-    console.log(`tetrix     ${tb.seconds.toFixed(2).padStart(7)} s ${mbps(tb.seconds).padStart(6)} MiB/s  ${tr.seconds.toFixed(2).padStart(7)} s ${mbps(tr.seconds).padStart(6)} MiB/s  ${((tb.size ?? 0) / MiB).toFixed(0)} MiB`);
-    console.log(`backup ratio tetrix/pipeline: ${(pipeBackup / tb.seconds).toFixed(2)}`);
-    console.log(`restore ratio tetrix/pipeline: ${(pipeRestore / tr.seconds).toFixed(2)}`);
-    console.log(`tetrix backup RSS growth: ${((tb.rssPeak - tb.rssBefore) / MiB).toFixed(1)} MiB (limit 64)`);
-    console.log(`tetrix restore RSS growth: ${((tr.rssPeak - tr.rssBefore) / MiB).toFixed(1)} MiB`);
-    console.log(`(best of ${rounds} rounds each; Tetrix also fsyncs the stored object, the pipeline does not)`);
+    console.log(`(best of ${Number(process.env.TETRIX_BENCH_ROUNDS ?? 2)} rounds each; Tetrix also fsyncs the stored object, the pipeline does not)`);
   } finally {
     if (process.env.TETRIX_BENCH_KEEP !== '1') fs.rmSync(base, { recursive: true, force: true });
     else console.log(`kept ${base}`);
