@@ -299,11 +299,16 @@ function run(job: RunnerJob): void {
   });
 }
 
-/** DomainError codes pass through; errno codes (ENOSPC...) are kept in the message. */
+// A full file system or quota is the node's state, not a fault of ours: the caller may free space and retry.
+const OUT_OF_SPACE = /\b(ENOSPC|EDQUOT)\b/;
+
+/** DomainError codes pass through; errno codes are kept in the message, and out of space is RESOURCE_EXHAUSTED. */
 export function errorMessage(err: unknown): RunnerMessage {
   const e = err as Error & { code?: string };
-  const code = err instanceof DomainError ? err.code : undefined;
-  return { type: 'error', code, message: code ? e.message : `${e.code ? e.code + ': ' : ''}${e.message}` };
+  const message = err instanceof DomainError ? e.message : `${e.code ? e.code + ': ' : ''}${e.message}`;
+  const domain = err instanceof DomainError ? err.code : undefined;
+  const code = domain !== undefined && domain !== 'INTERNAL' ? domain : OUT_OF_SPACE.test(message) ? 'RESOURCE_EXHAUSTED' : domain;
+  return { type: 'error', code, message };
 }
 
 let finished = false;
