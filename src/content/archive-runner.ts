@@ -182,7 +182,7 @@ export function blockingDescription(fd: number, flags: number): number {
 }
 
 /**
- * The runner's stdin (a socket from the daemon) read into one reused buffer: each chunk must be used up
+ * The runner's stdin (a pipe from the daemon, forkRunner) read into one reused buffer: each chunk must be used up
  * before the next is asked for. Fresh 64 KiB buffers per read, as process.stdin makes, cost a page fault
  * per 4 KiB on a gigabyte restore.
  */

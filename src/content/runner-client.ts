@@ -5,10 +5,10 @@ import { ChildProcess, fork } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { native } from '../native';
 import { addAbortSignal, PassThrough, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DomainError, ErrorCode } from '../errors';
+import { native } from '../native';
 import {
   backupTo, BackupJob, errorMessage, restoreFrom, RestoreJob, RunnerJob, RunnerMessage, streamSink,
 } from './archive-runner';
