@@ -71,11 +71,11 @@ export function workerChunkOutput(fd: number): ChunkOutput {
   let inFlight = 0;
   let failed: Error | undefined;
   let wake: (() => void) | undefined;
-  let ended: (() => void) | undefined;
+  let ended = false;
   const settle = (): void => { const w = wake; wake = undefined; w?.(); };
   worker.on('message', (m: FromWorker) => {
     if (m.type === 'written') inFlight -= m.bytes;
-    else if (m.type === 'ended') ended?.();
+    else if (m.type === 'ended') ended = true;
     else failed = new Error(`snapshot runner: ${m.message}`);
     settle();
   });
@@ -100,11 +100,8 @@ export function workerChunkOutput(fd: number): ChunkOutput {
     },
     ready: () => waitUntil(() => inFlight < IN_FLIGHT_BYTES),
     end: async () => {
-      let done = false;
-      ended = () => { done = true; };
       worker.postMessage({ type: 'end' } satisfies ToWorker);
-      await waitUntil(() => done);
-      ended = undefined;
+      await waitUntil(() => ended);
       worker.removeAllListeners('exit');
       await worker.terminate();
       fs.closeSync(fd);
