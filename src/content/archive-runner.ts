@@ -147,24 +147,31 @@ export function streamSink(out: NodeJS.WritableStream & { writableNeedDrain?: bo
 }
 
 /**
- * A sink over a blocking fd (the runner's stdout, a socket to the daemon): writes wait for the daemon,
+ * A sink over a blocking fd (the runner's stdout, a pipe to the daemon): writes wait for the daemon,
  * while zstd's workers go on compressing what they hold.
  */
 export function fdSink(fd: number): ArchiveSink {
-  let sinceYield = 0;
   const out = blockingDescription(fd, fs.constants.O_WRONLY);
   return {
     write: (bytes) => writeFully(out, bytes),
-    ready: async () => {
-      // Let timers (progress) and the IPC channel (a disconnect means stop) run now and then.
-      if (++sinceYield < 8) return;
-      sinceYield = 0;
-      await new Promise<void>((resolve) => setImmediate(resolve));
-    },
+    ready: turnEvery(8),
     end: async () => {
       if (out !== fd) fs.closeSync(out);
       fs.closeSync(fd);
     },
+  };
+}
+
+/**
+ * For a synchronous walk's loop: every n-th call waits a turn of the event loop, so that timers (progress),
+ * the IPC channel (a disconnect means stop) and worker messages run now and then.
+ */
+export function turnEvery(n: number): () => Promise<void> {
+  let since = 0;
+  return async () => {
+    if (++since < n) return;
+    since = 0;
+    await new Promise<void>((resolve) => setImmediate(resolve));
   };
 }
 

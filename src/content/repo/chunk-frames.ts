@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import * as zstd from 'zstd-napi';
 import type { ArchiveSink } from '../archive-runner';
-import { blockingDescription, writeFully } from '../archive-runner';
+import { blockingDescription, turnEvery, writeFully } from '../archive-runner';
 import { ENC_RAW, ENC_ZSTD } from './repository';
 import { ID_BYTES } from './tree-stream';
 
@@ -81,6 +81,8 @@ export function workerChunkOutput(fd: number): ChunkOutput {
   });
   worker.on('error', (err) => { failed = err; settle(); });
   worker.on('exit', () => { failed ??= new Error('snapshot runner: compression worker exited'); settle(); });
+  // Also when the worker keeps up: the walk's progress timer and the worker's replies need turns of their own.
+  const turn = turnEvery(8);
   const waitUntil = async (done: () => boolean): Promise<void> => {
     while (!done()) {
       if (failed) throw failed;
@@ -98,7 +100,10 @@ export function workerChunkOutput(fd: number): ChunkOutput {
       inFlight += buf.byteLength;
       worker.postMessage({ type: 'chunk', buf } satisfies ToWorker, [buf]);
     },
-    ready: () => waitUntil(() => inFlight < IN_FLIGHT_BYTES),
+    ready: async () => {
+      await turn();
+      await waitUntil(() => inFlight < IN_FLIGHT_BYTES);
+    },
     end: async () => {
       worker.postMessage({ type: 'end' } satisfies ToWorker);
       await waitUntil(() => ended);
