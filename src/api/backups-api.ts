@@ -3,13 +3,12 @@
 import type { Logger } from 'pino';
 import type { BackupServiceHandlers } from '../generated/tetrix/agent/v1/BackupService';
 import type { BackupEntry } from '../generated/tetrix/agent/v1/BackupEntry';
-import type { BackupFormats, BackupListing } from '../content/repo/formats';
+import { isAnyBackupId, type BackupFormats, type BackupListing } from '../content/repo/formats';
 import { DomainError } from '../errors';
 import type { AuditLog } from './audit';
 import { authorizeBackupAction, mayListBackup } from './auth';
 import { unary } from './handlers';
 
-const BACKUP_ID = /^(bk|sn)-\d{8}T\d{6}Z-[0-9a-f]{12}$/;
 const FILTER_ID = /^[A-Za-z0-9][A-Za-z0-9._@:-]{0,255}$/;
 
 function filterId(field: string, value: string): string {
@@ -40,7 +39,7 @@ export function backupHandlers(backups: BackupFormats, audit: AuditLog, log: Log
       };
     }),
     DeleteBackup: unary(log, 'DeleteBackup', async (req, ctx) => {
-      if (!BACKUP_ID.test(req.backupId)) throw new DomainError('INVALID_ARGUMENT', 'backup_id: is not a backup id');
+      if (!isAnyBackupId(req.backupId)) throw new DomainError('INVALID_ARGUMENT', 'backup_id: is not a backup id');
       const binding = await backups.claimOf(req.backupId).catch((err: unknown) => {
         // Decided as for an unknown backup: a user learns nothing; an operator hears NOT_FOUND.
         authorizeBackupAction(ctx.principal, { id: req.backupId, binding: undefined }, 'delete-backup', audit);

@@ -17,6 +17,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { isAnyBackupId } from '../content/repo/formats';
 
 export interface PrebuildTreesOptions {
   dir: string;
@@ -37,7 +38,6 @@ interface TreeMeta {
 
 export type TreeUse = 'cached' | 'unpacked';
 
-const SNAPSHOT_ID = /^(bk|sn)-\d{8}T\d{6}Z-[0-9a-f]{12}$/; // src/api/backups-api.ts
 
 export class PrebuildTrees {
   /** Unpacks under way, one per snapshot: concurrent starts from one snapshot share it. */
@@ -65,7 +65,7 @@ export class PrebuildTrees {
     hold: (how: TreeUse) => void,
   ): Promise<string | undefined> {
     const { snapshotId } = snapshot;
-    if (!SNAPSHOT_ID.test(snapshotId) || !/^[0-9a-f]{64}$/.test(snapshot.objectSha256)) return undefined;
+    if (!isAnyBackupId(snapshotId) || !/^[0-9a-f]{64}$/.test(snapshot.objectSha256)) return undefined;
     if (snapshot.bytes > this.o.maxBytes) return undefined;
     this.busy.set(snapshotId, (this.busy.get(snapshotId) ?? 0) + 1);
     try {
@@ -101,7 +101,7 @@ export class PrebuildTrees {
 
   /** The snapshot was deleted: its tree goes now, or once the last workspace that holds it is gone. */
   forget(snapshotId: string): void {
-    if (!SNAPSHOT_ID.test(snapshotId) || !fs.existsSync(this.entry(snapshotId))) return;
+    if (!isAnyBackupId(snapshotId) || !fs.existsSync(this.entry(snapshotId))) return;
     fs.writeFileSync(path.join(this.entry(snapshotId), 'deleted'), '');
     this.collectSoon();
   }

@@ -142,6 +142,11 @@ export class BackupFormats {
 
 /** The object a backup's provenance names and hashes: a full backup's data object, a snapshot's own object
  *  (which binds, through its sealed tree, every chunk of it). */
+/** A backup id of either format (bk-… full, sn-… snapshot). */
+export function isAnyBackupId(id: string): boolean {
+  return isBackupId(id) || isSnapshotId(id);
+}
+
 export function storedObjectOf(backupId: string): string {
   return isSnapshotId(backupId) ? `snap-${backupId}` : `${backupId}.data`;
 }
