@@ -26,3 +26,27 @@ export function turnGate(perTurn: number): () => Promise<void> {
       if (waiting.push(resolve) === 1) setImmediate(release);
     });
 }
+
+/**
+ * fn over items with at most `depth` calls in flight, yielded in order: reads of storage objects one
+ * after the other pay one round trip each (an S3 GET, a thread-pool hop for a file).
+ */
+export async function* readAhead<I, T>(items: Iterable<I>, depth: number, fn: (item: I) => Promise<T>): AsyncGenerator<T> {
+  const it = items[Symbol.iterator]();
+  const ahead: Promise<T>[] = [];
+  const fill = (): void => {
+    while (ahead.length < depth) {
+      const next = it.next();
+      if (next.done) return;
+      const p = fn(next.value);
+      p.catch(() => undefined); // awaited below in its turn; a reader that stops early leaves it unread
+      ahead.push(p);
+    }
+  };
+  fill();
+  while (ahead.length) {
+    const value = await ahead.shift()!;
+    fill();
+    yield value;
+  }
+}

@@ -7,9 +7,11 @@ import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
+import { readAhead } from '../promises';
 import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutResult, readSha256 } from './storage';
 
 const TMP_DIR = '.tmp';
+const STATS_AHEAD = 16;
 
 export class FsObjectStorage implements ObjectStorage {
   readonly kind = 'fs';
@@ -42,27 +44,23 @@ export class FsObjectStorage implements ObjectStorage {
   }
 
   async get(name: string): Promise<Readable> {
-    checkObjectName(name);
-    const file = path.join(this.#root, name);
-    let handle: fs.promises.FileHandle;
+    return (await this.#open(name)).createReadStream({ highWaterMark: 1 << 20 });
+  }
+
+  // A stream costs a 1 MiB buffer and several turns per object: an index or a snapshot object is a few KiB.
+  async readWhole(name: string, limit: number): Promise<Buffer> {
+    const handle = await this.#open(name);
     try {
-      handle = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new DomainError('NOT_FOUND', `object ${name} not found`);
-      throw err;
+      const { size } = await handle.stat();
+      if (size > limit) throw new DomainError('DATA_LOSS', `object ${name} is larger than ${limit} bytes`);
+      return await handle.readFile();
+    } finally {
+      await handle.close();
     }
-    return handle.createReadStream({ highWaterMark: 1 << 20 });
   }
 
   async getRange(name: string, offset: number, length: number): Promise<Buffer> {
-    checkObjectName(name);
-    let handle: fs.promises.FileHandle;
-    try {
-      handle = await fs.promises.open(path.join(this.#root, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new DomainError('NOT_FOUND', `object ${name} not found`);
-      throw err;
-    }
+    const handle = await this.#open(name);
     try {
       const buf = Buffer.allocUnsafe(length);
       let got = 0;
@@ -74,6 +72,16 @@ export class FsObjectStorage implements ObjectStorage {
       return buf.subarray(0, got);
     } finally {
       await handle.close();
+    }
+  }
+
+  async #open(name: string): Promise<fs.promises.FileHandle> {
+    checkObjectName(name);
+    try {
+      return await fs.promises.open(path.join(this.#root, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new DomainError('NOT_FOUND', `object ${name} not found`);
+      throw err;
     }
   }
 
@@ -95,10 +103,7 @@ export class FsObjectStorage implements ObjectStorage {
   async list(prefix = ''): Promise<ObjectInfo[]> {
     const names = (await fs.promises.readdir(this.#root)).filter((n) => n !== TMP_DIR && n.startsWith(prefix)).sort();
     const infos: ObjectInfo[] = [];
-    for (const n of names) {
-      const info = await this.stat(n).catch(() => undefined);
-      if (info) infos.push(info);
-    }
+    for await (const info of readAhead(names, STATS_AHEAD, (n) => this.stat(n).catch(() => undefined))) if (info) infos.push(info);
     return infos;
   }
 

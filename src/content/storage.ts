@@ -28,6 +28,9 @@ export interface ObjectStorage {
   put(name: string, body: Readable, opts?: { signal?: AbortSignal }): Promise<PutResult>;
   /** The object's bytes. NOT_FOUND when there is none. */
   get(name: string): Promise<Readable>;
+  /** The whole object in one buffer, for a backend that can do it in fewer steps than get(); DATA_LOSS
+   *  when it is larger than limit. NOT_FOUND when there is none. */
+  readWhole?(name: string, limit: number): Promise<Buffer>;
   /** `length` bytes of the object from `offset` (fewer only at its end). NOT_FOUND when there is none. */
   getRange(name: string, offset: number, length: number): Promise<Buffer>;
   /** Size and time of a committed object, or undefined. */

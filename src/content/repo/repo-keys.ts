@@ -112,6 +112,7 @@ async function writeKeyObject(storage: ObjectStorage, k: KeyObject): Promise<voi
 
 /** A whole small object (keys, indexes, snapshots); more than `limit` bytes is DATA_LOSS. */
 export async function readSmallObject(storage: ObjectStorage, name: string, limit: number): Promise<Buffer> {
+  if (storage.readWhole) return storage.readWhole(name, limit);
   const parts: Buffer[] = [];
   let size = 0;
   for await (const c of await storage.get(name)) {
