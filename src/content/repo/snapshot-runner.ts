@@ -14,6 +14,7 @@ import { TreeWalk } from '../tree-walk';
 import { DATA_CHUNKS, StreamChunker, TREE_CHUNKS } from './chunker';
 import { workerChunkOutput, type ChunkOutput } from './chunk-frames';
 import { ID_BYTES, TarSplitter, TreeWriter } from './tree-stream';
+import { ParentFeed } from './parent-feed';
 
 export interface SnapshotJob {
   op: 'snapshot';
@@ -25,20 +26,13 @@ export interface SnapshotJob {
   idKey: Uint8Array;
   /** Ids the repository holds, concatenated. */
   known: Uint8Array;
-  /** The workspace's previous snapshot's files, for reuse of unchanged ones. */
-  parent?: ParentFiles;
+  /** The workspace's previous snapshot, whose tree follows as ParentMessages (parent-feed.ts). Its size is
+   *  the progress estimate: a workspace changes little between backups. */
+  parent?: { totals: { bytes: number; files: number } };
 }
 
-/** Files of a previous snapshot: file i has identities[i] and counts[i] chunks, taken in order from ids/lengths. */
-export interface ParentFiles {
-  paths: string[];
-  identities: string[];
-  counts: number[];
-  ids: Uint8Array;     // 32 bytes each, concatenated
-  lengths: number[];
-  /** The parent's whole size: the progress estimate, since a workspace changes little between backups. */
-  totals: { bytes: number; files: number };
-}
+/** From the daemon to the runner after the job: the parent's tree stream, then its end. */
+export type ParentMessage = { type: 'parent-tree'; bytes: Uint8Array } | { type: 'parent-end' };
 
 export interface SnapshotWalkResult {
   bytes: number;
@@ -55,15 +49,22 @@ export type SnapshotMessage = RunnerMessage | { type: 'snapshot-done'; result: S
 const WALK_CHUNK = 1 << 20;
 const PROGRESS_EVERY_MS = 100;
 
-/** Walk, split, chunk and hand the new chunks to `out`. */
-export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, report: (m: RunnerMessage) => void): Promise<SnapshotWalkResult> {
-  const gear = Buffer.from(job.gear);
-  const idKey = Buffer.from(job.idKey);
+/** The set of ids the repository holds, and the feed of the parent's files checked against it. */
+export function jobParent(job: SnapshotJob): { known: Set<string>; parent: ParentFeed } {
   const known = new Set<string>();
   const knownBuf = Buffer.from(job.known);
   for (let off = 0; off + ID_BYTES <= knownBuf.length; off += ID_BYTES) known.add(knownBuf.toString('latin1', off, off + ID_BYTES));
+  const parent = new ParentFeed((id) => known.has(id.toString('latin1')));
+  if (!job.parent) parent.end();
+  return { known, parent };
+}
+
+/** Walk, split, chunk and hand the new chunks to `out`. */
+export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, from: { known: Set<string>; parent: ParentFeed }, report: (m: RunnerMessage) => void): Promise<SnapshotWalkResult> {
+  const gear = Buffer.from(job.gear);
+  const idKey = Buffer.from(job.idKey);
+  const { known, parent } = from;
   const result: SnapshotWalkResult = { bytes: 0, files: 0, reusedFiles: 0, tree: Buffer.alloc(0), newChunks: 0, newBytes: 0 };
-  const parent = parentIndex(job.parent);
 
   const emitChunk = (plain: Buffer): Buffer => {
     const id = crypto.createHmac('sha256', idKey).update(plain).digest();
@@ -105,9 +106,10 @@ export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, report: (
       if (identity !== undefined) {
         // The walk stopped between a file's header and its data (read after this fstat identity).
         tree.identity(identity);
-        const known = parent.get(splitter.currentPath);
-        if (known && known.identity === identity && known.size === splitter.pendingDataSize) {
-          for (const c of known.chunks) tree.chunk(c.id, c.length);
+        const found = parent.find(splitter.currentPath);
+        const was = found instanceof Promise ? await found : found;
+        if (was && was.identity === identity && was.size === splitter.pendingDataSize) {
+          for (const c of was.chunks) tree.chunk(c.id, c.length);
           splitter.skipData();
           walk.skipFile();
           result.reusedFiles++;
@@ -127,25 +129,6 @@ export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, report: (
   }
   result.tree = Buffer.concat(treeIds);
   return result;
-}
-
-interface ParentFile {
-  identity: string;
-  size: number;
-  chunks: { id: Buffer; length: number }[];
-}
-
-function parentIndex(p: ParentFiles | undefined): Map<string, ParentFile> {
-  const out = new Map<string, ParentFile>();
-  if (!p) return out;
-  const ids = Buffer.from(p.ids.buffer, p.ids.byteOffset, p.ids.byteLength);
-  let k = 0;
-  p.paths.forEach((path, i) => {
-    const chunks: { id: Buffer; length: number }[] = [];
-    for (let j = 0; j < p.counts[i]; j++, k++) chunks.push({ id: ids.subarray(k * ID_BYTES, (k + 1) * ID_BYTES), length: p.lengths[k] });
-    out.set(path, { identity: p.identities[i], size: chunks.reduce((n, c) => n + c.length, 0), chunks });
-  });
-  return out;
 }
 
 /** The trees' size before the walk, for progress (it also warms the caches the walk reads); only an estimate. */
@@ -168,8 +151,14 @@ if (require.main === module) {
     process.exit(2);
   }
   process.on('disconnect', () => process.exit(finished ? 0 : 1));
-  process.once('message', (job: SnapshotJob) => {
-    snapshotWalk(workerChunkOutput(1), job, send).then(
+  let parent: ParentFeed | undefined;
+  process.on('message', (m: SnapshotJob | ParentMessage) => {
+    if ('type' in m) return m.type === 'parent-tree' ? parent?.push(Buffer.from(m.bytes)) : parent?.end();
+    if (parent) return;  // one job per runner
+    const job = m;
+    const from = jobParent(job);
+    parent = from.parent;
+    snapshotWalk(workerChunkOutput(1), job, from, send).then(
       (result) => send({ type: 'snapshot-done', result }),
       (err: unknown) => send(errorMessage(err)),
     ).finally(() => {

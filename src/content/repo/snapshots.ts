@@ -20,15 +20,17 @@ import { forkRunner, runRestore } from '../runner-client';
 import type { ObjectStorage } from '../storage';
 import { openRepoKeys, readSmallObject, repoKeyId, rewrapRepoKey } from './repo-keys';
 import { RepoLock } from './repo-lock';
+import { readAhead } from '../../promises';
 import { chunkAad, openWith, PACK_TARGET, repoCrashPoint, repoName, Repository, sealWith, shortId, type PackEntry } from './repository';
 import { FRAME_HEADER, inlineChunkOutput } from './chunk-frames';
-import { snapshotWalk, type ParentFiles, type SnapshotJob, type SnapshotMessage, type SnapshotWalkResult } from './snapshot-runner';
+import { jobParent, snapshotWalk, type ParentMessage, type SnapshotJob, type SnapshotMessage, type SnapshotWalkResult } from './snapshot-runner';
 import { ID_BYTES, REC_CHUNK, REC_FILE, REC_IDENTITY, REC_LITERAL, TreeReader, type TreeRecord } from './tree-stream';
 
 export const SNAPSHOT_FORMAT = 'tetrix-snapshot';
 const SNAPSHOT_PREFIX = 'snap-';
 const RUNNER = path.join(__dirname, 'snapshot-runner' + path.extname(__filename));
 const RESTORE_AHEAD_BYTES = 8 << 20;
+const TREE_READS_AHEAD = 8;     // tree chunks (<= 256 KiB each) in flight while records are read
 const MAX_NAMED_FILES = 20;
 /** A pack's buffer: the largest sealed chunk (4 MiB of data, its encoding byte, nonce and tag); a chunk that
  *  does not fit in what is left of it ends the pack first. */
@@ -82,6 +84,20 @@ function newSnapshotId(): string {
 
 function checkSnapshotId(id: string): void {
   if (!isSnapshotId(id)) throw new DomainError('INVALID_ARGUMENT', `backup_id: ${JSON.stringify(id)} is not a snapshot id`);
+}
+
+/** A workspace's previous snapshot, to reuse the chunks of its unchanged files. */
+interface ParentSnapshot {
+  backupId: string;
+  tree: Buffer[];    // its tree chunks' ids
+  totals: { bytes: number; files: number };
+}
+
+/** What a backup's walk starts from: the runner's job, and the parent whose tree follows it. */
+interface WalkJob {
+  repo: Repository;
+  parent: ParentSnapshot | undefined;
+  job: SnapshotJob;
 }
 
 export interface GcResult {
@@ -146,13 +162,17 @@ export class SnapshotStore {
     const release = await this.lock(repo.name).shared();
     try {
       const progress = new ProgressReporter(0, 0, opts.onProgress);
-      // The runner boots (~0.1-0.2 s of Node start-up) while the index and the parent snapshot are read.
-      const job = (async (): Promise<SnapshotJob> => {
+      // The runner boots (~0.1-0.2 s of Node start-up) while the index is read.
+      const job = (async (): Promise<WalkJob> => {
         await repo.refreshIndex();
         await this.onBackupHoldsRepo?.();
+        const parent = await this.#parentOf(repo, opts.binding);
         return {
-          op: 'snapshot', roots, uidBase: opts.uidBase, idCount: opts.idCount, changes: opts.live ? 'skip' : 'fail',
-          gear: repo.keys.gear, idKey: repo.keys.id, known: repo.knownIds(), parent: await this.#parentFiles(repo, opts.binding),
+          repo, parent,
+          job: {
+            op: 'snapshot', roots, uidBase: opts.uidBase, idCount: opts.idCount, changes: opts.live ? 'skip' : 'fail',
+            gear: repo.keys.gear, idKey: repo.keys.id, known: repo.knownIds(), ...(parent ? { parent: { totals: parent.totals } } : {}),
+          },
         };
       })();
       const run = this.#startWalk(job, {
@@ -179,53 +199,35 @@ export class SnapshotStore {
   }
 
   /**
-   * The files of the workspace's latest snapshot in this repository, by path, with the identity each had
-   * when read and its chunks: the walk reuses them for a file whose identity is unchanged (restic's parent
-   * snapshot) and reads only the rest. Files with a chunk the repository no longer holds are left out; so is
-   * everything when that snapshot does not verify (the backup then reads every file).
+   * The workspace's latest snapshot in this repository, verified: the walk reuses the chunks of a file whose
+   * identity is unchanged since (restic's parent snapshot) and reads only the rest. Undefined when there is
+   * none or it does not verify (the backup then reads every file).
    */
-  async #parentFiles(repo: Repository, b: BackupBinding): Promise<ParentFiles | undefined> {
+  async #parentOf(repo: Repository, b: BackupBinding): Promise<ParentSnapshot | undefined> {
     const candidates = (await this.list()).filter((s) => s.repo === repo.name && s.binding.workspaceId === b.workspaceId && s.binding.ownerId === b.ownerId);
     const latest = candidates.at(-1);
     if (!latest) return undefined;
     try {
       const { tree } = await this.#verify(parseSnapshot(await this.#readObject(latest.backupId), latest.backupId));
-      const out: Omit<ParentFiles, 'totals'> & { idList: Buffer[] } = { paths: [], identities: [], counts: [], ids: new Uint8Array(0), idList: [], lengths: [] };
-      let path = '';
-      let identity: string | undefined;
-      let ids: Buffer[] = [];
-      let lengths: number[] = [];
-      let whole = true;
-      const close = (): void => {
-        if (identity !== undefined && whole && ids.length) {
-          out.paths.push(path);
-          out.identities.push(identity);
-          out.counts.push(ids.length);
-          out.idList.push(...ids);
-          out.lengths.push(...lengths);
-        }
-      };
-      for await (const batch of this.#recordBatches(repo, tree)) for (const rec of batch) {
-        if (rec.type === REC_FILE) {
-          close();
-          [path, identity, ids, lengths, whole] = [rec.path, undefined, [], [], true];
-        } else if (rec.type === REC_IDENTITY) identity = rec.identity;
-        else if (rec.type === REC_CHUNK) {
-          ids.push(rec.id);
-          lengths.push(rec.length);
-          if (!repo.index.has(rec.id.toString('latin1'))) whole = false;
-        }
-      }
-      close();
-      const { idList, ...files } = out;
-      return { ...files, ids: Buffer.concat(idList), totals: { bytes: latest.bytes, files: latest.files } };
+      return { backupId: latest.backupId, tree, totals: { bytes: latest.bytes, files: latest.files } };
     } catch (err) {
       this.#log.warn({ backupId: latest.backupId, err: (err as Error).message }, 'parent snapshot unreadable: every file is read');
       return undefined;
     }
   }
 
-  #startWalk(job: Promise<SnapshotJob>, hooks: { onTotals(b: number, f: number): void; onProgress(b: number, f: number): void; onSkip(p: string, w: string): void; signal?: AbortSignal }): { output: Readable; done: Promise<SnapshotWalkResult>; kill(): void } {
+  /** The parent's tree stream to the walk, chunk by chunk, while it runs (parent-feed.ts). */
+  async #feedParent(repo: Repository, parent: ParentSnapshot, send: (m: ParentMessage) => Promise<boolean>): Promise<void> {
+    try {
+      const plains = readAhead(parent.tree, TREE_READS_AHEAD, (id) => repo.readChunk(id, { neighbours: false }));
+      for await (const bytes of plains) if (!(await send({ type: 'parent-tree', bytes }))) return;
+    } catch (err) {
+      this.#log.warn({ backupId: parent.backupId, err: (err as Error).message }, 'parent snapshot unreadable: the files after the damage are read');
+    }
+    await send({ type: 'parent-end' });
+  }
+
+  #startWalk(prepared: Promise<WalkJob>, hooks: { onTotals(b: number, f: number): void; onProgress(b: number, f: number): void; onSkip(p: string, w: string): void; signal?: AbortSignal }): { output: Readable; done: Promise<SnapshotWalkResult>; kill(): void } {
     const dispatch = (m: SnapshotMessage): void => {
       if (m.type === 'progress') hooks.onProgress(m.bytes, m.files);
       else if (m.type === 'totals') hooks.onTotals(m.bytes, m.files);
@@ -233,7 +235,11 @@ export class SnapshotStore {
     };
     if (this.#inProcess) {
       const out = new PassThrough({ highWaterMark: 4 << 20 });
-      const done = job.then((j) => snapshotWalk(inlineChunkOutput(streamSink(out)), j, dispatch)).catch((err) => {
+      const done = prepared.then(({ repo, parent, job }) => {
+        const from = jobParent(job);
+        if (parent) void this.#feedParent(repo, parent, async (m) => (m.type === 'parent-end' ? from.parent.end() : from.parent.push(m.bytes as Buffer), true));
+        return snapshotWalk(inlineChunkOutput(streamSink(out)), job, from, dispatch);
+      }).catch((err) => {
         out.destroy();
         throw err;
       });
@@ -261,7 +267,13 @@ export class SnapshotStore {
     const onAbort = (): void => void child.kill('SIGKILL');
     hooks.signal?.addEventListener('abort', onAbort, { once: true });
     child.once('exit', () => hooks.signal?.removeEventListener('abort', onAbort));
-    job.then((j) => { if (child.connected) child.send(j); }, (err: unknown) => {
+    const send = (m: SnapshotJob | ParentMessage): Promise<boolean> => new Promise((resolve) => {
+      if (!child.connected) return resolve(false);
+      child.send(m, (err) => resolve(!err));
+    });
+    prepared.then(async ({ repo, parent, job }) => {
+      if (await send(job) && parent) await this.#feedParent(repo, parent, send);
+    }, (err: unknown) => {
       jobFailed = err;
       onAbort();
     });
@@ -376,7 +388,7 @@ export class SnapshotStore {
    */
   async *#recordBatches(repo: Repository, tree: Buffer[]): AsyncGenerator<TreeRecord[]> {
     const reader = new TreeReader();
-    for (const id of tree) yield [...reader.feed(await repo.readChunk(id))];
+    for await (const plain of readAhead(tree, TREE_READS_AHEAD, (id) => repo.readChunk(id, { neighbours: false }))) yield [...reader.feed(plain)];
     reader.end();
   }
 

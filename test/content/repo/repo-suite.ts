@@ -1,7 +1,7 @@
 // What snapshot backups (src/content/repo/) must do on every storage backend; snapshots-fs.test.ts and
 // snapshots-s3.test.ts run it.
 import { Test } from 'tap';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -138,6 +138,39 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     const dir = await restoreInto(f, second.backupId, 'second');
     t.equal(fs.readFileSync(path.join(dir, 'src/lib/m7.ts'), 'utf8'), 'z'.repeat(st.size), 'the file changed under its old mtime was read');
     t.same(snapshot(dir), expectedSnapshot(f.content), 'the snapshot of reused and read files restores whole');
+  });
+
+  logicTest('through the runner child, an incremental backup reuses every unchanged file, whatever their names sort as', async (t) => {
+    const f = await fixture(t, makeBackend, 'parent-order');
+    const logged: Record<string, unknown>[] = [];
+    const log = { info: (o: object) => void logged.push(o as Record<string, unknown>), warn: () => undefined };
+    // The first backup in process (it has no parent to stream); each child costs a TypeScript start here.
+    const inProcess = new SnapshotStore({ storage: f.storage, keyring: KeyRing.open({ dir: f.keysDir }), log, inProcess: true });
+    const store = new SnapshotStore({ storage: f.storage, keyring: KeyRing.open({ dir: f.keysDir }), log, inProcess: false });
+    const tree = path.join(f.base, 'names');
+    // Names where the walk's order (per directory, bytewise) and whole-path string order disagree, and
+    // enough files that the parent's tree spans several tree chunks and messages.
+    const names = ['a-c', 'a/b', 'a/b-x', 'a/b/c', 'a.b', 'a b', 'A', 'ab', 'é', 'é/f', 'z0', 'zz/y', '日本', 'x-/q', 'x/y/z'];
+    for (let i = 0; i < 600; i++) names.push(`many/d${i % 7}/f${i}`);
+    const files = names.filter((n) => !names.some((m) => m.startsWith(n + '/')));
+    for (const n of files) {
+      fs.mkdirSync(path.dirname(path.join(tree, n)), { recursive: true });
+      fs.writeFileSync(path.join(tree, n), `${n}\n`);
+    }
+    execFileSync('chown', ['-R', `${UID_BASE + 1000}:${UID_BASE + 1000}`, tree]);
+    const reused = async (by: SnapshotStore): Promise<number> => {
+      await by.backup({ content: tree }, { uidBase: UID_BASE, binding: ALICE_2 });
+      return logged.at(-1)!.reusedFiles as number;
+    };
+    t.equal(await reused(inProcess), 0, 'the first backup reads every file');
+    t.equal(await reused(store), files.length, `an unchanged tree: all ${files.length} files reused`);
+    fs.rmSync(path.join(tree, 'a-c'));
+    fs.writeFileSync(path.join(tree, 'a/b-y'), 'new\n');
+    fs.chownSync(path.join(tree, 'a/b-y'), UID_BASE + 1000, UID_BASE + 1000);
+    fs.appendFileSync(path.join(tree, 'many/d3/f3'), 'more\n');
+    const again = await store.backup({ content: tree }, { uidBase: UID_BASE, binding: ALICE_2 });
+    t.equal(logged.at(-1)!.reusedFiles, files.length - 2, 'after a delete, an add and an edit, only the new and the edited file are read');
+    t.same(snapshot(await restoreInto(f, again.backupId, 'names-restored')), expectedSnapshot(tree), 'and the snapshot restores whole');
   });
 
   t.test('retention and GC: a deleted snapshot\'s unique chunks go, shared ones stay; orphans go', async (t) => {
