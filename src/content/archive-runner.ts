@@ -78,12 +78,13 @@ class ProgressBatch {
 /** Where backupTo puts the compressed archive. `write` must take the bytes before it returns (they are reused). */
 export interface ArchiveSink {
   write(bytes: Buffer): void;
-  /** Resolves when the consumer can take more. */
-  ready(): Promise<void>;
+  /** Resolves when the consumer can take more; undefined when it can now. */
+  ready(): Promise<void> | undefined;
   end(): Promise<void>;
 }
 
 const WALK_CHUNK = 1 << 20;
+export const TURN_EVERY_MS = 5;   // how often a walk lets the event loop run (turnEvery)
 
 /**
  * Archive -> zstd into `sink`, one reused input buffer at a time: the walk (native/archive.c) fills it, zstd's
@@ -105,7 +106,8 @@ export async function backupTo(sink: ArchiveSink, job: BackupJob, report: Report
     const input = Buffer.allocUnsafe(WALK_CHUNK);
     while (!walk.done) {
       zstd.write(input.subarray(0, walk.fill(input)));
-      await sink.ready();
+      const wait = sink.ready();
+      if (wait) await wait;
     }
     zstd.end();
     await sink.end();
@@ -154,7 +156,7 @@ export function fdSink(fd: number): ArchiveSink {
   const out = blockingDescription(fd, fs.constants.O_WRONLY);
   return {
     write: (bytes) => writeFully(out, bytes),
-    ready: turnEvery(8),
+    ready: turnEvery(TURN_EVERY_MS),
     end: async () => {
       if (out !== fd) fs.closeSync(out);
       fs.closeSync(fd);
@@ -163,15 +165,18 @@ export function fdSink(fd: number): ArchiveSink {
 }
 
 /**
- * For a synchronous walk's loop: every n-th call waits a turn of the event loop, so that timers (progress),
- * the IPC channel (a disconnect means stop) and worker messages run now and then.
+ * For a synchronous walk's loop: a turn of the event loop once `ms` have passed since the last, so that
+ * timers (progress), the IPC channel (a disconnect means stop) and worker messages run now and then.
+ * Undefined otherwise: an incremental's loop stops at every file, and a turn (or an await) per step cost
+ * more than the step.
  */
-export function turnEvery(n: number): () => Promise<void> {
-  let since = 0;
-  return async () => {
-    if (++since < n) return;
-    since = 0;
-    await new Promise<void>((resolve) => setImmediate(resolve));
+export function turnEvery(ms: number): () => Promise<void> | undefined {
+  let last = performance.now();
+  return () => {
+    const now = performance.now();
+    if (now - last < ms) return undefined;
+    last = now;
+    return new Promise<void>((resolve) => setImmediate(resolve));
   };
 }
 

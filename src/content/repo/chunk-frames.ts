@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import * as zstd from 'zstd-napi';
 import type { ArchiveSink } from '../archive-runner';
-import { blockingDescription, turnEvery, writeFully } from '../archive-runner';
+import { blockingDescription, TURN_EVERY_MS, turnEvery, writeFully } from '../archive-runner';
 import { ENC_RAW, ENC_ZSTD } from './repository';
 import { ID_BYTES } from './tree-stream';
 
@@ -20,7 +20,7 @@ export interface ChunkOutput {
   /** `plain` is only valid during the call. */
   put(id: Buffer, plain: Buffer): void;
   /** Resolves when more may be put. */
-  ready(): Promise<void>;
+  ready(): Promise<void> | undefined;
   /** After the last put: resolves once every frame was written and the output closed. */
   end(): Promise<void>;
 }
@@ -82,7 +82,7 @@ export function workerChunkOutput(fd: number): ChunkOutput {
   worker.on('error', (err) => { failed = err; settle(); });
   worker.on('exit', () => { failed ??= new Error('snapshot runner: compression worker exited'); settle(); });
   // Also when the worker keeps up: the walk's progress timer and the worker's replies need turns of their own.
-  const turn = turnEvery(8);
+  const turn = turnEvery(TURN_EVERY_MS);
   const waitUntil = async (done: () => boolean): Promise<void> => {
     while (!done()) {
       if (failed) throw failed;
@@ -100,9 +100,13 @@ export function workerChunkOutput(fd: number): ChunkOutput {
       inFlight += buf.byteLength;
       worker.postMessage({ type: 'chunk', buf } satisfies ToWorker, [buf]);
     },
-    ready: async () => {
-      await turn();
-      await waitUntil(() => inFlight < IN_FLIGHT_BYTES);
+    ready: () => {
+      const turning = turn();
+      if (!turning && !failed && inFlight < IN_FLIGHT_BYTES) return undefined;
+      return (async () => {
+        await turning;
+        await waitUntil(() => inFlight < IN_FLIGHT_BYTES);
+      })();
     },
     end: async () => {
       worker.postMessage({ type: 'end' } satisfies ToWorker);

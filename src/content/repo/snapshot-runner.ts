@@ -115,7 +115,8 @@ export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, from: { k
           result.reusedFiles++;
         }
       }
-      await out.ready();
+      const wait = out.ready();
+      if (wait) await wait;
     }
     splitter.end();
     tree.flush();
