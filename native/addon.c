@@ -236,6 +236,7 @@ static napi_value init_addon(napi_env env, napi_callback_info info) {
   tx_register_loop(env, addon);
   tx_register_fscrypt(env, addon);
   tx_register_chunker(env, addon);
+  tx_register_tree_pack(env, addon, constants);
   tx_register_aead(env, addon);
   tx_register_exec(env, addon, constants);
   tx_register_netns_listen(env, addon);

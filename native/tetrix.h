@@ -76,6 +76,7 @@ void tx_register_output(napi_env env, napi_value addon, napi_value constants);
 void tx_register_loop(napi_env env, napi_value addon);
 void tx_register_fscrypt(napi_env env, napi_value addon);
 void tx_register_chunker(napi_env env, napi_value addon);
+void tx_register_tree_pack(napi_env env, napi_value addon, napi_value constants);
 void tx_register_aead(napi_env env, napi_value addon);
 void tx_register_exec(napi_env env, napi_value addon, napi_value constants);
 void tx_register_netns_listen(napi_env env, napi_value addon);

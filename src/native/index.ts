@@ -24,6 +24,7 @@ import { overlayPart, type OverlayNative } from './overlay';
 import { seccompPart, type SeccompNative } from './seccomp';
 import { spawnPart, type SpawnNative } from './spawn';
 import { netnsListenPart, type NetnsListenNative } from './netns-listen';
+import { treePackPart, type TreePackNative } from './tree-pack';
 
 export { NativeError, isProgramFault } from './errors';
 export type * from './aead';
@@ -45,16 +46,17 @@ export type * from './overlay';
 export type * from './seccomp';
 export type * from './spawn';
 export type * from './netns-listen';
+export type * from './tree-pack';
 
 export type NativeAddon = SpawnNative & ExitNative & MountNative & NotifyNative & ChannelNative & OutputNative &
-  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & ChunkerNative & NetnsListenNative & AeadNative & {
-    constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK
+  NetNative & SeccompNative & IdmapNative & FsOpsNative & ArchiveWalkNative & ExtractNative & ExecNative & OverlayNative & LoopNative & FscryptNative & ChunkerNative & TreePackNative & NetnsListenNative & AeadNative & {
+    constants: Record<string, number>;   // MS_*, MNT_*, signals, init's fds and exit codes, TAR_BLOCK, TREE_PACK_SLACK
   };
 
 export const NATIVE_PARTS: Readonly<Record<string, NativePart<object>>> = {
   spawn: spawnPart, exit: exitPart, mount: mountPart, notify: notifyPart, channel: channelPart,
   output: outputPart, net: netPart, seccomp: seccompPart, idmap: idmapPart, fsops: fsopsPart,
-  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart, chunker: chunkerPart, netnsListen: netnsListenPart, aead: aeadPart,
+  archive: archivePart, extract: extractPart, exec: execPart, overlay: overlayPart, loop: loopPart, fscrypt: fscryptPart, chunker: chunkerPart, treePack: treePackPart, netnsListen: netnsListenPart, aead: aeadPart,
 };
 
 /** The addon as NativeAddon, or an Error naming each part with what it lacks: a .node built from older
@@ -103,4 +105,7 @@ export const seccompNative: SeccompNative = native;
 export const loopNative: LoopNative = native;
 export const fscryptNative: FscryptNative = native;
 export const chunker: ChunkerNative = native;
+export const treePack: TreePackNative = native;
+/** The most a packed tree literal exceeds its plain bytes by (native/tree-pack.c). */
+export const TREE_PACK_SLACK: number = native.constants.TREE_PACK_SLACK!;
 export const aeadNative: AeadNative = native;

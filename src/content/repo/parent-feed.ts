@@ -19,7 +19,7 @@ interface Building {
 }
 
 export class ParentFeed {
-  readonly #reader = new TreeReader();
+  readonly #reader = new TreeReader({ literals: false });
   readonly #known: (id: Buffer) => boolean;
   readonly #queue: ParentFile[] = [];
   #head = 0;

@@ -52,7 +52,7 @@ export interface SnapshotInfo {
 /** The clear part of `snap-<id>` (JSON); `tree` is sealed. */
 interface SnapshotObject {
   format: typeof SNAPSHOT_FORMAT;
-  version: 1;
+  version: 1 | 2;   // 2: the tree's literals are packed (tree-stream.ts, record 0x05)
   snapshotId: string;
   repo: string;
   createdAt: string;
@@ -282,7 +282,7 @@ export class SnapshotStore {
 
   async #writeSnapshot(repo: Repository, snapshotId: string, roots: ArchiveRoot[], walked: SnapshotWalkResult, packBytes: number, b: BackupBinding): Promise<{ storedBytes: number; sha256: string }> {
     const clear: Omit<SnapshotObject, 'tree'> = {
-      format: SNAPSHOT_FORMAT, version: 1, snapshotId, repo: repo.name, createdAt: new Date().toISOString(),
+      format: SNAPSHOT_FORMAT, version: 2, snapshotId, repo: repo.name, createdAt: new Date().toISOString(),
       roots: roots.map((r) => r.name), files: walked.files, bytes: walked.bytes, storedBytes: 0, newChunks: walked.newChunks,
       workspaceId: b.workspaceId, ownerId: b.ownerId, teamId: b.teamId, kind: b.kind,
     };
@@ -386,8 +386,8 @@ export class SnapshotStore {
    * The tree stream's records, one batch per tree chunk: an await per record (hundreds of thousands in a
    * large tree) cost about a second of a 44k-file incremental backup; one per chunk costs nothing.
    */
-  async *#recordBatches(repo: Repository, tree: Buffer[]): AsyncGenerator<TreeRecord[]> {
-    const reader = new TreeReader();
+  async *#recordBatches(repo: Repository, tree: Buffer[], literals = true): AsyncGenerator<TreeRecord[]> {
+    const reader = new TreeReader({ literals });
     for await (const plain of readAhead(tree, TREE_READS_AHEAD, (id) => repo.readChunk(id, { neighbours: false }))) yield [...reader.feed(plain)];
     reader.end();
   }
@@ -441,7 +441,7 @@ export class SnapshotStore {
   async #filesNeeding(repo: Repository, tree: Buffer[], bad: Set<string>): Promise<string[]> {
     const files: string[] = [];
     let current = '';
-    for await (const batch of this.#recordBatches(repo, tree)) for (const rec of batch) {
+    for await (const batch of this.#recordBatches(repo, tree, false)) for (const rec of batch) {
       if (rec.type === REC_FILE) current = rec.path;
       else if (rec.type === REC_CHUNK && bad.has(rec.id.toString('latin1')) && files[files.length - 1] !== current) files.push(current);
     }
@@ -528,7 +528,7 @@ export class SnapshotStore {
       for (const s of await this.#snapshotsOf(repo.name)) {
         const { tree } = await this.#verify(s);
         for (const id of tree) live.add(id.toString('latin1'));
-        for await (const batch of this.#recordBatches(repo, tree)) for (const rec of batch) if (rec.type === REC_CHUNK) live.add(rec.id.toString('latin1'));
+        for await (const batch of this.#recordBatches(repo, tree, false)) for (const rec of batch) if (rec.type === REC_CHUNK) live.add(rec.id.toString('latin1'));
       }
       const result: GcResult = { repo: repo.name, packsDeleted: 0, packsRepacked: 0, bytesFreed: 0, liveChunks: live.size };
       const packer = new Packer(repo);
@@ -779,7 +779,7 @@ function parseSnapshot(raw: Buffer, snapshotId: string): SnapshotObject {
     throw new DomainError('DATA_LOSS', `backup ${snapshotId}: snapshot is not JSON`);
   }
   const str = (v: unknown, empty = false): boolean => typeof v === 'string' && v.length <= 256 && (empty || v.length > 0);
-  const ok = s && typeof s === 'object' && s.format === SNAPSHOT_FORMAT && s.version === 1 && s.snapshotId === snapshotId
+  const ok = s && typeof s === 'object' && s.format === SNAPSHOT_FORMAT && (s.version === 1 || s.version === 2) && s.snapshotId === snapshotId
     && /^[0-9a-f]{24}$/.test(s.repo) && typeof s.createdAt === 'string' && Array.isArray(s.roots) && s.roots.every((r) => r === 'content' || r === 'upper')
     && [s.files, s.bytes, s.storedBytes, s.newChunks].every(Number.isSafeInteger)
     && str(s.workspaceId) && str(s.ownerId) && str(s.teamId, true) && (s.kind === 'REGULAR' || s.kind === 'PREBUILD') && typeof s.tree === 'string';

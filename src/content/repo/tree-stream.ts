@@ -7,13 +7,17 @@
 //   0x03 id(32) u32be len    one chunk of that file's data, `len` bytes of plaintext
 //   0x04 u32be len, ascii    that file's identity when it was read (dev:ino:size:mtime:ctime): the next backup
 //                            reuses its chunks without reading it if the identity is unchanged (restic's rule)
+//   0x05 u32be len, u32be plain, packed
+//                            literal tar bytes with their zero runs as counts (native/tree-pack.c); written
+//                            instead of 0x01 since snapshot version 2
 import { DomainError } from '../../errors';
-import { TAR_BLOCK } from '../../native';
+import { TAR_BLOCK, TREE_PACK_SLACK, treePack } from '../../native';
 
 export const REC_LITERAL = 1;
 export const REC_FILE = 2;
 export const REC_CHUNK = 3;
 export const REC_IDENTITY = 4;
+export const REC_PACKED_LITERAL = 5;
 export const ID_BYTES = 32;
 const BLOCK = TAR_BLOCK;
 
@@ -24,13 +28,14 @@ export type TreeRecord =
   | { type: typeof REC_IDENTITY; identity: string };
 
 /**
- * Writes records; literal bytes are gathered until a file or chunk record (or the end) needs them out.
- * Records are packed into 64 KiB buffers for `out` (one Buffer per record was a tenth of an incremental's
- * walk in allocation and collection); the stream's bytes, and so its chunks, are the same either way.
+ * Writes records; literal bytes are gathered until a file or chunk record (or the end) needs them out, then
+ * packed (0x05). Records are packed into 64 KiB buffers for `out` (one Buffer per record was a tenth of an
+ * incremental's walk in allocation and collection); the stream's bytes, and so its chunks, are the same
+ * either way.
  */
 export class TreeWriter {
   readonly #out: (bytes: Buffer) => void;
-  #literal: Buffer[] = [];
+  #literal = Buffer.allocUnsafe(OUT_BUFFER);
   #literalLen = 0;
   #buf = Buffer.allocUnsafe(OUT_BUFFER);
   #len = 0;
@@ -41,9 +46,9 @@ export class TreeWriter {
 
   literal(bytes: Buffer): void {
     if (bytes.length === 0) return;
-    this.#literal.push(Buffer.from(bytes));
-    this.#literalLen += bytes.length;
-    if (this.#literalLen >= 1 << 20) this.#closeLiteral();
+    if (this.#literalLen + bytes.length > this.#literal.length) this.#growLiteral(this.#literalLen + bytes.length);
+    this.#literalLen += bytes.copy(this.#literal, this.#literalLen);
+    if (this.#literalLen >= LITERAL_MAX) this.#closeLiteral();
   }
 
   file(path: string): void {
@@ -78,14 +83,21 @@ export class TreeWriter {
   }
 
   #closeLiteral(): void {
-    if (this.#literalLen === 0) return;
-    const at = this.#reserve(5 + this.#literalLen);
-    this.#buf[at] = REC_LITERAL;
-    this.#buf.writeUInt32BE(this.#literalLen, at + 1);
-    let off = at + 5;
-    for (const part of this.#literal) off += part.copy(this.#buf, off);
-    this.#literal = [];
+    const plain = this.#literalLen;
+    if (plain === 0) return;
+    const at = this.#reserve(9 + plain + TREE_PACK_SLACK);
+    const packed = treePack.treePack(this.#literal, 0, plain, this.#buf, at + 9);
+    this.#buf[at] = REC_PACKED_LITERAL;
+    this.#buf.writeUInt32BE(4 + packed, at + 1);
+    this.#buf.writeUInt32BE(plain, at + 5);
+    this.#len = at + 9 + packed;
     this.#literalLen = 0;
+  }
+
+  #growLiteral(need: number): void {
+    const grown = Buffer.allocUnsafe(Math.max(need, this.#literal.length * 2));
+    this.#literal.copy(grown, 0, 0, this.#literalLen);
+    this.#literal = grown;
   }
 
   /** Room for n bytes at the returned offset; what is there already goes out first when they do not fit. */
@@ -109,9 +121,17 @@ export class TreeWriter {
 }
 
 const OUT_BUFFER = 64 << 10;
+const LITERAL_MAX = 1 << 20;   // a literal longer than this (a file's many xattrs) goes out in parts
+const RECORD_MAX = 64 << 20;
 
 export class TreeReader {
   #carry: Buffer = Buffer.alloc(0);
+  readonly #literals: boolean;
+
+  /** literals: false leaves literal records out (a parent feed needs only files and chunks). */
+  constructor(opts: { literals?: boolean } = {}) {
+    this.#literals = opts.literals ?? true;
+  }
 
   *feed(bytes: Buffer): Generator<TreeRecord> {
     let buf = this.#carry.length ? Buffer.concat([this.#carry, bytes]) : bytes;
@@ -127,15 +147,17 @@ export class TreeReader {
         yield { type, id, length };
         continue;
       }
-      if (type !== REC_LITERAL && type !== REC_FILE && type !== REC_IDENTITY) throw new DomainError('DATA_LOSS', `snapshot tree: unknown record type ${type}`);
+      if (type < REC_LITERAL || type > REC_PACKED_LITERAL) throw new DomainError('DATA_LOSS', `snapshot tree: unknown record type ${type}`);
       const len = buf.readUInt32BE(off + 1);
-      if (len > 64 << 20) throw new DomainError('DATA_LOSS', 'snapshot tree: record too large');
+      if (len > RECORD_MAX) throw new DomainError('DATA_LOSS', 'snapshot tree: record too large');
       if (buf.length - off < 5 + len) break;
-      const body = buf.subarray(off + 5, off + 5 + len);
+      const start = off + 5;
       off += 5 + len;
-      if (type === REC_LITERAL) yield { type, bytes: body };
-      else if (type === REC_FILE) yield { type, path: body.toString('utf8') };
-      else yield { type, identity: body.toString('latin1') };
+      if (type === REC_FILE) yield { type, path: buf.toString('utf8', start, start + len) };
+      else if (type === REC_IDENTITY) yield { type, identity: buf.toString('latin1', start, start + len) };
+      else if (!this.#literals) continue;
+      else if (type === REC_LITERAL) yield { type, bytes: buf.subarray(start, start + len) };
+      else yield { type: REC_LITERAL, bytes: unpackLiteral(buf, start, len) };
     }
     this.#carry = Buffer.from(buf.subarray(off));
   }
@@ -144,6 +166,14 @@ export class TreeReader {
   end(): void {
     if (this.#carry.length) throw new DomainError('DATA_LOSS', 'snapshot tree: ends inside a record');
   }
+}
+
+function unpackLiteral(buf: Buffer, start: number, len: number): Buffer {
+  const plain = len >= 4 ? buf.readUInt32BE(start) : -1;
+  if (plain < 0 || plain > RECORD_MAX) throw new DomainError('DATA_LOSS', 'snapshot tree: packed literal malformed');
+  const out = Buffer.allocUnsafe(plain);
+  if (!treePack.treeUnpack(buf, start + 4, len - 4, out)) throw new DomainError('DATA_LOSS', 'snapshot tree: packed literal malformed');
+  return out;
 }
 
 /**
