@@ -8,7 +8,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DomainError } from '../errors';
 import { readAhead } from '../promises';
-import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutResult, readSha256 } from './storage';
+import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutOptions, PutResult, readSha256 } from './storage';
 
 const TMP_DIR = '.tmp';
 const STATS_AHEAD = 16;
@@ -28,10 +28,12 @@ export class FsObjectStorage implements ObjectStorage {
     return this.#root;
   }
 
-  async put(name: string, body: Readable, opts: { signal?: AbortSignal } = {}): Promise<PutResult> {
+  put(name: string, body: Readable, opts: PutOptions & { digest: false }): Promise<Pick<PutResult, 'size'>>;
+  put(name: string, body: Readable, opts?: PutOptions): Promise<PutResult>;
+  async put(name: string, body: Readable, opts: PutOptions = {}): Promise<PutResult | Pick<PutResult, 'size'>> {
     checkObjectName(name);
     const tmp = path.join(this.#tmp, `${name}.${process.pid}.${crypto.randomBytes(6).toString('hex')}`);
-    const counter = new HashCounter();
+    const counter = new HashCounter({ digest: opts.digest });
     try {
       await pipeline(body, counter, new DurableFileWriter(tmp), { signal: opts.signal });
       await fs.promises.rename(tmp, path.join(this.#root, name));
@@ -40,7 +42,7 @@ export class FsObjectStorage implements ObjectStorage {
       await fs.promises.rm(tmp, { force: true });
       throw err;
     }
-    return { size: counter.size, sha256: counter.digest() };
+    return counter.result();
   }
 
   async get(name: string): Promise<Readable> {

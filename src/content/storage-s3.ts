@@ -11,7 +11,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Readable } from 'node:stream';
 import { DomainError } from '../errors';
-import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutResult, readSha256 } from './storage';
+import { checkObjectName, HashCounter, ObjectInfo, ObjectStorage, PutOptions, PutResult, readSha256 } from './storage';
 
 export const DEFAULT_PART_SIZE = 8 << 20;
 const MIN_PART_SIZE = 5 << 20;
@@ -39,10 +39,12 @@ export class S3ObjectStorage implements ObjectStorage {
     this.#partSize = Math.max(opts.partSize ?? DEFAULT_PART_SIZE, MIN_PART_SIZE);
   }
 
-  async put(name: string, body: Readable, opts: { signal?: AbortSignal } = {}): Promise<PutResult> {
+  put(name: string, body: Readable, opts: PutOptions & { digest: false }): Promise<Pick<PutResult, 'size'>>;
+  put(name: string, body: Readable, opts?: PutOptions): Promise<PutResult>;
+  async put(name: string, body: Readable, opts: PutOptions = {}): Promise<PutResult | Pick<PutResult, 'size'>> {
     checkObjectName(name);
     const key = this.#prefix + name;
-    const counter = new HashCounter();
+    const counter = new HashCounter({ digest: opts.digest });
     const source = body.pipe(counter);
     body.on('error', (err) => counter.destroy(err));
     const parts = readParts(source, this.#partSize, opts.signal);
@@ -55,7 +57,7 @@ export class S3ObjectStorage implements ObjectStorage {
     } else {
       await this.#multipart(key, [firstPart, second.value], parts, opts.signal);
     }
-    return { size: counter.size, sha256: counter.digest() };
+    return counter.result();
   }
 
   async #multipart(key: string, head: Buffer[], rest: AsyncGenerator<Buffer>, signal?: AbortSignal): Promise<void> {

@@ -183,6 +183,15 @@ function rawPaxPathEntry(paxPath: string, data: Buffer): Buffer {
 // The suite
 
 export function backupSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>): void {
+  t.test('a put returns the size and sha256 of what it stored; without a digest, only the size', async (t) => {
+    const { storage } = await makeBackend(t);
+    const body = crypto.randomBytes(300_000);
+    const sha256 = crypto.createHash('sha256').update(body).digest('hex');
+    t.same(await storage.put('obj-digest', Readable.from([body])), { size: body.length, sha256 });
+    t.same(await storage.put('obj-plain', Readable.from([body.subarray(0, 1000), body.subarray(1000)]), { digest: false }), { size: body.length });
+    t.equal(await storage.sha256('obj-plain'), sha256, 'the same bytes stored');
+  });
+
   t.test('a backup restores to the same tree: modes, owners, symlinks, hard links, empty dirs, mtimes', async (t) => {
     const { storage } = await makeBackend(t);
     const base = tempDir(t, 'bk-roundtrip');

@@ -166,7 +166,7 @@ export class Repository {
 
   /** Stores a pack, then its index (that order: an index never names a pack that is not there). */
   async writePack(pack: string, body: Buffer[], entries: (PackEntry & { id: Buffer })[]): Promise<void> {
-    await this.#storage.put(pack, Readable.from(body));
+    await this.#storage.put(pack, Readable.from(body), { digest: false });
     repoCrashPoint('pack-stored');
     const plain = Buffer.allocUnsafe(entries.length * INDEX_ENTRY);
     entries.forEach((e, i) => {
