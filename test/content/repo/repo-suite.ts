@@ -5,6 +5,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { KeyRing } from '../../../src/crypto/keys';
 import { SnapshotStore } from '../../../src/content/repo/snapshots';
 import { DATA_CHUNKS } from '../../../src/content/repo/chunker';
@@ -269,6 +270,33 @@ export function repoSuite(t: Test, makeBackend: (t: Test) => Promise<Backend>, o
     await gc2;
     fs.rmSync(path.join(f.base, 'b'), { recursive: true });
     t.same(snapshot(await restoreInto(f, c.backupId, 'b')), expectedSnapshot(f.content), 'a backup started during GC restores whole');
+  });
+
+  logicTest('a pack that fails to store, with others in flight, fails the backup: nothing listed, the next one whole', async (t) => {
+    const f = await fixture(t, makeBackend, 'put-fails');
+    writeRandom(path.join(f.content, 'large.bin'), 20 * MiB);
+    let packs = 0;
+    const failing = new Proxy(f.storage, {
+      get(target, prop) {
+        if (prop === 'put') {
+          return async (name: string, body: Readable, opts?: { digest?: boolean }) => {
+            if (name.includes('.pack-') && ++packs === 3) {
+              body.resume();
+              throw new DomainError('RESOURCE_EXHAUSTED', 'disk full (test)');
+            }
+            return target.put(name, body, opts);
+          };
+        }
+        const v = Reflect.get(target, prop, target) as unknown;
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const store = new SnapshotStore({ storage: failing, keyring: KeyRing.open({ dir: f.keysDir }), log: quietLog, inProcess: true });
+    const err = await store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE }).then(() => undefined, (e: unknown) => e);
+    t.match(err, { code: 'RESOURCE_EXHAUSTED', message: /disk full/ }, 'the backup fails with the storage\'s error');
+    t.same(await store.list(), [], 'no snapshot is listed');
+    const next = await store.backup({ content: f.content }, { uidBase: UID_BASE, binding: ALICE });
+    t.same(snapshot(await restoreInto(f, next.backupId, 'next')), expectedSnapshot(f.content), 'the next backup restores whole');
   });
 
   t.test('a bit flipped in one chunk: DATA_LOSS naming the file, nothing restored; check finds it', async (t) => {
