@@ -856,6 +856,9 @@ static napi_value js_walk_fill(napi_env env, napi_callback_info info) {
                (unsigned long long)w->file_st.st_ino, (long long)w->file_st.st_size, (long long)w->file_st.st_mtim.tv_sec,
                w->file_st.st_mtim.tv_nsec, (long long)w->file_st.st_ctim.tv_sec, w->file_st.st_ctim.tv_nsec);
       set_string(env, r, "identity", id, NAPI_AUTO_LENGTH);
+      // The name in the header just written and the data's length, so the caller need not parse them.
+      set_string(env, r, "path", w->path.data, w->pending_path_len);
+      set_number(env, r, "size", (double)w->file_size);
       return r;
     }
     if (w->file_fd >= 0) {

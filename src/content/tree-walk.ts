@@ -23,8 +23,16 @@ export interface ArchiveWriteOptions extends IdMapping {
    */
   changes?: 'fail' | 'skip';
   /** Stop fill() before each regular file's data (pendingFile says which), so a snapshot can reuse an
-   *  unchanged file's chunks (skipFile) instead of reading it. */
+   *  unchanged file's chunks (skipFile) instead of reading it. The next fill starts with that data. */
   pauseFiles?: boolean;
+}
+
+/** A regular file paused before its data: its name in the archive ("content/src/a.c"), its identity
+ *  (dev:ino:size:mtime:ctime, from the fstat its data is read after) and its data's length. */
+export interface PendingFile {
+  path: string;
+  identity: string;
+  size: number;
 }
 
 // What native/archive.c reports for an entry that changed under the walk (see skip() there).
@@ -41,7 +49,7 @@ export class TreeWalk {
   #upper = false;
   #files = 0;
   #bytes = 0;
-  #pendingFile: string | undefined;
+  #pendingFile: PendingFile | undefined;
   #trailer = TAR_BLOCK * 2; // end-of-archive marker bytes still to write
   #done = false;
 
@@ -56,9 +64,9 @@ export class TreeWalk {
     return this.#done;
   }
 
-  /** With pauseFiles: the identity (dev:ino:size:mtime:ctime) of the file whose header the last fill ended with
-   *  and whose data is next, until the next fill or skipFile. */
-  get pendingFile(): string | undefined {
+  /** With pauseFiles: the file whose header the last fill ended with and whose data is next, until the next
+   *  fill or skipFile. */
+  get pendingFile(): PendingFile | undefined {
     return this.#pendingFile;
   }
 
@@ -88,7 +96,7 @@ export class TreeWalk {
       for (const [rel, why] of r.skips ?? []) this.#skipped(rel, why);
       this.#progress(r.files, r.bytes);
       if (r.status === 'file') {
-        this.#pendingFile = r.identity;
+        this.#pendingFile = { path: r.path!, identity: r.identity!, size: r.size! };
         return pos - offset;
       }
       if (r.status === 'xattrs') this.#resolveXattrs();

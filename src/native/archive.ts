@@ -8,9 +8,12 @@ export interface ArchiveWalkFill {
   length: number;   // bytes written at the offset
   /** full: the buffer is full; done: the tree is archived; xattrs: an entry waits for archiveWalkResume;
    *  refused: a symlink leaves the root (message says which); file (after archiveWalkPauseFiles): a regular
-   *  file's header is out and its data waits (identity: dev:ino:size:mtime:ctime of the fstat it is read after). */
+   *  file's header is out and its data waits (identity: dev:ino:size:mtime:ctime of the fstat it is read after;
+   *  path: the name in that header; size: the data's length). */
   status: 'full' | 'done' | 'xattrs' | 'refused' | 'file';
   identity?: string;
+  path?: string;
+  size?: number;
   files: number;    // entries archived so far (cumulative)
   bytes: number;    // file bytes archived so far (cumulative)
   skips?: [rel: string, why: string][];

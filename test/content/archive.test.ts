@@ -9,7 +9,8 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { measureTrees, symlinkEscapes, TreeArchiveStream, TreeExtraction } from '../../src/content/archive';
 import { TAR_BLOCK } from '../../src/native';
-import { applyPax, BLOCK, decodePax, decodeUstar, encodeEntry } from '../helpers/tar-oracle';
+import { applyPax, BLOCK, decodePax, decodeUstar, encodeEntry, isZeroBlock, padding } from '../helpers/tar-oracle';
+import { TreeWalk } from '../../src/content/tree-walk';
 import { expectedSnapshot, makeTree, snapshot, tempDir, UID_BASE } from './backup-suite';
 
 async function archiveTo(file: string, dir: string, skipped: string[] = []): Promise<void> {
@@ -262,4 +263,44 @@ t.test('the extractor refuses malformed tar streams with DATA_LOSS and writes no
   tree.finish();
   tree.close();
   t.equal(fs.readFileSync(path.join(out, 'd'.repeat(200), 'l'.repeat(200)), 'utf8'), 'data');
+});
+
+t.test('a walk paused before each file\'s data names the file as its header does, at the data\'s first byte', async (t) => {
+  const dir = tempDir(t, 'pause');
+  makeTree(dir);
+  const deep = path.join(dir, 'd'.repeat(90));
+  fs.mkdirSync(deep);
+  fs.writeFileSync(path.join(deep, 'e'.repeat(90)), 'a name only a pax path record holds');
+  fs.lchownSync(deep, UID_BASE, UID_BASE);
+  fs.lchownSync(path.join(deep, 'e'.repeat(90)), UID_BASE, UID_BASE);
+  const walk = new TreeWalk([{ name: 'content', dir }], { uidBase: UID_BASE, pauseFiles: true });
+  const parts: Buffer[] = [];
+  const paused: { path: string; size: number; at: number }[] = [];
+  let total = 0;
+  const buf = Buffer.allocUnsafe(3000);   // small: data and headers straddle fills
+  while (!walk.done) {
+    const n = walk.fill(buf);
+    parts.push(Buffer.from(buf.subarray(0, n)));
+    total += n;
+    const f = walk.pendingFile;
+    if (f) paused.push({ path: f.path, size: f.size, at: total });
+  }
+  walk.close();
+  // The oracle's reading of the same bytes: every regular file with data, and where its data starts.
+  const tar = Buffer.concat(parts);
+  const files: typeof paused = [];
+  let pax = new Map<string, Buffer>();
+  for (let off = 0; off + BLOCK <= tar.length && !isZeroBlock(tar.subarray(off, off + BLOCK));) {
+    const h = decodeUstar(tar.subarray(off, off + BLOCK));
+    off += BLOCK;
+    if (h.type === 'pax') pax = decodePax(tar.subarray(off, off + h.size));
+    else {
+      applyPax(h, pax);
+      pax = new Map();
+      if (h.type === 'file' && h.size > 0) files.push({ path: h.path, size: h.size, at: off });
+    }
+    off += h.size + padding(h.size);
+  }
+  t.ok(files.some((f) => f.path.length > 100) && files.length > 50, `${files.length} files, one under a long name`);
+  t.same(paused, files);
 });

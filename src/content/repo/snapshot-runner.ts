@@ -1,5 +1,5 @@
 // The file system half of a snapshot backup, in a child process as the full format's archive-runner.ts is:
-// the archive walk (native/archive.c) -> the tar split into headers and file data -> FastCDC chunks
+// the archive walk (native/archive.c), paused before each file's data -> headers to the tree stream, file data to FastCDC chunks
 // (native/chunker.c) -> chunk ids (HMAC-SHA256) -> zstd for chunks the repository does not have yet. New
 // chunks go to stdout as frames; the daemon seals them (the child never holds the key that encrypts) and
 // packs them. The child holds the two secrets chunking needs, the gear table and the id key: with them one
@@ -9,11 +9,12 @@
 import crypto from 'node:crypto';
 import type { ArchiveRoot } from '../archive-roots';
 import { measureTrees } from '../archive';
+import { DomainError } from '../../errors';
 import { errorMessage, type RunnerMessage } from '../archive-runner';
 import { TreeWalk } from '../tree-walk';
 import { DATA_CHUNKS, StreamChunker, TREE_CHUNKS } from './chunker';
 import { workerChunkOutput, type ChunkOutput } from './chunk-frames';
-import { ID_BYTES, TarSplitter, TreeWriter } from './tree-stream';
+import { ID_BYTES, TreeWriter } from './tree-stream';
 import { ParentFeed } from './parent-feed';
 
 export interface SnapshotJob {
@@ -81,9 +82,6 @@ export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, from: { k
   const treeChunker = new StreamChunker(gear, TREE_CHUNKS, (c) => void treeIds.push(emitChunk(c)));
   const tree = new TreeWriter((b) => treeChunker.push(b));
   const dataChunker = new StreamChunker(gear, DATA_CHUNKS, (c) => tree.chunk(emitChunk(c), c.length));
-  const splitter = new TarSplitter({
-    literal: (b) => tree.literal(b), fileStart: (p) => tree.file(p), fileData: (b) => dataChunker.push(b), fileEnd: () => dataChunker.end(),
-  });
   let pendingBytes = 0;
   let pendingFiles = 0;
   const walk = new TreeWalk(job.roots, {
@@ -100,25 +98,34 @@ export async function snapshotWalk(out: ChunkOutput, job: SnapshotJob, from: { k
     if (job.parent) report({ type: 'totals', ...job.parent.totals });
     else reportEstimate(job.roots, report);
     const input = Buffer.allocUnsafe(WALK_CHUNK);
+    // Every regular file with data pauses the walk after its header, so what a fill writes is the rest of
+    // the file being read (dataLeft bytes, then it ends), then only tar headers and padding.
+    let dataLeft = 0;
     while (!walk.done) {
-      splitter.push(input.subarray(0, walk.fill(input)));
-      const identity = walk.pendingFile;
-      if (identity !== undefined) {
-        // The walk stopped between a file's header and its data (read after this fstat identity).
-        tree.identity(identity);
-        const found = parent.find(splitter.currentPath);
+      const n = walk.fill(input);
+      const data = Math.min(dataLeft, n);
+      if (data > 0) {
+        dataChunker.push(input.subarray(0, data));
+        dataLeft -= data;
+        if (dataLeft === 0) dataChunker.end();
+      }
+      tree.literal(input.subarray(data, n));
+      const file = walk.pendingFile;
+      if (file !== undefined) {
+        tree.file(file.path);
+        tree.identity(file.identity);
+        const found = parent.find(file.path);
         const was = found instanceof Promise ? await found : found;
-        if (was && was.identity === identity && was.size === splitter.pendingDataSize) {
+        if (was && was.identity === file.identity && was.size === file.size) {
           for (const c of was.chunks) tree.chunk(c.id, c.length);
-          splitter.skipData();
           walk.skipFile();
           result.reusedFiles++;
-        }
+        } else dataLeft = file.size;
       }
       const wait = out.ready();
       if (wait) await wait;
     }
-    splitter.end();
+    if (dataLeft !== 0) throw new DomainError('INTERNAL', 'snapshot: the walk ended inside a file');
     tree.flush();
     treeChunker.end();
     await out.end();

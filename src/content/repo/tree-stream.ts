@@ -11,7 +11,7 @@
 //                            literal tar bytes with their zero runs as counts (native/tree-pack.c); written
 //                            instead of 0x01 since snapshot version 2
 import { DomainError } from '../../errors';
-import { TAR_BLOCK, TREE_PACK_SLACK, treePack } from '../../native';
+import { TREE_PACK_SLACK, treePack } from '../../native';
 
 export const REC_LITERAL = 1;
 export const REC_FILE = 2;
@@ -19,7 +19,6 @@ export const REC_CHUNK = 3;
 export const REC_IDENTITY = 4;
 export const REC_PACKED_LITERAL = 5;
 export const ID_BYTES = 32;
-const BLOCK = TAR_BLOCK;
 
 export type TreeRecord =
   | { type: typeof REC_LITERAL; bytes: Buffer }
@@ -44,11 +43,16 @@ export class TreeWriter {
     this.#out = out;
   }
 
+  /** Literal tar bytes. Records split them every LITERAL_MAX bytes, however they were handed in, so the same
+   *  tree gives the same stream. */
   literal(bytes: Buffer): void {
-    if (bytes.length === 0) return;
-    if (this.#literalLen + bytes.length > this.#literal.length) this.#growLiteral(this.#literalLen + bytes.length);
-    this.#literalLen += bytes.copy(this.#literal, this.#literalLen);
-    if (this.#literalLen >= LITERAL_MAX) this.#closeLiteral();
+    for (let off = 0; off < bytes.length;) {
+      const n = Math.min(bytes.length - off, LITERAL_MAX - this.#literalLen);
+      if (this.#literalLen + n > this.#literal.length) this.#growLiteral(this.#literalLen + n);
+      this.#literalLen += bytes.copy(this.#literal, this.#literalLen, off, off + n);
+      off += n;
+      if (this.#literalLen === LITERAL_MAX) this.#closeLiteral();
+    }
   }
 
   file(path: string): void {
@@ -95,7 +99,7 @@ export class TreeWriter {
   }
 
   #growLiteral(need: number): void {
-    const grown = Buffer.allocUnsafe(Math.max(need, this.#literal.length * 2));
+    const grown = Buffer.allocUnsafe(Math.min(LITERAL_MAX, Math.max(need, this.#literal.length * 2)));
     this.#literal.copy(grown, 0, 0, this.#literalLen);
     this.#literal = grown;
   }
@@ -121,7 +125,7 @@ export class TreeWriter {
 }
 
 const OUT_BUFFER = 64 << 10;
-const LITERAL_MAX = 1 << 20;   // a literal longer than this (a file's many xattrs) goes out in parts
+const LITERAL_MAX = 1 << 20;   // literal bytes per record at most (a directory of many empty files has more)
 const RECORD_MAX = 64 << 20;
 
 export class TreeReader {
@@ -174,149 +178,4 @@ function unpackLiteral(buf: Buffer, start: number, len: number): Buffer {
   const out = Buffer.allocUnsafe(plain);
   if (!treePack.treeUnpack(buf, start + 4, len - 4, out)) throw new DomainError('DATA_LOSS', 'snapshot tree: packed literal malformed');
   return out;
-}
-
-/**
- * Splits the walk's tar stream into literal bytes and regular files' data. It relies on the shape of what
- * native/archive.c writes (ustar blocks, pax `x` headers whose `path`/`size` override the next entry), and
- * treats anything it does not recognise as literal bytes: the extractor decides on those at restore.
- */
-export class TarSplitter {
-  readonly #literal: (bytes: Buffer) => void;
-  readonly #fileStart: (path: string) => void;
-  readonly #fileData: (bytes: Buffer) => void;
-  readonly #fileEnd: () => void;
-  #block = Buffer.allocUnsafe(BLOCK);
-  #blockFill = 0;
-  #state: 'header' | 'pax' | 'data' | 'skip' = 'header';
-  #remaining = 0;      // bytes of pax body, file data or literal data left
-  #pad = 0;            // padding after them
-  #pax: Buffer[] = [];
-  #paxPath: string | undefined;
-  #paxSize: number | undefined;
-  #size = 0;
-  /** The regular file whose data comes next (or came last). */
-  currentPath = '';
-
-  constructor(sink: { literal(b: Buffer): void; fileStart(path: string): void; fileData(b: Buffer): void; fileEnd(): void }) {
-    this.#literal = (b) => sink.literal(b);
-    this.#fileStart = (p) => sink.fileStart(p);
-    this.#fileData = (b) => sink.fileData(b);
-    this.#fileEnd = () => sink.fileEnd();
-  }
-
-  push(buf: Buffer): void {
-    let off = 0;
-    while (off < buf.length) {
-      if (this.#state === 'header') {
-        const n = Math.min(BLOCK - this.#blockFill, buf.length - off);
-        buf.copy(this.#block, this.#blockFill, off, off + n);
-        this.#blockFill += n;
-        off += n;
-        if (this.#blockFill === BLOCK) {
-          this.#blockFill = 0;
-          this.#header(this.#block);
-        }
-        continue;
-      }
-      if (this.#remaining > 0) {
-        const n = Math.min(this.#remaining, buf.length - off);
-        const part = buf.subarray(off, off + n);
-        if (this.#state === 'data') this.#fileData(part);
-        else {
-          this.#literal(part);
-          if (this.#state === 'pax') this.#pax.push(Buffer.from(part));
-        }
-        this.#remaining -= n;
-        off += n;
-        if (this.#remaining > 0) continue;
-        if (this.#state === 'data') this.#fileEnd();
-        if (this.#state === 'pax') this.#parsePax();
-      }
-      const n = Math.min(this.#pad, buf.length - off);
-      this.#literal(buf.subarray(off, off + n));
-      this.#pad -= n;
-      off += n;
-      if (this.#pad === 0) this.#state = 'header';
-    }
-  }
-
-  #header(block: Buffer): void {
-    this.#literal(block);
-    if (block.every((b) => b === 0)) return; // the end-of-archive marker (or padding of it)
-    const flag = String.fromCharCode(block[156]);
-    const size = this.#paxSize ?? octal(block, 124, 12);
-    if (flag === 'x') {
-      this.#pax = [];
-      this.#enter('pax', octal(block, 124, 12));
-      return;
-    }
-    const path = this.#paxPath ?? ustarPath(block);
-    this.#paxPath = undefined;
-    this.#paxSize = undefined;
-    if ((flag === '0' || flag === '\0' || flag === '7') && size > 0) {
-      this.currentPath = path;
-      this.#fileStart(path);
-      this.#enter('data', size);
-      this.#size = size;
-    } else this.#enter('skip', size);
-  }
-
-  #enter(state: 'pax' | 'data' | 'skip', size: number): void {
-    this.#state = state;
-    this.#remaining = size;
-    this.#pad = (BLOCK - (size % BLOCK)) % BLOCK;
-    if (size === 0) this.#state = this.#pad === 0 ? 'header' : state;
-  }
-
-  #parsePax(): void {
-    const body = Buffer.concat(this.#pax);
-    this.#pax = [];
-    let off = 0;
-    while (off < body.length) {
-      const space = body.indexOf(0x20, off);
-      if (space < 0) break;
-      const len = Number(body.toString('latin1', off, space));
-      if (!Number.isSafeInteger(len) || len <= 0 || off + len > body.length) break;
-      const rec = body.subarray(space + 1, off + len - 1);
-      const eq = rec.indexOf(0x3d);
-      if (eq > 0) {
-        const key = rec.toString('utf8', 0, eq);
-        if (key === 'path') this.#paxPath = rec.toString('utf8', eq + 1);
-        else if (key === 'size') this.#paxSize = Number(rec.toString('latin1', eq + 1));
-      }
-      off += len;
-    }
-  }
-
-  /** The size of the file whose data is next, if none of it came yet (else undefined). */
-  get pendingDataSize(): number | undefined {
-    return this.#state === 'data' && this.#remaining === this.#size ? this.#size : undefined;
-  }
-
-  /** The file's data will not come (its chunks are known): what follows is its padding. */
-  skipData(): void {
-    if (this.pendingDataSize === undefined) throw new DomainError('INTERNAL', 'snapshot: no file data to skip');
-    this.#remaining = 0;
-  }
-
-  /** At the end of the stream: anything but a clean header boundary is a walk that broke off. */
-  end(): void {
-    if (this.#state !== 'header' || this.#blockFill !== 0) throw new DomainError('INTERNAL', 'snapshot: archive ended inside an entry');
-  }
-}
-
-function octal(block: Buffer, off: number, len: number): number {
-  const s = block.toString('latin1', off, off + len).replace(/[\0 ]+$/, '').trim();
-  return s === '' ? 0 : parseInt(s, 8);
-}
-
-function ustarPath(block: Buffer): string {
-  const cstr = (o: number, l: number): string => {
-    const end = block.indexOf(0, o);
-    return block.toString('utf8', o, end < 0 || end > o + l ? o + l : end);
-  };
-  const name = cstr(0, 100);
-  const prefix = block.toString('latin1', 257, 262) === 'ustar' ? cstr(345, 155) : '';
-  return prefix ? `${prefix}/${name}` : name;
 }

@@ -49,14 +49,22 @@ t.test('many records and large literals come back in order, whatever slices the 
       records.push({ type: REC_CHUNK, id, length: i });
     }
   });
-  // Each literal is followed by a file record here, so each stays a record of its own.
+  // Each literal is followed by a file record here; one over 1 MiB comes back in 1 MiB records, joined here.
   const reader = new TreeReader();
   const back: TreeRecord[] = [];
+  let largest = 0;
   for (let off = 0; off < bytes.length;) {
     const n = 1 + Math.floor(Math.random() * 100_000);
-    for (const r of reader.feed(bytes.subarray(off, off + n))) back.push(r.type === REC_LITERAL ? { type: REC_LITERAL, bytes: Buffer.from(r.bytes) } : r);
+    for (const r of reader.feed(bytes.subarray(off, off + n))) {
+      const last = back[back.length - 1];
+      if (r.type !== REC_LITERAL) back.push(r);
+      else if (last?.type === REC_LITERAL) last.bytes = Buffer.concat([last.bytes, r.bytes]);
+      else back.push({ type: REC_LITERAL, bytes: Buffer.from(r.bytes) });
+      if (r.type === REC_LITERAL) largest = Math.max(largest, r.bytes.length);
+    }
     off += n;
   }
+  t.equal(largest, 1 << 20, 'literal records hold at most 1 MiB');
   reader.end();
   t.equal(back.length, records.length);
   t.ok(back.every((r, i) => JSON.stringify(r) === JSON.stringify(records[i])), 'every record as written');
@@ -125,4 +133,18 @@ t.test('a malformed packed literal is refused, never read past its end', async (
   t.throws(() => [...new TreeReader().feed(record)], /packed literal malformed/, 'the reader says the tree is damaged');
   const huge = Buffer.from([REC_PACKED_LITERAL, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0]);
   t.throws(() => [...new TreeReader().feed(huge)], /packed literal malformed/, 'a plain length beyond any record is refused before allocating');
+});
+
+t.test('literal records split at the same bytes however the literal was handed in', async (t) => {
+  const plain = Buffer.concat([crypto.randomBytes(700_000), Buffer.alloc(900_000), crypto.randomBytes(1_500_000)]);
+  const inPieces = (size: () => number) => written((w) => {
+    for (let off = 0; off < plain.length;) {
+      const n = size();
+      w.literal(plain.subarray(off, off + n));
+      off += n;
+    }
+  });
+  const whole = written((w) => w.literal(plain));
+  t.same(inPieces(() => 512), whole, 'in 512-byte pieces');
+  t.same(inPieces(() => 1 + Math.floor(Math.random() * 300_000)), whole, 'in random pieces');
 });
