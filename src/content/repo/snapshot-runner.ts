@@ -1,9 +1,9 @@
 // The file system half of a snapshot backup, in a child process as the full format's archive-runner.ts is:
-// the archive walk (native/archive.c), paused before each file's data -> headers to the tree stream, file data to FastCDC chunks
-// (native/chunker.c) -> chunk ids (HMAC-SHA256) -> zstd for chunks the repository does not have yet. New
-// chunks go to stdout as frames; the daemon seals them (the child never holds the key that encrypts) and
-// packs them. The child holds the two secrets chunking needs, the gear table and the id key: with them one
-// can tell where chunks end and whether a guessed chunk is in the repository, never read one.
+// the archive walk (native/archive.c), paused before each file's data: headers to the tree stream, data to
+// FastCDC chunks (native/chunker.c) -> chunk ids (HMAC-SHA256) -> zstd for chunks the repository does not
+// have yet. New chunks go to stdout as frames; the daemon seals them (the child never holds the key that
+// encrypts) and packs them. The child holds the two secrets chunking needs, the gear table and the id key:
+// with them one can tell where chunks end and whether a guessed chunk is in the repository, never read one.
 //
 // The frames on stdout: src/content/repo/chunk-frames.ts.
 import crypto from 'node:crypto';
