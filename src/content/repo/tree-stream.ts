@@ -2,14 +2,15 @@
 // with every regular file's data replaced by the list of its chunks. Restoring concatenates the literal
 // bytes and the chunks' plaintext back into that tar and hands it to the hardened extractor
 // (native/extract.c), so both formats are checked by the same code. Records (docs/backup-format.md):
-//   0x01 u32be len, bytes    literal tar bytes (headers, pax records, padding, the end-of-archive marker)
+//   0x01 u32be len, bytes    literal tar bytes (headers, pax records, padding, the end-of-archive marker);
+//                            version 1 trees only, still read
 //   0x02 u32be len, utf8     the path of the file whose chunks follow ("content/src/a.c"), for error reports
 //   0x03 id(32) u32be len    one chunk of that file's data, `len` bytes of plaintext
 //   0x04 u32be len, ascii    that file's identity when it was read (dev:ino:size:mtime:ctime): the next backup
 //                            reuses its chunks without reading it if the identity is unchanged (restic's rule)
 //   0x05 u32be len, u32be plain, packed
-//                            literal tar bytes with their zero runs as counts (native/tree-pack.c); written
-//                            instead of 0x01 since snapshot version 2
+//                            the same bytes with their zero runs as counts (native/tree-pack.c); what
+//                            snapshot version 2 writes instead of 0x01
 import { DomainError } from '../../errors';
 import { TREE_PACK_SLACK, treePack } from '../../native';
 
@@ -28,8 +29,8 @@ export type TreeRecord =
 
 /**
  * Writes records; literal bytes are gathered until a file or chunk record (or the end) needs them out, then
- * packed (0x05). Records are packed into 64 KiB buffers for `out` (one Buffer per record was a tenth of an
- * incremental's walk in allocation and collection); the stream's bytes, and so its chunks, are the same
+ * packed (0x05). Records are gathered into 64 KiB buffers for `out` (one Buffer per record was a tenth of
+ * an incremental's walk in allocation and collection); the stream's bytes, and so its chunks, are the same
  * either way.
  */
 export class TreeWriter {
