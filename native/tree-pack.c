@@ -84,14 +84,24 @@ static bool unpack(const uint8_t *src, size_t len, uint8_t *dst, size_t plain) {
   return pos == plain;
 }
 
-static bool get_range(napi_env env, napi_value buf, napi_value off, napi_value len, const char *what, uint8_t **p, size_t *n) {
+// buf[off..] (off NULL: 0) in *p and its length in *n; false after a TypeError `what`.
+static bool get_tail(napi_env env, napi_value buf, napi_value off, const char *what, uint8_t **p, size_t *n) {
   void *data;
   size_t size;
-  uint32_t o, l;
+  uint32_t o = 0;
   if (napi_get_buffer_info(env, buf, &data, &size) != napi_ok) return tx_type_error(env, what), false;
-  if (!tx_get_uint32(env, off, what, &o) || !tx_get_uint32(env, len, what, &l)) return false;
-  if ((size_t)o + l > size) return tx_type_error(env, what), false;
+  if (off && !tx_get_uint32(env, off, what, &o)) return false;
+  if (o > size) return tx_type_error(env, what), false;
   *p = (uint8_t *)data + o;
+  *n = size - o;
+  return true;
+}
+
+// buf[off..off+len) in *p and *n.
+static bool get_range(napi_env env, napi_value buf, napi_value off, napi_value len, const char *what, uint8_t **p, size_t *n) {
+  uint32_t l;
+  if (!get_tail(env, buf, off, what, p, n) || !tx_get_uint32(env, len, what, &l)) return false;
+  if (l > *n) return tx_type_error(env, what), false;
   *n = l;
   return true;
 }
@@ -99,36 +109,27 @@ static bool get_range(napi_env env, napi_value buf, napi_value off, napi_value l
 // treePack(src, srcOff, srcLen, dst, dstOff) -> bytes written at dst[dstOff..], which must have room for
 // srcLen + constants.TREE_PACK_SLACK.
 static napi_value js_tree_pack(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
+  size_t argc = 5, src_len, room;
   napi_value argv[5], r;
+  uint8_t *src, *dst;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 5) return tx_type_error(env, "treePack(src, srcOff, srcLen, dst, dstOff)");
-  uint8_t *src, *dst;
-  size_t src_len, dst_room;
-  void *dst_data;
-  size_t dst_size;
-  uint32_t dst_off;
-  if (!get_range(env, argv[0], argv[1], argv[2], "treePack: src range", &src, &src_len)) return NULL;
-  if (napi_get_buffer_info(env, argv[3], &dst_data, &dst_size) != napi_ok) return tx_type_error(env, "treePack: dst must be a Buffer");
-  if (!tx_get_uint32(env, argv[4], "treePack: dstOff", &dst_off)) return NULL;
-  dst_room = dst_off <= dst_size ? dst_size - dst_off : 0;
-  if (dst_room < src_len + PACK_SLACK) return tx_type_error(env, "treePack: dst has no room for srcLen + TREE_PACK_SLACK");
-  dst = (uint8_t *)dst_data + dst_off;
+  if (!get_range(env, argv[0], argv[1], argv[2], "treePack: src range", &src, &src_len) ||
+      !get_tail(env, argv[3], argv[4], "treePack: dst and dstOff", &dst, &room)) return NULL;
+  if (room < src_len + PACK_SLACK) return tx_type_error(env, "treePack: dst has no room for srcLen + TREE_PACK_SLACK");
   napi_create_uint32(env, (uint32_t)pack(src, src_len, dst), &r);
   return r;
 }
 
 // treeUnpack(src, off, len, dst) -> true when src[off..off+len) unpacks to exactly dst's length.
 static napi_value js_tree_unpack(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
+  size_t argc = 4, src_len, dst_len;
   napi_value argv[4], r;
+  uint8_t *src, *dst;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 4) return tx_type_error(env, "treeUnpack(src, off, len, dst)");
-  uint8_t *src;
-  size_t src_len, dst_len;
-  void *dst;
-  if (!get_range(env, argv[0], argv[1], argv[2], "treeUnpack: src range", &src, &src_len)) return NULL;
-  if (napi_get_buffer_info(env, argv[3], &dst, &dst_len) != napi_ok) return tx_type_error(env, "treeUnpack: dst must be a Buffer");
+  if (!get_range(env, argv[0], argv[1], argv[2], "treeUnpack: src range", &src, &src_len) ||
+      !get_tail(env, argv[3], NULL, "treeUnpack: dst must be a Buffer", &dst, &dst_len)) return NULL;
   napi_get_boolean(env, unpack(src, src_len, dst, dst_len), &r);
   return r;
 }
