@@ -652,7 +652,6 @@ class Packer {
   readonly #writing: { done: Promise<void>; buffer: Buffer }[] = [];
   readonly #encoding = Buffer.alloc(1);
   #buffer: Buffer = Buffer.allocUnsafeSlow(PACK_BUFFER);
-  #buffers = 1;
   #size = 0;
   #entries: (PackEntry & { id: Buffer })[] = [];
   #name: string;
@@ -715,13 +714,10 @@ class Packer {
     this.#buffer = await this.#nextBuffer();
   }
 
-  /** A buffer to fill: a new one while fewer than PACKS_IN_FLIGHT + 1 exist, else the oldest write's once
-   *  it is stored (its failure is the backup's). */
+  /** A buffer to fill: a new one while fewer than PACKS_IN_FLIGHT + 1 exist (each write holds one), else
+   *  the oldest write's once it is stored (its failure is the backup's). */
   async #nextBuffer(): Promise<Buffer> {
-    if (this.#buffers <= PACKS_IN_FLIGHT) {
-      this.#buffers++;
-      return Buffer.allocUnsafeSlow(PACK_BUFFER);
-    }
+    if (this.#writing.length <= PACKS_IN_FLIGHT) return Buffer.allocUnsafeSlow(PACK_BUFFER);
     const oldest = this.#writing.shift()!;
     await oldest.done;
     return oldest.buffer;
